@@ -1,0 +1,34 @@
+"""The `seam` command line. Each command lives in `seam/commands/<name>.py` and keeps
+heavy imports (torch, onnxruntime) inside its function so `seam --help` stays fast."""
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(
+    name="seam",
+    help="Weakly supervised semantic segmentation: SEAM CAMs, AffinityNet random walk, DeepLab; train, export, serve.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+train_app = typer.Typer(help="Train SEAM, AffinityNet or DeepLab.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+# (typer app, command name, module under seam.commands, function name)
+COMMANDS: list[tuple[typer.Typer, str, str, str]] = [
+    (app, "synth", "synth", "synth"),
+    (app, "eval", "evaluate", "evaluate"),
+    (app, "cam", "cam", "cam"),
+]
+
+for _target, _name, _module, _func in COMMANDS:
+    _target.command(_name)(getattr(importlib.import_module(f"seam.commands.{_module}"), _func))
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,44 @@
+"""Helpers shared by CLI commands: errors and progress bars."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+T = TypeVar("T")
+console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print a one-line error and exit; CLI commands never show tracebacks for user errors."""
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=console, transient=False,
+    )
+
+
+def track(items: Iterable[T], total: int, description: str) -> Iterator[T]:
+    with progress_bar() as bar:
+        task = bar.add_task(description, total=total, status="")
+        for item in items:
+            yield item
+            bar.advance(task)
+
+
+def parse_floats(text: str) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
+    if not vals:
+        raise typer.BadParameter("expected at least one number")
+    return vals

@@ -1,0 +1,194 @@
+"""CAM post-processing shared by the torch path and the onnxruntime engine.
+
+The authors' `infer_SEAM` does, per image: for each scale s and flip, run the net
+(whose outputs are upsampled to the input size with align_corners=True), upsample
+again to the original size (align_corners=False), keep the foreground channels,
+multiply by the image labels, un-flip, sum over passes, clip at 0 and min-max
+normalise each class. Both upsamplings are linear, so we apply their product
+once to the stride-8 maps: identical maths, far less memory, no HxW intermediate
+per pass.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+
+from seam.common.image import Normalization, resize_rgb, scaled_size
+
+DEFAULT_SCALES: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
+DEFAULT_BG_THRESHOLD = 0.26  # SEAM's published default background score
+DEFAULT_CLS_THRESHOLD = 0.5  # sigmoid(GAP score) above which a class is predicted present
+OUTPUT_STRIDE = 8
+
+
+@lru_cache(maxsize=256)
+def interp_matrix(out_n: int, in_n: int, align_corners: bool) -> np.ndarray:
+    """(out_n, in_n) float64 matrix M so that M @ v is torch's 1-D linear interpolation."""
+    m = np.zeros((out_n, in_n), dtype=np.float64)
+    if in_n == 1:
+        m[:, 0] = 1.0
+        return m
+    idx = np.arange(out_n, dtype=np.float64)
+    if align_corners:
+        src = idx * ((in_n - 1) / (out_n - 1)) if out_n > 1 else np.zeros(1)
+    else:
+        src = (idx + 0.5) * (in_n / out_n) - 0.5
+        src = np.maximum(src, 0.0)  # torch clamps negative source coords to 0
+    lo = np.minimum(np.floor(src).astype(np.int64), in_n - 1)
+    hi = np.minimum(lo + 1, in_n - 1)
+    w_hi = src - lo
+    rows = np.arange(out_n)
+    np.add.at(m, (rows, lo), 1.0 - w_hi)
+    np.add.at(m, (rows, hi), w_hi)
+    m.flags.writeable = False
+    return m
+
+
+def resize_matrices(
+    in_hw: tuple[int, int], steps: Sequence[tuple[tuple[int, int], bool]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Compose successive bilinear resizes [(size, align_corners), ...] into (Ry, Rx)."""
+    h, w = in_hw
+    ry = np.eye(h)
+    rx = np.eye(w)
+    for (oh, ow), ac in steps:
+        ry = interp_matrix(oh, ry.shape[0], ac) @ ry
+        rx = interp_matrix(ow, rx.shape[0], ac) @ rx
+    return ry.astype(np.float32), rx.astype(np.float32)
+
+
+def apply_resize(maps: np.ndarray, ry: np.ndarray, rx: np.ndarray) -> np.ndarray:
+    """(C, h, w) -> (C, H, W) with precomputed matrices."""
+    return np.einsum("Hh,chw,Ww->cHW", ry, maps.astype(np.float32, copy=False), rx, optimize=True)
+
+
+def resize_bilinear(maps: np.ndarray, out_hw: tuple[int, int], align_corners: bool = False) -> np.ndarray:
+    """(C, h, w) float -> (C, H, W) float32, identical to F.interpolate(mode='bilinear')."""
+    ry, rx = resize_matrices(maps.shape[-2:], [(out_hw, align_corners)])
+    return apply_resize(maps, ry, rx)
+
+
+def stride_size(n: int, stride: int = OUTPUT_STRIDE) -> int:
+    """Feature size of ResNet-38 (three stride-2 3x3 convs with padding 1)."""
+    for _ in range(int(np.log2(stride))):
+        n = (n + 1) // 2
+    return n
+
+
+def max_norm(maps: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    """Per-channel relu(x) / (max + eps) over (..., C, H, W)."""
+    x = np.maximum(maps, 0)
+    return x / (x.max(axis=(-2, -1), keepdims=True) + eps)
+
+
+def normalize_cams(summed: np.ndarray) -> np.ndarray:
+    """The authors' final step: clip at 0, then per class min-max with their 1e-5 offsets."""
+    x = np.maximum(summed, 0).astype(np.float32)
+    lo = x.min(axis=(-2, -1), keepdims=True)
+    hi = x.max(axis=(-2, -1), keepdims=True)
+    x[x < lo + 1e-5] = 0
+    return (x - lo - 1e-5) / (hi - lo + 1e-5)
+
+
+def background_score(cams: np.ndarray, alpha: float) -> np.ndarray:
+    """(1 - max_c CAM)^alpha, the background channel used for AffinityNet labels and the random walk."""
+    if cams.shape[0] == 0:
+        return np.ones(cams.shape[1:], np.float32)
+    return np.power(1.0 - cams.max(axis=0), alpha).astype(np.float32)
+
+
+def cams_to_label(cams: np.ndarray, classes: Sequence[int], threshold: float = DEFAULT_BG_THRESHOLD) -> np.ndarray:
+    """argmax over [threshold, CAMs] -> (H, W) uint8 label map (0 = background, c+1 = class c)."""
+    if len(classes) == 0:
+        return np.zeros(cams.shape[1:], np.uint8)
+    bg = np.full((1, *cams.shape[1:]), threshold, dtype=np.float32)
+    arg = np.argmax(np.concatenate([bg, cams.astype(np.float32)], axis=0), axis=0)
+    lut = np.asarray([0, *[c + 1 for c in classes]], dtype=np.uint8)
+    return lut[arg]
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+@dataclass
+class CamResult:
+    """Multi-scale CAMs of one image.
+
+    classes: foreground indices (0-based) of the maps in `cams`.
+    cams: (K, H, W) float32 normalised to [0, 1], original image size.
+    scores: (num_fg,) sigmoid of the GAP classification logits, averaged over passes.
+    """
+
+    classes: list[int]
+    cams: np.ndarray
+    scores: np.ndarray
+    raw: np.ndarray | None = field(default=None, repr=False)
+
+    def as_dict(self) -> dict[int, np.ndarray]:
+        """The authors' `.npy` format: {fg class index: HxW float32}."""
+        return {int(c): self.cams[i].astype(np.float32) for i, c in enumerate(self.classes)}
+
+
+# A runner maps a (B, 3, h, w) float32 batch to (cam8, cam_rv8), both (B, C, h8, w8)
+# with channel 0 = background, at the network's output stride, before any upsampling.
+Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class MultiScaleConfig:
+    scales: tuple[float, ...] = DEFAULT_SCALES
+    flip: bool = True
+    refined: bool = True  # PCM output (cam_rv) as the authors' infer_SEAM; False = raw CAM
+    cls_threshold: float = DEFAULT_CLS_THRESHOLD
+    normalization: Normalization = Normalization()
+
+
+def multiscale_cam(
+    rgb: np.ndarray,
+    runner: Runner,
+    labels: Sequence[int] | None = None,
+    config: MultiScaleConfig = MultiScaleConfig(),
+) -> CamResult:
+    """Multi-scale (+ flip) CAM inference of one (H, W, 3) uint8 image.
+
+    The flipped and unflipped pass of a scale go through the runner as one batch of 2.
+    `labels`: foreground indices known present (pseudo-label generation); None =
+    predict them from the classification scores.
+    """
+    H, W = rgb.shape[:2]
+    total = None
+    score_sum = None
+    n_pass = 0
+    for s in config.scales:
+        h, w = scaled_size((H, W), s)
+        x = config.normalization(resize_rgb(rgb, (h, w)))
+        batch = np.stack([x, x[:, :, ::-1]]) if config.flip else x[None]
+        cam8, rv8 = runner(np.ascontiguousarray(batch))
+        h8, w8 = cam8.shape[-2:]
+        # network upsample (align_corners=True) then infer_SEAM's (align_corners=False)
+        ry, rx = resize_matrices((h8, w8), [((h, w), True), ((H, W), False)])
+        gy, gx = resize_matrices((h8, w8), [((h, w), True)])
+        # exact GAP of the input-size raw CAM without building it
+        wy, wx = gy.sum(0) / h, gx.sum(0) / w
+        logits = np.einsum("bchw,h,w->bc", cam8[:, 1:].astype(np.float32), wy, wx)
+        maps = (rv8 if config.refined else cam8)[:, 1:]
+        up = np.einsum("Hh,bchw,Ww->bcHW", ry, maps.astype(np.float32), rx, optimize=True)
+        if config.flip:
+            up = up[0] + up[1][:, :, ::-1]
+        else:
+            up = up[0]
+        total = up if total is None else total + up
+        sc = sigmoid(logits).sum(0)
+        score_sum = sc if score_sum is None else score_sum + sc
+        n_pass += batch.shape[0]
+    scores = (score_sum / n_pass).astype(np.float32)
+    if labels is None:
+        classes = [int(c) for c in np.flatnonzero(scores >= config.cls_threshold)]
+    else:
+        classes = sorted(int(c) for c in labels)
+    raw = total[classes] if classes else np.zeros((0, H, W), np.float32)
+    return CamResult(classes=classes, cams=normalize_cams(raw), scores=scores, raw=raw)
