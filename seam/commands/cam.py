@@ -1,0 +1,121 @@
+"""`seam cam`: multi-scale CAMs in the authors' `.npy` format, optional label PNGs and CRF."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+
+from seam.commands._util import fail, parse_floats, progress_bar
+
+
+def cam(
+    images: Annotated[Path, typer.Option(help="Image directory or list file (ids or VOC-style paths).")],
+    out: Annotated[Path, typer.Option(help="Output directory for <id>.npy (and <id>.png).")],
+    checkpoint: Annotated[Path | None, typer.Option(help="SEAM checkpoint (torch engine).")] = None,
+    model: Annotated[Path | None, typer.Option(help="Exported model directory models/NAME (onnx engine).")] = None,
+    engine: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
+    labels: Annotated[Path | None, typer.Option(help="cls_labels.npy, JSON {id: [classes]} or CSV; absent: predict classes.")] = None,
+    scales: Annotated[str, typer.Option(help="Comma-separated input scales.")] = "0.5,1.0,1.5,2.0",
+    no_flip: Annotated[bool, typer.Option("--no-flip", help="Skip the horizontally flipped passes.")] = False,
+    raw: Annotated[bool, typer.Option("--raw", help="Raw CAM instead of the PCM-refined one.")] = False,
+    save_png: Annotated[bool, typer.Option("--save-png", help="Also write VOC-palette label PNGs.")] = False,
+    threshold: Annotated[float, typer.Option(help="Background score for the label PNGs.")] = 0.26,
+    crf: Annotated[bool, typer.Option("--crf", help="Refine the label PNGs with dense CRF (implies --save-png).")] = False,
+    cls_threshold: Annotated[float, typer.Option(help="Predicted classes: sigmoid(GAP score) >= this.")] = 0.5,
+    image_root: Annotated[Path | None, typer.Option(help="Where list-file entries live.")] = None,
+    device: Annotated[str | None, typer.Option(help="torch device (default: cuda if available).")] = None,
+) -> None:
+    """Multi-scale + flip CAMs exactly as the authors' infer_SEAM (PCM maps, label masking,
+    sum, clip, per-class min-max), written as {fg class index: HxW float32} per image."""
+    from seam.common.cam import MultiScaleConfig, cams_to_label
+    from seam.common.classes import VOC_FOREGROUND
+    from seam.common.files import list_images, load_label_file
+    from seam.common.image import ImageDecodeError, load_rgb
+    from seam.common.palette import label_to_pil
+
+    scale_tuple = parse_floats(scales)
+    try:
+        items = list_images(images, image_root)
+    except FileNotFoundError as exc:
+        fail(str(exc))
+    cam_fn, foreground = _build(engine, checkpoint, model, device, MultiScaleConfig(
+        scales=scale_tuple, flip=not no_flip, refined=not raw, cls_threshold=cls_threshold))
+    label_table = None
+    if labels is not None:
+        try:
+            label_table = load_label_file(labels, foreground)
+        except (OSError, ValueError) as exc:
+            fail(str(exc))
+        missing = [i for i, _ in items if i not in label_table]
+        if missing:
+            fail(f"{len(missing)} images have no labels in {labels} (first: {missing[0]})")
+    if crf:
+        save_png = True
+        from seam.common.crf import crf_refine_cams
+    out.mkdir(parents=True, exist_ok=True)
+    errors = []
+    with progress_bar() as bar:
+        task = bar.add_task("CAMs", total=len(items), status="")
+        for image_id, path in items:
+            try:
+                rgb = load_rgb(path)
+            except ImageDecodeError as exc:
+                errors.append(f"{path}: {exc}")
+                bar.advance(task)
+                continue
+            res = cam_fn(rgb, None if label_table is None else label_table[image_id])
+            np.save(out / f"{image_id}.npy", res.as_dict())
+            if save_png:
+                label = (crf_refine_cams(rgb, res.cams, res.classes, threshold) if crf
+                         else cams_to_label(res.cams, res.classes, threshold))
+                label_to_pil(label).save(out / f"{image_id}.png")
+            bar.update(task, advance=1, status=",".join(foreground[c] for c in res.classes))
+    if errors:
+        for e in errors:
+            typer.echo(f"skipped {e}", err=True)
+        fail(f"{len(errors)} of {len(items)} images could not be read", code=1)
+
+
+def _build(engine: str, checkpoint: Path | None, model_dir: Path | None, device: str | None, cfg):
+    """Returns (cam_fn(rgb, labels) -> CamResult, foreground class names)."""
+    from seam.common.cam import multiscale_cam
+
+    if engine == "torch":
+        if checkpoint is None:
+            fail("--checkpoint is required with --engine torch")
+        from training.inference.cam import default_device, torch_runner
+        from training.models.checkpoint import CheckpointError
+        from training.models.registry import model_from_checkpoint
+
+        try:
+            net, meta = model_from_checkpoint(checkpoint, "seam")
+        except CheckpointError as exc:
+            fail(str(exc))
+        foreground = _foreground_names(meta, net.num_classes)
+        runner = torch_runner(net, device or default_device())
+        return (lambda rgb, labels: multiscale_cam(rgb, runner, labels, cfg)), foreground
+    if engine == "onnx":
+        if model_dir is None:
+            fail("--model models/NAME is required with --engine onnx")
+        from service.engine.onnx_engine import OnnxEngine
+
+        try:
+            eng = OnnxEngine.from_model_dir(model_dir)
+        except (OSError, ValueError) as exc:
+            fail(str(exc))
+        return (lambda rgb, labels: eng.cam(rgb, labels, refined=cfg.refined, scales=cfg.scales, flip=cfg.flip,
+                                            cls_threshold=cfg.cls_threshold)), eng.foreground_classes()
+    fail(f"unknown engine {engine!r}: use torch or onnx")
+
+
+def _foreground_names(meta: dict, num_classes: int) -> list[str]:
+    from seam.common.classes import VOC_FOREGROUND
+
+    names = meta.get("class_names")
+    if names:
+        return list(names)[1:] if names[0] == "background" else list(names)
+    if num_classes == 21:
+        return list(VOC_FOREGROUND)
+    return [f"class_{i}" for i in range(num_classes - 1)]

@@ -1,0 +1,78 @@
+"""One entry point, `create_model(kind, backbone, num_classes)`, over named backbones."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from training.models.checkpoint import infer_backbone_config, load_weights, read_checkpoint
+from training.models.resnet38 import ResNet38Config
+
+BACKBONES: dict[str, ResNet38Config] = {
+    "resnet38": ResNet38Config(),
+    # same module names and heads, 1/8 of the channels and fewer blocks: ~1M params, ~4 MB
+    "resnet38_small": ResNet38Config(width=0.125, depths=(1, 1, 2, 1)),
+}
+
+
+def backbone_config(name: str) -> ResNet38Config:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ValueError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}") from None
+
+
+def backbone_name(cfg: ResNet38Config) -> str:
+    for name, c in BACKBONES.items():
+        if c == cfg:
+            return name
+    return f"resnet38_w{cfg.width:g}_d{'-'.join(map(str, cfg.depths))}"
+
+
+def _constructors() -> dict[str, Any]:
+    # imported lazily so that adding a head never slows `import training`
+    from training.models.seam import SEAM
+
+    ctors: dict[str, Any] = {"seam": SEAM}
+    try:
+        from training.models.affinity import AffinityNet
+
+        ctors["affinity"] = AffinityNet
+    except ImportError:
+        pass
+    try:
+        from training.models.deeplab import DeepLabLargeFOV
+
+        ctors["deeplab"] = DeepLabLargeFOV
+    except ImportError:
+        pass
+    return ctors
+
+
+def create_model(kind: str, backbone: str | ResNet38Config = "resnet38", num_classes: int = 21) -> nn.Module:
+    """kind: seam | affinity | deeplab. num_classes includes background."""
+    cfg = backbone_config(backbone) if isinstance(backbone, str) else backbone
+    ctors = _constructors()
+    if kind not in ctors:
+        raise ValueError(f"unknown model kind {kind!r}; choose from {', '.join(ctors)}")
+    if kind == "affinity":
+        return ctors[kind](backbone=cfg)
+    return ctors[kind](num_classes=num_classes, backbone=cfg)
+
+
+def model_from_checkpoint(path: str | Path, kind: str = "seam") -> tuple[nn.Module, dict[str, Any]]:
+    """Build the network a checkpoint describes (backbone and class count read from its
+    weights) and load it strictly. Returns (model in eval mode, metadata)."""
+    sd, meta = read_checkpoint(path)
+    cfg = infer_backbone_config(sd)
+    num_classes = 21
+    for key in ("fc8.weight", "classifier.weight"):
+        if key in sd:
+            num_classes = sd[key].shape[0]
+    model = create_model(kind, cfg, num_classes)
+    load_weights(model, sd, strict=True)
+    model.eval()
+    meta.setdefault("backbone", backbone_name(cfg))
+    meta.setdefault("num_classes", num_classes)
+    return model, meta

@@ -1,0 +1,78 @@
+"""The SEAM network: ResNet-38 + CAM head (fc8) + pixel correlation module (PCM)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.models.resnet38 import ResNet38, ResNet38Config
+
+
+def pcm_normalize(cam: torch.Tensor) -> torch.Tensor:
+    """The PCM's input: max-normalised CAM, background = 1 - max fg, only the winning fg kept.
+
+    (B, C, h, w) -> (B, C, h, w). No gradient flows through it in the release.
+    """
+    c = F.relu(cam)
+    peak = c.flatten(2).max(dim=-1)[0][..., None, None] + 1e-5
+    n = F.relu(c - 1e-5) / peak
+    fg = n[:, 1:]
+    fg_max = fg.max(dim=1, keepdim=True)[0]
+    # out-of-place version of the release's masked assignment (exports cleanly to ONNX)
+    fg = torch.where(fg < fg_max, torch.zeros_like(fg), fg)
+    return torch.cat([1 - fg_max, fg], dim=1)
+
+
+def pcm(cam_norm: torch.Tensor, feats: torch.Tensor, f9: nn.Conv2d) -> torch.Tensor:
+    """Pixel correlation module: cosine affinities of f9(features), column-normalised.
+
+    cam_norm (B, C, h, w), feats (B, F, h, w) -> (B, C, h, w).
+    """
+    B, C, h, w = cam_norm.shape
+    g = f9(feats).flatten(2)  # (B, D, hw)
+    g = g / (torch.norm(g, dim=1, keepdim=True) + 1e-5)
+    aff = F.relu(torch.bmm(g.transpose(1, 2), g))  # (B, hw, hw)
+    aff = aff / (aff.sum(dim=1, keepdim=True) + 1e-5)
+    return torch.bmm(cam_norm.flatten(2), aff).view(B, C, h, w)
+
+
+class SEAM(ResNet38):
+    """Subclasses the backbone (as the release does) so state-dict keys are the authors'."""
+
+    def __init__(self, num_classes: int = 21, backbone: ResNet38Config = ResNet38Config()) -> None:
+        """num_classes includes background (channel 0)."""
+        super().__init__(backbone)
+        self.num_classes = num_classes
+        fc = backbone.feature_channels
+        self.dropout7 = nn.Dropout2d(0.5)
+        self.fc8 = nn.Conv2d(fc["conv6"], num_classes, 1, bias=False)
+        self.f8_3 = nn.Conv2d(fc["conv4"], 64, 1, bias=False)
+        self.f8_4 = nn.Conv2d(fc["conv5"], 128, 1, bias=False)
+        self.f9 = nn.Conv2d(3 + 64 + 128, 192, 1, bias=False)
+        for m in (self.fc8, self.f8_3, self.f8_4):
+            nn.init.kaiming_normal_(m.weight)
+        nn.init.xavier_uniform_(self.f9.weight, gain=4)
+
+    def new_modules(self) -> list[nn.Module]:
+        return [self.fc8, self.f8_3, self.f8_4, self.f9]
+
+    def forward_stride8(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, H, W) -> (cam, cam_rv) at the output stride, before upsampling."""
+        d = self.forward_features(x)
+        cam = self.fc8(self.dropout7(d["conv6"]))
+        h, w = cam.shape[-2:]
+        with torch.no_grad():
+            cam_norm = pcm_normalize(cam.detach())
+        f = torch.cat([
+            F.interpolate(x, (h, w), mode="bilinear", align_corners=True),
+            F.relu(self.f8_3(d["conv4"].detach())),
+            F.relu(self.f8_4(d["conv5"].detach())),
+        ], dim=1)
+        return cam, pcm(cam_norm, f, self.f9)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """As the release: both maps upsampled to the input size (align_corners=True)."""
+        cam, cam_rv = self.forward_stride8(x)
+        size = x.shape[-2:]
+        return (F.interpolate(cam, size, mode="bilinear", align_corners=True),
+                F.interpolate(cam_rv, size, mode="bilinear", align_corners=True))
