@@ -47,31 +47,26 @@ class _Reader:
 def _read_ndarray(r: _Reader) -> np.ndarray | None:
     magic = r.take("I")
     if magic in (V2_MAGIC, V3_MAGIC):
-        stype = r.take("i")
-        if stype != 0:
-            raise ParamsFormatError(f"sparse storage type {stype} is not supported")
+        if r.take("i") != 0:
+            raise ParamsFormatError("sparse NDArrays are not supported")
         ndim = r.take("i")
-        shape = tuple(r.take(f"{ndim}q")) if ndim > 0 else ()
-        if ndim > 0 and ndim == 1:
-            shape = (shape,) if isinstance(shape, int) else shape
+        dim_fmt = "q"
     elif magic == V1_MAGIC:
-        ndim = r.take("I")
-        shape = r.take(f"{ndim}q") if ndim else ()
-    else:  # legacy: the word we read is ndim
-        ndim = magic
+        ndim, dim_fmt = r.take("I"), "q"
+    else:  # legacy files have no magic: the word we read is ndim, dims are uint32
+        ndim, dim_fmt = magic, "I"
         if ndim > 32:
             raise ParamsFormatError("not an MXNet NDArray (bad header)")
-        shape = r.take(f"{ndim}I") if ndim else ()
-    shape = (shape,) if isinstance(shape, int) else tuple(shape)
     if ndim <= 0:
         return None
+    shape = tuple(int(r.take(dim_fmt)) for _ in range(ndim))
     r.take("ii")  # context: dev_type, dev_id (everything loads to CPU)
     flag = r.take("i")
     if flag not in DTYPES:
         raise ParamsFormatError(f"unknown dtype flag {flag}")
     dtype = np.dtype(DTYPES[flag]).newbyteorder("<")
     count = int(np.prod(shape))
-    return np.frombuffer(r.raw(count * dtype.itemsize), dtype=dtype).reshape(shape).copy()
+    return np.frombuffer(r.raw(count * dtype.itemsize), dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 
 def read_params(path: str | Path) -> dict[str, np.ndarray]:
