@@ -20,6 +20,7 @@ COMMANDS: list[tuple[typer.Typer, str, str, str]] = [
     (app, "synth", "synth", "synth"),
     (app, "eval", "evaluate", "evaluate"),
     (app, "cam", "cam", "cam"),
+    (app, "export", "export", "export"),
 ]
 
 for _target, _name, _module, _func in COMMANDS:

@@ -96,6 +96,20 @@ class RandomWalkSettings(_Strict):
     radius: int = Field(5, ge=1, description="affinity neighbourhood on the stride-8 grid")
 
 
+class DeepLabSettings(_Strict):
+    """Multi-scale DeepLab inference: softmax of the logits upsampled to the image, averaged."""
+
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+
+    @field_validator("scales")
+    @classmethod
+    def _scales(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if not v or min(v) <= 0:
+            raise ValueError("scales must be a non-empty list of positive numbers")
+        return v
+
+
 class OnnxFile(_Strict):
     file: str = "model.onnx"
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
@@ -151,6 +165,7 @@ class Manifest(_Strict):
     cam: CamSettings | None = None  # seam
     crf: CrfSettings = CrfSettings()
     random_walk: RandomWalkSettings | None = None  # affinity
+    deeplab: DeepLabSettings | None = None  # deeplab
     provenance: Provenance
 
     @field_validator("class_names")
@@ -173,6 +188,8 @@ class Manifest(_Strict):
             raise ValueError("a seam model needs cam settings")
         if self.kind == "affinity" and self.random_walk is None:
             raise ValueError("an affinity model needs random_walk settings")
+        if self.kind == "deeplab" and self.deeplab is None:
+            raise ValueError("a deeplab model needs deeplab settings")
         return self
 
     @property

@@ -1,0 +1,39 @@
+"""`seam export`: a checkpoint -> `models/NAME/model.onnx` + `manifest.json`, verified."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from seam.commands._util import console, fail
+
+
+def export(
+    checkpoint: Annotated[Path, typer.Option(help="Checkpoint: ours (+ <ckpt>.json sidecar) or the authors' state dict.")],
+    kind: Annotated[str, typer.Option(help="seam, affinity or deeplab.")] = "seam",
+    name: Annotated[str | None, typer.Option(help="Model name: the directory models/NAME (default: checkpoint stem).")] = None,
+    models_dir: Annotated[Path, typer.Option(help="Model repository.")] = Path("models"),
+    opset: Annotated[int, typer.Option(help="ONNX opset (>= 18 for the dynamo exporter).")] = 18,
+    atol: Annotated[float, typer.Option(help="Largest |onnxruntime - torch| accepted by the parity check.")] = 1e-4,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing models/NAME.")] = False,
+) -> None:
+    """Export to ONNX with dynamic batch/height/width, check onnxruntime against torch on
+    odd sizes, and write the model directory atomically (nothing is written on failure)."""
+    import logging
+
+    from training.export import ExportError, export_model
+
+    logging.basicConfig(level=logging.WARNING)
+    if opset < 18:
+        fail("--opset must be >= 18 (torch's dynamo exporter)")
+    name = name or checkpoint.stem
+    with console.status(f"exporting {checkpoint} ({kind}) ..."):
+        try:
+            res = export_model(checkpoint, kind, name, models_dir, opset=opset, force=force, atol=atol)
+        except ExportError as exc:
+            fail(str(exc), code=1)
+    m = res.manifest
+    diffs = ", ".join(f"{k} {v:.2g}" for k, v in res.max_abs_diff.items())
+    console.print(f"[green]wrote[/] {res.model_dir}  ({m.kind}, {m.backbone}, {len(m.class_names) or '-'} classes, "
+                  f"{res.onnx_bytes / 1e6:.1f} MB; onnxruntime vs torch max |diff|: {diffs})")

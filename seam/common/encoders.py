@@ -1,0 +1,180 @@
+"""Output encoders shared by the CLIs and the service: PNGs, COCO RLE, CAM archives, overlays.
+
+numpy + Pillow only; the COCO RLE is written here (not with pycocotools) so the
+service does not need the C extension to answer requests.
+"""
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from seam.common.classes import IGNORE_INDEX
+from seam.common.palette import label_to_pil, voc_palette
+
+
+def _png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def encode_png_label(label: np.ndarray) -> bytes:
+    """(H, W) integer labels 0..255 as a VOC-palette PNG."""
+    label = np.asarray(label)
+    if label.size and (label.min() < 0 or label.max() > 255):
+        raise ValueError(f"label values must be within 0..255, got {label.min()}..{label.max()}")
+    return _png_bytes(label_to_pil(label))
+
+
+def encode_png_rgb(arr: np.ndarray) -> bytes:
+    """(H, W, 3) or (H, W) uint8 array as a PNG."""
+    arr = np.asarray(arr)
+    if arr.dtype != np.uint8 or not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 3)):
+        raise ValueError(f"expected (H, W, 3) or (H, W) uint8, got {arr.shape} {arr.dtype}")
+    return _png_bytes(Image.fromarray(arr))
+
+
+def rle_counts(mask: np.ndarray) -> list[int]:
+    """COCO run lengths of a (H, W) mask: column-major, alternating, starting with zeros."""
+    flat = np.asarray(mask, dtype=bool).ravel(order="F")
+    if flat.size == 0:
+        return []
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    bounds = np.concatenate([[0], change, [flat.size]])
+    runs = np.diff(bounds).tolist()
+    return [0, *runs] if flat[0] else runs
+
+
+def rle_string(counts: Sequence[int]) -> str:
+    """pycocotools' `rleToString`: deltas against the count two back, 5-bit LEB128-like chars."""
+    out = []
+    for i, x in enumerate(counts):
+        x = int(x)
+        if i > 2:
+            x -= int(counts[i - 2])
+        more = True
+        while more:
+            c = x & 0x1F
+            x >>= 5  # arithmetic shift, like C's on a signed long
+            more = x != -1 if c & 0x10 else x != 0
+            if more:
+                c |= 0x20
+            out.append(chr(c + 48))
+    return "".join(out)
+
+
+def coco_rle(mask: np.ndarray) -> dict[str, Any]:
+    """Compressed COCO RLE {"size": [h, w], "counts": str}, accepted by pycocotools.mask.decode."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
+    h, w = mask.shape
+    return {"size": [int(h), int(w)], "counts": rle_string(rle_counts(mask))}
+
+
+def coco_annotations(
+    label: np.ndarray, class_names: Sequence[str], image_id: int | str, start_id: int = 1
+) -> list[dict[str, Any]]:
+    """One COCO annotation per foreground class present in a (H, W) label map.
+
+    `class_names` is indexed by label value (0 = background, e.g. VOC_CLASSES), so
+    category_id = foreground index + 1 = the label value. Background and 255 are skipped.
+    """
+    label = np.asarray(label)
+    anns = []
+    values = [int(v) for v in np.unique(label) if v != 0 and v != IGNORE_INDEX]
+    for k, v in enumerate(values):
+        if v >= len(class_names):
+            raise ValueError(f"label {v} has no class name ({len(class_names)} names)")
+        mask = label == v
+        ys, xs = np.nonzero(mask)
+        x0, y0 = int(xs.min()), int(ys.min())
+        anns.append({
+            "id": start_id + k,
+            "image_id": image_id,
+            "category_id": v,
+            "category": class_names[v],
+            "segmentation": coco_rle(mask),
+            "area": int(mask.sum()),
+            "bbox": [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1],
+            "iscrowd": 0,
+        })
+    return anns
+
+
+def encode_cams_npz(
+    classes: Sequence[int], cams: np.ndarray, float16: bool = False, class_names: Sequence[str] | None = None
+) -> bytes:
+    """Compressed .npz with "classes" (K,) int64, "cams" (K, H, W) and optionally "class_names"."""
+    cams = np.asarray(cams)
+    classes_arr = np.asarray(list(classes), dtype=np.int64)
+    if cams.ndim != 3 or cams.shape[0] != classes_arr.shape[0]:
+        raise ValueError(f"{classes_arr.shape[0]} classes but CAM array of shape {cams.shape}")
+    arrays: dict[str, np.ndarray] = {
+        "classes": classes_arr,
+        "cams": cams.astype(np.float16 if float16 else np.float32),
+    }
+    if class_names is not None:
+        if len(class_names) != classes_arr.shape[0]:
+            raise ValueError(f"{len(class_names)} class names for {classes_arr.shape[0]} classes")
+        arrays["class_names"] = np.asarray([str(n) for n in class_names], dtype=np.str_)  # unicode, no pickle
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def decode_cams_npz(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(classes (K,) int64, cams (K, H, W) float32) from `encode_cams_npz` output; never unpickles."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            if "classes" not in z or "cams" not in z:
+                raise ValueError("CAM archive needs arrays 'classes' and 'cams'")
+            classes = np.asarray(z["classes"]).astype(np.int64).reshape(-1)
+            cams = np.asarray(z["cams"], dtype=np.float32)
+    except (OSError, EOFError) as exc:  # not a zip / truncated
+        raise ValueError(f"not a CAM .npz archive: {exc}") from exc
+    if cams.ndim != 3 or cams.shape[0] != classes.shape[0]:
+        raise ValueError(f"{classes.shape[0]} classes but CAM array of shape {cams.shape}")
+    return classes, cams
+
+
+def jet(x: np.ndarray) -> np.ndarray:
+    """(...,) values in [0, 1] -> (..., 3) uint8 with a jet-like colour map (blue -> red)."""
+    x = np.clip(np.nan_to_num(np.asarray(x, dtype=np.float32)), 0.0, 1.0)[..., None]
+    centers = np.asarray([3.0, 2.0, 1.0], np.float32)  # r, g, b peaks at x = 3/4, 1/2, 1/4
+    return (np.clip(1.5 - np.abs(4.0 * x - centers), 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+
+
+def _blend(rgb: np.ndarray, colours: np.ndarray, alpha: float) -> np.ndarray:
+    out = (1.0 - alpha) * rgb.astype(np.float32) + alpha * colours.astype(np.float32)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def _check_rgb(rgb: np.ndarray, hw: tuple[int, ...]) -> np.ndarray:
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"rgb must be (H, W, 3), got {rgb.shape}")
+    if rgb.shape[:2] != hw:
+        raise ValueError(f"image size {rgb.shape[:2]} differs from map size {hw}")
+    return rgb
+
+
+def heatmap_overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """(H, W, 3) uint8: the image blended with a jet rendering of a [0, 1] CAM."""
+    cam = np.asarray(cam)
+    rgb = _check_rgb(rgb, cam.shape)
+    return _blend(rgb, jet(cam), alpha)
+
+
+def mask_overlay(rgb: np.ndarray, label: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """(H, W, 3) uint8: VOC colours blended over foreground pixels; background and 255 left as is."""
+    label = np.asarray(label)
+    rgb = _check_rgb(rgb, label.shape)
+    out = rgb.astype(np.uint8, copy=True)
+    fg = (label != 0) & (label != IGNORE_INDEX)
+    out[fg] = _blend(rgb[fg], voc_palette()[label[fg].astype(np.uint8)], alpha)
+    return out

@@ -1,0 +1,144 @@
+"""Service settings: every knob is an environment variable with the `SEAM_` prefix.
+
+Read them through `get_settings()` (cached); tests build `Settings(...)` directly and
+hand it to `create_app(settings=...)`. Validators refuse bad values at start-up rather
+than deep inside a request.
+"""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MB = 1024 * 1024
+OUTPUT_KINDS: tuple[str, ...] = ("png", "npy", "coco", "overlay")
+
+
+def default_data_dir() -> Path:
+    """`$XDG_CACHE_HOME/seam` (usually `~/.cache/seam`): runtime files stay out of the repository."""
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "seam"
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """All service settings. Environment: `SEAM_<FIELD NAME IN CAPITALS>`."""
+
+    model_config = SettingsConfigDict(env_prefix="SEAM_", extra="ignore", validate_default=True)
+
+    # --- models and engine -------------------------------------------------------
+    models_dir: Path = Field(Path("models"), description="Model repository (one sub-directory per exported model).")
+    engine: Literal["onnx", "fake"] = Field(
+        "onnx", description="'onnx' (the real engine) or 'fake' (deterministic numpy stand-in for tests and demos).")
+    providers: str = Field("auto", description="onnxruntime providers: auto, cpu, cuda or a comma-separated list.")
+    threads: int | None = Field(None, ge=1, le=256, description="onnxruntime intra-op threads (default: engine's choice).")
+    warmup: bool = Field(True, description="Run one tiny inference before reporting ready.")
+    fake_delay_ms: float = Field(0.0, ge=0, le=60_000, description="Fake engine only: sleep per image (tests).")
+
+    # --- storage and jobs --------------------------------------------------------
+    data_dir: Path = Field(default_factory=default_data_dir, description="Uploaded job inputs and outputs.")
+    allowed_root: Path | None = Field(None, description="Directory jobs may only read images under this path; unset = directory jobs disabled.")
+    job_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="Job state and files are deleted this long after creation.")
+    chunk_size: int = Field(8, ge=1, le=1000, description="Images per task.")
+    max_active_jobs: int = Field(16, ge=1, description="Queued + running jobs; beyond it POST /jobs answers 503.")
+    embedded_workers: int = Field(1, ge=1, le=64, description="Embedded mode: executor threads processing job chunks.")
+    max_deliveries: int = Field(5, ge=1, le=100, description="A chunk delivered more often than this is given up (poison chunk).")
+    max_retries: int = Field(3, ge=0, le=20, description="Retries (with exponential backoff) of a chunk after a transient error.")
+    task_soft_time_limit_s: int = Field(540, ge=1, description="Celery soft time limit of one chunk.")
+    task_time_limit_s: int = Field(600, ge=2, description="Celery hard time limit of one chunk.")
+    visibility_timeout_s: int | None = Field(None, ge=1, description="Redis visibility timeout; default 2 x hard limit + 60 s.")
+
+    # --- broker (Celery mode) ----------------------------------------------------
+    broker_url: str | None = Field(None, description="redis://host:port/db switches to Celery mode; unset = embedded executor.")
+    key_prefix: str = Field("seam", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Prefix of every Redis key and of the Celery queue name.")
+
+    # --- limits ------------------------------------------------------------------
+    max_upload_mb: float = Field(20.0, gt=0, le=4096, description="Request body limit of /segment and /cam.")
+    max_job_upload_mb: float = Field(1024.0, gt=0, le=65536, description="Request body limit of POST /jobs (archives).")
+    max_pixels: int = Field(40_000_000, ge=1, description="Width x height limit, read from the image header before decoding.")
+    max_archive_members: int = Field(10_000, ge=1, description="Files in one job archive.")
+    max_archive_bytes: int = Field(4 * 1024 * MB, ge=1, description="Total uncompressed size of one job archive.")
+    max_inflight: int = Field(2, ge=1, le=1024, description="Concurrent /segment and /cam computations.")
+    max_waiting: int = Field(8, ge=0, le=100_000, description="Requests allowed to wait for a slot; beyond it 429.")
+    wait_timeout_s: float = Field(30.0, gt=0, description="How long a waiting request waits before 503.")
+
+    # --- HTTP --------------------------------------------------------------------
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated accepted X-API-Key values; empty = no authentication.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Comma-separated CORS origins ('*' allowed).")
+    metrics_public: bool = Field(True, description="Serve /metrics without an API key.")
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _csv(cls, v: object) -> object:
+        return _split_csv(v)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_long_enough(cls, v: list[str]) -> list[str]:
+        short = [k for k in v if len(k) < 16]
+        if short:
+            raise ValueError("API keys must be at least 16 characters")
+        return v
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        if not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("broker_url must be a redis:// or rediss:// URL")
+        return v
+
+    @field_validator("allowed_root")
+    @classmethod
+    def _root(cls, v: Path | None) -> Path | None:
+        if v is None or str(v) == "":
+            return None
+        if not v.is_dir():
+            raise ValueError(f"allowed_root {v} is not a directory")
+        return v.resolve()
+
+    @model_validator(mode="after")
+    def _limits(self) -> Settings:
+        if self.task_soft_time_limit_s >= self.task_time_limit_s:
+            raise ValueError("task_soft_time_limit_s must be below task_time_limit_s")
+        if self.visibility_timeout_s is not None and self.visibility_timeout_s <= self.task_time_limit_s:
+            raise ValueError("visibility_timeout_s must exceed task_time_limit_s (else tasks run twice)")
+        return self
+
+    # --- derived -----------------------------------------------------------------
+    @property
+    def mode(self) -> Literal["embedded", "celery"]:
+        return "celery" if self.broker_url else "embedded"
+
+    @property
+    def visibility_timeout(self) -> int:
+        return self.visibility_timeout_s or 2 * self.task_time_limit_s + 60
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * MB)
+
+    @property
+    def max_job_upload_bytes(self) -> int:
+        return int(self.max_job_upload_mb * MB)
+
+    @property
+    def queue_name(self) -> str:
+        return f"{self.key_prefix}.chunks"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read from the environment once."""
+    return Settings()

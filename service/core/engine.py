@@ -1,0 +1,87 @@
+"""Building, warming and holding the inference engine.
+
+`build_engine(settings)` is the only place that picks an implementation: the
+onnxruntime engine over `settings.models_dir`, or the fake engine when
+`SEAM_ENGINE=fake`. The import is lazy so the API starts (and answers /healthz and
+a 503 /readyz) even when the model repository is missing or broken.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from service.core.config import Settings
+from service.core.errors import ApiError
+from service.engine.base import InferenceEngine
+
+log = logging.getLogger("seam.service")
+
+
+def build_engine(settings: Settings) -> InferenceEngine:
+    if settings.engine == "fake":
+        from service.fake_engine import FakeEngine
+
+        return FakeEngine(delay_ms=settings.fake_delay_ms)
+    from service.engine.onnx_engine import OnnxEngine
+
+    return OnnxEngine(settings.models_dir, providers=settings.providers, threads=settings.threads)
+
+
+def warm_up(engine: InferenceEngine) -> None:
+    """One small inference per available method so the first request pays no session set-up."""
+    yy, xx = np.mgrid[0:64, 0:64]
+    rgb = np.stack([xx * 4, yy * 4, (xx + yy) * 2], axis=-1).astype(np.uint8)
+    methods = engine.methods()
+    if not methods:
+        engine.cam(rgb, refined=False)
+        return
+    engine.segment(rgb, method=methods[0])
+
+
+class EngineHolder:
+    """The engine of one process plus its readiness; loading may run in a thread."""
+
+    def __init__(self) -> None:
+        self.engine: InferenceEngine | None = None
+        self.error: str | None = None
+        self.loading = False
+        self.loaded_at: float | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def ready(self) -> bool:
+        return self.engine is not None and self.error is None
+
+    def set(self, engine: InferenceEngine, warm: bool = True) -> None:
+        if warm:
+            warm_up(engine)
+        self.engine, self.error, self.loaded_at = engine, None, time.time()
+
+    def load(self, build: Callable[[], InferenceEngine], warm: bool = True) -> None:
+        with self._lock:
+            self.loading = True
+            try:
+                self.set(build(), warm)
+                log.info("engine ready")
+            except Exception as exc:  # report through /readyz, keep the API up
+                log.exception("engine failed to load")
+                self.engine, self.error = None, f"{type(exc).__name__}: {exc}"
+            finally:
+                self.loading = False
+
+    def load_in_background(self, build: Callable[[], InferenceEngine], warm: bool = True) -> threading.Thread:
+        self.loading = True
+        t = threading.Thread(target=self.load, args=(build, warm), name="seam-engine-load", daemon=True)
+        t.start()
+        return t
+
+    def get(self) -> InferenceEngine:
+        if self.engine is not None:
+            return self.engine
+        if self.loading or self.error is None:
+            raise ApiError(503, "not_ready", "models are still loading; retry shortly", {"Retry-After": "5"})
+        raise ApiError(503, "not_ready", f"no model is loaded: {self.error}", {"Retry-After": "30"})

@@ -1,0 +1,99 @@
+"""Back-pressure: request body limits enforced while the body streams in, and a
+bounded number of in-flight computations with a bounded waiting room.
+
+Like Triton's `max_queue_size` or BentoML's `max_concurrency`: overload is answered
+at once with 429/503 and `Retry-After`, never by growing a queue.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.core.errors import ApiError, error_response
+
+
+def too_large(limit: int) -> ApiError:
+    return ApiError(413, "too_large", f"request body is larger than the limit of {limit / 2**20:.1f} MiB")
+
+
+class BodyLimitMiddleware:
+    """Counts request body bytes as they arrive; over the path's limit -> 413.
+
+    `limit_for(method, path)` returns the byte limit (None = unlimited). A declared
+    Content-Length above the limit is refused before a byte is read; a chunked body
+    is cut off as soon as the running total passes it.
+    """
+
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str, str], int | None]) -> None:
+        self.app = app
+        self.limit_for = limit_for
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope["method"], scope["path"])
+        if limit is None:
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            exc = too_large(limit)
+            # Answer without reading the body; the server closes the connection.
+            await error_response(exc.status_code, exc.code, exc.message, {"Connection": "close"})(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise too_large(limit)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+class InflightLimiter:
+    """At most `max_inflight` computations at once, `max_waiting` queued behind them.
+
+    Created inside the running event loop (in the app's lifespan).
+    """
+
+    def __init__(self, max_inflight: int, max_waiting: int, wait_timeout_s: float) -> None:
+        self.max_inflight = max_inflight
+        self.max_waiting = max_waiting
+        self.wait_timeout_s = wait_timeout_s
+        self._sem = asyncio.Semaphore(max_inflight)
+        self.inflight = 0
+        self.waiting = 0
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        if self._sem.locked():
+            if self.waiting >= self.max_waiting:
+                raise ApiError(429, "too_many_requests",
+                               f"server busy: {self.inflight} requests in flight and {self.waiting} waiting; retry later",
+                               {"Retry-After": "1"})
+            self.waiting += 1
+            try:
+                await asyncio.wait_for(self._sem.acquire(), self.wait_timeout_s)
+            except TimeoutError:
+                raise ApiError(503, "unavailable", f"no computation slot freed within {self.wait_timeout_s:g} s; retry later",
+                               {"Retry-After": "5"}) from None
+            finally:
+                self.waiting -= 1
+        else:
+            await self._sem.acquire()
+        self.inflight += 1
+        try:
+            yield
+        finally:
+            self.inflight -= 1
+            self._sem.release()

@@ -1,0 +1,91 @@
+"""A deterministic, torch-free, model-free `InferenceEngine` for tests, demos and CI.
+
+Selected with `SEAM_ENGINE=fake` (documented as a test/dev mode in docs/service.md).
+Classes are colours: the CAM of "red" is how much the red channel dominates the
+other two; "refined" (PCM-like) maps are a box-blurred version of the raw ones.
+Cheap numpy only, so end-to-end tests exercise the whole service without a model.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from seam.common.cam import DEFAULT_BG_THRESHOLD, CamResult, cams_to_label
+from service.engine.base import METHODS, ModelInfo, SegmentResult
+
+FAKE_CLASSES: tuple[str, ...] = ("red", "green", "blue")
+FAIL_PIXEL = (1, 2, 3)  # an image whose top-left pixel is exactly this makes the engine raise
+
+
+class FakeEngineError(RuntimeError):
+    pass
+
+
+def _box_blur(x: np.ndarray, r: int) -> np.ndarray:
+    """(C, H, W) mean filter of radius r (edge-padded), via cumulative sums."""
+    if r <= 0:
+        return x
+    k = 2 * r + 1
+    p = np.pad(x, ((0, 0), (r + 1, r), (r + 1, r)), mode="edge").astype(np.float64)
+    c = p.cumsum(1).cumsum(2)
+    s = c[:, k:, k:] - c[:, :-k, k:] - c[:, k:, :-k] + c[:, :-k, :-k]
+    return (s / (k * k)).astype(np.float32)
+
+
+class FakeEngine:
+    def __init__(self, classes: Sequence[str] = FAKE_CLASSES, methods: Sequence[str] = ("pcm", "cam"),
+                 delay_ms: float = 0.0) -> None:
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown methods {unknown}")
+        self._classes = list(classes)
+        self._methods = list(methods)
+        self.delay_s = delay_ms / 1000.0
+        self.calls = 0
+
+    # --- protocol -------------------------------------------------------------
+    def models(self) -> list[ModelInfo]:
+        return [ModelInfo(name="fake", kind="seam", backbone="numpy", classes=list(self._classes),
+                          provider="fake", manifest={"engine": "fake"})]
+
+    def foreground_classes(self) -> list[str]:
+        return list(self._classes)
+
+    def methods(self) -> list[str]:
+        return list(self._methods)
+
+    def cam(self, rgb: np.ndarray, labels: Sequence[int] | None = None, refined: bool = True,
+            scales: Sequence[float] | None = None, flip: bool | None = None) -> CamResult:
+        self.calls += 1
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise ValueError(f"expected (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
+        if tuple(int(v) for v in rgb[0, 0]) == FAIL_PIXEL:
+            raise FakeEngineError("fake engine failure (trigger pixel)")
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        H, W = rgb.shape[:2]
+        n = len(self._classes)
+        x = rgb.astype(np.float32) / 255.0
+        dom = np.zeros((n, H, W), np.float32)
+        for c in range(min(n, 3)):
+            others = [x[..., o] for o in range(3) if o != c]
+            dom[c] = np.clip(x[..., c] - 0.5 * (others[0] + others[1]), 0.0, 1.0)
+        maps = _box_blur(dom, 2) if refined else dom
+        scores = np.clip((dom > 0.2).mean(axis=(1, 2)) * 4.0, 0.0, 1.0).astype(np.float32)
+        classes = sorted(int(c) for c in labels) if labels is not None else [int(c) for c in np.flatnonzero(scores >= 0.5)]
+        raw = maps[classes] if classes else np.zeros((0, H, W), np.float32)
+        hi = raw.max(axis=(1, 2), keepdims=True) if classes else np.ones((0, 1, 1), np.float32)
+        cams = (raw / np.maximum(hi, 1e-5)).astype(np.float32)
+        return CamResult(classes=classes, cams=cams, scores=scores, raw=raw)
+
+    def segment(self, rgb: np.ndarray, labels: Sequence[int] | None = None, method: str | None = None,
+                threshold: float | None = None, crf: bool = False) -> SegmentResult:
+        method = method or self._methods[0]
+        if method not in self._methods:
+            raise ValueError(f"method {method!r} not available (have {self._methods})")
+        res = self.cam(rgb, labels, refined=method != "cam")
+        thr = DEFAULT_BG_THRESHOLD if threshold is None else threshold
+        label = cams_to_label(res.cams, res.classes, thr)
+        return SegmentResult(label=label, classes=res.classes, scores=res.scores, method=method, cams=res)

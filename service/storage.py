@@ -1,0 +1,206 @@
+"""The data directory: job manifests, inputs and outputs on a filesystem shared by
+the API and the workers.
+
+    <data_dir>/jobs/<job id>/job.json         manifest (options, image list, labels)
+    <data_dir>/jobs/<job id>/inputs/...       extracted upload (upload jobs)
+    <data_dir>/jobs/<job id>/outputs/<kind>/<image id>.<ext>
+    <data_dir>/jobs/<job id>/tmp/             in-progress writes (atomic rename into outputs)
+
+Per-image output files are the record of what is done: every write goes to a
+temporary file then `os.replace`, so a file either exists complete or not at all,
+and a redelivered chunk rewrites identical bytes instead of duplicating anything.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+import zipfile
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
+
+OUTPUT_EXT = {"png": ".png", "npy": ".npz", "coco": ".json", "overlay": ".png"}
+JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+def atomic_write(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
+    """Write `data` to `path` so readers see either the old file, or the new one complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = tmp_dir or path.parent
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix=".w-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+class _StreamBuffer:
+    """A write-only file object whose contents are drained by a generator."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.pos = 0
+
+    def write(self, b: bytes) -> int:
+        self.chunks.append(bytes(b))
+        self.pos += len(b)
+        return len(b)
+
+    def tell(self) -> int:
+        return self.pos
+
+    def flush(self) -> None:
+        pass
+
+    def drain(self) -> bytes:
+        out = b"".join(self.chunks)
+        self.chunks.clear()
+        return out
+
+
+class Storage:
+    def __init__(self, data_dir: Path) -> None:
+        self.root = Path(data_dir)
+        self.jobs_root = self.root / "jobs"
+        self._lock = threading.Lock()
+
+    def ensure(self) -> None:
+        self.jobs_root.mkdir(parents=True, exist_ok=True)
+
+    # --- layout ---------------------------------------------------------------
+    def job_dir(self, job_id: str) -> Path:
+        if not JOB_ID_RE.match(job_id):
+            raise ValueError(f"bad job id {job_id!r}")
+        return self.jobs_root / job_id
+
+    def inputs_dir(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "inputs"
+
+    def outputs_dir(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "outputs"
+
+    def tmp_dir(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "tmp"
+
+    def output_path(self, job_id: str, kind: str, image_id: str) -> Path:
+        return self.outputs_dir(job_id) / kind / f"{image_id}{OUTPUT_EXT[kind]}"
+
+    # --- manifest -------------------------------------------------------------
+    def write_manifest(self, job_id: str, manifest: dict) -> None:
+        atomic_write(self.job_dir(job_id) / "job.json", json.dumps(manifest).encode(), self.tmp_dir(job_id))
+
+    def read_manifest(self, job_id: str) -> dict:
+        path = self.job_dir(job_id) / "job.json"
+        st = path.stat()
+        return _read_json(str(path), st.st_mtime_ns, st.st_size)
+
+    def input_path(self, job_id: str, manifest: dict, image_id: str) -> Path:
+        rel = manifest["images"][image_id]
+        if manifest.get("source_dir"):
+            base = Path(manifest["source_dir"])
+        else:
+            base = self.inputs_dir(job_id)
+        path = (base / rel).resolve()
+        if not path.is_relative_to(base.resolve()):
+            raise PermissionError(f"{rel!r} escapes the job's input directory")
+        return path
+
+    # --- outputs --------------------------------------------------------------
+    def write_output(self, job_id: str, kind: str, image_id: str, data: bytes) -> None:
+        atomic_write(self.output_path(job_id, kind, image_id), data, self.tmp_dir(job_id))
+
+    def outputs_complete(self, job_id: str, image_id: str, kinds: list[str]) -> bool:
+        return all(self.output_path(job_id, k, image_id).is_file() for k in kinds)
+
+    def resolve_output(self, job_id: str, kind: str, name: str) -> Path | None:
+        """The output file `<kind>/<name>` (name with or without its extension), or None.
+        Refuses anything that would leave the job's output folder."""
+        if kind not in OUTPUT_EXT or not name or "\x00" in name or "\\" in name:
+            return None
+        parts = name.split("/")
+        if any(p in ("", ".", "..") for p in parts) or name.startswith("/"):
+            return None
+        base = (self.outputs_dir(job_id) / kind).resolve()
+        ext = OUTPUT_EXT[kind]
+        cand = name if name.endswith(ext) else f"{name}{ext}"
+        path = (base / cand).resolve()
+        if not path.is_relative_to(base) or not path.is_file():
+            return None
+        return path
+
+    def iter_outputs(self, job_id: str) -> Iterator[tuple[str, Path]]:
+        """(archive name, path) of every finished output file, sorted."""
+        out = self.outputs_dir(job_id)
+        if not out.is_dir():
+            return
+        for kind in OUTPUT_EXT:
+            kdir = out / kind
+            if not kdir.is_dir():
+                continue
+            for p in sorted(kdir.rglob("*")):
+                if p.is_file() and not p.name.startswith(".w-"):
+                    yield p.relative_to(out).as_posix(), p
+
+    def stream_results_zip(self, job_id: str, extra: dict[str, bytes]) -> Iterator[bytes]:
+        """A zip of the outputs (+ extra generated members), produced as it is read."""
+        buf = _StreamBuffer()
+        with zipfile.ZipFile(buf, mode="w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+            for name, data in extra.items():
+                zf.writestr(name, data)
+                yield buf.drain()
+            for name, path in self.iter_outputs(job_id):
+                compress = zipfile.ZIP_STORED if path.suffix == ".png" else zipfile.ZIP_DEFLATED
+                try:
+                    zf.write(path, name, compress_type=compress)
+                except FileNotFoundError:  # swept meanwhile
+                    continue
+                chunk = buf.drain()
+                if chunk:
+                    yield chunk
+        yield buf.drain()
+
+    # --- lifecycle ------------------------------------------------------------
+    def delete_job(self, job_id: str) -> None:
+        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+
+    def sweep(self, ttl_s: int, keep: set[str] | None = None, now: float | None = None) -> list[str]:
+        """Delete job folders older than `ttl_s` (their state has expired too)."""
+        now = now or time.time()
+        removed = []
+        if not self.jobs_root.is_dir():
+            return removed
+        for d in self.jobs_root.iterdir():
+            if not d.is_dir() or not JOB_ID_RE.match(d.name) or (keep and d.name in keep):
+                continue
+            try:
+                created = float(json.loads((d / "job.json").read_bytes()).get("created_at", 0)) or d.stat().st_mtime
+            except (OSError, ValueError, AttributeError):
+                try:
+                    created = d.stat().st_mtime
+                except FileNotFoundError:
+                    continue
+            age = now - created
+            if age > ttl_s:
+                shutil.rmtree(d, ignore_errors=True)
+                removed.append(d.name)
+        return removed
+
+
+@lru_cache(maxsize=16)
+def _read_json(path: str, mtime_ns: int, size: int) -> dict:
+    with open(path, "rb") as f:
+        return json.loads(f.read())

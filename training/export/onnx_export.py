@@ -1,0 +1,283 @@
+"""Checkpoint -> `models/NAME/{model.onnx, manifest.json}`, checked against eager torch.
+
+The export refuses to write anything unless onnxruntime (with the engine's own
+session settings) reproduces the eager network on several odd input sizes. The
+model directory appears atomically: it is built in a temporary sibling directory
+and renamed into place.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from seam.common.cam import DEFAULT_BG_THRESHOLD, DEFAULT_CLS_THRESHOLD, DEFAULT_SCALES
+from seam.common.classes import VOC_CLASSES
+from seam.common.image import IMAGENET_MEAN, IMAGENET_STD
+from service.engine.manifest import (
+    MANIFEST_NAME,
+    MODEL_KINDS,
+    CamSettings,
+    DeepLabSettings,
+    InputSpec,
+    Manifest,
+    OnnxFile,
+    ParityCheck,
+    Provenance,
+    RandomWalkSettings,
+    file_sha256,
+)
+from service.engine.runtime import RuntimeConfig, create_session, default_threads
+from training.export.specs import SPECS, ExportSpec
+from training.models.checkpoint import CheckpointError
+from training.models.registry import model_from_checkpoint
+
+log = logging.getLogger(__name__)
+
+ONNX_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+IR_VERSION = 10  # onnxruntime 1.31 refuses onnx 1.23's default IR 14
+DEFAULT_OPSET = 18
+EXTERNAL_DATA_BYTES = 100 << 20  # weights above this go to model.onnx.data (ResNet-38: 421 MB)
+TRACE_SHAPE = (2, 3, 67, 93)  # batch >= 2 and odd H, W: no 0/1 specialisation
+CHECK_SHAPES: tuple[tuple[int, int, int, int], ...] = ((1, 3, 37, 61), (1, 3, 200, 133), (2, 3, 96, 96))
+DEFAULT_ATOL = 1e-4
+MAX_SIDE = 4096
+
+
+class ExportError(RuntimeError):
+    """The export could not be produced or did not match eager torch; nothing was written."""
+
+
+@dataclass
+class ExportResult:
+    model_dir: Path
+    manifest: Manifest
+    max_abs_diff: dict[str, float] = field(default_factory=dict)
+    onnx_bytes: int = 0
+
+
+def class_names_for(meta: dict[str, Any], num_classes: int | None) -> list[str]:
+    """Background first. From the checkpoint's metadata/sidecar, else VOC for 21 classes."""
+    names = meta.get("class_names")
+    if names:
+        names = [str(n) for n in names]
+        if names[0] != "background":
+            names = ["background", *names]
+        if num_classes is not None and len(names) != num_classes:
+            raise ExportError(f"checkpoint metadata names {len(names)} classes (with background), "
+                              f"the network has {num_classes}")
+        return names
+    if num_classes is None:
+        return []
+    if num_classes == len(VOC_CLASSES):
+        return list(VOC_CLASSES)
+    return ["background", *[f"class_{i}" for i in range(num_classes - 1)]]
+
+
+def export_model(
+    checkpoint: str | Path,
+    kind: str,
+    name: str,
+    models_dir: str | Path = "models",
+    opset: int = DEFAULT_OPSET,
+    force: bool = False,
+    atol: float = DEFAULT_ATOL,
+    check_shapes: Sequence[tuple[int, int, int, int]] = CHECK_SHAPES,
+    external_data: bool | None = None,
+    threads: int | None = None,
+) -> ExportResult:
+    """Export `checkpoint` as `models_dir/name`. external_data None = by weight size."""
+    if kind not in MODEL_KINDS:
+        raise ExportError(f"unknown kind {kind!r}; choose from {', '.join(MODEL_KINDS)}")
+    checkpoint = Path(checkpoint)
+    models_dir = Path(models_dir)
+    target = models_dir / name
+    if target.exists() and not force:
+        raise ExportError(f"{target} already exists (use --force to replace it)")
+    try:
+        net, meta = model_from_checkpoint(checkpoint, kind)
+    except CheckpointError as exc:
+        raise ExportError(str(exc)) from exc
+    except ValueError as exc:  # kind whose network module is not in this checkout
+        raise ExportError(f"cannot build a {kind} network: {exc}") from exc
+    spec = SPECS[kind]
+    graph = spec.graph(net).eval()
+    num_classes = getattr(net, "num_classes", None) if kind != "affinity" else None
+    class_names = class_names_for(meta, num_classes)
+
+    models_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.export-", dir=models_dir))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would hide the model from a service running as another user
+    try:
+        n_bytes = sum(p.numel() * p.element_size() for p in graph.state_dict().values())
+        use_external = n_bytes > EXTERNAL_DATA_BYTES if external_data is None else external_data
+        _export_onnx(graph, spec, tmp / ONNX_FILE, opset, use_external)
+        onnx.checker.check_model(str(tmp / ONNX_FILE))
+        diffs, worst = check_parity(graph, spec, tmp / ONNX_FILE, check_shapes, atol, threads)
+        if worst > atol:
+            raise ExportError(
+                f"onnxruntime does not match torch (max abs diff {worst:.3g} > {atol:g}): "
+                + ", ".join(f"{k}={v:.3g}" for k, v in diffs.items()) + "; nothing written"
+            )
+        manifest = _manifest(name, kind, meta, class_names, checkpoint, tmp, opset, spec,
+                             ParityCheck(shapes=tuple(check_shapes), max_abs_diff=diffs, tolerance=atol))
+        (tmp / MANIFEST_NAME).write_text(manifest.to_json())
+        _replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    size = sum(p.stat().st_size for p in target.iterdir() if p.is_file())
+    log.info("exported %s (%s, %s) to %s: %.1f MB, max diff %s", name, kind, manifest.backbone, target,
+             size / 1e6, diffs)
+    return ExportResult(target, manifest, diffs, size)
+
+
+def _export_onnx(graph: nn.Module, spec: ExportSpec, path: Path, opset: int, external: bool) -> None:
+    x = torch.randn(*TRACE_SHAPE, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        outs = graph(x)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    try:
+        spec.check_contract(graph.net, x, outs)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from exc
+    dims = {
+        0: torch.export.Dim("batch", min=1, max=256),
+        2: torch.export.Dim("height", min=1, max=MAX_SIDE),
+        3: torch.export.Dim("width", min=1, max=MAX_SIDE),
+    }
+    with warnings.catch_warnings(), _quiet_exporter():
+        warnings.simplefilter("ignore")
+        try:
+            program = torch.onnx.export(
+                graph, (x,), dynamo=True, verbose=False, opset_version=opset,
+                input_names=["image"], output_names=list(spec.outputs),
+                dynamic_shapes={"image": dims}, optimize=True,
+            )
+        except Exception as exc:  # noqa: BLE001 - the exporter raises many types
+            raise ExportError(f"torch.onnx.export failed for {spec.kind}: {exc}") from exc
+    proto = program.model_proto
+    proto.ir_version = IR_VERSION
+    del proto.metadata_props[:]  # exporter internals; provenance lives in the manifest
+    proto.producer_name = "seam-wsss"
+    if external:
+        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=DATA_FILE, size_threshold=1024)
+    else:
+        onnx.save_model(proto, str(path))
+
+
+class _quiet_exporter:
+    """The dynamo exporter logs progress lines and optional-dependency warnings."""
+
+    NAMES = ("torch.onnx", "torch.export", "torch._export", "onnxscript", "torch.fx")
+
+    def __enter__(self) -> None:
+        self._levels = {}
+        for n in self.NAMES:
+            lg = logging.getLogger(n)
+            self._levels[n] = lg.level
+            lg.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc: object) -> None:
+        for n, level in self._levels.items():
+            logging.getLogger(n).setLevel(level)
+
+
+def check_parity(
+    graph: nn.Module,
+    spec: ExportSpec,
+    onnx_path: Path,
+    shapes: Sequence[tuple[int, int, int, int]],
+    atol: float = DEFAULT_ATOL,
+    threads: int | None = None,
+) -> tuple[dict[str, float], float]:
+    """Max |onnxruntime - torch| per output over `shapes` (random inputs, fixed seed),
+    using the engine's CPU session settings (graph optimisation ALL)."""
+    sess, _ = create_session(onnx_path, RuntimeConfig(threads=threads or default_threads()))
+    gen = torch.Generator().manual_seed(1)
+    diffs = dict.fromkeys(spec.outputs, 0.0)
+    for shape in shapes:
+        x = torch.randn(*shape, generator=gen)
+        with torch.no_grad():
+            ref = graph(x)
+        ref = ref if isinstance(ref, tuple) else (ref,)
+        got = sess.run(list(spec.outputs), {"image": x.numpy()})
+        for name, r, g in zip(spec.outputs, ref, got):
+            if tuple(r.shape) != g.shape:
+                raise ExportError(f"output {name!r}: onnxruntime shape {g.shape} != torch {tuple(r.shape)} at {shape}")
+            diffs[name] = max(diffs[name], float(np.abs(r.numpy() - g).max()))
+    return diffs, max(diffs.values())
+
+
+def _manifest(name: str, kind: str, meta: dict[str, Any], class_names: list[str], checkpoint: Path,
+              tmp: Path, opset: int, spec: ExportSpec, parity: ParityCheck) -> Manifest:
+    ext = {DATA_FILE: file_sha256(tmp / DATA_FILE)} if (tmp / DATA_FILE).exists() else {}
+    config = _jsonable(meta.get("config", {}))
+    norm = meta.get("normalization") or {}
+    rw = _pick(meta.get("random_walk"), RandomWalkSettings)
+    dl = _pick(meta.get("inference"), DeepLabSettings)
+    return Manifest(
+        name=name,
+        kind=kind,
+        backbone=str(meta.get("backbone", "resnet38")),
+        class_names=tuple(class_names),
+        input=InputSpec(mean=tuple(norm.get("mean", IMAGENET_MEAN)), std=tuple(norm.get("std", IMAGENET_STD)),
+                        min_size=1, max_size=MAX_SIDE),
+        onnx=OnnxFile(sha256=file_sha256(tmp / ONNX_FILE), external_data=ext, ir_version=IR_VERSION,
+                      opset=opset, outputs=spec.outputs),
+        cam=CamSettings(scales=DEFAULT_SCALES, flip=True, refined=True, bg_threshold=DEFAULT_BG_THRESHOLD,
+                        cls_threshold=DEFAULT_CLS_THRESHOLD) if kind == "seam" else None,
+        random_walk=RandomWalkSettings(**rw) if kind == "affinity" else None,
+        deeplab=DeepLabSettings(**dl) if kind == "deeplab" else None,
+        provenance=Provenance(
+            checkpoint=checkpoint.name,
+            checkpoint_sha256=file_sha256(checkpoint),
+            training_config=config if isinstance(config, dict) else {"config": config},
+            created=datetime.now(timezone.utc).replace(microsecond=0),
+            torch_version=torch.__version__,
+            onnx_version=onnx.__version__,
+            exporter="torch.onnx.export(dynamo=True)",
+            parity=parity,
+        ),
+    )
+
+
+def _pick(section: Any, settings: type) -> dict[str, Any]:
+    """The keys of a checkpoint metadata section that a manifest settings model knows."""
+    if not isinstance(section, dict):
+        return {}
+    return {k: v for k, v in section.items() if k in settings.model_fields}
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Rename `src` to `dst`; an existing `dst` is moved aside first and removed after."""
+    old = None
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{datetime.now().strftime('%Y%m%d%H%M%S%f')}")
+        dst.rename(old)
+    try:
+        src.rename(dst)
+    except OSError:
+        if old is not None:
+            old.rename(dst)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
