@@ -20,6 +20,14 @@ COMMANDS: list[tuple[typer.Typer, str, str, str]] = [
     (app, "synth", "synth", "synth"),
     (app, "eval", "evaluate", "evaluate"),
     (app, "cam", "cam", "cam"),
+    (app, "serve", "serve", "serve"),
+    (app, "worker", "worker", "worker"),
+    (train_app, "seam", "train", "train_seam"),
+    (train_app, "affinity", "train_affinity", "train_affinity"),
+    (train_app, "deeplab", "train_deeplab", "train_deeplab"),
+    (app, "rw", "rw", "rw"),
+    (app, "segment", "segment", "segment"),
+    (app, "pipeline", "pipeline", "pipeline"),
     (app, "export", "export", "export"),
 ]
 

@@ -159,8 +159,8 @@ def _extract_zip(fileobj: IO[bytes], ex: _Extractor) -> None:
             rel = safe_member_path(info.filename)
             if _zip_is_link(info):
                 raise _refuse(f"archive member {info.filename!r} is a symbolic link; links are refused")
-            mode = info.external_attr >> 16
-            if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            ftype = stat.S_IFMT(info.external_attr >> 16)  # 0 when the zip carries no Unix file type
+            if ftype and ftype not in (stat.S_IFREG, stat.S_IFDIR):
                 raise _refuse(f"archive member {info.filename!r} is not a regular file")
             if info.is_dir() or not rel:
                 continue

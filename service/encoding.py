@@ -1,57 +1,28 @@
-"""Encoders for API responses and job outputs.
-
-Thin wrappers over `seam.common.encoders` (shared with the CLIs) with a local
-fallback while that module is absent, so the service's output formats are defined
-in one place for the API and the workers.
-"""
+"""Response and job-output encoders: the shared `seam.common.encoders` (also used by
+the CLIs) plus the few service-only helpers (tiles, base64, COCO categories)."""
 from __future__ import annotations
 
 import base64
-import io
 import json
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image
 
+from seam.common import encoders as shared
 from seam.common.cam import CamResult
-from seam.common.palette import colorize, label_to_pil
+
+coco_rle = shared.coco_rle
+heatmap_overlay = shared.heatmap_overlay
+mask_overlay = shared.mask_overlay
 
 
-# --- PNG ---------------------------------------------------------------------------
 def png_label(label: np.ndarray) -> bytes:
     """(H, W) label map -> VOC-palette PNG bytes."""
-    buf = io.BytesIO()
-    label_to_pil(label).save(buf, format="PNG", optimize=False)
-    return buf.getvalue()
+    return shared.encode_png_label(label)
 
 
 def png_rgb(rgb: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), mode="RGB").save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
-
-
-# --- overlays ----------------------------------------------------------------------
-def jet(x: np.ndarray) -> np.ndarray:
-    """[0, 1] -> (..., 3) uint8 jet colour map."""
-    x = np.clip(x.astype(np.float32), 0.0, 1.0)[..., None]
-    rgb = np.clip(1.5 - np.abs(4.0 * x - np.asarray([3.0, 2.0, 1.0], np.float32)), 0.0, 1.0)
-    return (rgb * 255).astype(np.uint8)
-
-
-def heatmap_overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """CAM (H, W) in [0, 1] as a jet heat map blended over the image."""
-    out = (1 - alpha) * rgb.astype(np.float32) + alpha * jet(cam).astype(np.float32)
-    return out.astype(np.uint8)
-
-
-def mask_overlay(rgb: np.ndarray, label: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """VOC colours blended over the foreground pixels; background left as is."""
-    out = rgb.astype(np.float32)
-    fg = (label > 0) & (label != 255)
-    out[fg] = (1 - alpha) * out[fg] + alpha * colorize(label)[fg].astype(np.float32)
-    return out.astype(np.uint8)
+    return shared.encode_png_rgb(np.ascontiguousarray(rgb, dtype=np.uint8))
 
 
 def tile_overlays(rgb: np.ndarray, cams: np.ndarray) -> np.ndarray:
@@ -61,37 +32,47 @@ def tile_overlays(rgb: np.ndarray, cams: np.ndarray) -> np.ndarray:
     return np.concatenate([heatmap_overlay(rgb, c) for c in cams], axis=1)
 
 
-# --- COCO RLE ----------------------------------------------------------------------
-def rle_counts(mask: np.ndarray) -> list[int]:
-    """Column-major run lengths starting with a (possibly empty) run of zeros, as COCO."""
-    flat = np.asarray(mask, dtype=bool).reshape(mask.shape).T.reshape(-1)
-    if flat.size == 0:
-        return [0]
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    bounds = np.concatenate([[0], change, [flat.size]])
-    runs = np.diff(bounds).tolist()
-    return ([0] + runs) if flat[0] else runs
+def bbox(mask: np.ndarray) -> list[int]:
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        return [0, 0, 0, 0]
+    return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
 
 
-def rle_to_string(counts: Sequence[int]) -> str:
-    """pycocotools' compressed counts string (rleToString)."""
-    out = []
-    for i, x in enumerate(counts):
-        x = int(x)
-        if i > 2:
-            x -= int(counts[i - 2])
-        more = True
-        while more:
-            c = x & 0x1F
-            x >>= 5
-            more = (x != -1) if (c & 0x10) else (x != 0)
-            if more:
-                c |= 0x20
-            out.append(chr(c + 48))
-    return "".join(out)
+def coco_annotations(label: np.ndarray, names: Sequence[str], scores: np.ndarray | None = None,
+                     image_id: int | str = 0) -> list[dict]:
+    """COCO annotations (category_id = label value = foreground index + 1) with the
+    image-level score of each class added."""
+    anns = shared.coco_annotations(label, ["background", *names], image_id)
+    if scores is not None:
+        for a in anns:
+            c = a["category_id"] - 1
+            if c < len(scores):
+                a["score"] = round(float(scores[c]), 6)
+    return anns
 
 
-def rle_from_string(s: str) -> list[int]:
+def coco_categories(names: Sequence[str]) -> list[dict]:
+    return [{"id": i + 1, "name": n, "supercategory": "object"} for i, n in enumerate(names)]
+
+
+def cams_npz(res: CamResult, names: Sequence[str]) -> bytes:
+    """`seam.common.encoders.encode_cams_npz` layout: "classes" (K,), "cams" (K, H, W)
+    float32, "class_names" (K,); loads with allow_pickle=False."""
+    return shared.encode_cams_npz(res.classes, res.cams, class_names=[names[c] for c in res.classes])
+
+
+def b64_png(rgb: np.ndarray) -> str:
+    return base64.b64encode(png_rgb(rgb)).decode("ascii")
+
+
+def dumps(obj: object) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def coco_rle_decode(rle: dict) -> np.ndarray:
+    """Inverse of coco_rle (for clients and tests; pycocotools' rleFrString + decode)."""
+    s, (h, w) = rle["counts"], rle["size"]
     counts: list[int] = []
     p = 0
     while p < len(s):
@@ -108,18 +89,6 @@ def rle_from_string(s: str) -> list[int]:
         if len(counts) > 2:
             x += counts[-2]
         counts.append(x)
-    return counts
-
-
-def coco_rle(mask: np.ndarray) -> dict:
-    """COCO compressed RLE {"size": [h, w], "counts": str} of a boolean (H, W) mask."""
-    h, w = mask.shape
-    return {"size": [int(h), int(w)], "counts": rle_to_string(rle_counts(mask))}
-
-
-def coco_rle_decode(rle: dict) -> np.ndarray:
-    h, w = rle["size"]
-    counts = rle_from_string(rle["counts"]) if isinstance(rle["counts"], str) else list(rle["counts"])
     flat = np.zeros(h * w, dtype=bool)
     pos, val = 0, False
     for n in counts:
@@ -128,55 +97,3 @@ def coco_rle_decode(rle: dict) -> np.ndarray:
         pos += n
         val = not val
     return flat.reshape(w, h).T
-
-
-def bbox(mask: np.ndarray) -> list[int]:
-    ys, xs = np.nonzero(mask)
-    if ys.size == 0:
-        return [0, 0, 0, 0]
-    return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
-
-
-def coco_annotations(label: np.ndarray, classes: Sequence[int], scores: np.ndarray | None = None,
-                     image_id: int | str = 0) -> list[dict]:
-    """One COCO annotation per foreground class present in the label map.
-
-    category_id = foreground index + 1 (= the label value; 0 stays background).
-    """
-    anns = []
-    for c in classes:
-        mask = label == c + 1
-        area = int(mask.sum())
-        if area == 0:
-            continue
-        ann = {"image_id": image_id, "category_id": int(c) + 1, "segmentation": coco_rle(mask),
-               "area": area, "bbox": bbox(mask), "iscrowd": 0}
-        if scores is not None and c < len(scores):
-            ann["score"] = float(scores[c])
-        anns.append(ann)
-    return anns
-
-
-def coco_categories(names: Sequence[str]) -> list[dict]:
-    return [{"id": i + 1, "name": n, "supercategory": "object"} for i, n in enumerate(names)]
-
-
-# --- CAM npz ------------------------------------------------------------------------
-def cams_npz(res: CamResult, names: Sequence[str]) -> bytes:
-    """npz with one (H, W) float32 array per present class, keyed by class name, plus
-    `__classes__` (foreground indices) and `__scores__` (all classes). Loads with
-    allow_pickle=False."""
-    arrays: dict[str, np.ndarray] = {names[c]: res.cams[i].astype(np.float32) for i, c in enumerate(res.classes)}
-    arrays["__classes__"] = np.asarray(res.classes, dtype=np.int32)
-    arrays["__scores__"] = np.asarray(res.scores, dtype=np.float32)
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    return buf.getvalue()
-
-
-def b64_png(rgb: np.ndarray) -> str:
-    return base64.b64encode(png_rgb(rgb)).decode("ascii")
-
-
-def dumps(obj: object) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()

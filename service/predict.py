@@ -48,11 +48,11 @@ def cam_json(rgb: np.ndarray, res: CamResult, names: Sequence[str], refined: boo
             "scores": score_table(res.scores, names)}
 
 
-def coco_image_doc(seg: SegmentResult, image_id: str, file_name: str) -> dict:
+def coco_image_doc(seg: SegmentResult, names: Sequence[str], image_id: str, file_name: str) -> dict:
     """The per-image COCO record a job writes; merged into one coco.json on download."""
     h, w = seg.label.shape
     return {"image": {"file_name": file_name, "width": int(w), "height": int(h), "seam_id": image_id},
-            "annotations": enc.coco_annotations(seg.label, seg.classes, seg.scores)}
+            "annotations": enc.coco_annotations(seg.label, names, seg.scores)}
 
 
 def job_outputs(engine, rgb: np.ndarray, labels: list[int] | None, method: str | None, threshold: float | None,
@@ -65,7 +65,7 @@ def job_outputs(engine, rgb: np.ndarray, labels: list[int] | None, method: str |
     if "overlay" in kinds:
         out["overlay"] = enc.png_rgb(enc.mask_overlay(rgb, seg.label))
     if "coco" in kinds:
-        out["coco"] = enc.dumps(coco_image_doc(seg, image_id, file_name))
+        out["coco"] = enc.dumps(coco_image_doc(seg, names, image_id, file_name))
     if "npy" in kinds:
         cams = seg.cams
         if cams is None:

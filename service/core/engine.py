@@ -51,6 +51,7 @@ class EngineHolder:
         self.loading = False
         self.loaded_at: float | None = None
         self._lock = threading.Lock()
+        self._done = threading.Event()
 
     @property
     def ready(self) -> bool:
@@ -60,6 +61,7 @@ class EngineHolder:
         if warm:
             warm_up(engine)
         self.engine, self.error, self.loaded_at = engine, None, time.time()
+        self._done.set()
 
     def load(self, build: Callable[[], InferenceEngine], warm: bool = True) -> None:
         with self._lock:
@@ -72,6 +74,11 @@ class EngineHolder:
                 self.engine, self.error = None, f"{type(exc).__name__}: {exc}"
             finally:
                 self.loading = False
+                self._done.set()
+
+    def wait(self, timeout: float) -> bool:
+        """Block until a load attempt has finished (or an engine was set)."""
+        return self.engine is not None or self._done.wait(timeout)
 
     def load_in_background(self, build: Callable[[], InferenceEngine], warm: bool = True) -> threading.Thread:
         self.loading = True

@@ -56,14 +56,14 @@ def test_pair_labels_hand_built():
     ], np.uint8)
     assert pair_offsets(2) == ((0, 1), (1, -1), (1, 0), (1, 1))
     bg, fg, neg = pair_labels(lab, radius=2)
-    # sources in order: (0,1)=0, (0,2)=1, (1,1)=255, (1,2)=1
-    # (0,1) targets: (0,2)=1, (1,0)=0, (1,1)=255, (1,2)=1
-    # (0,2) targets: (0,3)=1, (1,1)=255, (1,2)=1, (1,3)=2
-    # (1,1) is unknown: no pairs at all
-    # (1,2) targets: (1,3)=2, (2,1)=0, (2,2)=2, (2,3)=2
+    # rows: offsets; columns: sources (0,1)=0, (0,2)=1, (1,1)=255, (1,2)=1
+    # source (0,1) -> targets (0,2)=1, (1,0)=0, (1,1)=255, (1,2)=1
+    # source (0,2) -> targets (0,3)=1, (1,1)=255, (1,2)=1, (1,3)=2
+    # source (1,1) is unknown: no pairs at all
+    # source (1,2) -> targets (1,3)=2, (2,1)=0, (2,2)=2, (2,3)=2
     assert bg.tolist() == [[0, 0, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
-    assert fg.tolist() == [[0, 1, 0, 0], [0, 0, 0, 0], [0, 1, 0, 1], [0, 0, 0, 0]]
-    assert neg.tolist() == [[1, 0, 0, 1], [0, 0, 0, 1], [0, 0, 0, 0], [1, 1, 0, 1]]
+    assert fg.tolist() == [[0, 1, 0, 0], [0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]]
+    assert neg.tolist() == [[1, 0, 0, 1], [0, 0, 0, 1], [0, 0, 0, 1], [1, 1, 0, 1]]
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -1,9 +1,68 @@
-"""AffinityNet training (the authors' `train_aff.py`)."""
+"""AffinityNet training (the authors' `train_aff.py`) and the training loop it shares
+with DeepLab retraining.
+
+The loop reuses the SEAM trainer's pieces: four parameter groups + poly schedule
+(`schedule.py`), the deterministic (seed, epoch, index) loader (`loader.py`), run
+files / RNG capture / weight initialisation (`state.py`), device + DDP set-up and
+BN/conv1a/b2 freezing (`trainer.py`). Single process or DDP under torchrun, AMP on
+CUDA, `--resume` from RUN_DIR/checkpoint.pth, `--max-minutes` / `stop_after` stops
+that leave a resumable checkpoint.
+
+Run directory: checkpoint.pth, <kind>_final.pth (bare state dict, the authors' key
+names) + <kind>_final.json (sidecar: kind, backbone, class names, config,
+training summary, loss history), log.csv.
+"""
 from __future__ import annotations
 
+import csv
+import dataclasses
+import hashlib
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
 import torch
+import torch.distributed as dist
+from torch import nn
+
+from seam.common.image import IMAGENET_MEAN, IMAGENET_STD
+from seam.common.random_walk import DEFAULT_RADIUS
+from training.data.affinity import AffinityAugmentConfig, AffinityDataset
+from training.data.loader import iterations_per_epoch, make_loader
+from training.engine.schedule import AUTHORS_MOMENTUM, PolySchedule, make_optimizer
+from training.engine.state import (
+    CHECKPOINT_NAME,
+    atomic_torch_save,
+    bare_state_dict,
+    load_resume_checkpoint,
+    resolve_weights,
+    restore_rng,
+    seed_everything,
+    summarise_keys,
+    write_sidecar,
+)
+from training.engine.trainer import (
+    Progress,
+    TrainingError,
+    _all_reduce_mean,
+    _Dist,
+    _gather_rng,
+    _init_distributed,
+    calibrate_batchnorm,
+    freeze_parameters,
+    set_train_mode,
+)
+from training.models.affinity import pair_affinity
+from training.models.checkpoint import CheckpointError, load_weights, read_checkpoint
+from training.models.registry import backbone_config, create_model
 
 EPS = 1e-5
+AFFINITY_FINAL = "affinity_final.pth"
 
 
 def affinity_loss(aff: torch.Tensor, pairs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -21,3 +80,412 @@ def affinity_loss(aff: torch.Tensor, pairs: torch.Tensor) -> tuple[torch.Tensor,
     neg_loss = (neg * -torch.log(1.0 + EPS - aff)).sum() / (neg.sum() + EPS)
     total = bg_loss / 4 + fg_loss / 4 + neg_loss / 2
     return total, {"bg": bg_loss.detach(), "fg": fg_loss.detach(), "neg": neg_loss.detach()}
+
+
+# --------------------------------------------------------------------------- shared loop
+
+@dataclass
+class StageConfig:
+    """Settings shared by the AffinityNet and DeepLab trainers (saved in every checkpoint)."""
+
+    weights: str | None = None  # ImageNet .params, a state dict (authors' or ours), or a run dir
+    backbone: str = "resnet38"
+    batch_size: int = 8  # global batch (per rank = batch / world size)
+    epochs: int = 8
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    authors_momentum: bool = False  # True: momentum 5e-4, what the release really ran with
+    crop: int = 448
+    jitter: bool = True
+    out: str = "runs/affinity"
+    seed: int = 0
+    device: str | None = None  # None: cuda if available
+    workers: int | None = None  # None: 0 on CPU, min(8, cores) on CUDA
+    max_minutes: float | None = None  # stop (checkpoint + final weights) after this wall time
+    amp: bool | None = None  # None: on for CUDA
+    deterministic: bool = True
+    log_every: int = 10
+    resume: bool = False
+    stop_after: int | None = None  # stop after this many iterations of this invocation
+    bn_calibration: int | None = None  # batches to calibrate frozen BN statistics; None: 10 without --weights, else 0
+
+    SCHEDULE_FIELDS = ("backbone", "batch_size", "epochs", "lr", "weight_decay", "momentum", "authors_momentum",
+                       "crop", "jitter", "seed")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+    @property
+    def effective_momentum(self) -> float:
+        return AUTHORS_MOMENTUM if self.authors_momentum else self.momentum
+
+    def validate(self) -> None:
+        if self.batch_size < 1 or self.epochs < 1:
+            raise ValueError("batch size and epochs must be >= 1")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        backbone_config(self.backbone)
+
+
+@dataclass
+class Stage:
+    """What differs between the trainers that share `run_stage`."""
+
+    kind: str  # affinity | deeplab
+    final_name: str
+    loss_terms: tuple[str, ...]  # "loss" first
+    # (net, batch, device, amp) -> {"loss": tensor, other terms: tensors}
+    step: Callable[[nn.Module, Sequence[torch.Tensor], torch.device, bool], dict[str, torch.Tensor]]
+    sidecar: dict[str, Any]  # kind-specific sidecar entries (class_names, dataset, ...)
+    fingerprint: str  # identifies the training data; a --resume must see the same
+    extra_params: list[nn.Parameter] = dataclasses.field(default_factory=list)  # e.g. new BN (10x lr, no decay)
+    train_mode: Callable[[nn.Module], None] = set_train_mode
+
+
+def stderr_log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def prepare(cfg: StageConfig, d: _Dist) -> tuple[bool, int]:
+    """Seeds and determinism as the SEAM trainer; returns (amp, loader workers)."""
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    seed_everything(cfg.seed + d.rank)
+    cuda = d.device.type == "cuda"
+    amp = cuda if cfg.amp is None else (cfg.amp and cuda)
+    workers = cfg.workers if cfg.workers is not None else (min(8, os.cpu_count() or 1) if cuda else 0)
+    return amp, workers
+
+
+def init_from_weights(model: nn.Module, path: str | Path, kind: str) -> dict[str, Any]:
+    """strict=False initialisation from ImageNet `.params`, a SEAM / AffinityNet / DeepLab
+    checkpoint or a run dir. Head layers are taken only from a checkpoint of the same kind
+    (a SEAM checkpoint gives the backbone); any other shape mismatch is an error."""
+    src = resolve_weights(path)
+    sd, meta = read_checkpoint(src)
+    own = model.state_dict()
+    head = tuple(f"{n}." for n, m in model.named_children() if m in model.new_modules())
+    same_kind = meta.get("kind") == kind
+    skipped = sorted(k for k in sd if k.startswith(head) and not same_kind)
+    sd = {k: v for k, v in sd.items() if k not in skipped}
+    for k, v in sd.items():
+        if k in own and own[k].shape != v.shape:
+            if k.startswith(head):
+                skipped.append(k)
+            else:
+                raise CheckpointError(f"--weights {src}: {k} has shape {tuple(v.shape)} but the network expects "
+                                      f"{tuple(own[k].shape)}; is --backbone right?")
+    sd = {k: v for k, v in sd.items() if k not in skipped}
+    unexpected = sorted(k for k in sd if k not in own)
+    missing = [k for k in load_weights(model, sd, strict=False) if not k.endswith("num_batches_tracked")]
+    return {"source": str(src), "format": meta.get("source", meta.get("kind", "torch")), "missing": missing,
+            "unexpected": unexpected, "skipped_head": skipped}
+
+
+def files_fingerprint(ids: Sequence[str], label_paths: Sequence[Path]) -> str:
+    """sha256 over ids and label file sizes: cheap, catches a changed label set."""
+    h = hashlib.sha256()
+    for i, p in zip(ids, label_paths):
+        h.update(f"{i}\t{Path(p).stat().st_size}\n".encode())
+    return h.hexdigest()
+
+
+class CsvLog:
+    def __init__(self, path: Path, columns: Sequence[str], enabled: bool) -> None:
+        self.enabled = enabled
+        if not enabled:
+            return
+        new = not path.is_file()
+        self.file = open(path, "a", newline="")  # noqa: SIM115 - closed in close()
+        self.writer = csv.writer(self.file)
+        if new:
+            self.writer.writerow(columns)
+
+    def row(self, values: Sequence[Any]) -> None:
+        if self.enabled:
+            self.writer.writerow(values)
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.file.close()
+
+
+def run_stage(cfg: StageConfig, d: _Dist, stage: Stage, model: nn.Module, dataset: torch.utils.data.Dataset,
+              amp: bool, workers: int, on_progress: Callable[[Progress], None] | None,
+              log: Callable[[str], None]) -> dict[str, Any]:
+    """Optimise `model` on `dataset` with `stage.step`; save checkpoints and the final weights.
+    Returns the sidecar dict (rank 0; {} elsewhere)."""
+    run_dir = Path(cfg.out)
+    if d.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.batch_size % d.world:
+        raise TrainingError(f"--batch-size {cfg.batch_size} is the global batch; it must divide by {d.world} ranks")
+    if len(dataset) < cfg.batch_size:
+        raise TrainingError(f"{len(dataset)} training images are fewer than one batch of {cfg.batch_size}")
+    cuda = d.device.type == "cuda"
+    ipe = iterations_per_epoch(len(dataset), cfg.batch_size)
+    max_iter = ipe * cfg.epochs
+    terms = stage.loss_terms
+
+    init_report: dict[str, Any] = {"source": None}
+    if cfg.weights and not cfg.resume:
+        init_report = init_from_weights(model, cfg.weights, stage.kind)
+        log(f"initialised from {init_report['source']}")
+        if init_report["missing"]:
+            log(f"  uninitialised (random) keys: {summarise_keys(init_report['missing'])}")
+        if init_report["skipped_head"]:
+            log(f"  head keys not taken from it: {summarise_keys(init_report['skipped_head'])}")
+    elif not cfg.weights:
+        log("no --weights: training from random initialisation")
+    frozen = freeze_parameters(model)
+    model.to(d.device)
+    calib = cfg.bn_calibration if cfg.bn_calibration is not None else (0 if cfg.weights else 10)
+    if calib and not cfg.resume:  # random init: as the SEAM trainer, data-calibrated frozen BN
+        n_cal = calibrate_batchnorm(model, dataset, calib, cfg.batch_size, d.device, cfg.seed)
+        log(f"random initialisation: frozen BN statistics calibrated on {n_cal} augmented images")
+        init_report["bn_calibration_images"] = n_cal
+    for p in stage.extra_params:  # trained despite freeze_parameters / calibration
+        p.requires_grad_(True)
+    opt = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.effective_momentum)
+    if stage.extra_params:
+        opt.add_param_group({"params": list(stage.extra_params), "lr": cfg.lr * 10, "initial_lr": cfg.lr * 10,
+                             "lr_mult": 10.0, "weight_decay": 0.0, "name": "new_norm"})
+    sched = PolySchedule(opt, max_iter)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+
+    start_epoch, start_batch, iteration, history, elapsed_before = 0, 0, 0, [], 0.0
+    if cfg.resume:
+        ck = load_resume_checkpoint(run_dir / CHECKPOINT_NAME)
+        _check_resume(ck, cfg, stage)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        if ck.get("scaler"):
+            scaler.load_state_dict(ck["scaler"])
+        start_epoch, start_batch, iteration = ck["epoch"], ck["batch_in_epoch"], ck["iteration"]
+        history, elapsed_before = list(ck.get("history", [])), float(ck.get("elapsed_s", 0.0))
+        init_report = ck.get("initialisation", init_report)
+        rng = ck["rng"]
+        restore_rng(rng[d.rank] if d.rank < len(rng) else rng[0])
+        log(f"resumed from {run_dir / CHECKPOINT_NAME} at epoch {start_epoch}, iteration {iteration}/{max_iter}")
+    log(f"{stage.kind}: {len(dataset)} images, {ipe} iterations/epoch x {cfg.epochs} epochs, global batch "
+        f"{cfg.batch_size} on {d.world} x {d.device.type}{' (AMP)' if amp else ''}; {len(frozen)} frozen tensors, "
+        f"momentum {cfg.effective_momentum:g}")
+
+    net: nn.Module = model
+    if d.world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[d.local_rank] if cuda else None)
+    logger = CsvLog(run_dir / "log.csv", ("iteration", "epoch", "lr", *terms, "images_per_s", "elapsed_s"), d.main)
+    t_start = time.time()
+
+    def checkpoint(epoch: int, batch_in_epoch: int) -> None:
+        rng = _gather_rng(d)
+        if d.main:
+            atomic_torch_save({
+                "model": bare_state_dict(model), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
+                "epoch": epoch, "batch_in_epoch": batch_in_epoch, "iteration": iteration, "max_iter": max_iter,
+                "rng": rng, "config": cfg.to_dict(), "dataset_fingerprint": stage.fingerprint, "kind": stage.kind,
+                "backbone": cfg.backbone, "history": history, "initialisation": init_report,
+                "elapsed_s": elapsed_before + (time.time() - t_start),
+                **({"class_names": stage.sidecar["class_names"]} if "class_names" in stage.sidecar else {}),
+            }, run_dir / CHECKPOINT_NAME)
+        if d.world > 1:
+            dist.barrier()
+
+    stopped: str | None = None
+    done_here = 0
+    window = dict.fromkeys(terms, 0.0)
+    window_n, window_t, ips = 0, time.time(), 0.0
+    for epoch in range(start_epoch, cfg.epochs):
+        first = start_batch if epoch == start_epoch else 0
+        loader = make_loader(dataset, cfg.batch_size, epoch, rank=d.rank, world=d.world, start_batch=first,
+                             workers=workers, pin_memory=cuda)
+        stage.train_mode(model)
+        sums = dict.fromkeys(terms, 0.0)
+        n_in_epoch = 0
+        b = first - 1
+        for b, batch in enumerate(loader, start=first):
+            lr = sched.step(iteration)[0]
+            losses = stage.step(net, batch, d.device, amp)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(losses["loss"]).backward()
+            scaler.step(opt)
+            scaler.update()
+            iteration += 1
+            done_here += 1
+            n_in_epoch += 1
+            vals = {k: float(losses[k].detach()) for k in terms}
+            if not math.isfinite(vals["loss"]):
+                raise TrainingError(f"loss is {vals['loss']} at iteration {iteration}; lower --lr or disable --amp")
+            for k in terms:
+                sums[k] += vals[k]
+                window[k] += vals[k]
+            window_n += 1
+            if iteration % cfg.log_every == 0 or iteration == max_iter:
+                avg = _all_reduce_mean([window[k] / window_n for k in terms], d)
+                now = time.time()
+                ips = cfg.batch_size * window_n / max(now - window_t, 1e-9)
+                logger.row([iteration, epoch, f"{lr:.6g}", *(f"{v:.6f}" for v in avg), f"{ips:.2f}",
+                            f"{elapsed_before + now - t_start:.1f}"])
+                window = dict.fromkeys(terms, 0.0)
+                window_n, window_t = 0, now
+            if on_progress is not None and d.main:
+                on_progress(Progress(iteration, max_iter, epoch, cfg.epochs, vals, ips, lr))
+            over_time = cfg.max_minutes is not None and (time.time() - t_start) > cfg.max_minutes * 60
+            if d.world > 1:
+                flag = torch.tensor([float(over_time)], device=d.device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                over_time = bool(flag.item())
+            if over_time or (cfg.stop_after is not None and done_here >= cfg.stop_after):
+                stopped = "max_minutes" if over_time else "stop_after"
+                if b + 1 < ipe:
+                    checkpoint(epoch, b + 1)
+                break
+        if n_in_epoch:
+            means = _all_reduce_mean([sums[k] / n_in_epoch for k in terms], d)
+            if epoch == start_epoch and first > 0 and history and history[-1]["epoch"] == epoch:
+                history.pop()
+            history.append({"epoch": epoch, "iterations": n_in_epoch + first, **dict(zip(terms, means))})
+            log(f"epoch {epoch + 1}/{cfg.epochs}: " + " ".join(f"{k} {v:.4f}" for k, v in zip(terms, means)))
+        if stopped is None or b + 1 >= ipe:
+            checkpoint(epoch + 1, 0)
+        if stopped:
+            log(f"stopped ({stopped}) at iteration {iteration}/{max_iter}; continue with --resume")
+            break
+    logger.close()
+    seconds = elapsed_before + time.time() - t_start
+    if not d.main:
+        return {}
+    sidecar: dict[str, Any] = {
+        "kind": stage.kind,
+        "backbone": cfg.backbone,
+        **stage.sidecar,
+        "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        "dataset_fingerprint": stage.fingerprint,
+        "config": cfg.to_dict(),
+        "training": {"iterations": iteration, "max_iter": max_iter, "completed": iteration >= max_iter,
+                     "stopped": stopped, "seconds": round(seconds, 1),
+                     "images_per_s": round(iteration * cfg.batch_size / max(seconds, 1e-9), 2),
+                     "world_size": d.world, "device": d.device.type, "amp": amp,
+                     "momentum": cfg.effective_momentum, "initialisation": init_report, "torch": torch.__version__},
+        "metrics": {"history": history, "final": history[-1] if history else None},
+    }
+    final = run_dir / stage.final_name
+    atomic_torch_save(bare_state_dict(model), final)
+    write_sidecar(final, sidecar)
+    log(f"saved {final} (+ {final.with_suffix('.json').name})")
+    return sidecar
+
+
+def _check_resume(ck: dict[str, Any], cfg: StageConfig, stage: Stage) -> None:
+    if ck.get("kind", stage.kind) != stage.kind:
+        raise CheckpointError(f"--resume: the checkpoint is a {ck.get('kind')} run, not {stage.kind}")
+    old, new = ck.get("config", {}), cfg.to_dict()
+    norm = (lambda v: list(v) if isinstance(v, (list, tuple)) else v)  # noqa: E731
+    diffs = [f"{k}: checkpoint {old.get(k)!r}, now {new[k]!r}" for k in type(cfg).SCHEDULE_FIELDS
+             if norm(old.get(k)) != norm(new[k])]
+    if diffs:
+        raise CheckpointError("--resume with different training settings: " + "; ".join(diffs))
+    if ck.get("dataset_fingerprint") != stage.fingerprint:
+        raise CheckpointError("--resume on different data: the images or labels changed")
+
+
+def run_distributed(cfg: StageConfig, body: Callable[[_Dist], dict[str, Any]]) -> dict[str, Any]:
+    d = _init_distributed(cfg.device)
+    try:
+        return body(d)
+    finally:
+        if d.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------- AffinityNet
+
+@dataclass
+class AffinityTrainConfig(StageConfig):
+    """An AffinityNet run. Defaults are the authors' train_aff.py (lr 0.1, batch 8, 8 epochs,
+    crop 448, flip + colour jitter, radius 5)."""
+
+    data: str = "data/VOC2012"  # root with JPEGImages/ (or an image folder)
+    labels: str = "runs/aff_labels"  # <id>.png AffinityNet labels (seam.common.affinity_labels)
+    dataset: str = "auto"  # for the image list: voc | folder | synth | auto
+    train_list: str | None = None  # None: every image that has a label PNG (in the data set's order)
+    image_labels: str | None = None  # image-level label file of the data set (voc/folder), if not default
+    radius: int = DEFAULT_RADIUS
+    flip: bool = True
+
+    SCHEDULE_FIELDS = (*StageConfig.SCHEDULE_FIELDS, "radius", "flip")
+
+    def validate(self) -> None:
+        super().validate()
+        AffinityAugmentConfig(crop=self.crop, radius=self.radius)
+
+
+def affinity_items(cfg: AffinityTrainConfig) -> tuple[list[str], list[Path], list[Path], list[str]]:
+    """(ids, image paths, label paths, class names) of the training images that have labels."""
+    from training.data.datasets import DatasetError, build_dataset
+
+    label_dir = Path(cfg.labels)
+    if not label_dir.is_dir():
+        raise DatasetError(f"AffinityNet label directory not found: {label_dir}")
+    ds = build_dataset(cfg.dataset, cfg.data, cfg.train_list, cfg.image_labels, check_images=False)
+    ids, paths, labels = [], [], []
+    for i, p in zip(ds.ids, ds.paths):
+        lp = label_dir / f"{i}.png"
+        if lp.is_file():
+            ids.append(i)
+            paths.append(p)
+            labels.append(lp)
+    if not ids:
+        raise DatasetError(f"none of the {len(ds)} training images has a label in {label_dir}")
+    if cfg.train_list and len(ids) < len(ds):
+        missing = [i for i in ds.ids if not (label_dir / f"{i}.png").is_file()]
+        raise DatasetError(f"{len(missing)} listed images have no label in {label_dir} (first: {missing[0]})")
+    return ids, paths, labels, ds.class_names
+
+
+def affinity_step(radius: int) -> Callable[[nn.Module, Sequence[torch.Tensor], torch.device, bool],
+                                           dict[str, torch.Tensor]]:
+    def step(net: nn.Module, batch: Sequence[torch.Tensor], device: torch.device, amp: bool) -> dict[str, torch.Tensor]:
+        img, pairs, _ = batch
+        img = img.to(device, non_blocking=True)
+        pairs = pairs.to(device, non_blocking=True)
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+            feat = net(img)
+        aff = pair_affinity(feat.float(), radius)  # (B, P, N)
+        loss, parts = affinity_loss(aff, pairs)
+        return {"loss": loss, **parts}
+
+    return step
+
+
+def train_affinity(cfg: AffinityTrainConfig, on_progress: Callable[[Progress], None] | None = None,
+                   log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train AffinityNet on (image, AffinityNet label PNG) pairs. Returns the sidecar dict."""
+    cfg.validate()
+    log = log or stderr_log
+
+    def body(d: _Dist) -> dict[str, Any]:
+        say = log if d.main else (lambda _m: None)
+        amp, workers = prepare(cfg, d)
+        ids, paths, labels, class_names = affinity_items(cfg)
+        aug = AffinityAugmentConfig(crop=cfg.crop, flip=cfg.flip,
+                                    jitter=(0.3, 0.3, 0.3, 0.1) if cfg.jitter else None, radius=cfg.radius)
+        dataset = AffinityDataset(paths, labels, aug, cfg.seed)
+        model = create_model("affinity", cfg.backbone)
+        stage = Stage(
+            kind="affinity", final_name=AFFINITY_FINAL, loss_terms=("loss", "bg", "fg", "neg"),
+            step=affinity_step(cfg.radius), fingerprint=files_fingerprint(ids, labels),
+            sidecar={"class_names": class_names, "radius": cfg.radius,
+                     "dataset": {"root": str(cfg.data), "labels": str(cfg.labels), "num_images": len(ids)}},
+        )
+        return run_stage(cfg, d, stage, model, dataset, amp, workers, on_progress, say)
+
+    return run_distributed(cfg, body)
+
+
+__all__ = ["AFFINITY_FINAL", "AffinityTrainConfig", "StageConfig", "affinity_loss", "run_stage", "train_affinity"]

@@ -1,0 +1,197 @@
+"""Multi-scale CAM inference speed: the onnxruntime engine vs the authors' eager loop.
+
+Both sides run the same weights on the same images in this process and produce
+the same maps (checked): scales 0.5-2.0 with flips, PCM (cam_rv) CAMs masked by the
+image labels, summed and min-max normalised.
+
+- eager: the authors' `infer_SEAM` as written: one pass at a time, `model.forward`
+  (both maps upsampled to the input size, align_corners=True), F.interpolate of
+  cam_rv to the original size per pass, label mask, un-flip, sum, normalise.
+- engine: `OnnxEngine.cam`: the exported stride-8 graph, flip pair batched, graph
+  optimisation ALL, explicit threads, and one composed numpy resize per scale.
+
+    python bench/inference.py --backbone resnet38_small --size 375x500 --n 4
+    python bench/inference.py --backbone resnet38 --n 1 --scales 0.5,1.0
+    python bench/inference.py --checkpoint runs/demo/seam_final.pth
+
+Peak memory: the largest resident-set growth over each side's start, warm-up
+included (sampled every 5 ms), and the process's ru_maxrss (which includes the
+export). Run each side alone (--only) for a clean ru_maxrss.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+class RssPeak:
+    """Peak resident set size (bytes) over a with-block, sampled from /proc/self/statm."""
+
+    PAGE = resource.getpagesize()
+
+    def __enter__(self) -> RssPeak:
+        self.start = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self.PAGE
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._rss())
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+    @property
+    def growth_mb(self) -> float:
+        return (self.peak - self.start) / 2**20
+
+
+def eager_infer_seam(model, rgb: np.ndarray, label: np.ndarray, scales, flip: bool, mean, std) -> np.ndarray:
+    """The authors' infer_SEAM for one image -> (num_fg, H, W) normalised maps."""
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    H, W = rgb.shape[:2]
+    img = Image.fromarray(rgb)
+    passes = []
+    for s in scales:
+        im = img.resize((int(round(W * s)), int(round(H * s))), resample=Image.BICUBIC)
+        arr = (np.asarray(im, np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+        chw = np.ascontiguousarray(arr.transpose(2, 0, 1))
+        passes.append(chw)
+        if flip:
+            passes.append(np.flip(chw, -1).copy())
+    cams = []
+    with torch.no_grad():
+        for i, x in enumerate(passes):
+            _, cam = model(torch.from_numpy(x)[None])
+            cam = F.interpolate(cam[:, 1:, :, :], (H, W), mode="bilinear", align_corners=False)[0]
+            cam = cam.numpy() * label.reshape(-1, 1, 1)
+            if flip and i % 2 == 1:
+                cam = np.flip(cam, axis=-1)
+            cams.append(cam)
+    sum_cam = np.sum(cams, axis=0)
+    sum_cam[sum_cam < 0] = 0
+    cam_max = np.max(sum_cam, (1, 2), keepdims=True)
+    cam_min = np.min(sum_cam, (1, 2), keepdims=True)
+    sum_cam[sum_cam < cam_min + 1e-5] = 0
+    return (sum_cam - cam_min - 1e-5) / (cam_max - cam_min + 1e-5)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--backbone", default="resnet38_small", help="resnet38_small or resnet38 (random weights)")
+    ap.add_argument("--checkpoint", type=Path, help="a SEAM checkpoint instead of random weights")
+    ap.add_argument("--size", default="375x500", help="HxW of the synthetic images (VOC-like default)")
+    ap.add_argument("--images", type=Path, help="a directory of real images instead of synthetic ones")
+    ap.add_argument("--n", type=int, default=4, help="images timed per side")
+    ap.add_argument("--scales", default="0.5,1.0,1.5,2.0")
+    ap.add_argument("--no-flip", action="store_true")
+    ap.add_argument("--threads", type=int, default=None, help="torch and onnxruntime threads (default: usable CPUs)")
+    ap.add_argument("--only", choices=["eager", "engine"], help="run one side (clean peak memory)")
+    ap.add_argument("--json", type=Path, help="also write the numbers here")
+    args = ap.parse_args()
+
+    import torch
+
+    from seam.common.files import list_images
+    from seam.common.image import load_rgb
+    from service.engine.onnx_engine import OnnxEngine
+    from service.engine.runtime import default_threads
+    from training.export import export_model
+    from training.models.registry import create_model, model_from_checkpoint
+
+    threads = args.threads or default_threads()
+    torch.set_num_threads(threads)
+    scales = tuple(float(s) for s in args.scales.split(","))
+    flip = not args.no_flip
+    tmp = Path(tempfile.mkdtemp(prefix="seam-bench-"))
+    if args.checkpoint:
+        ckpt = args.checkpoint
+        net, meta = model_from_checkpoint(ckpt, "seam")
+        backbone = meta.get("backbone", "?")
+    else:
+        torch.manual_seed(0)
+        net = create_model("seam", args.backbone, 21).eval()
+        ckpt = tmp / "seam_random.pth"
+        torch.save({"model": net.state_dict()}, ckpt)
+        backbone = args.backbone
+    num_fg = net.num_classes - 1
+    t0 = time.perf_counter()
+    export_model(ckpt, "seam", "bench", tmp / "models", check_shapes=[(1, 3, 37, 61)], threads=threads)
+    t_export = time.perf_counter() - t0
+    engine = OnnxEngine.from_model_dir(tmp / "models" / "bench", providers="cpu", threads=threads)
+    mf = engine.models()[0].manifest["input"]
+
+    rng = np.random.default_rng(0)
+    if args.images:
+        imgs = [load_rgb(p) for _, p in list_images(args.images)[: args.n + 1]]
+    else:
+        h, w = (int(v) for v in args.size.lower().split("x"))
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = np.stack([xx * 255 // max(w - 1, 1), yy * 255 // max(h - 1, 1), (xx + yy) % 256], -1)
+        imgs = [np.clip(base + rng.integers(-40, 40, (h, w, 3)), 0, 255).astype(np.uint8) for _ in range(args.n + 1)]
+    labels = [sorted(rng.choice(num_fg, size=min(2, num_fg), replace=False).tolist()) for _ in imgs]
+
+    def run_eager(i: int) -> np.ndarray:
+        vec = np.zeros(num_fg, np.float32)
+        vec[labels[i]] = 1
+        return eager_infer_seam(net, imgs[i], vec, scales, flip, mf["mean"], mf["std"])[labels[i]]
+
+    def run_engine(i: int) -> np.ndarray:
+        return engine.cam(imgs[i], labels[i], refined=True, scales=scales, flip=flip).cams
+
+    sides = {"eager": run_eager, "engine": run_engine}
+    if args.only:
+        sides = {args.only: sides[args.only]}
+    out: dict[str, dict] = {}
+    maps = {}
+    for name, fn in sides.items():
+        with RssPeak() as mem:  # the warm-up's allocations (onnxruntime's arena) count too
+            maps[name] = fn(0)  # warm-up on an image not timed
+            t0 = time.perf_counter()
+            for i in range(1, len(imgs)):
+                fn(i)
+            dt = time.perf_counter() - t0
+        out[name] = {"seconds": dt, "images_per_s": (len(imgs) - 1) / dt, "s_per_image": dt / (len(imgs) - 1),
+                     "peak_rss_growth_mb": mem.growth_mb}
+    passes = len(scales) * (2 if flip else 1)
+    print(f"backbone {backbone}, {len(imgs) - 1} images {imgs[1].shape[0]}x{imgs[1].shape[1]}, scales {scales}, "
+          f"flip {flip} ({passes} passes/image), {threads} threads; export {t_export:.1f} s")
+    for name, r in out.items():
+        print(f"  {name:7s} {r['images_per_s']:.3f} img/s ({r['s_per_image']:.2f} s/img), "
+              f"peak RSS growth {r['peak_rss_growth_mb']:.0f} MB")
+    if len(out) == 2:
+        diff = float(np.abs(maps["eager"] - maps["engine"]).max())
+        ratio = out["engine"]["images_per_s"] / out["eager"]["images_per_s"]
+        print(f"  engine / eager speed: {ratio:.2f}x   (max |map diff| {diff:.1e})")
+        out["ratio"] = ratio
+        out["max_abs_diff"] = diff
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"  process ru_maxrss {maxrss:.0f} MB")
+    out["ru_maxrss_mb"] = maxrss
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

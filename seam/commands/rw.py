@@ -1,0 +1,63 @@
+"""`seam rw`: AffinityNet random walk of SEAM CAMs into VOC-palette pseudo labels."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from seam.commands._util import console, fail, progress_bar
+
+
+def rw(
+    affinity: Annotated[Path, typer.Option("--affinity", help="AffinityNet checkpoint (authors' or ours).")],
+    cams: Annotated[Path, typer.Option("--cams", help="CAM directory <id>.npy ({fg class: HxW}, from seam cam).")],
+    images: Annotated[Path, typer.Option("--images", help="Image directory or list file.")],
+    out: Annotated[Path, typer.Option("--out", help="Output directory for <id>.png pseudo labels.")],
+    alpha: Annotated[float, typer.Option(help="Background channel (1 - max CAM)^alpha.")] = 6.0,
+    beta: Annotated[float, typer.Option(help="Affinities raised to beta.")] = 8.0,
+    logt: Annotated[int, typer.Option(help="Walk length 2^logt.")] = 6,
+    radius: Annotated[int, typer.Option(help="Affinity radius on the stride-8 grid.")] = 5,
+    dense: Annotated[bool, typer.Option("--dense", help="The authors' dense T^(2^logt) instead of sparse propagation (slow).")] = False,
+    image_root: Annotated[Path | None, typer.Option(help="Where list-file entries live.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute labels that already exist.")] = False,
+    device: Annotated[str | None, typer.Option(help="torch device for the AffinityNet features.")] = None,
+) -> None:
+    """Random walk as the authors' infer_aff: T = column-normalised A^beta (+ I) over pairs within
+    the radius, CAMs pooled to stride 8 and propagated 2^logt steps, upsampled, argmax."""
+    from seam.common.files import list_images
+    from training.inference.cam import default_device
+    from training.models.checkpoint import CheckpointError
+    from training.models.registry import model_from_checkpoint
+    from training.pipeline import RandomWalkConfig, random_walk_dir, write_classes
+
+    if not cams.is_dir():
+        fail(f"CAM directory not found: {cams}")
+    try:
+        items = list_images(images, image_root)
+    except FileNotFoundError as exc:
+        fail(str(exc))
+        return
+    with_cams = [(i, p) for i, p in items if (cams / f"{i}.npy").is_file()]
+    if not with_cams:
+        fail(f"none of the {len(items)} images has a CAM file in {cams}")
+    if len(with_cams) < len(items):
+        console.print(f"{len(items) - len(with_cams)} images have no CAM file in {cams}: skipped")
+    try:
+        model, meta = model_from_checkpoint(affinity, "affinity")
+    except CheckpointError as exc:
+        fail(str(exc))
+        return
+    if meta.get("class_names"):
+        write_classes(out, meta["class_names"])
+    cfg = RandomWalkConfig(alpha=alpha, beta=beta, logt=logt, radius=radius, dense=dense)
+    try:
+        with progress_bar() as bar:
+            task = bar.add_task("random walk", total=len(with_cams), status="")
+            stats = random_walk_dir(model, with_cams, cams, out, cfg, device or default_device(), overwrite,
+                                    on_image=lambda i: bar.update(task, advance=1, status=i))
+    except (OSError, ValueError) as exc:
+        fail(str(exc))
+        return
+    console.print(f"{stats['written']} pseudo labels written to {out} ({stats['skipped']} already there)"
+                  + (f"; walk {stats['walk_ms_per_image']:.1f} ms/image" if stats["walk_ms_per_image"] else ""))

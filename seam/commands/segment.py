@@ -1,0 +1,50 @@
+"""`seam segment`: DeepLab predictions as VOC-palette PNGs."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from seam.commands._util import console, fail, parse_floats, progress_bar
+
+
+def segment(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="DeepLab checkpoint (deeplab_final.pth).")],
+    images: Annotated[Path, typer.Option("--images", help="Image directory or list file.")],
+    out: Annotated[Path, typer.Option("--out", help="Output directory for <id>.png.")],
+    scales: Annotated[str, typer.Option(help="Comma-separated test scales.")] = "0.5,0.75,1.0,1.25,1.5",
+    no_flip: Annotated[bool, typer.Option("--no-flip", help="Skip the flipped passes.")] = False,
+    crf: Annotated[bool, typer.Option("--crf", help="Dense CRF on the averaged probabilities.")] = False,
+    image_root: Annotated[Path | None, typer.Option(help="Where list-file entries live.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute existing outputs.")] = False,
+    device: Annotated[str | None, typer.Option(help="torch device (default: cuda if available).")] = None,
+) -> None:
+    """Multi-scale + flip DeepLab inference: softmax of the logits upsampled to the image,
+    averaged over passes, argmax (after the authors' CRF with --crf)."""
+    from seam.common.files import list_images
+    from training.inference.cam import default_device
+    from training.models.checkpoint import CheckpointError
+    from training.models.registry import model_from_checkpoint
+    from training.pipeline import segment_dir
+
+    scale_tuple = parse_floats(scales)
+    try:
+        items = list_images(images, image_root)
+    except FileNotFoundError as exc:
+        fail(str(exc))
+        return
+    try:
+        model, _ = model_from_checkpoint(checkpoint, "deeplab")
+    except CheckpointError as exc:
+        fail(str(exc))
+        return
+    try:
+        with progress_bar() as bar:
+            task = bar.add_task("segment", total=len(items), status="")
+            stats = segment_dir(model, items, out, scale_tuple, not no_flip, crf, device or default_device(),
+                                overwrite, on_image=lambda i: bar.update(task, advance=1, status=i))
+    except (OSError, ValueError, RuntimeError) as exc:
+        fail(str(exc))
+        return
+    console.print(f"{stats['written']} label maps written to {out} ({stats['skipped']} already there)")

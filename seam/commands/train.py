@@ -1,0 +1,115 @@
+"""`seam train seam`: train SEAM as the authors' train_SEAM.py (single process, or DDP
+under torchrun), save the authors'-format weights + sidecar, score pseudo labels."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from seam.commands._util import console, fail, parse_floats, progress_bar
+
+
+def _pair(text: str | None, name: str) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    vals = parse_floats(text)
+    if len(vals) != 2:
+        raise typer.BadParameter(f"{name} takes MIN,MAX, got {text!r}")
+    return int(vals[0]), int(vals[1])
+
+
+def train_seam(
+    data: Annotated[Path, typer.Option("--data", help="Data root: VOC (JPEGImages/), a synth set, or an image folder.")],
+    dataset: Annotated[str, typer.Option(help="voc | folder | synth | auto (detected from the layout).")] = "auto",
+    train_list: Annotated[Path | None, typer.Option(help="Image list (ids or VOC-style paths). VOC default: the authors' train_aug.txt.")] = None,
+    labels: Annotated[Path | None, typer.Option(help="Image-level labels: cls_labels.npy, JSON {image: [classes]} or CSV image,classes.")] = None,
+    classes: Annotated[str | None, typer.Option(help="Folder sets: class names, comma-separated or a classes.txt path.")] = None,
+    weights: Annotated[Path | None, typer.Option(help="Initial weights: ImageNet .params, a state dict (authors' or ours) or a run dir.")] = None,
+    backbone: Annotated[str, typer.Option(help="resnet38 (the paper) or resnet38_small (CPU).")] = "resnet38",
+    batch_size: Annotated[int, typer.Option(help="Global batch size (per GPU = batch / world size).")] = 8,
+    epochs: Annotated[int, typer.Option(help="Epochs.")] = 8,
+    lr: Annotated[float, typer.Option(help="Base learning rate (new layers 10x).")] = 0.01,
+    weight_decay: Annotated[float, typer.Option(help="Weight decay on weights (not biases).")] = 5e-4,
+    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
+    authors_momentum: Annotated[bool, typer.Option("--authors-momentum", help="Momentum 5e-4: what the release's optimiser actually used.")] = False,
+    crop: Annotated[int, typer.Option(help="Square training crop.")] = 448,
+    resize_range: Annotated[str | None, typer.Option(help="Random long side MIN,MAX (default 448,768 scaled by crop/448).")] = None,
+    no_jitter: Annotated[bool, typer.Option("--no-jitter", help="No colour jitter.")] = False,
+    out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/seam"),
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from RUN_DIR/checkpoint.pth exactly.")] = False,
+    seed: Annotated[int, typer.Option(help="Random seed (data order, augmentation, init, dropout).")] = 0,
+    device: Annotated[str | None, typer.Option(help="torch device (default: cuda if available).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Data loader workers (default 0 on CPU, up to 8 on CUDA).")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop after this many minutes (checkpoint + weights saved).")] = None,
+    amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="Mixed precision (default: on with CUDA).")] = None,
+    no_er: Annotated[bool, typer.Option("--no-er", help="Table 1: no equivariant regularisation.")] = False,
+    no_pcm: Annotated[bool, typer.Option("--no-pcm", help="Table 1: no PCM / ECR (with --no-er: the CAM baseline).")] = False,
+    no_ohem: Annotated[bool, typer.Option("--no-ohem", help="Table 1: plain mean instead of OHEM on ECR.")] = False,
+    transform: Annotated[str, typer.Option(help="Table 3: siamese transform(s), e.g. rescale or rescale,flip (rotate, translate).")] = "rescale",
+    siamese_scale: Annotated[float, typer.Option(help="Rescale factor of the second branch.")] = 0.3,
+    eval_list: Annotated[Path | None, typer.Option(help="Images to score pseudo labels on (default: the training list).")] = None,
+    eval_scales: Annotated[str, typer.Option(help="CAM scales for the evaluation.")] = "0.5,1.0,1.5,2.0",
+    no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the pseudo-label evaluation.")] = False,
+    save_cams: Annotated[bool, typer.Option("--save-cams", help="Keep the evaluation CAMs in RUN_DIR/cams.")] = False,
+    deterministic: Annotated[bool, typer.Option("--deterministic/--no-deterministic", help="Deterministic algorithms where torch has them.")] = True,
+    log_every: Annotated[int, typer.Option(help="Iterations per log.csv row.")] = 10,
+    stop_after: Annotated[int | None, typer.Option(hidden=True, help="Stop after N iterations (preemption drill).")] = None,
+) -> None:
+    """Train SEAM: siamese rescale branch, classification + ER + ECR (OHEM) losses, PCM,
+    frozen BN, poly lr. Writes RUN_DIR/seam_final.pth (authors' format) + .json."""
+    from training.data.datasets import DatasetError
+    from training.engine.siamese import parse_transforms
+    from training.engine.trainer import Progress, TrainConfig, TrainingError, train
+    from training.models.checkpoint import CheckpointError
+
+    try:
+        cfg = TrainConfig(
+            data=str(data), dataset=dataset, train_list=_s(train_list), labels=_s(labels), classes=classes,
+            weights=_s(weights), backbone=backbone, batch_size=batch_size, epochs=epochs, lr=lr,
+            weight_decay=weight_decay, momentum=momentum, authors_momentum=authors_momentum, crop=crop,
+            resize_long=_pair(resize_range, "--resize-range"), jitter=not no_jitter, out=str(out), seed=seed,
+            device=device, workers=workers, max_minutes=max_minutes, amp=amp, er=not no_er, pcm=not no_pcm,
+            ohem=not no_ohem, transforms=parse_transforms(transform), siamese_scale=siamese_scale,
+            evaluate=not no_eval, eval_list=_s(eval_list), eval_scales=parse_floats(eval_scales),
+            save_cams=save_cams, deterministic=deterministic, log_every=max(1, log_every), resume=resume,
+            stop_after=stop_after,
+        )
+        cfg.validate()
+    except ValueError as exc:
+        fail(str(exc))
+        return
+    main_rank = os.environ.get("RANK", "0") == "0"
+    try:
+        if not main_rank:
+            result = train(cfg)
+            return
+        with progress_bar() as bar:
+            tasks: dict[str, int] = {}
+
+            def on_progress(p: Progress) -> None:
+                if p.phase not in tasks:
+                    tasks[p.phase] = bar.add_task("SEAM" if p.phase == "train" else "CAM eval",
+                                                  total=p.max_iter, status="")
+                if p.phase == "train":
+                    status = (f"ep {p.epoch + 1}/{p.epochs} "
+                              + " ".join(f"{k} {v:.3f}" for k, v in p.losses.items())
+                              + f" | {p.images_per_s:.1f} img/s lr {p.lr:.2e}")
+                else:
+                    status = ""
+                bar.update(tasks[p.phase], completed=p.iteration, status=status)
+
+            result = train(cfg, on_progress=on_progress, log=lambda m: console.print(m, highlight=False))
+    except (DatasetError, CheckpointError, TrainingError, FileNotFoundError) as exc:
+        fail(str(exc))
+        return
+    ev = result.get("metrics", {}).get("eval")
+    console.print(f"weights: {Path(cfg.out) / 'seam_final.pth'}  sidecar: {Path(cfg.out) / 'seam_final.json'}")
+    if ev:
+        console.print(f"pseudo-label mIoU {ev['miou']:.2f}% (best threshold {ev['best_threshold']:.2f}, "
+                      f"all-background {ev['all_background_miou']:.2f}%) on {ev['num_images']} images")
+
+
+def _s(p: Path | None) -> str | None:
+    return None if p is None else str(p)

@@ -1,0 +1,104 @@
+"""`seam train affinity`: train AffinityNet on SEAM-derived labels (the authors' train_aff.py)."""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from seam.commands._util import console, fail, progress_bar
+
+
+def train_progress(bar: Any, name: str) -> Callable[[Any], None]:
+    """An on_progress callback drawing the trainers' `Progress` on a rich bar."""
+    task: list[int] = []
+
+    def on_progress(p: Any) -> None:
+        if not task:
+            task.append(bar.add_task(name, total=p.max_iter, status=""))
+        status = (f"ep {p.epoch + 1}/{p.epochs} " + " ".join(f"{k} {v:.3f}" for k, v in p.losses.items())
+                  + f" | {p.images_per_s:.1f} img/s lr {p.lr:.2e}")
+        bar.update(task[0], completed=p.iteration, status=status)
+
+    return on_progress
+
+
+def train_affinity(
+    data: Annotated[Path, typer.Option("--data", help="Data root: VOC (JPEGImages/), a synth set, or an image folder.")],
+    labels: Annotated[Path, typer.Option("--labels", help="AffinityNet label PNGs <id>.png (0 bg, c+1 class, 255 unknown).")],
+    cams: Annotated[Path | None, typer.Option(help="SEAM CAM dir (<id>.npy): first write the missing --labels from it (la/ha + CRF).")] = None,
+    la_alpha: Annotated[float, typer.Option(help="With --cams: confident-foreground power (la).")] = 4.0,
+    ha_alpha: Annotated[float, typer.Option(help="With --cams: confident-background power (ha).")] = 24.0,
+    no_crf: Annotated[bool, typer.Option("--no-crf", help="With --cams: skip the dense CRF.")] = False,
+    dataset: Annotated[str, typer.Option(help="voc | folder | synth | auto (detected from the layout).")] = "auto",
+    train_list: Annotated[Path | None, typer.Option(help="Image list (default: the data set's training list, images with labels).")] = None,
+    image_labels: Annotated[Path | None, typer.Option(help="The data set's image-level label file, if not its default.")] = None,
+    weights: Annotated[Path | None, typer.Option(help="Initial weights: ImageNet .params, SEAM / AffinityNet checkpoint or run dir.")] = None,
+    backbone: Annotated[str, typer.Option(help="resnet38 (the paper) or resnet38_small (CPU).")] = "resnet38",
+    batch_size: Annotated[int, typer.Option(help="Global batch size (per GPU = batch / world size).")] = 8,
+    epochs: Annotated[int, typer.Option(help="Epochs.")] = 8,
+    lr: Annotated[float, typer.Option(help="Base learning rate (new layers 10x); the release's train_aff default.")] = 0.1,
+    weight_decay: Annotated[float, typer.Option(help="Weight decay on weights.")] = 5e-4,
+    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
+    authors_momentum: Annotated[bool, typer.Option("--authors-momentum", help="Momentum 5e-4: what the release's optimiser actually used.")] = False,
+    crop: Annotated[int, typer.Option(help="Square training crop (multiple of 8).")] = 448,
+    radius: Annotated[int, typer.Option(help="Pair radius on the stride-8 grid.")] = 5,
+    no_jitter: Annotated[bool, typer.Option("--no-jitter", help="No colour jitter.")] = False,
+    no_flip: Annotated[bool, typer.Option("--no-flip", help="No horizontal flip.")] = False,
+    out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/affinity"),
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from RUN_DIR/checkpoint.pth exactly.")] = False,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    device: Annotated[str | None, typer.Option(help="torch device (default: cuda if available).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Data loader workers (default 0 on CPU, up to 8 on CUDA).")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop after this many minutes (checkpoint + weights saved).")] = None,
+    amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="Mixed precision (default: on with CUDA).")] = None,
+    deterministic: Annotated[bool, typer.Option("--deterministic/--no-deterministic", help="Deterministic algorithms where torch has them.")] = True,
+    log_every: Annotated[int, typer.Option(help="Iterations per log.csv row.")] = 10,
+    stop_after: Annotated[int | None, typer.Option(hidden=True, help="Stop after N iterations (preemption drill).")] = None,
+) -> None:
+    """Train AffinityNet: stride-8 features, pair affinities within the radius, loss
+    bg/4 + fg/4 + neg/2; frozen BN/conv1a/b2, poly lr. Writes RUN_DIR/affinity_final.pth + .json."""
+    from training.data.datasets import DatasetError, build_dataset
+    from training.engine.affinity import AFFINITY_FINAL, AffinityTrainConfig
+    from training.engine.affinity import train_affinity as run
+    from training.engine.trainer import TrainingError
+    from training.models.checkpoint import CheckpointError
+
+    try:
+        cfg = AffinityTrainConfig(
+            data=str(data), labels=str(labels), dataset=dataset, train_list=_s(train_list),
+            image_labels=_s(image_labels), weights=_s(weights), backbone=backbone, batch_size=batch_size,
+            epochs=epochs, lr=lr, weight_decay=weight_decay, momentum=momentum, authors_momentum=authors_momentum,
+            crop=crop, radius=radius, jitter=not no_jitter, flip=not no_flip, out=str(out), seed=seed,
+            device=device, workers=workers, max_minutes=max_minutes, amp=amp, deterministic=deterministic,
+            log_every=max(1, log_every), resume=resume, stop_after=stop_after)
+        cfg.validate()
+    except ValueError as exc:
+        fail(str(exc))
+        return
+    main_rank = os.environ.get("RANK", "0") == "0"
+    try:
+        if cams is not None and main_rank:
+            from training.pipeline import write_affinity_labels
+
+            ds = build_dataset(dataset, data, _s(train_list), _s(image_labels), check_images=False)
+            with progress_bar() as bar:
+                task = bar.add_task("aff labels", total=len(ds), status="")
+                stats = write_affinity_labels(list(zip(ds.ids, ds.paths)), cams, labels, la_alpha, ha_alpha,
+                                              crf=not no_crf, on_image=lambda i: bar.update(task, advance=1, status=i))
+            console.print(f"AffinityNet labels: {stats['written']} written, {stats['skipped']} already there")
+        if not main_rank:
+            run(cfg)
+            return
+        with progress_bar() as bar:
+            run(cfg, on_progress=train_progress(bar, "AffinityNet"), log=lambda m: console.print(m, highlight=False))
+    except (DatasetError, CheckpointError, TrainingError, FileNotFoundError, RuntimeError, ValueError) as exc:
+        fail(str(exc))
+        return
+    console.print(f"weights: {out / AFFINITY_FINAL}  sidecar: {(out / AFFINITY_FINAL).with_suffix('.json')}")
+
+
+def _s(p: Path | None) -> str | None:
+    return None if p is None else str(p)

@@ -1,0 +1,41 @@
+"""`seam worker`: a Celery worker processing job chunks (one process per GPU)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from seam.commands._util import fail
+from seam.commands.serve import apply_overrides, load_settings
+
+
+def worker(
+    broker_url: Annotated[str | None, typer.Option(help="redis:// URL [SEAM_BROKER_URL] (required).")] = None,
+    models_dir: Annotated[Path | None, typer.Option(help="Model repository [SEAM_MODELS_DIR].")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Shared job data directory [SEAM_DATA_DIR].")] = None,
+    concurrency: Annotated[int, typer.Option("-c", "--concurrency", help="Pool processes; 1 per GPU.")] = 1,
+    pool: Annotated[str, typer.Option(help="Celery pool: prefork (time limits work) or solo.")] = "prefork",
+    engine: Annotated[str | None, typer.Option(help="onnx, or fake (test/demo) [SEAM_ENGINE].")] = None,
+    providers: Annotated[str | None, typer.Option(help="onnxruntime providers: auto, cpu, cuda [SEAM_PROVIDERS].")] = None,
+    threads: Annotated[int | None, typer.Option(help="onnxruntime threads [SEAM_THREADS].")] = None,
+    hostname: Annotated[str | None, typer.Option(help="Celery node name (default seam@<host>).")] = None,
+    max_tasks_per_child: Annotated[int | None, typer.Option(help="Recycle a pool process after N chunks.")] = None,
+    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "info",
+) -> None:
+    """Start a Celery worker for SEAM jobs (`--pool prefork -c 1`: the engine is created in the
+    pool process after the fork, never inherited across it)."""
+    apply_overrides(broker_url=broker_url, models_dir=models_dir, data_dir=data_dir, engine=engine,
+                    providers=providers, threads=threads)
+    settings = load_settings()
+    if settings.mode != "celery":
+        fail("seam worker needs a broker: set SEAM_BROKER_URL=redis://host:6379/0 or pass --broker-url")
+    from service.worker.celery_app import celery_app
+
+    argv = ["worker", f"--pool={pool}", f"--concurrency={concurrency}", f"--queues={settings.queue_name}",
+            f"--loglevel={loglevel}", "--without-gossip", "--without-mingle"]
+    if hostname:
+        argv.append(f"--hostname={hostname}")
+    if max_tasks_per_child:
+        argv.append(f"--max-tasks-per-child={max_tasks_per_child}")
+    celery_app.worker_main(argv)

@@ -1,0 +1,68 @@
+"""Typed dependencies. Tests override `get_engine` (or pass an engine to create_app)."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader
+
+from service.core.config import Settings
+from service.core.engine import EngineHolder
+from service.core.limits import InflightLimiter
+from service.core.metrics import Metrics
+from service.core.security import API_KEY_HEADER, check_api_key
+from service.engine.base import InferenceEngine
+from service.jobs.dispatch import Dispatcher
+from service.jobs.store import JobStore
+from service.storage import Storage
+
+api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False,
+                              description="Required when the server is configured with SEAM_API_KEYS.")
+
+
+def get_settings_dep(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+
+
+def require_api_key(settings: SettingsDep, key: Annotated[str | None, Security(api_key_header)] = None) -> None:
+    check_api_key(key, settings.api_keys)
+
+
+def get_holder(request: Request) -> EngineHolder:
+    return request.app.state.holder
+
+
+def get_engine(request: Request) -> InferenceEngine:
+    return request.app.state.holder.get()
+
+
+def get_store(request: Request) -> JobStore:
+    return request.app.state.store
+
+
+def get_storage(request: Request) -> Storage:
+    return request.app.state.storage
+
+
+def get_dispatcher(request: Request) -> Dispatcher:
+    return request.app.state.dispatcher
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+def get_limiter(request: Request) -> InflightLimiter:
+    return request.app.state.limiter
+
+
+HolderDep = Annotated[EngineHolder, Depends(get_holder)]
+EngineDep = Annotated[InferenceEngine, Depends(get_engine)]
+StoreDep = Annotated[JobStore, Depends(get_store)]
+StorageDep = Annotated[Storage, Depends(get_storage)]
+DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+LimiterDep = Annotated[InflightLimiter, Depends(get_limiter)]

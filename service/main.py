@@ -1,0 +1,142 @@
+"""The FastAPI app factory.
+
+    uvicorn --factory service.main:create_app          (what `seam serve` runs)
+
+`create_app(settings=None, engine=None, store=None, dispatcher=None)`: tests inject a
+fake engine and settings; production reads `SEAM_*` and loads the engine in the
+lifespan (in a thread, so /healthz answers and /readyz says 503 until it is warm).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.concurrency import run_in_threadpool
+
+from service.api.deps import require_api_key
+from service.api.routes import health, inference, jobs, models, web
+from service.core.config import Settings, get_settings
+from service.core.engine import EngineHolder, build_engine
+from service.core.errors import install_error_handlers
+from service.core.limits import BodyLimitMiddleware, InflightLimiter
+from service.core.metrics import Metrics, MetricsMiddleware
+from service.engine.base import InferenceEngine
+from service.jobs.dispatch import CeleryDispatcher, Dispatcher, EmbeddedDispatcher
+from service.jobs.processing import ChunkContext, TransientError
+from service.jobs.store import JobStore, MemoryJobStore, RedisJobStore
+from service.storage import Storage
+
+log = logging.getLogger("seam.service")
+
+SWEEP_INTERVAL_S = 600
+API_DESCRIPTION = """Weakly supervised semantic segmentation (SEAM CAMs, AffinityNet random walk, DeepLab) over
+ONNX models. Errors are always `{"error": {"code": ..., "message": ...}}`. When the server has API keys, send
+`X-API-Key`. Busy servers answer 429/503 with `Retry-After`."""
+
+
+def _make_store(settings: Settings) -> JobStore:
+    if settings.mode == "celery":
+        return RedisJobStore(settings.broker_url or "", settings.key_prefix, settings.job_ttl_s)
+    return MemoryJobStore(settings.job_ttl_s)
+
+
+def _engine_waiter(holder: EngineHolder, timeout: float = 600.0):
+    def get() -> InferenceEngine:
+        if holder.engine is None:
+            holder.wait(timeout)
+        if holder.engine is None:
+            raise TransientError(f"engine not loaded: {holder.error or 'still loading'}")
+        return holder.engine
+    return get
+
+
+def _make_dispatcher(settings: Settings, store: JobStore, storage: Storage, holder: EngineHolder) -> Dispatcher:
+    if settings.mode == "celery":
+        return CeleryDispatcher(settings)
+    ctx = ChunkContext(store=store, storage=storage, engine=_engine_waiter(holder), max_pixels=settings.max_pixels,
+                       max_deliveries=settings.max_deliveries)
+    return EmbeddedDispatcher(lambda: ctx, workers=settings.embedded_workers, max_retries=settings.max_retries)
+
+
+def create_app(settings: Settings | None = None, engine: InferenceEngine | None = None,
+               store: JobStore | None = None, dispatcher: Dispatcher | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    metrics = Metrics()
+    holder = EngineHolder()
+    storage = Storage(settings.data_dir)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(storage.ensure)
+        app.state.limiter = limiter = InflightLimiter(settings.max_inflight, settings.max_waiting,
+                                                      settings.wait_timeout_s)
+        metrics.inflight.set_function(lambda: limiter.inflight)
+        metrics.waiting.set_function(lambda: limiter.waiting)
+        if engine is not None:
+            await run_in_threadpool(holder.set, engine, settings.warmup)
+        else:
+            holder.load_in_background(lambda: build_engine(settings), settings.warmup)
+        app.state.store = the_store = store or _make_store(settings)
+        app.state.dispatcher = the_dispatcher = dispatcher or _make_dispatcher(settings, the_store, storage, holder)
+        the_dispatcher.start()
+        sweeper = asyncio.create_task(_sweep_forever(storage, settings))
+        log.info("seam service up (%s mode, data in %s)", settings.mode, settings.data_dir)
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            await run_in_threadpool(the_dispatcher.stop)
+
+    app = FastAPI(title="seam-wsss", version="0.1.0", description=API_DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.holder = holder
+    app.state.storage = storage
+    metrics.add_jobs_collector(lambda: _job_stats(app))
+
+    install_error_handlers(app)
+    protected = [Depends(require_api_key)]
+    app.include_router(health.router)
+    app.include_router(models.router, dependencies=protected)
+    app.include_router(inference.router, dependencies=protected)
+    app.include_router(jobs.router, dependencies=protected)
+    app.include_router(web.router)  # the web page (/ and /static/...); public: it asks for the key itself
+
+    def limit_for(method: str, path: str) -> int | None:
+        if method == "POST" and path.rstrip("/") == "/jobs":
+            return settings.max_job_upload_bytes
+        return settings.max_upload_bytes
+
+    app.add_middleware(BodyLimitMiddleware, limit_for=limit_for)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["X-API-Key", "Content-Type"],
+                           expose_headers=["X-Seam-Classes", "X-Seam-Method", "Retry-After", "Location"])
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app
+
+
+def _job_stats(app: FastAPI) -> dict:
+    store = getattr(app.state, "store", None)
+    dispatcher = getattr(app.state, "dispatcher", None)
+    if store is None or dispatcher is None:
+        return {}
+    s = store.stats()
+    s["queued_chunks"] = dispatcher.queued_chunks()
+    return s
+
+
+async def _sweep_forever(storage: Storage, settings: Settings) -> None:
+    """Delete job folders past their TTL (their state in the store has expired too)."""
+    while True:
+        try:
+            removed = await run_in_threadpool(storage.sweep, settings.job_ttl_s)
+            if removed:
+                log.info("swept %d expired jobs", len(removed))
+        except Exception:  # noqa: BLE001
+            log.exception("sweep failed")
+        await asyncio.sleep(SWEEP_INTERVAL_S)

@@ -1,0 +1,156 @@
+"""Request and response models (the OpenAPI schema is generated from these)."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MethodName = Literal["cam", "pcm", "rw", "deeplab"]
+OutputKind = Literal["png", "npy", "coco", "overlay"]
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Machine-readable error code, e.g. unknown_class, too_large.")
+    message: str = Field(description="What was wrong, for humans.")
+    details: list[dict] | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Check(BaseModel):
+    ok: bool
+    detail: str | None = None
+
+
+class Readiness(BaseModel):
+    ready: bool
+    mode: Literal["embedded", "celery"]
+    checks: dict[str, Check]
+    error: ErrorDetail | None = None
+
+
+class ModelPublic(BaseModel):
+    name: str
+    kind: str
+    backbone: str
+    classes: list[str]
+    provider: str
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelPublic]
+    classes: list[str] = Field(description="Foreground classes; label value = index + 1, 0 = background.")
+    methods: list[str] = Field(description="Available methods, best first (the default is the first).")
+    default_method: str | None
+
+
+class Rle(BaseModel):
+    size: list[int] = Field(description="[height, width]")
+    counts: str = Field(description="COCO compressed RLE string (column-major).")
+
+
+class SegmentClass(BaseModel):
+    index: int = Field(description="Foreground class index (0-based).")
+    label: int = Field(description="Value of this class in the label PNG (index + 1).")
+    name: str
+    score: float | None = Field(description="Image-level classification score.")
+    area: int = Field(description="Pixels labelled with this class.")
+    bbox: list[int] = Field(description="[x, y, width, height]")
+    rle: Rle
+
+
+class SegmentResponse(BaseModel):
+    width: int
+    height: int
+    method: str
+    threshold: float
+    classes: list[SegmentClass]
+    scores: dict[str, float] = Field(description="Classification score of every foreground class.")
+
+
+class CamClassStats(BaseModel):
+    index: int
+    name: str
+    score: float | None
+    min: float
+    max: float
+    mean: float
+    area: float = Field(description="Fraction of pixels with CAM > threshold.")
+    area_pixels: int
+    overlay_png: str = Field(description="Base64 PNG: the CAM as a heat map over the image.")
+
+
+class CamResponse(BaseModel):
+    width: int
+    height: int
+    refined: bool
+    threshold: float
+    classes: list[CamClassStats]
+    scores: dict[str, float]
+
+
+class JobOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    method: MethodName | None = Field(None, description="Default: the best method the repository has.")
+    threshold: float | None = Field(None, ge=0.0, le=1.0, description="Background threshold (default: the model's).")
+    outputs: list[OutputKind] = Field(default_factory=lambda: ["png"], min_length=1, max_length=4,
+                                      description="png: VOC-palette label; npy: CAM npz; coco: COCO RLE; overlay.")
+
+    @field_validator("outputs")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(v))
+
+
+class DirectoryJobRequest(JobOptions):
+    directory: str = Field(min_length=1, max_length=4096,
+                           description="Folder of images, relative to (or under) SEAM_ALLOWED_ROOT.")
+    recursive: bool = False
+    labels: dict[str, list[str | int]] | None = Field(
+        None, description="{image name or id: [class names or indices]}; images not listed: predicted.")
+
+
+class JobImageError(BaseModel):
+    image: str
+    error: str
+
+
+class JobLinks(BaseModel):
+    self: str
+    results: str
+
+
+class JobPublic(BaseModel):
+    id: str
+    state: JobState
+    total: int
+    done: int
+    failed: int
+    progress: float = Field(description="(done + failed) / total")
+    method: str | None
+    threshold: float | None
+    outputs: list[str]
+    source: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    expires_at: datetime
+    error: str | None = None
+    errors: list[JobImageError] = Field(description="Per-image failures (first 100).")
+    links: JobLinks
+
+
+class JobList(BaseModel):
+    jobs: list[JobPublic]
+    total: int
+    offset: int
+    limit: int

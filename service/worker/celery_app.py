@@ -1,0 +1,49 @@
+"""The one module that creates the Celery app.
+
+    celery -A service.worker.celery_app worker --pool prefork -c 1 -Q <prefix>.chunks
+
+(`seam worker` does exactly that.) One process per GPU: the engine is created in
+each pool process after the fork (`worker_process_init`), never inherited across it.
+"""
+from __future__ import annotations
+
+from celery import Celery
+
+from service.core.config import Settings, get_settings
+
+
+def create_celery(settings: Settings) -> Celery:
+    if not settings.broker_url:
+        raise ValueError("SEAM_BROKER_URL is not set: Celery mode needs a redis:// broker")
+    app = Celery("seam", broker=settings.broker_url, include=["service.worker.tasks"])
+    vt = settings.visibility_timeout  # above the hard time limit, else a slow chunk runs twice
+    # Messages of a worker that died (SIGKILL, OOM, lost host) come back once they are
+    # `vt` old; sweep for them every vt/10 s (kombu's default sweep is ~100 s).
+    transport = {"visibility_timeout": vt, "unacked_restore_interval": max(1, min(60, vt // 10)),
+                 "unacked_restore_throttle": 1}
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],  # never pickle
+        task_acks_late=True,  # a chunk is acknowledged after it ran...
+        task_reject_on_worker_lost=True,  # ...and re-queued if the worker died under it (deliveries counted)
+        worker_prefetch_multiplier=1,
+        broker_transport_options=transport,
+        result_backend=settings.broker_url,
+        result_backend_transport_options={"visibility_timeout": vt},
+        task_ignore_result=True,  # state lives in the job store, masks on disk
+        result_expires=settings.job_ttl_s,
+        task_time_limit=settings.task_time_limit_s,
+        task_soft_time_limit=settings.task_soft_time_limit_s,
+        task_default_queue=settings.queue_name,
+        task_routes={"seam.process_chunk": {"queue": settings.queue_name}},
+        broker_connection_retry_on_startup=True,
+        worker_send_task_events=False,
+        worker_hijack_root_logger=False,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+    )
+    return app
+
+
+celery_app = create_celery(get_settings()) if get_settings().broker_url else Celery("seam")
+app = celery_app  # `celery -A service.worker.celery_app` finds `app`/`celery_app`

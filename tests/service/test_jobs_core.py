@@ -1,0 +1,243 @@
+"""The job store (memory and Redis: one contract), process_chunk's idempotency and
+poison-chunk guard, and the embedded executor's retries."""
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.jobs.dispatch import EmbeddedDispatcher
+from service.jobs.processing import ChunkContext, TransientError, process_chunk
+from service.jobs.store import MemoryJobStore, RedisJobStore
+from service.storage import Storage
+from tests.service.fakes import FakeEngine, rgb_image
+
+REDIS_URL = "redis://127.0.0.1:6379/14"
+
+
+def _redis_ok() -> bool:
+    try:
+        import redis
+
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=0.5).ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request):
+    if request.param == "memory":
+        yield MemoryJobStore(ttl_s=3600)
+        return
+    if not _redis_ok():
+        pytest.skip("no Redis on 127.0.0.1:6379 (start one with `redis-server --daemonize yes`)")
+    prefix = f"seamtest-{uuid.uuid4().hex[:8]}"
+    s = RedisJobStore(REDIS_URL, prefix, ttl_s=3600)
+    yield s
+    keys = list(s.r.scan_iter(f"{prefix}:*"))
+    if keys:
+        s.r.delete(*keys)
+
+
+def jid() -> str:
+    return uuid.uuid4().hex
+
+
+def test_state_machine(store):
+    j = jid()
+    snap = store.create(j, total=3, chunks=1, options={"outputs": ["png"]}, source="upload")
+    assert (snap.state, snap.total, snap.done, snap.failed) == ("queued", 3, 0, 0)
+    assert store.active_count() == 1 and store.is_active(j)
+    assert store.mark_running(j) and not store.mark_running(j)
+    assert store.record_done(j, "a") and not store.record_done(j, "a")  # a set: counted once
+    assert store.record_failed(j, "b", "bad") and store.record_failed(j, "b", "still bad")
+    assert store.finish_if_complete(j) is None
+    assert not store.record_failed(j, "a", "late failure of a done image")  # done wins
+    assert store.record_done(j, "b")  # a later success clears the failure
+    s = store.snapshot(j)
+    assert (s.done, s.failed, s.errors) == (2, 0, [])
+    store.record_failed(j, "c", "boom")
+    assert store.finish_if_complete(j) == "succeeded"
+    assert store.finish_if_complete(j) is None  # once
+    s = store.snapshot(j)
+    assert s.state == "succeeded" and s.errors == [("c", "boom")] and s.finished_at >= s.started_at
+    assert store.active_count() == 0
+    assert not store.cancel(j)  # final states are final
+    st = store.stats()
+    assert st["images_done"] >= 2 and st["images_failed"] >= 1
+
+
+def test_cancel_and_all_failed(store):
+    a, b = jid(), jid()
+    store.create(a, 2, 1, {"outputs": ["png"]}, "upload")
+    assert store.cancel(a) and store.state(a) == "cancelled" and not store.is_active(a)
+    store.create(b, 1, 1, {"outputs": ["png"]}, "upload")
+    store.record_failed(b, "x", "nope")
+    assert store.finish_if_complete(b) == "failed" and store.snapshot(b).error
+
+
+def test_deliveries_and_listing(store):
+    ids = [jid() for _ in range(3)]
+    for i in ids:
+        store.create(i, 1, 2, {"outputs": ["png"]}, "upload")
+        time.sleep(0.01)
+    assert [store.incr_delivery(ids[0], 1) for _ in range(3)] == [1, 2, 3]
+    assert store.incr_delivery(ids[0], 0) == 1
+    total, snaps = store.list(0, 2)
+    assert total == 3 and [s.id for s in snaps] == ids[::-1][:2]
+    store.delete(ids[0])
+    assert store.snapshot(ids[0]) is None and store.list(0, 10)[0] == 2
+
+
+def test_redis_keys_expire():
+    if not _redis_ok():
+        pytest.skip("no Redis")
+    prefix = f"seamtest-{uuid.uuid4().hex[:8]}"
+    s = RedisJobStore(REDIS_URL, prefix, ttl_s=120)
+    j = jid()
+    s.create(j, 2, 1, {"outputs": ["png"]}, "upload")
+    s.record_done(j, "a")
+    s.record_failed(j, "b", "x")
+    s.incr_delivery(j, 0)
+    try:
+        for key in s.r.scan_iter(f"{prefix}:job:{j}*"):
+            assert 0 < s.r.ttl(key) <= 120, key  # nothing without an expiry
+    finally:
+        s.r.delete(*s.r.scan_iter(f"{prefix}:*"))
+
+
+# --- process_chunk ----------------------------------------------------------------
+def make_job(storage: Storage, store, n: int, outputs=("png",)) -> tuple[str, list[str]]:
+    j = jid()
+    inputs = storage.inputs_dir(j)
+    inputs.mkdir(parents=True)
+    images = {}
+    for i in range(n):
+        Image.fromarray(rgb_image(16, 20, seed=i)).save(inputs / f"im{i}.png")
+        images[f"im{i}"] = f"im{i}.png"
+    storage.write_manifest(j, {"id": j, "created_at": time.time(), "options": {"outputs": list(outputs)},
+                               "source": "upload", "source_dir": None, "images": images, "labels": {}})
+    store.create(j, n, 1, {"outputs": list(outputs)}, "upload")
+    return j, sorted(images)
+
+
+class CountingEngine(FakeEngine):
+    def __init__(self, crash_after: int | None = None) -> None:
+        super().__init__()
+        self.crash_after = crash_after
+        self.segments = 0
+
+    def segment(self, *a, **kw):
+        if self.crash_after is not None and self.segments >= self.crash_after:
+            raise KeyboardInterrupt("simulated worker death")  # not caught by the per-image handler
+        self.segments += 1
+        return super().segment(*a, **kw)
+
+
+def ctx_for(tmp_path: Path, engine, store=None, max_deliveries: int = 3) -> ChunkContext:
+    return ChunkContext(store=store or MemoryJobStore(3600), storage=Storage(tmp_path / "data"),
+                        engine=lambda: engine, max_pixels=10**7, max_deliveries=max_deliveries)
+
+
+def test_redelivered_chunk_neither_duplicates_nor_loses(tmp_path):
+    engine = CountingEngine(crash_after=3)
+    ctx = ctx_for(tmp_path, engine)
+    j, ids = make_job(ctx.storage, ctx.store, 6)
+    with pytest.raises(KeyboardInterrupt):
+        process_chunk(ctx, j, 0, ids)  # the "worker" dies after 3 images
+    assert ctx.store.snapshot(j).done == 3
+    written = {p: p.stat().st_mtime_ns for p in (ctx.storage.outputs_dir(j) / "png").iterdir()}
+    assert len(written) == 3
+    engine.crash_after = None
+    rep = process_chunk(ctx, j, 0, ids)  # redelivery
+    assert (rep.done, rep.skipped, rep.failed) == (3, 3, 0)
+    assert engine.segments == 6  # each image computed exactly once
+    snap = ctx.store.snapshot(j)
+    assert (snap.state, snap.done, snap.failed) == ("succeeded", 6, 0)
+    outs = sorted(p.name for p in (ctx.storage.outputs_dir(j) / "png").iterdir())
+    assert outs == [f"{i}.png" for i in ids]
+    for p, mtime in written.items():
+        assert p.stat().st_mtime_ns == mtime  # not rewritten
+    assert not list(ctx.storage.tmp_dir(j).glob("*.tmp"))
+    ref = FakeEngine()
+    for i in ids:
+        a = np.asarray(Image.open(ctx.storage.inputs_dir(j) / f"{i}.png").convert("RGB"))
+        got = np.asarray(Image.open(ctx.storage.output_path(j, "png", i)))
+        assert np.array_equal(got, ref.segment(a).label)
+
+
+def test_poison_chunk_given_up(tmp_path):
+    engine = CountingEngine(crash_after=1)
+    ctx = ctx_for(tmp_path, engine, max_deliveries=3)
+    j, ids = make_job(ctx.storage, ctx.store, 4)
+    engine.crash_after = 0  # every delivery dies on the first unfinished image
+    for _ in range(3):
+        with pytest.raises(KeyboardInterrupt):
+            process_chunk(ctx, j, 0, ids)
+    rep = process_chunk(ctx, j, 0, ids)  # 4th delivery: give up instead of looping
+    assert rep.gave_up and rep.failed == 4 and rep.final_state == "failed"
+    snap = ctx.store.snapshot(j)
+    assert snap.state == "failed" and all("started 3 times" in e for _, e in snap.errors)
+
+
+def test_cancelled_job_chunk_is_noop(tmp_path):
+    engine = CountingEngine()
+    ctx = ctx_for(tmp_path, engine)
+    j, ids = make_job(ctx.storage, ctx.store, 3)
+    ctx.store.cancel(j)
+    rep = process_chunk(ctx, j, 0, ids)
+    assert rep.cancelled and engine.segments == 0
+
+
+def test_missing_inputs_recorded_per_image(tmp_path):
+    ctx = ctx_for(tmp_path, FakeEngine())
+    j, ids = make_job(ctx.storage, ctx.store, 3)
+    (ctx.storage.inputs_dir(j) / "im1.png").unlink()
+    process_chunk(ctx, j, 0, ids)
+    snap = ctx.store.snapshot(j)
+    assert (snap.state, snap.done, snap.failed) == ("succeeded", 2, 1) and snap.errors[0][0] == "im1"
+
+
+class FlakyStore(MemoryJobStore):
+    def __init__(self, failures: int) -> None:
+        super().__init__(3600)
+        self.failures = failures
+
+    def mark_running(self, job_id):
+        if self.failures > 0:
+            self.failures -= 1
+            raise ConnectionError("broker hiccup")
+        return super().mark_running(job_id)
+
+
+def test_embedded_executor_retries_transient_errors(tmp_path):
+    store = FlakyStore(failures=2)
+    ctx = ctx_for(tmp_path, FakeEngine(), store=store)
+    j, ids = make_job(ctx.storage, store, 3)
+    d = EmbeddedDispatcher(lambda: ctx, workers=1, max_retries=3, backoff_s=0.01)
+    d.run_chunk(j, 0, ids)
+    assert store.snapshot(j).state == "succeeded"
+
+    store2 = FlakyStore(failures=10)
+    ctx2 = ctx_for(tmp_path, FakeEngine(), store=store2)
+    j2, ids2 = make_job(ctx2.storage, store2, 2)
+    d2 = EmbeddedDispatcher(lambda: ctx2, workers=1, max_retries=2, backoff_s=0.01)
+    d2.run_chunk(j2, 0, ids2)
+    snap = store2.snapshot(j2)
+    assert snap.state == "failed" and "gave up after 3 attempts" in snap.errors[0][1]
+
+
+def test_engine_not_loaded_is_transient(tmp_path):
+    ctx = ctx_for(tmp_path, None)
+
+    def no_engine():
+        raise TransientError("engine not loaded")
+    ctx.engine = no_engine
+    j, ids = make_job(ctx.storage, ctx.store, 1)
+    with pytest.raises(TransientError):
+        process_chunk(ctx, j, 0, ids)

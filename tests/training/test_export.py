@@ -1,0 +1,204 @@
+"""`seam export`: ONNX graphs that onnxruntime runs like eager torch, a valid manifest,
+atomic writes, refusal on mismatch, and the authors' checkpoint format."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from seam.cli import app
+from service.engine.manifest import file_sha256, load_model_dir
+from service.engine.runtime import RuntimeConfig, create_session
+from training.export import ExportError, export_model
+from training.export import onnx_export
+from training.export.specs import SPECS
+from training.models.registry import _constructors, create_model
+
+SHAPES = [(1, 3, 37, 61), (2, 3, 200, 133)]
+CLASSES = ["background", "circle", "square", "triangle"]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def make_checkpoint(path: Path, kind: str = "seam", backbone: str = "resnet38_small", num_classes: int = 4,
+                    seed: int = 0, sidecar: dict | None = None, authors_format: bool = False) -> torch.nn.Module:
+    """A random-weight checkpoint: ours ({"model", "config"} + sidecar) or the authors'
+    bare state dict with the `module.` prefix of their DataParallel saves."""
+    torch.manual_seed(seed)
+    net = create_model(kind, backbone, num_classes).eval()
+    sd = net.state_dict()
+    if authors_format:
+        torch.save({f"module.{k}": v for k, v in sd.items() if not k.endswith("num_batches_tracked")}, path)
+    else:
+        torch.save({"model": sd, "config": {"backbone": backbone, "epochs": 1}}, path)
+    if sidecar is not None:
+        path.with_suffix(".json").write_text(json.dumps(sidecar))
+    return net
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    d = tmp_path_factory.mktemp("export")
+    ckpt = d / "seam_small.pth"
+    net = make_checkpoint(ckpt, sidecar={"class_names": CLASSES, "backbone": "resnet38_small"})
+    res = export_model(ckpt, "seam", "tiny", d / "models")
+    return net, ckpt, res
+
+
+def test_manifest_and_files(exported):
+    _, ckpt, res = exported
+    assert res.model_dir.name == "tiny"
+    assert sorted(p.name for p in res.model_dir.iterdir()) == ["manifest.json", "model.onnx"]
+    size = (res.model_dir / "model.onnx").stat().st_size
+    assert 1e6 < size < 10e6  # the small backbone: one self-contained file of a few MB
+    m = load_model_dir(res.model_dir)  # validates the schema and the sha256
+    assert m.kind == "seam" and m.backbone == "resnet38_small"
+    assert list(m.class_names) == CLASSES and m.foreground == CLASSES[1:]
+    assert m.onnx.outputs == ("cam", "cam_rv") and m.onnx.external_data == {}
+    assert m.onnx.ir_version == 10 and m.onnx.opset == 18
+    assert m.cam.bg_threshold == 0.26 and m.cam.scales == (0.5, 1.0, 1.5, 2.0) and m.cam.flip
+    assert m.provenance.checkpoint_sha256 == file_sha256(ckpt)
+    assert m.provenance.training_config["backbone"] == "resnet38_small"
+    assert m.provenance.torch_version == torch.__version__
+    assert max(m.provenance.parity.max_abs_diff.values()) <= 1e-4
+    proto = onnx.load(str(res.model_dir / "model.onnx"))
+    assert proto.ir_version == 10
+    dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, "height", "width"]
+    assert not any(p.name.startswith(".") for p in res.model_dir.parent.iterdir())  # no temp dirs left
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_onnxruntime_matches_torch_on_odd_sizes(exported, shape):
+    net, _, res = exported
+    sess, provider = create_session(res.model_dir / "model.onnx", RuntimeConfig(threads=2))
+    assert provider == "CPUExecutionProvider"
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = net.forward_stride8(x)
+    got = sess.run(["cam", "cam_rv"], {"image": x.numpy()})
+    for r, g in zip(ref, got):
+        assert g.shape == tuple(r.shape)
+        assert np.abs(g - r.numpy()).max() <= 1e-4
+
+
+def test_refuses_to_write_on_mismatch(tmp_path, monkeypatch):
+    ckpt = tmp_path / "c.pth"
+    make_checkpoint(ckpt)
+    models = tmp_path / "models"
+    (models / "keep").mkdir(parents=True)
+    (models / "keep" / "manifest.json").write_text("{}")
+    real = onnx_export.check_parity
+
+    def broken(*args, **kwargs):
+        diffs, _ = real(*args, **kwargs)
+        diffs["cam_rv"] = 0.5
+        return diffs, 0.5
+
+    monkeypatch.setattr(onnx_export, "check_parity", broken)
+    with pytest.raises(ExportError, match="does not match torch"):
+        export_model(ckpt, "seam", "bad", models)
+    with pytest.raises(ExportError, match="does not match torch"):
+        export_model(ckpt, "seam", "keep", models, force=True)
+    # nothing written, the existing model untouched, no temporary directories left
+    assert sorted(p.name for p in models.iterdir()) == ["keep"]
+    assert (models / "keep" / "manifest.json").read_text() == "{}"
+
+
+def test_existing_model_needs_force(exported, tmp_path):
+    _, ckpt, res = exported
+    with pytest.raises(ExportError, match="already exists"):
+        export_model(ckpt, "seam", "tiny", res.model_dir.parent)
+
+
+def test_authors_bare_state_dict(tmp_path):
+    """The release's format: a bare state dict with `module.` keys and no metadata ->
+    21 VOC classes; backbone recovered from the weights."""
+    ckpt = tmp_path / "resnet38_SEAM.pth"
+    make_checkpoint(ckpt, num_classes=21, authors_format=True)
+    res = export_model(ckpt, "seam", "authors", tmp_path / "models", check_shapes=[(1, 3, 37, 61)])
+    m = load_model_dir(res.model_dir)
+    assert m.class_names[0] == "background" and m.class_names[1] == "aeroplane" and len(m.class_names) == 21
+    assert m.backbone == "resnet38_small"
+
+
+def test_unknown_kind_and_bad_checkpoint(tmp_path):
+    with pytest.raises(ExportError, match="unknown kind"):
+        export_model(tmp_path / "x.pth", "pspnet", "x", tmp_path)
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ExportError, match="cannot read checkpoint"):
+        export_model(bad, "seam", "x", tmp_path / "models")
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+
+
+@pytest.mark.parametrize("kind", ["affinity", "deeplab"])
+def test_other_kinds(kind, tmp_path):
+    """Exported with the same parity check once their networks exist; a clear error before."""
+    ckpt = tmp_path / f"{kind}.pth"
+    if kind not in _constructors():
+        torch.save({"conv1a.weight": torch.zeros(8, 3, 3, 3)}, ckpt)
+        with pytest.raises(ExportError, match=f"cannot build a {kind} network"):
+            export_model(ckpt, kind, kind, tmp_path / "models")
+        return
+    net = make_checkpoint(ckpt, kind=kind, num_classes=4, sidecar={"class_names": CLASSES})
+    res = export_model(ckpt, kind, kind, tmp_path / "models", check_shapes=SHAPES)
+    m = load_model_dir(res.model_dir)
+    assert m.onnx.outputs == SPECS[kind].outputs
+    sess, _ = create_session(res.model_dir / "model.onnx", RuntimeConfig(threads=2))
+    graph = SPECS[kind].graph(net).eval()
+    for shape in SHAPES:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            ref = graph(x)
+        got = sess.run(None, {"image": x.numpy()})[0]
+        assert np.abs(got - ref.numpy()).max() <= 1e-4
+
+
+def test_cli(tmp_path):
+    ckpt = tmp_path / "c.pth"
+    make_checkpoint(ckpt, sidecar={"class_names": CLASSES})
+    runner = CliRunner()
+    r = runner.invoke(app, ["export", "--checkpoint", str(ckpt), "--kind", "seam", "--name", "cli",
+                            "--models-dir", str(tmp_path / "models")])
+    assert r.exit_code == 0, r.output
+    assert load_model_dir(tmp_path / "models" / "cli").kind == "seam"
+    r = runner.invoke(app, ["export", "--checkpoint", str(ckpt), "--name", "cli",
+                            "--models-dir", str(tmp_path / "models")])
+    assert r.exit_code == 1 and "already exists" in r.output
+
+
+def _authors_resnet38_state_dict(keys: dict[str, list[int]]) -> dict[str, torch.Tensor]:
+    """Random weights under the authors' exact key names and shapes (BN at identity)."""
+    g = torch.Generator().manual_seed(0)
+    sd = {}
+    for k, shape in keys.items():
+        if k.endswith("num_batches_tracked"):
+            sd[k] = torch.tensor(0)
+        elif k.endswith("running_var") or (k.endswith(".weight") and len(shape) == 1):
+            sd[k] = torch.ones(shape)
+        elif len(shape) == 1:
+            sd[k] = torch.zeros(shape)
+        else:
+            fan_in = int(np.prod(shape[1:]))
+            sd[k] = torch.randn(*shape, generator=g) * (0.5 / fan_in) ** 0.5
+    return sd
+
+
+@pytest.mark.slow
+def test_authors_resnet38_goes_to_external_data(official_keys, tmp_path):
+    """The published network (421 MB of weights): external data file, hashed, loadable."""
+    ckpt = tmp_path / "resnet38_SEAM.pth"
+    torch.save(_authors_resnet38_state_dict(official_keys["seam"]), ckpt)
+    res = export_model(ckpt, "seam", "r38", tmp_path / "models", check_shapes=[(1, 3, 37, 61)])
+    files = sorted(p.name for p in res.model_dir.iterdir())
+    assert files == ["manifest.json", "model.onnx", "model.onnx.data"]
+    assert (res.model_dir / "model.onnx").stat().st_size < 5e6
+    assert (res.model_dir / "model.onnx.data").stat().st_size > 400e6
+    m = load_model_dir(res.model_dir)
+    assert m.backbone == "resnet38" and len(m.class_names) == 21
+    assert m.onnx.external_data["model.onnx.data"] == file_sha256(res.model_dir / "model.onnx.data")

@@ -1,0 +1,580 @@
+"""SEAM training (the authors' train_SEAM.py), single process or DDP under torchrun.
+
+One step: img2 = A(img1) (scale 0.3 by default); (cam1, rv1) = net(img1),
+(cam2, rv2) = net(img2); loss = cls + ER + ECR (training.losses.seam_losses).
+BN frozen, conv1a/b2* frozen, four parameter groups with poly decay, SGD.
+
+Run directory: checkpoint.pth (each epoch, and when stopped early; exact --resume),
+seam_final.pth (bare state dict, the authors' format) + seam_final.json (sidecar:
+config, class names, backbone, dataset fingerprint, metrics), log.csv, and
+TensorBoard events when tensorboard is importable.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from seam.common.cam import DEFAULT_SCALES
+from seam.common.image import IMAGENET_MEAN, IMAGENET_STD
+from training.data.augment import AugmentConfig
+from training.data.datasets import AugmentedDataset, DatasetError, ImageLabelSet, build_dataset, eval_items
+from training.data.loader import iterations_per_epoch, make_loader
+from training.engine.schedule import AUTHORS_MOMENTUM, PolySchedule, make_optimizer
+from training.engine.siamese import SiameseConfig, sample_transform
+from training.engine.state import (
+    CHECKPOINT_NAME,
+    FINAL_NAME,
+    atomic_torch_save,
+    bare_state_dict,
+    capture_rng,
+    initialise_from,
+    load_resume_checkpoint,
+    restore_rng,
+    save_final,
+    seed_everything,
+    summarise_keys,
+    write_sidecar,
+)
+from training.losses import LossSwitches, seam_losses
+from training.models.checkpoint import CheckpointError
+from training.models.registry import backbone_config, create_model
+from training.models.resnet38 import freeze_batchnorm
+
+LOSS_TERMS = ("loss", "cls", "er", "ecr", "minpool")
+CALIBRATION_EPOCH = 1_000_000  # augmentation key of the BN calibration samples, never a training epoch
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a SEAM run; saved in every checkpoint and the sidecar.
+    Defaults are the authors' (VOC12, 4 GPUs of batch 2 = 8 global)."""
+
+    data: str = "data/VOC2012"  # root with JPEGImages/ (and SegmentationClass/ for evaluation)
+    dataset: str = "auto"  # voc | folder | synth | auto
+    train_list: str | None = None  # None: the data set's default list (VOC: the authors' train_aug.txt)
+    labels: str | None = None  # None: the data set's default (VOC: the authors' cls_labels.npy)
+    classes: str | None = None  # folder sets: class names (comma list or classes.txt)
+    weights: str | None = None  # ImageNet .params, a state dict, or a run dir; None = random init
+    backbone: str = "resnet38"
+    batch_size: int = 8  # global batch (per rank = batch / world size)
+    epochs: int = 8
+    lr: float = 0.01
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    authors_momentum: bool = False  # True: momentum 5e-4, what the release really ran with
+    crop: int = 448
+    resize_long: tuple[int, int] | None = None  # None: [448, 768] * crop / 448
+    jitter: bool = True
+    out: str = "runs/seam"
+    seed: int = 0
+    device: str | None = None  # None: cuda if available
+    workers: int | None = None  # None: 0 on CPU, min(8, cores) on CUDA
+    max_minutes: float | None = None  # stop (checkpoint + final weights) after this wall time
+    amp: bool | None = None  # None: on for CUDA
+    er: bool = True  # equivariant regularisation (Table 1)
+    pcm: bool = True  # PCM trained by ECR (+ min pooling)
+    ohem: bool = True  # OHEM top 20% on ECR
+    transforms: tuple[str, ...] = ("rescale",)  # Table 3: rescale, flip, rotate, translate
+    siamese_scale: float = 0.3
+    deterministic: bool = True
+    evaluate: bool = True  # CAM pseudo-label mIoU after training when ground truth exists
+    eval_list: str | None = None  # None: the training list (the paper scores VOC train)
+    eval_scales: tuple[float, ...] = DEFAULT_SCALES
+    save_cams: bool = False  # keep the evaluation CAMs in RUN_DIR/cams
+    log_every: int = 10
+    bn_calibration: int | None = None  # batches to calibrate frozen BN statistics; None: 10 without --weights, else 0
+    resume: bool = False
+    stop_after: int | None = None  # stop after this many iterations of this invocation (preemption drill)
+
+    # fields that must agree between a checkpoint and a --resume
+    SCHEDULE_FIELDS = ("backbone", "batch_size", "epochs", "lr", "weight_decay", "momentum", "authors_momentum",
+                       "crop", "resize_long", "jitter", "seed", "er", "pcm", "ohem", "transforms", "siamese_scale")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+    @property
+    def switches(self) -> LossSwitches:
+        return LossSwitches(er=self.er, pcm=self.pcm, ohem=self.ohem)
+
+    @property
+    def effective_momentum(self) -> float:
+        return AUTHORS_MOMENTUM if self.authors_momentum else self.momentum
+
+    def validate(self) -> None:
+        if self.batch_size < 1 or self.epochs < 1 or self.crop < 16:
+            raise ValueError("batch size and epochs must be >= 1 and crop >= 16")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        backbone_config(self.backbone)
+        SiameseConfig(ops=tuple(self.transforms), scale=self.siamese_scale)
+        AugmentConfig(crop=self.crop, resize_long=self.resize_long).resize_range  # noqa: B018 - validates
+        if not self.eval_scales or any(s <= 0 for s in self.eval_scales):
+            raise ValueError("evaluation scales must be positive")
+
+
+@dataclass
+class Progress:
+    """What the trainer reports after every iteration (rank 0)."""
+
+    iteration: int
+    max_iter: int
+    epoch: int
+    epochs: int
+    losses: dict[str, float]
+    images_per_s: float
+    lr: float
+    phase: str = "train"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class SiameseStep(nn.Module):
+    """Both branches in one forward so DDP sees a single call per step."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, img1: torch.Tensor, img2: torch.Tensor | None = None):
+        out1 = self.net(img1)
+        out2 = self.net(img2) if img2 is not None else None
+        return out1, out2
+
+
+def set_train_mode(model: nn.Module) -> None:
+    """train() for dropout, then BN back to eval with frozen affine parameters."""
+    model.train()
+    freeze_batchnorm(model)
+
+
+def freeze_parameters(model: nn.Module, train_pcm: bool = True) -> list[str]:
+    """requires_grad=False for conv1a/b2* (the authors' not_training), every BN, and the PCM
+    layers when the PCM is not trained (--no-pcm). Returns the frozen names."""
+    frozen_prefixes = model.frozen_prefixes()
+    if not train_pcm:
+        frozen_prefixes = (*frozen_prefixes, "f8_3.", "f8_4.", "f9.")
+    freeze_batchnorm(model)
+    frozen = []
+    for name, p in model.named_parameters():
+        if name.startswith(frozen_prefixes):
+            p.requires_grad_(False)
+        if not p.requires_grad:
+            frozen.append(name)
+    return frozen
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device: str | None) -> _Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    want_cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
+    if world <= 1:
+        return _Dist(device=torch.device(device or ("cuda" if want_cuda else "cpu")))
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if want_cuda:
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+    else:
+        dev = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if want_cuda else "gloo")
+    return _Dist(rank, world, local, dev)
+
+
+@torch.no_grad()
+def calibrate_batchnorm(model: nn.Module, dataset: AugmentedDataset, batches: int, batch_size: int,
+                        device: torch.device, seed: int) -> int:
+    """Set every BN's running mean/var to statistics of `batches` augmented batches.
+
+    For random initialisation only: frozen BN (the authors' setting) is then a fixed,
+    data-calibrated standardisation, as ImageNet statistics are for the published
+    runs, instead of an identity that lets activations shrink ~6x per projection block.
+    Uses no global RNG (dropout off, fixed sample keys), so seeded runs stay exact.
+    Returns the number of images used.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    if not bns or batches <= 0:
+        return 0
+    was_training = model.training
+    model.eval()
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration batches
+        m.train()
+    order = np.random.default_rng([seed, 7]).permutation(len(dataset))
+    n = min(len(dataset), batches * batch_size)
+    for i in range(0, n, batch_size):
+        idx = order[i:i + batch_size]
+        x = torch.stack([dataset[(int(j), CALIBRATION_EPOCH)][0] for j in idx]).to(device)
+        model(x)
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+        m.eval()
+    model.train(was_training)
+    freeze_batchnorm(model)
+    return n
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class _Logger:
+    """log.csv (appended across resumes) and TensorBoard when available."""
+
+    COLUMNS = ("iteration", "epoch", "lr", *LOSS_TERMS, "images_per_s", "elapsed_s")
+
+    def __init__(self, run_dir: Path, enabled: bool) -> None:
+        self.enabled = enabled
+        self.path = run_dir / "log.csv"
+        self.tb = None
+        if not enabled:
+            return
+        new = not self.path.is_file()
+        self.file = open(self.path, "a", newline="")  # noqa: SIM115 - closed in close()
+        self.writer = csv.writer(self.file)
+        if new:
+            self.writer.writerow(self.COLUMNS)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tb"))
+        except Exception:  # noqa: BLE001 - tensorboard is optional
+            self.tb = None
+
+    def row(self, iteration: int, epoch: int, lr: float, losses: dict[str, float], ips: float, elapsed: float) -> None:
+        if not self.enabled:
+            return
+        self.writer.writerow([iteration, epoch, f"{lr:.6g}", *(f"{losses[k]:.6f}" for k in LOSS_TERMS),
+                              f"{ips:.2f}", f"{elapsed:.1f}"])
+        self.file.flush()
+        if self.tb is not None:
+            for k in LOSS_TERMS:
+                self.tb.add_scalar(f"loss/{k}", losses[k], iteration)
+            self.tb.add_scalar("lr", lr, iteration)
+            self.tb.add_scalar("images_per_s", ips, iteration)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.file.close()
+            if self.tb is not None:
+                self.tb.close()
+
+
+def _all_reduce_mean(values: list[float], d: _Dist) -> list[float]:
+    if d.world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=d.device)
+    dist.all_reduce(t)
+    return (t / d.world).tolist()
+
+
+def _gather_rng(d: _Dist) -> list[dict[str, Any]]:
+    mine = capture_rng()
+    if d.world == 1:
+        return [mine]
+    out: list[Any] = [None] * d.world
+    dist.all_gather_object(out, mine)
+    return out
+
+
+def train(cfg: TrainConfig, on_progress: Callable[[Progress], None] | None = None,
+          log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train, save, evaluate. Returns the sidecar dict written beside seam_final.pth."""
+    cfg.validate()
+    log = log or _stderr
+    d = _init_distributed(cfg.device)
+    try:
+        return _train(cfg, d, on_progress, log if d.main else (lambda _m: None))
+    finally:
+        if d.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, d: _Dist, on_progress, log) -> dict[str, Any]:
+    run_dir = Path(cfg.out)
+    if d.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.batch_size % d.world:
+        raise TrainingError(f"--batch-size {cfg.batch_size} is the global batch; it must divide by {d.world} ranks")
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    seed_everything(cfg.seed + d.rank)  # dropout masks differ per rank, as on separate GPUs
+    cuda = d.device.type == "cuda"
+    amp = cuda if cfg.amp is None else (cfg.amp and cuda)
+    workers = cfg.workers if cfg.workers is not None else (min(8, os.cpu_count() or 1) if cuda else 0)
+
+    ds = build_dataset(cfg.dataset, cfg.data, cfg.train_list, cfg.labels, cfg.classes)
+    if len(ds) < cfg.batch_size:
+        raise DatasetError(f"{len(ds)} training images are fewer than one batch of {cfg.batch_size}")
+    fingerprint = ds.fingerprint()
+    aug = AugmentConfig(crop=cfg.crop, resize_long=cfg.resize_long,
+                        jitter=(0.3, 0.3, 0.3, 0.1) if cfg.jitter else None)
+    dataset = AugmentedDataset(ds, aug, cfg.seed)
+    ipe = iterations_per_epoch(len(ds), cfg.batch_size)
+    max_iter = ipe * cfg.epochs
+    switches = cfg.switches
+    scfg = SiameseConfig(ops=tuple(cfg.transforms), scale=cfg.siamese_scale)
+
+    model = create_model("seam", cfg.backbone, ds.num_classes)
+    init_report: dict[str, Any] = {"source": None}
+    if cfg.weights and not cfg.resume:
+        init_report = initialise_from(model, cfg.weights)
+        log(f"initialised from {init_report['source']}")
+        if init_report["missing"]:
+            log(f"  uninitialised (random) keys: {summarise_keys(init_report['missing'])}")
+        if init_report["unexpected"]:
+            log(f"  ignored checkpoint keys: {summarise_keys(init_report['unexpected'])}")
+        for r in init_report["reinitialised"]:
+            log(f"  re-initialised for {ds.num_classes} classes: {r}")
+    elif not cfg.weights:
+        log("no --weights: training from random initialisation (the paper starts from ImageNet weights)")
+    frozen = freeze_parameters(model, train_pcm=switches.pcm)
+    model.to(d.device)
+    calib = cfg.bn_calibration if cfg.bn_calibration is not None else (0 if cfg.weights else 10)
+    if calib and not cfg.resume:
+        n_cal = calibrate_batchnorm(model, dataset, calib, cfg.batch_size, d.device, cfg.seed)
+        log(f"random initialisation: frozen BN statistics calibrated on {n_cal} augmented images")
+        init_report["bn_calibration_images"] = n_cal
+    opt = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.effective_momentum)
+    sched = PolySchedule(opt, max_iter)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+
+    start_epoch, start_batch, iteration, history, elapsed_before = 0, 0, 0, [], 0.0
+    if cfg.resume:
+        ck = load_resume_checkpoint(run_dir / CHECKPOINT_NAME)
+        _check_resume(ck, cfg, fingerprint)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        if ck.get("scaler"):
+            scaler.load_state_dict(ck["scaler"])
+        start_epoch, start_batch, iteration = ck["epoch"], ck["batch_in_epoch"], ck["iteration"]
+        history, elapsed_before = list(ck.get("history", [])), float(ck.get("elapsed_s", 0.0))
+        init_report = ck.get("initialisation", init_report)
+        rng = ck["rng"]
+        restore_rng(rng[d.rank] if d.rank < len(rng) else rng[0])
+        log(f"resumed from {run_dir / CHECKPOINT_NAME} at epoch {start_epoch}, iteration {iteration}/{max_iter}")
+
+    log(f"{ds.kind} data {cfg.data}: {len(ds)} images, {ds.num_classes - 1} classes "
+        f"({', '.join(ds.foreground[:8])}{', ...' if ds.num_classes > 9 else ''}); "
+        f"{ipe} iterations/epoch x {cfg.epochs} epochs, global batch {cfg.batch_size} on {d.world} x {d.device.type}"
+        f"{' (AMP)' if amp else ''}; losses: cls{' + ER' if switches.er else ''}"
+        f"{' + ECR' + ('(OHEM)' if switches.ohem else '') if switches.pcm else ''}; "
+        f"{len(frozen)} frozen tensors, momentum {cfg.effective_momentum:g}")
+
+    net: nn.Module = SiameseStep(model)
+    if d.world > 1:
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[d.local_rank] if cuda else None)
+    logger = _Logger(run_dir, d.main)
+
+    def checkpoint(epoch: int, batch_in_epoch: int) -> None:
+        rng = _gather_rng(d)
+        if d.main:
+            atomic_torch_save({
+                "model": bare_state_dict(model), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
+                "epoch": epoch, "batch_in_epoch": batch_in_epoch, "iteration": iteration, "max_iter": max_iter,
+                "rng": rng, "config": cfg.to_dict(), "dataset_fingerprint": fingerprint,
+                "class_names": ds.class_names, "backbone": cfg.backbone, "history": history,
+                "elapsed_s": elapsed_before + (time.time() - t_start), "initialisation": init_report,
+            }, run_dir / CHECKPOINT_NAME)
+        if d.world > 1:
+            dist.barrier()
+
+    t_start = time.time()
+    stopped: str | None = None
+    done_here = 0
+    window = dict.fromkeys(LOSS_TERMS, 0.0)
+    window_n, window_t = 0, time.time()
+    ips = 0.0
+    for epoch in range(start_epoch, cfg.epochs):
+        first = start_batch if epoch == start_epoch else 0
+        loader = make_loader(dataset, cfg.batch_size, epoch, rank=d.rank, world=d.world, start_batch=first,
+                             workers=workers, pin_memory=cuda)
+        set_train_mode(model)
+        sums = dict.fromkeys(LOSS_TERMS, 0.0)
+        n_in_epoch = 0
+        b = first - 1
+        for b, (img1, label, _) in enumerate(loader, start=first):
+            lr = sched.step(iteration)[0]
+            img1 = img1.to(d.device, non_blocking=True)
+            label = torch.cat([torch.ones(label.shape[0], 1), label], dim=1).to(d.device)  # (B, C), bg = 1
+            plan = None
+            img2 = None
+            if switches.siamese:
+                gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + iteration)
+                plan = sample_transform(scfg, img1.shape[0], tuple(img1.shape[-2:]), gen)
+                img2 = plan.image(img1)
+            with torch.autocast(device_type=d.device.type, dtype=torch.float16, enabled=amp):
+                out1, out2 = net(img1, img2)
+            out1 = tuple(t.float() for t in out1)
+            out2 = tuple(t.float() for t in out2) if out2 is not None else None
+            losses = seam_losses(out1, out2, label, plan.map if plan else None,
+                                 plan.mask if plan else None, switches)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(losses["loss"]).backward()
+            scaler.step(opt)
+            scaler.update()
+            iteration += 1
+            done_here += 1
+            n_in_epoch += 1
+            vals = {k: float(v.detach()) for k, v in losses.items()}
+            if not math.isfinite(vals["loss"]):
+                raise TrainingError(f"loss is {vals['loss']} at iteration {iteration}; lower --lr or disable --amp")
+            for k in LOSS_TERMS:
+                sums[k] += vals[k]
+                window[k] += vals[k]
+            window_n += 1
+            if iteration % cfg.log_every == 0 or iteration == max_iter:
+                avg = dict(zip(LOSS_TERMS, _all_reduce_mean([window[k] / window_n for k in LOSS_TERMS], d)))
+                now = time.time()
+                ips = cfg.batch_size * window_n / max(now - window_t, 1e-9)
+                logger.row(iteration, epoch, lr, avg, ips, elapsed_before + now - t_start)
+                window = dict.fromkeys(LOSS_TERMS, 0.0)
+                window_n, window_t = 0, now
+            if on_progress is not None and d.main:
+                on_progress(Progress(iteration, max_iter, epoch, cfg.epochs, vals, ips, lr))
+            over_time = cfg.max_minutes is not None and (time.time() - t_start) > cfg.max_minutes * 60
+            if d.world > 1:  # every rank must stop at the same step
+                flag = torch.tensor([float(over_time)], device=d.device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                over_time = bool(flag.item())
+            if over_time or (cfg.stop_after is not None and done_here >= cfg.stop_after):
+                stopped = "max_minutes" if over_time else "stop_after"
+                if b + 1 < ipe:
+                    checkpoint(epoch, b + 1)
+                break
+        if n_in_epoch:
+            means = _all_reduce_mean([sums[k] / n_in_epoch for k in LOSS_TERMS], d)
+            if epoch == start_epoch and first > 0 and history and history[-1]["epoch"] == epoch:
+                history.pop()  # a resumed partial epoch replaces its partial record
+            history.append({"epoch": epoch, "iterations": n_in_epoch + first, **dict(zip(LOSS_TERMS, means))})
+            log(f"epoch {epoch + 1}/{cfg.epochs}: " + " ".join(f"{k} {v:.4f}" for k, v in zip(LOSS_TERMS, means)))
+        if stopped is None or b + 1 >= ipe:
+            checkpoint(epoch + 1, 0)
+        if stopped:
+            log(f"stopped ({stopped}) at iteration {iteration}/{max_iter}; continue with --resume")
+            break
+    logger.close()
+    train_seconds = elapsed_before + time.time() - t_start
+
+    result: dict[str, Any] = {}
+    if d.main:
+        result = _finish(cfg, d, model, ds, fingerprint, run_dir, iteration, max_iter, stopped, train_seconds,
+                         history, init_report, amp, on_progress, log)
+    return result  # no barrier: rank 0 alone evaluates, the others may leave
+
+
+def _check_resume(ck: dict[str, Any], cfg: TrainConfig, fingerprint: str) -> None:
+    old = ck.get("config", {})
+    new = cfg.to_dict()
+    diffs = [f"{k}: checkpoint {old.get(k)!r}, now {new[k]!r}" for k in TrainConfig.SCHEDULE_FIELDS
+             if _norm(old.get(k)) != _norm(new[k])]
+    if diffs:
+        raise CheckpointError("--resume with different training settings: " + "; ".join(diffs))
+    if ck.get("dataset_fingerprint") != fingerprint:
+        raise CheckpointError("--resume on different data: the dataset fingerprint (ids + labels) changed")
+
+
+def _norm(v: Any) -> Any:
+    return list(v) if isinstance(v, (list, tuple)) else v
+
+
+def _finish(cfg, d, model, ds: ImageLabelSet, fingerprint, run_dir, iteration, max_iter, stopped, seconds,
+            history, init_report, amp, on_progress, log) -> dict[str, Any]:
+    sidecar: dict[str, Any] = {
+        "kind": "seam",
+        "backbone": cfg.backbone,
+        "num_classes": ds.num_classes,
+        "class_names": ds.class_names,
+        "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        "dataset_fingerprint": fingerprint,
+        "dataset": {"kind": ds.kind, "root": str(cfg.data), "num_images": len(ds), "source": ds.source,
+                    "class_counts": ds.class_counts()},
+        "config": cfg.to_dict(),
+        "training": {"iterations": iteration, "max_iter": max_iter, "completed": iteration >= max_iter,
+                     "stopped": stopped, "seconds": round(seconds, 1),
+                     "images_per_s": round(iteration * cfg.batch_size / max(seconds, 1e-9), 2),
+                     "world_size": d.world, "device": d.device.type, "amp": amp,
+                     "momentum": cfg.effective_momentum, "initialisation": init_report,
+                     "torch": torch.__version__},
+        "metrics": {"history": history, "final": history[-1] if history else None},
+    }
+    final = save_final(run_dir, model, sidecar)
+    log(f"saved {final} (+ {final.with_suffix('.json').name})")
+    if not cfg.evaluate:
+        return sidecar
+    items = eval_items(ds, cfg.eval_list)
+    if not items:
+        log("no ground truth (SegmentationClass/<id>.png) for the evaluation list: skipping the mIoU")
+        return sidecar
+    cam_dir = run_dir / "cams" if cfg.save_cams else Path(tempfile.mkdtemp(prefix="seam_cams_"))
+    n = len(items)
+    done = [0]
+
+    def on_image(_iid: str) -> None:
+        done[0] += 1
+        if on_progress is not None:
+            on_progress(Progress(done[0], n, 0, 1, {}, 0.0, 0.0, phase="eval"))
+
+    log(f"scoring CAM pseudo labels on {n} images with ground truth (scales {list(cfg.eval_scales)}, "
+        f"{'PCM-refined' if cfg.pcm else 'raw'} CAMs)")
+    try:
+        t0 = time.time()
+        res = _score(model, items, ds, cam_dir, cfg, d, on_image)
+        res["seconds"] = round(time.time() - t0, 1)
+        res["list"] = cfg.eval_list or ds.source.get("list", "training list")
+    finally:
+        if not cfg.save_cams:
+            shutil.rmtree(cam_dir, ignore_errors=True)
+    sidecar["metrics"]["eval"] = res
+    write_sidecar(final, sidecar)
+    log(f"pseudo-label mIoU {res['miou']:.2f}% at background threshold {res['best_threshold']:.2f} "
+        f"(all-background {res['all_background_miou']:.2f}%), mFN {_fmt(res['mfn'])}, mFP {_fmt(res['mfp'])}")
+    return sidecar
+
+
+def _score(model, items, ds, cam_dir, cfg, d, on_image):
+    from training.engine.cam_eval import score_cams
+
+    return score_cams(model, items, ds.gt_dir, ds.class_names, cam_dir, cfg.eval_scales, refined=cfg.pcm,
+                      device=d.device, on_image=on_image)
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+__all__ = ["FINAL_NAME", "CHECKPOINT_NAME", "Progress", "TrainConfig", "TrainingError", "train"]
