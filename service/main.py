@@ -21,12 +21,12 @@ from service.api.deps import require_api_key
 from service.api.routes import health, inference, jobs, models, web
 from service.core.config import Settings, get_settings
 from service.core.engine import EngineHolder, build_engine
-from service.core.errors import install_error_handlers
+from service.core.errors import error_response, install_error_handlers
 from service.core.limits import BodyLimitMiddleware, InflightLimiter
 from service.core.metrics import Metrics, MetricsMiddleware
 from service.engine.base import InferenceEngine
 from service.jobs.dispatch import CeleryDispatcher, Dispatcher, EmbeddedDispatcher
-from service.jobs.processing import ChunkContext, TransientError
+from service.jobs.processing import TRANSIENT, ChunkContext, TransientError
 from service.jobs.store import JobStore, MemoryJobStore, RedisJobStore
 from service.storage import Storage
 
@@ -99,6 +99,13 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
     metrics.add_jobs_collector(lambda: _job_stats(app))
 
     install_error_handlers(app)
+
+    async def _backend_down(request, exc: Exception):
+        log.warning("job store/broker unavailable: %s", exc)
+        return error_response(503, "unavailable", f"job store or broker unavailable: {exc}", {"Retry-After": "10"})
+
+    for exc_type in TRANSIENT:
+        app.add_exception_handler(exc_type, _backend_down)
     protected = [Depends(require_api_key)]
     app.include_router(health.router)
     app.include_router(models.router, dependencies=protected)

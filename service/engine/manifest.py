@@ -83,8 +83,11 @@ class CrfSettings(_Strict):
     bilateral_sxy: float = 80.0
     bilateral_srgb: float = 13.0
     bilateral_compat: float = 10.0
-    la_alpha: float = 4.0  # (1 - max CAM)^alpha background for confident foreground labels
-    ha_alpha: float = 24.0  # ... and for confident background
+
+    def kwargs(self) -> dict[str, float]:
+        """Keyword arguments of `seam.common.crf.dense_crf`."""
+        return {"iters": self.iterations, "gauss_sxy": self.gaussian_sxy, "gauss_compat": self.gaussian_compat,
+                "bi_sxy": self.bilateral_sxy, "bi_srgb": self.bilateral_srgb, "bi_compat": self.bilateral_compat}
 
 
 class RandomWalkSettings(_Strict):

@@ -93,6 +93,9 @@ class OnnxEngine:
                                 "create one with `seam export`)")
         manifests = {d: load_model_dir(d, verify=verify) for d in dirs}
         chosen = _choose(manifests, select or {})
+        if "seam" not in chosen and "deeplab" not in chosen:
+            raise ManifestError(f"{self.models_dir}: no seam or deeplab model, nothing to segment with "
+                                f"(found: {', '.join(f'{d.name} ({m.kind})' for d, m in manifests.items())})")
         self._models: dict[str, LoadedModel] = {}
         for kind, d in chosen.items():
             sess, got = create_session(d / manifests[d].onnx.file, self.runtime)
@@ -194,10 +197,12 @@ class OnnxEngine:
             raise ValueError(f"threshold must be in [0, 1], got {thr}")
         if method == "rw":
             label = self._random_walk(rgb, res, crf)
-        elif crf:
-            from seam.common.crf import crf_refine_cams
-
-            label = crf_refine_cams(rgb, res.cams, res.classes, thr)
+        elif crf and res.classes:
+            # as seam.common.crf.crf_refine_cams, with the manifest's CRF settings
+            scores = np.concatenate([np.full((1, *res.cams.shape[1:]), thr, np.float32), res.cams], axis=0)
+            scores = np.maximum(scores, 0)
+            probs = scores / np.maximum(scores.sum(axis=0, keepdims=True), 1e-5)
+            label = self._crf_label(seam, rgb, probs, res.classes)
         else:
             label = cams_to_label(res.cams, res.classes, thr)
         return SegmentResult(label=label, classes=res.classes, scores=res.scores, method=method, cams=res)
@@ -266,13 +271,18 @@ class OnnxEngine:
         scores = random_walk_scores(grid, affinity_from_features(feat, rw.radius), rw.beta, rw.logt)
         if not crf:
             return upsample_argmax(scores, (H, W), res.classes)
-        from seam.common.crf import dense_crf
-
         h, w = scores.shape[1:]
         up = np.maximum(resize_bilinear(scores, (h * 8, w * 8))[:, :H, :W], 0)
         probs = up / np.maximum(up.sum(axis=0, keepdims=True), 1e-5)
-        lut = np.asarray([0, *[c + 1 for c in res.classes]], dtype=np.uint8)
-        return lut[dense_crf(rgb, probs).argmax(axis=0)]
+        return self._crf_label(self._models["seam"].manifest, rgb, probs, res.classes)
+
+    @staticmethod
+    def _crf_label(manifest: Manifest, rgb: np.ndarray, probs: np.ndarray, classes: Sequence[int]) -> np.ndarray:
+        """Dense CRF on (1 + K, H, W) probabilities [background, classes] -> label map."""
+        from seam.common.crf import dense_crf
+
+        lut = np.asarray([0, *[c + 1 for c in classes]], dtype=np.uint8)
+        return lut[dense_crf(rgb, probs, **manifest.crf.kwargs()).argmax(axis=0)]
 
     def _affinity_features(self, m: LoadedModel, rgb: np.ndarray) -> np.ndarray:
         """(D, ceil(H/8), ceil(W/8)) features of the normalised image zero-padded to multiples of 8."""
@@ -319,7 +329,7 @@ class OnnxEngine:
         if crf:
             from seam.common.crf import dense_crf
 
-            probs = dense_crf(rgb, probs)
+            probs = dense_crf(rgb, probs, **m.manifest.crf.kwargs())
         label = probs.argmax(axis=0).astype(np.uint8)
         scores = probs[1:].reshape(probs.shape[0] - 1, -1).max(axis=1).astype(np.float32)
         present = [int(c) - 1 for c in np.unique(label) if c > 0]

@@ -13,7 +13,6 @@
 
 (() => {
   const KEY_STORAGE = 'seam.apiKey';
-  const DEFAULT_THRESHOLD = 0.26; // seam.common.cam.DEFAULT_BG_THRESHOLD
   const CLIENT_METHODS = { cam: 'raw', pcm: 'refined' }; // methods re-thresholded in the browser
   const POLL_MS = 1000;
   const GALLERY_MAX = 100;
@@ -365,6 +364,11 @@
       models.classes = m.classes || [];
       models.methods = m.methods || [];
       models.defaultMethod = m.default_method || models.methods[0] || null;
+      const thr = Number(m.default_threshold);
+      if (!models.loaded && m.default_threshold != null && thr >= 0 && thr <= 1 && !img.refined) {
+        $('#threshold').value = String(thr); // the model's own default, when the API says it
+        $('#threshold-value').textContent = thr.toFixed(2);
+      }
       models.loaded = true;
       renderClassList();
       renderMethodSelects();
@@ -522,10 +526,10 @@
       const src = img[kind];
       img.label = camsToLabel(src.cams, src.classes, threshold(), w * h, img.label);
       img.labelSource = { method, threshold: threshold() };
-      note.textContent = `(${method}, threshold ${threshold().toFixed(2)}, computed in the browser)`;
+      note.textContent = `${method}, threshold ${threshold().toFixed(2)}: computed in the browser from the ${kind === 'raw' ? 'raw' : 'PCM-refined'} CAMs.`;
       drawMask(img.label);
     } else {
-      note.textContent = `(${method}, threshold ${threshold().toFixed(2)}, from the server)`;
+      note.textContent = `${method}, threshold ${threshold().toFixed(2)}: computed by the server.`;
       clearTimeout(serverTimer);
       serverTimer = setTimeout(() => serverMask(method, threshold()), 250);
       if (img.serverLabel) drawMask(img.serverLabel);
@@ -837,7 +841,7 @@
       const j = jobs.data.get(id);
       $('#gallery-note').textContent = entries.length
         ? `${Math.min(entries.length, GALLERY_MAX)} of ${entries.length} overlays` +
-          (j && j.failed ? ` (${j.failed} images failed and have none)` : '') + '. Colours: VOC palette.'
+          (j && j.failed ? ` (${j.failed} image${j.failed === 1 ? '' : 's'} failed and ha${j.failed === 1 ? 's' : 've'} none)` : '') + '. Colours: VOC palette.'
         : 'This job has no overlays.';
       say(`Gallery of job ${short(id)}: ${entries.length} overlays.`);
       $('#gallery-title').focus();

@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import time
 import zipfile
 
@@ -156,7 +157,7 @@ def test_jobs_view(server, page, screenshot, tmp_path):
         "broken.png": png_bytes(demo_rgb(W, H, 2, fail=True)),  # the fake engine fails on it
     }))
     page.goto(server.url + "/#jobs")
-    page.wait_for_selector("#job-method option[value=pcm]")
+    page.wait_for_selector("#job-method option[value=pcm]", state="attached")
     assert page.locator("#view-jobs").is_visible() and not page.locator("#view-image").is_visible()
     assert page.locator('nav a[data-view="jobs"]').get_attribute("aria-current") == "page"
 
@@ -169,7 +170,6 @@ def test_jobs_view(server, page, screenshot, tmp_path):
     job_id = row.get_attribute("data-job")
     assert page.locator("#status").inner_text().startswith(f"Job {job_id[:8]} submitted: 3 images")
     row.locator(".state.running, .state.succeeded").wait_for()
-    screenshot(page, "05-job-running")
 
     row.locator(".state.succeeded").wait_for(timeout=20_000)
     row.locator("details summary").wait_for()
@@ -179,7 +179,7 @@ def test_jobs_view(server, page, screenshot, tmp_path):
     assert "broken" in row.locator(".errors-list").inner_text()
     assert "trigger pixel" in row.locator(".errors-list").inner_text()
     assert f"Job {job_id[:8]} succeeded" in page.locator("#status").inner_text()
-    screenshot(page, "06-job-finished")
+    screenshot(page, "05-job-finished")
 
     name, data = _download(page, f'tr[data-job="{job_id}"] [data-action="download"]')
     assert name == f"seam-{job_id}.zip"
@@ -195,7 +195,7 @@ def test_jobs_view(server, page, screenshot, tmp_path):
         "Segmentation overlay of a", "Segmentation overlay of b"]
     wait_js(page, "[...document.querySelectorAll('#gallery-grid img')].every(i => i.complete && i.naturalWidth === 192)")
     assert page.evaluate("document.activeElement.id") == "gallery-title"
-    screenshot(page, "07-job-gallery")
+    screenshot(page, "06-job-gallery")
 
     # cancel a longer job while it runs
     many = tmp_path / "many.zip"
@@ -204,10 +204,13 @@ def test_jobs_view(server, page, screenshot, tmp_path):
     page.click("#job-submit")
     wait_js(page, f"document.querySelector('#jobs-body tr').dataset.job !== '{job_id}'")
     second = page.locator("#jobs-body tr").first
+    wait_js(page, "Number(document.querySelector('#jobs-body tr progress').value) >= 2")  # mid-run
+    screenshot(page, "07-job-running")
     second.locator('[data-action="cancel"]').click()
     second.locator(".state.cancelled").wait_for()
     done = int(second.locator("progress").get_attribute("value"))
-    assert done < 40
+    assert 2 <= done < 40
+    second.locator('[data-action="gallery"]').wait_for()  # partial results stay available
     screenshot(page, "08-job-cancelled")
 
 
@@ -225,3 +228,49 @@ def test_api_key(keyed_server, page, screenshot):
     page.reload()  # the key survives a reload and is sent again
     page.wait_for_selector("#class-list input[type=checkbox]")
     assert page.locator("#error").is_hidden()
+
+
+def test_server_side_method(server, page, tmp_path):
+    """Methods that are not a threshold of the CAMs (rw, deeplab) take the mask from
+    POST /segment?format=json and paint its COCO RLEs. The fake engine has no rw: the
+    page is told it has, and its rw requests are answered by the server's pcm."""
+    image = png_bytes(demo_rgb(W, H))
+    path = tmp_path / "demo.png"
+    path.write_bytes(image)
+    seen: list[bytes] = []
+
+    def models(route) -> None:
+        resp = route.fetch()
+        body = resp.json()
+        body["methods"] = [*body["methods"], "rw"]
+        route.fulfill(response=resp, json=body)
+
+    def segment(route) -> None:
+        # Chromium hands interceptors no file blobs: answer from the fields, with the test's image
+        data = route.request.post_data_buffer or b""
+        seen.append(data)
+        fields = dict(re.findall(rb'name="(\w+)"\r\n\r\n([^\r]*)\r\n', data))
+        r = httpx.post(f"{server.url}/segment", files={"image": ("demo.png", image, "image/png")}, timeout=30,
+                       data={"method": "pcm", "threshold": fields[b"threshold"].decode(),
+                             "labels": fields[b"labels"].decode(), "format": fields[b"format"].decode()})
+        route.fulfill(status=r.status_code, body=r.content, content_type=r.headers["content-type"])
+
+    page.route("**/models", models)
+    page.route("**/segment", segment)
+    page.goto(server.url + "/")
+    page.wait_for_selector("#mask-method option[value=rw]", state="attached")
+    page.set_input_files("#image-input", str(path))
+    wait_js(page, "seamPage.maskSource() !== null")
+    client_side = _label_map(page)
+    page.select_option("#mask-method", "rw")
+    wait_js(page, "seamPage.maskSource().method === 'rw'")
+    assert seen and b'name="method"\r\n\r\nrw\r\n' in seen[-1] and b"name=\"format\"\r\n\r\njson" in seen[-1]
+    np.testing.assert_array_equal(_label_map(page), client_side)  # RLEs painted = the pcm mask
+    assert "computed by the server" in page.locator("#mask-method-note").inner_text()
+    # the slider asks the server again (debounced) for such methods
+    page.focus("#threshold")
+    for _ in range(10):
+        page.keyboard.press("ArrowRight")
+    wait_js(page, "seamPage.maskSource().method === 'rw' && seamPage.maskSource().threshold === 0.36")
+    assert b'name="threshold"\r\n\r\n0.36\r\n' in seen[-1]
+    assert len(seen) <= 3  # debounced: not one request per key press

@@ -303,3 +303,19 @@ def test_job_state_expires(make_client):
     storage = c.app.state.storage
     assert storage.sweep(60, now=time.time() + 61) == [job["id"]]
     assert not storage.job_dir(job["id"]).exists()
+
+
+def test_job_store_down_is_503_not_500(make_settings, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from service.jobs.store import RedisJobStore
+    from service.main import create_app
+
+    dead = RedisJobStore("redis://127.0.0.1:1/0", "seamdead", 3600)  # nothing listens on port 1
+    app = create_app(make_settings(), engine=FakeEngine(), store=dead)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        assert_error(c.get("/jobs"), 503, "unavailable")
+        assert_error(submit(c, zip_bytes({"a.png": png_bytes()})), 503, "unavailable")
+        r = c.get("/readyz")
+        assert r.status_code == 503 and not r.json()["checks"]["job_store"]["ok"]
+        assert c.get("/metrics").status_code == 200  # the job gauges are skipped, the rest scraped

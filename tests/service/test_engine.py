@@ -303,3 +303,22 @@ def test_threads_are_explicit():
     assert runtime.session_options(3).intra_op_num_threads == 3
     with pytest.raises(ValueError, match="threads"):
         runtime.resolve_runtime("cpu", 0)
+
+
+def test_crf_uses_the_shared_crf(engine):
+    pytest.importorskip("pydensecrf")
+    from seam.common.crf import crf_refine_cams
+
+    rgb = image(35, 42)
+    res = engine.segment(rgb, [0, 2], method="pcm", threshold=0.3, crf=True)
+    ref = crf_refine_cams(rgb, res.cams.cams, res.cams.classes, 0.3)  # manifest CRF = the authors' defaults
+    np.testing.assert_array_equal(res.label, ref)
+    for method in ("rw", "deeplab"):
+        out = engine.segment(rgb, [0, 2], method=method, crf=True)
+        assert out.label.shape == (35, 42) and set(np.unique(out.label)) <= {0, 1, 3}
+
+
+def test_affinity_alone_is_refused(tmp_path):
+    write_model(tmp_path, "aff", "affinity")
+    with pytest.raises(ManifestError, match="no seam or deeplab model"):
+        OnnxEngine(tmp_path, threads=1)

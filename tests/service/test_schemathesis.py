@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import schemathesis
+schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, settings
 
 from service.core.config import Settings

@@ -118,6 +118,8 @@ def test_train_resume_and_segment(tmp_path):
                              epochs=2, crop=48, out=str(tmp_path / "run"), stop_after=1, log_every=1)
     side = train_deeplab(cfg, log=lambda m: None)
     assert side["training"]["stopped"] == "stop_after" and side["training"]["iterations"] == 1
+    assert side["training"]["initialisation"]["bn_calibration_images"] > 0  # random init: BN calibrated
+    mid = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)["model"]
     cfg.stop_after, cfg.resume = None, True
     side = train_deeplab(cfg, log=lambda m: None)
     assert side["training"]["completed"] and side["training"]["iterations"] == 4
@@ -126,11 +128,12 @@ def test_train_resume_and_segment(tmp_path):
     assert json.loads(final.with_suffix(".json").read_text())["kind"] == "deeplab"
     model, meta = model_from_checkpoint(final, "deeplab")
     assert meta["num_classes"] == 3
-    # the head's BN layers trained, the backbone's did not
+    # the head's BN layers train, the backbone's stay frozen
     sd = torch.load(final, weights_only=True)
-    assert not torch.equal(sd["bn_fc6.running_mean"], torch.zeros(512))
-    fresh = create_model("deeplab", "resnet38_small", 3).state_dict()
-    assert torch.equal(sd["b3.bn_branch2a.running_mean"], fresh["b3.bn_branch2a.running_mean"])
+    for k in ("bn_fc6.running_mean", "bn_fc7.weight", "fc6.weight", "b3.conv_branch2a.weight"):
+        assert not torch.equal(sd[k], mid[k]), k
+    for k in ("b3.bn_branch2a.running_mean", "bn7.weight", "conv1a.weight", "b2.conv_branch1.weight"):
+        assert torch.equal(sd[k], mid[k]), k
     rgb = np.asarray(Image.open(img_dir / "im0.png").convert("RGB"))
     p = segment_probs(model, rgb, scales=(0.75, 1.0), flip=True)
     assert p.shape == (3, 64, 64) and np.allclose(p.sum(0), 1, atol=1e-5)

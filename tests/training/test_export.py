@@ -129,6 +129,8 @@ def test_authors_bare_state_dict(tmp_path):
 def test_unknown_kind_and_bad_checkpoint(tmp_path):
     with pytest.raises(ExportError, match="unknown kind"):
         export_model(tmp_path / "x.pth", "pspnet", "x", tmp_path)
+    with pytest.raises(ExportError, match="model name"):
+        export_model(tmp_path / "x.pth", "seam", "../x", tmp_path)
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ExportError, match="cannot read checkpoint"):

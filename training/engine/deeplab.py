@@ -112,9 +112,11 @@ def deeplab_step(net: nn.Module, batch: Sequence[torch.Tensor], device: torch.de
 
 def deeplab_train_mode(model: nn.Module) -> None:
     """Backbone BN frozen (as every stage of the release); the new head's BN trains."""
-    set_train_mode(model)
+    set_train_mode(model)  # also sets requires_grad=False on every BN
     for m in (model.bn_fc6, model.bn_fc7):
         m.train()
+        for p in m.parameters():
+            p.requires_grad_(True)
 
 
 def train_deeplab(cfg: DeepLabTrainConfig, on_progress: Callable[[Progress], None] | None = None,

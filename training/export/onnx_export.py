@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import tempfile
 import warnings
@@ -102,6 +103,8 @@ def export_model(
     """Export `checkpoint` as `models_dir/name`. external_data None = by weight size."""
     if kind not in MODEL_KINDS:
         raise ExportError(f"unknown kind {kind!r}; choose from {', '.join(MODEL_KINDS)}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise ExportError(f"model name {name!r}: use letters, digits, '.', '_' and '-' (it becomes a directory)")
     checkpoint = Path(checkpoint)
     models_dir = Path(models_dir)
     target = models_dir / name
