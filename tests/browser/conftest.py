@@ -87,22 +87,24 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(5)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = _start_server(tmp_path_factory.mktemp("web"))
     yield srv
     _stop(srv.proc)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = _start_server(tmp_path_factory.mktemp("web-key"), SEAM_API_KEYS=API_KEY)
     yield srv
     _stop(srv.proc)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
+    """Module scope on purpose: Playwright's sync API keeps an asyncio loop running in
+    the main thread while it is open, which would break later tests calling asyncio.run."""
     exe = chromium_path()
     try:
         from playwright.sync_api import sync_playwright

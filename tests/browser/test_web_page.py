@@ -156,8 +156,11 @@ def test_jobs_view(server, page, screenshot, tmp_path):
         "b.png": png_bytes(demo_rgb(W, H, 1)),
         "broken.png": png_bytes(demo_rgb(W, H, 2, fail=True)),  # the fake engine fails on it
     }))
-    page.goto(server.url + "/#jobs")
+    page.goto(server.url + "/")
     page.wait_for_selector("#job-method option[value=pcm]", state="attached")
+    page.get_by_role("link", name="Batch jobs").focus()  # keyboard navigation between views
+    page.keyboard.press("Enter")
+    wait_js(page, "document.activeElement.id === 'jobs-title'")
     assert page.locator("#view-jobs").is_visible() and not page.locator("#view-image").is_visible()
     assert page.locator('nav a[data-view="jobs"]').get_attribute("aria-current") == "page"
 

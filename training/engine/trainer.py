@@ -88,6 +88,7 @@ class TrainConfig:
     seed: int = 0
     device: str | None = None  # None: cuda if available
     workers: int | None = None  # None: 0 on CPU, min(8, cores) on CUDA
+    threads: int | None = None  # torch intra-op CPU threads; None: torch's default (all cores)
     max_minutes: float | None = None  # stop (checkpoint + final weights) after this wall time
     amp: bool | None = None  # None: on for CUDA
     er: bool = True  # equivariant regularisation (Table 1)
@@ -315,9 +316,14 @@ def train(cfg: TrainConfig, on_progress: Callable[[Progress], None] | None = Non
     cfg.validate()
     log = log or _stderr
     d = _init_distributed(cfg.device)
+    # process-wide torch settings the run changes, restored afterwards (library callers, tests)
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.get_num_threads())
     try:
         return _train(cfg, d, on_progress, log if d.main else (lambda _m: None))
     finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.set_num_threads(saved[2])
         if d.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
@@ -332,6 +338,8 @@ def _train(cfg: TrainConfig, d: _Dist, on_progress, log) -> dict[str, Any]:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)  # on a shared CPU, 1 thread often beats oversubscription
     seed_everything(cfg.seed + d.rank)  # dropout masks differ per rank, as on separate GPUs
     cuda = d.device.type == "cuda"
     amp = cuda if cfg.amp is None else (cfg.amp and cuda)
