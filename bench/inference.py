@@ -39,7 +39,7 @@ class RssPeak:
 
     PAGE = resource.getpagesize()
 
-    def __enter__(self) -> RssPeak:
+    def __enter__(self) -> RssPeak:  # noqa: PYI034
         self.start = self.peak = self._rss()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
@@ -74,7 +74,7 @@ def eager_infer_seam(model, rgb: np.ndarray, label: np.ndarray, scales, flip: bo
     img = Image.fromarray(rgb)
     passes = []
     for s in scales:
-        im = img.resize((int(round(W * s)), int(round(H * s))), resample=Image.BICUBIC)
+        im = img.resize((round(W * s), round(H * s)), resample=Image.BICUBIC)
         arr = (np.asarray(im, np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
         chw = np.ascontiguousarray(arr.transpose(2, 0, 1))
         passes.append(chw)

@@ -161,7 +161,7 @@ class PipelineConfig:
     ha_alpha: float = HA_ALPHA
     crf: bool = True  # dense CRF for the AffinityNet labels (needs pydensecrf2)
     aff_epochs: int = 8
-    aff_lr: float = 0.1
+    aff_lr: float = 0.01  # see AffinityTrainConfig
     rw: RandomWalkConfig = field(default_factory=RandomWalkConfig)
     deeplab_epochs: int = 20
     deeplab_lr: float = 1e-3

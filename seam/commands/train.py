@@ -36,6 +36,7 @@ def train_seam(
     authors_momentum: Annotated[bool, typer.Option("--authors-momentum", help="Momentum 5e-4: what the release's optimiser actually used.")] = False,
     crop: Annotated[int, typer.Option(help="Square training crop.")] = 448,
     resize_range: Annotated[str | None, typer.Option(help="Random long side MIN,MAX (default 448,768 scaled by crop/448).")] = None,
+    jitter: Annotated[str, typer.Option(help="ColorJitter brightness,contrast,saturation,hue.")] = "0.3,0.3,0.3,0.1",
     no_jitter: Annotated[bool, typer.Option("--no-jitter", help="No colour jitter.")] = False,
     out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/seam"),
     resume: Annotated[bool, typer.Option("--resume", help="Continue from RUN_DIR/checkpoint.pth exactly.")] = False,
@@ -70,7 +71,7 @@ def train_seam(
             data=str(data), dataset=dataset, train_list=_s(train_list), labels=_s(labels), classes=classes,
             weights=_s(weights), backbone=backbone, batch_size=batch_size, epochs=epochs, lr=lr,
             weight_decay=weight_decay, momentum=momentum, authors_momentum=authors_momentum, crop=crop,
-            resize_long=_pair(resize_range, "--resize-range"), jitter=not no_jitter, out=str(out), seed=seed,
+            resize_long=_pair(resize_range, "--resize-range"), jitter=None if no_jitter else _jitter(jitter), out=str(out), seed=seed,
             device=device, workers=workers, threads=threads, max_minutes=max_minutes, amp=amp, er=not no_er, pcm=not no_pcm,
             ohem=not no_ohem, transforms=parse_transforms(transform), siamese_scale=siamese_scale,
             evaluate=not no_eval, eval_list=_s(eval_list), eval_scales=parse_floats(eval_scales),
@@ -110,6 +111,13 @@ def train_seam(
     if ev:
         console.print(f"pseudo-label mIoU {ev['miou']:.2f}% (best threshold {ev['best_threshold']:.2f}, "
                       f"all-background {ev['all_background_miou']:.2f}%) on {ev['num_images']} images")
+
+
+def _jitter(text: str) -> tuple[float, float, float, float]:
+    vals = parse_floats(text)
+    if len(vals) != 4:
+        raise typer.BadParameter(f"--jitter takes 4 numbers (brightness,contrast,saturation,hue), got {text!r}")
+    return vals  # type: ignore[return-value]
 
 
 def _s(p: Path | None) -> str | None:

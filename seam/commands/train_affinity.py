@@ -39,7 +39,7 @@ def train_affinity(
     backbone: Annotated[str, typer.Option(help="resnet38 (the paper) or resnet38_small (CPU).")] = "resnet38",
     batch_size: Annotated[int, typer.Option(help="Global batch size (per GPU = batch / world size).")] = 8,
     epochs: Annotated[int, typer.Option(help="Epochs.")] = 8,
-    lr: Annotated[float, typer.Option(help="Base learning rate (new layers 10x); the release's train_aff default.")] = 0.1,
+    lr: Annotated[float, typer.Option(help="Base learning rate (new layers 10x). The release's 0.1 ran with momentum 5e-4: use --lr 0.1 --authors-momentum to reproduce it.")] = 0.01,
     weight_decay: Annotated[float, typer.Option(help="Weight decay on weights.")] = 5e-4,
     momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
     authors_momentum: Annotated[bool, typer.Option("--authors-momentum", help="Momentum 5e-4: what the release's optimiser actually used.")] = False,

@@ -121,8 +121,8 @@ def propagate(cam_vec: np.ndarray, trans: sparse.spmatrix | np.ndarray, logt: in
               dense: bool = False) -> np.ndarray:
     """cam_vec (C, n) @ T^(2^logt).
 
-    dense=False: 2^logt sparse matvecs per class, x <- T^T x, in float64. dense=True: the release's method, T squared logt times in float32
-    (T must then be a dense array, or is densified).
+    dense=False: 2^logt sparse mat-vecs per class, x <- T^T x, in float64.
+    dense=True: the release's method, T squared logt times in float32 (densified if sparse).
     """
     if dense:
         t = trans.toarray() if sparse.issparse(trans) else np.asarray(trans)

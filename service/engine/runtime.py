@@ -38,7 +38,7 @@ def gpu_usable() -> bool:
     if smi is None:
         return True  # device nodes without the tool (minimal containers): let the session decide
     try:
-        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10)
+        out = subprocess.run([smi, "-L"], check=False, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return False
     return out.returncode == 0 and "GPU" in out.stdout

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +78,7 @@ def write_model(root: Path, name: str, kind: str = "seam", classes: list[str] = 
     m = Manifest(
         name=name, kind=kind, backbone="fake", class_names=tuple(classes if kind != "affinity" else ()),
         onnx=OnnxFile(sha256=file_sha256(d / "model.onnx"), ir_version=10, opset=18, outputs=KIND_OUTPUTS[kind]),
-        provenance=Provenance(checkpoint="fake.pth", checkpoint_sha256="0" * 64, created=datetime.now(timezone.utc),
+        provenance=Provenance(checkpoint="fake.pth", checkpoint_sha256="0" * 64, created=datetime.now(UTC),
                               torch_version="-", onnx_version=onnx.__version__, exporter="test"),
         **{**defaults, **settings},
     )
@@ -129,7 +129,7 @@ def test_cam_equals_shared_code_with_an_onnx_runner(engine, repo):
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(repo / "seam-a" / "model.onnx"), providers=["CPUExecutionProvider"])
-    runner = lambda b: tuple(sess.run(["cam", "cam_rv"], {"image": b}))  # noqa: E731
+    runner = lambda b: tuple(sess.run(["cam", "cam_rv"], {"image": b}))
     rgb = image(37, 61)
     for refined in (True, False):
         ref = multiscale_cam(rgb, runner, [0, 2], MultiScaleConfig(scales=(0.5, 1.0), refined=refined,

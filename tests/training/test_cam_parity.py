@@ -26,7 +26,7 @@ def authors_infer_seam(model: torch.nn.Module, img: Image.Image, label: np.ndarr
     W, H = img.size
     passes = []
     for s in scales:
-        im = img.resize((int(round(W * s)), int(round(H * s))), resample=Image.BICUBIC)
+        im = img.resize((round(W * s), round(H * s)), resample=Image.BICUBIC)
         arr = (np.asarray(im, np.float32) / 255.0 - MEAN) / STD
         chw = np.ascontiguousarray(arr.transpose(2, 0, 1))
         passes += [chw, np.flip(chw, -1).copy()]

@@ -14,8 +14,7 @@ from typer.testing import CliRunner
 from seam.cli import app
 from service.engine.manifest import file_sha256, load_model_dir
 from service.engine.runtime import RuntimeConfig, create_session
-from training.export import ExportError, export_model
-from training.export import onnx_export
+from training.export import ExportError, export_model, onnx_export
 from training.export.specs import SPECS
 from training.models.registry import _constructors, create_model
 

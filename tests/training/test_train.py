@@ -9,9 +9,10 @@ from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
 from training.data.synth import generate
+from training.engine.state import seed_everything
 from training.engine.trainer import TrainConfig, train
 from training.models.checkpoint import CheckpointError, read_checkpoint
-from training.models.registry import model_from_checkpoint
+from training.models.registry import create_model, model_from_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +104,12 @@ def test_table1_baseline_and_table3_transforms_run(tiny_synth, tmp_path):
     side = train(_cfg(tiny_synth, tmp_path / "base", epochs=1, er=False, pcm=False))
     h = side["metrics"]["history"][0]
     assert h["er"] == 0 and h["ecr"] == 0 and h["minpool"] == 0 and h["cls"] > 0
-    model, _ = model_from_checkpoint(tmp_path / "base" / "seam_final.pth")
-    fresh_f9 = _weights(tmp_path / "base")["f9.weight"]
-    assert torch.equal(model.f9.weight, fresh_f9)
+    seed_everything(3)  # the trainer's seed: rebuild the initial network
+    init = create_model("seam", "resnet38_small", 6).state_dict()
+    trained = _weights(tmp_path / "base")
+    assert torch.equal(trained["f9.weight"], init["f9.weight"])  # --no-pcm: PCM layers untouched
+    assert not torch.equal(trained["fc8.weight"], init["fc8.weight"])
+    assert torch.equal(trained["b2.conv_branch2a.weight"], init["b2.conv_branch2a.weight"])  # frozen b2
     side = train(_cfg(tiny_synth, tmp_path / "rot", epochs=1, transforms=("rescale", "rotate"), ohem=False))
     h = side["metrics"]["history"][0]
     assert h["er"] > 0 and h["ecr"] > 0

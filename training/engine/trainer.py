@@ -83,7 +83,7 @@ class TrainConfig:
     authors_momentum: bool = False  # True: momentum 5e-4, what the release really ran with
     crop: int = 448
     resize_long: tuple[int, int] | None = None  # None: [448, 768] * crop / 448
-    jitter: bool = True
+    jitter: tuple[float, float, float, float] | None = (0.3, 0.3, 0.3, 0.1)  # brightness, contrast, saturation, hue
     out: str = "runs/seam"
     seed: int = 0
     device: str | None = None  # None: cuda if available
@@ -110,6 +110,18 @@ class TrainConfig:
     SCHEDULE_FIELDS = ("backbone", "batch_size", "epochs", "lr", "weight_decay", "momentum", "authors_momentum",
                        "crop", "resize_long", "jitter", "seed", "er", "pcm", "ohem", "transforms", "siamese_scale")
 
+    def __post_init__(self) -> None:
+        if self.jitter is True:
+            self.jitter = (0.3, 0.3, 0.3, 0.1)
+        elif self.jitter is False:
+            self.jitter = None
+        elif self.jitter is not None:
+            self.jitter = tuple(float(v) for v in self.jitter)
+        self.transforms = tuple(self.transforms)
+        self.eval_scales = tuple(float(v) for v in self.eval_scales)
+        if self.resize_long is not None:
+            self.resize_long = tuple(int(v) for v in self.resize_long)
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
@@ -128,6 +140,9 @@ class TrainConfig:
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         backbone_config(self.backbone)
+        if self.jitter is not None and (len(self.jitter) != 4 or any(v < 0 for v in self.jitter)
+                                        or self.jitter[3] > 0.5):
+            raise ValueError(f"jitter takes 4 non-negative strengths (hue <= 0.5), got {self.jitter}")
         SiameseConfig(ops=tuple(self.transforms), scale=self.siamese_scale)
         AugmentConfig(crop=self.crop, resize_long=self.resize_long).resize_range  # noqa: B018 - validates
         if not self.eval_scales or any(s <= 0 for s in self.eval_scales):
@@ -349,8 +364,7 @@ def _train(cfg: TrainConfig, d: _Dist, on_progress, log) -> dict[str, Any]:
     if len(ds) < cfg.batch_size:
         raise DatasetError(f"{len(ds)} training images are fewer than one batch of {cfg.batch_size}")
     fingerprint = ds.fingerprint()
-    aug = AugmentConfig(crop=cfg.crop, resize_long=cfg.resize_long,
-                        jitter=(0.3, 0.3, 0.3, 0.1) if cfg.jitter else None)
+    aug = AugmentConfig(crop=cfg.crop, resize_long=cfg.resize_long, jitter=cfg.jitter)
     dataset = AugmentedDataset(ds, aug, cfg.seed)
     ipe = iterations_per_epoch(len(ds), cfg.batch_size)
     max_iter = ipe * cfg.epochs

@@ -15,7 +15,7 @@ import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -169,7 +169,7 @@ def _export_onnx(graph: nn.Module, spec: ExportSpec, path: Path, opset: int, ext
                 input_names=["image"], output_names=list(spec.outputs),
                 dynamic_shapes={"image": dims}, optimize=True,
             )
-        except Exception as exc:  # noqa: BLE001 - the exporter raises many types
+        except Exception as exc:
             raise ExportError(f"torch.onnx.export failed for {spec.kind}: {exc}") from exc
     proto = program.model_proto
     proto.ir_version = IR_VERSION
@@ -249,7 +249,7 @@ def _manifest(name: str, kind: str, meta: dict[str, Any], class_names: list[str]
             checkpoint=checkpoint.name,
             checkpoint_sha256=file_sha256(checkpoint),
             training_config=config if isinstance(config, dict) else {"config": config},
-            created=datetime.now(timezone.utc).replace(microsecond=0),
+            created=datetime.now(UTC).replace(microsecond=0),
             torch_version=torch.__version__,
             onnx_version=onnx.__version__,
             exporter="torch.onnx.export(dynamo=True)",
