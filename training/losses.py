@@ -126,7 +126,7 @@ def min_pool_loss(rv: torch.Tensor, label: torch.Tensor, ratio: float = MIN_POOL
     sample, return sum(relu(those)) / (k*B). Pushes the least activated quarter of
     every image towards zero (shifts the best background threshold only).
     """
-    B, C, H, W = rv.shape
+    B, _, H, W = rv.shape
     x = (rv * label[:, :, None, None].to(rv.dtype))[:, 1:].amax(dim=1)  # (B, H, W)
     k = max(1, int(H * W * ratio))
     low = x.reshape(B, -1).topk(k, dim=-1, largest=False)[0]

@@ -56,6 +56,7 @@ def train_seam(
     no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the pseudo-label evaluation.")] = False,
     save_cams: Annotated[bool, typer.Option("--save-cams", help="Keep the evaluation CAMs in RUN_DIR/cams.")] = False,
     deterministic: Annotated[bool, typer.Option("--deterministic/--no-deterministic", help="Deterministic algorithms where torch has them.")] = True,
+    bn_calibration: Annotated[int | None, typer.Option(help="Batches to calibrate frozen BN statistics (default 10 without --weights, else 0).")] = None,
     log_every: Annotated[int, typer.Option(help="Iterations per log.csv row.")] = 10,
     stop_after: Annotated[int | None, typer.Option(hidden=True, help="Stop after N iterations (preemption drill).")] = None,
 ) -> None:
@@ -75,7 +76,7 @@ def train_seam(
             device=device, workers=workers, threads=threads, max_minutes=max_minutes, amp=amp, er=not no_er, pcm=not no_pcm,
             ohem=not no_ohem, transforms=parse_transforms(transform), siamese_scale=siamese_scale,
             evaluate=not no_eval, eval_list=_s(eval_list), eval_scales=parse_floats(eval_scales),
-            save_cams=save_cams, deterministic=deterministic, log_every=max(1, log_every), resume=resume,
+            save_cams=save_cams, deterministic=deterministic, log_every=max(1, log_every), resume=resume, bn_calibration=bn_calibration,
             stop_after=stop_after,
         )
         cfg.validate()
@@ -95,9 +96,9 @@ def train_seam(
                     tasks[p.phase] = bar.add_task("SEAM" if p.phase == "train" else "CAM eval",
                                                   total=p.max_iter, status="")
                 if p.phase == "train":
-                    status = (f"ep {p.epoch + 1}/{p.epochs} "
-                              + " ".join(f"{k} {v:.3f}" for k, v in p.losses.items())
-                              + f" | {p.images_per_s:.1f} img/s lr {p.lr:.2e}")
+                    lo = p.losses
+                    status = (f"ep {p.epoch + 1}/{p.epochs} loss {lo['loss']:.3f} (cls {lo['cls']:.3f} "
+                              f"er {lo['er']:.3f} ecr {lo['ecr']:.3f}) {p.images_per_s:.1f} img/s")
                 else:
                     status = ""
                 bar.update(tasks[p.phase], completed=p.iteration, status=status)

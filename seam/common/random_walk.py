@@ -23,7 +23,7 @@ from functools import lru_cache
 import numpy as np
 from scipy import sparse
 
-from seam.common.cam import background_score, resize_bilinear
+from seam.common.cam import background_score, interp_matrix
 
 OUTPUT_STRIDE = 8
 DEFAULT_RADIUS = 5
@@ -93,18 +93,33 @@ def pair_affinities(feat: np.ndarray, radius: int = DEFAULT_RADIUS, full: bool =
     return np.exp(-dist)
 
 
+@lru_cache(maxsize=32)
+def _csr_structure(h: int, w: int, radius: int, full: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(indptr, indices, order) of the symmetric pair matrix with unit diagonal: CSR data =
+    concat([aff, aff, ones])[order]. Cached per grid, so each image only gathers values."""
+    n = h * w
+    frm, to = pair_indices(h, w, radius, full)
+    diag = np.arange(n, dtype=np.int64)
+    rows = np.concatenate([frm, to, diag])
+    cols = np.concatenate([to, frm, diag])
+    order = np.lexsort((cols, rows))
+    indptr = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
+    out = (indptr, cols[order].astype(np.int32 if n < 2**31 else np.int64), order)
+    for a in out:
+        a.flags.writeable = False
+    return out
+
+
 def affinity_from_features(feat: np.ndarray, radius: int = DEFAULT_RADIUS, full: bool = False) -> sparse.csr_matrix:
     """Symmetric (n, n) CSR affinity matrix of a (D, h, w) feature map, unit diagonal:
     the release's `aff_mat` (pairs within `radius`, both directions, plus identity)."""
     _, h, w = feat.shape
     n = h * w
-    frm, to = pair_indices(h, w, radius, full)
+    indptr, indices, order = _csr_structure(h, w, radius, full)
     aff = pair_affinities(feat, radius, full)
-    diag = np.arange(n, dtype=np.int64)
-    rows = np.concatenate([frm, to, diag])
-    cols = np.concatenate([to, frm, diag])
-    vals = np.concatenate([aff, aff, np.ones(n, np.float32)])
-    return sparse.csr_matrix((vals, (rows, cols)), shape=(n, n))
+    vals = np.concatenate([aff, aff, np.ones(n, np.float32)])[order]
+    return sparse.csr_matrix((vals, indices.copy(), indptr.copy()), shape=(n, n))
 
 
 def transition_matrix(aff: sparse.spmatrix | np.ndarray, beta: float = DEFAULT_BETA) -> sparse.csr_matrix | np.ndarray:
@@ -174,10 +189,14 @@ def random_walk_scores(cam_grid: np.ndarray, aff: sparse.spmatrix | np.ndarray, 
 def upsample_argmax(scores: np.ndarray, image_hw: tuple[int, int], classes: Sequence[int],
                     stride: int = OUTPUT_STRIDE) -> np.ndarray:
     """Bilinear (align_corners=False) to the padded size grid*stride, crop to the image,
-    argmax, map channel i>0 to label classes[i-1]+1. -> (H, W) uint8."""
+    argmax, map channel i>0 to label classes[i-1]+1. -> (H, W) uint8.
+
+    Only the H x W rows/columns of the padded upsampling are computed."""
     c, h, w = scores.shape
     H, W = image_hw
-    up = resize_bilinear(scores, (h * stride, w * stride), align_corners=False)[:, :H, :W]
+    ry = interp_matrix(h * stride, h, False)[:H].astype(np.float32)  # (H, h)
+    rx = interp_matrix(w * stride, w, False)[:W].astype(np.float32)  # (W, w)
+    up = np.matmul(np.matmul(ry, scores.astype(np.float32, copy=False)), rx.T)  # (C, H, W)
     lut = np.asarray([0, *[int(k) + 1 for k in classes]], dtype=np.uint8)
     return lut[np.argmax(up, axis=0)]
 

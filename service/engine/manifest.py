@@ -149,6 +149,8 @@ class Provenance(_Strict):
     checkpoint: str
     checkpoint_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     training_config: dict[str, Any] = Field(default_factory=dict)
+    dataset: dict[str, Any] = Field(default_factory=dict, description="what the checkpoint was trained on")
+    training: dict[str, Any] = Field(default_factory=dict, description="the run's summary (iterations, time, ...)")
     created: datetime
     torch_version: str
     onnx_version: str

@@ -190,11 +190,11 @@ class OnnxEngine:
         rgb = _check_rgb(rgb)
         if method == "deeplab":
             return self._segment_deeplab(rgb, labels, crf)
-        res = self.cam(rgb, labels, refined=method != "cam")
         seam = self._models["seam"].manifest
         thr = seam.cam.bg_threshold if threshold is None else float(threshold)
         if not 0.0 <= thr <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {thr}")
+        res = self.cam(rgb, labels, refined=method != "cam")
         if method == "rw":
             label = self._random_walk(rgb, res, crf)
         elif crf and res.classes:

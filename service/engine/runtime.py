@@ -109,7 +109,10 @@ def resolve_runtime(providers: str = "auto", threads: int | None = None) -> Runt
     chosen = select_providers(providers)
     if threads is not None and threads < 1:
         raise ValueError("threads must be >= 1")
-    return RuntimeConfig(tuple(chosen), threads or default_threads())
+    cfg = RuntimeConfig(tuple(chosen), threads or default_threads())
+    log.info("onnxruntime providers %r -> %s (GPU usable: %s), %d intra-op threads",
+             providers, ", ".join(chosen), CUDA in chosen, cfg.threads)
+    return cfg
 
 
 def session_options(threads: int) -> ort.SessionOptions:

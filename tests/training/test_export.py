@@ -3,6 +3,7 @@ atomic writes, refusal on mismatch, and the authors' checkpoint format."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 
 from seam.cli import app
 from service.engine.manifest import file_sha256, load_model_dir
+from service.engine.onnx_engine import OnnxEngine
 from service.engine.runtime import RuntimeConfig, create_session
 from training.export import ExportError, export_model, onnx_export
 from training.export.specs import SPECS
@@ -100,9 +102,9 @@ def test_refuses_to_write_on_mismatch(tmp_path, monkeypatch):
 
     monkeypatch.setattr(onnx_export, "check_parity", broken)
     with pytest.raises(ExportError, match="does not match torch"):
-        export_model(ckpt, "seam", "bad", models)
+        export_model(ckpt, "seam", "bad", models, check_shapes=[(1, 3, 37, 61)])
     with pytest.raises(ExportError, match="does not match torch"):
-        export_model(ckpt, "seam", "keep", models, force=True)
+        export_model(ckpt, "seam", "keep", models, force=True, check_shapes=[(1, 3, 37, 61)])
     # nothing written, the existing model untouched, no temporary directories left
     assert sorted(p.name for p in models.iterdir()) == ["keep"]
     assert (models / "keep" / "manifest.json").read_text() == "{}"
@@ -194,12 +196,18 @@ def _authors_resnet38_state_dict(keys: dict[str, list[int]]) -> dict[str, torch.
 def test_authors_resnet38_goes_to_external_data(official_keys, tmp_path):
     """The published network (421 MB of weights): external data file, hashed, loadable."""
     ckpt = tmp_path / "resnet38_SEAM.pth"
-    torch.save(_authors_resnet38_state_dict(official_keys["seam"]), ckpt)
-    res = export_model(ckpt, "seam", "r38", tmp_path / "models", check_shapes=[(1, 3, 37, 61)])
-    files = sorted(p.name for p in res.model_dir.iterdir())
-    assert files == ["manifest.json", "model.onnx", "model.onnx.data"]
-    assert (res.model_dir / "model.onnx").stat().st_size < 5e6
-    assert (res.model_dir / "model.onnx.data").stat().st_size > 400e6
-    m = load_model_dir(res.model_dir)
-    assert m.backbone == "resnet38" and len(m.class_names) == 21
-    assert m.onnx.external_data["model.onnx.data"] == file_sha256(res.model_dir / "model.onnx.data")
+    try:
+        torch.save(_authors_resnet38_state_dict(official_keys["seam"]), ckpt)
+        res = export_model(ckpt, "seam", "r38", tmp_path / "models", check_shapes=[(1, 3, 37, 61)])
+        files = sorted(p.name for p in res.model_dir.iterdir())
+        assert files == ["manifest.json", "model.onnx", "model.onnx.data"]
+        assert (res.model_dir / "model.onnx").stat().st_size < 5e6
+        assert (res.model_dir / "model.onnx.data").stat().st_size > 400e6
+        m = load_model_dir(res.model_dir)
+        assert m.backbone == "resnet38" and len(m.class_names) == 21
+        assert m.onnx.external_data["model.onnx.data"] == file_sha256(res.model_dir / "model.onnx.data")
+        eng = OnnxEngine.from_model_dir(res.model_dir, threads=2)
+        out = eng.cam(np.zeros((24, 40, 3), np.uint8), [0], scales=[1.0], flip=False)
+        assert out.cams.shape == (1, 24, 40)
+    finally:  # 850 MB of checkpoint and export: do not leave them in pytest's kept temp dirs
+        shutil.rmtree(tmp_path, ignore_errors=True)

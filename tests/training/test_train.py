@@ -180,3 +180,23 @@ def test_cli_reports_user_errors(tmp_path):
     assert r.exit_code == 2 and "shear" in r.output
     r = CliRunner().invoke(app, ["train", "seam", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "not found" in r.output
+
+
+def test_imagenet_params_initialisation_reports_the_new_layers(tiny_synth, tmp_path):
+    from tests.training.test_mxnet_params import _torch_to_mxnet, _write_params
+
+    src = create_model("seam", "resnet38_small", 21)
+    named = {_torch_to_mxnet(k): v.numpy().copy() for k, v in src.state_dict().items()
+             if not k.endswith("num_batches_tracked") and k.split(".")[0] not in ("fc8", "f8_3", "f8_4", "f9")}
+    named["arg:linear1000_weight"] = np.zeros((1000, 4), np.float32)
+    params = tmp_path / "ilsvrc-cls_rnn-38_1.params"
+    _write_params(params, named)
+    logs = []
+    side = train(_cfg(tiny_synth, tmp_path / "inet", epochs=1, weights=str(params)), log=logs.append)
+    init = side["training"]["initialisation"]
+    assert init["format"] == "mxnet" and "bn_calibration_images" not in init  # ImageNet BN stats kept
+    assert sorted(init["missing"]) == ["f8_3.weight", "f8_4.weight", "f9.weight", "fc8.weight"]
+    assert any("uninitialised" in m and "fc8" in m for m in logs)
+    trained = _weights(tmp_path / "inet")
+    assert torch.equal(trained["conv1a.weight"], src.state_dict()["conv1a.weight"])  # frozen
+    assert torch.equal(trained["b4.bn_branch2a.running_var"], src.state_dict()["b4.bn_branch2a.running_var"])

@@ -48,7 +48,7 @@ class TransformPlan:
     def __init__(self, cfg: SiameseConfig, hw: tuple[int, int], theta: torch.Tensor | None, flip: bool) -> None:
         H, W = hw
         if "rescale" in cfg.ops:
-            self.size = (max(1, int(math.floor(H * cfg.scale))), max(1, int(math.floor(W * cfg.scale))))
+            self.size = (max(1, math.floor(H * cfg.scale)), max(1, math.floor(W * cfg.scale)))
         else:
             self.size = (H, W)
         self.rescale = "rescale" in cfg.ops

@@ -65,7 +65,7 @@ def load_resume_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"--resume: no checkpoint at {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
+    except Exception as exc:  # torch raises many types for bad files
         raise CheckpointError(f"cannot read {path}: {exc}") from exc
 
 

@@ -599,4 +599,4 @@ def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
-__all__ = ["FINAL_NAME", "CHECKPOINT_NAME", "Progress", "TrainConfig", "TrainingError", "train"]
+__all__ = ["CHECKPOINT_NAME", "FINAL_NAME", "Progress", "TrainConfig", "TrainingError", "train"]

@@ -7,6 +7,7 @@ and renamed into place.
 """
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import re
@@ -128,9 +129,12 @@ def export_model(
         n_bytes = sum(p.numel() * p.element_size() for p in graph.state_dict().values())
         use_external = n_bytes > EXTERNAL_DATA_BYTES if external_data is None else external_data
         _export_onnx(graph, spec, tmp / ONNX_FILE, opset, use_external)
-        onnx.checker.check_model(str(tmp / ONNX_FILE))
-        diffs, worst = check_parity(graph, spec, tmp / ONNX_FILE, check_shapes, atol, threads)
-        if worst > atol:
+        try:
+            onnx.checker.check_model(str(tmp / ONNX_FILE))
+        except onnx.checker.ValidationError as exc:
+            raise ExportError(f"the exported graph is not valid ONNX: {exc}") from exc
+        diffs, worst = check_parity(graph, spec, tmp / ONNX_FILE, check_shapes, threads)
+        if not worst <= atol:  # NaN-safe
             raise ExportError(
                 f"onnxruntime does not match torch (max abs diff {worst:.3g} > {atol:g}): "
                 + ", ".join(f"{k}={v:.3g}" for k, v in diffs.items()) + "; nothing written"
@@ -204,7 +208,6 @@ def check_parity(
     spec: ExportSpec,
     onnx_path: Path,
     shapes: Sequence[tuple[int, int, int, int]],
-    atol: float = DEFAULT_ATOL,
     threads: int | None = None,
 ) -> tuple[dict[str, float], float]:
     """Max |onnxruntime - eager torch| per output over `shapes` (random inputs, fixed seed),
@@ -221,14 +224,18 @@ def check_parity(
         for name, r, g in zip(spec.outputs, ref, got):
             if tuple(r.shape) != g.shape:
                 raise ExportError(f"output {name!r}: onnxruntime shape {g.shape} != torch {tuple(r.shape)} at {shape}")
-            diffs[name] = max(diffs[name], float(np.abs(r.numpy() - g).max()))
+            d = float(np.abs(r.numpy() - g).max())
+            diffs[name] = max(diffs[name], d if np.isfinite(d) else float("inf"))
     return diffs, max(diffs.values())
 
 
 def _manifest(name: str, kind: str, meta: dict[str, Any], class_names: list[str], checkpoint: Path,
               tmp: Path, opset: int, spec: ExportSpec, parity: ParityCheck) -> Manifest:
     ext = {DATA_FILE: file_sha256(tmp / DATA_FILE)} if (tmp / DATA_FILE).exists() else {}
-    config = _jsonable(meta.get("config", {}))
+    config = _as_dict(meta.get("config"))
+    dataset = _as_dict(meta.get("dataset"))
+    if meta.get("dataset_fingerprint"):
+        dataset["fingerprint"] = meta["dataset_fingerprint"]
     norm = meta.get("normalization") or {}
     rw = _pick(meta.get("random_walk"), RandomWalkSettings)
     dl = _pick(meta.get("inference"), DeepLabSettings)
@@ -248,7 +255,9 @@ def _manifest(name: str, kind: str, meta: dict[str, Any], class_names: list[str]
         provenance=Provenance(
             checkpoint=checkpoint.name,
             checkpoint_sha256=file_sha256(checkpoint),
-            training_config=config if isinstance(config, dict) else {"config": config},
+            training_config=config,
+            dataset=dataset,
+            training=_as_dict(meta.get("training")),
             created=datetime.now(UTC).replace(microsecond=0),
             torch_version=torch.__version__,
             onnx_version=onnx.__version__,
@@ -265,8 +274,17 @@ def _pick(section: Any, settings: type) -> dict[str, Any]:
     return {k: v for k, v in section.items() if k in settings.model_fields}
 
 
-def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=str))
+def _as_dict(obj: Any) -> dict[str, Any]:
+    """A metadata section as a JSON-able dict; sidecars may hold a dict's repr() string."""
+    if isinstance(obj, str):
+        try:
+            obj = ast.literal_eval(obj)
+        except (ValueError, SyntaxError):
+            return {"value": obj}
+    if obj is None:
+        return {}
+    obj = json.loads(json.dumps(obj, default=str))
+    return obj if isinstance(obj, dict) else {"value": obj}
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

@@ -1,0 +1,389 @@
+"""Image-level labelled training sets: VOC12 (+SBD train_aug), a generic image folder,
+and the synthetic VOC-layout sets of `training.data.synth`.
+
+Each builder returns an `ImageLabelSet` (ids, image paths, multi-hot labels, class
+names with background first, where ground truth lives). `AugmentedDataset` turns
+it into the torch dataset the SEAM trainer reads. The class names decide the head
+(num_classes = foreground + 1), the CAM files and the evaluation.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from seam.common.classes import IGNORE_INDEX, VOC_CLASSES
+from seam.common.files import IMAGE_EXTENSIONS, list_images, load_label_file
+from seam.common.image import ImageDecodeError, open_image
+from training.data.augment import AugmentConfig, augment
+
+DATASET_KINDS = ("auto", "voc", "folder", "synth")
+GT_DIRNAME = "SegmentationClass"
+LABEL_FILE_NAMES = ("labels.csv", "labels.json", "labels.tsv")
+
+
+class DatasetError(ValueError):
+    """A data set that cannot be used as given; the message says what and where."""
+
+
+def shared_voc12_dir() -> Path:
+    """The authors' VOC12 lists and cls_labels.npy: $SEAM_VOC12_DIR, else ../shared/voc12."""
+    env = os.environ.get("SEAM_VOC12_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[3] / "shared" / "voc12"
+
+
+@dataclass
+class ImageLabelSet:
+    """Images with image-level labels.
+
+    labels: (N, num_fg) float32 multi-hot, aligned with ids/paths.
+    class_names: background first. label_table: every labelled id of the label file
+    (a superset of ids), used for evaluation lists. gt_dir: VOC-style label PNGs, if any.
+    """
+
+    kind: str
+    ids: list[str]
+    paths: list[Path]
+    labels: np.ndarray
+    class_names: list[str]
+    image_root: Path
+    gt_dir: Path | None = None
+    label_table: dict[str, list[int]] = field(default_factory=dict, repr=False)
+    source: dict[str, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def foreground(self) -> list[str]:
+        return list(self.class_names[1:])
+
+    def fingerprint(self) -> str:
+        """sha256 over class names, ids and labels: identifies the training data of a run."""
+        h = hashlib.sha256()
+        h.update(("\t".join(self.class_names) + "\n").encode())
+        for i, row in zip(self.ids, self.labels):
+            h.update(f"{i}\t{','.join(str(int(c)) for c in np.flatnonzero(row > 0.5))}\n".encode())
+        return h.hexdigest()
+
+    def label_indices(self, image_id: str) -> list[int]:
+        return list(self.label_table[image_id])
+
+    def gt_path(self, image_id: str) -> Path | None:
+        if self.gt_dir is None:
+            return None
+        p = self.gt_dir / f"{image_id}.png"
+        return p if p.is_file() else None
+
+    def class_counts(self) -> dict[str, int]:
+        return {name: int(n) for name, n in zip(self.foreground, self.labels.sum(0))}
+
+
+def _multi_hot(indices: Sequence[int], num_fg: int) -> np.ndarray:
+    v = np.zeros(num_fg, np.float32)
+    v[list(indices)] = 1.0
+    return v
+
+
+def _few(items: Sequence[str], n: int = 3) -> str:
+    return ", ".join(repr(i) for i in items[:n]) + (f" (+{len(items) - n} more)" if len(items) > n else "")
+
+
+def verify_images(paths: Sequence[Path]) -> None:
+    """Read every image header (cheap, no decoding); DatasetError lists unreadable files."""
+    bad = []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                im.size  # noqa: B018 - header parsed by open
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            bad.append(f"{p} ({type(exc).__name__}: {exc})")
+    if bad:
+        raise DatasetError(f"{len(bad)} unreadable images, first: {bad[0]}")
+
+
+def read_class_names(path: str | Path) -> list[str]:
+    """classes.txt: one name per line, background first (added when absent)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"class list not found: {path}")
+    names = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    if not names:
+        raise DatasetError(f"{path} lists no classes")
+    return _with_background(names, str(path))
+
+
+def _with_background(names: Sequence[str], where: str) -> list[str]:
+    names = [str(n).strip() for n in names if str(n).strip()]
+    if names and names[0].lower() == "background":
+        names = names[1:]
+    if not names:
+        raise DatasetError(f"{where}: no foreground classes")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise DatasetError(f"{where}: duplicate class names {dup}")
+    if any(n.lower() == "background" for n in names):
+        raise DatasetError(f"{where}: 'background' may only come first")
+    return ["background", *names]
+
+
+def _resolve_list(list_file: Path, image_root: Path) -> list[tuple[str, Path]]:
+    try:
+        return list_images(list_file, image_root)
+    except FileNotFoundError as exc:
+        raise DatasetError(f"{list_file}: {exc}") from exc
+
+
+def _labels_for(ids: Sequence[str], table: dict[str, list[int]], label_file: Path, num_fg: int) -> np.ndarray:
+    missing = [i for i in ids if i not in table]
+    if missing:
+        raise DatasetError(f"{len(missing)} images have no labels in {label_file}: {_few(missing)}")
+    return np.stack([_multi_hot(table[i], num_fg) for i in ids]) if ids else np.zeros((0, num_fg), np.float32)
+
+
+def _load_table(label_file: Path, foreground: Sequence[str]) -> dict[str, list[int]]:
+    try:
+        return load_label_file(label_file, foreground)
+    except FileNotFoundError as exc:
+        raise DatasetError(str(exc)) from exc
+    except (ValueError, OSError) as exc:
+        raise DatasetError(f"{label_file}: {exc}") from exc
+
+
+def _voc_layout(kind: str, data: Path, list_file: Path, label_file: Path, class_names: list[str],
+                check_images: bool) -> ImageLabelSet:
+    image_root = data / "JPEGImages"
+    if not image_root.is_dir():
+        raise DatasetError(f"no JPEGImages/ folder in {data}")
+    if not list_file.is_file():
+        raise DatasetError(f"image list not found: {list_file}")
+    items = _resolve_list(list_file, image_root)
+    if not items:
+        raise DatasetError(f"{list_file} lists no images")
+    table = _load_table(label_file, class_names[1:])
+    ids = [i for i, _ in items]
+    labels = _labels_for(ids, table, label_file, len(class_names) - 1)
+    paths = [p for _, p in items]
+    if check_images:
+        verify_images(paths)
+    gt = data / GT_DIRNAME
+    return ImageLabelSet(kind, ids, paths, labels, class_names, image_root, gt if gt.is_dir() else None, table,
+                         {"list": str(list_file), "labels": str(label_file)})
+
+
+def load_voc(data: str | Path, train_list: str | Path | None = None, labels: str | Path | None = None,
+             check_images: bool = True) -> ImageLabelSet:
+    """PASCAL VOC 2012 (+ SBD): `data` holds JPEGImages/ (and SegmentationClass/ for evaluation).
+
+    Defaults are the authors' files in `shared_voc12_dir()`: train_aug.txt (10,582 ids)
+    and cls_labels.npy (id -> float32[20]). Any list (ids or VOC-style paths) and any
+    label file (npy / JSON / CSV) of the user's own may replace them.
+    """
+    data = Path(data)
+    shared = shared_voc12_dir()
+    list_file = Path(train_list) if train_list else shared / "train_aug.txt"
+    label_file = Path(labels) if labels else shared / "cls_labels.npy"
+    class_names = list(VOC_CLASSES)
+    if (data / "classes.txt").is_file():
+        class_names = read_class_names(data / "classes.txt")
+    return _voc_layout("voc", data, list_file, label_file, class_names, check_images)
+
+
+def load_synth(data: str | Path, train_list: str | Path | None = None, labels: str | Path | None = None,
+               split: str = "train", check_images: bool = True) -> ImageLabelSet:
+    """A `seam synth` set: VOC layout plus classes.txt; defaults ImageSets/Segmentation/<split>.txt
+    and the set's own cls_labels.npy."""
+    data = Path(data)
+    list_file = Path(train_list) if train_list else data / "ImageSets" / "Segmentation" / f"{split}.txt"
+    label_file = Path(labels) if labels else data / "cls_labels.npy"
+    return _voc_layout("synth", data, list_file, label_file, read_class_names(data / "classes.txt"), check_images)
+
+
+def _label_file_names(path: Path) -> list[str]:
+    """Class names in order of first appearance in a CSV/JSON label file (indices skipped)."""
+    tokens: list[str] = []
+    if path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{path}: invalid JSON ({exc})") from exc
+        if not isinstance(data, dict):
+            raise DatasetError(f"{path}: expected a JSON object {{image: [class names]}}")
+        for v in data.values():
+            vals = v if isinstance(v, list) else str(v).replace(";", ",").split(",")
+            tokens += [str(t) for t in vals]
+    elif path.suffix in (".csv", ".tsv"):
+        with open(path, newline="") as f:
+            for i, row in enumerate(csv.reader(f, delimiter="\t" if path.suffix == ".tsv" else ",")):
+                if not row or (i == 0 and row[0].strip().lower() in ("image", "id", "filename", "file")):
+                    continue
+                tokens += [t for cell in row[1:] for t in cell.replace("|", ";").replace(",", ";").split(";")]
+    else:
+        raise DatasetError(f"{path}: folder labels must be .csv, .tsv or .json")
+    names: list[str] = []
+    for t in tokens:
+        t = t.strip()
+        if t and not t.lstrip("-").isdigit() and t not in names:
+            names.append(t)
+    return names
+
+
+def _folder_images(data: Path) -> Path:
+    for sub in ("JPEGImages", "images"):
+        if (data / sub).is_dir():
+            return data / sub
+    return data
+
+
+def load_folder(data: str | Path, labels: str | Path | None = None, classes: str | Sequence[str] | None = None,
+                train_list: str | Path | None = None, check_images: bool = True) -> ImageLabelSet:
+    """A folder of images plus a label file mapping image -> class names, any number of classes.
+
+    Images: `data/JPEGImages/`, `data/images/` or `data` itself. Labels: `--labels`, else
+    `data/labels.{csv,json,tsv}`; CSV rows `image,class;class`, JSON `{image: [classes]}`.
+    Class names: `classes` (a list, comma-separated string or classes.txt path), else
+    `data/classes.txt`, else every name the label file uses, sorted. The training set is
+    every labelled image (or the ids of `train_list`); images without labels are skipped.
+    """
+    data = Path(data)
+    if not data.is_dir():
+        raise DatasetError(f"image folder not found: {data}")
+    image_root = _folder_images(data)
+    label_file = Path(labels) if labels else next((data / n for n in LABEL_FILE_NAMES if (data / n).is_file()), None)
+    if label_file is None:
+        raise DatasetError(f"no label file: pass --labels or put one of {', '.join(LABEL_FILE_NAMES)} in {data}")
+    if not label_file.is_file():
+        raise DatasetError(f"label file not found: {label_file}")
+    if classes is None and (data / "classes.txt").is_file():
+        classes = str(data / "classes.txt")
+    if isinstance(classes, str):
+        class_names = (read_class_names(classes) if Path(classes).is_file()
+                       else _with_background(classes.split(","), "--classes"))
+    elif classes is not None:
+        class_names = _with_background(list(classes), "--classes")
+    else:
+        names = sorted(n for n in _label_file_names(label_file) if n.lower() != "background")
+        if not names:
+            raise DatasetError(f"{label_file}: no class names; give them with --classes or classes.txt")
+        class_names = _with_background(names, str(label_file))
+    table = _load_table(label_file, class_names[1:])
+    if train_list:
+        items = _resolve_list(Path(train_list), image_root)
+    else:
+        by_stem = {p.stem: p for p in sorted(image_root.iterdir())
+                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS}
+        missing = [i for i in table if i not in by_stem]
+        if missing:
+            raise DatasetError(f"{len(missing)} labelled images not found in {image_root}: {_few(missing)}")
+        items = [(i, by_stem[i]) for i in sorted(table)]
+    if not items:
+        raise DatasetError(f"no labelled images in {image_root}")
+    ids = [i for i, _ in items]
+    lab = _labels_for(ids, table, label_file, len(class_names) - 1)
+    paths = [p for _, p in items]
+    if check_images:
+        verify_images(paths)
+    gt = data / GT_DIRNAME
+    return ImageLabelSet("folder", ids, paths, lab, class_names, image_root, gt if gt.is_dir() else None, table,
+                         {"labels": str(label_file), **({"list": str(train_list)} if train_list else {})})
+
+
+def detect_kind(data: str | Path) -> str:
+    data = Path(data)
+    if (data / "JPEGImages").is_dir() and (data / "classes.txt").is_file() and (data / "cls_labels.npy").is_file():
+        return "synth"
+    if (data / "JPEGImages").is_dir() and not any((data / n).is_file() for n in LABEL_FILE_NAMES):
+        return "voc"
+    return "folder"
+
+
+def build_dataset(kind: str, data: str | Path, train_list: str | Path | None = None,
+                  labels: str | Path | None = None, classes: str | Sequence[str] | None = None,
+                  check_images: bool = True) -> ImageLabelSet:
+    """kind: voc | folder | synth | auto (synth when classes.txt + cls_labels.npy sit beside
+    JPEGImages/, voc for another JPEGImages/ root, else folder)."""
+    if kind not in DATASET_KINDS:
+        raise DatasetError(f"unknown dataset kind {kind!r}; choose from {', '.join(DATASET_KINDS)}")
+    data = Path(data)
+    if not data.is_dir():
+        raise DatasetError(f"data directory not found: {data}")
+    if kind == "auto":
+        kind = detect_kind(data)
+    if kind == "voc":
+        ds = load_voc(data, train_list, labels, check_images)
+    elif kind == "synth":
+        ds = load_synth(data, train_list, labels, check_images=check_images)
+    else:
+        ds = load_folder(data, labels, classes, train_list, check_images)
+    if classes is not None and kind != "folder":
+        want = (read_class_names(classes) if isinstance(classes, str) and Path(classes).is_file()
+                else _with_background(classes.split(",") if isinstance(classes, str) else list(classes), "--classes"))
+        if want != ds.class_names:
+            raise DatasetError(f"--classes {want[1:]} differ from the data set's {ds.class_names[1:]}")
+    return ds
+
+
+def eval_items(ds: ImageLabelSet, eval_list: str | Path | None) -> list[tuple[str, Path, list[int]]]:
+    """(id, image path, foreground labels) of the images to score CAM pseudo labels on.
+
+    eval_list None = the training list (the paper scores VOC *train*). Only ids with a
+    ground-truth PNG are kept. Labels come from the label file, else from the PNG.
+    """
+    if ds.gt_dir is None:
+        return []
+    if eval_list is None:
+        items = list(zip(ds.ids, ds.paths))
+    else:
+        items = _resolve_list(Path(eval_list), ds.image_root)
+    out = []
+    for i, p in items:
+        gt = ds.gt_path(i)
+        if gt is None:
+            continue
+        if i in ds.label_table:
+            lab = ds.label_indices(i)
+        else:
+            from training.evaluation.evaluate import read_label_png
+
+            g = read_label_png(gt)
+            lab = sorted(int(c) - 1 for c in np.unique(g) if 0 < c < ds.num_classes and c != IGNORE_INDEX)
+        out.append((i, p, lab))
+    return out
+
+
+class AugmentedDataset(torch.utils.data.Dataset):
+    """Training samples: key (index, epoch) -> (image (3, crop, crop) float32, label (num_fg,), index).
+
+    The augmentation RNG is np.random.default_rng([seed, epoch, index]): a sample is
+    the same whatever the worker count and after a resume.
+    """
+
+    def __init__(self, images: ImageLabelSet, aug: AugmentConfig, seed: int = 0) -> None:
+        self.images, self.aug, self.seed = images, aug, seed
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        index, epoch = (key, 0) if isinstance(key, (int, np.integer)) else key
+        path = self.images.paths[index]
+        try:
+            img = open_image(path)
+        except ImageDecodeError as exc:
+            raise DatasetError(f"{path}: {exc}") from exc
+        x = augment(img, self.aug, np.random.default_rng([self.seed, epoch, index]))
+        return torch.from_numpy(x), torch.from_numpy(self.images.labels[index]), index
