@@ -41,7 +41,12 @@ def pipeline(
     from training.data.datasets import DatasetError
     from training.engine.trainer import TrainingError
     from training.models.checkpoint import CheckpointError
-    from training.pipeline import PipelineConfig, RandomWalkConfig, StageHooks, run_pipeline
+    from training.pipeline import (
+        PipelineConfig,
+        RandomWalkConfig,
+        StageHooks,
+        run_pipeline,
+    )
 
     cfg = PipelineConfig(
         data=str(data), out=str(out), dataset=dataset, train_list=_s(train_list), labels=_s(labels),

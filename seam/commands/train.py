@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from seam.commands import _train_options as opt
 from seam.commands._util import console, fail, parse_floats, progress_bar
 
 
@@ -29,23 +30,23 @@ def train_seam(
     weights: Annotated[Path | None, typer.Option(help="Initial weights: ImageNet .params, a state dict (authors' or ours) or a run dir.")] = None,
     backbone: Annotated[str, typer.Option(help="resnet38 (the paper) or resnet38_small (CPU).")] = "resnet38",
     batch_size: Annotated[int, typer.Option(help="Global batch size (per GPU = batch / world size).")] = 8,
-    epochs: Annotated[int, typer.Option(help="Epochs.")] = 8,
+    epochs: opt.Epochs = 8,
     lr: Annotated[float, typer.Option(help="Base learning rate (new layers 10x).")] = 0.01,
     weight_decay: Annotated[float, typer.Option(help="Weight decay on weights (not biases).")] = 5e-4,
-    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
-    authors_momentum: Annotated[bool, typer.Option("--authors-momentum", help="Momentum 5e-4: what the release's optimiser actually used.")] = False,
+    momentum: opt.Momentum = 0.9,
+    authors_momentum: opt.AuthorsMomentum = False,
     crop: Annotated[int, typer.Option(help="Square training crop.")] = 448,
     resize_range: Annotated[str | None, typer.Option(help="Random long side MIN,MAX (default 448,768 scaled by crop/448).")] = None,
     jitter: Annotated[str, typer.Option(help="ColorJitter brightness,contrast,saturation,hue.")] = "0.3,0.3,0.3,0.1",
-    no_jitter: Annotated[bool, typer.Option("--no-jitter", help="No colour jitter.")] = False,
-    out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/seam"),
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from RUN_DIR/checkpoint.pth exactly.")] = False,
+    no_jitter: opt.NoJitter = False,
+    out: opt.Out = Path("runs/seam"),
+    resume: opt.Resume = False,
     seed: Annotated[int, typer.Option(help="Random seed (data order, augmentation, init, dropout).")] = 0,
-    device: Annotated[str | None, typer.Option(help="torch device (default: cuda if available).")] = None,
-    workers: Annotated[int | None, typer.Option(help="Data loader workers (default 0 on CPU, up to 8 on CUDA).")] = None,
+    device: opt.Device = None,
+    workers: opt.Workers = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice, all cores).")] = None,
-    max_minutes: Annotated[float | None, typer.Option(help="Stop after this many minutes (checkpoint + weights saved).")] = None,
-    amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="Mixed precision (default: on with CUDA).")] = None,
+    max_minutes: opt.MaxMinutes = None,
+    amp: opt.Amp = None,
     no_er: Annotated[bool, typer.Option("--no-er", help="Table 1: no equivariant regularisation.")] = False,
     no_pcm: Annotated[bool, typer.Option("--no-pcm", help="Table 1: no PCM / ECR (with --no-er: the CAM baseline).")] = False,
     no_ohem: Annotated[bool, typer.Option("--no-ohem", help="Table 1: plain mean instead of OHEM on ECR.")] = False,
@@ -55,10 +56,10 @@ def train_seam(
     eval_scales: Annotated[str, typer.Option(help="CAM scales for the evaluation.")] = "0.5,1.0,1.5,2.0",
     no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the pseudo-label evaluation.")] = False,
     save_cams: Annotated[bool, typer.Option("--save-cams", help="Keep the evaluation CAMs in RUN_DIR/cams.")] = False,
-    deterministic: Annotated[bool, typer.Option("--deterministic/--no-deterministic", help="Deterministic algorithms where torch has them.")] = True,
+    deterministic: opt.Deterministic = True,
     bn_calibration: Annotated[int | None, typer.Option(help="Batches to calibrate frozen BN statistics (default 10 without --weights, else 0).")] = None,
-    log_every: Annotated[int, typer.Option(help="Iterations per log.csv row.")] = 10,
-    stop_after: Annotated[int | None, typer.Option(hidden=True, help="Stop after N iterations (preemption drill).")] = None,
+    log_every: opt.LogEvery = 10,
+    stop_after: opt.StopAfter = None,
 ) -> None:
     """Train SEAM: siamese rescale branch, classification + ER + ECR (OHEM) losses, PCM,
     frozen BN, poly lr. Writes RUN_DIR/seam_final.pth (authors' format) + .json."""
@@ -69,13 +70,13 @@ def train_seam(
 
     try:
         cfg = TrainConfig(
-            data=str(data), dataset=dataset, train_list=_s(train_list), labels=_s(labels), classes=classes,
-            weights=_s(weights), backbone=backbone, batch_size=batch_size, epochs=epochs, lr=lr,
+            data=str(data), dataset=dataset, train_list=opt.path_str(train_list), labels=opt.path_str(labels), classes=classes,
+            weights=opt.path_str(weights), backbone=backbone, batch_size=batch_size, epochs=epochs, lr=lr,
             weight_decay=weight_decay, momentum=momentum, authors_momentum=authors_momentum, crop=crop,
             resize_long=_pair(resize_range, "--resize-range"), jitter=None if no_jitter else _jitter(jitter), out=str(out), seed=seed,
             device=device, workers=workers, threads=threads, max_minutes=max_minutes, amp=amp, er=not no_er, pcm=not no_pcm,
             ohem=not no_ohem, transforms=parse_transforms(transform), siamese_scale=siamese_scale,
-            evaluate=not no_eval, eval_list=_s(eval_list), eval_scales=parse_floats(eval_scales),
+            evaluate=not no_eval, eval_list=opt.path_str(eval_list), eval_scales=parse_floats(eval_scales),
             save_cams=save_cams, deterministic=deterministic, log_every=max(1, log_every), resume=resume, bn_calibration=bn_calibration,
             stop_after=stop_after,
         )
@@ -120,6 +121,3 @@ def _jitter(text: str) -> tuple[float, float, float, float]:
         raise typer.BadParameter(f"--jitter takes 4 numbers (brightness,contrast,saturation,hue), got {text!r}")
     return vals  # type: ignore[return-value]
 
-
-def _s(p: Path | None) -> str | None:
-    return None if p is None else str(p)

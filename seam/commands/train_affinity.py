@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from seam.commands import _train_options as opt
 from seam.commands._util import console, fail, progress_bar
 
 
@@ -38,25 +39,25 @@ def train_affinity(
     weights: Annotated[Path | None, typer.Option(help="Initial weights: ImageNet .params, SEAM / AffinityNet checkpoint or run dir.")] = None,
     backbone: Annotated[str, typer.Option(help="resnet38 (the paper) or resnet38_small (CPU).")] = "resnet38",
     batch_size: Annotated[int, typer.Option(help="Global batch size (per GPU = batch / world size).")] = 8,
-    epochs: Annotated[int, typer.Option(help="Epochs.")] = 8,
+    epochs: opt.Epochs = 8,
     lr: Annotated[float, typer.Option(help="Base learning rate (new layers 10x). The release's 0.1 ran with momentum 5e-4: use --lr 0.1 --authors-momentum to reproduce it.")] = 0.01,
     weight_decay: Annotated[float, typer.Option(help="Weight decay on weights.")] = 5e-4,
-    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
-    authors_momentum: Annotated[bool, typer.Option("--authors-momentum", help="Momentum 5e-4: what the release's optimiser actually used.")] = False,
+    momentum: opt.Momentum = 0.9,
+    authors_momentum: opt.AuthorsMomentum = False,
     crop: Annotated[int, typer.Option(help="Square training crop (multiple of 8).")] = 448,
     radius: Annotated[int, typer.Option(help="Pair radius on the stride-8 grid.")] = 5,
-    no_jitter: Annotated[bool, typer.Option("--no-jitter", help="No colour jitter.")] = False,
+    no_jitter: opt.NoJitter = False,
     no_flip: Annotated[bool, typer.Option("--no-flip", help="No horizontal flip.")] = False,
-    out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/affinity"),
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from RUN_DIR/checkpoint.pth exactly.")] = False,
+    out: opt.Out = Path("runs/affinity"),
+    resume: opt.Resume = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    device: Annotated[str | None, typer.Option(help="torch device (default: cuda if available).")] = None,
-    workers: Annotated[int | None, typer.Option(help="Data loader workers (default 0 on CPU, up to 8 on CUDA).")] = None,
-    max_minutes: Annotated[float | None, typer.Option(help="Stop after this many minutes (checkpoint + weights saved).")] = None,
-    amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="Mixed precision (default: on with CUDA).")] = None,
-    deterministic: Annotated[bool, typer.Option("--deterministic/--no-deterministic", help="Deterministic algorithms where torch has them.")] = True,
-    log_every: Annotated[int, typer.Option(help="Iterations per log.csv row.")] = 10,
-    stop_after: Annotated[int | None, typer.Option(hidden=True, help="Stop after N iterations (preemption drill).")] = None,
+    device: opt.Device = None,
+    workers: opt.Workers = None,
+    max_minutes: opt.MaxMinutes = None,
+    amp: opt.Amp = None,
+    deterministic: opt.Deterministic = True,
+    log_every: opt.LogEvery = 10,
+    stop_after: opt.StopAfter = None,
 ) -> None:
     """Train AffinityNet: stride-8 features, pair affinities within the radius, loss
     bg/4 + fg/4 + neg/2; frozen BN/conv1a/b2, poly lr. Writes RUN_DIR/affinity_final.pth + .json."""
@@ -68,8 +69,8 @@ def train_affinity(
 
     try:
         cfg = AffinityTrainConfig(
-            data=str(data), labels=str(labels), dataset=dataset, train_list=_s(train_list),
-            image_labels=_s(image_labels), weights=_s(weights), backbone=backbone, batch_size=batch_size,
+            data=str(data), labels=str(labels), dataset=dataset, train_list=opt.path_str(train_list),
+            image_labels=opt.path_str(image_labels), weights=opt.path_str(weights), backbone=backbone, batch_size=batch_size,
             epochs=epochs, lr=lr, weight_decay=weight_decay, momentum=momentum, authors_momentum=authors_momentum,
             crop=crop, radius=radius, jitter=not no_jitter, flip=not no_flip, out=str(out), seed=seed,
             device=device, workers=workers, max_minutes=max_minutes, amp=amp, deterministic=deterministic,
@@ -83,7 +84,7 @@ def train_affinity(
         if cams is not None and main_rank:
             from training.pipeline import write_affinity_labels
 
-            ds = build_dataset(dataset, data, _s(train_list), _s(image_labels), check_images=False)
+            ds = build_dataset(dataset, data, opt.path_str(train_list), opt.path_str(image_labels), check_images=False)
             with progress_bar() as bar:
                 task = bar.add_task("aff labels", total=len(ds), status="")
                 stats = write_affinity_labels(list(zip(ds.ids, ds.paths)), cams, labels, la_alpha, ha_alpha,
@@ -99,6 +100,3 @@ def train_affinity(
         return
     console.print(f"weights: {out / AFFINITY_FINAL}  sidecar: {(out / AFFINITY_FINAL).with_suffix('.json')}")
 
-
-def _s(p: Path | None) -> str | None:
-    return None if p is None else str(p)

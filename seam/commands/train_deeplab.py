@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from seam.commands import _train_options as opt
 from seam.commands._util import console, fail, progress_bar
 from seam.commands.train_affinity import train_progress
 
@@ -19,28 +20,32 @@ def train_deeplab(
     weights: Annotated[Path | None, typer.Option(help="Initial weights: ImageNet .params, a SEAM / DeepLab checkpoint or run dir.")] = None,
     backbone: Annotated[str, typer.Option(help="resnet38 or resnet38_small (CPU).")] = "resnet38",
     batch_size: Annotated[int, typer.Option(help="Global batch size.")] = 8,
-    epochs: Annotated[int, typer.Option(help="Epochs.")] = 20,
+    epochs: opt.Epochs = 20,
     lr: Annotated[float, typer.Option(help="Base learning rate (head 10x).")] = 1e-3,
     weight_decay: Annotated[float, typer.Option(help="Weight decay on weights.")] = 5e-4,
-    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
+    momentum: opt.Momentum = 0.9,
     crop: Annotated[int, typer.Option(help="Square training crop (image padded with 0, labels with 255).")] = 448,
     scale_range: Annotated[str, typer.Option(help="Random rescale MIN,MAX.")] = "0.5,1.5",
     jitter: Annotated[bool, typer.Option("--jitter", help="Colour jitter.")] = False,
-    out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/deeplab"),
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from RUN_DIR/checkpoint.pth exactly.")] = False,
+    out: opt.Out = Path("runs/deeplab"),
+    resume: opt.Resume = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    device: Annotated[str | None, typer.Option(help="torch device (default: cuda if available).")] = None,
-    workers: Annotated[int | None, typer.Option(help="Data loader workers.")] = None,
-    max_minutes: Annotated[float | None, typer.Option(help="Stop after this many minutes (checkpoint + weights saved).")] = None,
-    amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="Mixed precision (default: on with CUDA).")] = None,
-    deterministic: Annotated[bool, typer.Option("--deterministic/--no-deterministic", help="Deterministic algorithms where torch has them.")] = True,
-    log_every: Annotated[int, typer.Option(help="Iterations per log.csv row.")] = 10,
-    stop_after: Annotated[int | None, typer.Option(hidden=True, help="Stop after N iterations (preemption drill).")] = None,
+    device: opt.Device = None,
+    workers: opt.Workers = None,
+    max_minutes: opt.MaxMinutes = None,
+    amp: opt.Amp = None,
+    deterministic: opt.Deterministic = True,
+    log_every: opt.LogEvery = 10,
+    stop_after: opt.StopAfter = None,
 ) -> None:
     """Train DeepLab-LargeFOV: random scale 0.5-1.5, flip, crop (255-padded labels), SGD poly,
     cross-entropy ignoring 255. Writes RUN_DIR/deeplab_final.pth + .json."""
     from seam.commands._util import parse_floats
-    from training.engine.deeplab import DEEPLAB_FINAL, DeepLabDataError, DeepLabTrainConfig
+    from training.engine.deeplab import (
+        DEEPLAB_FINAL,
+        DeepLabDataError,
+        DeepLabTrainConfig,
+    )
     from training.engine.deeplab import train_deeplab as run
     from training.engine.trainer import TrainingError
     from training.models.checkpoint import CheckpointError
@@ -50,8 +55,8 @@ def train_deeplab(
         fail(f"--scale-range takes MIN,MAX, got {scale_range!r}")
     try:
         cfg = DeepLabTrainConfig(
-            images=str(images), labels=str(labels), image_root=_s(image_root), classes=classes,
-            weights=_s(weights), backbone=backbone, batch_size=batch_size, epochs=epochs, lr=lr,
+            images=str(images), labels=str(labels), image_root=opt.path_str(image_root), classes=classes,
+            weights=opt.path_str(weights), backbone=backbone, batch_size=batch_size, epochs=epochs, lr=lr,
             weight_decay=weight_decay, momentum=momentum, crop=crop, scale_min=lo_hi[0], scale_max=lo_hi[1],
             jitter=jitter, out=str(out), seed=seed, device=device, workers=workers, max_minutes=max_minutes,
             amp=amp, deterministic=deterministic, log_every=max(1, log_every), resume=resume, stop_after=stop_after)
@@ -70,6 +75,3 @@ def train_deeplab(
         return
     console.print(f"weights: {out / DEEPLAB_FINAL}  sidecar: {(out / DEEPLAB_FINAL).with_suffix('.json')}")
 
-
-def _s(p: Path | None) -> str | None:
-    return None if p is None else str(p)

@@ -12,12 +12,17 @@ number of loader workers and after `--resume`.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image, ImageEnhance
 
-from seam.common.image import Normalization
+from seam.common.image import ImageDecodeError, Normalization, open_image
+from training.evaluation.evaluate import read_label_png
 
 AUTHORS_CROP = 448
 AUTHORS_RESIZE_LONG = (448, 768)
@@ -101,6 +106,44 @@ def random_crop(arr: np.ndarray, crop: int, rng: np.random.Generator) -> np.ndar
     out = np.zeros((crop, crop, arr.shape[2]), dtype=np.float32)
     out[cont_top:cont_top + ch, cont_left:cont_left + cw] = arr[img_top:img_top + ch, img_left:img_left + cw]
     return out
+
+
+def crop_with_label(image: np.ndarray, label: np.ndarray, crop: int,
+                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """`random_crop` applied jointly to an (H, W, 3) image and its (H, W) label map ->
+    (image (crop, crop, 3) float32 with 0 outside the image, label (crop, crop) int64
+    with -1 outside)."""
+    joint = np.concatenate([image.astype(np.float32, copy=False), label[..., None].astype(np.float32) + 1], axis=-1)
+    joint = random_crop(joint, crop, rng)
+    return joint[..., :3], joint[..., 3].astype(np.int64) - 1
+
+
+class LabelledImageDataset(torch.utils.data.Dataset):
+    """(image, label PNG) pairs keyed (index, epoch), each sample drawn with the generator
+    default_rng([seed, epoch, index]); subclasses turn `load(key)` into tensors."""
+
+    default_config: Any = None  # the augmentation config class, used when cfg is None
+    error: type[Exception] = ValueError  # raised for an undecodable image
+
+    def __init__(self, image_paths: Sequence[Path], label_paths: Sequence[Path], cfg: Any = None,
+                 seed: int = 0) -> None:
+        if len(image_paths) != len(label_paths):
+            raise ValueError("one label per image")
+        self.image_paths, self.label_paths, self.seed = list(image_paths), list(label_paths), seed
+        self.cfg = cfg if cfg is not None else self.default_config()
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    def load(self, key: int | tuple[int, int]) -> tuple[Image.Image, np.ndarray, np.random.Generator, int]:
+        """-> (RGB image, label map, the sample's generator, index)."""
+        index, epoch = (key, 0) if isinstance(key, (int, np.integer)) else key
+        try:
+            img = open_image(self.image_paths[index])
+        except ImageDecodeError as exc:
+            raise self.error(f"{self.image_paths[index]}: {exc}") from exc
+        label = read_label_png(self.label_paths[index])
+        return img, label, np.random.default_rng([self.seed, epoch, index]), index
 
 
 def augment(img: Image.Image, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:

@@ -6,18 +6,20 @@ image padded by 0 (after normalisation) and the label by 255 (ignored by the los
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
 from seam.common.classes import IGNORE_INDEX
-from seam.common.image import ImageDecodeError, Normalization, open_image
-from training.data.augment import AUTHORS_CROP, color_jitter, random_crop
-from training.evaluation.evaluate import read_label_png
+from seam.common.image import Normalization
+from training.data.augment import (
+    AUTHORS_CROP,
+    LabelledImageDataset,
+    color_jitter,
+    crop_with_label,
+)
 
 
 class SegmentationDataError(ValueError):
@@ -57,31 +59,18 @@ def seg_augment(img: Image.Image, label: np.ndarray, cfg: SegAugmentConfig,
     if cfg.jitter is not None:
         img = color_jitter(img, rng, *cfg.jitter)
     x = cfg.normalization(np.asarray(img, dtype=np.uint8)).transpose(1, 2, 0)  # (h, w, 3)
-    joint = np.concatenate([x, label[..., None].astype(np.float32) + 1], axis=-1)
-    joint = random_crop(joint, cfg.crop, rng)  # zeros outside: image 0, label 0 - 1 -> ignore
-    y = joint[..., 3].astype(np.int64) - 1
+    x, y = crop_with_label(x, label, cfg.crop, rng)  # outside: image 0, label -1 -> ignore
     y[y < 0] = IGNORE_INDEX
-    return np.ascontiguousarray(joint[..., :3].transpose(2, 0, 1)), y
+    return np.ascontiguousarray(x.transpose(2, 0, 1)), y
 
 
-class SegmentationDataset(torch.utils.data.Dataset):
+class SegmentationDataset(LabelledImageDataset):
     """key (index, epoch) -> (image (3, crop, crop), label (crop, crop) int64, index)."""
 
-    def __init__(self, image_paths: Sequence[Path], label_paths: Sequence[Path],
-                 cfg: SegAugmentConfig = SegAugmentConfig(), seed: int = 0) -> None:
-        if len(image_paths) != len(label_paths):
-            raise ValueError("one label per image")
-        self.image_paths, self.label_paths, self.cfg, self.seed = list(image_paths), list(label_paths), cfg, seed
-
-    def __len__(self) -> int:
-        return len(self.image_paths)
+    default_config = SegAugmentConfig
+    error = SegmentationDataError
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
-        index, epoch = (key, 0) if isinstance(key, (int, np.integer)) else key
-        try:
-            img = open_image(self.image_paths[index])
-        except ImageDecodeError as exc:
-            raise SegmentationDataError(f"{self.image_paths[index]}: {exc}") from exc
-        label = read_label_png(self.label_paths[index])
-        x, y = seg_augment(img, label, self.cfg, np.random.default_rng([self.seed, epoch, index]))
+        img, label, rng, index = self.load(key)
+        x, y = seg_augment(img, label, self.cfg, rng)
         return torch.from_numpy(x), torch.from_numpy(y), index

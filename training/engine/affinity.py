@@ -1,10 +1,9 @@
 """AffinityNet training (the authors' `train_aff.py`) and the training loop it shares
 with DeepLab retraining.
 
-The loop reuses the SEAM trainer's pieces: four parameter groups + poly schedule
-(`schedule.py`), the deterministic (seed, epoch, index) loader (`loader.py`), run
-files / RNG capture / weight initialisation (`state.py`), device + DDP set-up and
-BN/conv1a/b2 freezing (`trainer.py`). Single process or DDP under torchrun, AMP on
+The loop is the SEAM trainer's (`loop.py`: device + DDP set-up, resume, checkpoints,
+the epoch loop), with its four parameter groups + poly schedule (`schedule.py`), run
+files / weight initialisation (`state.py`) and BN/conv1a/b2 freezing (`trainer.py`). Single process or DDP under torchrun, AMP on
 CUDA, `--resume` from RUN_DIR/checkpoint.pth, `--max-minutes` / `stop_after` stops
 that leave a resumable checkpoint.
 
@@ -14,14 +13,9 @@ training summary, loss history), log.csv.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
-import math
-import os
-import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,26 +27,28 @@ from torch import nn
 from seam.common.image import IMAGENET_MEAN, IMAGENET_STD
 from seam.common.random_walk import DEFAULT_RADIUS
 from training.data.affinity import AffinityAugmentConfig, AffinityDataset
-from training.data.loader import iterations_per_epoch, make_loader
+from training.data.loader import iterations_per_epoch
+from training.engine.loop import (
+    Dist,
+    Progress,
+    Run,
+    RunLog,
+    TrainingError,
+    check_resume,
+    init_distributed,
+    open_run_dir,
+    prepare,
+    stderr_log,
+)
 from training.engine.schedule import AUTHORS_MOMENTUM, PolySchedule, make_optimizer
 from training.engine.state import (
-    CHECKPOINT_NAME,
     atomic_torch_save,
     bare_state_dict,
-    load_resume_checkpoint,
     resolve_weights,
-    restore_rng,
-    seed_everything,
     summarise_keys,
     write_sidecar,
 )
 from training.engine.trainer import (
-    Progress,
-    TrainingError,
-    _all_reduce_mean,
-    _Dist,
-    _gather_rng,
-    _init_distributed,
     calibrate_batchnorm,
     freeze_parameters,
     set_train_mode,
@@ -144,23 +140,6 @@ class Stage:
     train_mode: Callable[[nn.Module], None] = set_train_mode
 
 
-def stderr_log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def prepare(cfg: StageConfig, d: _Dist) -> tuple[bool, int]:
-    """Seeds and determinism as the SEAM trainer; returns (amp, loader workers)."""
-    if cfg.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    seed_everything(cfg.seed + d.rank)
-    cuda = d.device.type == "cuda"
-    amp = cuda if cfg.amp is None else (cfg.amp and cuda)
-    workers = cfg.workers if cfg.workers is not None else (min(8, os.cpu_count() or 1) if cuda else 0)
-    return amp, workers
-
-
 def init_from_weights(model: nn.Module, path: str | Path, kind: str) -> dict[str, Any]:
     """strict=False initialisation from ImageNet `.params`, a SEAM / AffinityNet / DeepLab
     checkpoint or a run dir. Head layers are taken only from a checkpoint of the same kind
@@ -194,43 +173,29 @@ def files_fingerprint(ids: Sequence[str], label_paths: Sequence[Path]) -> str:
     return h.hexdigest()
 
 
-class CsvLog:
-    def __init__(self, path: Path, columns: Sequence[str], enabled: bool) -> None:
-        self.enabled = enabled
-        if not enabled:
-            return
-        new = not path.is_file()
-        self.file = open(path, "a", newline="")  # noqa: SIM115 - closed in close()
-        self.writer = csv.writer(self.file)
-        if new:
-            self.writer.writerow(columns)
-
-    def row(self, values: Sequence[Any]) -> None:
-        if self.enabled:
-            self.writer.writerow(values)
-            self.file.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self.file.close()
+def labelled_items(items: Iterable[tuple[str, Path]], label_dir: Path) -> tuple[list[str], list[Path], list[Path]]:
+    """(ids, image paths, label paths) of the (id, image path) items that have <label_dir>/<id>.png."""
+    ids, paths, labels = [], [], []
+    for i, p in items:
+        lp = label_dir / f"{i}.png"
+        if lp.is_file():
+            ids.append(i)
+            paths.append(p)
+            labels.append(lp)
+    return ids, paths, labels
 
 
-def run_stage(cfg: StageConfig, d: _Dist, stage: Stage, model: nn.Module, dataset: torch.utils.data.Dataset,
+def run_stage(cfg: StageConfig, d: Dist, stage: Stage, model: nn.Module, dataset: torch.utils.data.Dataset,
               amp: bool, workers: int, on_progress: Callable[[Progress], None] | None,
               log: Callable[[str], None]) -> dict[str, Any]:
     """Optimise `model` on `dataset` with `stage.step`; save checkpoints and the final weights.
     Returns the sidecar dict (rank 0; {} elsewhere)."""
-    run_dir = Path(cfg.out)
-    if d.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.batch_size % d.world:
-        raise TrainingError(f"--batch-size {cfg.batch_size} is the global batch; it must divide by {d.world} ranks")
+    run_dir = open_run_dir(cfg, d)
     if len(dataset) < cfg.batch_size:
         raise TrainingError(f"{len(dataset)} training images are fewer than one batch of {cfg.batch_size}")
     cuda = d.device.type == "cuda"
     ipe = iterations_per_epoch(len(dataset), cfg.batch_size)
     max_iter = ipe * cfg.epochs
-    terms = stage.loss_terms
 
     init_report: dict[str, Any] = {"source": None}
     if cfg.weights and not cfg.resume:
@@ -255,23 +220,12 @@ def run_stage(cfg: StageConfig, d: _Dist, stage: Stage, model: nn.Module, datase
     if stage.extra_params:
         opt.add_param_group({"params": list(stage.extra_params), "lr": cfg.lr * 10, "initial_lr": cfg.lr * 10,
                              "lr_mult": 10.0, "weight_decay": 0.0, "name": "new_norm"})
-    sched = PolySchedule(opt, max_iter)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-
-    start_epoch, start_batch, iteration, history, elapsed_before = 0, 0, 0, [], 0.0
+    extra = {"kind": stage.kind,
+             **({"class_names": stage.sidecar["class_names"]} if "class_names" in stage.sidecar else {})}
+    run = Run(cfg, d, run_dir, model, opt, PolySchedule(opt, max_iter), torch.amp.GradScaler("cuda", enabled=amp),
+              ipe, stage.fingerprint, init_report, checkpoint_extra=extra)
     if cfg.resume:
-        ck = load_resume_checkpoint(run_dir / CHECKPOINT_NAME)
-        _check_resume(ck, cfg, stage)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        if ck.get("scaler"):
-            scaler.load_state_dict(ck["scaler"])
-        start_epoch, start_batch, iteration = ck["epoch"], ck["batch_in_epoch"], ck["iteration"]
-        history, elapsed_before = list(ck.get("history", [])), float(ck.get("elapsed_s", 0.0))
-        init_report = ck.get("initialisation", init_report)
-        rng = ck["rng"]
-        restore_rng(rng[d.rank] if d.rank < len(rng) else rng[0])
-        log(f"resumed from {run_dir / CHECKPOINT_NAME} at epoch {start_epoch}, iteration {iteration}/{max_iter}")
+        run.resume(lambda ck: _check_resume(ck, cfg, stage), log)
     log(f"{stage.kind}: {len(dataset)} images, {ipe} iterations/epoch x {cfg.epochs} epochs, global batch "
         f"{cfg.batch_size} on {d.world} x {d.device.type}{' (AMP)' if amp else ''}; {len(frozen)} frozen tensors, "
         f"momentum {cfg.effective_momentum:g}")
@@ -279,85 +233,10 @@ def run_stage(cfg: StageConfig, d: _Dist, stage: Stage, model: nn.Module, datase
     net: nn.Module = model
     if d.world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[d.local_rank] if cuda else None)
-    logger = CsvLog(run_dir / "log.csv", ("iteration", "epoch", "lr", *terms, "images_per_s", "elapsed_s"), d.main)
-    t_start = time.time()
-
-    def checkpoint(epoch: int, batch_in_epoch: int) -> None:
-        rng = _gather_rng(d)
-        if d.main:
-            atomic_torch_save({
-                "model": bare_state_dict(model), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
-                "epoch": epoch, "batch_in_epoch": batch_in_epoch, "iteration": iteration, "max_iter": max_iter,
-                "rng": rng, "config": cfg.to_dict(), "dataset_fingerprint": stage.fingerprint, "kind": stage.kind,
-                "backbone": cfg.backbone, "history": history, "initialisation": init_report,
-                "elapsed_s": elapsed_before + (time.time() - t_start),
-                **({"class_names": stage.sidecar["class_names"]} if "class_names" in stage.sidecar else {}),
-            }, run_dir / CHECKPOINT_NAME)
-        if d.world > 1:
-            dist.barrier()
-
-    stopped: str | None = None
-    done_here = 0
-    window = dict.fromkeys(terms, 0.0)
-    window_n, window_t, ips = 0, time.time(), 0.0
-    for epoch in range(start_epoch, cfg.epochs):
-        first = start_batch if epoch == start_epoch else 0
-        loader = make_loader(dataset, cfg.batch_size, epoch, rank=d.rank, world=d.world, start_batch=first,
-                             workers=workers, pin_memory=cuda)
-        stage.train_mode(model)
-        sums = dict.fromkeys(terms, 0.0)
-        n_in_epoch = 0
-        b = first - 1
-        for b, batch in enumerate(loader, start=first):
-            lr = sched.step(iteration)[0]
-            losses = stage.step(net, batch, d.device, amp)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(losses["loss"]).backward()
-            scaler.step(opt)
-            scaler.update()
-            iteration += 1
-            done_here += 1
-            n_in_epoch += 1
-            vals = {k: float(losses[k].detach()) for k in terms}
-            if not math.isfinite(vals["loss"]):
-                raise TrainingError(f"loss is {vals['loss']} at iteration {iteration}; lower --lr or disable --amp")
-            for k in terms:
-                sums[k] += vals[k]
-                window[k] += vals[k]
-            window_n += 1
-            if iteration % cfg.log_every == 0 or iteration == max_iter:
-                avg = _all_reduce_mean([window[k] / window_n for k in terms], d)
-                now = time.time()
-                ips = cfg.batch_size * window_n / max(now - window_t, 1e-9)
-                logger.row([iteration, epoch, f"{lr:.6g}", *(f"{v:.6f}" for v in avg), f"{ips:.2f}",
-                            f"{elapsed_before + now - t_start:.1f}"])
-                window = dict.fromkeys(terms, 0.0)
-                window_n, window_t = 0, now
-            if on_progress is not None and d.main:
-                on_progress(Progress(iteration, max_iter, epoch, cfg.epochs, vals, ips, lr))
-            over_time = cfg.max_minutes is not None and (time.time() - t_start) > cfg.max_minutes * 60
-            if d.world > 1:
-                flag = torch.tensor([float(over_time)], device=d.device)
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                over_time = bool(flag.item())
-            if over_time or (cfg.stop_after is not None and done_here >= cfg.stop_after):
-                stopped = "max_minutes" if over_time else "stop_after"
-                if b + 1 < ipe:
-                    checkpoint(epoch, b + 1)
-                break
-        if n_in_epoch:
-            means = _all_reduce_mean([sums[k] / n_in_epoch for k in terms], d)
-            if epoch == start_epoch and first > 0 and history and history[-1]["epoch"] == epoch:
-                history.pop()
-            history.append({"epoch": epoch, "iterations": n_in_epoch + first, **dict(zip(terms, means))})
-            log(f"epoch {epoch + 1}/{cfg.epochs}: " + " ".join(f"{k} {v:.4f}" for k, v in zip(terms, means)))
-        if stopped is None or b + 1 >= ipe:
-            checkpoint(epoch + 1, 0)
-        if stopped:
-            log(f"stopped ({stopped}) at iteration {iteration}/{max_iter}; continue with --resume")
-            break
-    logger.close()
-    seconds = elapsed_before + time.time() - t_start
+    logger = RunLog(run_dir, stage.loss_terms, d.main)
+    stopped = run.train(dataset, workers, stage.loss_terms, lambda batch, _it: stage.step(net, batch, d.device, amp),
+                        stage.train_mode, logger, on_progress, log)
+    seconds = run.seconds
     if not d.main:
         return {}
     sidecar: dict[str, Any] = {
@@ -367,12 +246,8 @@ def run_stage(cfg: StageConfig, d: _Dist, stage: Stage, model: nn.Module, datase
         "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
         "dataset_fingerprint": stage.fingerprint,
         "config": cfg.to_dict(),
-        "training": {"iterations": iteration, "max_iter": max_iter, "completed": iteration >= max_iter,
-                     "stopped": stopped, "seconds": round(seconds, 1),
-                     "images_per_s": round(iteration * cfg.batch_size / max(seconds, 1e-9), 2),
-                     "world_size": d.world, "device": d.device.type, "amp": amp,
-                     "momentum": cfg.effective_momentum, "initialisation": init_report, "torch": torch.__version__},
-        "metrics": {"history": history, "final": history[-1] if history else None},
+        "training": run.summary(stopped, seconds, amp),
+        "metrics": {"history": run.history, "final": run.history[-1] if run.history else None},
     }
     final = run_dir / stage.final_name
     atomic_torch_save(bare_state_dict(model), final)
@@ -384,20 +259,20 @@ def run_stage(cfg: StageConfig, d: _Dist, stage: Stage, model: nn.Module, datase
 def _check_resume(ck: dict[str, Any], cfg: StageConfig, stage: Stage) -> None:
     if ck.get("kind", stage.kind) != stage.kind:
         raise CheckpointError(f"--resume: the checkpoint is a {ck.get('kind')} run, not {stage.kind}")
-    old, new = ck.get("config", {}), cfg.to_dict()
-    norm = (lambda v: list(v) if isinstance(v, (list, tuple)) else v)  # noqa: E731
-    diffs = [f"{k}: checkpoint {old.get(k)!r}, now {new[k]!r}" for k in type(cfg).SCHEDULE_FIELDS
-             if norm(old.get(k)) != norm(new[k])]
-    if diffs:
-        raise CheckpointError("--resume with different training settings: " + "; ".join(diffs))
-    if ck.get("dataset_fingerprint") != stage.fingerprint:
-        raise CheckpointError("--resume on different data: the images or labels changed")
+    check_resume(ck, cfg, stage.fingerprint, "the images or labels changed")
 
 
-def run_distributed(cfg: StageConfig, body: Callable[[_Dist], dict[str, Any]]) -> dict[str, Any]:
-    d = _init_distributed(cfg.device)
+def train_stage(cfg: StageConfig, build: Callable[[], tuple[Stage, nn.Module, torch.utils.data.Dataset]],
+                on_progress: Callable[[Progress], None] | None, log: Callable[[str], None] | None) -> dict[str, Any]:
+    """Validate `cfg`, set up the device(s), `build()` the stage, model and data set, run them."""
+    cfg.validate()
+    log = log or stderr_log
+    d = init_distributed(cfg.device)
     try:
-        return body(d)
+        say = log if d.main else (lambda _m: None)
+        amp, workers = prepare(cfg, d)
+        stage, model, dataset = build()
+        return run_stage(cfg, d, stage, model, dataset, amp, workers, on_progress, say)
     finally:
         if d.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
@@ -436,13 +311,7 @@ def affinity_items(cfg: AffinityTrainConfig) -> tuple[list[str], list[Path], lis
     if not label_dir.is_dir():
         raise DatasetError(f"AffinityNet label directory not found: {label_dir}")
     ds = build_dataset(cfg.dataset, cfg.data, cfg.train_list, cfg.image_labels, check_images=False)
-    ids, paths, labels = [], [], []
-    for i, p in zip(ds.ids, ds.paths):
-        lp = label_dir / f"{i}.png"
-        if lp.is_file():
-            ids.append(i)
-            paths.append(p)
-            labels.append(lp)
+    ids, paths, labels = labelled_items(zip(ds.ids, ds.paths), label_dir)
     if not ids:
         raise DatasetError(f"none of the {len(ds)} training images has a label in {label_dir}")
     if cfg.train_list and len(ids) < len(ds):
@@ -469,12 +338,8 @@ def affinity_step(radius: int) -> Callable[[nn.Module, Sequence[torch.Tensor], t
 def train_affinity(cfg: AffinityTrainConfig, on_progress: Callable[[Progress], None] | None = None,
                    log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train AffinityNet on (image, AffinityNet label PNG) pairs. Returns the sidecar dict."""
-    cfg.validate()
-    log = log or stderr_log
 
-    def body(d: _Dist) -> dict[str, Any]:
-        say = log if d.main else (lambda _m: None)
-        amp, workers = prepare(cfg, d)
+    def build() -> tuple[Stage, nn.Module, AffinityDataset]:
         ids, paths, labels, class_names = affinity_items(cfg)
         aug = AffinityAugmentConfig(crop=cfg.crop, flip=cfg.flip,
                                     jitter=(0.3, 0.3, 0.3, 0.1) if cfg.jitter else None, radius=cfg.radius)
@@ -486,9 +351,10 @@ def train_affinity(cfg: AffinityTrainConfig, on_progress: Callable[[Progress], N
             sidecar={"class_names": class_names, "radius": cfg.radius,
                      "dataset": {"root": str(cfg.data), "labels": str(cfg.labels), "num_images": len(ids)}},
         )
-        return run_stage(cfg, d, stage, model, dataset, amp, workers, on_progress, say)
+        return stage, model, dataset
 
-    return run_distributed(cfg, body)
+    return train_stage(cfg, build, on_progress, log)
 
 
-__all__ = ["AFFINITY_FINAL", "AffinityTrainConfig", "StageConfig", "affinity_loss", "run_stage", "train_affinity"]
+__all__ = ["AFFINITY_FINAL", "AffinityTrainConfig", "Stage", "StageConfig", "affinity_loss", "run_stage", "train_affinity",
+           "train_stage"]

@@ -19,8 +19,9 @@ from torch import nn
 from seam.common.classes import IGNORE_INDEX, VOC_CLASSES
 from seam.common.files import list_images
 from training.data.segmentation import SegAugmentConfig, SegmentationDataset
-from training.engine.affinity import StageConfig, Stage, files_fingerprint, prepare, run_distributed, run_stage, stderr_log
-from training.engine.trainer import Progress, _Dist, set_train_mode
+from training.engine.affinity import Stage, StageConfig, files_fingerprint, labelled_items, train_stage
+from training.engine.loop import Progress
+from training.engine.trainer import set_train_mode
 from training.models.registry import create_model
 
 DEEPLAB_FINAL = "deeplab_final.pth"
@@ -77,13 +78,7 @@ def deeplab_items(cfg: DeepLabTrainConfig) -> tuple[list[str], list[Path], list[
         items = list_images(cfg.images, cfg.image_root)
     except FileNotFoundError as exc:
         raise DeepLabDataError(str(exc)) from exc
-    ids, paths, labels = [], [], []
-    for i, p in items:
-        lp = label_dir / f"{i}.png"
-        if lp.is_file():
-            ids.append(i)
-            paths.append(p)
-            labels.append(lp)
+    ids, paths, labels = labelled_items(items, label_dir)
     if not ids:
         raise DeepLabDataError(f"none of the {len(items)} images has a label PNG in {label_dir}")
     images = Path(cfg.images)
@@ -122,12 +117,8 @@ def deeplab_train_mode(model: nn.Module) -> None:
 def train_deeplab(cfg: DeepLabTrainConfig, on_progress: Callable[[Progress], None] | None = None,
                   log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train DeepLab-LargeFOV on (image, pseudo label PNG) pairs. Returns the sidecar dict."""
-    cfg.validate()
-    log = log or stderr_log
 
-    def body(d: _Dist) -> dict[str, Any]:
-        say = log if d.main else (lambda _m: None)
-        amp, workers = prepare(cfg, d)
+    def build() -> tuple[Stage, nn.Module, SegmentationDataset]:
         ids, paths, labels, class_names = deeplab_items(cfg)
         aug = SegAugmentConfig(crop=cfg.crop, scale_range=(cfg.scale_min, cfg.scale_max),
                                jitter=(0.3, 0.3, 0.3, 0.1) if cfg.jitter else None)
@@ -140,9 +131,9 @@ def train_deeplab(cfg: DeepLabTrainConfig, on_progress: Callable[[Progress], Non
             sidecar={"class_names": class_names, "num_classes": len(class_names),
                      "dataset": {"images": str(cfg.images), "labels": str(cfg.labels), "num_images": len(ids)}},
         )
-        return run_stage(cfg, d, stage, model, dataset, amp, workers, on_progress, say)
+        return stage, model, dataset
 
-    return run_distributed(cfg, body)
+    return train_stage(cfg, build, on_progress, log)
 
 
 __all__ = ["DEEPLAB_FINAL", "DeepLabTrainConfig", "segmentation_loss", "train_deeplab"]

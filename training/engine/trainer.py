@@ -11,16 +11,12 @@ TensorBoard events when tensorboard is importable.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import math
-import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,35 +28,42 @@ from torch import nn
 from seam.common.cam import DEFAULT_SCALES
 from seam.common.image import IMAGENET_MEAN, IMAGENET_STD
 from training.data.augment import AugmentConfig
-from training.data.datasets import AugmentedDataset, DatasetError, ImageLabelSet, build_dataset, eval_items
-from training.data.loader import iterations_per_epoch, make_loader
+from training.data.datasets import (
+    AugmentedDataset,
+    DatasetError,
+    ImageLabelSet,
+    build_dataset,
+    eval_items,
+)
+from training.data.loader import iterations_per_epoch
+from training.engine.loop import (
+    Dist,
+    Progress,
+    Run,
+    RunLog,
+    TrainingError,
+    check_resume,
+    init_distributed,
+    open_run_dir,
+    prepare,
+    stderr_log,
+)
 from training.engine.schedule import AUTHORS_MOMENTUM, PolySchedule, make_optimizer
 from training.engine.siamese import SiameseConfig, sample_transform
 from training.engine.state import (
     CHECKPOINT_NAME,
     FINAL_NAME,
-    atomic_torch_save,
-    bare_state_dict,
-    capture_rng,
     initialise_from,
-    load_resume_checkpoint,
-    restore_rng,
     save_final,
-    seed_everything,
     summarise_keys,
     write_sidecar,
 )
 from training.losses import LossSwitches, seam_losses
-from training.models.checkpoint import CheckpointError
 from training.models.registry import backbone_config, create_model
 from training.models.resnet38 import freeze_batchnorm
 
 LOSS_TERMS = ("loss", "cls", "er", "ecr", "minpool")
 CALIBRATION_EPOCH = 1_000_000  # augmentation key of the BN calibration samples, never a training epoch
-
-
-class TrainingError(RuntimeError):
-    pass
 
 
 @dataclass
@@ -149,21 +152,6 @@ class TrainConfig:
             raise ValueError("evaluation scales must be positive")
 
 
-@dataclass
-class Progress:
-    """What the trainer reports after every iteration (rank 0)."""
-
-    iteration: int
-    max_iter: int
-    epoch: int
-    epochs: int
-    losses: dict[str, float]
-    images_per_s: float
-    lr: float
-    phase: str = "train"
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 class SiameseStep(nn.Module):
     """Both branches in one forward so DDP sees a single call per step."""
 
@@ -197,34 +185,6 @@ def freeze_parameters(model: nn.Module, train_pcm: bool = True) -> list[str]:
         if not p.requires_grad:
             frozen.append(name)
     return frozen
-
-
-@dataclass
-class _Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _init_distributed(device: str | None) -> _Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    want_cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
-    if world <= 1:
-        return _Dist(device=torch.device(device or ("cuda" if want_cuda else "cpu")))
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if want_cuda:
-        torch.cuda.set_device(local)
-        dev = torch.device("cuda", local)
-    else:
-        dev = torch.device("cpu")
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if want_cuda else "gloo")
-    return _Dist(rank, world, local, dev)
 
 
 @torch.no_grad()
@@ -262,75 +222,12 @@ def calibrate_batchnorm(model: nn.Module, dataset: AugmentedDataset, batches: in
     return n
 
 
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-class _Logger:
-    """log.csv (appended across resumes) and TensorBoard when available."""
-
-    COLUMNS = ("iteration", "epoch", "lr", *LOSS_TERMS, "images_per_s", "elapsed_s")
-
-    def __init__(self, run_dir: Path, enabled: bool) -> None:
-        self.enabled = enabled
-        self.path = run_dir / "log.csv"
-        self.tb = None
-        if not enabled:
-            return
-        new = not self.path.is_file()
-        self.file = open(self.path, "a", newline="")  # noqa: SIM115 - closed in close()
-        self.writer = csv.writer(self.file)
-        if new:
-            self.writer.writerow(self.COLUMNS)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(run_dir / "tb"))
-        except Exception:  # noqa: BLE001 - tensorboard is optional
-            self.tb = None
-
-    def row(self, iteration: int, epoch: int, lr: float, losses: dict[str, float], ips: float, elapsed: float) -> None:
-        if not self.enabled:
-            return
-        self.writer.writerow([iteration, epoch, f"{lr:.6g}", *(f"{losses[k]:.6f}" for k in LOSS_TERMS),
-                              f"{ips:.2f}", f"{elapsed:.1f}"])
-        self.file.flush()
-        if self.tb is not None:
-            for k in LOSS_TERMS:
-                self.tb.add_scalar(f"loss/{k}", losses[k], iteration)
-            self.tb.add_scalar("lr", lr, iteration)
-            self.tb.add_scalar("images_per_s", ips, iteration)
-
-    def close(self) -> None:
-        if self.enabled:
-            self.file.close()
-            if self.tb is not None:
-                self.tb.close()
-
-
-def _all_reduce_mean(values: list[float], d: _Dist) -> list[float]:
-    if d.world == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=d.device)
-    dist.all_reduce(t)
-    return (t / d.world).tolist()
-
-
-def _gather_rng(d: _Dist) -> list[dict[str, Any]]:
-    mine = capture_rng()
-    if d.world == 1:
-        return [mine]
-    out: list[Any] = [None] * d.world
-    dist.all_gather_object(out, mine)
-    return out
-
-
 def train(cfg: TrainConfig, on_progress: Callable[[Progress], None] | None = None,
           log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train, save, evaluate. Returns the sidecar dict written beside seam_final.pth."""
     cfg.validate()
-    log = log or _stderr
-    d = _init_distributed(cfg.device)
+    log = log or stderr_log
+    d = init_distributed(cfg.device)
     # process-wide torch settings the run changes, restored afterwards (library callers, tests)
     saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
              torch.get_num_threads())
@@ -343,22 +240,12 @@ def train(cfg: TrainConfig, on_progress: Callable[[Progress], None] | None = Non
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, d: _Dist, on_progress, log) -> dict[str, Any]:
-    run_dir = Path(cfg.out)
-    if d.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.batch_size % d.world:
-        raise TrainingError(f"--batch-size {cfg.batch_size} is the global batch; it must divide by {d.world} ranks")
-    if cfg.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
+def _train(cfg: TrainConfig, d: Dist, on_progress, log) -> dict[str, Any]:
+    run_dir = open_run_dir(cfg, d)
+    amp, workers = prepare(cfg, d)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)  # on a shared CPU, 1 thread often beats oversubscription
-    seed_everything(cfg.seed + d.rank)  # dropout masks differ per rank, as on separate GPUs
     cuda = d.device.type == "cuda"
-    amp = cuda if cfg.amp is None else (cfg.amp and cuda)
-    workers = cfg.workers if cfg.workers is not None else (min(8, os.cpu_count() or 1) if cuda else 0)
 
     ds = build_dataset(cfg.dataset, cfg.data, cfg.train_list, cfg.labels, cfg.classes)
     if len(ds) < cfg.batch_size:
@@ -392,23 +279,11 @@ def _train(cfg: TrainConfig, d: _Dist, on_progress, log) -> dict[str, Any]:
         log(f"random initialisation: frozen BN statistics calibrated on {n_cal} augmented images")
         init_report["bn_calibration_images"] = n_cal
     opt = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.effective_momentum)
-    sched = PolySchedule(opt, max_iter)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-
-    start_epoch, start_batch, iteration, history, elapsed_before = 0, 0, 0, [], 0.0
+    run = Run(cfg, d, run_dir, model, opt, PolySchedule(opt, max_iter), torch.amp.GradScaler("cuda", enabled=amp),
+              ipe, fingerprint, init_report, checkpoint_extra={"class_names": ds.class_names})
     if cfg.resume:
-        ck = load_resume_checkpoint(run_dir / CHECKPOINT_NAME)
-        _check_resume(ck, cfg, fingerprint)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        if ck.get("scaler"):
-            scaler.load_state_dict(ck["scaler"])
-        start_epoch, start_batch, iteration = ck["epoch"], ck["batch_in_epoch"], ck["iteration"]
-        history, elapsed_before = list(ck.get("history", [])), float(ck.get("elapsed_s", 0.0))
-        init_report = ck.get("initialisation", init_report)
-        rng = ck["rng"]
-        restore_rng(rng[d.rank] if d.rank < len(rng) else rng[0])
-        log(f"resumed from {run_dir / CHECKPOINT_NAME} at epoch {start_epoch}, iteration {iteration}/{max_iter}")
+        run.resume(lambda ck: check_resume(ck, cfg, fingerprint, "the dataset fingerprint (ids + labels) changed"),
+                   log)
 
     log(f"{ds.kind} data {cfg.data}: {len(ds)} images, {ds.num_classes - 1} classes "
         f"({', '.join(ds.foreground[:8])}{', ...' if ds.num_classes > 9 else ''}); "
@@ -420,141 +295,48 @@ def _train(cfg: TrainConfig, d: _Dist, on_progress, log) -> dict[str, Any]:
     net: nn.Module = SiameseStep(model)
     if d.world > 1:
         net = nn.parallel.DistributedDataParallel(net, device_ids=[d.local_rank] if cuda else None)
-    logger = _Logger(run_dir, d.main)
 
-    def checkpoint(epoch: int, batch_in_epoch: int) -> None:
-        rng = _gather_rng(d)
-        if d.main:
-            atomic_torch_save({
-                "model": bare_state_dict(model), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
-                "epoch": epoch, "batch_in_epoch": batch_in_epoch, "iteration": iteration, "max_iter": max_iter,
-                "rng": rng, "config": cfg.to_dict(), "dataset_fingerprint": fingerprint,
-                "class_names": ds.class_names, "backbone": cfg.backbone, "history": history,
-                "elapsed_s": elapsed_before + (time.time() - t_start), "initialisation": init_report,
-            }, run_dir / CHECKPOINT_NAME)
-        if d.world > 1:
-            dist.barrier()
+    def step(batch, iteration: int) -> dict[str, torch.Tensor]:
+        img1, label, _ = batch
+        img1 = img1.to(d.device, non_blocking=True)
+        label = torch.cat([torch.ones(label.shape[0], 1), label], dim=1).to(d.device)  # (B, C), bg = 1
+        plan = None
+        img2 = None
+        if switches.siamese:
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + iteration)
+            plan = sample_transform(scfg, img1.shape[0], tuple(img1.shape[-2:]), gen)
+            img2 = plan.image(img1)
+        with torch.autocast(device_type=d.device.type, dtype=torch.float16, enabled=amp):
+            out1, out2 = net(img1, img2)
+        out1 = tuple(t.float() for t in out1)
+        out2 = tuple(t.float() for t in out2) if out2 is not None else None
+        return seam_losses(out1, out2, label, plan.map if plan else None, plan.mask if plan else None, switches)
 
-    t_start = time.time()
-    stopped: str | None = None
-    done_here = 0
-    window = dict.fromkeys(LOSS_TERMS, 0.0)
-    window_n, window_t = 0, time.time()
-    ips = 0.0
-    for epoch in range(start_epoch, cfg.epochs):
-        first = start_batch if epoch == start_epoch else 0
-        loader = make_loader(dataset, cfg.batch_size, epoch, rank=d.rank, world=d.world, start_batch=first,
-                             workers=workers, pin_memory=cuda)
-        set_train_mode(model)
-        sums = dict.fromkeys(LOSS_TERMS, 0.0)
-        n_in_epoch = 0
-        b = first - 1
-        for b, (img1, label, _) in enumerate(loader, start=first):
-            lr = sched.step(iteration)[0]
-            img1 = img1.to(d.device, non_blocking=True)
-            label = torch.cat([torch.ones(label.shape[0], 1), label], dim=1).to(d.device)  # (B, C), bg = 1
-            plan = None
-            img2 = None
-            if switches.siamese:
-                gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + iteration)
-                plan = sample_transform(scfg, img1.shape[0], tuple(img1.shape[-2:]), gen)
-                img2 = plan.image(img1)
-            with torch.autocast(device_type=d.device.type, dtype=torch.float16, enabled=amp):
-                out1, out2 = net(img1, img2)
-            out1 = tuple(t.float() for t in out1)
-            out2 = tuple(t.float() for t in out2) if out2 is not None else None
-            losses = seam_losses(out1, out2, label, plan.map if plan else None,
-                                 plan.mask if plan else None, switches)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(losses["loss"]).backward()
-            scaler.step(opt)
-            scaler.update()
-            iteration += 1
-            done_here += 1
-            n_in_epoch += 1
-            vals = {k: float(v.detach()) for k, v in losses.items()}
-            if not math.isfinite(vals["loss"]):
-                raise TrainingError(f"loss is {vals['loss']} at iteration {iteration}; lower --lr or disable --amp")
-            for k in LOSS_TERMS:
-                sums[k] += vals[k]
-                window[k] += vals[k]
-            window_n += 1
-            if iteration % cfg.log_every == 0 or iteration == max_iter:
-                avg = dict(zip(LOSS_TERMS, _all_reduce_mean([window[k] / window_n for k in LOSS_TERMS], d)))
-                now = time.time()
-                ips = cfg.batch_size * window_n / max(now - window_t, 1e-9)
-                logger.row(iteration, epoch, lr, avg, ips, elapsed_before + now - t_start)
-                window = dict.fromkeys(LOSS_TERMS, 0.0)
-                window_n, window_t = 0, now
-            if on_progress is not None and d.main:
-                on_progress(Progress(iteration, max_iter, epoch, cfg.epochs, vals, ips, lr))
-            over_time = cfg.max_minutes is not None and (time.time() - t_start) > cfg.max_minutes * 60
-            if d.world > 1:  # every rank must stop at the same step
-                flag = torch.tensor([float(over_time)], device=d.device)
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                over_time = bool(flag.item())
-            if over_time or (cfg.stop_after is not None and done_here >= cfg.stop_after):
-                stopped = "max_minutes" if over_time else "stop_after"
-                if b + 1 < ipe:
-                    checkpoint(epoch, b + 1)
-                break
-        if n_in_epoch:
-            means = _all_reduce_mean([sums[k] / n_in_epoch for k in LOSS_TERMS], d)
-            if epoch == start_epoch and first > 0 and history and history[-1]["epoch"] == epoch:
-                history.pop()  # a resumed partial epoch replaces its partial record
-            history.append({"epoch": epoch, "iterations": n_in_epoch + first, **dict(zip(LOSS_TERMS, means))})
-            log(f"epoch {epoch + 1}/{cfg.epochs}: " + " ".join(f"{k} {v:.4f}" for k, v in zip(LOSS_TERMS, means)))
-        if stopped is None or b + 1 >= ipe:
-            checkpoint(epoch + 1, 0)
-        if stopped:
-            log(f"stopped ({stopped}) at iteration {iteration}/{max_iter}; continue with --resume")
-            break
-    logger.close()
-    train_seconds = elapsed_before + time.time() - t_start
+    logger = RunLog(run_dir, LOSS_TERMS, d.main, tensorboard=True)
+    stopped = run.train(dataset, workers, LOSS_TERMS, step, set_train_mode, logger, on_progress, log)
 
     result: dict[str, Any] = {}
     if d.main:
-        result = _finish(cfg, d, model, ds, fingerprint, run_dir, iteration, max_iter, stopped, train_seconds,
-                         history, init_report, amp, on_progress, log)
+        result = _finish(cfg, run, ds, stopped, run.seconds, amp, on_progress, log)
     return result  # no barrier: rank 0 alone evaluates, the others may leave
 
 
-def _check_resume(ck: dict[str, Any], cfg: TrainConfig, fingerprint: str) -> None:
-    old = ck.get("config", {})
-    new = cfg.to_dict()
-    diffs = [f"{k}: checkpoint {old.get(k)!r}, now {new[k]!r}" for k in TrainConfig.SCHEDULE_FIELDS
-             if _norm(old.get(k)) != _norm(new[k])]
-    if diffs:
-        raise CheckpointError("--resume with different training settings: " + "; ".join(diffs))
-    if ck.get("dataset_fingerprint") != fingerprint:
-        raise CheckpointError("--resume on different data: the dataset fingerprint (ids + labels) changed")
-
-
-def _norm(v: Any) -> Any:
-    return list(v) if isinstance(v, (list, tuple)) else v
-
-
-def _finish(cfg, d, model, ds: ImageLabelSet, fingerprint, run_dir, iteration, max_iter, stopped, seconds,
-            history, init_report, amp, on_progress, log) -> dict[str, Any]:
+def _finish(cfg, run: Run, ds: ImageLabelSet, stopped, seconds, amp, on_progress, log) -> dict[str, Any]:
+    d, model, history = run.d, run.model, run.history
     sidecar: dict[str, Any] = {
         "kind": "seam",
         "backbone": cfg.backbone,
         "num_classes": ds.num_classes,
         "class_names": ds.class_names,
         "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-        "dataset_fingerprint": fingerprint,
+        "dataset_fingerprint": run.fingerprint,
         "dataset": {"kind": ds.kind, "root": str(cfg.data), "num_images": len(ds), "source": ds.source,
                     "class_counts": ds.class_counts()},
         "config": cfg.to_dict(),
-        "training": {"iterations": iteration, "max_iter": max_iter, "completed": iteration >= max_iter,
-                     "stopped": stopped, "seconds": round(seconds, 1),
-                     "images_per_s": round(iteration * cfg.batch_size / max(seconds, 1e-9), 2),
-                     "world_size": d.world, "device": d.device.type, "amp": amp,
-                     "momentum": cfg.effective_momentum, "initialisation": init_report,
-                     "torch": torch.__version__},
+        "training": run.summary(stopped, seconds, amp),
         "metrics": {"history": history, "final": history[-1] if history else None},
     }
-    final = save_final(run_dir, model, sidecar)
+    final = save_final(run.run_dir, model, sidecar)
     log(f"saved {final} (+ {final.with_suffix('.json').name})")
     if not cfg.evaluate:
         return sidecar
@@ -562,7 +344,7 @@ def _finish(cfg, d, model, ds: ImageLabelSet, fingerprint, run_dir, iteration, m
     if not items:
         log("no ground truth (SegmentationClass/<id>.png) for the evaluation list: skipping the mIoU")
         return sidecar
-    cam_dir = run_dir / "cams" if cfg.save_cams else Path(tempfile.mkdtemp(prefix="seam_cams_"))
+    cam_dir = run.run_dir / "cams" if cfg.save_cams else Path(tempfile.mkdtemp(prefix="seam_cams_"))
     n = len(items)
     done = [0]
 
