@@ -281,20 +281,24 @@ def run_pipeline(cfg: PipelineConfig, hooks: StageHooks = StageHooks()) -> dict[
     seam_dir = run / "seam"
     seam_final = seam_dir / FINAL_NAME
 
-    def do_seam() -> dict[str, Any]:
-        if _final_done(seam_final):
-            log(f"[1/6] SEAM: {seam_final} exists, skipped")
+    def train_stage(step: str, title: str, final: Path, start: str, trainer: Callable[..., dict[str, Any]],
+                    config: Callable[..., Any], **settings: Any) -> dict[str, Any]:
+        """A training stage: skipped when `final` is complete, else resumed or started in its directory."""
+        if _final_done(final):
+            log(f"[{step}] {title}: {final} exists, skipped")
             return {"skipped_stage": True}
-        log("[1/6] SEAM training")
-        tcfg = TrainConfig(data=cfg.data, dataset=cfg.dataset, train_list=cfg.train_list, labels=cfg.labels,
-                           weights=cfg.weights, backbone=cfg.backbone, batch_size=cfg.batch_size,
-                           epochs=cfg.seam_epochs, lr=cfg.seam_lr, crop=cfg.crop, out=str(seam_dir), seed=cfg.seed,
-                           device=cfg.device, workers=cfg.workers, amp=cfg.amp, evaluate=False,
-                           resume=(seam_dir / "checkpoint.pth").is_file())
-        side = train(tcfg, on_progress=hooks.train_progress("SEAM"), log=log)
-        return {"weights": str(seam_final), "training": side.get("training", {}), "final": side["metrics"]["final"]}
+        log(f"[{step}] {start}")
+        out_dir = final.parent
+        tcfg = config(backbone=cfg.backbone, batch_size=cfg.batch_size, crop=cfg.crop, out=str(out_dir), seed=cfg.seed,
+                      device=cfg.device, workers=cfg.workers, amp=cfg.amp,
+                      resume=(out_dir / "checkpoint.pth").is_file(), **settings)
+        side = trainer(tcfg, on_progress=hooks.train_progress(title), log=log)
+        return {"weights": str(final), "training": side.get("training", {}), "final": side["metrics"]["final"]}
 
-    stage("seam", do_seam)
+    stage("seam", lambda: train_stage(
+        "1/6", "SEAM", seam_final, "SEAM training", train, TrainConfig, data=cfg.data, dataset=cfg.dataset,
+        train_list=cfg.train_list, labels=cfg.labels, weights=cfg.weights, epochs=cfg.seam_epochs, lr=cfg.seam_lr,
+        evaluate=False))
 
     # 2. CAMs of the training images (known image labels, as the authors' infer_SEAM)
     cam_dir = run / "cams"
@@ -336,21 +340,10 @@ def run_pipeline(cfg: PipelineConfig, hooks: StageHooks = StageHooks()) -> dict[
     aff_final = aff_dir / AFFINITY_FINAL
     init = cfg.weights or str(seam_final)
 
-    def do_affinity() -> dict[str, Any]:
-        if _final_done(aff_final):
-            log(f"[4/6] AffinityNet: {aff_final} exists, skipped")
-            return {"skipped_stage": True}
-        log(f"[4/6] AffinityNet training (init {init})")
-        acfg = AffinityTrainConfig(data=cfg.data, labels=str(aff_lab_dir), dataset=cfg.dataset,
-                                   train_list=cfg.train_list, image_labels=cfg.labels, weights=init,
-                                   backbone=cfg.backbone, batch_size=cfg.batch_size, epochs=cfg.aff_epochs,
-                                   lr=cfg.aff_lr, crop=cfg.crop, radius=cfg.rw.radius, out=str(aff_dir),
-                                   seed=cfg.seed, device=cfg.device, workers=cfg.workers, amp=cfg.amp,
-                                   resume=(aff_dir / "checkpoint.pth").is_file())
-        side = train_affinity(acfg, on_progress=hooks.train_progress("AffinityNet"), log=log)
-        return {"weights": str(aff_final), "training": side.get("training", {}), "final": side["metrics"]["final"]}
-
-    stage("affinity", do_affinity)
+    stage("affinity", lambda: train_stage(
+        "4/6", "AffinityNet", aff_final, f"AffinityNet training (init {init})", train_affinity, AffinityTrainConfig,
+        data=cfg.data, labels=str(aff_lab_dir), dataset=cfg.dataset, train_list=cfg.train_list,
+        image_labels=cfg.labels, weights=init, epochs=cfg.aff_epochs, lr=cfg.aff_lr, radius=cfg.rw.radius))
 
     # 5. random walk
     rw_dir = run / "rw"
@@ -375,21 +368,11 @@ def run_pipeline(cfg: PipelineConfig, hooks: StageHooks = StageHooks()) -> dict[
     dl_dir = run / "deeplab"
     dl_final = dl_dir / DEEPLAB_FINAL
 
-    def do_deeplab() -> dict[str, Any]:
-        if _final_done(dl_final):
-            log(f"[6/6] DeepLab: {dl_final} exists, skipped")
-            return {"skipped_stage": True}
-        log(f"[6/6] DeepLab training on the random-walk labels (init {init})")
-        # every image of the data root with a random-walk label, i.e. the training list
-        dcfg = DeepLabTrainConfig(images=str(ds.image_root), labels=str(rw_dir), classes=",".join(class_names),
-                                  weights=init, backbone=cfg.backbone, batch_size=cfg.batch_size,
-                                  epochs=cfg.deeplab_epochs, lr=cfg.deeplab_lr, crop=cfg.crop, out=str(dl_dir),
-                                  seed=cfg.seed, device=cfg.device, workers=cfg.workers, amp=cfg.amp,
-                                  resume=(dl_dir / "checkpoint.pth").is_file())
-        side = train_deeplab(dcfg, on_progress=hooks.train_progress("DeepLab"), log=log)
-        return {"weights": str(dl_final), "training": side.get("training", {}), "final": side["metrics"]["final"]}
-
-    stage("deeplab", do_deeplab)
+    # every image of the data root with a random-walk label, i.e. the training list
+    stage("deeplab", lambda: train_stage(
+        "6/6", "DeepLab", dl_final, f"DeepLab training on the random-walk labels (init {init})", train_deeplab,
+        DeepLabTrainConfig, images=str(ds.image_root), labels=str(rw_dir), classes=",".join(class_names),
+        weights=init, epochs=cfg.deeplab_epochs, lr=cfg.deeplab_lr))
     seg_dir = run / "segment"
 
     def do_segment() -> dict[str, Any]:

@@ -3,10 +3,16 @@
 option from the alias."""
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import typer
+
+from seam.commands._util import console, fail, progress_bar
+
+C = TypeVar("C")
 
 Epochs = Annotated[int, typer.Option(help="Epochs.")]
 Momentum = Annotated[float, typer.Option(help="SGD momentum.")]
@@ -25,3 +31,35 @@ StopAfter = Annotated[int | None, typer.Option(hidden=True, help="Stop after N i
 
 def path_str(p: Path | None) -> str | None:
     return None if p is None else str(p)
+
+
+def build_config(cls: Callable[..., C], **settings: Any) -> C:
+    """cls(**settings), validated; a ValueError is a one-line CLI error."""
+    try:
+        cfg = cls(**settings)
+        cfg.validate()  # type: ignore[attr-defined]
+    except ValueError as exc:
+        fail(str(exc))
+    return cfg
+
+
+def train_progress(bar: Any, name: str) -> Callable[[Any], None]:
+    """An on_progress callback drawing the trainers' `Progress` on a rich bar."""
+    task: list[int] = []
+
+    def on_progress(p: Any) -> None:
+        if not task:
+            task.append(bar.add_task(name, total=p.max_iter, status=""))
+        status = (f"ep {p.epoch + 1}/{p.epochs} " + " ".join(f"{k} {v:.3f}" for k, v in p.losses.items())
+                  + f" | {p.images_per_s:.1f} img/s lr {p.lr:.2e}")
+        bar.update(task[0], completed=p.iteration, status=status)
+
+    return on_progress
+
+
+def run_with_progress(run: Callable[..., Any], cfg: Any, name: str) -> Any:
+    """run(cfg): rank 0 with a progress bar and the log on the console, other ranks quietly."""
+    if os.environ.get("RANK", "0") != "0":
+        return run(cfg)
+    with progress_bar() as bar:
+        return run(cfg, on_progress=train_progress(bar, name), log=lambda m: console.print(m, highlight=False))

@@ -30,6 +30,7 @@ def cam(
     """Multi-scale + flip CAMs exactly as the authors' infer_SEAM (PCM maps, label masking,
     sum, clip, per-class min-max), written as {fg class index: HxW float32} per image."""
     from seam.common.cam import MultiScaleConfig, cams_to_label
+    from seam.common.classes import VOC_FOREGROUND
     from seam.common.files import list_images, load_label_file
     from seam.common.image import ImageDecodeError, load_rgb
     from seam.common.palette import label_to_pil

@@ -26,8 +26,7 @@ def evaluate(
     from rich.console import Console
 
     from seam.common.classes import VOC_CLASSES
-    from training.evaluation.evaluate import evaluate as run_evaluation
-    from training.evaluation.evaluate import plot_curve
+    from training.evaluation.evaluate import evaluate as run_evaluation, plot_curve
 
     if plot is not None and not curve:
         fail("--plot draws the threshold curve; add --curve")

@@ -41,12 +41,7 @@ def pipeline(
     from training.data.datasets import DatasetError
     from training.engine.trainer import TrainingError
     from training.models.checkpoint import CheckpointError
-    from training.pipeline import (
-        PipelineConfig,
-        RandomWalkConfig,
-        StageHooks,
-        run_pipeline,
-    )
+    from training.pipeline import PipelineConfig, RandomWalkConfig, StageHooks, run_pipeline
 
     cfg = PipelineConfig(
         data=str(data), out=str(out), dataset=dataset, train_list=_s(train_list), labels=_s(labels),
@@ -59,7 +54,7 @@ def pipeline(
         fail(f"--crop must be a multiple of 8, got {crop}")
     try:
         with progress_bar() as bar:
-            from seam.commands.train_affinity import train_progress
+            from seam.commands._train_options import train_progress
 
             def images(name: str, n: int):
                 task = bar.add_task(name, total=n, status="")

@@ -2,28 +2,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from seam.commands import _train_options as opt
 from seam.commands._util import console, fail, progress_bar
-
-
-def train_progress(bar: Any, name: str) -> Callable[[Any], None]:
-    """An on_progress callback drawing the trainers' `Progress` on a rich bar."""
-    task: list[int] = []
-
-    def on_progress(p: Any) -> None:
-        if not task:
-            task.append(bar.add_task(name, total=p.max_iter, status=""))
-        status = (f"ep {p.epoch + 1}/{p.epochs} " + " ".join(f"{k} {v:.3f}" for k, v in p.losses.items())
-                  + f" | {p.images_per_s:.1f} img/s lr {p.lr:.2e}")
-        bar.update(task[0], completed=p.iteration, status=status)
-
-    return on_progress
 
 
 def train_affinity(
@@ -67,18 +52,14 @@ def train_affinity(
     from training.engine.trainer import TrainingError
     from training.models.checkpoint import CheckpointError
 
-    try:
-        cfg = AffinityTrainConfig(
-            data=str(data), labels=str(labels), dataset=dataset, train_list=opt.path_str(train_list),
-            image_labels=opt.path_str(image_labels), weights=opt.path_str(weights), backbone=backbone, batch_size=batch_size,
-            epochs=epochs, lr=lr, weight_decay=weight_decay, momentum=momentum, authors_momentum=authors_momentum,
-            crop=crop, radius=radius, jitter=not no_jitter, flip=not no_flip, out=str(out), seed=seed,
-            device=device, workers=workers, max_minutes=max_minutes, amp=amp, deterministic=deterministic,
-            log_every=max(1, log_every), resume=resume, stop_after=stop_after)
-        cfg.validate()
-    except ValueError as exc:
-        fail(str(exc))
-        return
+    cfg = opt.build_config(
+        AffinityTrainConfig,
+        data=str(data), labels=str(labels), dataset=dataset, train_list=opt.path_str(train_list),
+        image_labels=opt.path_str(image_labels), weights=opt.path_str(weights), backbone=backbone,
+        batch_size=batch_size, epochs=epochs, lr=lr, weight_decay=weight_decay, momentum=momentum,
+        authors_momentum=authors_momentum, crop=crop, radius=radius, jitter=not no_jitter, flip=not no_flip,
+        out=str(out), seed=seed, device=device, workers=workers, max_minutes=max_minutes, amp=amp,
+        deterministic=deterministic, log_every=max(1, log_every), resume=resume, stop_after=stop_after)
     main_rank = os.environ.get("RANK", "0") == "0"
     try:
         if cams is not None and main_rank:
@@ -90,11 +71,7 @@ def train_affinity(
                 stats = write_affinity_labels(list(zip(ds.ids, ds.paths)), cams, labels, la_alpha, ha_alpha,
                                               crf=not no_crf, on_image=lambda i: bar.update(task, advance=1, status=i))
             console.print(f"AffinityNet labels: {stats['written']} written, {stats['skipped']} already there")
-        if not main_rank:
-            run(cfg)
-            return
-        with progress_bar() as bar:
-            run(cfg, on_progress=train_progress(bar, "AffinityNet"), log=lambda m: console.print(m, highlight=False))
+        opt.run_with_progress(run, cfg, "AffinityNet")
     except (DatasetError, CheckpointError, TrainingError, FileNotFoundError, RuntimeError, ValueError) as exc:
         fail(str(exc))
         return

@@ -1,15 +1,13 @@
 """`seam train deeplab`: DeepLab-LargeFOV (ResNet-38) on pseudo labels."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from seam.commands import _train_options as opt
-from seam.commands._util import console, fail, progress_bar
-from seam.commands.train_affinity import train_progress
+from seam.commands._util import console, fail
 
 
 def train_deeplab(
@@ -41,11 +39,7 @@ def train_deeplab(
     """Train DeepLab-LargeFOV: random scale 0.5-1.5, flip, crop (255-padded labels), SGD poly,
     cross-entropy ignoring 255. Writes RUN_DIR/deeplab_final.pth + .json."""
     from seam.commands._util import parse_floats
-    from training.engine.deeplab import (
-        DEEPLAB_FINAL,
-        DeepLabDataError,
-        DeepLabTrainConfig,
-    )
+    from training.engine.deeplab import DEEPLAB_FINAL, DeepLabDataError, DeepLabTrainConfig
     from training.engine.deeplab import train_deeplab as run
     from training.engine.trainer import TrainingError
     from training.models.checkpoint import CheckpointError
@@ -53,23 +47,15 @@ def train_deeplab(
     lo_hi = parse_floats(scale_range)
     if len(lo_hi) != 2:
         fail(f"--scale-range takes MIN,MAX, got {scale_range!r}")
+    cfg = opt.build_config(
+        DeepLabTrainConfig,
+        images=str(images), labels=str(labels), image_root=opt.path_str(image_root), classes=classes,
+        weights=opt.path_str(weights), backbone=backbone, batch_size=batch_size, epochs=epochs, lr=lr,
+        weight_decay=weight_decay, momentum=momentum, crop=crop, scale_min=lo_hi[0], scale_max=lo_hi[1],
+        jitter=jitter, out=str(out), seed=seed, device=device, workers=workers, max_minutes=max_minutes,
+        amp=amp, deterministic=deterministic, log_every=max(1, log_every), resume=resume, stop_after=stop_after)
     try:
-        cfg = DeepLabTrainConfig(
-            images=str(images), labels=str(labels), image_root=opt.path_str(image_root), classes=classes,
-            weights=opt.path_str(weights), backbone=backbone, batch_size=batch_size, epochs=epochs, lr=lr,
-            weight_decay=weight_decay, momentum=momentum, crop=crop, scale_min=lo_hi[0], scale_max=lo_hi[1],
-            jitter=jitter, out=str(out), seed=seed, device=device, workers=workers, max_minutes=max_minutes,
-            amp=amp, deterministic=deterministic, log_every=max(1, log_every), resume=resume, stop_after=stop_after)
-        cfg.validate()
-    except ValueError as exc:
-        fail(str(exc))
-        return
-    try:
-        if os.environ.get("RANK", "0") != "0":
-            run(cfg)
-            return
-        with progress_bar() as bar:
-            run(cfg, on_progress=train_progress(bar, "DeepLab"), log=lambda m: console.print(m, highlight=False))
+        opt.run_with_progress(run, cfg, "DeepLab")
     except (DeepLabDataError, CheckpointError, TrainingError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
         return
