@@ -51,13 +51,23 @@ def resize_matrices(
     in_hw: tuple[int, int], steps: Sequence[tuple[tuple[int, int], bool]]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Compose successive bilinear resizes [(size, align_corners), ...] into (Ry, Rx)."""
+    key = tuple((tuple(size), bool(ac)) for size, ac in steps)
+    return _composed(tuple(in_hw), key)
+
+
+@lru_cache(maxsize=128)
+def _composed(in_hw: tuple[int, int], steps: tuple[tuple[tuple[int, int], bool], ...]) -> tuple[np.ndarray, np.ndarray]:
+    # cached: a data set repeats the same few image sizes, and every scale needs its own pair
     h, w = in_hw
     ry = np.eye(h)
     rx = np.eye(w)
     for (oh, ow), ac in steps:
         ry = interp_matrix(oh, ry.shape[0], ac) @ ry
         rx = interp_matrix(ow, rx.shape[0], ac) @ rx
-    return ry.astype(np.float32), rx.astype(np.float32)
+    ry, rx = ry.astype(np.float32), rx.astype(np.float32)
+    ry.flags.writeable = False
+    rx.flags.writeable = False
+    return ry, rx
 
 
 def apply_resize(maps: np.ndarray, ry: np.ndarray, rx: np.ndarray) -> np.ndarray:

@@ -10,9 +10,9 @@ import hashlib
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from seam.common.cam import DEFAULT_BG_THRESHOLD, DEFAULT_CLS_THRESHOLD, DEFAULT_SCALES, OUTPUT_STRIDE
 from seam.common.image import IMAGENET_MEAN, IMAGENET_STD
@@ -28,6 +28,15 @@ KIND_OUTPUTS: dict[str, tuple[str, ...]] = {
     "deeplab": ("logits",),  # (B, C, h8, w8) segmentation logits, channel 0 = background
 }
 
+
+
+def _positive_scales(v: tuple[float, ...]) -> tuple[float, ...]:
+    if not v or min(v) <= 0:
+        raise ValueError("scales must be a non-empty list of positive numbers")
+    return v
+
+
+Scales = Annotated[tuple[float, ...], AfterValidator(_positive_scales)]
 
 class ManifestError(ValueError):
     """A model directory whose manifest is missing, invalid, or does not match its files."""
@@ -60,18 +69,11 @@ class InputSpec(_Strict):
 class CamSettings(_Strict):
     """Defaults of multi-scale CAM inference (the authors' infer_SEAM)."""
 
-    scales: tuple[float, ...] = DEFAULT_SCALES
+    scales: Scales = DEFAULT_SCALES
     flip: bool = True
     refined: bool = True  # PCM output (cam_rv), as the authors' pseudo labels
     bg_threshold: float = Field(DEFAULT_BG_THRESHOLD, ge=0.0, le=1.0)
     cls_threshold: float = Field(DEFAULT_CLS_THRESHOLD, ge=0.0, le=1.0)
-
-    @field_validator("scales")
-    @classmethod
-    def _scales(cls, v: tuple[float, ...]) -> tuple[float, ...]:
-        if not v or min(v) <= 0:
-            raise ValueError("scales must be a non-empty list of positive numbers")
-        return v
 
 
 class CrfSettings(_Strict):
@@ -102,15 +104,8 @@ class RandomWalkSettings(_Strict):
 class DeepLabSettings(_Strict):
     """Multi-scale DeepLab inference: softmax of the logits upsampled to the image, averaged."""
 
-    scales: tuple[float, ...] = (1.0,)
+    scales: Scales = (1.0,)
     flip: bool = False
-
-    @field_validator("scales")
-    @classmethod
-    def _scales(cls, v: tuple[float, ...]) -> tuple[float, ...]:
-        if not v or min(v) <= 0:
-            raise ValueError("scales must be a non-empty list of positive numbers")
-        return v
 
 
 class OnnxFile(_Strict):
