@@ -1,10 +1,13 @@
 """Safe extraction of job archives (zip, tar, tar.gz/bz2/xz).
 
 Hostile archives are refused as a whole with a 4xx naming the offending member:
-paths escaping the root (`../`, absolute, drive letters), links, devices,
-duplicates, too many members, and more uncompressed bytes than allowed, counted both
-from the declared sizes (before extracting) and from the bytes actually produced
-(while extracting), so a lying header cannot inflate a zip bomb.
+paths escaping the root (`../`, absolute, drive letters), links, devices, sparse
+tar members, duplicates, names that are not valid UTF-8 or too long for a file
+system, too many members, a label table over its cap, and more uncompressed bytes
+than allowed, counted both from the declared sizes (before extracting) and from the
+bytes actually produced (while extracting), so a lying header cannot inflate a zip
+bomb. The byte limit is the caller's: the smallest of SEAM_MAX_ARCHIVE_BYTES, the
+expansion ratio times the upload, and what the data-directory quota has left.
 """
 from __future__ import annotations
 
@@ -27,6 +30,10 @@ from service.inputs import sniff_archive
 LABEL_FILE_NAMES = ("labels.csv", "labels.json", "labels.tsv")
 _CHUNK = 1 << 20
 _BAD_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+# Outputs are written as <image id>.<ext> (ext up to 5 bytes): keep names well inside
+# NAME_MAX (255 bytes) and PATH_MAX so no later write can fail with ENAMETOOLONG.
+MAX_NAME_PART_BYTES = 200
+MAX_NAME_BYTES = 1024
 _CORRUPT = (zipfile.BadZipFile, tarfile.TarError, EOFError, ValueError, NotImplementedError, RuntimeError,
             zlib.error, lzma.LZMAError, UnicodeError)
 
@@ -43,6 +50,18 @@ def _refuse(message: str, status: int = 422, code: str = "invalid_archive") -> A
     return ApiError(status, code, message)
 
 
+def check_name(rel: str, what: str = "archive member") -> None:
+    """422 unless `rel` is valid UTF-8 (no lone surrogates from undecodable bytes) and
+    short enough for every file name derived from it."""
+    try:
+        encoded = rel.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _refuse(f"{what} {rel!r} has a name that is not valid UTF-8; rename it") from None
+    if len(encoded) > MAX_NAME_BYTES or any(len(p.encode()) > MAX_NAME_PART_BYTES for p in rel.split("/")):
+        raise _refuse(f"{what} {rel[:80]!r}... has a name longer than {MAX_NAME_PART_BYTES} bytes per folder "
+                      f"or file name ({MAX_NAME_BYTES} in all); rename it")
+
+
 def safe_member_path(name: str) -> str:
     """Normalised relative posix path of a member, or ApiError if it could escape the root."""
     if _BAD_CHARS.search(name):
@@ -53,7 +72,9 @@ def safe_member_path(name: str) -> str:
     parts = [p for p in n.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise _refuse(f"archive member {name!r} escapes the archive root ('..' in its path)")
-    return "/".join(parts)
+    rel = "/".join(parts)
+    check_name(rel)
+    return rel
 
 
 def _wanted(rel: str) -> str | None:
@@ -70,10 +91,12 @@ def _wanted(rel: str) -> str | None:
 
 
 class _Extractor:
-    def __init__(self, dest: Path, max_members: int, max_bytes: int) -> None:
+    def __init__(self, dest: Path, max_members: int, max_bytes: int, max_labels_bytes: int, why: str = "") -> None:
+        self.why = f" ({why})" if why else ""
         self.dest = dest
         self.max_members = max_members
         self.max_bytes = max_bytes
+        self.max_labels_bytes = max_labels_bytes
         self.members = 0
         self.declared = 0
         self.actual = 0
@@ -89,9 +112,9 @@ class _Extractor:
         self.declared += max(size, 0)
         if self.declared > self.max_bytes:
             raise _refuse(f"archive would expand to more than {self.max_bytes} bytes (at member {name!r}); "
-                          f"the limit is {self.max_bytes} bytes", 413, "archive_too_large")
+                          f"the limit is {self.max_bytes} bytes{self.why}", 413, "archive_too_large")
 
-    def target(self, rel: str, original: str) -> Path | None:
+    def target(self, rel: str, original: str, size: int) -> Path | None:
         if rel in self.seen:
             raise _refuse(f"archive member {original!r} appears twice")
         self.seen.add(rel)
@@ -102,6 +125,9 @@ class _Extractor:
         if kind == "labels":
             if self.out.labels_file is not None:
                 raise _refuse(f"archive has two label files ({self.out.labels_file!r} and {rel!r})")
+            if size > self.max_labels_bytes:
+                raise _refuse(f"label file {rel!r} is {size} bytes; the limit is {self.max_labels_bytes} bytes",
+                              413, "labels_too_large")
             self.out.labels_file = rel
         else:
             self.out.images.append(rel)
@@ -126,7 +152,7 @@ class _Extractor:
                                       f"({declared} bytes); refusing a likely archive bomb", 413, "archive_too_large")
                     if self.actual > self.max_bytes:
                         raise _refuse(f"archive expands to more than {self.max_bytes} bytes; the limit is "
-                                      f"{self.max_bytes} bytes", 413, "archive_too_large")
+                                      f"{self.max_bytes} bytes{self.why}", 413, "archive_too_large")
                     f.write(block)
         except ApiError:
             raise
@@ -170,7 +196,7 @@ def _extract_zip(fileobj: IO[bytes], ex: _Extractor) -> None:
             ex.declare(info.filename, info.file_size)
             plan.append((info, rel))
         for info, rel in plan:
-            path = ex.target(rel, info.filename)
+            path = ex.target(rel, info.filename, info.file_size)
             if path is None:
                 continue
             try:
@@ -196,7 +222,9 @@ def _tar_members(tf: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
 
 def _extract_tar(fileobj: IO[bytes], ex: _Extractor) -> None:
     try:
-        tf = tarfile.open(fileobj=fileobj, mode="r:*")
+        # Names are decoded as UTF-8 with surrogateescape: undecodable bytes become lone
+        # surrogates, which check_name refuses (never stored, never half-encoded).
+        tf = tarfile.open(fileobj=fileobj, mode="r:*", encoding="utf-8", errors="surrogateescape")
     except (*_CORRUPT, OSError) as exc:
         raise _refuse(f"not a readable tar archive: {exc}") from None
     with tf:
@@ -210,9 +238,12 @@ def _extract_tar(fileobj: IO[bytes], ex: _Extractor) -> None:
                     continue
                 if not m.isfile():
                     raise _refuse(f"archive member {m.name!r} is not a regular file")
+                if m.issparse():
+                    # A few KiB of sparse map can stand for gigabytes of zeros on disk.
+                    raise _refuse(f"archive member {m.name!r} is a sparse file; sparse tar members are refused")
                 ex.count(m.name)
                 ex.declare(m.name, m.size)
-                path = ex.target(rel, m.name)
+                path = ex.target(rel, m.name, m.size)
                 if path is None:
                     continue
                 src = tf.extractfile(m)
@@ -230,7 +261,8 @@ def _extract_tar(fileobj: IO[bytes], ex: _Extractor) -> None:
             raise
 
 
-def extract_archive(fileobj: IO[bytes], dest: Path, max_members: int, max_bytes: int) -> Extracted:
+def extract_archive(fileobj: IO[bytes], dest: Path, max_members: int, max_bytes: int,
+                    max_labels_bytes: int = 16 << 20, why: str = "") -> Extracted:
     """Extract the images (and one labels.csv/json) of a zip or tar into `dest`."""
     fileobj.seek(0)
     head = fileobj.read(512)
@@ -239,7 +271,7 @@ def extract_archive(fileobj: IO[bytes], dest: Path, max_members: int, max_bytes:
     if kind is None:
         raise _refuse("the upload is not a zip or tar archive (detected by content)", 415, "unsupported_media_type")
     dest.mkdir(parents=True, exist_ok=True)
-    ex = _Extractor(dest, max_members, max_bytes)
+    ex = _Extractor(dest, max_members, max_bytes, max_labels_bytes, why)
     if kind == "zip":
         _extract_zip(fileobj, ex)
     else:

@@ -7,6 +7,7 @@ Cheap numpy only, so end-to-end tests exercise the whole service without a model
 """
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 
@@ -44,6 +45,7 @@ class FakeEngine:
         self._methods = list(methods)
         self.delay_s = delay_ms / 1000.0
         self.calls = 0
+        self._batch = threading.local()
 
     # --- protocol -------------------------------------------------------------
     def models(self) -> list[ModelInfo]:
@@ -63,7 +65,7 @@ class FakeEngine:
             raise ValueError(f"expected (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
         if tuple(int(v) for v in rgb[0, 0]) == FAIL_PIXEL:
             raise FakeEngineError("fake engine failure (trigger pixel)")
-        if self.delay_s:
+        if self.delay_s and not getattr(self._batch, "active", False):
             time.sleep(self.delay_s)
         H, W = rgb.shape[:2]
         n = len(self._classes)
@@ -89,3 +91,24 @@ class FakeEngine:
         thr = DEFAULT_BG_THRESHOLD if threshold is None else threshold
         label = cams_to_label(res.cams, res.classes, thr)
         return SegmentResult(label=label, classes=res.classes, scores=res.scores, method=method, cams=res)
+
+    # --- the batch API (an idealised accelerator: a batch costs one image's delay) ------
+    def _many(self, fn, rgbs: Sequence[np.ndarray], labels: Sequence[Sequence[int] | None], **kw) -> list:
+        if len(rgbs) != len(labels):
+            raise ValueError(f"{len(rgbs)} images but {len(labels)} label lists")
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        self._batch.active = True
+        try:  # like a real batch, one failing image fails the whole call
+            return [fn(rgb, lb, **kw) for rgb, lb in zip(rgbs, labels)]
+        finally:
+            self._batch.active = False
+
+    def segment_many(self, rgbs: Sequence[np.ndarray], labels: Sequence[Sequence[int] | None],
+                     method: str | None = None, threshold: float | None = None, crf: bool = False,
+                     max_side: int | None = None) -> list[SegmentResult]:
+        return self._many(self.segment, rgbs, labels, method=method, threshold=threshold, crf=crf)
+
+    def cam_many(self, rgbs: Sequence[np.ndarray], labels: Sequence[Sequence[int] | None], refined: bool = True,
+                 max_side: int | None = None) -> list[CamResult]:
+        return self._many(self.cam, rgbs, labels, refined=refined)

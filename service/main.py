@@ -23,43 +23,31 @@ from service.core.config import Settings, get_settings
 from service.core.engine import EngineHolder, build_engine
 from service.core.errors import error_response, install_error_handlers
 from service.core.limits import BodyLimitMiddleware, InflightLimiter
+from service.core.security import ApiKeyMiddleware
+from service import integrations
 from service.core.metrics import Metrics, MetricsMiddleware
 from service.engine.base import InferenceEngine
 from service.jobs.dispatch import CeleryDispatcher, Dispatcher, EmbeddedDispatcher
-from service.jobs.processing import TRANSIENT, ChunkContext, TransientError
-from service.jobs.store import JobStore, MemoryJobStore, RedisJobStore
+from service.jobs.processing import TRANSIENT
+from service.jobs.runtime import build_context, engine_getter, make_store
+from service.jobs import lifecycle
+from service.jobs.store import JobStore
+from service.realtime.wiring import BrokerSide
 from service.storage import Storage
 
 log = logging.getLogger("seam.service")
 
-SWEEP_INTERVAL_S = 600
+SWEEP_INTERVAL_S = 60
 API_DESCRIPTION = """Weakly supervised semantic segmentation (SEAM CAMs, AffinityNet random walk, DeepLab) over
 ONNX models. Errors are always `{"error": {"code": ..., "message": ...}}`. When the server has API keys, send
 `X-API-Key`. Busy servers answer 429/503 with `Retry-After`."""
 
 
-def _make_store(settings: Settings) -> JobStore:
-    if settings.mode == "celery":
-        return RedisJobStore(settings.broker_url or "", settings.key_prefix, settings.job_ttl_s)
-    return MemoryJobStore(settings.job_ttl_s)
-
-
-def _engine_waiter(holder: EngineHolder, timeout: float = 600.0):
-    def get() -> InferenceEngine:
-        if holder.engine is None:
-            holder.wait(timeout)
-        if holder.engine is None:
-            raise TransientError(f"engine not loaded: {holder.error or 'still loading'}")
-        return holder.engine
-    return get
-
-
 def _make_dispatcher(settings: Settings, store: JobStore, storage: Storage, holder: EngineHolder) -> Dispatcher:
     if settings.mode == "celery":
         return CeleryDispatcher(settings)
-    ctx = ChunkContext(store=store, storage=storage, engine=_engine_waiter(holder), max_pixels=settings.max_pixels,
-                       max_deliveries=settings.max_deliveries)
-    return EmbeddedDispatcher(lambda: ctx, workers=settings.embedded_workers, max_retries=settings.max_retries)
+    ctx = build_context(settings, engine_getter(holder), store=store, storage=storage)
+    return EmbeddedDispatcher(ctx, workers=settings.embedded_workers)
 
 
 def create_app(settings: Settings | None = None, engine: InferenceEngine | None = None,
@@ -78,18 +66,33 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
         metrics.waiting.set_function(lambda: limiter.waiting)
         if engine is not None:
             await run_in_threadpool(holder.set, engine, settings.warmup)
-        else:
+        elif not settings.sync_on_workers:  # else the models are the workers' (known from their heartbeats)
             holder.load_in_background(lambda: build_engine(settings), settings.warmup)
-        app.state.store = the_store = store or _make_store(settings)
+        app.state.store = the_store = store or make_store(settings)
         app.state.dispatcher = the_dispatcher = dispatcher or _make_dispatcher(settings, the_store, storage, holder)
         the_dispatcher.start()
-        sweeper = asyncio.create_task(_sweep_forever(storage, settings))
+        app.state.broker_side = broker_side = None
+        if settings.mode == "celery":  # worker liveness per queue; sync requests to the workers
+            app.state.broker_side = broker_side = BrokerSide(settings, holder, getattr(the_dispatcher, "celery", None))
+            await broker_side.start()
+        if settings.mode == "embedded":  # jobs that were running when the last process died
+            await run_in_threadpool(lifecycle.resume_embedded, the_store, storage, the_dispatcher.submit,
+                                    settings.chunk_size)
+        sweeper = asyncio.create_task(_sweep_forever(the_store, storage, settings))
+        reaper = (asyncio.create_task(_requeue_forever(the_dispatcher, settings))
+                  if isinstance(the_dispatcher, CeleryDispatcher) else None)
         log.info("seam service up (%s mode, data in %s)", settings.mode, settings.data_dir)
         try:
             yield
         finally:
             sweeper.cancel()
+            if reaper is not None:
+                reaper.cancel()
+            if broker_side is not None:
+                await broker_side.stop()
             await run_in_threadpool(the_dispatcher.stop)
+            if store is None:
+                await run_in_threadpool(the_store.close)
 
     app = FastAPI(title="seam-wsss", version="0.1.0", description=API_DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
@@ -118,7 +121,10 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
             return settings.max_job_upload_bytes
         return settings.max_upload_bytes
 
-    app.add_middleware(BodyLimitMiddleware, limit_for=limit_for)
+    app.add_middleware(BodyLimitMiddleware, limit_for=limit_for, idle_timeout_s=settings.body_timeout_s)
+    # Added after (so it runs before) the body limit: the key is checked before Content-Length and the body.
+    app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys, admin_keys=settings.admin_api_keys)
+    integrations.install(app)  # /labelstudio (Basic auth read as an API key) and /cvat routes
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["X-API-Key", "Content-Type"],
@@ -137,13 +143,28 @@ def _job_stats(app: FastAPI) -> dict:
     return s
 
 
-async def _sweep_forever(storage: Storage, settings: Settings) -> None:
-    """Delete job folders past their TTL (their state in the store has expired too)."""
+async def _requeue_forever(dispatcher: CeleryDispatcher, settings: Settings) -> None:
+    """Celery mode: chunks held by worker hosts whose heartbeat stopped go back to the queue
+    (service.worker.redelivery) instead of waiting for the visibility timeout."""
+    from service.worker.redelivery import requeue_orphans
+
+    while True:
+        await asyncio.sleep(settings.worker_heartbeat_s)
+        try:
+            await run_in_threadpool(requeue_orphans, dispatcher.celery, dispatcher.redis, settings.key_prefix,
+                                    settings.worker_heartbeat_s)
+        except Exception as exc:  # noqa: BLE001 - broker down: the visibility timeout still applies
+            log.warning("re-queueing chunks of dead workers failed: %s", exc)
+
+
+async def _sweep_forever(store: JobStore, storage: Storage, settings: Settings) -> None:
+    """Delete job folders past their TTL (their state in the store has expired too) and
+    the inputs of jobs that have ended."""
     while True:
         try:
-            removed = await run_in_threadpool(storage.sweep, settings.job_ttl_s)
-            if removed:
-                log.info("swept %d expired jobs", len(removed))
+            removed, freed = await run_in_threadpool(lifecycle.sweep, store, storage, settings)
+            if removed or freed:
+                log.info("swept %d expired jobs, freed the inputs of %d ended jobs", len(removed), len(freed))
         except Exception:  # noqa: BLE001
             log.exception("sweep failed")
         await asyncio.sleep(SWEEP_INTERVAL_S)

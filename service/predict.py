@@ -55,10 +55,9 @@ def coco_image_doc(seg: SegmentResult, names: Sequence[str], image_id: str, file
             "annotations": enc.coco_annotations(seg.label, names, seg.scores)}
 
 
-def job_outputs(engine, rgb: np.ndarray, labels: list[int] | None, method: str | None, threshold: float | None,
-                kinds: Sequence[str], names: Sequence[str], image_id: str, file_name: str) -> dict[str, bytes]:
-    """Every requested output of one image, as bytes keyed by output kind."""
-    seg = engine.segment(rgb, labels, method=method, threshold=threshold)
+def job_outputs(engine, rgb: np.ndarray, seg: SegmentResult, labels: list[int] | None, kinds: Sequence[str],
+                names: Sequence[str], image_id: str, file_name: str) -> dict[str, bytes]:
+    """Every requested output of one segmented image, as bytes keyed by output kind."""
     out: dict[str, bytes] = {}
     if "png" in kinds:
         out["png"] = enc.png_label(seg.label)
@@ -70,5 +69,20 @@ def job_outputs(engine, rgb: np.ndarray, labels: list[int] | None, method: str |
         cams = seg.cams
         if cams is None:
             cams = engine.cam(rgb, labels if labels is not None else seg.classes, refined=seg.method != "cam")
+        elif hasattr(cams, "at_size"):  # the engine keeps a segmentation's maps at its working size
+            cams = cams.at_size(rgb.shape[:2])
         out["npy"] = enc.cams_npz(cams, names)
+    if "labelstudio" in kinds or "cvat" in kinds:  # pre-annotation files for the labelling tools
+        from service.integrations import exports
+
+        if "labelstudio" in kinds:
+            out["labelstudio"] = exports.ls_image_doc(seg.label, names, seg.scores, file_name)
+        if "cvat" in kinds:
+            out["cvat"] = exports.cvat_mask_png(seg.label, len(names))
     return out
+
+
+def model_refs(engine) -> list[dict]:
+    """Name, kind and ONNX sha256 of each loaded model: recorded with a job at submission."""
+    return [{"name": m.name, "kind": m.kind, "sha256": (m.manifest.get("onnx") or {}).get("sha256")}
+            for m in engine.models()]

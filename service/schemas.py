@@ -4,10 +4,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MethodName = Literal["cam", "pcm", "rw", "deeplab"]
-OutputKind = Literal["png", "npy", "coco", "overlay"]
+OutputKind = Literal["png", "npy", "coco", "overlay", "labelstudio", "cvat"]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
@@ -102,13 +102,24 @@ class JobOptions(BaseModel):
 
     method: MethodName | None = Field(None, description="Default: the best method the repository has.")
     threshold: float | None = Field(None, ge=0.0, le=1.0, description="Background threshold (default: the model's).")
-    outputs: list[OutputKind] = Field(default_factory=lambda: ["png"], min_length=1, max_length=4,
-                                      description="png: VOC-palette label; npy: CAM npz; coco: COCO RLE; overlay.")
+    outputs: list[OutputKind] = Field(default_factory=lambda: ["png"], min_length=1, max_length=6,
+                                      description="png: VOC-palette label; npy: CAM npz; coco: COCO RLE; overlay; "
+                                                  "labelstudio: Label Studio tasks with predictions; cvat: CVAT "
+                                                  "Segmentation mask 1.1 zip (docs/labelstudio.md, docs/cvat.md).")
+    image_url_prefix: str | None = Field(None, max_length=2048, pattern=r"^(https?://|/)",
+                                         description="labelstudio output: task image URL = prefix + the image's path "
+                                                     "in the job (e.g. /data/local-files/?d=photos/).")
 
     @field_validator("outputs")
     @classmethod
     def _unique(cls, v: list[str]) -> list[str]:
         return list(dict.fromkeys(v))
+
+    @model_validator(mode="after")
+    def _prefix_for_labelstudio(self) -> JobOptions:
+        if "labelstudio" in self.outputs and not self.image_url_prefix:
+            raise ValueError("the labelstudio output needs image_url_prefix (how Label Studio reaches the images)")
+        return self
 
 
 class DirectoryJobRequest(JobOptions):

@@ -9,9 +9,13 @@ the API and the workers.
 Per-image output files are the record of what is done: every write goes to a
 temporary file then `os.replace`, so a file either exists complete or not at all,
 and a redelivered chunk rewrites identical bytes instead of duplicating anything.
+
+When a job ends its `inputs/` and `tmp/` are deleted (outputs stay until the TTL);
+`usage_bytes()` is what the data-directory quota (`SEAM_MAX_DATA_BYTES`) counts.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -24,7 +28,7 @@ from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
-OUTPUT_EXT = {"png": ".png", "npy": ".npz", "coco": ".json", "overlay": ".png"}
+OUTPUT_EXT = {"png": ".png", "npy": ".npz", "coco": ".json", "overlay": ".png", "labelstudio": ".json", "cvat": ".png"}
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -137,8 +141,11 @@ class Storage:
         base = (self.outputs_dir(job_id) / kind).resolve()
         ext = OUTPUT_EXT[kind]
         cand = name if name.endswith(ext) else f"{name}{ext}"
-        path = (base / cand).resolve()
-        if not path.is_relative_to(base) or not path.is_file():
+        try:
+            path = (base / cand).resolve()
+            if not path.is_relative_to(base) or not path.is_file():
+                return None
+        except (OSError, ValueError):  # ENAMETOOLONG, unencodable name: no such output
             return None
         return path
 
@@ -176,6 +183,58 @@ class Storage:
     # --- lifecycle ------------------------------------------------------------
     def delete_job(self, job_id: str) -> None:
         shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+
+    def delete_inputs(self, job_id: str) -> bool:
+        """Free what only a running job needs (the extracted upload, partial writes);
+        the outputs and the manifest stay. True when something was deleted."""
+        removed = False
+        for d in (self.inputs_dir(job_id), self.tmp_dir(job_id)):
+            if d.exists():
+                shutil.rmtree(d, ignore_errors=True)
+                removed = True
+        return removed
+
+    def clear_tmp(self, job_id: str) -> None:
+        """Partial writes of a process that died (only called when no one writes)."""
+        shutil.rmtree(self.tmp_dir(job_id), ignore_errors=True)
+
+    def job_ids(self) -> list[str]:
+        if not self.jobs_root.is_dir():
+            return []
+        return sorted(d.name for d in self.jobs_root.iterdir() if JOB_ID_RE.match(d.name) and d.is_dir())
+
+    def usage_bytes(self, max_age_s: float = 2.0) -> int:
+        """Bytes allocated under the data directory (st_blocks, so sparse files count
+        what they really use); cached for `max_age_s` because a walk costs a syscall per file."""
+        now = time.monotonic()
+        with self._lock:
+            cached = getattr(self, "_usage", None)
+            if cached is not None and now - cached[0] < max_age_s:
+                return cached[1]
+        total = 0
+        stack = [str(self.root)]
+        while stack:
+            top = stack.pop()
+            try:
+                with os.scandir(top) as it:
+                    for e in it:
+                        try:
+                            if e.is_dir(follow_symlinks=False):
+                                stack.append(e.path)
+                            else:
+                                total += e.stat(follow_symlinks=False).st_blocks * 512
+                        except OSError:  # deleted meanwhile
+                            continue
+            except OSError as exc:
+                if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+                    raise
+        with self._lock:
+            self._usage = (now, total)
+        return total
+
+    def forget_usage(self) -> None:
+        with self._lock:
+            self._usage = None
 
     def sweep(self, ttl_s: int, keep: set[str] | None = None, now: float | None = None) -> list[str]:
         """Delete job folders older than `ttl_s` (their state has expired too)."""

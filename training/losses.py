@@ -7,7 +7,7 @@ as the authors' `torch.cat((bg_score, label), 1)`.
 The composition (see `seam_losses`) follows the authors' `train_SEAM.py`:
 
     z = GAP(cam)                                 classification on channels 1..C-1
-    cam, rv := max_norm(.) * label               (branch 1 also resized to branch 2)
+    cam, rv := max_norm(.) * label               (min-max per channel; branch 1 resized to branch 2)
     ER  = mean |A(cam1)[1:] - cam2[1:]|
     cam[0] := 1 - max_c cam[1:]
     ECR = ohem(|onehot(cam2) - A(rv1)|) + ohem(|onehot(A(cam1)) - rv2|)
@@ -43,13 +43,35 @@ def classification_loss(cam: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
 
 
 def max_norm(x: torch.Tensor, eps: float = EPS) -> torch.Tensor:
-    """Per (sample, channel): relu(x) / (max_hw relu(x) + eps). (B, C, H, W) -> same.
+    """The release's `max_norm` (tool/visualization.py, torch 4-D branch), per (sample, channel):
 
-    The background channel is normalised too (it is overwritten later for ECR).
+        p = relu(x);  relu(p - min_hw p - eps) / (max_hw p - min_hw p + eps)
+
+    (B, C, H, W) -> same. Subtracting the minimum matters for the PCM output, whose
+    maps have a high floor: without it their normalised maps never reach 0 and ECR's
+    OHEM picks different errors. The background channel is normalised too (ECR
+    overwrites it).
+    """
+    p = F.relu(x)
+    flat = p.flatten(2)
+    lo = flat.amin(dim=-1)[..., None, None]  # (B, C, 1, 1)
+    hi = flat.amax(dim=-1)[..., None, None]
+    return F.relu(p - lo - eps) / (hi - lo + eps)
+
+
+def peak_norm(x: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """relu(x) / (max_hw relu(x) + eps) per (sample, channel): no minimum subtracted.
+
+    Not the release's training normalisation (that is `max_norm`); kept as the
+    `--cam-norm peak` variant of the tuned recipe, and it is what the network's own
+    forward uses for the PCM input.
     """
     x = F.relu(x)
     peak = x.flatten(2).amax(dim=-1)[..., None, None]  # (B, C, 1, 1)
     return x / (peak + eps)
+
+
+CAM_NORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"minmax": max_norm, "peak": peak_norm}
 
 
 def with_background(cam: torch.Tensor) -> torch.Tensor:
@@ -140,6 +162,11 @@ class LossSwitches:
     er: bool = True
     pcm: bool = True  # ECR (and the min-pooling term on the PCM output)
     ohem: bool = True
+    norm: str = "minmax"  # the release's max_norm; "peak" divides by the max alone (tuned variant)
+
+    def __post_init__(self) -> None:
+        if self.norm not in CAM_NORMS:
+            raise ValueError(f"unknown CAM normalisation {self.norm!r}; choose from {', '.join(CAM_NORMS)}")
 
     @property
     def siamese(self) -> bool:
@@ -180,10 +207,11 @@ def seam_losses(
     cls = (cls + classification_loss(cam2, label)) / 2
     if switches.pcm:
         minpool = (minpool + min_pool_loss(rv2, label)) / 2
-    c1 = transform_map(max_norm(cam1)) * lab
-    r1 = transform_map(max_norm(rv1)) * lab
-    c2 = max_norm(cam2) * lab
-    r2 = max_norm(rv2) * lab
+    norm = CAM_NORMS[switches.norm]
+    c1 = transform_map(norm(cam1)) * lab
+    r1 = transform_map(norm(rv1)) * lab
+    c2 = norm(cam2) * lab
+    r2 = norm(rv2) * lab
     er = equivariant_loss(c1, c2, mask) if switches.er else zero
     ecr = zero
     if switches.pcm:

@@ -24,6 +24,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -165,8 +166,9 @@ class PipelineConfig:
     rw: RandomWalkConfig = field(default_factory=RandomWalkConfig)
     deeplab_epochs: int = 20
     deeplab_lr: float = 1e-3
-    seg_scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5)
-    seg_crf: bool = False
+    seg_scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # = inference.segment.DEFAULT_SEG_SCALES
+    seg_crf: bool = False  # the authors' test protocol has it on (1 iteration); off here: pydensecrf2 is optional
+    recipe: str | None = None  # release | tuned for every training stage; None: release on VOC, else tuned
     seed: int = 0
     device: str | None = None
     workers: int | None = None
@@ -217,6 +219,7 @@ def run_pipeline(cfg: PipelineConfig, hooks: StageHooks = StageHooks()) -> dict[
     from training.engine.affinity import AFFINITY_FINAL, AffinityTrainConfig, train_affinity
     from training.engine.cam_eval import write_cams
     from training.engine.deeplab import DEEPLAB_FINAL, DeepLabTrainConfig, train_deeplab
+    from training.engine.recipes import default_recipe
     from training.engine.state import FINAL_NAME
     from training.engine.trainer import TrainConfig, train
     from training.evaluation.evaluate import evaluate
@@ -253,13 +256,16 @@ def run_pipeline(cfg: PipelineConfig, hooks: StageHooks = StageHooks()) -> dict[
         return out
 
     ds = build_dataset(cfg.dataset, cfg.data, cfg.train_list, cfg.labels)
+    recipe = cfg.recipe or default_recipe(ds.kind)
+    results["recipe"] = recipe
     class_names = list(ds.class_names)
     train_items = list(zip(ds.ids, ds.paths))
     val_list = _val_list(cfg)
     val_items = list_images(val_list, ds.image_root) if val_list else []
     gt = ds.gt_dir
     log(f"pipeline on {len(train_items)} training images ({len(class_names) - 1} classes), "
-        f"{len(val_items)} evaluation images, backbone {cfg.backbone}, device {device}, run dir {run}")
+        f"{len(val_items)} evaluation images, backbone {cfg.backbone}, device {device}, run dir {run}, "
+        f"recipe {recipe}{'' if cfg.recipe else ' (default for ' + ds.kind + ' data)'}")
 
     def miou(key: str, pred_dir: Path, ids: list[str], **kw: Any) -> None:
         if gt is None or not ids:
@@ -296,7 +302,7 @@ def run_pipeline(cfg: PipelineConfig, hooks: StageHooks = StageHooks()) -> dict[
         return {"weights": str(final), "training": side.get("training", {}), "final": side["metrics"]["final"]}
 
     stage("seam", lambda: train_stage(
-        "1/6", "SEAM", seam_final, "SEAM training", train, TrainConfig, data=cfg.data, dataset=cfg.dataset,
+        "1/6", "SEAM", seam_final, "SEAM training", train, partial(TrainConfig.from_recipe, recipe), data=cfg.data, dataset=cfg.dataset,
         train_list=cfg.train_list, labels=cfg.labels, weights=cfg.weights, epochs=cfg.seam_epochs, lr=cfg.seam_lr,
         evaluate=False))
 
@@ -341,7 +347,8 @@ def run_pipeline(cfg: PipelineConfig, hooks: StageHooks = StageHooks()) -> dict[
     init = cfg.weights or str(seam_final)
 
     stage("affinity", lambda: train_stage(
-        "4/6", "AffinityNet", aff_final, f"AffinityNet training (init {init})", train_affinity, AffinityTrainConfig,
+        "4/6", "AffinityNet", aff_final, f"AffinityNet training (init {init})", train_affinity,
+        partial(AffinityTrainConfig.from_recipe, recipe),
         data=cfg.data, labels=str(aff_lab_dir), dataset=cfg.dataset, train_list=cfg.train_list,
         image_labels=cfg.labels, weights=init, epochs=cfg.aff_epochs, lr=cfg.aff_lr, radius=cfg.rw.radius))
 
@@ -371,7 +378,7 @@ def run_pipeline(cfg: PipelineConfig, hooks: StageHooks = StageHooks()) -> dict[
     # every image of the data root with a random-walk label, i.e. the training list
     stage("deeplab", lambda: train_stage(
         "6/6", "DeepLab", dl_final, f"DeepLab training on the random-walk labels (init {init})", train_deeplab,
-        DeepLabTrainConfig, images=str(ds.image_root), labels=str(rw_dir), classes=",".join(class_names),
+        partial(DeepLabTrainConfig.from_recipe, recipe), images=str(ds.image_root), labels=str(rw_dir), classes=",".join(class_names),
         weights=init, epochs=cfg.deeplab_epochs, lr=cfg.deeplab_lr))
     seg_dir = run / "segment"
 

@@ -17,6 +17,19 @@ C = TypeVar("C")
 Epochs = Annotated[int, typer.Option(help="Epochs.")]
 Momentum = Annotated[float, typer.Option(help="SGD momentum.")]
 AuthorsMomentum = Annotated[bool, typer.Option("--authors-momentum", help="Momentum 5e-4: what the release's optimiser actually used.")]
+RECIPE_HELP = ("release: the published runs exactly (SGD momentum 5e-4 from the release's positional-argument "
+               "slip, weight decay per group, poly 0.9, fp32, batch 8, 8 epochs, crop 448). tuned: the same "
+               "with momentum 0.9 and AMP on CUDA. Default: release for --dataset voc (the paper's run), "
+               "tuned for other data (measured better there, docs/training.md). Explicit options override it.")
+Recipe = Annotated[str | None, typer.Option(help=RECIPE_HELP)]
+# recipe-governed options: None = "the recipe's value"
+REpochs = Annotated[int | None, typer.Option(help="Epochs [recipe: 8].")]
+RBatch = Annotated[int | None, typer.Option(help="Global batch size (per GPU = batch / world size) [recipe: 8].")]
+RLr = Annotated[float | None, typer.Option(help="Base learning rate, new layers 10x [recipe: 0.01].")]
+RWeightDecay = Annotated[float | None, typer.Option(help="Weight decay on weights, not biases [recipe: 5e-4].")]
+RMomentum = Annotated[float | None, typer.Option(help="SGD momentum [recipe: release 5e-4, tuned 0.9].")]
+RCrop = Annotated[int | None, typer.Option(help="Square training crop [recipe: 448].")]
+RAmp = Annotated[bool | None, typer.Option("--amp/--no-amp", help="Mixed precision [recipe: release off, tuned on with CUDA].")]
 NoJitter = Annotated[bool, typer.Option("--no-jitter", help="No colour jitter.")]
 Out = Annotated[Path, typer.Option(help="Run directory.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue from RUN_DIR/checkpoint.pth exactly.")]

@@ -26,6 +26,9 @@ def cam(
     cls_threshold: Annotated[float, typer.Option(help="Predicted classes: sigmoid(GAP score) >= this.")] = 0.5,
     image_root: Annotated[Path | None, typer.Option(help="Where list-file entries live.")] = None,
     device: Annotated[str | None, typer.Option(help="torch device (default: cuda if available).")] = None,
+    max_side: Annotated[int | None, typer.Option(
+        min=0, help="Images with a longer side are resized to it before the passes; maps are written at the "
+                    "image's size. Default: the model's working side (top of its training range); 0: never.")] = None,
 ) -> None:
     """Multi-scale + flip CAMs exactly as the authors' infer_SEAM (PCM maps, label masking,
     sum, clip, per-class min-max), written as {fg class index: HxW float32} per image."""
@@ -41,7 +44,7 @@ def cam(
     except FileNotFoundError as exc:
         fail(str(exc))
     cam_fn, foreground = _build(engine, checkpoint, model, device, MultiScaleConfig(
-        scales=scale_tuple, flip=not no_flip, refined=not raw, cls_threshold=cls_threshold))
+        scales=scale_tuple, flip=not no_flip, refined=not raw, cls_threshold=cls_threshold), max_side)
     label_table = None
     if labels is not None:
         try:
@@ -78,9 +81,11 @@ def cam(
         fail(f"{len(errors)} of {len(items)} images could not be read", code=1)
 
 
-def _build(engine: str, checkpoint: Path | None, model_dir: Path | None, device: str | None, cfg):
+def _build(engine: str, checkpoint: Path | None, model_dir: Path | None, device: str | None, cfg,
+           max_side: int | None):
     """Returns (cam_fn(rgb, labels) -> CamResult, foreground class names)."""
-    from seam.common.cam import multiscale_cam
+    from seam.common.cam import multiscale_cam, working_size
+    from seam.common.image import resize_rgb
 
     if engine == "torch":
         if checkpoint is None:
@@ -94,8 +99,16 @@ def _build(engine: str, checkpoint: Path | None, model_dir: Path | None, device:
         except CheckpointError as exc:
             fail(str(exc))
         foreground = _foreground_names(meta, net.num_classes)
-        runner = torch_runner(net, device or default_device())
-        return (lambda rgb, labels: multiscale_cam(rgb, runner, labels, cfg)), foreground
+        runner = torch_runner(net, device or default_device(), refined=cfg.refined)
+        from training.models.registry import train_long_side
+
+        side = train_long_side(meta.get("config") or {})[1] if max_side is None else max_side or None
+
+        def torch_cams(rgb, labels):
+            small = resize_rgb(rgb, working_size(rgb.shape[:2], side))
+            return multiscale_cam(small, runner, labels, cfg).at_size(rgb.shape[:2])
+
+        return torch_cams, foreground
     if engine == "onnx":
         if model_dir is None:
             fail("--model models/NAME is required with --engine onnx")
@@ -106,7 +119,9 @@ def _build(engine: str, checkpoint: Path | None, model_dir: Path | None, device:
         except (OSError, ValueError) as exc:
             fail(str(exc))
         return (lambda rgb, labels: eng.cam(rgb, labels, refined=cfg.refined, scales=cfg.scales, flip=cfg.flip,
-                                            cls_threshold=cfg.cls_threshold)), eng.foreground_classes()
+                                            cls_threshold=cfg.cls_threshold,
+                                            max_side=max(rgb.shape[:2]) if max_side == 0 else max_side)
+                ), eng.foreground_classes()
     fail(f"unknown engine {engine!r}: use torch or onnx")
 
 

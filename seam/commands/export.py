@@ -17,6 +17,9 @@ def export(
     opset: Annotated[int, typer.Option(help="ONNX opset (>= 18 for the dynamo exporter).")] = 18,
     atol: Annotated[float, typer.Option(help="Largest |onnxruntime - torch| accepted by the parity check.")] = 1e-4,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing models/NAME.")] = False,
+    working_side: Annotated[int | None, typer.Option(
+        min=8, help="Long side larger inputs are resized to before inference (default: the top of the "
+                    "training range: 768 for the release's 448-768).")] = None,
 ) -> None:
     """Export to ONNX with dynamic batch/height/width, check onnxruntime against torch on
     odd sizes, and write the model directory atomically (nothing is written on failure)."""
@@ -30,7 +33,8 @@ def export(
     name = name or checkpoint.stem
     with console.status(f"exporting {checkpoint} ({kind}) ..."):
         try:
-            res = export_model(checkpoint, kind, name, models_dir, opset=opset, force=force, atol=atol)
+            res = export_model(checkpoint, kind, name, models_dir, opset=opset, force=force, atol=atol,
+                               working_side=working_side)
         except ExportError as exc:
             fail(str(exc), code=1)
     m = res.manifest

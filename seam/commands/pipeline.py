@@ -28,7 +28,8 @@ def pipeline(
     alpha: Annotated[float, typer.Option(help="Random walk: background power.")] = 6.0,
     beta: Annotated[float, typer.Option(help="Random walk: affinity power.")] = 8.0,
     logt: Annotated[int, typer.Option(help="Random walk: 2^logt steps.")] = 6,
-    seg_scales: Annotated[str, typer.Option(help="DeepLab test scales.")] = "0.5,0.75,1.0,1.25,1.5",
+    seg_scales: Annotated[str, typer.Option(help="DeepLab test scales (the authors' test protocol).")] = "0.5,0.75,1.0,1.25,1.5,1.75",
+    recipe: Annotated[str | None, typer.Option(help="Training recipe of every stage: release (the published runs) or tuned. Default: release for VOC data, tuned otherwise.")] = None,
     seg_crf: Annotated[bool, typer.Option("--seg-crf", help="Dense CRF on the DeepLab predictions.")] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Annotated[str | None, typer.Option(help="torch device (default: cuda if available).")] = None,
@@ -49,7 +50,7 @@ def pipeline(
         seam_epochs=seam_epochs, aff_epochs=aff_epochs, deeplab_epochs=deeplab_epochs,
         cam_scales=parse_floats(cam_scales), crf=not no_crf,
         rw=RandomWalkConfig(alpha=alpha, beta=beta, logt=logt), seg_scales=parse_floats(seg_scales),
-        seg_crf=seg_crf, seed=seed, device=device, workers=workers, amp=amp)
+        seg_crf=seg_crf, seed=seed, device=device, workers=workers, amp=amp, recipe=recipe)
     if crop % 8:
         fail(f"--crop must be a multiple of 8, got {crop}")
     try:

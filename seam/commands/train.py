@@ -29,15 +29,16 @@ def train_seam(
     classes: Annotated[str | None, typer.Option(help="Folder sets: class names, comma-separated or a classes.txt path.")] = None,
     weights: Annotated[Path | None, typer.Option(help="Initial weights: ImageNet .params, a state dict (authors' or ours) or a run dir.")] = None,
     backbone: Annotated[str, typer.Option(help="resnet38 (the paper) or resnet38_small (CPU).")] = "resnet38",
-    batch_size: Annotated[int, typer.Option(help="Global batch size (per GPU = batch / world size).")] = 8,
-    epochs: opt.Epochs = 8,
-    lr: Annotated[float, typer.Option(help="Base learning rate (new layers 10x).")] = 0.01,
-    weight_decay: Annotated[float, typer.Option(help="Weight decay on weights (not biases).")] = 5e-4,
-    momentum: opt.Momentum = 0.9,
+    recipe: opt.Recipe = None,
+    batch_size: opt.RBatch = None,
+    epochs: opt.REpochs = None,
+    lr: opt.RLr = None,
+    weight_decay: opt.RWeightDecay = None,
+    momentum: opt.RMomentum = None,
     authors_momentum: opt.AuthorsMomentum = False,
-    crop: Annotated[int, typer.Option(help="Square training crop.")] = 448,
+    crop: opt.RCrop = None,
     resize_range: Annotated[str | None, typer.Option(help="Random long side MIN,MAX (default 448,768 scaled by crop/448).")] = None,
-    jitter: Annotated[str, typer.Option(help="ColorJitter brightness,contrast,saturation,hue.")] = "0.3,0.3,0.3,0.1",
+    jitter: Annotated[str | None, typer.Option(help="ColorJitter brightness,contrast,saturation,hue [recipe: 0.3,0.3,0.3,0.1].")] = None,
     no_jitter: opt.NoJitter = False,
     out: opt.Out = Path("runs/seam"),
     resume: opt.Resume = False,
@@ -46,12 +47,13 @@ def train_seam(
     workers: opt.Workers = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice, all cores).")] = None,
     max_minutes: opt.MaxMinutes = None,
-    amp: opt.Amp = None,
+    amp: opt.RAmp = None,
+    cam_norm: Annotated[str | None, typer.Option(help="Loss-block max_norm: minmax (the release: subtract the per-channel min) or peak (divide by the max only) [recipe: minmax].")] = None,
     no_er: Annotated[bool, typer.Option("--no-er", help="Table 1: no equivariant regularisation.")] = False,
     no_pcm: Annotated[bool, typer.Option("--no-pcm", help="Table 1: no PCM / ECR (with --no-er: the CAM baseline).")] = False,
     no_ohem: Annotated[bool, typer.Option("--no-ohem", help="Table 1: plain mean instead of OHEM on ECR.")] = False,
     transform: Annotated[str, typer.Option(help="Table 3: siamese transform(s), e.g. rescale or rescale,flip (rotate, translate).")] = "rescale",
-    siamese_scale: Annotated[float, typer.Option(help="Rescale factor of the second branch.")] = 0.3,
+    siamese_scale: Annotated[float | None, typer.Option(help="Rescale factor of the second branch [recipe: 0.3].")] = None,
     eval_list: Annotated[Path | None, typer.Option(help="Images to score pseudo labels on (default: the training list).")] = None,
     eval_scales: Annotated[str, typer.Option(help="CAM scales for the evaluation.")] = "0.5,1.0,1.5,2.0",
     no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the pseudo-label evaluation.")] = False,
@@ -62,24 +64,37 @@ def train_seam(
     stop_after: opt.StopAfter = None,
 ) -> None:
     """Train SEAM: siamese rescale branch, classification + ER + ECR (OHEM) losses, PCM,
-    frozen BN, poly lr. Writes RUN_DIR/seam_final.pth (authors' format) + .json."""
-    from training.data.datasets import DatasetError
+    frozen BN, poly lr. Writes RUN_DIR/seam_final.pth (authors' format) + .json.
+
+    The recipe (--recipe) sets the optimiser, schedule, sizes and precision: `release` is
+    the default for --dataset voc (and VOC layouts found by auto), so a VOC run trains as
+    the authors' published runs did; other data defaults to `tuned`."""
+    from training.data.datasets import DatasetError, detect_kind
+    from training.engine.recipes import default_recipe
     from training.engine.siamese import parse_transforms
     from training.engine.trainer import Progress, TrainConfig, TrainingError, train
     from training.models.checkpoint import CheckpointError
 
     try:
-        cfg = TrainConfig(
+        if recipe is None:
+            recipe = default_recipe(dataset if dataset != "auto" else detect_kind(data))
+        cfg = TrainConfig.from_recipe(
+            recipe,
             data=str(data), dataset=dataset, train_list=opt.path_str(train_list), labels=opt.path_str(labels), classes=classes,
             weights=opt.path_str(weights), backbone=backbone, batch_size=batch_size, epochs=epochs, lr=lr,
             weight_decay=weight_decay, momentum=momentum, authors_momentum=authors_momentum, crop=crop,
-            resize_long=_pair(resize_range, "--resize-range"), jitter=None if no_jitter else _jitter(jitter), out=str(out), seed=seed,
-            device=device, workers=workers, threads=threads, max_minutes=max_minutes, amp=amp, er=not no_er, pcm=not no_pcm,
+            resize_long=_pair(resize_range, "--resize-range"), out=str(out), seed=seed,
+            device=device, workers=workers, threads=threads, max_minutes=max_minutes, amp=amp, cam_norm=cam_norm,
+            er=not no_er, pcm=not no_pcm,
             ohem=not no_ohem, transforms=parse_transforms(transform), siamese_scale=siamese_scale,
             evaluate=not no_eval, eval_list=opt.path_str(eval_list), eval_scales=parse_floats(eval_scales),
             save_cams=save_cams, deterministic=deterministic, log_every=max(1, log_every), resume=resume, bn_calibration=bn_calibration,
             stop_after=stop_after,
         )
+        if no_jitter:  # None is "not given" to the recipe merge, so the switch-off goes in afterwards
+            cfg.jitter = None
+        elif jitter is not None:
+            cfg.jitter = _jitter(jitter)
         cfg.validate()
     except ValueError as exc:
         fail(str(exc))

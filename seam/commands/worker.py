@@ -1,4 +1,4 @@
-"""`seam worker`: a Celery worker processing job chunks (one process per GPU)."""
+"""`seam worker`: a Celery worker serving synchronous requests and job chunks (one process per GPU)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,9 +22,12 @@ def worker(
     hostname: Annotated[str | None, typer.Option(help="Celery node name (default seam@<host>).")] = None,
     max_tasks_per_child: Annotated[int | None, typer.Option(help="Recycle a pool process after N chunks.")] = None,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "info",
+    queues: Annotated[str, typer.Option(help=(
+        "What to serve, in priority order: realtime (/segment and /cam requests), chunks (batch jobs), "
+        "comma separated."))] = "realtime,chunks",
 ) -> None:
-    """Start a Celery worker for SEAM jobs (`--pool prefork -c 1`: the engine is created in the
-    pool process after the fork, never inherited across it)."""
+    """Start a Celery worker for /segment, /cam and job chunks (`--pool prefork -c 1`: the engine
+    is created in the pool process after the fork, never inherited across it)."""
     apply_overrides(broker_url=broker_url, models_dir=models_dir, data_dir=data_dir, engine=engine,
                     providers=providers, threads=threads)
     settings = load_settings()
@@ -32,7 +35,14 @@ def worker(
         fail("seam worker needs a broker: set SEAM_BROKER_URL=redis://host:6379/0 or pass --broker-url")
     from service.worker.celery_app import celery_app
 
-    argv = ["worker", f"--pool={pool}", f"--concurrency={concurrency}", f"--queues={settings.queue_name}",
+    roles = {"realtime": settings.realtime_queue_name, "chunks": settings.queue_name}
+    wanted = [q.strip() for q in queues.split(",") if q.strip()]
+    unknown = [q for q in wanted if q not in roles]
+    if unknown or not wanted:
+        fail(f"--queues: expected a comma-separated subset of realtime,chunks; got {queues!r}")
+    # Listed first = taken first (the broker polls the queues in this order).
+    qnames = ",".join(roles[q] for q in dict.fromkeys(wanted))
+    argv = ["worker", f"--pool={pool}", f"--concurrency={concurrency}", f"--queues={qnames}",
             f"--loglevel={loglevel}", "--without-gossip", "--without-mingle"]
     if hostname:
         argv.append(f"--hostname={hostname}")

@@ -110,14 +110,48 @@ def background_score(cams: np.ndarray, alpha: float) -> np.ndarray:
     return np.power(1.0 - cams.max(axis=0), alpha).astype(np.float32)
 
 
-def cams_to_label(cams: np.ndarray, classes: Sequence[int], threshold: float = DEFAULT_BG_THRESHOLD) -> np.ndarray:
-    """argmax over [threshold, CAMs] -> (H, W) uint8 label map (0 = background, c+1 = class c)."""
-    if len(classes) == 0:
-        return np.zeros(cams.shape[1:], np.uint8)
+def cams_to_label(cams: np.ndarray, classes: Sequence[int], threshold: float = DEFAULT_BG_THRESHOLD,
+                  out_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """argmax over [threshold, CAMs] -> (H, W) uint8 label map (0 = background, c+1 = class c).
+
+    out_hw: bilinear-upsample the maps to this size first (strip by strip, see `label_argmax`)."""
     bg = np.full((1, *cams.shape[1:]), threshold, dtype=np.float32)
-    arg = np.argmax(np.concatenate([bg, cams.astype(np.float32)], axis=0), axis=0)
-    lut = np.asarray([0, *[c + 1 for c in classes]], dtype=np.uint8)
-    return lut[arg]
+    return label_argmax(np.concatenate([bg, cams.astype(np.float32, copy=False)], axis=0), classes, out_hw)
+
+
+# rows per strip when a label map is taken from upsampled scores: bounds the float
+# intermediate to C * STRIP_ROWS * W values whatever the image height
+STRIP_ROWS = 256
+
+
+def label_argmax(scores: np.ndarray, classes: Sequence[int], out_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """(1 + K, h, w) scores [background, classes...] -> (H, W) uint8 labels (c + 1 for class c;
+    ties go to the earlier channel, so background wins a tie).
+
+    out_hw: upsample (bilinear, align_corners=False) to this size, in strips of rows, so
+    that a 12-megapixel label map never needs the (1 + K, H, W) float scores at once."""
+    lut = np.asarray([0, *[int(c) + 1 for c in classes]], dtype=np.uint8)
+    if len(classes) == 0:
+        return np.zeros(out_hw or scores.shape[1:], np.uint8)
+    if out_hw is None or tuple(out_hw) == scores.shape[1:]:
+        return lut[np.argmax(scores, axis=0)]
+    ry, rx = resize_matrices(scores.shape[1:], [(tuple(out_hw), False)])
+    out = np.empty(out_hw, np.uint8)
+    x = scores.astype(np.float32, copy=False)
+    for r in range(0, out_hw[0], STRIP_ROWS):
+        strip = np.einsum("Hh,chw,Ww->cHW", ry[r:r + STRIP_ROWS], x, rx, optimize=True)
+        out[r:r + STRIP_ROWS] = lut[np.argmax(strip, axis=0)]
+    return out
+
+
+def working_size(hw: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+    """The size an image is processed at: unchanged when its long side is <= max_side,
+    else scaled (aspect kept, Python rounding) so that the long side is max_side."""
+    h, w = hw
+    if max_side is None or max(h, w) <= max_side:
+        return h, w
+    s = max_side / max(h, w)
+    return max(1, int(round(h * s))), max(1, int(round(w * s)))
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -141,6 +175,13 @@ class CamResult:
     def as_dict(self) -> dict[int, np.ndarray]:
         """The authors' `.npy` format: {fg class index: HxW float32}."""
         return {int(c): self.cams[i].astype(np.float32) for i, c in enumerate(self.classes)}
+
+    def at_size(self, hw: tuple[int, int]) -> CamResult:
+        """The maps bilinearly resized to `hw` (align_corners=False); self when already that size.
+        `raw` stays at the size the passes ran at."""
+        if tuple(hw) == self.cams.shape[1:]:
+            return self
+        return CamResult(self.classes, resize_bilinear(self.cams, tuple(hw)), self.scores, self.raw)
 
 
 # A runner maps a (B, 3, h, w) float32 batch to (cam8, cam_rv8), both (B, C, h8, w8)
@@ -169,15 +210,35 @@ def multiscale_cam(
     `labels`: foreground indices known present (pseudo-label generation); None =
     predict them from the classification scores.
     """
-    H, W = rgb.shape[:2]
-    total = None
-    score_sum = None
+    return multiscale_cam_batch([rgb], runner, [labels], config)[0]
+
+
+def multiscale_cam_batch(
+    rgbs: Sequence[np.ndarray],
+    runner: Runner,
+    labels: Sequence[Sequence[int] | None],
+    config: MultiScaleConfig = MultiScaleConfig(),
+) -> list[CamResult]:
+    """`multiscale_cam` of several images of one size, each scale as one runner batch
+    (image 0, image 0 flipped, image 1, ...): same results as one image at a time."""
+    if not rgbs:
+        return []
+    H, W = rgbs[0].shape[:2]
+    if any(r.shape[:2] != (H, W) for r in rgbs):
+        raise ValueError("multiscale_cam_batch needs images of one size")
+    if len(labels) != len(rgbs):
+        raise ValueError(f"{len(rgbs)} images but {len(labels)} label lists")
+    per = 2 if config.flip else 1
+    totals: list[np.ndarray | None] = [None] * len(rgbs)
+    score_sum: list[np.ndarray | None] = [None] * len(rgbs)
     n_pass = 0
     for s in config.scales:
         h, w = scaled_size((H, W), s)
-        x = config.normalization(resize_rgb(rgb, (h, w)))
-        batch = np.stack([x, x[:, :, ::-1]]) if config.flip else x[None]
-        cam8, rv8 = runner(np.ascontiguousarray(batch))
+        xs = []
+        for rgb in rgbs:
+            x = config.normalization(resize_rgb(rgb, (h, w)))
+            xs += [x, x[:, :, ::-1]] if config.flip else [x]
+        cam8, rv8 = runner(np.ascontiguousarray(np.stack(xs)))
         h8, w8 = cam8.shape[-2:]
         # network upsample (align_corners=True) then infer_SEAM's (align_corners=False)
         ry, rx = resize_matrices((h8, w8), [((h, w), True), ((H, W), False)])
@@ -186,19 +247,21 @@ def multiscale_cam(
         wy, wx = gy.sum(0) / h, gx.sum(0) / w
         logits = np.einsum("bchw,h,w->bc", cam8[:, 1:].astype(np.float32), wy, wx)
         maps = (rv8 if config.refined else cam8)[:, 1:]
-        up = np.einsum("Hh,bchw,Ww->bcHW", ry, maps.astype(np.float32), rx, optimize=True)
-        if config.flip:
-            up = up[0] + up[1][:, :, ::-1]
+        for i in range(len(rgbs)):
+            sl = slice(i * per, (i + 1) * per)
+            up = np.einsum("Hh,bchw,Ww->bcHW", ry, maps[sl].astype(np.float32), rx, optimize=True)
+            up = up[0] + up[1][:, :, ::-1] if config.flip else up[0]
+            totals[i] = up if totals[i] is None else totals[i] + up
+            sc = sigmoid(logits[sl]).sum(0)
+            score_sum[i] = sc if score_sum[i] is None else score_sum[i] + sc
+        n_pass += per
+    out = []
+    for total, ssum, lab in zip(totals, score_sum, labels):
+        scores = (ssum / n_pass).astype(np.float32)
+        if lab is None:
+            classes = [int(c) for c in np.flatnonzero(scores >= config.cls_threshold)]
         else:
-            up = up[0]
-        total = up if total is None else total + up
-        sc = sigmoid(logits).sum(0)
-        score_sum = sc if score_sum is None else score_sum + sc
-        n_pass += batch.shape[0]
-    scores = (score_sum / n_pass).astype(np.float32)
-    if labels is None:
-        classes = [int(c) for c in np.flatnonzero(scores >= config.cls_threshold)]
-    else:
-        classes = sorted(int(c) for c in labels)
-    raw = total[classes] if classes else np.zeros((0, H, W), np.float32)
-    return CamResult(classes=classes, cams=normalize_cams(raw), scores=scores, raw=raw)
+            classes = sorted(int(c) for c in lab)
+        raw = total[classes] if classes else np.zeros((0, H, W), np.float32)
+        out.append(CamResult(classes=classes, cams=normalize_cams(raw), scores=scores, raw=raw))
+    return out

@@ -10,7 +10,7 @@ from service.core.config import Settings
 from service.core.engine import EngineHolder
 from service.core.limits import InflightLimiter
 from service.core.metrics import Metrics
-from service.core.security import API_KEY_HEADER, check_api_key
+from service.core.security import API_KEY_HEADER, Principal, authenticate
 from service.engine.base import InferenceEngine
 from service.jobs.dispatch import Dispatcher
 from service.jobs.store import JobStore
@@ -27,8 +27,10 @@ def get_settings_dep(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 
 
-def require_api_key(settings: SettingsDep, key: Annotated[str | None, Security(api_key_header)] = None) -> None:
-    check_api_key(key, settings.api_keys)
+def require_api_key(settings: SettingsDep, key: Annotated[str | None, Security(api_key_header)] = None) -> Principal:
+    """401 without a valid key (requests with a body were already checked, before their
+    body was read, by ApiKeyMiddleware); the caller as a Principal."""
+    return authenticate(key, settings.api_keys, settings.admin_api_keys)
 
 
 def get_holder(request: Request) -> EngineHolder:
@@ -59,6 +61,7 @@ def get_limiter(request: Request) -> InflightLimiter:
     return request.app.state.limiter
 
 
+PrincipalDep = Annotated[Principal, Depends(require_api_key)]
 HolderDep = Annotated[EngineHolder, Depends(get_holder)]
 EngineDep = Annotated[InferenceEngine, Depends(get_engine)]
 StoreDep = Annotated[JobStore, Depends(get_store)]

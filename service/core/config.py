@@ -56,10 +56,30 @@ class Settings(BaseSettings):
     task_soft_time_limit_s: int = Field(540, ge=1, description="Celery soft time limit of one chunk.")
     task_time_limit_s: int = Field(600, ge=2, description="Celery hard time limit of one chunk.")
     visibility_timeout_s: int | None = Field(None, ge=1, description="Redis visibility timeout; default 2 x hard limit + 60 s.")
+    worker_heartbeat_s: int = Field(10, ge=1, le=3600, description=(
+        "Celery workers refresh a heartbeat this often; a chunk held by a worker silent for 3 heartbeats is "
+        "re-queued without waiting for the visibility timeout."))
+    max_data_bytes: int | None = Field(None, ge=1, description=(
+        "Quota of the data directory (inputs + outputs + state); over it POST /jobs answers 507. Unset = no quota."))
+    max_expansion_ratio: float = Field(50.0, ge=1, le=100_000, description=(
+        "An archive may expand to at most this many times its uploaded size (and SEAM_MAX_ARCHIVE_BYTES)."))
+    max_labels_bytes: int = Field(16 * MB, ge=1024, description="Label tables (labels.csv/json, labels upload) and JSON job bodies.")
 
     # --- broker (Celery mode) ----------------------------------------------------
     broker_url: str | None = Field(None, description="redis://host:port/db switches to Celery mode; unset = embedded executor.")
     key_prefix: str = Field("seam", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Prefix of every Redis key and of the Celery queue name.")
+
+    # --- synchronous requests on workers, batching ---------------------------------
+    sync_inference: Literal["auto", "worker", "api"] = Field("auto", description=(
+        "Where /segment and /cam run: 'worker' (the Celery workers, over the realtime queue), 'api' (an engine in "
+        "the API process: small models), 'auto' = worker when a broker is configured, else api."))
+    request_timeout_s: float = Field(60.0, gt=0, le=3600, description=(
+        "Worker path: how long the API waits for a worker's answer to /segment or /cam before answering 504."))
+    realtime_max_queue: int = Field(32, ge=1, le=10_000, description=(
+        "Worker path: synchronous requests waiting for a worker (all API processes together); beyond it 429."))
+    batch_window_ms: float = Field(5.0, ge=0, le=10_000, description=(
+        "Workers: how long a synchronous request waits for others of the same size to share its engine batch."))
+    max_batch: int = Field(8, ge=1, le=256, description="Most images in one engine batch (synchronous requests and job images).")
 
     # --- limits ------------------------------------------------------------------
     max_upload_mb: float = Field(20.0, gt=0, le=4096, description="Request body limit of /segment and /cam.")
@@ -76,13 +96,17 @@ class Settings(BaseSettings):
         default_factory=list, description="Comma-separated accepted X-API-Key values; empty = no authentication.")
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Comma-separated CORS origins ('*' allowed).")
     metrics_public: bool = Field(True, description="Serve /metrics without an API key.")
+    admin_api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated X-API-Key values that may see and cancel every key's jobs.")
+    body_timeout_s: float = Field(30.0, gt=0, le=3600, description=(
+        "A request body that sends nothing for this long is answered 408 and the connection closed."))
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("api_keys", "admin_api_keys", "cors_origins", mode="before")
     @classmethod
     def _csv(cls, v: object) -> object:
         return _split_csv(v)
 
-    @field_validator("api_keys")
+    @field_validator("api_keys", "admin_api_keys")
     @classmethod
     def _keys_long_enough(cls, v: list[str]) -> list[str]:
         short = [k for k in v if len(k) < 16]
@@ -110,6 +134,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _limits(self) -> Settings:
+        if self.sync_inference == "worker" and not self.broker_url:
+            raise ValueError("sync_inference=worker needs a broker (SEAM_BROKER_URL)")
         if self.task_soft_time_limit_s >= self.task_time_limit_s:
             raise ValueError("task_soft_time_limit_s must be below task_time_limit_s")
         if self.visibility_timeout_s is not None and self.visibility_timeout_s <= self.task_time_limit_s:
@@ -120,6 +146,15 @@ class Settings(BaseSettings):
     @property
     def mode(self) -> Literal["embedded", "celery"]:
         return "celery" if self.broker_url else "embedded"
+
+    @property
+    def sync_on_workers(self) -> bool:
+        """Whether /segment and /cam are computed by the workers (else by this process's engine)."""
+        return self.sync_inference == "worker" or (self.sync_inference == "auto" and self.broker_url is not None)
+
+    @property
+    def realtime_queue_name(self) -> str:
+        return f"{self.key_prefix}.realtime"
 
     @property
     def visibility_timeout(self) -> int:

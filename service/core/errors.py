@@ -14,12 +14,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from service.core.redact import redact
+
 log = logging.getLogger("seam.service")
 
 _HTTP_CODES = {
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-    406: "not_acceptable", 409: "conflict", 413: "too_large", 415: "unsupported_media_type",
-    422: "validation_error", 429: "too_many_requests", 500: "internal_error", 503: "unavailable",
+    406: "not_acceptable", 408: "request_timeout", 409: "conflict", 413: "too_large",
+    415: "unsupported_media_type", 422: "validation_error", 429: "too_many_requests", 500: "internal_error",
+    503: "unavailable", 507: "insufficient_storage",
 }
 
 
@@ -32,16 +35,33 @@ class ApiError(HTTPException):
         self.details = details
 
 
-def error_body(code: str, message: str, details: object = None) -> dict:
-    err: dict = {"code": code, "message": message}
+def error_body(code: str, message: str, details: object = None, roots: Sequence[tuple[str, str]] = ()) -> dict:
+    """The error shape; the message is redacted (no server paths, addresses, host:port)."""
+    err: dict = {"code": code, "message": redact(message, roots)}
     if details is not None:
         err["details"] = details
     return {"error": err}
 
 
 def error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None,
-                   details: object = None) -> JSONResponse:
-    return JSONResponse(error_body(code, message, details), status_code=status, headers=dict(headers or {}))
+                   details: object = None, roots: Sequence[tuple[str, str]] = ()) -> JSONResponse:
+    return JSONResponse(error_body(code, message, details, roots), status_code=status, headers=dict(headers or {}))
+
+
+def server_roots(request: Request) -> list[tuple[str, str]]:
+    """The configured folders, as they may appear in messages, and their placeholders."""
+    settings = getattr(request.app.state, "settings", None)
+    roots: list[tuple[str, str]] = []
+    for attr, placeholder in (("data_dir", "<data>"), ("allowed_root", "<allowed_root>"), ("models_dir", "<models>")):
+        path = getattr(settings, attr, None)
+        if path is None:
+            continue
+        roots.append((str(path), placeholder))
+        try:
+            roots.append((str(path.resolve()), placeholder))
+        except (OSError, RuntimeError):
+            pass
+    return roots
 
 
 def _loc(loc: Sequence[object]) -> str:
@@ -65,14 +85,15 @@ def describe_validation(errors: Sequence[Mapping]) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status_code, exc.code, exc.message, exc.headers, exc.details)
+        return error_response(exc.status_code, exc.code, exc.message, exc.headers, exc.details, server_roots(request))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         details = [{"field": _loc(e.get("loc", ())), "message": str(e.get("msg", "")), "type": e.get("type")}
                    for e in errors]
-        return error_response(422, "validation_error", describe_validation(errors), details=details)
+        return error_response(422, "validation_error", describe_validation(errors), details=details,
+                              roots=server_roots(request))
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
@@ -80,7 +101,7 @@ def install_error_handlers(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         if exc.status_code == 413:
             message = "request body too large"
-        return error_response(exc.status_code, code, message, exc.headers)
+        return error_response(exc.status_code, code, message, exc.headers, roots=server_roots(request))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -20,40 +20,60 @@ def too_large(limit: int) -> ApiError:
     return ApiError(413, "too_large", f"request body is larger than the limit of {limit / 2**20:.1f} MiB")
 
 
+def body_timeout(seconds: float) -> ApiError:
+    return ApiError(408, "request_timeout", f"the request body stalled: nothing arrived for {seconds:g} s",
+                    {"Connection": "close"})
+
+
 class BodyLimitMiddleware:
-    """Counts request body bytes as they arrive; over the path's limit -> 413.
+    """Counts request body bytes as they arrive; over the path's limit -> 413; a body
+    that stalls for `idle_timeout_s` -> 408 (a slow client cannot hold a request open).
 
     `limit_for(method, path)` returns the byte limit (None = unlimited). A declared
     Content-Length above the limit is refused before a byte is read; a chunked body
-    is cut off as soon as the running total passes it.
+    is cut off as soon as the running total passes it. The timeout is per read, like
+    nginx's client_body_timeout: a large upload on a slow but live link is not cut off.
     """
 
-    def __init__(self, app: ASGIApp, limit_for: Callable[[str, str], int | None]) -> None:
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str, str], int | None],
+                 idle_timeout_s: float | None = None) -> None:
         self.app = app
         self.limit_for = limit_for
+        self.idle_timeout_s = idle_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         limit = self.limit_for(scope["method"], scope["path"])
-        if limit is None:
+        if limit is None and self.idle_timeout_s is None:
             await self.app(scope, receive, send)
             return
         declared = Headers(scope=scope).get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        if limit is not None and declared is not None and declared.isdigit() and int(declared) > limit:
             exc = too_large(limit)
             # Answer without reading the body; the server closes the connection.
             await error_response(exc.status_code, exc.code, exc.message, {"Connection": "close"})(scope, receive, send)
             return
         seen = 0
 
+        body_done = False
+
         async def limited_receive() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, body_done
+            if self.idle_timeout_s is None or body_done:
+                # After the body, receive() waits for the client to disconnect (streamed
+                # responses listen for that): no timeout there.
+                message = await receive()
+            else:
+                try:
+                    message = await asyncio.wait_for(receive(), self.idle_timeout_s)
+                except TimeoutError:
+                    raise body_timeout(self.idle_timeout_s) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > limit:
+                body_done = not message.get("more_body", False)
+                if limit is not None and seen > limit:
                     raise too_large(limit)
             return message
 

@@ -28,6 +28,46 @@ class SegmentResult:
     cams: CamResult | None = field(default=None, repr=False)
 
 
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """What one request would hold at its peak, against the engine's budget.
+
+    working_hw: the size the multi-scale passes run at (the image's, or smaller when its long
+    side exceeds max_side); suggested_max_side: the largest max_side that fits (None when
+    even the smallest does not)."""
+
+    needed_bytes: int
+    budget_bytes: int
+    image_hw: tuple[int, int]
+    working_hw: tuple[int, int]
+    max_side: int | None
+    suggested_max_side: int | None = None
+
+    @property
+    def fits(self) -> bool:
+        return self.needed_bytes <= self.budget_bytes
+
+    def as_dict(self) -> dict:
+        return {"needed_mb": round(self.needed_bytes / 2**20, 1), "budget_mb": round(self.budget_bytes / 2**20, 1),
+                "image": f"{self.image_hw[1]}x{self.image_hw[0]}",
+                "working": f"{self.working_hw[1]}x{self.working_hw[0]}", "max_side": self.max_side,
+                "suggested_max_side": self.suggested_max_side}
+
+
+class MemoryBudgetError(ValueError):
+    """A request whose estimated peak memory exceeds the engine's budget (the API answers 413)."""
+
+    def __init__(self, estimate: MemoryEstimate) -> None:
+        self.estimate = estimate
+        e = estimate
+        hint = (f"; send max_side={e.suggested_max_side} or less" if e.suggested_max_side
+                else "; no max_side fits: use a smaller image or fewer scales")
+        super().__init__(
+            f"a {e.image_hw[1]}x{e.image_hw[0]} image processed at {e.working_hw[1]}x{e.working_hw[0]} needs about "
+            f"{e.needed_bytes / 2**20:.0f} MiB, over the engine's memory budget of {e.budget_bytes / 2**20:.0f} MiB"
+            + hint)
+
+
 @dataclass
 class ModelInfo:
     name: str
@@ -54,7 +94,10 @@ class InferenceEngine(Protocol):
         refined: bool = True,
         scales: Sequence[float] | None = None,
         flip: bool | None = None,
-    ) -> CamResult: ...
+        max_side: int | None = None,
+    ) -> CamResult:
+        """Maps at the image's size; the passes run at most at `max_side` on the long side."""
+        ...
 
     def segment(
         self,
@@ -63,4 +106,17 @@ class InferenceEngine(Protocol):
         method: str | None = None,
         threshold: float | None = None,
         crf: bool = False,
+        max_side: int | None = None,
     ) -> SegmentResult: ...
+
+    def estimate(
+        self,
+        hw: tuple[int, int],
+        method: str | None = None,
+        labels: Sequence[int] | None = None,
+        max_side: int | None = None,
+        batch: int = 1,
+    ) -> MemoryEstimate:
+        """Peak memory of segmenting (or, method='cam'/'pcm', computing CAMs of) `batch`
+        images of size `hw`; cheap (no inference), for admission before any work."""
+        ...

@@ -18,16 +18,27 @@ from seam.common.cam import DEFAULT_BG_THRESHOLD, DEFAULT_CLS_THRESHOLD, DEFAULT
 from seam.common.image import IMAGENET_MEAN, IMAGENET_STD
 
 MANIFEST_NAME = "manifest.json"
-SCHEMA_VERSION = 1
+# 2: the SEAM graph stops before the PCM's hw x hw product (outputs cam, pcm_n, pcm_g) and
+# the product runs in column blocks in a second graph (`pcm`); working resolution and memory.
+SCHEMA_VERSION = 2
 ModelKind = Literal["seam", "affinity", "deeplab"]
 MODEL_KINDS: tuple[str, ...] = ("seam", "affinity", "deeplab")
 # output tensor names per kind, in the order the exported graph returns them
 KIND_OUTPUTS: dict[str, tuple[str, ...]] = {
-    "seam": ("cam", "cam_rv"),  # (B, C, h8, w8) raw CAM and PCM-refined CAM, channel 0 = background
+    # (B, C, h8, w8) raw CAM (channel 0 = background), (B, C, h8, w8) the PCM's normalised CAM,
+    # (B, D, h8, w8) the PCM's L2-normalised embedding; `PCM_IO` turns the last two into cam_rv
+    "seam": ("cam", "pcm_n", "pcm_g"),
     "affinity": ("features",),  # (B, D, h8, w8) AffinityNet embedding for the random walk
     "deeplab": ("logits",),  # (B, C, h8, w8) segmentation logits, channel 0 = background
 }
 
+
+# the PCM block graph: pcm_n (B, C, N), pcm_g (B, D, N), pcm_q (B, D, M) -> cam_rv (B, C, M)
+PCM_INPUTS: tuple[str, ...] = ("pcm_n", "pcm_g", "pcm_q")
+PCM_OUTPUTS: tuple[str, ...] = ("cam_rv",)
+# network working set per input pixel and batch item, when a manifest does not say
+# (measured: onnxruntime CPU, ResNet-38 ~1.9 kB; the small backbone ~0.3 kB)
+DEFAULT_BYTES_PER_PIXEL = 2048.0
 
 
 def _positive_scales(v: tuple[float, ...]) -> tuple[float, ...]:
@@ -57,6 +68,14 @@ class InputSpec(_Strict):
     std: tuple[float, float, float] = IMAGENET_STD
     min_size: int = Field(2, ge=1, description="smallest height/width the graph was exported for")
     max_size: int = Field(4096, ge=8, description="largest height/width the graph was exported for")
+    train_long_side: tuple[int, int] | None = Field(
+        None, description="range of the image long side the model was trained at (before cropping)")
+    working_side: int | None = Field(
+        None, ge=8, description="inputs whose long side exceeds this are resized to it before the multi-scale "
+                                "passes (outputs stay at the original size); None = never resize")
+    bytes_per_pixel: float = Field(
+        DEFAULT_BYTES_PER_PIXEL, gt=0, description="network working set per input pixel and batch item (memory "
+                                                   "admission)")
 
     @field_validator("std")
     @classmethod
@@ -132,6 +151,15 @@ class OnnxFile(_Strict):
         return {self.file: self.sha256, **self.external_data}
 
 
+class PcmGraphFile(_Strict):
+    """The PCM's column-block graph (seam models): weightless, run block by block."""
+
+    file: str = "pcm.onnx"
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    inputs: tuple[str, ...] = PCM_INPUTS
+    outputs: tuple[str, ...] = PCM_OUTPUTS
+
+
 class ParityCheck(_Strict):
     """The export's own check: onnxruntime vs eager torch on these input shapes."""
 
@@ -154,7 +182,7 @@ class Provenance(_Strict):
 
 
 class Manifest(_Strict):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1, 2] = SCHEMA_VERSION  # 1: affinity/deeplab models still load
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     kind: ModelKind
     backbone: str
@@ -162,6 +190,7 @@ class Manifest(_Strict):
     input: InputSpec = InputSpec()
     output_stride: int = OUTPUT_STRIDE
     onnx: OnnxFile
+    pcm: PcmGraphFile | None = None  # seam
     cam: CamSettings | None = None  # seam
     crf: CrfSettings = CrfSettings()
     random_walk: RandomWalkSettings | None = None  # affinity
@@ -184,8 +213,8 @@ class Manifest(_Strict):
             raise ValueError(f"a {self.kind} model must output {list(want)}, manifest says {list(self.onnx.outputs)}")
         if self.kind in ("seam", "deeplab") and len(self.class_names) < 2:
             raise ValueError(f"a {self.kind} model needs class_names (background + at least one class)")
-        if self.kind == "seam" and self.cam is None:
-            raise ValueError("a seam model needs cam settings")
+        if self.kind == "seam" and (self.cam is None or self.pcm is None):
+            raise ValueError("a seam model needs cam settings and a pcm graph")
         if self.kind == "affinity" and self.random_walk is None:
             raise ValueError("an affinity model needs random_walk settings")
         if self.kind == "deeplab" and self.deeplab is None:
@@ -217,6 +246,10 @@ def read_manifest(model_dir: str | Path) -> Manifest:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ManifestError(f"{path}: unreadable JSON ({exc})") from exc
+    if isinstance(data, dict) and data.get("schema_version") == 1 and data.get("kind") == "seam":
+        raise ManifestError(
+            f"{path}: a schema 1 model (its SEAM graph builds the PCM's hw x hw affinity in one piece, which "
+            "does not fit in memory for photos); re-export it from its checkpoint with `seam export`")
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:
@@ -226,7 +259,10 @@ def read_manifest(model_dir: str | Path) -> Manifest:
 def verify_files(model_dir: str | Path, manifest: Manifest) -> None:
     """Check every file the manifest names exists and has the recorded sha256."""
     model_dir = Path(model_dir)
-    for name, digest in manifest.onnx.files().items():
+    files = manifest.onnx.files()
+    if manifest.pcm is not None:
+        files[manifest.pcm.file] = manifest.pcm.sha256
+    for name, digest in files.items():
         p = model_dir / name
         if not p.is_file():
             raise ManifestError(f"{model_dir}: {name} is missing")

@@ -12,7 +12,7 @@ from typing import IO
 
 from seam.common.classes import resolve_labels
 from seam.common.files import IMAGE_EXTENSIONS
-from service.archives import extract_archive
+from service.archives import check_name, extract_archive
 from service.core.config import Settings
 from service.core.errors import ApiError
 from service.inputs import resolve_or_422
@@ -51,8 +51,11 @@ def match_labels(table: dict[str, list[int]], images: dict[str, str]) -> dict[st
     return out
 
 
-def parse_label_bytes(data: bytes, names: Sequence[str], scratch: Path) -> dict[str, list[int]]:
+def parse_label_bytes(data: bytes, names: Sequence[str], scratch: Path,
+                      max_labels_bytes: int = 16 << 20) -> dict[str, list[int]]:
     """A labels upload (CSV `image,labels` or JSON {image: [names]}); never a pickle."""
+    if len(data) > max_labels_bytes:
+        raise ApiError(413, "labels_too_large", f"the labels upload is larger than {max_labels_bytes} bytes")
     if data.startswith(b"\x93NUMPY") or data.startswith(b"\x80"):
         raise ApiError(422, "invalid_labels", "numpy/pickle label files are not accepted; send CSV or JSON")
     text = data.lstrip()
@@ -97,24 +100,50 @@ def load_labels_file(path: Path, names: Sequence[str]) -> dict[str, list[int]]:
     except (ValueError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as exc:
         code = "unknown_class" if "unknown class" in str(exc) or "out of range" in str(exc) else "invalid_labels"
         raise ApiError(422, code, f"labels file: {exc}") from None
+    except RecursionError:
+        raise ApiError(422, "invalid_labels", "labels file: JSON nested too deeply") from None
     except OSError as exc:
-        raise ApiError(422, "invalid_labels", f"labels file: {exc}") from None
+        raise ApiError(422, "invalid_labels", f"labels file could not be read: {exc.strerror}") from None
 
 
 def chunked(ids: Sequence[str], size: int) -> list[list[str]]:
     return [list(ids[i:i + size]) for i in range(0, len(ids), size)]
 
 
+MIN_EXPANSION_BYTES = 8 << 20  # a tiny archive (a few BMPs, a label table) may always expand this far
+
+
+def expansion_limit(settings: Settings, uploaded: int, quota_left: int | None) -> tuple[int, str]:
+    """Bytes an archive of `uploaded` bytes may expand to, and which limit that is."""
+    by_ratio = max(int(settings.max_expansion_ratio * uploaded), MIN_EXPANSION_BYTES)
+    limits = [(settings.max_archive_bytes, "SEAM_MAX_ARCHIVE_BYTES"),
+              (by_ratio, f"{settings.max_expansion_ratio:g} x the {uploaded}-byte upload, at least "
+                         f"{MIN_EXPANSION_BYTES >> 20} MiB: SEAM_MAX_EXPANSION_RATIO")]
+    if quota_left is not None:
+        limits.append((max(quota_left, 0), "what is left of the data-directory quota SEAM_MAX_DATA_BYTES"))
+    return min(limits)
+
+
+def quota_left(storage: Storage, settings: Settings) -> int | None:
+    if settings.max_data_bytes is None:
+        return None
+    return settings.max_data_bytes - storage.usage_bytes()
+
+
 def prepare_upload_job(storage: Storage, settings: Settings, job_id: str, archive: IO[bytes],
                        labels_data: bytes | None, names: Sequence[str]) -> tuple[dict[str, str], dict[str, list[int]]]:
+    archive.seek(0, 2)
+    uploaded = archive.tell()
+    archive.seek(0)
+    limit, why = expansion_limit(settings, uploaded, quota_left(storage, settings))
     dest = storage.inputs_dir(job_id)
-    ex = extract_archive(archive, dest, settings.max_archive_members, settings.max_archive_bytes)
+    ex = extract_archive(archive, dest, settings.max_archive_members, limit, settings.max_labels_bytes, why)
     images = index_images(ex.images)
     table: dict[str, list[int]] = {}
     if ex.labels_file:
         table.update(load_labels_file(dest / ex.labels_file, names))
     if labels_data:
-        table.update(parse_label_bytes(labels_data, names, storage.tmp_dir(job_id)))
+        table.update(parse_label_bytes(labels_data, names, storage.tmp_dir(job_id), settings.max_labels_bytes))
     return images, match_labels(table, images)
 
 
@@ -124,26 +153,32 @@ def prepare_directory_job(settings: Settings, directory: str, recursive: bool,
     root = settings.allowed_root
     if root is None:
         raise ApiError(403, "forbidden", "directory jobs are disabled on this server (set SEAM_ALLOWED_ROOT)")
+    shown = directory[:200]
     try:
         p = Path(directory)
         target = (p if p.is_absolute() else root / p).resolve()
-    except (ValueError, OSError, RuntimeError) as exc:
-        raise ApiError(422, "invalid_directory", f"bad directory {directory!r}: {exc}") from None
-    if not target.is_relative_to(root):
-        raise ApiError(403, "forbidden", f"directory {directory!r} is outside the allowed root")
-    if not target.is_dir():
-        raise ApiError(422, "invalid_directory", f"{directory!r} is not a directory under the allowed root")
+        if not target.is_relative_to(root):
+            raise ApiError(403, "forbidden", f"directory {shown!r} is outside the allowed root")
+        if not target.is_dir():
+            raise ApiError(422, "invalid_directory", f"{shown!r} is not a directory under the allowed root")
+    except (ValueError, OSError, RuntimeError) as exc:  # NUL byte, ENAMETOOLONG, symlink loop
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise ApiError(422, "invalid_directory", f"bad directory {shown!r}: {reason}") from None
     rels: list[str] = []
     walker = target.rglob("*") if recursive else target.iterdir()
-    for f in walker:
-        rel = f.relative_to(target)
-        if any(part.startswith(".") for part in rel.parts) or f.suffix.lower() not in IMAGE_EXTENSIONS:
-            continue
-        if not f.is_file() or not f.resolve().is_relative_to(root):
-            continue  # symlinks leading out of the allowed root are ignored
-        rels.append(rel.as_posix())
-        if len(rels) > settings.max_archive_members:
-            raise ApiError(413, "too_many_images", f"more than {settings.max_archive_members} images in {directory!r}")
+    try:
+        for f in walker:
+            rel = f.relative_to(target)
+            if any(part.startswith(".") for part in rel.parts) or f.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            if not f.is_file() or not f.resolve().is_relative_to(root):
+                continue  # symlinks leading out of the allowed root are ignored
+            check_name(rel.as_posix(), "file")
+            rels.append(rel.as_posix())
+            if len(rels) > settings.max_archive_members:
+                raise ApiError(413, "too_many_images", f"more than {settings.max_archive_members} images in {shown!r}")
+    except OSError as exc:
+        raise ApiError(422, "invalid_directory", f"{shown!r} could not be listed: {exc.strerror}") from None
     if not rels:
         raise ApiError(422, "invalid_directory", f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {directory!r}")
     images = index_images(rels)
@@ -157,10 +192,16 @@ def prepare_directory_job(settings: Settings, directory: str, recursive: bool,
 
 
 def write_manifest(storage: Storage, job_id: str, options: dict, images: dict[str, str],
-                   labels: dict[str, list[int]], source: str, source_dir: Path | None) -> None:
+                   labels: dict[str, list[int]], source: str, source_dir: Path | None,
+                   chunk_size: int | None = None, classes: Sequence[str] | None = None,
+                   models: list[dict] | None = None) -> None:
+    # chunk_size: a resumed job is cut into the same chunks (delivery counts are per chunk).
+    # classes/models: the label set and model identities at submission; outputs and downloads
+    # use them, never whatever model is loaded later.
     storage.write_manifest(job_id, {
         "id": job_id, "created_at": time.time(), "options": options, "source": source,
         "source_dir": str(source_dir) if source_dir else None, "images": images, "labels": labels,
+        "chunk_size": chunk_size, "classes": list(classes) if classes is not None else None, "models": models or [],
     })
 
 

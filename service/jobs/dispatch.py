@@ -1,15 +1,16 @@
 """Getting chunks to whoever processes them: an in-process thread pool (embedded
-mode) or Celery workers over Redis. Both run `process_chunk`."""
+mode) or Celery workers over Redis. Both run `service.jobs.runtime.attempt_chunk`
+(process_chunk + the retry policy + recording a given-up chunk)."""
 from __future__ import annotations
 
 import logging
 import queue
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 
 from service.core.config import Settings
-from service.jobs.processing import TRANSIENT, ChunkContext, describe, fail_unfinished, process_chunk
+from service.jobs.processing import ChunkContext
+from service.jobs.runtime import attempt_chunk
 
 log = logging.getLogger("seam.service")
 
@@ -42,12 +43,9 @@ class EmbeddedDispatcher(Dispatcher):
 
     mode = "embedded"
 
-    def __init__(self, context: Callable[[], ChunkContext], workers: int = 1, max_retries: int = 3,
-                 backoff_s: float = 1.0) -> None:
+    def __init__(self, context: ChunkContext, workers: int = 1) -> None:
         self.context = context
         self.workers = workers
-        self.max_retries = max_retries
-        self.backoff_s = backoff_s
         self._q: queue.Queue[tuple[str, int, list[str]] | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
@@ -86,35 +84,12 @@ class EmbeddedDispatcher(Dispatcher):
             self.run_chunk(*item)
 
     def run_chunk(self, job_id: str, chunk: int, images: list[str]) -> None:
-        """process_chunk with retries and exponential backoff on transient errors."""
-        attempt = 0
-        while True:
-            ctx = None
-            try:
-                ctx = self.context()
-                process_chunk(ctx, job_id, chunk, images)
-                return
-            except TRANSIENT as exc:
-                attempt += 1
-                if attempt > self.max_retries or self._stop.is_set():
-                    self._give_up(ctx, job_id, images, f"gave up after {attempt} attempts: {describe(exc)}")
-                    return
-                delay = min(self.backoff_s * 2 ** (attempt - 1), 60.0)
-                log.warning("job %s chunk %d: %s; retrying in %.1f s", job_id, chunk, describe(exc), delay)
-                self._stop.wait(delay)
-            except Exception as exc:  # noqa: BLE001 - a bug must not kill the executor thread
-                log.exception("job %s chunk %d failed", job_id, chunk)
-                self._give_up(ctx, job_id, images, f"internal error: {describe(exc)}")
-                return
-
-    def _give_up(self, ctx: ChunkContext | None, job_id: str, images: list[str], reason: str) -> None:
-        try:
-            ctx = ctx or self.context()
-            kinds = ctx.storage.read_manifest(job_id)["options"]["outputs"]
-            fail_unfinished(ctx, job_id, images, kinds, reason)
-            ctx.store.finish_if_complete(job_id)
-        except Exception:  # noqa: BLE001
-            log.exception("could not record the failure of job %s", job_id)
+        """The chunk with the shared retry policy (the wait is cut short by stop())."""
+        retries = 0
+        while (delay := attempt_chunk(self.context, job_id, chunk, images, retries)) is not None:
+            if self._stop.wait(delay):
+                return  # shutting down: the chunk stays unfinished (embedded state dies with the process)
+            retries += 1
 
 
 class CeleryDispatcher(Dispatcher):

@@ -12,8 +12,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
 
 from seam.common.image import ImageDecodeError, load_rgb
+from service.batching import batches, segment_batch
 from service.engine.base import InferenceEngine
 from service.jobs.store import ACTIVE_STATES, JobStore
 from service.predict import job_outputs
@@ -42,11 +47,16 @@ TRANSIENT = transient_exceptions()
 
 @dataclass
 class ChunkContext:
+    """What processing a chunk needs; built once per process by `service.jobs.runtime.build_context`."""
+
     store: JobStore
     storage: Storage
     engine: Callable[[], InferenceEngine]
     max_pixels: int
     max_deliveries: int
+    max_batch: int = 1  # same-size images of a chunk run as one engine batch of at most this many
+    retry: Any = None  # service.jobs.runtime.RetryPolicy (typed loosely: runtime imports this module)
+    between: Callable[[], None] | None = None  # called between batches (workers serve sync requests there)
 
 
 @dataclass
@@ -106,34 +116,92 @@ def process_chunk(ctx: ChunkContext, job_id: str, chunk: int, images: list[str])
         return rep
     ctx.store.mark_running(job_id)
     engine = ctx.engine()
-    names = engine.foreground_classes()
+    names = job_classes(manifest, engine)
+    if isinstance(names, str):  # the job was submitted for another label set
+        rep.failed = fail_unfinished(ctx, job_id, images, kinds, names)
+        rep.final_state = ctx.store.finish_if_complete(job_id)
+        return rep
     labels_table: dict[str, list[int]] = manifest.get("labels") or {}
+    todo: list[str] = []
     for img in images:
-        if not ctx.store.is_active(job_id):
-            rep.cancelled = True
-            break
         if ctx.storage.outputs_complete(job_id, img, kinds):
             ctx.store.record_done(job_id, img)
             rep.skipped += 1
-            continue
+        else:
+            todo.append(img)
+    paths: dict[str, Path] = {}
+    for img in todo:
         try:
-            path = ctx.storage.input_path(job_id, manifest, img)
-            rgb = load_rgb(path, max_pixels=ctx.max_pixels)
-            files = job_outputs(engine, rgb, labels_table.get(img), opts.get("method"), opts.get("threshold"),
-                                kinds, names, img, manifest["images"][img])
-        except TRANSIENT:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a bad image must not stop the job
-            log.info("job %s image %s failed: %s", job_id, img, describe(exc))
-            ctx.store.record_failed(job_id, img, describe(exc))
-            rep.failed += 1
-            continue
-        try:
-            for kind, data in files.items():
-                ctx.storage.write_output(job_id, kind, img, data)
-        except OSError as exc:  # disk full, NFS hiccup: retry the chunk later
-            raise TransientError(f"writing outputs of {img}: {exc}") from exc
-        ctx.store.record_done(job_id, img)
-        rep.done += 1
+            paths[img] = ctx.storage.input_path(job_id, manifest, img)
+        except Exception as exc:  # noqa: BLE001 - a bad entry fails alone
+            _image_failed(ctx, rep, job_id, img, exc)
+    for batch in batches(paths, lambda img: decoded_size(paths[img]) or img, ctx.max_batch):
+        if not ctx.store.is_active(job_id):
+            rep.cancelled = True
+            break
+        loaded: list[tuple[str, object]] = []
+        for img in batch:
+            try:
+                loaded.append((img, load_rgb(paths[img], max_pixels=ctx.max_pixels)))
+            except TRANSIENT:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a bad image must not stop the job
+                _image_failed(ctx, rep, job_id, img, exc)
+        segs = segment_batch(engine, [rgb for _, rgb in loaded], [labels_table.get(img) for img, _ in loaded],
+                             method=opts.get("method"), threshold=opts.get("threshold"))
+        for (img, rgb), seg in zip(loaded, segs):
+            try:
+                if isinstance(seg, Exception):
+                    raise seg
+                files = job_outputs(engine, rgb, seg, labels_table.get(img), kinds, names, img,
+                                    manifest["images"][img])
+            except TRANSIENT:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                _image_failed(ctx, rep, job_id, img, exc)
+                continue
+            try:
+                for kind, data in files.items():
+                    ctx.storage.write_output(job_id, kind, img, data)
+            except OSError as exc:  # disk full, NFS hiccup: retry the chunk later
+                raise TransientError(f"writing outputs of {img}: {exc}") from exc
+            ctx.store.record_done(job_id, img)
+            rep.done += 1
+        if ctx.between is not None:
+            ctx.between()
     rep.final_state = ctx.store.finish_if_complete(job_id)
+    if rep.final_state is not None:  # the job has ended: free its inputs (outputs stay; the sweeper covers other ends)
+        ctx.storage.delete_inputs(job_id)
     return rep
+
+
+def _image_failed(ctx: ChunkContext, rep: ChunkReport, job_id: str, img: str, exc: BaseException) -> None:
+    log.info("job %s image %s failed: %s", job_id, img, describe(exc))
+    ctx.store.record_failed(job_id, img, describe(exc))
+    rep.failed += 1
+
+
+def job_classes(manifest: dict, engine: InferenceEngine) -> list[str] | str:
+    """The foreground class names the job was submitted with (stored in its manifest), or,
+    when the engine of this process serves another label set, why the job cannot run here."""
+    names = engine.foreground_classes()
+    stored = manifest.get("classes")
+    if stored is None:  # a job written before class names were recorded
+        return names
+    if list(stored) != list(names):
+        model = ", ".join(f"{m.get('name')}" for m in manifest.get("models") or []) or "unknown model"
+        return (f"the job was submitted for the classes of {model} ({', '.join(stored)}); "
+                f"this worker's model has other classes ({', '.join(names)})")
+    return list(stored)
+
+
+def decoded_size(path: Path) -> tuple[int, int] | None:
+    """(H, W) after EXIF orientation, from the header only; None when unreadable (the
+    image is then decoded alone and its error recorded)."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            orientation = im.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001
+        return None
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)

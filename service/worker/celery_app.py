@@ -1,6 +1,6 @@
 """The one module that creates the Celery app.
 
-    celery -A service.worker.celery_app worker --pool prefork -c 1 -Q <prefix>.chunks
+    celery -A service.worker.celery_app worker --pool prefork -c 1 -Q <prefix>.realtime,<prefix>.chunks
 
 (`seam worker` does exactly that.) One process per GPU: the engine is created in
 each pool process after the fork (`worker_process_init`), never inherited across it.
@@ -15,12 +15,14 @@ from service.core.config import Settings, get_settings
 def create_celery(settings: Settings) -> Celery:
     if not settings.broker_url:
         raise ValueError("SEAM_BROKER_URL is not set: Celery mode needs a redis:// broker")
-    app = Celery("seam", broker=settings.broker_url, include=["service.worker.tasks"])
+    app = Celery("seam", broker=settings.broker_url, include=["service.worker.tasks", "service.worker.redelivery"])
     vt = settings.visibility_timeout  # above the hard time limit, else a slow chunk runs twice
     # Messages of a worker that died (SIGKILL, OOM, lost host) come back once they are
     # `vt` old; sweep for them every vt/10 s (kombu's default sweep is ~100 s).
+    # priority: BRPOP lists the realtime queue first, so a free worker takes synchronous
+    # requests before batch chunks (kombu's default round-robin would alternate).
     transport = {"visibility_timeout": vt, "unacked_restore_interval": max(1, min(60, vt // 10)),
-                 "unacked_restore_throttle": 1}
+                 "unacked_restore_throttle": 1, "queue_order_strategy": "priority"}
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -36,7 +38,9 @@ def create_celery(settings: Settings) -> Celery:
         task_time_limit=settings.task_time_limit_s,
         task_soft_time_limit=settings.task_soft_time_limit_s,
         task_default_queue=settings.queue_name,
-        task_routes={"seam.process_chunk": {"queue": settings.queue_name}},
+        task_routes={"seam.process_chunk": {"queue": settings.queue_name},
+                     "seam.realtime": {"queue": settings.realtime_queue_name}},
+        worker_proc_alive_timeout=300,  # the pool process loads and warms the engine before it reports up
         broker_connection_retry_on_startup=True,
         worker_send_task_events=False,
         worker_hijack_root_logger=False,

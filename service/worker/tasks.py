@@ -1,91 +1,188 @@
-"""Celery tasks: thin wrappers over `service.jobs.processing.process_chunk`."""
+"""Celery tasks: thin wrappers over the shared job runtime (`service.jobs.runtime`) and
+the synchronous-request server (`service.realtime.server`).
+
+Per pool process (after the fork, never inherited across it): one engine, one chunk
+context, one realtime server and one heartbeat. `celeryd_after_setup` (main process)
+records the node name and the queues this worker consumes; the pool processes
+inherit them.
+"""
 from __future__ import annotations
 
 import logging
+import os
+import time
 from typing import Any
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_process_init
+from celery.signals import (
+    celeryd_after_setup, worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown,
+)
 
 from service.core.config import get_settings
 from service.core.engine import EngineHolder, build_engine
 from service.jobs.dispatch import TASK_NAME
-from service.jobs.processing import TRANSIENT, ChunkContext, TransientError, fail_unfinished, process_chunk
-from service.jobs.store import RedisJobStore
-from service.storage import Storage
+from service.jobs.processing import ChunkContext
+from service.jobs.runtime import attempt_chunk, build_context, engine_getter, give_up
+from service.realtime.messages import REALTIME_TASK
+from service.realtime.server import RealtimeServer
 from service.worker.celery_app import celery_app
+from service.worker.heartbeat import WorkerHeartbeat
 
 log = logging.getLogger("seam.worker")
 
 _holder = EngineHolder()
 _shared: dict[str, Any] = {}
+_NODE_ENV, _QUEUES_ENV = "SEAM_WORKER_NODE", "SEAM_WORKER_QUEUES"
+
+
+@celeryd_after_setup.connect
+def _record_node(sender: str, instance: Any, **_: Any) -> None:
+    _remember(str(sender), instance.app)
+
+
+def _remember(node: str, app: Any) -> None:
+    os.environ[_NODE_ENV] = node
+    try:
+        queues = list(app.amqp.queues.consume_from)
+    except Exception:  # noqa: BLE001
+        queues = []
+    os.environ[_QUEUES_ENV] = ",".join(queues)
 
 
 @worker_process_init.connect
-def _init_process(**_: Any) -> None:
-    """In each pool process, after the fork: create (and warm) the engine here, so no
-    onnxruntime session or CUDA context is ever inherited across a fork."""
+def _init_process(sender: Any = None, **_: Any) -> None:
+    """In each pool process, after the fork: announce it, then create (and warm) the engine
+    here, so no onnxruntime session or CUDA context is ever inherited across a fork."""
+    if isinstance(sender, str) and "@" in sender:  # the solo pool sends its node name, before celeryd_after_setup
+        os.environ[_NODE_ENV] = sender
+    if "heartbeat" not in _shared:
+        _start_process()
+
+
+@worker_ready.connect
+def _init_solo(sender: Any = None, **_: Any) -> None:
+    # solo/threads pools run tasks in the main process: no worker_process_init there.
+    pool = getattr(getattr(sender, "pool", None), "__module__", "") or type(getattr(sender, "pool", None)).__module__
+    if "prefork" not in pool and "heartbeat" not in _shared:
+        if getattr(sender, "hostname", None):  # (the solo pool can get here before celeryd_after_setup)
+            _remember(str(sender.hostname), sender.app)
+        _start_process()
+
+
+@worker_process_shutdown.connect
+@worker_shutdown.connect
+def _stop_process(**_: Any) -> None:
+    hb = _shared.pop("heartbeat", None)
+    if hb is not None:
+        hb.stop()
+
+
+def _start_process() -> None:
     settings = get_settings()
+    _shared["started_at"] = time.time()
+    _shared["heartbeat"] = WorkerHeartbeat(_redis(), settings.key_prefix, _node(), settings.worker_heartbeat_s,
+                                           _heartbeat_payload).start()
     _holder.load(lambda: build_engine(settings), warm=settings.warmup)
+    _shared["heartbeat"].beat()  # ready at once, not one period later
 
 
-def _store() -> RedisJobStore:
-    if "store" not in _shared:
-        s = get_settings()
-        _shared["store"] = RedisJobStore(s.broker_url or "", s.key_prefix, s.job_ttl_s)
-    return _shared["store"]
+def _node() -> str:
+    return os.environ.get(_NODE_ENV) or f"seam@{os.uname().nodename}"
+
+
+def _queues() -> list[str]:
+    s = get_settings()
+    env = os.environ.get(_QUEUES_ENV)
+    return [q for q in env.split(",") if q] if env else [s.queue_name, s.realtime_queue_name]
+
+
+def _heartbeat_payload() -> dict:
+    engine = _holder.engine
+    out: dict[str, Any] = {"queues": _queues(), "ready": engine is not None, "error": _holder.error,
+                           "started_at": _shared.get("started_at", 0.0)}
+    if engine is not None:
+        out["classes"] = engine.foreground_classes()
+        out["methods"] = engine.methods()
+        out["models"] = [{"name": m.name, "kind": m.kind, "backbone": m.backbone, "classes": m.classes,
+                          "provider": m.provider, "sha256": (m.manifest.get("onnx") or {}).get("sha256")}
+                         for m in engine.models()]
+    return out
+
+
+def _redis() -> Any:
+    if "redis" not in _shared:
+        import redis
+
+        _shared["redis"] = redis.Redis.from_url(get_settings().broker_url or "", socket_timeout=10,
+                                                socket_connect_timeout=5, health_check_interval=30)
+    return _shared["redis"]
 
 
 def _engine():
-    if _holder.engine is None:
-        if _holder.error is None and not _holder.loading:  # solo/threads pools: no worker_process_init
-            s = get_settings()
-            _holder.load(lambda: build_engine(s), warm=s.warmup)
-        if _holder.engine is None:
-            raise TransientError(f"engine not loaded: {_holder.error or 'loading'}")
-    return _holder.engine
+    s = get_settings()
+    return engine_getter(_holder, build=lambda: build_engine(s), warm=s.warmup, wait_s=60)()
+
+
+def realtime() -> RealtimeServer:
+    if "realtime" not in _shared:
+        s = get_settings()
+        _shared["realtime"] = RealtimeServer(_redis(), s.key_prefix, _engine, _node(), s.max_pixels, s.max_batch,
+                                             s.batch_window_ms / 1000.0)
+    return _shared["realtime"]
+
+
+def _between_batches() -> None:
+    """Synchronous requests go first: serve those already waiting between two batches of a chunk."""
+    if get_settings().realtime_queue_name in _queues():
+        try:
+            realtime().serve(window_s=0.0)
+        except Exception:  # noqa: BLE001 - never fail a chunk because of a synchronous request
+            log.exception("serving synchronous requests between batches failed")
 
 
 def context() -> ChunkContext:
-    s = get_settings()
-    return ChunkContext(store=_store(), storage=Storage(s.data_dir), engine=_engine, max_pixels=s.max_pixels,
-                        max_deliveries=s.max_deliveries)
+    if "context" not in _shared:
+        s = get_settings()
+        from service.jobs.store import RedisJobStore
 
-
-def _fail_chunk(args: tuple | list, reason: str) -> None:
-    try:
-        job_id, _chunk, images = args
-        ctx = context()
-        kinds = ctx.storage.read_manifest(job_id)["options"]["outputs"]
-        fail_unfinished(ctx, job_id, list(images), kinds, reason)
-        ctx.store.finish_if_complete(job_id)
-    except Exception:  # noqa: BLE001
-        log.exception("could not record a failed chunk %r", args)
+        store = RedisJobStore(s.broker_url or "", s.key_prefix, s.job_ttl_s)
+        _shared["context"] = build_context(s, _engine, store=store, between=_between_batches)
+    return _shared["context"]
 
 
 class ChunkTask(Task):
-    autoretry_for = TRANSIENT
-    retry_backoff = True
-    retry_backoff_max = 60
-    retry_jitter = True
-    max_retries = get_settings().max_retries
     acks_late = True
     reject_on_worker_lost = True
     ignore_result = True
+    max_retries = None  # the shared RetryPolicy decides (service.jobs.runtime.attempt_chunk)
 
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
-        # Retries exhausted, a bug, or (called by the main process) the hard time limit
+        # A bug outside attempt_chunk, or (called by the main process) the hard time limit
         # killed the pool process: record the chunk's unfinished images so the job ends.
-        _fail_chunk(args, f"chunk failed: {type(exc).__name__}: {exc}")
+        try:
+            job_id, _chunk, images = args
+        except ValueError:
+            log.error("chunk task %s failed with unexpected arguments %r", task_id, args)
+            return
+        give_up(context(), job_id, list(images), f"chunk failed: {type(exc).__name__}: {exc}")
 
 
 @celery_app.task(bind=True, base=ChunkTask, name=TASK_NAME)
-def process_chunk_task(self: ChunkTask, job_id: str, chunk: int, images: list[str]) -> dict:
+def process_chunk_task(self: ChunkTask, job_id: str, chunk: int, images: list[str]) -> None:
     """Label the images `images` (ids from the job manifest) of job `job_id`."""
     try:
-        rep = process_chunk(context(), job_id, chunk, list(images))
+        delay = attempt_chunk(context(), job_id, chunk, list(images), self.request.retries,
+                              reraise=(SoftTimeLimitExceeded,))
     except SoftTimeLimitExceeded as exc:
-        # Images already written are kept and skipped on the retry.
+        # Images already written are kept and skipped on the retry (each start is counted:
+        # the poison-chunk guard still applies).
         raise self.retry(exc=exc, countdown=1) from exc
-    return {"done": rep.done, "failed": rep.failed, "skipped": rep.skipped, "cancelled": rep.cancelled}
+    if delay is not None:
+        raise self.retry(countdown=delay)
+
+
+@celery_app.task(name=REALTIME_TASK, ignore_result=True, acks_late=False)
+def serve_realtime_task(request_id: str | None = None) -> int:
+    """Wake-up for synchronous requests: serve every pending one (batched), not only `request_id`."""
+    return realtime().serve()

@@ -297,7 +297,8 @@ def test_job_state_expires(make_client):
     job = submit(c, zip_bytes({"a.png": png_bytes(8, 8)})).json()
     wait_job(c, job["id"])
     store = c.app.state.store
-    store._jobs[job["id"]]["expires_at"] = "0"  # as if 60 s had passed
+    with store._tx() as db:  # the embedded store is SQLite: as if 60 s had passed
+        db.execute("UPDATE jobs SET expires_at = 0 WHERE id = ?", (job["id"],))
     assert_error(c.get(f"/jobs/{job['id']}"), 404)
     assert c.get("/jobs").json()["total"] == 0
     storage = c.app.state.storage

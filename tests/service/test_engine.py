@@ -16,13 +16,17 @@ from onnx import TensorProto, helper, numpy_helper
 from seam.common.cam import MultiScaleConfig, cams_to_label, multiscale_cam
 from seam.common.image import Normalization
 from service.engine import runtime
+from service.engine.base import MemoryBudgetError
 from service.engine.manifest import (
     KIND_OUTPUTS,
+    PCM_INPUTS,
+    PCM_OUTPUTS,
     CamSettings,
     DeepLabSettings,
     Manifest,
     ManifestError,
     OnnxFile,
+    PcmGraphFile,
     Provenance,
     RandomWalkSettings,
     file_sha256,
@@ -32,6 +36,7 @@ from service.engine.onnx_engine import OnnxEngine
 
 FG = ["cat", "dog", "bird"]
 CLASSES = ["background", *FG]
+PCM_DIM = 6  # channels of the fake PCM embedding
 
 
 def stride8_graph(outputs: dict[str, int], seed: int = 0) -> onnx.ModelProto:
@@ -56,7 +61,7 @@ def stride8_graph(outputs: dict[str, int], seed: int = 0) -> onnx.ModelProto:
     outs = []
     for name, c in outputs.items():
         conv(f"{name}_pre", x, 8, c, 1, 1)
-        nodes.append(helper.make_node("Relu" if name == "cam_rv" else "Identity", [f"{name}_pre"], [name]))
+        nodes.append(helper.make_node("Relu" if name == "pcm_n" else "Identity", [f"{name}_pre"], [name]))
         outs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", c, "h8", "w8"]))
     graph = helper.make_graph(
         nodes, "fake", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
@@ -66,12 +71,49 @@ def stride8_graph(outputs: dict[str, int], seed: int = 0) -> onnx.ModelProto:
     return model
 
 
+def pcm_graph() -> onnx.ModelProto:
+    """The PCM column block written with plain ONNX ops (an independent transcription of
+    the release: relu(g^T q), column sums, n @ A / (sum + 1e-5))."""
+    f = TensorProto.FLOAT
+    ins = [helper.make_tensor_value_info(n, f, ["b", c, px]) for n, c, px in
+           zip(PCM_INPUTS, ("c", "d", "d"), ("n", "n", "m"))]
+    nodes = [
+        helper.make_node("Transpose", ["pcm_g"], ["gt"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["gt", "pcm_q"], ["a"]),
+        helper.make_node("Relu", ["a"], ["ar"]),
+        helper.make_node("MatMul", ["pcm_n", "ar"], ["num"]),
+        helper.make_node("ReduceSum", ["ar", "axis1"], ["colsum"], keepdims=1),
+        helper.make_node("Add", ["colsum", "eps"], ["den"]),
+        helper.make_node("Div", ["num", "den"], ["cam_rv"]),
+    ]
+    inits = [numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+             numpy_helper.from_array(np.array(1e-5, np.float32), "eps")]
+    graph = helper.make_graph(nodes, "pcm", ins, [helper.make_tensor_value_info(PCM_OUTPUTS[0], f, ["b", "c", "m"])],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    return model
+
+
+def dense_pcm(n: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """numpy reference of the release's dense PCM: (B, C, h, w), (B, D, h, w) -> (B, C, h, w)."""
+    B, C, h, w = n.shape
+    n2, g2 = n.reshape(B, C, -1).astype(np.float64), g.reshape(B, g.shape[1], -1).astype(np.float64)
+    aff = np.maximum(np.einsum("bdi,bdj->bij", g2, g2), 0)
+    aff /= aff.sum(axis=1, keepdims=True) + 1e-5
+    return np.einsum("bci,bij->bcj", n2, aff).reshape(B, C, h, w).astype(np.float32)
+
+
 def write_model(root: Path, name: str, kind: str = "seam", classes: list[str] = CLASSES, seed: int = 0,
                 **settings) -> Path:
     d = root / name
     d.mkdir(parents=True)
     n_out = {"seam": len(classes), "deeplab": len(classes), "affinity": 16}[kind]
-    onnx.save(stride8_graph({o: n_out for o in KIND_OUTPUTS[kind]}, seed), str(d / "model.onnx"))
+    widths = {o: PCM_DIM if o == "pcm_g" else n_out for o in KIND_OUTPUTS[kind]}
+    onnx.save(stride8_graph(widths, seed), str(d / "model.onnx"))
+    if kind == "seam":
+        onnx.save(pcm_graph(), str(d / "pcm.onnx"))
+        settings.setdefault("pcm", PcmGraphFile(sha256=file_sha256(d / "pcm.onnx")))
     defaults = {"seam": {"cam": CamSettings(scales=(0.5, 1.0), flip=True)},
                 "affinity": {"random_walk": RandomWalkSettings(logt=3)},
                 "deeplab": {"deeplab": DeepLabSettings(scales=(1.0, 0.75), flip=True)}}[kind]
@@ -108,7 +150,7 @@ def test_repository_and_methods(engine):
     infos = {m.kind: m for m in engine.models()}
     assert set(infos) == {"seam", "affinity", "deeplab"}
     assert infos["seam"].classes == FG and infos["seam"].provider == "CPUExecutionProvider"
-    assert infos["seam"].manifest["onnx"]["outputs"] == ["cam", "cam_rv"]
+    assert infos["seam"].manifest["onnx"]["outputs"] == ["cam", "pcm_n", "pcm_g"]
     assert engine.methods() == ["deeplab", "rw", "pcm", "cam"]
     assert engine.foreground_classes() == FG
     assert engine.runtime.threads == 2
@@ -129,7 +171,11 @@ def test_cam_equals_shared_code_with_an_onnx_runner(engine, repo):
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(repo / "seam-a" / "model.onnx"), providers=["CPUExecutionProvider"])
-    runner = lambda b: tuple(sess.run(["cam", "cam_rv"], {"image": b}))
+
+    def runner(b):
+        cam, n, g = sess.run(["cam", "pcm_n", "pcm_g"], {"image": b})
+        return cam, dense_pcm(n, g)
+
     rgb = image(37, 61)
     for refined in (True, False):
         ref = multiscale_cam(rgb, runner, [0, 2], MultiScaleConfig(scales=(0.5, 1.0), refined=refined,
@@ -143,14 +189,97 @@ def test_cam_equals_shared_code_with_an_onnx_runner(engine, repo):
     assert engine.cam(rgb, None, cls_threshold=1.0).classes == []
 
 
-def test_big_flip_pairs_run_one_pass_at_a_time(engine, monkeypatch):
+def test_small_budgets_cut_passes_and_pcm_blocks_with_equal_results(repo):
+    """A tiny memory budget runs the flip pair as two passes; a tiny PCM block budget cuts
+    the affinity into many column blocks: the maps do not change."""
     from service.engine import onnx_engine
 
     rgb = image(40, 48)
-    ref = engine.cam(rgb, [1])
-    monkeypatch.setattr(onnx_engine, "PCM_BATCH_BYTES", 1)
-    got = engine.cam(rgb, [1])
-    np.testing.assert_allclose(got.cams, ref.cams, atol=1e-6)
+    ref = OnnxEngine(repo, threads=1).cam(rgb, [1])
+    eng = OnnxEngine(repo, threads=1, memory_budget=1 << 30)
+    eng.memory_budget = 100_000  # below one pass: every item alone (admission is not asked here)
+    runner = eng._runner(eng._models["seam"], refined=True)
+    calls = []
+    orig = eng._run
+    eng._run = lambda m, b, names=None: calls.append(b.shape[0]) or orig(m, b, names)
+    x = np.random.default_rng(0).standard_normal((2, 3, 40, 48)).astype(np.float32)
+    cam, rv = runner(x)
+    assert calls == [1, 1] and cam.shape[0] == rv.shape[0] == 2
+    blocks = OnnxEngine(repo, threads=1, pcm_block_bytes=4 * 30 * 2)
+    np.testing.assert_allclose(blocks.cam(rgb, [1]).cams, ref.cams, atol=1e-5)
+    assert onnx_engine.block_columns(30, 2, 4 * 30 * 2) == 1
+
+
+def test_raw_cams_never_run_the_pcm(repo):
+    eng = OnnxEngine(repo, threads=1)
+    m = eng._models["seam"]
+    calls = []
+
+    class Spy:
+        def run(self, *a, **k):
+            calls.append(1)
+            return real.run(*a, **k)
+
+    real, m.pcm_session = m.pcm_session, Spy()
+    rgb = image(37, 45)
+    eng.cam(rgb, [0], refined=False)
+    eng.segment(rgb, [0], method="cam")
+    assert calls == []
+    eng.cam(rgb, [0], refined=True)
+    assert calls
+
+
+def test_large_images_run_at_the_working_side(repo):
+    """An image longer than max_side is resized before the passes; maps and labels come back
+    at its own size and equal the small image's maps upsampled."""
+    from seam.common.cam import resize_bilinear
+    from seam.common.image import resize_rgb
+
+    eng = OnnxEngine(repo, threads=1, max_side=64)
+    rgb = image(150, 201)
+    small = resize_rgb(rgb, (48, 64))
+    got = eng.cam(rgb, [0, 2])
+    ref = eng.cam(small, [0, 2])
+    assert got.cams.shape == (2, 150, 201)
+    np.testing.assert_allclose(got.cams, resize_bilinear(ref.cams, (150, 201)), atol=1e-5)
+    seg = eng.segment(rgb, [0, 2], method="pcm", threshold=0.3)
+    assert seg.label.shape == (150, 201) and seg.cams.cams.shape == (2, 48, 64)
+    np.testing.assert_array_equal(seg.label, cams_to_label(seg.cams.cams, [0, 2], 0.3, out_hw=(150, 201)))
+    for method in ("rw", "deeplab"):
+        assert eng.segment(rgb, [0, 2], method=method).label.shape == (150, 201)
+    # per request: a larger max_side processes at the image's own size
+    full = eng.cam(rgb, [0, 2], max_side=400)
+    np.testing.assert_allclose(full.cams, OnnxEngine(repo, threads=1).cam(rgb, [0, 2]).cams, atol=1e-6)
+    with pytest.raises(ValueError, match="max_side must be in"):
+        eng.cam(rgb, max_side=4)
+
+
+def test_memory_admission_refuses_with_numbers(repo):
+    eng = OnnxEngine(repo, threads=1, memory_budget=1 << 30)
+    est = eng.estimate((3000, 4000), "pcm", max_side=1800)
+    assert not est.fits and est.working_hw == (1350, 1800)
+    assert est.suggested_max_side is not None and est.suggested_max_side < 1800
+    assert eng.estimate((3000, 4000), "pcm", max_side=est.suggested_max_side).fits
+    assert not eng.estimate((3000, 4000), "pcm", max_side=est.suggested_max_side + 1).fits
+    with pytest.raises(MemoryBudgetError, match="over the engine's memory budget") as exc:
+        eng.segment(np.zeros((1500, 2000, 3), np.uint8), max_side=2000, method="pcm")
+    assert exc.value.estimate.needed_bytes > 1 << 30
+    assert eng.estimate((300, 400), "cam").needed_bytes < eng.estimate((300, 400), "pcm").needed_bytes
+
+
+def test_batched_calls_equal_single_calls(engine):
+    imgs = [image(33, 47, seed=i) for i in range(3)] + [image(40, 40, seed=9)]
+    labels = [[0], None, [1, 2], [2]]
+    many = engine.cam_many(imgs, labels)
+    for rgb, lb, got in zip(imgs, labels, many):
+        ref = engine.cam(rgb, lb)
+        assert got.classes == ref.classes
+        np.testing.assert_allclose(got.cams, ref.cams, atol=1e-5)
+    segs = engine.segment_many(imgs, labels, method="pcm")
+    for rgb, lb, got in zip(imgs, labels, segs):
+        np.testing.assert_array_equal(got.label, engine.segment(rgb, lb, method="pcm").label)
+    with pytest.raises(ValueError, match="label lists"):
+        engine.cam_many(imgs, [None])
 
 
 def test_input_validation(engine):
@@ -236,6 +365,8 @@ def test_sha_mismatch_is_detected(tmp_path):
     (lambda m: m.update(kind="pspnet"), "kind"),
     (lambda m: m.update(unexpected=1), "unexpected"),
     (lambda m: m.update(cam=None), "cam settings"),
+    (lambda m: m.update(pcm=None), "pcm graph"),
+    (lambda m: m.update(schema_version=1), "re-export"),
     (lambda m: m["input"].update(std=[0.2, 0.0, 0.2]), "std"),
 ])
 def test_manifest_schema(tmp_path, edit, message):

@@ -12,9 +12,10 @@ from PIL import Image
 
 from service.jobs.dispatch import EmbeddedDispatcher
 from service.jobs.processing import ChunkContext, TransientError, process_chunk
-from service.jobs.store import MemoryJobStore, RedisJobStore
+from service.jobs.runtime import RetryPolicy, attempt_chunk
+from service.jobs.store import MemoryJobStore, RedisJobStore, SqliteJobStore
 from service.storage import Storage
-from tests.service.fakes import FakeEngine, rgb_image
+from tests.service.fakes import FAIL_PIXEL, FAKE_CLASSES, FakeEngine, rgb_image
 
 REDIS_URL = "redis://127.0.0.1:6379/14"
 
@@ -29,10 +30,15 @@ def _redis_ok() -> bool:
         return False
 
 
-@pytest.fixture(params=["memory", "redis"])
-def store(request):
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def store(request, tmp_path):
     if request.param == "memory":
         yield MemoryJobStore(ttl_s=3600)
+        return
+    if request.param == "sqlite":
+        s = SqliteJobStore(tmp_path / "jobs.sqlite3", ttl_s=3600)
+        yield s
+        s.close()
         return
     if not _redis_ok():
         pytest.skip("no Redis on 127.0.0.1:6379 (start one with `redis-server --daemonize yes`)")
@@ -139,9 +145,11 @@ class CountingEngine(FakeEngine):
         return super().segment(*a, **kw)
 
 
-def ctx_for(tmp_path: Path, engine, store=None, max_deliveries: int = 3) -> ChunkContext:
+def ctx_for(tmp_path: Path, engine, store=None, max_deliveries: int = 3, max_retries: int = 3,
+            max_batch: int = 1) -> ChunkContext:
     return ChunkContext(store=store or MemoryJobStore(3600), storage=Storage(tmp_path / "data"),
-                        engine=lambda: engine, max_pixels=10**7, max_deliveries=max_deliveries)
+                        engine=lambda: engine, max_pixels=10**7, max_deliveries=max_deliveries, max_batch=max_batch,
+                        retry=RetryPolicy(max_retries, backoff_s=0.01))
 
 
 def test_redelivered_chunk_neither_duplicates_nor_loses(tmp_path):
@@ -217,19 +225,84 @@ class FlakyStore(MemoryJobStore):
 
 def test_embedded_executor_retries_transient_errors(tmp_path):
     store = FlakyStore(failures=2)
-    ctx = ctx_for(tmp_path, FakeEngine(), store=store)
+    ctx = ctx_for(tmp_path, FakeEngine(), store=store, max_retries=3)
     j, ids = make_job(ctx.storage, store, 3)
-    d = EmbeddedDispatcher(lambda: ctx, workers=1, max_retries=3, backoff_s=0.01)
+    d = EmbeddedDispatcher(ctx, workers=1)
     d.run_chunk(j, 0, ids)
     assert store.snapshot(j).state == "succeeded"
 
     store2 = FlakyStore(failures=10)
-    ctx2 = ctx_for(tmp_path, FakeEngine(), store=store2)
+    ctx2 = ctx_for(tmp_path, FakeEngine(), store=store2, max_retries=2)
     j2, ids2 = make_job(ctx2.storage, store2, 2)
-    d2 = EmbeddedDispatcher(lambda: ctx2, workers=1, max_retries=2, backoff_s=0.01)
+    d2 = EmbeddedDispatcher(ctx2, workers=1)
     d2.run_chunk(j2, 0, ids2)
     snap = store2.snapshot(j2)
     assert snap.state == "failed" and "gave up after 3 attempts" in snap.errors[0][1]
+
+
+def test_retry_policy_and_attempts(tmp_path):
+    pol = RetryPolicy(max_retries=4, backoff_s=0.5, backoff_max_s=3.0)
+    assert [pol.delay(r) for r in (1, 2, 3, 4, 5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    store = FlakyStore(failures=1)
+    ctx = ctx_for(tmp_path, FakeEngine(), store=store, max_retries=1)
+    j, ids = make_job(ctx.storage, store, 1)
+    assert attempt_chunk(ctx, j, 0, ids, retries=0) == ctx.retry.delay(1)  # transient: run again later
+    assert attempt_chunk(ctx, j, 0, ids, retries=1) is None and store.snapshot(j).state == "succeeded"
+
+
+class BatchCountingEngine(FakeEngine):
+    """Records the size of every segment_many call; fails the images whose first pixel is FAIL_PIXEL."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+
+    def segment_many(self, rgbs, labels, **kw):
+        self.batches.append(len(rgbs))
+        return super().segment_many(rgbs, labels, **kw)
+
+
+def test_chunk_batches_same_size_images(tmp_path):
+    engine = BatchCountingEngine()
+    ctx = ctx_for(tmp_path, engine, max_batch=3)
+    j = jid()
+    inputs = ctx.storage.inputs_dir(j)
+    inputs.mkdir(parents=True)
+    shapes = [(16, 20)] * 5 + [(24, 20)] * 2 + [(9, 9)]  # 5 + 2 + 1 of three sizes
+    arrays = {}
+    for i, (h, w) in enumerate(shapes):
+        a = rgb_image(h, w, seed=i)
+        if i == 3:
+            a[0, 0] = FAIL_PIXEL  # the engine raises on this one: it must fail alone
+        Image.fromarray(a).save(inputs / f"im{i}.png")
+        arrays[f"im{i}"] = a
+    labels = {"im1": [1]}
+    storage_manifest = {"id": j, "created_at": time.time(), "options": {"outputs": ["png", "npy"]}, "source": "upload",
+                        "source_dir": None, "images": {k: f"{k}.png" for k in arrays}, "labels": labels,
+                        "classes": list(FAKE_CLASSES)}
+    ctx.storage.write_manifest(j, storage_manifest)
+    ctx.store.create(j, len(arrays), 1, {"outputs": ["png", "npy"]}, "upload")
+    rep = process_chunk(ctx, j, 0, sorted(arrays))
+    assert sorted(engine.batches) == [2, 2, 3]  # 16x20: 3 + 2 ; 24x20: 2 ; the 9x9 one alone (no batch call)
+    assert (rep.done, rep.failed) == (7, 1)
+    snap = ctx.store.snapshot(j)
+    assert [e[0] for e in snap.errors] == ["im3"] and "trigger pixel" in snap.errors[0][1]
+    ref = FakeEngine()
+    for iid, a in arrays.items():
+        if iid == "im3":
+            continue
+        got = np.asarray(Image.open(ctx.storage.output_path(j, "png", iid)))
+        assert np.array_equal(got, ref.segment(a, labels.get(iid)).label), iid  # batch result = one-by-one result
+
+
+def test_chunk_of_another_label_set_fails_clearly(tmp_path):
+    ctx = ctx_for(tmp_path, FakeEngine(classes=("cat", "dog")))
+    j, ids = make_job(ctx.storage, ctx.store, 2)
+    m = ctx.storage.read_manifest(j)
+    ctx.storage.write_manifest(j, {**m, "classes": ["red", "green", "blue"], "models": [{"name": "old-model"}]})
+    rep = process_chunk(ctx, j, 0, ids)
+    assert rep.failed == 2 and rep.final_state == "failed"
+    assert "old-model" in ctx.store.snapshot(j).errors[0][1]
 
 
 def test_engine_not_loaded_is_transient(tmp_path):

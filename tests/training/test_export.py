@@ -53,13 +53,17 @@ def exported(tmp_path_factory):
 def test_manifest_and_files(exported):
     _, ckpt, res = exported
     assert res.model_dir.name == "tiny"
-    assert sorted(p.name for p in res.model_dir.iterdir()) == ["manifest.json", "model.onnx"]
+    assert sorted(p.name for p in res.model_dir.iterdir()) == ["manifest.json", "model.onnx", "pcm.onnx"]
     size = (res.model_dir / "model.onnx").stat().st_size
     assert 1e6 < size < 10e6  # the small backbone: one self-contained file of a few MB
     m = load_model_dir(res.model_dir)  # validates the schema and the sha256
     assert m.kind == "seam" and m.backbone == "resnet38_small"
     assert list(m.class_names) == CLASSES and m.foreground == CLASSES[1:]
-    assert m.onnx.outputs == ("cam", "cam_rv") and m.onnx.external_data == {}
+    assert m.onnx.outputs == ("cam", "pcm_n", "pcm_g") and m.onnx.external_data == {}
+    assert m.pcm.sha256 == file_sha256(res.model_dir / "pcm.onnx")
+    # the demo-style sidecar has no resize range: the release's 448-768, working at the top
+    assert m.input.train_long_side == (448, 768) and m.input.working_side == 768
+    assert m.input.bytes_per_pixel > 0
     assert m.onnx.ir_version == 10 and m.onnx.opset == 18
     assert m.cam.bg_threshold == 0.26 and m.cam.scales == (0.5, 1.0, 1.5, 2.0) and m.cam.flip
     assert m.provenance.checkpoint_sha256 == file_sha256(ckpt)
@@ -75,16 +79,43 @@ def test_manifest_and_files(exported):
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_onnxruntime_matches_torch_on_odd_sizes(exported, shape):
+    """The backbone graph's outputs equal the eager network's, and the blocked PCM graph
+    (three column blocks here) reproduces the release's dense cam_rv."""
+    from service.engine.pcm import run_pcm
+
     net, _, res = exported
     sess, provider = create_session(res.model_dir / "model.onnx", RuntimeConfig(threads=2))
+    pcm_sess, _ = create_session(res.model_dir / "pcm.onnx", RuntimeConfig(threads=2))
     assert provider == "CPUExecutionProvider"
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        ref = net.forward_stride8(x)
-    got = sess.run(["cam", "cam_rv"], {"image": x.numpy()})
-    for r, g in zip(ref, got):
-        assert g.shape == tuple(r.shape)
-        assert np.abs(g - r.numpy()).max() <= 1e-4
+    with torch.enable_grad():  # the release's dense PCM
+        ref_cam, ref_rv = (t.detach() for t in net.forward_stride8(x))
+    cam, n, g = sess.run(["cam", "pcm_n", "pcm_g"], {"image": x.numpy()})
+    assert cam.shape == tuple(ref_cam.shape) and np.abs(cam - ref_cam.numpy()).max() <= 1e-4
+    hw = n.shape[-1] * n.shape[-2]
+    rv = run_pcm(pcm_sess, n, g, budget=4 * hw * shape[0] * (hw // 3 + 1))
+    assert rv.shape == tuple(ref_rv.shape) and np.abs(rv - ref_rv.numpy()).max() <= 1e-5
+
+
+def test_blocked_torch_pcm_equals_dense(exported):
+    """Inference (no grad) runs the PCM in column blocks: equal to the dense form to 1e-5."""
+    from seam.common import pcm_blocks
+
+    net, _, _ = exported
+    x = torch.randn(2, 3, 120, 97, generator=torch.Generator().manual_seed(4))
+    with torch.enable_grad():
+        dense = net.forward_stride8(x)[1].detach()
+    old = pcm_blocks.PCM_BLOCK_BYTES
+    try:
+        import training.models.seam as seam_mod
+
+        seam_mod.block_columns = lambda hw, b: 7  # many ragged blocks
+        with torch.no_grad():
+            blocked = net.forward_stride8(x)[1]
+    finally:
+        seam_mod.block_columns = pcm_blocks.block_columns
+    assert old == pcm_blocks.PCM_BLOCK_BYTES
+    assert torch.abs(blocked - dense).max() <= 1e-5
 
 
 def test_refuses_to_write_on_mismatch(tmp_path, monkeypatch):
@@ -97,7 +128,7 @@ def test_refuses_to_write_on_mismatch(tmp_path, monkeypatch):
 
     def broken(*args, **kwargs):
         diffs, _ = real(*args, **kwargs)
-        diffs["cam_rv"] = 0.5
+        diffs["cam"] = 0.5
         return diffs, 0.5
 
     monkeypatch.setattr(onnx_export, "check_parity", broken)
@@ -200,7 +231,7 @@ def test_authors_resnet38_goes_to_external_data(official_keys, tmp_path):
         torch.save(_authors_resnet38_state_dict(official_keys["seam"]), ckpt)
         res = export_model(ckpt, "seam", "r38", tmp_path / "models", check_shapes=[(1, 3, 37, 61)])
         files = sorted(p.name for p in res.model_dir.iterdir())
-        assert files == ["manifest.json", "model.onnx", "model.onnx.data"]
+        assert files == ["manifest.json", "model.onnx", "model.onnx.data", "pcm.onnx"]
         assert (res.model_dir / "model.onnx").stat().st_size < 5e6
         assert (res.model_dir / "model.onnx.data").stat().st_size > 400e6
         m = load_model_dir(res.model_dir)

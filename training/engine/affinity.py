@@ -40,6 +40,7 @@ from training.engine.loop import (
     prepare,
     stderr_log,
 )
+from training.engine.recipes import RECIPES, describe, recipe_report, with_recipe
 from training.engine.schedule import AUTHORS_MOMENTUM, PolySchedule, make_optimizer
 from training.engine.state import (
     atomic_torch_save,
@@ -138,6 +139,8 @@ class Stage:
     fingerprint: str  # identifies the training data; a --resume must see the same
     extra_params: list[nn.Parameter] = dataclasses.field(default_factory=list)  # e.g. new BN (10x lr, no decay)
     train_mode: Callable[[nn.Module], None] = set_train_mode
+    unfreeze: bool = False  # train every conv (conv1a, b2* too), as the authors' DeepLab run; BN params stay out
+    poly_extra: int = 0  # poly over max_iter + poly_extra (the authors' DeepLab: 1)
 
 
 def init_from_weights(model: nn.Module, path: str | Path, kind: str) -> dict[str, Any]:
@@ -146,6 +149,11 @@ def init_from_weights(model: nn.Module, path: str | Path, kind: str) -> dict[str
     (a SEAM checkpoint gives the backbone); any other shape mismatch is an error."""
     src = resolve_weights(path)
     sd, meta = read_checkpoint(src)
+    if kind == "deeplab":
+        from training.models.deeplab import from_authors_state_dict, is_authors_state_dict
+
+        if is_authors_state_dict(sd):  # the authors' released deeplabv1: their key names
+            sd, meta = from_authors_state_dict(sd), {**meta, "kind": "deeplab", "source": "authors deeplabv1"}
     own = model.state_dict()
     head = tuple(f"{n}." for n, m in model.named_children() if m in model.new_modules())
     same_kind = meta.get("kind") == kind
@@ -191,6 +199,9 @@ def run_stage(cfg: StageConfig, d: Dist, stage: Stage, model: nn.Module, dataset
     """Optimise `model` on `dataset` with `stage.step`; save checkpoints and the final weights.
     Returns the sidecar dict (rank 0; {} elsewhere)."""
     run_dir = open_run_dir(cfg, d)
+    has_recipe = hasattr(cfg, "recipe_report")
+    if has_recipe:
+        log(describe(stage.kind, cfg.recipe, cfg.to_dict(), cfg.effective_momentum))
     if len(dataset) < cfg.batch_size:
         raise TrainingError(f"{len(dataset)} training images are fewer than one batch of {cfg.batch_size}")
     cuda = d.device.type == "cuda"
@@ -208,6 +219,12 @@ def run_stage(cfg: StageConfig, d: Dist, stage: Stage, model: nn.Module, dataset
     elif not cfg.weights:
         log("no --weights: training from random initialisation")
     frozen = freeze_parameters(model)
+    if stage.unfreeze:
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                for p in m.parameters():
+                    p.requires_grad_(True)
+        frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
     model.to(d.device)
     calib = cfg.bn_calibration if cfg.bn_calibration is not None else (0 if cfg.weights else 10)
     if calib and not cfg.resume:  # random init: as the SEAM trainer, data-calibrated frozen BN
@@ -222,7 +239,11 @@ def run_stage(cfg: StageConfig, d: Dist, stage: Stage, model: nn.Module, dataset
                              "lr_mult": 10.0, "weight_decay": 0.0, "name": "new_norm"})
     extra = {"kind": stage.kind,
              **({"class_names": stage.sidecar["class_names"]} if "class_names" in stage.sidecar else {})}
-    run = Run(cfg, d, run_dir, model, opt, PolySchedule(opt, max_iter), torch.amp.GradScaler("cuda", enabled=amp),
+    if getattr(cfg, "max_iterations", None):  # iteration-counted runs: enough epochs to reach the cap
+        cfg.epochs = -(-cfg.max_iterations // ipe)
+        max_iter = min(max_iter, ipe * cfg.epochs, cfg.max_iterations)
+    run = Run(cfg, d, run_dir, model, opt, PolySchedule(opt, max_iter + stage.poly_extra),
+              torch.amp.GradScaler("cuda", enabled=amp),
               ipe, stage.fingerprint, init_report, checkpoint_extra=extra)
     if cfg.resume:
         run.resume(lambda ck: _check_resume(ck, cfg, stage), log)
@@ -246,6 +267,7 @@ def run_stage(cfg: StageConfig, d: Dist, stage: Stage, model: nn.Module, dataset
         "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
         "dataset_fingerprint": stage.fingerprint,
         "config": cfg.to_dict(),
+        **({"recipe": cfg.recipe_report()} if has_recipe else {}),
         "training": run.summary(stopped, seconds, amp),
         "metrics": {"history": run.history, "final": run.history[-1] if run.history else None},
     }
@@ -282,11 +304,11 @@ def train_stage(cfg: StageConfig, build: Callable[[], tuple[Stage, nn.Module, to
 
 @dataclass
 class AffinityTrainConfig(StageConfig):
-    """An AffinityNet run. Defaults are the authors' train_aff.py (batch 8, 8 epochs, crop 448,
-    flip + colour jitter, radius 5) except lr: the release's 0.1 ran with its accidental
-    momentum 5e-4; with momentum 0.9 the same step size is lr 0.01 (lr 0.1 and momentum 0.9
-    collapse every affinity to 0 within two epochs here). `--lr 0.1 --authors-momentum`
-    reproduces the release."""
+    """An AffinityNet run. Defaults are the release recipe, SEAM's train_aff.py: batch 8,
+    8 epochs, crop 448, flip + colour jitter, radius 5, lr 0.01, SGD momentum 5e-4 (the
+    release's PolyOptimizer puts weight decay in SGD's momentum slot), weight decay 5e-4
+    per group, poly 0.9, fp32. (psa's train_aff.py, another release, uses lr 0.1.)
+    `from_recipe("tuned", ...)`: momentum 0.9, AMP on CUDA."""
 
     data: str = "data/VOC2012"  # root with JPEGImages/ (or an image folder)
     labels: str = "runs/aff_labels"  # <id>.png AffinityNet labels (seam.common.affinity_labels)
@@ -295,11 +317,24 @@ class AffinityTrainConfig(StageConfig):
     image_labels: str | None = None  # image-level label file of the data set (voc/folder), if not default
     radius: int = DEFAULT_RADIUS
     flip: bool = True
+    momentum: float = AUTHORS_MOMENTUM  # the release's effective momentum; tuned: 0.9
+    amp: bool | None = False  # the release ran fp32; None: on with CUDA
+    recipe: str = "release"  # release | tuned (training.engine.recipes)
 
     SCHEDULE_FIELDS = (*StageConfig.SCHEDULE_FIELDS, "radius", "flip")
 
+    @classmethod
+    def from_recipe(cls, recipe: str, **settings: Any) -> AffinityTrainConfig:
+        """Recipe values, then `settings` (None = not given, the recipe's value stays)."""
+        return cls(recipe=recipe, **with_recipe("affinity", recipe, settings))
+
+    def recipe_report(self) -> dict[str, Any]:
+        return recipe_report("affinity", self.recipe, self.to_dict(), self.effective_momentum)
+
     def validate(self) -> None:
         super().validate()
+        if self.recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {self.recipe!r}; choose from {', '.join(RECIPES)}")
         AffinityAugmentConfig(crop=self.crop, radius=self.radius)
 
 

@@ -1,9 +1,31 @@
 """DeepLab-LargeFOV retraining on pseudo labels (the last stage of the SEAM pipeline).
 
-Same loop as AffinityNet (`training.engine.affinity.run_stage`): four parameter
-groups with poly decay, frozen backbone BN / conv1a / b2, the head's own BN layers
-trained (10x lr, no decay). Loss: cross-entropy over the logits upsampled
-(bilinear) to the crop size, 255 ignored (crop padding, unknown pseudo labels).
+Same loop as AffinityNet (`training.engine.affinity.run_stage`). Two recipes:
+
+release - as the authors ran it (YudeWang/semantic-segmentation-codebase,
+  experiment/seamv1-pseudovoc config.py + train.py, lib/net/deeplabv1.py,
+  lib/net/backbone/resnet38d.py, lib/datasets/transform.py):
+  - SGD momentum 0.9 (passed by keyword: no slip here), weight decay 5e-4, lr 1e-3;
+    groups: backbone conv weights x1, head convs (conv_fov, conv_fov2, cls_conv) x10,
+    cls_conv bias x20 without decay. Only convs are in the optimiser: no BN weight or bias
+    is ever updated.
+  - lr = 1e-3 * (1 - itr / (20000 + 1)) ** 0.9, 20000 iterations at batch 10 (2 GPUs x 5,
+    plain BN: statistics per GPU).
+  - BN: their train.py never calls net.train() / net.eval(), so the backbone's freezing
+    `train()` override never runs: every BN (backbone and head) normalises with batch
+    statistics and updates its running statistics with momentum 3e-4; conv1a and b2*
+    are trained (`MODEL_FREEZEBN: False`; the head's BN affine stays at 1 / 0).
+  - augmentation: HSV shift (+-10 on OpenCV's H 0..179, S, V), flip 0.5, rescale 0.5-1.5
+    (bicubic image, nearest label), normalise, random crop 448 (image 0, label 255).
+  - loss: cross-entropy (255 ignored) on logits upsampled to the crop
+    (bilinear, align_corners=True, inside their network).
+  Silent in the config: the seed of the crop/scale draws (they seed python/numpy/torch with 1),
+  whether BN batch statistics were meant (MODEL_FREEZEBN False says so; nothing says
+  the backbone's train() freeze was skipped on purpose).
+tuned (ours, the dataclass defaults): batch 8, 20 epochs, frozen backbone BN / conv1a / b2,
+  the head's BN trained (10x lr, no decay), ColorJitter off, loss upsampling
+  align_corners=False - the stage-loop conventions of SEAM and AffinityNet, kept for
+  small / random-init runs where batch statistics of tiny batches are noisy.
 """
 from __future__ import annotations
 
@@ -22,6 +44,7 @@ from training.data.segmentation import SegAugmentConfig, SegmentationDataset
 from training.engine.affinity import Stage, StageConfig, files_fingerprint, labelled_items, train_stage
 from training.engine.loop import Progress
 from training.engine.trainer import set_train_mode
+from training.models.deeplab import BN_MOMENTUM
 from training.models.registry import create_model
 
 DEEPLAB_FINAL = "deeplab_final.pth"
@@ -33,8 +56,10 @@ class DeepLabDataError(ValueError):
 
 @dataclass
 class DeepLabTrainConfig(StageConfig):
-    """A DeepLab run on pseudo labels. Our defaults (the SEAM paper gives none): batch 8,
-    20 epochs, lr 1e-3 (10x on the head), momentum 0.9, crop 448, scale 0.5-1.5, flip."""
+    """A DeepLab run on pseudo labels. Dataclass defaults: the `tuned` recipe (batch 8,
+    20 epochs, lr 1e-3 (10x on the head), momentum 0.9, crop 448, scale 0.5-1.5, flip,
+    frozen backbone BN). `DeepLabTrainConfig.from_recipe("release", ...)`: the authors'
+    seamv1-pseudovoc run (module docstring)."""
 
     images: str = "data/VOC2012/JPEGImages"  # image directory or list file
     labels: str = "runs/rw"  # <id>.png pseudo labels (VOC palette, 255 = ignore)
@@ -46,12 +71,48 @@ class DeepLabTrainConfig(StageConfig):
     scale_min: float = 0.5
     scale_max: float = 1.5
     out: str = "runs/deeplab"
+    recipe: str = "tuned"  # release | tuned
+    bn_mode: str = "frozen"  # frozen (backbone BN frozen, head BN trained) | authors (batch statistics, no BN updated)
+    max_iterations: int | None = None  # stop after this many iterations (the release counts 20000)
+    hsv: tuple[int, int, int] | None = None  # HSV shift ranges (OpenCV units), the release's (10, 10, 10)
+    loss_align_corners: bool = False  # the release upsamples logits with align_corners=True
+    poly_plus_one: bool = False  # the release's poly divides by max_iter + 1
 
-    SCHEDULE_FIELDS = (*StageConfig.SCHEDULE_FIELDS, "scale_min", "scale_max")
+    SCHEDULE_FIELDS = (*StageConfig.SCHEDULE_FIELDS, "scale_min", "scale_max", "bn_mode", "max_iterations", "hsv")
+
+    def __post_init__(self) -> None:
+        if self.hsv is not None:
+            self.hsv = tuple(int(v) for v in self.hsv)  # type: ignore[assignment]
+
+    @classmethod
+    def from_recipe(cls, recipe: str, **settings: Any) -> DeepLabTrainConfig:
+        """Recipe values, then `settings` (None = not given)."""
+        if recipe not in DEEPLAB_RECIPES:
+            raise ValueError(f"unknown recipe {recipe!r}; choose from {', '.join(DEEPLAB_RECIPES)}")
+        values = {**DEEPLAB_RECIPES[recipe], **{k: v for k, v in settings.items() if v is not None}}
+        return cls(recipe=recipe, **values)
 
     def validate(self) -> None:
         super().validate()
+        if self.bn_mode not in ("frozen", "authors"):
+            raise ValueError(f"bn_mode is frozen or authors, got {self.bn_mode!r}")
+        if self.max_iterations is not None and self.max_iterations < 1:
+            raise ValueError("max_iterations must be >= 1")
         SegAugmentConfig(crop=self.crop, scale_range=(self.scale_min, self.scale_max))
+
+
+# seamv1-pseudovoc (config.py): TRAIN_LR 0.001, TRAIN_MOMENTUM 0.9, TRAIN_WEIGHT_DECAY 0.0005,
+# TRAIN_BN_MOM 0.0003, TRAIN_POWER 0.9, TRAIN_BATCHES 10, TRAIN_ITERATION 20000,
+# DATA_RANDOMCROP 448, DATA_RANDOMSCALE [0.5, 1.5], DATA_RANDOM_H/S/V 10, DATA_RANDOMFLIP 0.5
+DEEPLAB_RECIPES: dict[str, dict[str, Any]] = {
+    "release": {"batch_size": 10, "max_iterations": 20000, "epochs": 10_000, "lr": 1e-3, "weight_decay": 5e-4,
+                "momentum": 0.9, "crop": 448, "scale_min": 0.5, "scale_max": 1.5, "jitter": False,
+                "hsv": (10, 10, 10), "bn_mode": "authors", "loss_align_corners": True, "poly_plus_one": True,
+                "amp": False},
+    "tuned": {"batch_size": 8, "max_iterations": None, "epochs": 20, "lr": 1e-3, "weight_decay": 5e-4,
+              "momentum": 0.9, "crop": 448, "scale_min": 0.5, "scale_max": 1.5, "jitter": False, "hsv": None,
+              "bn_mode": "frozen", "loss_align_corners": False, "poly_plus_one": False, "amp": None},
+}
 
 
 def resolve_class_names(classes: str | None, search: Sequence[Path]) -> list[str]:
@@ -88,21 +149,38 @@ def deeplab_items(cfg: DeepLabTrainConfig) -> tuple[list[str], list[Path], list[
     return ids, paths, labels, resolve_class_names(cfg.classes, search)
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, align_corners: bool = False) -> torch.Tensor:
     """logits (B, C, h, w) at stride 8, target (B, H, W) int64 with 255 ignored ->
-    mean cross-entropy over the valid pixels (0 when there are none)."""
-    up = F.interpolate(logits.float(), target.shape[-2:], mode="bilinear", align_corners=False)
+    mean cross-entropy over the valid pixels (0 when there are none). The release
+    upsamples with align_corners=True."""
+    up = F.interpolate(logits.float(), target.shape[-2:], mode="bilinear", align_corners=align_corners)
     if not (target != IGNORE_INDEX).any():
         return up.sum() * 0.0
     return F.cross_entropy(up, target, ignore_index=IGNORE_INDEX)
 
 
-def deeplab_step(net: nn.Module, batch: Sequence[torch.Tensor], device: torch.device, amp: bool) -> dict[str, torch.Tensor]:
+def deeplab_step(net: nn.Module, batch: Sequence[torch.Tensor], device: torch.device, amp: bool,
+                 align_corners: bool = False) -> dict[str, torch.Tensor]:
     img, target, _ = batch
     img, target = img.to(device, non_blocking=True), target.to(device, non_blocking=True)
     with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
         logits = net(img)
-    return {"loss": segmentation_loss(logits, target)}
+    return {"loss": segmentation_loss(logits, target, align_corners)}
+
+
+def authors_train_mode(model: nn.Module) -> None:
+    """The release's state during training: nn.Module.train() for everything (dropout on,
+    every BN on batch statistics, running statistics updated with momentum 3e-4), no BN
+    parameter trainable, no conv frozen."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = BN_MOMENTUM
+            for p in m.parameters():
+                p.requires_grad_(False)
+        elif isinstance(m, nn.Conv2d):
+            for p in m.parameters():
+                p.requires_grad_(True)
 
 
 def deeplab_train_mode(model: nn.Module) -> None:
@@ -121,13 +199,20 @@ def train_deeplab(cfg: DeepLabTrainConfig, on_progress: Callable[[Progress], Non
     def build() -> tuple[Stage, nn.Module, SegmentationDataset]:
         ids, paths, labels, class_names = deeplab_items(cfg)
         aug = SegAugmentConfig(crop=cfg.crop, scale_range=(cfg.scale_min, cfg.scale_max),
-                               jitter=(0.3, 0.3, 0.3, 0.1) if cfg.jitter else None)
+                               jitter=(0.3, 0.3, 0.3, 0.1) if cfg.jitter else None, hsv=cfg.hsv)
         dataset = SegmentationDataset(paths, labels, aug, cfg.seed)
         model = create_model("deeplab", cfg.backbone, len(class_names))
-        head_bn = [p for m in (model.bn_fc6, model.bn_fc7) for p in m.parameters()]
+        authors = cfg.bn_mode == "authors"
+        head_bn = [] if authors else [p for m in (model.bn_fc6, model.bn_fc7) for p in m.parameters()]
+
+        def step(net, batch, device, amp):
+            return deeplab_step(net, batch, device, amp, cfg.loss_align_corners)
+
         stage = Stage(
-            kind="deeplab", final_name=DEEPLAB_FINAL, loss_terms=("loss",), step=deeplab_step,
-            fingerprint=files_fingerprint(ids, labels), extra_params=head_bn, train_mode=deeplab_train_mode,
+            kind="deeplab", final_name=DEEPLAB_FINAL, loss_terms=("loss",), step=step,
+            fingerprint=files_fingerprint(ids, labels), extra_params=head_bn,
+            train_mode=authors_train_mode if authors else deeplab_train_mode,
+            unfreeze=authors, poly_extra=1 if cfg.poly_plus_one else 0,
             sidecar={"class_names": class_names, "num_classes": len(class_names),
                      "dataset": {"images": str(cfg.images), "labels": str(cfg.labels), "num_images": len(ids)}},
         )

@@ -210,7 +210,11 @@ class Run:
 
     @property
     def max_iter(self) -> int:
-        return self.ipe * self.cfg.epochs
+        """Epochs x iterations per epoch, capped by the config's `max_iterations` when it has one
+        (the authors' DeepLab runs count iterations: 20000 at batch 10)."""
+        cap = getattr(self.cfg, "max_iterations", None)
+        full = self.ipe * self.cfg.epochs
+        return min(full, cap) if cap else full
 
     def resume(self, check: Callable[[dict[str, Any]], None], log: Callable[[str], None]) -> None:
         """Load RUN_DIR/checkpoint.pth (after `check` accepts it) and continue where it stopped."""
@@ -301,6 +305,8 @@ class Run:
                     if b + 1 < self.ipe:
                         self.checkpoint(epoch, b + 1)
                     break
+                if self.iteration >= max_iter:  # an iteration cap inside the last epoch
+                    break
             if n_in_epoch:
                 means = all_reduce_mean([sums[k] / n_in_epoch for k in terms], d)
                 if epoch == self.start_epoch and first > 0 and self.history and self.history[-1]["epoch"] == epoch:
@@ -311,6 +317,8 @@ class Run:
                 self.checkpoint(epoch + 1, 0)
             if stopped:
                 log(f"stopped ({stopped}) at iteration {self.iteration}/{max_iter}; continue with --resume")
+                break
+            if self.iteration >= max_iter:
                 break
         logger.close()
         return stopped

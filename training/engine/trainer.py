@@ -48,6 +48,7 @@ from training.engine.loop import (
     prepare,
     stderr_log,
 )
+from training.engine.recipes import RECIPES, describe, recipe_report, with_recipe
 from training.engine.schedule import AUTHORS_MOMENTUM, PolySchedule, make_optimizer
 from training.engine.siamese import SiameseConfig, sample_transform
 from training.engine.state import (
@@ -69,7 +70,10 @@ CALIBRATION_EPOCH = 1_000_000  # augmentation key of the BN calibration samples,
 @dataclass
 class TrainConfig:
     """Everything that defines a SEAM run; saved in every checkpoint and the sidecar.
-    Defaults are the authors' (VOC12, 4 GPUs of batch 2 = 8 global)."""
+    Defaults are the release recipe (VOC12, 4 GPUs of batch 2 = 8 global, momentum 5e-4,
+    fp32); `TrainConfig.from_recipe("tuned", ...)` starts from another recipe
+    (training.engine.recipes). `recipe` names the recipe the values came from; the
+    sidecar lists every value that departs from it."""
 
     data: str = "data/VOC2012"  # root with JPEGImages/ (and SegmentationClass/ for evaluation)
     dataset: str = "auto"  # voc | folder | synth | auto
@@ -82,8 +86,9 @@ class TrainConfig:
     epochs: int = 8
     lr: float = 0.01
     weight_decay: float = 5e-4
-    momentum: float = 0.9
-    authors_momentum: bool = False  # True: momentum 5e-4, what the release really ran with
+    momentum: float = AUTHORS_MOMENTUM  # the release's effective momentum (its positional slip); tuned: 0.9
+    authors_momentum: bool = False  # True: force momentum 5e-4 whatever `momentum` says
+    recipe: str = "release"  # release | tuned: what the values came from (sidecar, log)
     crop: int = 448
     resize_long: tuple[int, int] | None = None  # None: [448, 768] * crop / 448
     jitter: tuple[float, float, float, float] | None = (0.3, 0.3, 0.3, 0.1)  # brightness, contrast, saturation, hue
@@ -93,10 +98,11 @@ class TrainConfig:
     workers: int | None = None  # None: 0 on CPU, min(8, cores) on CUDA
     threads: int | None = None  # torch intra-op CPU threads; None: torch's default (all cores)
     max_minutes: float | None = None  # stop (checkpoint + final weights) after this wall time
-    amp: bool | None = None  # None: on for CUDA
+    amp: bool | None = False  # None: on for CUDA; the release ran fp32
     er: bool = True  # equivariant regularisation (Table 1)
     pcm: bool = True  # PCM trained by ECR (+ min pooling)
     ohem: bool = True  # OHEM top 20% on ECR
+    cam_norm: str = "minmax"  # max_norm of the loss block: the release's min-max, or "peak" (max only)
     transforms: tuple[str, ...] = ("rescale",)  # Table 3: rescale, flip, rotate, translate
     siamese_scale: float = 0.3
     deterministic: bool = True
@@ -111,7 +117,8 @@ class TrainConfig:
 
     # fields that must agree between a checkpoint and a --resume
     SCHEDULE_FIELDS = ("backbone", "batch_size", "epochs", "lr", "weight_decay", "momentum", "authors_momentum",
-                       "crop", "resize_long", "jitter", "seed", "er", "pcm", "ohem", "transforms", "siamese_scale")
+                       "crop", "resize_long", "jitter", "seed", "er", "pcm", "ohem", "cam_norm", "transforms",
+                       "siamese_scale")
 
     def __post_init__(self) -> None:
         if self.jitter is True:
@@ -129,15 +136,26 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
+    @classmethod
+    def from_recipe(cls, recipe: str, **settings: Any) -> TrainConfig:
+        """Recipe values, then `settings` (None = not given, the recipe's value stays)."""
+        return cls(recipe=recipe, **with_recipe("seam", recipe, settings))
+
+    def recipe_report(self) -> dict[str, Any]:
+        return recipe_report("seam", self.recipe, self.to_dict(), self.effective_momentum)
+
     @property
     def switches(self) -> LossSwitches:
-        return LossSwitches(er=self.er, pcm=self.pcm, ohem=self.ohem)
+        return LossSwitches(er=self.er, pcm=self.pcm, ohem=self.ohem, norm=self.cam_norm)
 
     @property
     def effective_momentum(self) -> float:
         return AUTHORS_MOMENTUM if self.authors_momentum else self.momentum
 
     def validate(self) -> None:
+        if self.recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {self.recipe!r}; choose from {', '.join(RECIPES)}")
+        self.switches  # noqa: B018 - validates cam_norm
         if self.batch_size < 1 or self.epochs < 1 or self.crop < 16:
             raise ValueError("batch size and epochs must be >= 1 and crop >= 16")
         if self.lr <= 0:
@@ -243,6 +261,7 @@ def train(cfg: TrainConfig, on_progress: Callable[[Progress], None] | None = Non
 def _train(cfg: TrainConfig, d: Dist, on_progress, log) -> dict[str, Any]:
     run_dir = open_run_dir(cfg, d)
     amp, workers = prepare(cfg, d)
+    log(describe("seam", cfg.recipe, cfg.to_dict(), cfg.effective_momentum))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)  # on a shared CPU, 1 thread often beats oversubscription
     cuda = d.device.type == "cuda"
@@ -333,6 +352,7 @@ def _finish(cfg, run: Run, ds: ImageLabelSet, stopped, seconds, amp, on_progress
         "dataset": {"kind": ds.kind, "root": str(cfg.data), "num_images": len(ds), "source": ds.source,
                     "class_counts": ds.class_counts()},
         "config": cfg.to_dict(),
+        "recipe": cfg.recipe_report(),
         "training": run.summary(stopped, seconds, amp),
         "metrics": {"history": history, "final": history[-1] if history else None},
     }

@@ -31,24 +31,29 @@ from seam.common.image import IMAGENET_MEAN, IMAGENET_STD
 from service.engine.manifest import (
     MANIFEST_NAME,
     MODEL_KINDS,
+    PCM_INPUTS,
+    PCM_OUTPUTS,
     CamSettings,
     DeepLabSettings,
     InputSpec,
     Manifest,
     OnnxFile,
     ParityCheck,
+    PcmGraphFile,
     Provenance,
     RandomWalkSettings,
     file_sha256,
 )
 from service.engine.runtime import RuntimeConfig, create_session, default_threads
-from training.export.specs import SPECS, ExportSpec
+from service.engine.pcm import run_pcm
+from training.export.specs import SPECS, ExportSpec, PcmGraph
 from training.models.checkpoint import CheckpointError
-from training.models.registry import model_from_checkpoint
+from training.models.registry import model_from_checkpoint, train_long_side, working_set_bytes_per_pixel
 
 log = logging.getLogger(__name__)
 
 ONNX_FILE = "model.onnx"
+PCM_FILE = "pcm.onnx"
 DATA_FILE = "model.onnx.data"
 IR_VERSION = 10  # onnxruntime 1.31 refuses onnx 1.23's default IR 14
 DEFAULT_OPSET = 18
@@ -100,8 +105,10 @@ def export_model(
     check_shapes: Sequence[tuple[int, int, int, int]] = CHECK_SHAPES,
     external_data: bool | None = None,
     threads: int | None = None,
+    working_side: int | None = None,
 ) -> ExportResult:
-    """Export `checkpoint` as `models_dir/name`. external_data None = by weight size."""
+    """Export `checkpoint` as `models_dir/name`. external_data None = by weight size.
+    working_side: the long side inputs are resized to (default: the top of the training range)."""
     if kind not in MODEL_KINDS:
         raise ExportError(f"unknown kind {kind!r}; choose from {', '.join(MODEL_KINDS)}")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
@@ -129,18 +136,26 @@ def export_model(
         n_bytes = sum(p.numel() * p.element_size() for p in graph.state_dict().values())
         use_external = n_bytes > EXTERNAL_DATA_BYTES if external_data is None else external_data
         _export_onnx(graph, spec, tmp / ONNX_FILE, opset, use_external)
-        try:
-            onnx.checker.check_model(str(tmp / ONNX_FILE))
-        except onnx.checker.ValidationError as exc:
-            raise ExportError(f"the exported graph is not valid ONNX: {exc}") from exc
+        if kind == "seam":
+            _export_pcm(tmp / PCM_FILE, opset)
+        for f in (ONNX_FILE, PCM_FILE):
+            try:
+                if (tmp / f).exists():
+                    onnx.checker.check_model(str(tmp / f))
+            except onnx.checker.ValidationError as exc:
+                raise ExportError(f"the exported graph {f} is not valid ONNX: {exc}") from exc
         diffs, worst = check_parity(graph, spec, tmp / ONNX_FILE, check_shapes, threads)
+        if kind == "seam":
+            diffs["cam_rv"] = check_pcm_parity(graph.net, tmp / ONNX_FILE, tmp / PCM_FILE, check_shapes, threads)
+            worst = max(worst, diffs["cam_rv"])
         if not worst <= atol:  # NaN-safe
             raise ExportError(
                 f"onnxruntime does not match torch (max abs diff {worst:.3g} > {atol:g}): "
                 + ", ".join(f"{k}={v:.3g}" for k, v in diffs.items()) + "; nothing written"
             )
         manifest = _manifest(name, kind, meta, class_names, checkpoint, tmp, opset, spec,
-                             ParityCheck(shapes=tuple(check_shapes), max_abs_diff=diffs, tolerance=atol))
+                             ParityCheck(shapes=tuple(check_shapes), max_abs_diff=diffs, tolerance=atol),
+                             working_side)
         (tmp / MANIFEST_NAME).write_text(manifest.to_json())
         _replace_dir(tmp, target)
     except BaseException:
@@ -184,6 +199,53 @@ def _export_onnx(graph: nn.Module, spec: ExportSpec, path: Path, opset: int, ext
                         location=DATA_FILE, size_threshold=1024)
     else:
         onnx.save_model(proto, str(path))
+
+
+def _export_pcm(path: Path, opset: int) -> None:
+    """The PCM's column-block graph (no weights): dynamic batch, pixels and block width."""
+    gen = torch.Generator().manual_seed(0)
+    args = (torch.rand(2, 5, 77, generator=gen), torch.randn(2, 7, 77, generator=gen),
+            torch.randn(2, 7, 13, generator=gen))
+    b, c = torch.export.Dim("batch", min=1, max=256), torch.export.Dim("classes", min=1, max=4096)
+    d = torch.export.Dim("dim", min=1, max=4096)
+    n, m = torch.export.Dim("pixels", min=2, max=MAX_SIDE * MAX_SIDE), torch.export.Dim("block", min=1)
+    shapes = {"pcm_n": {0: b, 1: c, 2: n}, "pcm_g": {0: b, 1: d, 2: n}, "pcm_q": {0: b, 1: d, 2: m}}
+    with warnings.catch_warnings(), _quiet_exporter():
+        warnings.simplefilter("ignore")
+        try:
+            program = torch.onnx.export(
+                PcmGraph(), args, dynamo=True, verbose=False, opset_version=opset,
+                input_names=list(PCM_INPUTS), output_names=list(PCM_OUTPUTS), dynamic_shapes=shapes,
+                optimize=True,
+            )
+        except Exception as exc:
+            raise ExportError(f"torch.onnx.export failed for the PCM block graph: {exc}") from exc
+    proto = program.model_proto
+    proto.ir_version = IR_VERSION
+    del proto.metadata_props[:]
+    proto.producer_name = "seam-wsss"
+    onnx.save_model(proto, str(path))
+
+
+def check_pcm_parity(net: nn.Module, onnx_path: Path, pcm_path: Path,
+                     shapes: Sequence[tuple[int, int, int, int]], threads: int | None = None) -> float:
+    """Max |blocked onnxruntime PCM - the release's dense PCM (eager torch)| over `shapes`,
+    with a block budget small enough to cut every shape into several blocks."""
+    cfg = RuntimeConfig(threads=threads or default_threads())
+    sess, _ = create_session(onnx_path, cfg)
+    pcm_sess, _ = create_session(pcm_path, cfg)
+    gen = torch.Generator().manual_seed(2)
+    worst = 0.0
+    for shape in shapes:
+        x = torch.randn(*shape, generator=gen)
+        with torch.enable_grad():  # the dense form, as the release computes it
+            ref = net.forward_stride8(x)[1].detach().numpy()
+        _, n, g = sess.run(list(SPECS["seam"].outputs), {"image": x.numpy()})
+        hw = n.shape[-2] * n.shape[-1]
+        got = run_pcm(pcm_sess, n, g, budget=4 * hw * shape[0] * max(1, hw // 3))
+        d = float(np.abs(ref - got).max())
+        worst = max(worst, d if np.isfinite(d) else float("inf"))
+    return worst
 
 
 class _quiet_exporter:
@@ -230,7 +292,8 @@ def check_parity(
 
 
 def _manifest(name: str, kind: str, meta: dict[str, Any], class_names: list[str], checkpoint: Path,
-              tmp: Path, opset: int, spec: ExportSpec, parity: ParityCheck) -> Manifest:
+              tmp: Path, opset: int, spec: ExportSpec, parity: ParityCheck,
+              working_side: int | None = None) -> Manifest:
     ext = {DATA_FILE: file_sha256(tmp / DATA_FILE)} if (tmp / DATA_FILE).exists() else {}
     config = _as_dict(meta.get("config"))
     dataset = _as_dict(meta.get("dataset"))
@@ -239,15 +302,20 @@ def _manifest(name: str, kind: str, meta: dict[str, Any], class_names: list[str]
     norm = meta.get("normalization") or {}
     rw = _pick(meta.get("random_walk"), RandomWalkSettings)
     dl = _pick(meta.get("inference"), DeepLabSettings)
+    backbone = str(meta.get("backbone", "resnet38"))
+    train_range = train_long_side(config)
     return Manifest(
         name=name,
         kind=kind,
-        backbone=str(meta.get("backbone", "resnet38")),
+        backbone=backbone,
         class_names=tuple(class_names),
         input=InputSpec(mean=tuple(norm.get("mean", IMAGENET_MEAN)), std=tuple(norm.get("std", IMAGENET_STD)),
-                        min_size=1, max_size=MAX_SIDE),
+                        min_size=1, max_size=MAX_SIDE, train_long_side=train_range,
+                        working_side=working_side or train_range[1],
+                        bytes_per_pixel=working_set_bytes_per_pixel(backbone)),
         onnx=OnnxFile(sha256=file_sha256(tmp / ONNX_FILE), external_data=ext, ir_version=IR_VERSION,
                       opset=opset, outputs=spec.outputs),
+        pcm=PcmGraphFile(sha256=file_sha256(tmp / PCM_FILE)) if kind == "seam" else None,
         cam=CamSettings(scales=DEFAULT_SCALES, flip=True, refined=True, bg_threshold=DEFAULT_BG_THRESHOLD,
                         cls_threshold=DEFAULT_CLS_THRESHOLD) if kind == "seam" else None,
         random_walk=RandomWalkSettings(**rw) if kind == "affinity" else None,

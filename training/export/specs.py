@@ -13,52 +13,46 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from seam.common.cam import stride_size
 from service.engine.manifest import KIND_OUTPUTS
-from training.models.seam import pcm_normalize
+from training.models.seam import pcm_block, pcm_features
 
 
 class SeamGraph(nn.Module):
-    """image (B, 3, H, W) -> cam, cam_rv (B, C, h8, w8): `SEAM.forward_stride8` with the
-    PCM's column normalisation folded into its last product.
+    """image (B, 3, H, W) -> cam (B, C, h8, w8), pcm_n (B, C, h8, w8), pcm_g (B, D, h8, w8).
 
-    The release computes aff = relu(g^T g) / (colsum + 1e-5), then cam_rv = n @ aff.
-    Here [n; 1] @ relu(g^T g) yields n @ A and the column sums in one product and
-    the division happens on (C, hw) instead of (hw, hw): the same numbers up to
-    summation order (the export's parity check compares with `forward_stride8`
-    itself), without the two hw x hw passes that cost onnxruntime half the PCM time
-    (a strided ReduceSum and a Div over hw^2 elements).
+    Stops before the PCM's (hw x hw) product: `pcm_n` is the PCM's normalised CAM and
+    `pcm_g` its L2-normalised embedding; `PcmGraph` finishes the job in column blocks
+    so that memory is O(hw * block). A caller that wants only the raw CAM fetches `cam`
+    and never pays for the affinities.
     """
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        net = self.net
-        d = net.forward_features(image)
-        cam = net.fc8(d["conv6"])  # (B, C, h, w); dropout7 is the identity in eval mode
-        B, C, h, w = cam.shape
-        cam_norm = pcm_normalize(cam)
-        f = torch.cat([
-            F.interpolate(image, (h, w), mode="bilinear", align_corners=True),
-            F.relu(net.f8_3(d["conv4"])),
-            F.relu(net.f8_4(d["conv5"])),
-        ], dim=1)
-        g = net.f9(f).flatten(2)  # (B, D, hw)
-        g = g / (torch.norm(g, dim=1, keepdim=True) + 1e-5)
-        aff = F.relu(torch.bmm(g.transpose(1, 2), g))  # (B, hw, hw), symmetric, unnormalised
-        n1 = torch.cat([cam_norm.flatten(2), torch.ones_like(cam_norm[:, :1].flatten(2))], dim=1)
-        prod = torch.bmm(n1, aff)  # (B, C + 1, hw): n @ A and, last, the column sums of A
-        cam_rv = prod[:, :C] / (prod[:, C:] + 1e-5)
-        return cam, cam_rv.view(B, C, h, w)
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cam, cam_norm, f = self.net.pcm_inputs(image)
+        B, _, h, w = cam.shape
+        g = pcm_features(f, self.net.f9)
+        return cam, cam_norm, g.view(B, g.shape[1], h, w)
+
+
+class PcmGraph(nn.Module):
+    """One column block of the PCM: pcm_n (B, C, N), pcm_g (B, D, N), pcm_q (B, D, M) ->
+    cam_rv (B, C, M), where pcm_q holds columns of pcm_g (`training.models.seam.pcm_block`)."""
+
+    def forward(self, pcm_n: torch.Tensor, pcm_g: torch.Tensor, pcm_q: torch.Tensor) -> torch.Tensor:
+        return pcm_block(pcm_n, pcm_g, pcm_q)
 
 
 def _seam_reference(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    return tuple(net.forward_stride8(x))
+    cam, cam_norm, f = net.pcm_inputs(x)
+    B, _, h, w = cam.shape
+    g = pcm_features(f, net.f9)
+    return cam, cam_norm, g.view(B, g.shape[1], h, w)
 
 
 def _single_reference(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -109,7 +103,8 @@ class ExportSpec:
 
 
 SPECS: dict[str, ExportSpec] = {
-    "seam": ExportSpec("seam", SeamGraph, _seam_reference, lambda net: (net.num_classes, net.num_classes)),
+    "seam": ExportSpec("seam", SeamGraph, _seam_reference,
+                       lambda net: (net.num_classes, net.num_classes, net.f9.out_channels)),
     "affinity": ExportSpec("affinity", SingleOutputGraph, _single_reference, lambda net: (None,)),
     "deeplab": ExportSpec("deeplab", SingleOutputGraph, _single_reference,
                           lambda net: (getattr(net, "num_classes", None),)),

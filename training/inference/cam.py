@@ -9,14 +9,19 @@ import torch
 from seam.common.cam import Runner
 
 
-def torch_runner(model: torch.nn.Module, device: str | torch.device = "cpu") -> Runner:
-    """Wrap a SEAM network as a Runner: (B, 3, h, w) float32 -> (cam8, cam_rv8) numpy."""
+def torch_runner(model: torch.nn.Module, device: str | torch.device = "cpu", refined: bool = True) -> Runner:
+    """Wrap a SEAM network as a Runner: (B, 3, h, w) float32 -> (cam8, cam_rv8) numpy.
+    refined=False skips the PCM and returns (cam8, cam8)."""
     device = torch.device(device)
     model = model.to(device).eval()
 
     def run(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with torch.inference_mode():
-            cam, rv = model.forward_stride8(torch.from_numpy(batch).to(device))
+        with torch.inference_mode():  # no grad: the PCM runs in column blocks
+            x = torch.from_numpy(batch).to(device)
+            if not refined:
+                cam = model.forward_cam(x).float().cpu().numpy()
+                return cam, cam
+            cam, rv = model.forward_stride8(x)
         return cam.float().cpu().numpy(), rv.float().cpu().numpy()
 
     return run

@@ -15,6 +15,26 @@ BACKBONES: dict[str, ResNet38Config] = {
     "resnet38_small": ResNet38Config(width=0.125, depths=(1, 1, 2, 1)),
 }
 
+# onnxruntime CPU working set of one forward pass per input pixel (batch 1), measured
+# with bench/memory.py; the engine's memory admission reads it from the manifest
+WORKING_SET_BYTES_PER_PIXEL: dict[str, float] = {"resnet38": 2048.0, "resnet38_small": 512.0}
+
+
+def working_set_bytes_per_pixel(backbone: str) -> float:
+    """Measured value for a known backbone, else ResNet-38's (the widest we ship)."""
+    return WORKING_SET_BYTES_PER_PIXEL.get(backbone, WORKING_SET_BYTES_PER_PIXEL["resnet38"])
+
+
+def train_long_side(config: Any) -> tuple[int, int]:
+    """The long-side range a checkpoint was trained at: its `resize_long`, else the release's
+    448-768 scaled by crop / 448 (an authors' checkpoint has no config: 448-768)."""
+    config = config if isinstance(config, dict) else {}
+    rl = config.get("resize_long")
+    if isinstance(rl, (list, tuple)) and len(rl) == 2:
+        return int(rl[0]), int(rl[1])
+    crop = int(config.get("crop") or 448)
+    return round(448 * crop / 448), round(768 * crop / 448)
+
 
 def backbone_config(name: str) -> ResNet38Config:
     try:

@@ -7,7 +7,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import SettingsDep, api_key_header
-from service.core.security import check_api_key
+from service.core.errors import server_roots
+from service.core.redact import redact
+from service.core.security import authenticate
 from service.schemas import Check, ErrorDetail, Health, Readiness
 
 router = APIRouter(tags=["health"])
@@ -25,17 +27,25 @@ def _readiness(request: Request) -> Readiness:
     checks: dict[str, Check] = {}
     if holder.ready:
         checks["models"] = Check(ok=True, detail=", ".join(m.name for m in holder.engine.models()) or None)
+    elif settings.mode == "celery" and settings.sync_on_workers:
+        checks["models"] = Check(ok=False, detail="no worker has announced its models yet")
     elif holder.loading or holder.error is None:
         checks["models"] = Check(ok=False, detail="loading and warming up")
     else:
         checks["models"] = Check(ok=False, detail=holder.error)
     problem = state.dispatcher.problem() if getattr(state, "dispatcher", None) else "not started"
     checks["broker" if settings.mode == "celery" else "executor"] = Check(ok=problem is None, detail=problem)
+    broker_side = getattr(state, "broker_side", None)
+    if broker_side is not None:  # a live worker (heartbeat, cached one period) consumes each queue
+        wproblem = broker_side.problem()
+        checks["workers"] = Check(ok=wproblem is None, detail=wproblem or broker_side.detail())
     try:
         state.store.ping()
         checks["job_store"] = Check(ok=True)
     except Exception as exc:  # noqa: BLE001
         checks["job_store"] = Check(ok=False, detail=f"unreachable: {exc}")
+    roots = server_roots(request)  # /readyz is public: no paths, addresses or broker host:port
+    checks = {k: Check(ok=c.ok, detail=redact(c.detail, roots) if c.detail else c.detail) for k, c in checks.items()}
     ready = all(c.ok for c in checks.values())
     err = None
     if not ready:
@@ -56,7 +66,7 @@ async def readyz(request: Request) -> Response:
             responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format."}})
 async def metrics(request: Request, settings: SettingsDep) -> Response:
     if not settings.metrics_public:
-        check_api_key(request.headers.get(api_key_header.model.name), settings.api_keys)
+        authenticate(request.headers.get(api_key_header.model.name), settings.api_keys, settings.admin_api_keys)
     state = request.app.state
     state.metrics.ready.set(1.0 if state.holder.ready else 0.0)
     body = await run_in_threadpool(generate_latest, state.metrics.registry)

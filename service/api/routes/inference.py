@@ -1,20 +1,23 @@
-"""Synchronous inference on one uploaded image: /segment, /cam, /cam/refined."""
+"""Synchronous inference on one uploaded image: /segment, /cam, /cam/refined.
+
+Computed by this process's engine (embedded mode, SEAM_SYNC_INFERENCE=api) or by the
+workers over the realtime queue (broker mode); `service.realtime.compute` renders the
+answer either way, so both paths give byte-identical responses."""
 from __future__ import annotations
 
 import time
 from typing import Annotated, Literal
-from urllib.parse import quote
 
-from fastapi import APIRouter, File, Form, UploadFile
-from fastapi.responses import JSONResponse, Response
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from service import encoding as enc
 from service.api.deps import EngineDep, LimiterDep, MetricsDep, SettingsDep
 from service.core.errors import ApiError
 from service.engine.base import InferenceEngine
-from service.inputs import decode_image, parse_labels
-from service.predict import cam_json, segment_json
+from service.inputs import check_pixels, image_size, parse_labels, sniff_image
+from service.realtime.compute import reply_error, run_requests
+from service.realtime.messages import Reply, SyncRequest
 from service.schemas import CamResponse, ErrorResponse, MethodName, SegmentResponse
 
 router = APIRouter(tags=["inference"])
@@ -22,7 +25,8 @@ router = APIRouter(tags=["inference"])
 _ERRORS = {code: {"model": ErrorResponse, "description": desc} for code, desc in (
     (401, "Missing or invalid API key."), (413, "Upload or image too large."),
     (415, "Not an image (by content)."), (422, "Undecodable image, unknown class, bad field."),
-    (429, "Too many requests in flight; see Retry-After."), (503, "Not ready, or no slot freed in time."))}
+    (429, "Too many requests in flight or queued; see Retry-After."),
+    (503, "Not ready, no live worker, or no slot freed in time."), (504, "No worker answered within the deadline."))}
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 
 ImageFile = Annotated[UploadFile, File(description="The image (PNG, JPEG, GIF, BMP, TIFF, WebP; sniffed by content).")]
@@ -63,15 +67,39 @@ async def _compute(limiter, metrics, op: str, method: str, fn, *args):
         raise
 
 
-def _engine_call(fn, *args, **kwargs):
-    try:
-        return fn(*args, **kwargs)
-    except ValueError as exc:  # the engine refuses this input
-        raise ApiError(422, "unprocessable_image", f"the model cannot process this image: {exc}") from None
+def _precheck(data: bytes, max_pixels: int) -> None:
+    """What the header tells (not an image, too many pixels), before a worker is bothered."""
+    if not data:
+        raise ApiError(422, "invalid_image", "the image file is empty")
+    if sniff_image(data[:16]) is None:
+        raise ApiError(415, "unsupported_media_type", "the upload is not a supported image (by its content)")
+    check_pixels(*image_size(data), max_pixels)
 
 
-def _classes_header(names: list[str], classes: list[int]) -> str:
-    return ",".join(quote(names[c], safe="") for c in classes)
+async def _run(request: Request, engine: InferenceEngine, settings, limiter, metrics, op: str, method: str,
+               req: SyncRequest, data: bytes) -> Response:
+    side = getattr(request.app.state, "broker_side", None)
+    if side is not None and side.client is not None:  # the workers compute it
+        _precheck(data, settings.max_pixels)
+        t0 = time.perf_counter()
+        try:
+            reply = await side.client.submit(req, data)
+        except ApiError as exc:
+            if exc.status_code in (429, 503, 504):
+                metrics.rejected.labels({429: "busy", 503: "no_worker", 504: "timeout"}[exc.status_code]).inc()
+            raise
+        finally:
+            metrics.inference_latency.labels(op, method).observe(time.perf_counter() - t0)
+    else:
+        names = engine.foreground_classes()
+
+        def work() -> Reply:
+            return run_requests(engine, names, [(req, data)], settings.max_pixels)[0]
+
+        reply = await _compute(limiter, metrics, op, method, work)
+    if reply.status >= 400:
+        raise reply_error(reply)
+    return Response(reply.body, media_type=reply.media_type, headers=reply.headers)
 
 
 @router.post(
@@ -82,54 +110,28 @@ def _classes_header(names: list[str], classes: list[int]) -> str:
     responses={200: {"model": SegmentResponse, "content": {"image/png": _BINARY},
                      "description": "PNG label map or JSON."}, **_ERRORS})
 async def segment(
-    engine: EngineDep, settings: SettingsDep, limiter: LimiterDep, metrics: MetricsDep,
+    request: Request, engine: EngineDep, settings: SettingsDep, limiter: LimiterDep, metrics: MetricsDep,
     image: ImageFile, labels: LabelsField = None, method: MethodField = None, threshold: ThresholdField = None,
     fmt: Annotated[Literal["png", "json"], Form(alias="format", description="png or json.")] = "png",
 ) -> Response:
     data = await _read(image)
-    names = engine.foreground_classes()
-    label_idx = parse_labels(labels, names)
+    label_idx = parse_labels(labels, engine.foreground_classes())
     method_name = resolve_method(method, engine)
-
-    def work():
-        rgb = decode_image(data, settings.max_pixels)
-        seg = _engine_call(engine.segment, rgb, label_idx, method=method_name, threshold=threshold)
-        if fmt == "json":
-            return segment_json(seg, names, threshold), seg
-        return enc.png_label(seg.label), seg
-
-    body, seg = await _compute(limiter, metrics, "segment", method_name, work)
+    req = SyncRequest(op="segment", fmt=fmt, labels=label_idx, method=method_name, threshold=threshold)
+    resp = await _run(request, engine, settings, limiter, metrics, "segment", method_name, req, data)
     metrics.images_labelled.labels("segment").inc()
-    headers = {"X-Seam-Method": seg.method, "X-Seam-Classes": _classes_header(names, seg.classes)}
-    if fmt == "json":
-        return JSONResponse(body, headers=headers)
-    return Response(body, media_type="image/png", headers=headers)
+    return resp
 
 
-async def _cam(engine: InferenceEngine, settings, limiter, metrics, image: UploadFile, labels: str | None,
-               threshold: float | None, fmt: str, refined: bool) -> Response:
+async def _cam(request: Request, engine: InferenceEngine, settings, limiter, metrics, image: UploadFile,
+               labels: str | None, threshold: float | None, fmt: str, refined: bool) -> Response:
     data = await _read(image)
-    names = engine.foreground_classes()
-    label_idx = parse_labels(labels, names)
-
-    def work():
-        rgb = decode_image(data, settings.max_pixels)
-        res = _engine_call(engine.cam, rgb, label_idx, refined=refined)
-        if fmt == "npz":
-            return enc.cams_npz(res, names), res
-        if fmt == "png":
-            return enc.png_rgb(enc.tile_overlays(rgb, res.cams)), res
-        return cam_json(rgb, res, names, refined, threshold), res
-
-    body, res = await _compute(limiter, metrics, "cam_refined" if refined else "cam", "pcm" if refined else "cam", work)
+    label_idx = parse_labels(labels, engine.foreground_classes())
+    req = SyncRequest(op="cam", fmt=fmt, labels=label_idx, threshold=threshold, refined=refined)
+    resp = await _run(request, engine, settings, limiter, metrics, "cam_refined" if refined else "cam",
+                      "pcm" if refined else "cam", req, data)
     metrics.images_labelled.labels("cam/refined" if refined else "cam").inc()
-    headers = {"X-Seam-Classes": _classes_header(names, res.classes)}
-    if fmt == "json":
-        return JSONResponse(body, headers=headers)
-    if fmt == "npz":
-        headers["Content-Disposition"] = 'attachment; filename="cams.npz"'
-        return Response(body, media_type="application/octet-stream", headers=headers)
-    return Response(body, media_type="image/png", headers=headers)
+    return resp
 
 
 _CAM_DESC = ("`format=npz`: one float32 HxW array per class (keys: class names; `__classes__`, `__scores__`), "
@@ -143,15 +145,15 @@ CamFormat = Annotated[Literal["npz", "png", "json"], Form(alias="format", descri
 
 @router.post("/cam", response_model=None, summary="Raw class activation maps.", description=_CAM_DESC,
              responses=_CAM_RESPONSES)
-async def cam(engine: EngineDep, settings: SettingsDep, limiter: LimiterDep, metrics: MetricsDep,
+async def cam(request: Request, engine: EngineDep, settings: SettingsDep, limiter: LimiterDep, metrics: MetricsDep,
               image: ImageFile, labels: LabelsField = None, threshold: ThresholdField = None,
               fmt: CamFormat = "npz") -> Response:
-    return await _cam(engine, settings, limiter, metrics, image, labels, threshold, fmt, refined=False)
+    return await _cam(request, engine, settings, limiter, metrics, image, labels, threshold, fmt, refined=False)
 
 
 @router.post("/cam/refined", response_model=None, summary="PCM-refined class activation maps.",
              description=_CAM_DESC, responses=_CAM_RESPONSES)
-async def cam_refined(engine: EngineDep, settings: SettingsDep, limiter: LimiterDep, metrics: MetricsDep,
-                      image: ImageFile, labels: LabelsField = None, threshold: ThresholdField = None,
-                      fmt: CamFormat = "npz") -> Response:
-    return await _cam(engine, settings, limiter, metrics, image, labels, threshold, fmt, refined=True)
+async def cam_refined(request: Request, engine: EngineDep, settings: SettingsDep, limiter: LimiterDep,
+                      metrics: MetricsDep, image: ImageFile, labels: LabelsField = None,
+                      threshold: ThresholdField = None, fmt: CamFormat = "npz") -> Response:
+    return await _cam(request, engine, settings, limiter, metrics, image, labels, threshold, fmt, refined=True)

@@ -72,8 +72,11 @@ class _Assets:
     def path(self, name: str) -> Path | None:
         if not _STATIC_NAME.match(name) or ".." in name.split("/"):
             return None
-        path = (self.root / name).resolve()
-        if not path.is_relative_to(self.root) or not path.is_file():
+        try:
+            path = (self.root / name).resolve()
+            if not path.is_relative_to(self.root) or not path.is_file():
+                return None
+        except OSError:  # ENAMETOOLONG and the like: no such file
             return None
         return path
 
@@ -145,6 +148,6 @@ def index(request: Request) -> Response:
 def static(name: str, request: Request) -> Response:
     asset = assets.get(name)
     if asset is None:
-        raise ApiError(404, "not_found", f"no static file {name!r}")
+        raise ApiError(404, "not_found", f"no static file {name[:200]!r}")
     fresh = request.query_params.get("v") == asset.version
     return _serve(request, asset, IMMUTABLE if fresh else REVALIDATE)

@@ -1,0 +1,97 @@
+"""How far a network pass is from this machine's arithmetic peak (issue 14, item 7).
+
+- `conv_macs`: multiply-accumulates of every Conv/MatMul/Gemm in an ONNX graph at one
+  input shape, from the graph's own shapes (onnx shape inference with the input's
+  dims fixed): N * C_out * H_out * W_out * (C_in / groups) * kH * kW per Conv.
+- `matmul_peak`: a large square matrix product timed on this machine in this
+  process: numpy (its BLAS), onnxruntime's fp32 MatMul and u8 x s8 MatMulInteger
+  (MLAS: the same kernels behind onnxruntime's Conv and QLinearConv).
+
+GMAC/s = MACs / seconds; a GEMM of n x n by n x n is n^3 MACs (2 n^3 FLOP).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper, shape_inference
+
+
+def conv_macs(onnx_path: str | Path, input_shape: tuple[int, ...]) -> int:
+    """MACs of one pass of a single-input graph at `input_shape` (weights not loaded)."""
+    m = onnx.load(str(onnx_path), load_external_data=False)
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    for d, v in zip(dims, input_shape):
+        d.ClearField("dim_param")
+        d.dim_value = int(v)
+    m = shape_inference.infer_shapes(m, data_prop=True)
+    shapes: dict[str, list[int]] = {}
+    for v in [*m.graph.value_info, *m.graph.output, *m.graph.input]:
+        shapes[v.name] = [d.dim_value for d in v.type.tensor_type.shape.dim]
+    for t in m.graph.initializer:
+        shapes[t.name] = list(t.dims)
+    total = 0
+    for n in m.graph.node:
+        if n.op_type in ("Conv", "QLinearConv"):
+            w = shapes.get(n.input[3 if n.op_type == "QLinearConv" else 1])
+            y = shapes.get(n.output[0])
+            if not w or not y or 0 in y:
+                raise ValueError(f"{n.name}: shape not inferred (weights {w}, output {y})")
+            group = next((a.i for a in n.attribute if a.name == "group"), 1)
+            # weights (C_out, C_in / group, kH, kW): each output element costs prod(w[1:]) MACs
+            total += int(np.prod(y)) * int(np.prod(w[1:]))
+            del group  # already folded into w[1]
+        elif n.op_type in ("MatMul", "Gemm"):
+            a, y = shapes.get(n.input[0]), shapes.get(n.output[0])
+            if a and y and 0 not in a and 0 not in y:
+                total += int(np.prod(y)) * a[-1]
+    return total
+
+
+def _ort_session(model: onnx.ModelProto, threads: int):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def _best(fn, reps: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def matmul_peak(threads: int, n: int = 2048, reps: int = 5) -> dict[str, float]:
+    """Best-of-`reps` GMAC/s of an n x n x n product: numpy sgemm, onnxruntime fp32
+    MatMul, onnxruntime u8 x s8 MatMulInteger. Best-of because other load only slows."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    macs = float(n) ** 3
+    out = {"numpy_sgemm": macs / _best(lambda: a @ b, reps) / 1e9}
+
+    x = helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, n])
+    g = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["y"])], "mm", [x], [y],
+                          [numpy_helper.from_array(b, "b")])
+    sess = _ort_session(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), threads)
+    out["ort_fp32_matmul"] = macs / _best(lambda: sess.run(None, {"a": a}), reps) / 1e9
+
+    a8 = rng.integers(0, 256, (n, n), dtype=np.uint8)
+    b8 = rng.integers(-128, 128, (n, n), dtype=np.int8)
+    x = helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n])
+    y = helper.make_tensor_value_info("y", TensorProto.INT32, [n, n])
+    g = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "mmi", [x], [y],
+                          [numpy_helper.from_array(b8, "b")])
+    sess8 = _ort_session(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), threads)
+    out["ort_u8s8_matmul"] = macs / _best(lambda: sess8.run(None, {"a": a8}), reps) / 1e9
+    return out

@@ -1,0 +1,257 @@
+"""int8 (static QDQ) against fp32 on CPU: speed, CAM error and pseudo-label mIoU.
+
+Same process, same inputs: the fp32 export and its int8 copy (`training/export/quantize.py`,
+calibrated on images preprocessed as inference does) run interleaved, pass for pass;
+each side's best-of-N time is the one least disturbed by other load on the machine.
+
+    # speed + error per network pass (random weights; resnet38 = the authors' network)
+    python bench/quantize.py --backbone resnet38_small --size 375x500
+    python bench/quantize.py --backbone resnet38 --size 376x504 --calibration-n 4 --calibration-scales 1.0
+    # a trained model: also multi-scale PCM pseudo labels on a VOC-layout set, mIoU fp32 vs int8
+    python bench/quantize.py --checkpoint runs/demo/seam_final.pth --calibration data/synth/ImageSets/Segmentation/train.txt \\
+        --miou data/synth --miou-n 100
+
+The network pass is the backbone graph `model.onnx` (cam, pcm_n, pcm_g); the PCM product
+(`pcm.onnx`) and all post-processing stay fp32 and are the same on both sides. The mIoU
+part runs the whole engine (`OnnxEngine.segment(method="pcm")` with the image labels).
+Achieved GMAC/s are printed against this machine's matmul peaks measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def authors_resnet38_checkpoint(path: Path, keys_json: Path) -> None:
+    """Random weights under the authors' exact keys (as tests/training/test_export.py):
+    BN at identity, convs scaled by sqrt(0.5 / fan_in) so 38 layers keep a sane range."""
+    import torch
+
+    keys = json.loads(keys_json.read_text())["seam"]
+    g = torch.Generator().manual_seed(0)
+    sd = {}
+    for k, shape in keys.items():
+        if k.endswith("num_batches_tracked"):
+            sd[k] = torch.tensor(0)
+        elif k.endswith("running_var") or (k.endswith(".weight") and len(shape) == 1):
+            sd[k] = torch.ones(shape)
+        elif len(shape) == 1:
+            sd[k] = torch.zeros(shape)
+        else:
+            sd[k] = torch.randn(*shape, generator=g) * (0.5 / int(np.prod(shape[1:]))) ** 0.5
+    torch.save(sd, path)
+
+
+def synthetic_images(n: int, h: int, w: int, seed: int) -> list[np.ndarray]:
+    """Gradients + noise, as bench/inference.py (when no image folder is given)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx * 255 // max(w - 1, 1), yy * 255 // max(h - 1, 1), (xx + yy) % 256], -1)
+    return [np.clip(base + rng.integers(-40, 40, (h, w, 3)), 0, 255).astype(np.uint8) for _ in range(n)]
+
+
+def interleaved_times(sessions: dict, x: np.ndarray, input_name: str, rounds: int) -> dict[str, list[float]]:
+    """Alternate the sessions pass by pass so that drifting load hits both alike."""
+    for s in sessions.values():
+        s.run(None, {input_name: x})  # warm-up
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(rounds):
+        for k, s in sessions.items():
+            t0 = time.perf_counter()
+            s.run(None, {input_name: x})
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def miou_run(engine, data: Path, ids: list[str], foreground: list[str]) -> tuple[dict, list[np.ndarray], float]:
+    from seam.common.files import load_label_file
+    from PIL import Image
+
+    from seam.common.image import load_rgb
+    from seam.common.metrics import ConfusionMeter
+
+    labels = load_label_file(data / "cls_labels.npy", foreground)
+    meter = ConfusionMeter(len(foreground) + 1)
+    maps = []
+    t0 = time.perf_counter()
+    for i in ids:
+        rgb = load_rgb(data / "JPEGImages" / f"{i}.jpg")
+        seg = engine.segment(rgb, labels=labels[i], method="pcm")
+        gt = np.asarray(Image.open(data / "SegmentationClass" / f"{i}.png"))
+        meter.update(seg.label, gt)
+        maps.append(seg.cams.cams if seg.cams is not None else np.zeros(0))
+    return meter.scores(["background", *foreground]), maps, time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--backbone", default="resnet38_small", help="resnet38_small or resnet38 (random weights)")
+    ap.add_argument("--checkpoint", type=Path, help="a trained SEAM checkpoint instead of random weights")
+    ap.add_argument("--size", default="375x500", help="HxW of the timed input (a held-out image resized)")
+    ap.add_argument("--rounds", type=int, default=5, help="timed passes per side (interleaved)")
+    ap.add_argument("--calibration", type=Path, help="list file or image directory (default: synthetic images)")
+    ap.add_argument("--calibration-n", type=int, default=16)
+    ap.add_argument("--calibration-scales", default=None, help="default: the manifest's CAM scales")
+    ap.add_argument("--calibration-side", type=int, default=512, help="long-side cap of calibration inputs")
+    ap.add_argument("--methods", default="minmax,entropy,percentile")
+    ap.add_argument("--keep-all-convs-int8", action="store_true", help="quantize the head convolutions too")
+    ap.add_argument("--miou", type=Path, help="a VOC-layout data set (seam synth): pseudo-label mIoU fp32 vs int8")
+    ap.add_argument("--miou-n", type=int, default=100, help="images of its train list scored")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--keys", type=Path, default=REPO.parent / "shared" / "reference" / "official-state-dict-keys.json")
+    ap.add_argument("--json", type=Path, help="also write the numbers here")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    import torch
+
+    from bench.hardware import conv_macs, matmul_peak
+    from seam.common.image import Normalization, load_rgb, resize_rgb
+    from service.engine.manifest import load_model_dir
+    from service.engine.runtime import default_threads
+    from training.export import export_model
+    from training.export.quantize import (
+        _session,
+        calibration_batches,
+        calibration_paths,
+        compare_outputs,
+        preprocess,
+        quantize_model,
+    )
+    from training.models.registry import create_model
+
+    threads = args.threads or default_threads()
+    torch.set_num_threads(threads)
+    tmp_dir = tempfile.TemporaryDirectory(prefix="seam-bench-quant-")
+    tmp = Path(tmp_dir.name)
+    out: dict = {"threads": threads}
+    try:
+        if args.checkpoint:
+            ckpt = args.checkpoint
+        elif args.backbone == "resnet38":
+            ckpt = tmp / "resnet38_SEAM.pth"
+            authors_resnet38_checkpoint(ckpt, args.keys)
+        else:
+            torch.manual_seed(0)
+            net = create_model("seam", args.backbone, 21).eval()
+            ckpt = tmp / "seam_random.pth"
+            torch.save({"model": net.state_dict()}, ckpt)
+            del net
+        t0 = time.perf_counter()
+        res = export_model(ckpt, "seam", "fp32", tmp / "models", check_shapes=[(1, 3, 37, 61)], threads=threads)
+        mf = res.manifest
+        out["backbone"] = mf.backbone
+        print(f"exported {mf.backbone} in {time.perf_counter() - t0:.0f} s; outputs {list(mf.onnx.outputs)}")
+        fp32 = res.model_dir / mf.onnx.file
+        norm = Normalization(tuple(mf.input.mean), tuple(mf.input.std))
+        h, w = (int(v) for v in args.size.lower().split("x"))
+
+        # calibration and held-out evaluation inputs, preprocessed as the engine does
+        scales = (tuple(float(s) for s in args.calibration_scales.split(","))
+                  if args.calibration_scales else tuple(mf.cam.scales))
+        if args.calibration:
+            paths = calibration_paths(args.calibration, args.calibration_n + 2, seed=0)
+            cal = calibration_batches(paths[:-2] or paths, norm.mean, norm.std, scales, args.calibration_side,
+                                      mf.input.working_side)
+            eval_imgs = [load_rgb(p) for p in paths[-2:]]
+        else:
+            imgs = synthetic_images(args.calibration_n + 2, h, w, seed=1)
+            cal = [preprocess(im, s, norm, mf.input.working_side, args.calibration_side)
+                   for im in imgs[:-2] for s in scales]
+            eval_imgs = imgs[-2:]
+        ev = [preprocess(im, 1.0, norm, mf.input.working_side) for im in eval_imgs]
+        # the timed input: a held-out image of the calibration distribution at --size
+        timed = preprocess(resize_rgb(eval_imgs[0], (h, w)), 1.0, norm)
+
+        int8 = tmp / "int8" / mf.onnx.file
+        int8.parent.mkdir()
+        t0 = time.perf_counter()
+        q = quantize_model(fp32, int8, cal, mf.input.name, methods=args.methods.split(","), eval_batches=ev,
+                           keep_heads_fp32=not args.keep_all_convs_int8, threads=threads)
+        out["quantize"] = q.as_dict()
+        out["quantize_seconds"] = time.perf_counter() - t0
+        print(f"quantized in {out['quantize_seconds']:.0f} s ({len(cal)} calibration batches, scales {scales}); "
+              f"{len(q.quantized_nodes)} convs int8, fp32: {q.excluded_nodes}")
+        for t in q.trials:
+            e = t.errors["cam"]
+            print(f"  {t.method:10s} cam: max |int8 - fp32| / max |fp32| = {e.rel_max:.4f}, "
+                  f"mean {e.rel_mean:.5f}" + ("   <- kept" if t.method == q.method else ""))
+
+        # speed of one network pass, interleaved, and its error on that input
+        peak_before = matmul_peak(threads)
+        sess = {"fp32": _session(fp32, threads), "int8": _session(int8, threads)}
+        times = interleaved_times(sess, timed, mf.input.name, args.rounds)
+        peak_after = matmul_peak(threads)
+        err = compare_outputs(fp32, int8, [timed], mf.input.name, threads)["cam"]
+        macs = conv_macs(fp32, timed.shape)
+        best = {k: min(v) for k, v in times.items()}
+        med = {k: statistics.median(v) for k, v in times.items()}
+        out["pass"] = {"shape": list(timed.shape), "gmac": macs / 1e9, "best_s": best, "median_s": med,
+                       "speedup_best": best["fp32"] / best["int8"], "speedup_median": med["fp32"] / med["int8"],
+                       "cam_rel_max": err.rel_max, "cam_rel_mean": err.rel_mean,
+                       "peak_gmacs_before": peak_before, "peak_gmacs_after": peak_after}
+        print(f"one pass {timed.shape[2]}x{timed.shape[3]} ({macs / 1e9:.1f} GMAC), {threads} threads, "
+              f"{args.rounds} interleaved rounds:")
+        for k in ("fp32", "int8"):
+            peak = max(peak_before["ort_fp32_matmul" if k == "fp32" else "ort_u8s8_matmul"],
+                       peak_after["ort_fp32_matmul" if k == "fp32" else "ort_u8s8_matmul"])
+            print(f"  {k}: best {best[k]:.3f} s, median {med[k]:.3f} s -> {macs / best[k] / 1e9:.1f} GMAC/s "
+                  f"({100 * macs / best[k] / 1e9 / peak:.0f} % of the {k} matmul peak {peak:.0f} GMAC/s)")
+        print(f"  int8 / fp32 speed: {out['pass']['speedup_best']:.2f}x (best), "
+              f"{out['pass']['speedup_median']:.2f}x (median); cam max rel diff {err.rel_max:.4f}")
+        print(f"  matmul peaks GMAC/s before/after: " + ", ".join(
+            f"{k} {peak_before[k]:.0f}/{peak_after[k]:.0f}" for k in peak_before))
+        del sess
+
+        if args.miou:
+            from service.engine.manifest import Manifest, file_sha256
+            from service.engine.onnx_engine import OnnxEngine
+
+            int8_dir = tmp / "models_int8" / "int8"
+            shutil.copytree(res.model_dir, int8_dir)
+            data = load_model_dir(res.model_dir).model_dump()
+            shutil.copy2(int8, int8_dir / mf.onnx.file)
+            data["onnx"]["sha256"] = file_sha256(int8_dir / mf.onnx.file)
+            (int8_dir / "manifest.json").write_text(Manifest.model_validate(data).to_json())
+            ids = [ln.split()[0] for ln in (args.miou / "ImageSets" / "Segmentation" / "train.txt").read_text().split("\n")
+                   if ln.strip()][: args.miou_n]
+            fg = list(mf.class_names[1:])
+            results = {}
+            maps = {}
+            for k, d in (("fp32", res.model_dir), ("int8", int8_dir)):
+                eng = OnnxEngine.from_model_dir(d, providers="cpu", threads=threads)
+                results[k], maps[k], secs = miou_run(eng, args.miou, ids, fg)
+                results[k]["seconds"] = secs
+                del eng
+            diff = max(float(np.abs(a - b).max()) for a, b in zip(maps["fp32"], maps["int8"]) if a.size)
+            out["miou"] = {"images": len(ids), "fp32": results["fp32"]["miou"], "int8": results["int8"]["miou"],
+                           "delta": results["int8"]["miou"] - results["fp32"]["miou"],
+                           "max_cam_map_diff": diff,
+                           "seconds": {k: results[k]["seconds"] for k in results}}
+            print(f"pseudo labels (method pcm, image labels, scales {tuple(mf.cam.scales)} + flip) on {len(ids)} "
+                  f"images of {args.miou}:")
+            print(f"  mIoU fp32 {results['fp32']['miou']:.2f} %, int8 {results['int8']['miou']:.2f} % "
+                  f"(delta {out['miou']['delta']:+.2f}); max |normalised CAM int8 - fp32| {diff:.4f}")
+            print(f"  whole engine: fp32 {results['fp32']['seconds']:.1f} s, int8 {results['int8']['seconds']:.1f} s "
+                  f"({results['fp32']['seconds'] / results['int8']['seconds']:.2f}x)")
+        if args.json:
+            args.json.write_text(json.dumps(out, indent=2, default=float))
+    finally:
+        tmp_dir.cleanup()
+
+
+if __name__ == "__main__":
+    main()

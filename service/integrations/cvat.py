@@ -1,0 +1,175 @@
+"""CVAT: the serverless-function contract served by the API, and the nuclio function
+that forwards to it.
+
+CVAT calls a nuclio function with `{"image": <base64>, "threshold": <float>}` and expects a
+list of `{"label", "confidence", "type": "mask", "points", "mask"}` (`mask`: the row-major
+0/255 crop of the inclusive bbox followed by xtl, ytl, xbr, ybr; `points`: a contour). The
+nuclio handler (`docker/cvat-nuclio/main.py`, stdlib only) forwards the body to
+`POST /cvat/detect`, which answers exactly that list, so the function needs no model and no
+packages. `python -m service.integrations.cvat function-yaml` writes its function.yaml with
+the loaded model's classes.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import json
+import sys
+from collections.abc import Sequence
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Body, Depends, FastAPI
+from pydantic import BaseModel, ConfigDict, Field
+
+from seam.common.labelling import cvat_nuclio_mask, mask_polygons
+from service.api.deps import EngineDep, LimiterDep, MetricsDep, SettingsDep, require_api_key
+from service.core.errors import ApiError
+from service.engine.base import InferenceEngine, SegmentResult
+from service.inputs import decode_image
+from service.schemas import MethodName
+
+
+class DetectRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")  # CVAT may add fields (e.g. "frame")
+    image: str = Field(description="The frame, base64 (any format Pillow reads).")
+    threshold: float | None = Field(None, ge=0.0, le=1.0, description="Drop classes whose image-level score is lower.")
+    labels: list[str] | None = Field(None, description="Image-level labels (class names); absent: predicted.")
+    method: MethodName | None = None
+
+
+router = APIRouter(prefix="/cvat", tags=["cvat"], dependencies=[Depends(require_api_key)])
+
+
+def install(app: FastAPI) -> None:
+    app.include_router(router)
+
+
+def cvat_shapes(seg: SegmentResult, names: Sequence[str], threshold: float | None) -> list[dict]:
+    """One mask result per predicted class (CVAT's serverless output)."""
+    out = []
+    for c in seg.classes:
+        mask = seg.label == c + 1
+        if not mask.any():
+            continue
+        score = float(seg.scores[c]) if c < len(seg.scores) else 1.0
+        if threshold is not None and score < threshold:
+            continue
+        polys = mask_polygons(mask)
+        contour = max(polys, key=len) if polys else np.zeros((0, 2))
+        out.append({"label": names[c], "confidence": str(round(score, 6)), "type": "mask",
+                    "points": [int(v) for v in contour.ravel()], "mask": cvat_nuclio_mask(mask)})
+    return out
+
+
+def _decode_b64(s: str) -> bytes:
+    try:
+        return base64.b64decode(s, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(422, "invalid_image", "field 'image' is not valid base64") from None
+
+
+@router.post("/detect", summary="CVAT serverless detector: masks of one frame.",
+             description="The body CVAT sends to a nuclio function (`{image: base64, threshold}`); the answer is the "
+                         "list CVAT expects (`type: mask` with the bbox-cropped 0/255 mask). Used by the nuclio function "
+                         "in docker/cvat-nuclio (docs/cvat.md).")
+async def detect(body: Annotated[DetectRequest, Body()], engine: EngineDep, settings: SettingsDep,
+                 limiter: LimiterDep, metrics: MetricsDep) -> list[dict]:
+    from service.api.routes.inference import _compute, resolve_method
+    from service.inputs import resolve_or_422
+
+    names = engine.foreground_classes()
+    labels = resolve_or_422(body.labels, names) if body.labels else None
+    method = resolve_method(body.method, engine)
+    data = _decode_b64(body.image)
+
+    def work() -> list[dict]:
+        rgb = decode_image(data, settings.max_pixels)
+        try:
+            seg = engine.segment(rgb, labels, method=method)
+        except ValueError as exc:
+            status = 413 if type(exc).__name__ == "MemoryBudgetError" else 422
+            raise ApiError(status, "unprocessable_image", f"the model cannot process this image: {exc}") from None
+        return cvat_shapes(seg, names, body.threshold)
+
+    shapes = await _compute(limiter, metrics, "cvat", method, work)
+    metrics.images_labelled.labels("cvat").inc()
+    return shapes
+
+
+# --- the nuclio function.yaml ---------------------------------------------------------------
+def function_yaml(classes: Sequence[str], seam_url: str, name: str = "seam-wsss", api_key_env: str = "SEAM_API_KEY",
+                  max_body_mb: int = 64) -> str:
+    """function.yaml for `nuctl deploy` (CVAT serverless), handler = docker/cvat-nuclio/main.py.
+    JSON is valid YAML: the spec string is emitted with json.dumps so any class name is safe."""
+    spec = json.dumps([{"id": i, "name": n, "type": "mask"} for i, n in enumerate(classes)])
+    q = json.dumps
+    return f"""metadata:
+  name: {q(name)}
+  namespace: cvat
+  annotations:
+    name: {q("seam-wsss (" + name + ")")}
+    type: detector
+    framework: onnxruntime
+    spec: {q(spec)}
+
+spec:
+  description: {q("seam-wsss weakly supervised segmentation: masks per class, via the seam HTTP API")}
+  runtime: "python:3.11"
+  handler: main:handler
+  eventTimeout: 120s
+  env:
+    - name: SEAM_URL
+      value: {q(seam_url)}
+    - name: {api_key_env}
+      value: ""
+  build:
+    image: cvat.seam-wsss
+    baseImage: python:3.11-slim
+  triggers:
+    myHttpTrigger:
+      maxWorkers: 2
+      kind: http
+      workerAvailabilityTimeoutMilliseconds: 10000
+      attributes:
+        maxRequestBodySize: {max_body_mb * 1024 * 1024}
+  platform:
+    attributes:
+      restartPolicy:
+        name: always
+        maximumRetryCount: 3
+      mountMode: volume
+"""
+
+
+def _classes_from(models_dir: str | None, url: str | None, api_key: str | None) -> list[str]:
+    if url:
+        import httpx
+
+        r = httpx.get(url.rstrip("/") + "/models", headers={"X-API-Key": api_key} if api_key else {}, timeout=30)
+        r.raise_for_status()
+        return list(r.json()["classes"])
+    from service.engine.onnx_engine import OnnxEngine
+
+    return OnnxEngine(models_dir or "models").foreground_classes()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m service.integrations.cvat")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    fy = sub.add_parser("function-yaml", help="print the nuclio function.yaml for the model's classes")
+    fy.add_argument("--seam-url", required=True, help="the seam API as the nuclio container reaches it")
+    fy.add_argument("--models-dir", default=None, help="read the classes from this model repository")
+    fy.add_argument("--from-url", default=None, help="read the classes from a running seam API instead")
+    fy.add_argument("--api-key", default=None)
+    fy.add_argument("--name", default="seam-wsss")
+    a = p.parse_args(argv)
+    classes = _classes_from(a.models_dir, a.from_url, a.api_key)
+    sys.stdout.write(function_yaml(classes, a.seam_url, a.name))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
+

@@ -1,0 +1,184 @@
+"""Pre-annotation files from label maps: a Label Studio tasks-with-predictions JSON and a
+CVAT "Segmentation mask 1.1" zip. Label maps are the jobs' PNG outputs (value c + 1 =
+foreground class c, 0 = background, 255 = ignore)."""
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from collections.abc import Iterable, Sequence
+from typing import Literal
+from urllib.parse import quote
+
+import numpy as np
+from PIL import Image
+
+from seam.common.classes import IGNORE_INDEX
+from seam.common.labelling import ls_rle_encode, mask_polygons
+from seam.common.palette import voc_palette
+
+
+def ls_regions(label: np.ndarray, names: Sequence[str], scores: Sequence[float] | None, from_name: str,
+               to_name: str, region: Literal["brush", "polygon"] = "brush", min_area: int = 4,
+               id_prefix: str = "r") -> list[dict]:
+    """Label Studio result regions of one label map, one per class (brush) or per component (polygon)."""
+    h, w = label.shape
+    out: list[dict] = []
+    for c in range(len(names)):
+        mask = label == c + 1
+        if not mask.any():
+            continue
+        score = round(float(scores[c]), 6) if scores is not None and c < len(scores) else None
+        base = {"from_name": from_name, "to_name": to_name, "original_width": int(w), "original_height": int(h),
+                "image_rotation": 0, "score": score}
+        if region == "brush":
+            out.append({**base, "id": f"{id_prefix}{c}", "type": "brushlabels",
+                        "value": {"format": "rle", "rle": ls_rle_encode(mask), "brushlabels": [names[c]]}})
+        else:
+            for k, poly in enumerate(mask_polygons(mask, min_area=min_area)):
+                pts = [[round(100.0 * x / w, 4), round(100.0 * y / h, 4)] for x, y in poly.tolist()]
+                out.append({**base, "id": f"{id_prefix}{c}_{k}", "type": "polygonlabels",
+                            "value": {"points": pts, "polygonlabels": [names[c]], "closed": True}})
+    return out
+
+
+def image_url(prefix: str, rel: str) -> str:
+    """`prefix` + the image's path in the job (URL-quoted, slashes kept)."""
+    return prefix + quote(rel, safe="/")
+
+
+def ls_task(url: str, regions: list[dict], model_version: str, data_key: str = "image") -> dict:
+    scores = [r["score"] for r in regions if r.get("score") is not None]
+    return {"data": {data_key: url},
+            "predictions": [{"model_version": model_version, "score": round(float(np.mean(scores)), 6) if scores else 0.0,
+                             "result": regions}]}
+
+
+def ls_tasks_json(tasks: Iterable[dict]) -> bytes:
+    return json.dumps(list(tasks), separators=(",", ":")).encode()
+
+
+# --- CVAT "Segmentation mask 1.1" --------------------------------------------------------------
+def cvat_labelmap(names: Sequence[str]) -> bytes:
+    """labelmap.txt: background then the classes, each with its VOC palette colour (the colour
+    its pixels have in SegmentationClass/)."""
+    pal = voc_palette()
+    lines = ["# label:color_rgb:parts:actions"]
+    for i, n in enumerate(["background", *names]):
+        r, g, b = (int(v) for v in pal[i])
+        lines.append(f"{n}:{r},{g},{b}::")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def cvat_mask_png(label: np.ndarray, n_classes: int) -> bytes:
+    """A SegmentationClass PNG: VOC palette; the 255 ignore band (undeclared in labelmap.txt,
+    which CVAT rejects as "Undeclared label") becomes background, as does any value above the
+    declared classes."""
+    lab = np.asarray(label)
+    if lab.ndim != 2:
+        raise ValueError(f"label map must be 2-D, got {lab.shape}")
+    lab = np.where((lab == IGNORE_INDEX) | (lab > n_classes), 0, lab).astype(np.uint8)
+    img = Image.fromarray(lab, mode="P")
+    img.putpalette(voc_palette()[:256].astype(np.uint8).ravel().tolist())
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def cvat_segmentation_zip(items: Iterable[tuple[str, np.ndarray]], names: Sequence[str]) -> bytes:
+    """(image id, label map) pairs -> the zip CVAT imports as "Segmentation mask 1.1"
+    (image id = the image's path without extension, as CVAT names frames)."""
+    buf = io.BytesIO()
+    ids: list[str] = []
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("labelmap.txt", cvat_labelmap(names))
+        for iid, label in items:
+            zf.writestr(f"SegmentationClass/{iid}.png", cvat_mask_png(label, len(names)), compress_type=zipfile.ZIP_STORED)
+            ids.append(iid)
+        zf.writestr("ImageSets/Segmentation/default.txt", "".join(f"{i}\n" for i in ids))
+    return buf.getvalue()
+
+
+# --- job outputs (per image, written by the workers) and their merged files ---------------------
+def ls_image_doc(label: np.ndarray, names: Sequence[str], scores: Sequence[float], file_name: str,
+                 min_area: int = 4) -> bytes:
+    """The per-image `labelstudio` job output: brush RLE and polygons (pixel corners) of each
+    class, so the tasks file can be assembled at download with either region type."""
+    h, w = label.shape
+    classes = []
+    for c in range(len(names)):
+        mask = label == c + 1
+        if not mask.any():
+            continue
+        classes.append({"index": c, "name": names[c],
+                        "score": round(float(scores[c]), 6) if c < len(scores) else None,
+                        "rle": ls_rle_encode(mask),
+                        "polygons": [p.ravel().astype(int).tolist() for p in mask_polygons(mask, min_area=min_area)]})
+    return json.dumps({"file_name": file_name, "width": int(w), "height": int(h), "classes": classes},
+                      separators=(",", ":")).encode()
+
+
+def ls_task_from_doc(doc: dict, url: str, from_name: str, to_name: str, data_key: str,
+                     region: Literal["brush", "polygon"], model_version: str, id_prefix: str = "r") -> dict:
+    w, h = doc["width"], doc["height"]
+    regions = []
+    for cl in doc["classes"]:
+        base = {"from_name": from_name, "to_name": to_name, "original_width": w, "original_height": h,
+                "image_rotation": 0, "score": cl["score"]}
+        if region == "brush":
+            regions.append({**base, "id": f"{id_prefix}{cl['index']}", "type": "brushlabels",
+                            "value": {"format": "rle", "rle": cl["rle"], "brushlabels": [cl["name"]]}})
+        else:
+            for k, flat in enumerate(cl["polygons"]):
+                pts = [[round(100.0 * flat[i] / w, 4), round(100.0 * flat[i + 1] / h, 4)] for i in range(0, len(flat), 2)]
+                regions.append({**base, "id": f"{id_prefix}{cl['index']}_{k}", "type": "polygonlabels",
+                                "value": {"points": pts, "polygonlabels": [cl["name"]], "closed": True}})
+    return ls_task(url, regions, model_version, data_key)
+
+
+def job_labelstudio_tasks(storage, job_id: str, manifest: dict, prefix: str, from_name: str = "tag",
+                          to_name: str = "image", data_key: str = "image",
+                          region: Literal["brush", "polygon"] = "brush") -> bytes:
+    """labelstudio_tasks.json of a finished job: one task per image with a finished output."""
+    models = manifest.get("models") or []
+    version = "seam-wsss:" + ",".join(m.get("name", "?") for m in models) if models else "seam-wsss"
+    if manifest.get("options", {}).get("method"):
+        version += ":" + manifest["options"]["method"]
+    tasks = []
+    for n, (iid, rel) in enumerate(sorted(manifest["images"].items())):
+        try:
+            doc = json.loads(storage.output_path(job_id, "labelstudio", iid).read_bytes())
+        except (OSError, ValueError):
+            continue  # failed or missing image: no task
+        tasks.append(ls_task_from_doc(doc, image_url(prefix, rel), from_name, to_name, data_key, region, version,
+                                      id_prefix=f"i{n}r"))
+    return ls_tasks_json(tasks)
+
+
+def job_cvat_zip(storage, job_id: str, manifest: dict, names: Sequence[str]) -> bytes:
+    """The "Segmentation mask 1.1" zip of a finished job, from its per-image `cvat` PNGs."""
+    buf = io.BytesIO()
+    ids: list[str] = []
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("labelmap.txt", cvat_labelmap(names))
+        for iid in sorted(manifest["images"]):
+            path = storage.output_path(job_id, "cvat", iid)
+            try:
+                data = path.read_bytes()
+            except OSError:
+                continue
+            zf.writestr(f"SegmentationClass/{iid}.png", data, compress_type=zipfile.ZIP_STORED)
+            ids.append(iid)
+        zf.writestr("ImageSets/Segmentation/default.txt", "".join(f"{i}\n" for i in ids))
+    return buf.getvalue()
+
+
+def job_extras(storage, job_id: str, manifest: dict, names: Sequence[str], kinds: Sequence[str]) -> dict[str, bytes]:
+    """Merged members of a job's results zip: labelstudio_tasks.json, cvat_segmentation_mask.zip."""
+    out: dict[str, bytes] = {}
+    prefix = (manifest.get("options") or {}).get("image_url_prefix")
+    if "labelstudio" in kinds and prefix:
+        out["labelstudio_tasks.json"] = job_labelstudio_tasks(storage, job_id, manifest, prefix)
+    if "cvat" in kinds:
+        out["cvat_segmentation_mask.zip"] = job_cvat_zip(storage, job_id, manifest, names)
+    return out

@@ -1,0 +1,97 @@
+"""The API side of synchronous requests computed by the workers.
+
+submit(): refuse at once when no live worker consumes the realtime queue (503) or the
+queue is full (429, `Retry-After`); else store the upload under an expiring key, queue
+its id, ring the realtime Celery queue and wait for the reply until the deadline
+(SEAM_REQUEST_TIMEOUT_S, then 504). On every exit the request key is deleted, so a
+request whose client has gone is never computed late.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+
+from service.core.config import Settings
+from service.core.errors import ApiError
+from service.realtime.fleet import FleetView
+from service.realtime.messages import REALTIME_TASK, Keys, Reply, SyncRequest
+
+log = logging.getLogger("seam.service")
+
+
+class RealtimeClient:
+    def __init__(self, settings: Settings, fleet: FleetView, celery: Any, client: Any) -> None:
+        self.settings = settings
+        self.fleet = fleet
+        self.celery = celery
+        self.r = client  # redis.asyncio client (bytes responses, no socket timeout: BLPOP blocks)
+        self.keys = Keys(settings.key_prefix)
+        self.queue = settings.realtime_queue_name
+        self.waiting = 0  # requests of this process waiting for a worker
+
+    def _busy(self, why: str) -> ApiError:
+        return ApiError(429, "too_many_requests", f"server busy: {why}; retry later", {"Retry-After": "1"})
+
+    async def submit(self, req: SyncRequest, data: bytes) -> Reply:
+        s = self.settings
+        problem = self.fleet.problem(self.queue)
+        if problem:
+            raise ApiError(503, "no_worker", f"no worker is serving synchronous requests: {problem}",
+                           {"Retry-After": "10"})
+        if len(data) > s.max_upload_bytes:  # the body limit already holds; never queue more than it
+            raise ApiError(413, "too_large", f"image larger than {s.max_upload_mb:g} MiB")
+        if self.waiting >= s.realtime_max_queue:
+            raise self._busy(f"{self.waiting} requests of this API process are waiting for a worker")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + s.request_timeout_s
+        rid = uuid.uuid4().hex
+        self.waiting += 1
+        try:
+            queued = await self.r.llen(self.keys.pending)
+            if queued >= s.realtime_max_queue:
+                raise self._busy(f"{queued} synchronous requests are queued for the workers "
+                                 f"(limit {s.realtime_max_queue})")
+            ttl_ms = int((s.request_timeout_s + 5) * 1000)
+            async with self.r.pipeline(transaction=True) as pipe:
+                pipe.hset(self.keys.request(rid), mapping={"params": req.model_dump_json(), "image": data})
+                pipe.pexpire(self.keys.request(rid), ttl_ms)
+                pipe.rpush(self.keys.pending, rid)
+                pipe.pexpire(self.keys.pending, ttl_ms)  # every id in it is stale once nothing was pushed for this long
+                await pipe.execute()
+            try:
+                await run_in_threadpool(self._ring, rid)
+            except Exception as exc:  # noqa: BLE001 - kombu's errors vary with the transport
+                log.warning("could not queue a synchronous request: %s", exc)
+                raise ApiError(503, "unavailable", "the broker did not accept the request; retry later",
+                               {"Retry-After": "10"}) from None
+            left = deadline - loop.time()
+            got = await asyncio.wait_for(self.r.blpop([self.keys.reply(rid)], timeout=max(left, 0.01)),
+                                         timeout=left + 5)
+            if got is None:
+                raise ApiError(504, "timeout", f"no worker answered within {s.request_timeout_s:g} s "
+                                               "(SEAM_REQUEST_TIMEOUT_S): the workers are busy or stuck; retry later",
+                               {"Retry-After": "10"})
+            return Reply.decode(got[1])
+        except TimeoutError:
+            raise ApiError(504, "timeout", f"no worker answered within {s.request_timeout_s:g} s "
+                                           "(SEAM_REQUEST_TIMEOUT_S); retry later", {"Retry-After": "10"}) from None
+        finally:
+            self.waiting -= 1
+            try:
+                await self.r.delete(self.keys.request(rid))
+            except Exception:  # noqa: BLE001 - it expires anyway
+                pass
+
+    def _ring(self, rid: str) -> None:
+        """Wake a worker: one message per request on the realtime queue (it expires with the deadline)."""
+        self.celery.send_task(REALTIME_TASK, args=[rid], queue=self.queue, expires=self.settings.request_timeout_s)
+
+    async def close(self) -> None:
+        try:
+            await self.r.aclose()
+        except Exception:  # noqa: BLE001
+            pass

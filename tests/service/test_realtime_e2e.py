@@ -1,0 +1,91 @@
+"""Broker mode end to end on loopback: /segment and /cam computed by a `seam worker`
+process (the API process cannot compute: its model repository does not exist), answers
+equal to embedded mode's; killing the only worker turns /readyz not-ready within its
+cache period and the synchronous endpoints answer 503 at once."""
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import httpx
+import pytest
+
+from tests.service.fakes import png_bytes
+from tests.service.test_e2e import REDIS_DB, Stack, redis_ok  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.slow
+
+REQUESTS = [("/segment", {}), ("/segment", {"format": "json", "labels": "red,green", "threshold": "0.3"}),
+            ("/cam", {}), ("/cam/refined", {"format": "json"}), ("/cam", {"format": "png"})]
+
+
+class ApiEnvStack(Stack):
+    def start_api_with(self, **env: str):
+        """start_api, with environment variables for the API process only."""
+        saved = dict(self.env)
+        self.env.update(env)
+        try:
+            return self.start_api()
+        finally:
+            self.env = saved
+
+
+def _answers(url: str, data: bytes) -> list[tuple[int, bytes, str | None]]:
+    out = []
+    with httpx.Client(base_url=url, timeout=30) as c:
+        for path, fields in REQUESTS:
+            r = c.post(path, files={"image": ("a.png", data)}, data=fields)
+            out.append((r.status_code, r.content, r.headers.get("x-seam-classes")))
+    return out
+
+
+def test_segment_on_worker_equals_embedded_and_worker_death(tmp_path, redis_ok):  # noqa: F811
+    data = png_bytes(96, 128, seed=7)
+    emb = ApiEnvStack(tmp_path / "emb", "embedded")
+    (tmp_path / "emb").mkdir()
+    try:
+        emb.start_api()
+        embedded = _answers(emb.url, data)
+    finally:
+        emb.stop()
+    assert [s for s, _, _ in embedded] == [200] * len(REQUESTS)
+
+    (tmp_path / "brk").mkdir()
+    s = ApiEnvStack(tmp_path / "brk", "celery", SEAM_WORKER_HEARTBEAT_S="1", SEAM_REQUEST_TIMEOUT_S="20")
+    try:
+        worker = s.start_worker("w1")
+        # The API has no model it could run: an onnx engine over a directory that does not exist.
+        s.start_api_with(SEAM_ENGINE="onnx", SEAM_MODELS_DIR=str(tmp_path / "no-models"))
+        with httpx.Client(base_url=s.url, timeout=30) as c:
+            ready = c.get("/readyz").json()
+            assert ready["ready"] and ready["checks"]["models"]["detail"] == "fake", ready
+            assert "w1@" in ready["checks"]["workers"]["detail"]
+            r = c.post("/segment", files={"image": ("a.png", data)})
+            assert r.status_code == 200 and r.headers["x-seam-worker"] == f"w1@{socket.gethostname()}"
+        assert _answers(s.url, data) == embedded  # byte for byte, every format
+
+        async def burst() -> list[int]:
+            async with httpx.AsyncClient(base_url=s.url, timeout=30) as ac:
+                rs = await asyncio.gather(*[ac.post("/segment", files={"image": ("a.png", data)})
+                                            for _ in range(12)])
+            assert all(x.content == embedded[0][1] for x in rs if x.status_code == 200)
+            return [x.status_code for x in rs]
+        assert asyncio.run(burst()) == [200] * 12
+
+        s.kill(worker)  # SIGKILL: no goodbye, only the heartbeat stops
+        t0 = time.monotonic()
+        with httpx.Client(base_url=s.url, timeout=30) as c:
+            while c.get("/readyz").status_code == 200:
+                assert time.monotonic() - t0 < 8, "still ready 8 s after the only worker died"
+                time.sleep(0.1)
+            took = time.monotonic() - t0
+            body = c.get("/readyz").json()
+            assert "no live worker" in body["checks"]["workers"]["detail"]
+            t1 = time.monotonic()
+            r = c.post("/segment", files={"image": ("a.png", data)})
+            assert r.status_code == 503 and r.json()["error"]["code"] == "no_worker" and r.headers["retry-after"]
+            assert time.monotonic() - t1 < 2
+        print(f"\n/readyz not ready {took:.1f} s after SIGKILL of the only worker (heartbeat 1 s)")
+    finally:
+        s.stop()

@@ -1,0 +1,106 @@
+"""Training recipes: `release` reproduces the published runs, `tuned` is our measured choice.
+
+A recipe is a set of config values (optimiser, schedule, data sizes, precision, the
+loss block's CAM normalisation). Explicit settings override it; the sidecar records the
+recipe's name, its values and every override, so a run says exactly how it differs
+from the published one.
+
+release (SEAM `train_SEAM.py`, `train_aff.py`, `tool/torchutils.py`):
+  - SGD through the release's `PolyOptimizer`, which calls `SGD(params, lr, weight_decay)`:
+    the third positional slot is momentum, so the published runs used momentum 5e-4 (the
+    authors acknowledged it); weight decay 5e-4 applied per parameter group (weights of
+    groups 0 and 2), none on biases.
+  - poly decay, power 0.9 (the optimiser's `momentum` attribute, 0.9, is the power);
+    base lr 0.01, groups x1 / x2 / x10 / x20.
+  - batch 8, 8 epochs, crop 448; SEAM: long side random in [448, 768]; ColorJitter
+    (0.3, 0.3, 0.3, 0.1); fp32 (no AMP); loss-block `max_norm` subtracts the minimum.
+  - AffinityNet: the same optimiser and lr 0.01 (SEAM's `train_aff.py`; psa's 0.1 is
+    another release), batch 8, 8 epochs, crop 448, flip + jitter.
+tuned: the same except momentum 0.9 (what the code meant) and AMP on CUDA. Chosen by
+  `bench/ablation.py` (docs/training.md, "Ablation").
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from training.engine.schedule import AUTHORS_MOMENTUM
+
+RECIPES = ("release", "tuned")
+RELEASE_JITTER = (0.3, 0.3, 0.3, 0.1)
+
+_SEAM_RELEASE: dict[str, Any] = {
+    "batch_size": 8, "epochs": 8, "lr": 0.01, "weight_decay": 5e-4, "momentum": AUTHORS_MOMENTUM,
+    "crop": 448, "resize_long": None, "jitter": RELEASE_JITTER, "amp": False, "cam_norm": "minmax",
+    "siamese_scale": 0.3,
+}
+_AFF_RELEASE: dict[str, Any] = {
+    "batch_size": 8, "epochs": 8, "lr": 0.01, "weight_decay": 5e-4, "momentum": AUTHORS_MOMENTUM,
+    "crop": 448, "jitter": True, "flip": True, "amp": False,
+}
+_TUNED = {"momentum": 0.9, "amp": None}  # amp None: on with CUDA
+
+SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
+    "seam": {"release": _SEAM_RELEASE, "tuned": {**_SEAM_RELEASE, **_TUNED}},
+    "affinity": {"release": _AFF_RELEASE, "tuned": {**_AFF_RELEASE, **_TUNED}},
+}
+
+# Which recipe a run gets when none is named: VOC trains as the authors did; other data
+# (synthetic, folders) gets the tuned one, which the ablation measured as better there.
+DEFAULT_FOR_VOC = "release"
+DEFAULT_OTHER = "tuned"
+
+
+def default_recipe(dataset_kind: str) -> str:
+    """The recipe a run on `dataset_kind` (voc | synth | folder) gets without --recipe."""
+    return DEFAULT_FOR_VOC if dataset_kind == "voc" else DEFAULT_OTHER
+
+
+def recipe_settings(stage: str, name: str) -> dict[str, Any]:
+    """The config values of recipe `name` for `stage` (seam | affinity); a copy."""
+    if stage not in SETTINGS:
+        raise ValueError(f"no recipes for stage {stage!r}")
+    if name not in SETTINGS[stage]:
+        raise ValueError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
+    return dict(SETTINGS[stage][name])
+
+
+def with_recipe(stage: str, name: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Recipe values updated by the explicit settings (None values are 'not given')."""
+    out = recipe_settings(stage, name)
+    out.update({k: v for k, v in overrides.items() if v is not None})
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    norm = (lambda v: list(v) if isinstance(v, (list, tuple)) else v)  # noqa: E731
+    return norm(a) == norm(b)
+
+
+def recipe_report(stage: str, name: str, config: Mapping[str, Any], effective_momentum: float) -> dict[str, Any]:
+    """The sidecar's "recipe" entry: name, the recipe's values, and the config's departures."""
+    base = recipe_settings(stage, name)
+    got = dict(config)
+    got["momentum"] = effective_momentum
+    overrides = {k: got[k] for k, v in base.items() if k in got and not _same(got[k], v)}
+    return {"name": name, "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in base.items()},
+            "overrides": {k: (list(v) if isinstance(v, tuple) else v) for k, v in overrides.items()},
+            "exact": not overrides}
+
+
+def describe(stage: str, name: str, config: Mapping[str, Any], effective_momentum: float) -> str:
+    """One log line: 'recipe release (exact)' or 'recipe tuned, overridden: epochs=60, crop=160'."""
+    rep = recipe_report(stage, name, config, effective_momentum)
+    s = rep["settings"]
+    head = (f"recipe {name}: SGD momentum {s['momentum']:g}, weight decay {s['weight_decay']:g} per group, "
+            f"poly 0.9, lr {s['lr']:g}, batch {s['batch_size']}, {s['epochs']} epochs, crop {s['crop']}, "
+            f"{'fp32' if s['amp'] is False else 'AMP on CUDA'}")
+    if "cam_norm" in s:
+        head += f", max_norm {s['cam_norm']}"
+    if not rep["overrides"]:
+        return head + " (exact)"
+    return head + "; overridden: " + ", ".join(f"{k}={v}" for k, v in rep["overrides"].items())
+
+
+__all__ = ["DEFAULT_FOR_VOC", "DEFAULT_OTHER", "RECIPES", "default_recipe", "describe", "recipe_report",
+           "recipe_settings", "with_recipe"]

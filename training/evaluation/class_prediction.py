@@ -1,0 +1,135 @@
+"""How a SEAM model does without labels, as the web page uses it: predicted classes
+(sigmoid of the GAP score >= cls_threshold, averaged over the multi-scale passes) and the
+mask argmax([bg_threshold, CAMs of the predicted classes]).
+
+    python -m training.evaluation.class_prediction --checkpoint runs/demo-v2/seam_final.pth \\
+        --data /tmp/synth_fresh --list ImageSets/Segmentation/train.txt --tune-data /tmp/synth --tune-list val.txt
+
+Per image the CAMs of every class are computed once (the normalisation is per class, so a
+subset's maps do not depend on which other classes are in it); thresholds are then swept
+without rerunning the network. `--tune-*`: choose cls_threshold on another image set
+(one the model did not train on), then report on `--data` at that threshold.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from seam.common.cam import DEFAULT_BG_THRESHOLD, DEFAULT_CLS_THRESHOLD, DEFAULT_SCALES, cams_to_label
+from seam.common.metrics import ConfusionMeter
+
+CLS_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 .. 0.95
+
+
+@dataclass
+class ImageResult:
+    true: set[int]  # foreground indices present in the ground truth
+    scores: np.ndarray  # (num_fg,) class scores
+    cams: np.ndarray  # (num_fg, H, W) every class's normalised CAM
+    gt: np.ndarray  # (H, W) label map
+
+
+def run_images(checkpoint: str | Path, root: Path, ids: Sequence[str], scales: Sequence[float] = DEFAULT_SCALES,
+               device: str = "cpu") -> tuple[list[ImageResult], list[str]]:
+    """Multi-scale + flip PCM CAMs of every class for each image. Returns (results, class names)."""
+    from seam.common.cam import MultiScaleConfig, multiscale_cam
+    from seam.common.image import load_rgb
+    from training.evaluation.evaluate import read_label_png
+    from training.inference.cam import torch_runner
+    from training.models.registry import model_from_checkpoint
+
+    model, meta = model_from_checkpoint(checkpoint, "seam")
+    num_fg = int(meta.get("num_classes", 21)) - 1
+    names = list(meta.get("class_names") or ["background", *(f"class{c}" for c in range(num_fg))])
+    runner = torch_runner(model, device)
+    cfg = MultiScaleConfig(scales=tuple(scales), flip=True, refined=True)
+    out = []
+    for i in ids:
+        gt = read_label_png(root / "SegmentationClass" / f"{i}.png")
+        res = multiscale_cam(load_rgb(root / "JPEGImages" / f"{i}.jpg"), runner, list(range(num_fg)), cfg)
+        true = {int(c) - 1 for c in np.unique(gt) if 0 < c < 255}
+        out.append(ImageResult(true, res.scores, res.cams, gt))
+    return out, names
+
+
+def score(results: Sequence[ImageResult], class_names: Sequence[str], cls_threshold: float,
+          bg_threshold: float = DEFAULT_BG_THRESHOLD) -> dict[str, Any]:
+    """Micro precision / recall of the predicted classes, images with no class found, and the
+    mIoU of the masks built from the predicted classes only."""
+    tp = fp = fn = 0
+    none_found = 0
+    meter = ConfusionMeter(len(class_names))
+    for r in results:
+        pred = {int(c) for c in np.flatnonzero(r.scores >= cls_threshold)}
+        tp += len(pred & r.true)
+        fp += len(pred - r.true)
+        fn += len(r.true - pred)
+        none_found += not pred
+        classes = sorted(pred)
+        label = cams_to_label(r.cams[classes], classes, bg_threshold)
+        meter.update(label, r.gt)
+    s = meter.scores(class_names)
+    return {"cls_threshold": cls_threshold, "bg_threshold": bg_threshold,
+            "precision": tp / max(tp + fp, 1), "recall": tp / max(tp + fn, 1),
+            "tp": tp, "fp": fp, "fn": fn, "images": len(results), "no_class_found": none_found,
+            "miou": float(s["miou"])}
+
+
+def choose_threshold(results: Sequence[ImageResult], class_names: Sequence[str], grid: Sequence[float] = CLS_GRID,
+                     bg_threshold: float = DEFAULT_BG_THRESHOLD) -> tuple[float, list[dict[str, Any]]]:
+    """The grid value with the best min(precision, recall) (ties: higher mIoU)."""
+    rows = [score(results, class_names, t, bg_threshold) for t in grid]
+    best = max(rows, key=lambda r: (min(r["precision"], r["recall"]), r["miou"]))
+    return best["cls_threshold"], rows
+
+
+def _ids(root: Path, list_file: str) -> list[str]:
+    p = Path(list_file)
+    if not p.is_absolute() and not p.is_file():
+        p = root / list_file
+        if not p.is_file():
+            p = root / "ImageSets" / "Segmentation" / list_file
+    return p.read_text().split()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--data", type=Path, required=True, help="a `seam synth` / VOC-layout root with SegmentationClass/")
+    ap.add_argument("--list", default="ImageSets/Segmentation/train.txt")
+    ap.add_argument("--tune-data", type=Path, default=None)
+    ap.add_argument("--tune-list", default="val.txt")
+    ap.add_argument("--cls-threshold", type=float, default=None, help=f"default: tuned, else {DEFAULT_CLS_THRESHOLD}")
+    ap.add_argument("--bg-threshold", type=float, default=DEFAULT_BG_THRESHOLD)
+    ap.add_argument("--scales", default=",".join(str(s) for s in DEFAULT_SCALES))
+    ap.add_argument("--out", type=Path, default=None, help="write the report as JSON")
+    args = ap.parse_args(argv)
+    scales = tuple(float(v) for v in args.scales.split(","))
+    report: dict[str, Any] = {"checkpoint": str(args.checkpoint), "scales": list(scales)}
+    threshold = args.cls_threshold if args.cls_threshold is not None else DEFAULT_CLS_THRESHOLD
+    if args.tune_data is not None and args.cls_threshold is None:
+        tune, names = run_images(args.checkpoint, args.tune_data, _ids(args.tune_data, args.tune_list), scales)
+        threshold, rows = choose_threshold(tune, names, bg_threshold=args.bg_threshold)
+        report["tuning"] = {"data": str(args.tune_data), "list": args.tune_list, "chosen": threshold, "grid": rows}
+    test, names = run_images(args.checkpoint, args.data, _ids(args.data, args.list), scales)
+    report["class_names"] = names
+    report["default"] = score(test, names, DEFAULT_CLS_THRESHOLD, args.bg_threshold)
+    report["chosen"] = score(test, names, threshold, args.bg_threshold)
+    report["grid"] = [score(test, names, t, args.bg_threshold) for t in CLS_GRID]
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    for k in ("default", "chosen"):
+        r = report[k]
+        print(f"{k:8s} cls_threshold {r['cls_threshold']:.2f}: precision {r['precision']:.3f} recall {r['recall']:.3f} "
+              f"no-class images {r['no_class_found']}/{r['images']} mask mIoU {r['miou']:.2f}% (bg {r['bg_threshold']})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,682 @@
+"""Lower-precision copies of an exported graph: static int8 (QDQ) for CPUs, fp16 for GPUs.
+
+int8: onnxruntime's static quantization in QDQ form, weights per output channel,
+activations calibrated on the user's own images preprocessed exactly as inference
+preprocesses them (bicubic rescale to each manifest scale, `Normalization`). Several
+calibration methods are tried and the one whose outputs are closest to the fp32
+graph's on held-out images is kept: the choice is measured, not assumed.
+
+What stays in fp32 (and why):
+- every node that is not a convolution: the convolutions are >99 % of the MACs and
+  the elementwise ops (BN, Add, ReLU) would only gain quantize/dequantize pairs;
+- by default the *head* convolutions (the last convolution before each graph output,
+  e.g. SEAM's fc8 and f9): they are a tiny share of the MACs, and their outputs are
+  what the user sees (the CAM) or feed a normalisation (the PCM embedding), so an
+  8-bit output grid there is pure loss;
+- everything downstream of a head (CAM normalisation, L2 normalisation).
+
+Works on any single-input ONNX graph; the caller supplies calibration batches.
+fp16: onnxruntime's own float16 converter (`onnxruntime.transformers.float16`, the same
+code as onnxconverter-common), inputs and outputs kept fp32, the nodes after the
+heads kept fp32 for the same reasons as above.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from seam.common.cam import working_size
+from seam.common.files import list_images
+from seam.common.image import Normalization, load_rgb, resize_rgb, scaled_size
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
+DEFAULT_CALIBRATION_N = 16
+DEFAULT_CALIBRATION_SIDE = 512  # calibration images are capped to this long side (time, not range)
+EXTERNAL_DATA_BYTES = 100 << 20  # as the fp32 export: larger weights go to <file>.data
+
+
+class QuantizeError(RuntimeError):
+    """The graph could not be quantized/converted, or the result is unusable."""
+
+
+# --------------------------------------------------------------------------- calibration data
+
+
+def calibration_paths(source: str | Path, n: int | None = DEFAULT_CALIBRATION_N, seed: int = 0) -> list[Path]:
+    """Images for calibration from a directory or a list file (`seam.common.files.list_images`).
+
+    With `n` below the number available, a seeded random sample (lists are often
+    sorted by class or date, so the first n would be a biased set)."""
+    items = [p for _, p in list_images(source)]
+    if n is not None:
+        if n < 1:
+            raise QuantizeError("--calibration-n must be >= 1")
+        if n < len(items):
+            items = sorted(random.Random(seed).sample(items, n))
+    return items
+
+
+def preprocess(rgb: np.ndarray, scale: float, norm: Normalization, working_side: int | None = None,
+               max_side: int | None = None) -> np.ndarray:
+    """One network input (1, 3, h, w) float32, as the engine builds it for one scale: the
+    long side capped at the model's working side, bicubic rescale by `scale`,
+    normalisation. `max_side` additionally caps the scaled input (calibration memory)."""
+    rgb = resize_rgb(rgb, working_size(rgb.shape[:2], working_side))
+    size = working_size(scaled_size(rgb.shape[:2], scale), max_side)
+    return norm(resize_rgb(rgb, size))[None]
+
+
+def calibration_batches(
+    paths: Sequence[str | Path],
+    mean: Sequence[float],
+    std: Sequence[float],
+    scales: Sequence[float] = (1.0,),
+    max_side: int | None = DEFAULT_CALIBRATION_SIDE,
+    working_side: int | None = None,
+) -> list[np.ndarray]:
+    """Each image at each scale as one (1, 3, h, w) batch (sizes differ: no padding).
+
+    `max_side` bounds the calibration pass's memory: the histogram methods see every
+    convolution's full output at once (ResNet-38: ~4 kB per input pixel)."""
+    norm = Normalization(tuple(mean), tuple(std))  # type: ignore[arg-type]
+    out = []
+    for p in paths:
+        rgb = load_rgb(p)
+        out.extend(preprocess(rgb, s, norm, working_side, max_side) for s in scales)
+    if not out:
+        raise QuantizeError("no calibration images")
+    return out
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over in-memory batches. `set_range` lets the
+    calibrator collect one batch at a time (`CalibStridedMinMax`): the histogram
+    calibrators otherwise keep every intermediate tensor of every batch in memory
+    (gigabytes per image for ResNet-38)."""
+
+    def __init__(self, batches: Sequence[np.ndarray], input_name: str) -> None:
+        self.batches = list(batches)
+        self.input_name = input_name
+        self.set_range(0, len(self.batches))
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._it = iter(self.batches[start_index:end_index])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        x = next(self._it, None)
+        return None if x is None else {self.input_name: x}
+
+
+# --------------------------------------------------------------------------- graph helpers
+
+
+def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    out: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for t in node.input:
+            out.setdefault(t, []).append(node)
+    return out
+
+
+def head_convs(model: onnx.ModelProto) -> list[str]:
+    """Names of the last Conv node on the way to each graph output (walking producers
+    backwards through non-Conv nodes)."""
+    producer = {t: n for n in model.graph.node for t in n.output}
+    inits = {i.name for i in model.graph.initializer}
+    heads: list[str] = []
+    seen: set[str] = set()
+    stack = [o.name for o in model.graph.output]
+    while stack:
+        t = stack.pop()
+        n = producer.get(t)
+        if n is None or n.name in seen:
+            continue
+        seen.add(n.name)
+        if n.op_type == "Conv":
+            if n.name not in heads:
+                heads.append(n.name)
+            continue
+        stack.extend(i for i in n.input if i and i not in inits)
+    return heads
+
+
+def downstream_nodes(model: onnx.ModelProto, node_names: Iterable[str]) -> list[str]:
+    """Names of every node fed (directly or not) by the outputs of `node_names`, excluded."""
+    cons = _consumers(model.graph)
+    by_name = {n.name: n for n in model.graph.node}
+    start = [by_name[n] for n in node_names if n in by_name]
+    seen: set[str] = set()
+    stack = [t for n in start for t in n.output]
+    while stack:
+        for n in cons.get(stack.pop(), []):
+            if n.name not in seen:
+                seen.add(n.name)
+                stack.extend(n.output)
+    return [n.name for n in model.graph.node if n.name in seen]
+
+
+def conv_nodes(model: onnx.ModelProto) -> list[str]:
+    return [n.name for n in model.graph.node if n.op_type == "Conv"]
+
+
+def _ensure_node_names(model: onnx.ModelProto) -> None:
+    """nodes_to_exclude works by name: give anonymous nodes a stable one."""
+    for i, n in enumerate(model.graph.node):
+        if not n.name:
+            n.name = f"{n.op_type}_{i}"
+
+
+def _weights_bytes(model: onnx.ModelProto) -> int:
+    total = 0
+    for t in model.graph.initializer:
+        n = int(np.prod(t.dims)) if t.dims else 1
+        total += n * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    return total
+
+
+def save_model(model: onnx.ModelProto, path: str | Path, external: bool | None = None) -> None:
+    """Save like the fp32 export: weights over EXTERNAL_DATA_BYTES go to `<name>.data`."""
+    path = Path(path)
+    if external is None:
+        external = _weights_bytes(model) > EXTERNAL_DATA_BYTES
+    data = path.with_name(path.name + ".data")
+    if data.exists():
+        data.unlink()
+    if external:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data.name, size_threshold=1024)
+    else:
+        onnx.save_model(model, str(path))
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclass(frozen=True)
+class OutputError:
+    """|low precision - fp32| of one output over the evaluation batches. `rel_*` divide by the
+    fp32 output's largest |value| in the same batch (CAMs have arbitrary scale)."""
+
+    max_abs: float
+    rel_max: float
+    rel_mean: float
+
+
+def _session(path: str | Path, threads: int | None, providers: Sequence[str] = ("CPUExecutionProvider",)):
+    from service.engine.runtime import session_options, default_threads
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), session_options(threads or default_threads()), providers=list(providers))
+
+
+def compare_outputs(
+    ref_path: str | Path,
+    test_path: str | Path,
+    batches: Sequence[np.ndarray],
+    input_name: str,
+    threads: int | None = None,
+) -> dict[str, OutputError]:
+    """Per output: the difference between two graphs on the same inputs (engine session
+    settings, so the int8 graph is measured as it will run, QDQ fused into QLinearConv)."""
+    ref, test = _session(ref_path, threads), _session(test_path, threads)
+    names = [o.name for o in ref.get_outputs()]
+    acc: dict[str, list[tuple[float, float, float]]] = {n: [] for n in names}
+    for x in batches:
+        a = ref.run(names, {input_name: x})
+        b = test.run(names, {input_name: x})
+        for n, r, t in zip(names, a, b):
+            r = r.astype(np.float64)
+            d = np.abs(t.astype(np.float64) - r)
+            scale = float(np.abs(r).max()) or 1.0
+            acc[n].append((float(d.max()), float(d.max()) / scale, float(d.mean()) / scale))
+    return {
+        n: OutputError(max(v[0] for v in vals), max(v[1] for v in vals), float(np.mean([v[2] for v in vals])))
+        for n, vals in acc.items()
+    }
+
+
+# --------------------------------------------------------------------------- int8
+
+
+@dataclass
+class MethodTrial:
+    method: str
+    errors: dict[str, OutputError]
+    seconds: float  # quantization from the shared calibration ranges
+
+
+@dataclass
+class QuantizeResult:
+    path: Path
+    method: str  # the calibration method kept
+    trials: list[MethodTrial]
+    quantized_nodes: list[str]
+    excluded_nodes: list[str]
+    calibration_batches: int
+    eval_batches: int
+    score_output: str
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        """JSON-able summary (for manifests and benchmark output)."""
+        return {
+            "method": self.method,
+            "score_output": self.score_output,
+            "trials": [{"method": t.method, "seconds": round(t.seconds, 2),
+                        "errors": {k: vars(v) for k, v in t.errors.items()}} for t in self.trials],
+            "quantized_convs": len(self.quantized_nodes),
+            "fp32_nodes": self.excluded_nodes,
+            "calibration_batches": self.calibration_batches,
+            "eval_batches": self.eval_batches,
+            **self.extra,
+        }
+
+
+def calibrate(
+    src: Path,
+    batches: Sequence[np.ndarray],
+    input_name: str,
+    methods: Sequence[str],
+    work_dir: Path,
+    external: bool,
+) -> dict:
+    """Tensor ranges of every Conv input/output for each method, from ONE pass over the
+    batches: the histogram calibrator's augmented graph exposes the full tensors, which
+    feed a running min/max (MinMax) and onnxruntime's own histogram collectors (Entropy,
+    Percentile, with the defaults `quantize_static` uses). Three separate calibrations
+    would run the network three times. One batch's tensors are in memory at a time.
+    Returns {method: onnxruntime TensorsData}."""
+    from onnxruntime.quantization.calibrate import (
+        CalibrationMethod,
+        HistogramCollector,
+        TensorsData,
+        create_calibrator,
+    )
+
+    cal = create_calibrator(src, ["Conv"], augmented_model_path=str(work_dir / "augmented.onnx"),
+                            calibrate_method=CalibrationMethod.Entropy, use_external_data_format=external)
+    names = [o.name for o in cal.infer_session.get_outputs()]
+    wanted = set(cal.tensors_to_calibrate)
+    collectors = {
+        "entropy": HistogramCollector("entropy", False, 128, 128, 99.999, "same"),
+        "percentile": HistogramCollector("percentile", True, 2048, 128, 99.999, "same"),
+    }
+    lo: dict[str, np.ndarray] = {}
+    hi: dict[str, np.ndarray] = {}
+    with contextlib.redirect_stdout(io.StringIO()):  # the collectors print progress lines
+        for x in batches:
+            outs = dict(zip(names, cal.infer_session.run(None, {input_name: x})))
+            tensors = {n: a for n, a in outs.items() if n in wanted}
+            for n, a in tensors.items():
+                amin, amax = np.nanmin(a), np.nanmax(a)
+                lo[n] = np.minimum(lo[n], amin) if n in lo else amin
+                hi[n] = np.maximum(hi[n], amax) if n in hi else amax
+            for m in methods:
+                if m in collectors:
+                    collectors[m].collect(tensors)
+            del outs, tensors
+        ranges = {}
+        for m in methods:
+            if m == "minmax":
+                ranges[m] = TensorsData(CalibrationMethod.MinMax, {n: (lo[n], hi[n]) for n in lo})
+            else:
+                cm = CalibrationMethod.Entropy if m == "entropy" else CalibrationMethod.Percentile
+                ranges[m] = TensorsData(cm, collectors[m].compute_collection_result())
+    del cal
+    return ranges
+
+
+_METHOD_ENUM = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+
+
+def _quantize_once(src: Path, out_path: Path, ranges, method: str, nodes: list[str],
+                   per_channel: bool, external: bool, cache: Path) -> None:
+    """quantize_static from precomputed ranges (its calibration cache: no network pass)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    save_tensors_data(ranges, cache)
+    quantize_static(
+        str(src), str(out_path), None,
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=["Conv"],
+        nodes_to_quantize=nodes,
+        per_channel=per_channel,
+        reduce_range=False,  # VNNI / AMX accumulate u8 x s8 without saturation
+        activation_type=QuantType.QUInt8,  # u8 activations x s8 weights: the x86 fast path
+        weight_type=QuantType.QInt8,
+        calibrate_method=getattr(CalibrationMethod, _METHOD_ENUM[method]),
+        use_external_data_format=external,
+        calibration_cache_path=str(cache),
+    )
+
+
+def quantize_model(
+    fp32_path: str | Path,
+    out_path: str | Path,
+    calibration_batches: Sequence[np.ndarray],
+    input_name: str = "image",
+    *,
+    methods: Sequence[str] = CALIBRATION_METHODS,
+    eval_batches: Sequence[np.ndarray] | None = None,
+    score_output: str | None = None,
+    keep_heads_fp32: bool = True,
+    nodes_to_exclude: Sequence[str] = (),
+    per_channel: bool = True,
+    threads: int | None = None,
+) -> QuantizeResult:
+    """Static int8 QDQ copy of `fp32_path` at `out_path` (weights to `<out>.data` when large).
+
+    Each calibration method in `methods` is tried; the one with the smallest relative
+    max error of `score_output` (default: the first graph output, SEAM's `cam`) on
+    `eval_batches` (default: the calibration batches) is kept. Only Conv nodes are
+    quantized; see the module docstring for what stays fp32."""
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    unknown = [m for m in methods if m not in CALIBRATION_METHODS]
+    if unknown or not methods:
+        raise QuantizeError(f"calibration methods {list(methods)}: choose from {', '.join(CALIBRATION_METHODS)}")
+    if not calibration_batches:
+        raise QuantizeError("no calibration batches")
+    model = onnx.load(str(fp32_path), load_external_data=False)
+    if len(model.graph.input) != 1 or model.graph.input[0].name != input_name:
+        raise QuantizeError(f"{fp32_path.name}: expected one input named {input_name!r}, "
+                            f"got {[i.name for i in model.graph.input]}")
+    outputs = [o.name for o in model.graph.output]
+    score_output = score_output or outputs[0]
+    if score_output not in outputs:
+        raise QuantizeError(f"score output {score_output!r} is not one of {outputs}")
+    external = _weights_bytes(model) > EXTERNAL_DATA_BYTES
+    unnamed = any(not n.name for n in model.graph.node)
+    del model
+    eval_batches = list(eval_batches) if eval_batches is not None else list(calibration_batches)
+
+    with tempfile.TemporaryDirectory(prefix="seam-quant-", dir=out_path.parent) as tmp_dir:
+        tmp = Path(tmp_dir)
+        src = fp32_path
+        if unnamed:  # nodes are excluded by name
+            m = onnx.load(str(fp32_path))
+            _ensure_node_names(m)
+            src = tmp / "named.onnx"
+            save_model(m, src, external)
+            del m
+        m = onnx.load(str(src), load_external_data=False)
+        convs = conv_nodes(m)
+        excluded = set(nodes_to_exclude)
+        if keep_heads_fp32:
+            excluded |= set(head_convs(m))
+        del m
+        quantized = [n for n in convs if n not in excluded]
+        if not quantized:
+            raise QuantizeError(f"{fp32_path.name}: no convolution left to quantize")
+
+        t0 = time.perf_counter()
+        try:
+            ranges = calibrate(src, calibration_batches, input_name, methods, tmp, external)
+        except Exception as exc:  # onnxruntime raises plain Exceptions of many kinds
+            raise QuantizeError(f"calibration failed: {exc}") from exc
+        calibration_seconds = time.perf_counter() - t0
+        log.info("calibration: %d batches, %.1f s", len(calibration_batches), calibration_seconds)
+        trials: list[MethodTrial] = []
+        best: tuple[float, Path] | None = None
+        for i, method in enumerate(methods):
+            cand = tmp / f"cand{i}" / out_path.name
+            cand.parent.mkdir()
+            t0 = time.perf_counter()
+            try:
+                _quantize_once(src, cand, ranges[method], method, quantized, per_channel, external,
+                               tmp / f"ranges-{method}.json")
+            except Exception as exc:
+                raise QuantizeError(f"quantization ({method}) failed: {exc}") from exc
+            seconds = time.perf_counter() - t0
+            errors = compare_outputs(fp32_path, cand, eval_batches, input_name, threads)
+            trials.append(MethodTrial(method, errors, seconds))
+            score = errors[score_output].rel_max
+            log.info("int8 %s: %s rel max %.4f, rel mean %.5f (%.1f s)", method, score_output, score,
+                     errors[score_output].rel_mean, seconds)
+            if not np.isfinite(score):
+                continue
+            if best is None or score < best[0]:
+                best = (score, cand)
+        if best is None:
+            raise QuantizeError("every calibration method gave non-finite outputs")
+        chosen = best[1]
+        method = methods[int(chosen.parent.name[4:])]
+        # move the chosen files into place (the model and, for large weights, its .data)
+        stale = out_path.with_name(out_path.name + ".data")
+        if stale.exists():
+            stale.unlink()
+        for f in chosen.parent.iterdir():
+            target = out_path.parent / (out_path.name + f.name[len(chosen.name):]) if f.name.startswith(chosen.name) else None
+            if target is not None:
+                f.replace(target)
+    for f in (out_path, out_path.with_name(out_path.name + ".data")):
+        if f.exists():
+            f.chmod(0o644)  # a service may run as another user
+    return QuantizeResult(out_path, method, trials, quantized, sorted(excluded & set(convs)),
+                          len(calibration_batches), len(eval_batches), score_output,
+                          {"calibration_seconds": round(calibration_seconds, 2)})
+
+
+# --------------------------------------------------------------------------- fp16
+
+
+def convert_fp16(
+    fp32_path: str | Path,
+    out_path: str | Path,
+    keep_heads_fp32: bool = True,
+    node_block_list: Sequence[str] = (),
+) -> list[str]:
+    """fp16 copy of a graph for GPU providers; inputs/outputs stay float32 (Casts inside).
+
+    Returns the names of the nodes left in fp32: by default everything after the head
+    convolutions (the CAM / embedding normalisations, whose 1e-5 epsilons and max/sum
+    reductions are where fp16's 3 significant digits would show)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(fp32_path))
+    _ensure_node_names(model)
+    block = set(node_block_list)
+    if keep_heads_fp32:
+        block |= set(downstream_nodes(model, head_convs(model)))
+    try:
+        half = convert_float_to_float16(model, keep_io_types=True, node_block_list=sorted(block),
+                                        disable_shape_infer=False)
+    except Exception as exc:
+        raise QuantizeError(f"fp16 conversion failed: {exc}") from exc
+    _dedupe_and_sort(half)
+    save_model(half, out_path)
+    return sorted(block)
+
+
+def _dedupe_and_sort(model: onnx.ModelProto) -> None:
+    """The converter adds one Cast per (fp16 tensor, blocked consumer), all with the same
+    name and output when two blocked nodes read one tensor, and appends them at the end
+    of the node list: keep one of each and restore topological order (onnx.checker's rule)."""
+    seen: set[str] = set()
+    nodes = []
+    for n in model.graph.node:
+        key = n.name if n.op_type == "Cast" and n.name.endswith(("_cast_to_fp32_node", "_cast_to_fp16_node")) else None
+        if key is not None:
+            if key in seen:
+                continue
+            seen.add(key)
+        nodes.append(n)
+    vi_seen: set[str] = set()
+    infos = []
+    for v in model.graph.value_info:
+        if v.name not in vi_seen:
+            vi_seen.add(v.name)
+            infos.append(v)
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(infos)
+    ready = {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer} | {""}
+    ordered: list[onnx.NodeProto] = []
+    pending = nodes
+    while pending:
+        rest = []
+        for n in pending:
+            if all(i in ready for i in n.input):
+                ordered.append(n)
+                ready.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):
+            raise QuantizeError(f"fp16 graph has a cycle or a missing input at {rest[0].name}")
+        pending = rest
+    del model.graph.node[:]
+    model.graph.node.extend(ordered)
+
+
+# --------------------------------------------------------------------------- model directories
+
+
+def fingerprint(paths: Sequence[str | Path]) -> str:
+    """sha256 over the images' names and bytes, in the given order."""
+    h = hashlib.sha256()
+    for p in paths:
+        p = Path(p)
+        h.update(p.name.encode() + b"\0")
+        h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def time_pass(path: str | Path, x: np.ndarray, input_name: str, threads: int | None, reps: int = 3) -> float:
+    """Fastest of `reps` runs (after one warm-up) in seconds: the least disturbed by other load."""
+    sess = _session(path, threads)
+    sess.run(None, {input_name: x})
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        sess.run(None, {input_name: x})
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _model_scales(manifest) -> tuple[float, ...]:
+    if manifest.kind == "seam" and manifest.cam is not None:
+        return tuple(manifest.cam.scales)
+    if manifest.kind == "deeplab" and manifest.deeplab is not None:
+        return tuple(manifest.deeplab.scales)
+    return (1.0,)
+
+
+def _replace_graph(model_dir: Path, new: Path, name: str) -> dict[str, str]:
+    """Move `new` (+ its .data) over model_dir/name (+ .data); {external file: sha256}."""
+    from service.engine.manifest import file_sha256
+
+    old_data = model_dir / (name + ".data")
+    if old_data.exists():
+        old_data.unlink()
+    new_data = new.with_name(new.name + ".data")
+    new.replace(model_dir / name)
+    if new_data.exists():
+        new_data.replace(old_data)
+        return {old_data.name: file_sha256(old_data)}
+    return {}
+
+
+def apply_precision(
+    model_dir: str | Path,
+    manifest,
+    precision: str,
+    calibration: str | Path | None = None,
+    calibration_n: int = DEFAULT_CALIBRATION_N,
+    threads: int | None = None,
+    seed: int = 0,
+    max_side: int | None = DEFAULT_CALIBRATION_SIDE,
+    methods: Sequence[str] = CALIBRATION_METHODS,
+    min_speedup: float = 1.0,
+):
+    """Turn the fp32 graph of an exported model directory into `precision` in place and
+    return the manifest updated to match (new sha256, `precision` section).
+
+    int8 needs `calibration` (list file or directory); `calibration_n` images are drawn
+    (seeded) for calibration and up to 4 more, held out, score the methods and time
+    int8 against fp32. int8 that is not at least `min_speedup` times faster than fp32
+    on this machine is refused: keep the fp32 export there. fp16 is meant for CUDA
+    workers; its error is measured on CPU, its speed is not (CPUs have no fast fp16)."""
+    from service.engine.manifest import Manifest, file_sha256
+    from service.engine.precision import Calibration, PrecisionInfo
+
+    model_dir = Path(model_dir)
+    graph = model_dir / manifest.onnx.file
+    input_name = manifest.input.name
+    norm = Normalization(tuple(manifest.input.mean), tuple(manifest.input.std))
+    working_side = getattr(manifest.input, "working_side", None)
+    if precision == "fp32":
+        return manifest
+    if precision not in ("int8", "fp16"):
+        raise QuantizeError(f"precision {precision!r}: choose fp32, int8 or fp16")
+    work = Path(tempfile.mkdtemp(prefix=".precision-", dir=model_dir.parent))
+    try:
+        if precision == "int8":
+            if calibration is None:
+                raise QuantizeError("int8 needs calibration images (--calibration LIST_OR_DIR)")
+            n_eval = min(4, max(1, calibration_n // 4))
+            paths = calibration_paths(calibration, calibration_n + n_eval, seed)
+            if len(paths) > calibration_n:
+                rng = random.Random(seed + 1)
+                held = sorted(rng.sample(range(len(paths)), len(paths) - calibration_n))
+                eval_paths = [paths[i] for i in held]
+                paths = [p for i, p in enumerate(paths) if i not in set(held)]
+            else:  # too few images to hold any out: score on the calibration set
+                eval_paths = paths
+            scales = _model_scales(manifest)
+            cal = calibration_batches(paths, norm.mean, norm.std, scales, max_side, working_side)
+            ev = calibration_batches(eval_paths, norm.mean, norm.std, (1.0,), max_side, working_side)
+            out = work / manifest.onnx.file
+            res = quantize_model(graph, out, cal, input_name, methods=methods, eval_batches=ev, threads=threads)
+            t32 = time_pass(graph, ev[0], input_name, threads)
+            t8 = time_pass(out, ev[0], input_name, threads)
+            speedup = t32 / t8
+            log.info("int8 vs fp32 on %s: %.3f s vs %.3f s per pass (%.2fx)", ev[0].shape, t8, t32, speedup)
+            if speedup < min_speedup:
+                raise QuantizeError(
+                    f"int8 is not faster than fp32 on this machine ({t8:.3f} s vs {t32:.3f} s per pass, "
+                    f"{speedup:.2f}x < {min_speedup:g}x): keep the fp32 export")
+            best = next(t for t in res.trials if t.method == res.method)
+            info = PrecisionInfo(
+                weights="int8", provider="cpu", fp32_nodes=tuple(res.excluded_nodes),
+                calibration=Calibration(
+                    source=str(calibration), images=len(paths), fingerprint=fingerprint(paths),
+                    scales=scales, max_side=max_side, method=res.method,
+                    method_errors={t.method: round(t.errors[res.score_output].rel_max, 6) for t in res.trials}),
+                max_error={k: round(v.rel_max, 6) for k, v in best.errors.items()},
+                speedup=round(speedup, 3),
+            )
+        else:
+            out = work / manifest.onnx.file
+            kept = convert_fp16(graph, out)
+            probe = np.random.default_rng(seed).standard_normal((1, 3, 67, 93)).astype(np.float32)
+            try:
+                errors = compare_outputs(graph, out, [probe], input_name, threads)
+            except Exception as exc:  # noqa: BLE001 - a CPU build without fp16 kernels for some op
+                log.warning("fp16 graph not checked on CPU: %s", exc)
+                errors = {}
+            info = PrecisionInfo(weights="fp16", provider="cuda", fp32_nodes=tuple(kept),
+                                 max_error={k: round(v.rel_max, 6) for k, v in errors.items()})
+        ext = _replace_graph(model_dir, out, manifest.onnx.file)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    data = manifest.model_dump()
+    data["onnx"].update(sha256=file_sha256(graph), external_data=ext)
+    if "precision" in Manifest.model_fields:  # TRANSITIONAL until manifest.py has the field
+        data["precision"] = info.model_dump()
+    return Manifest.model_validate(data)
