@@ -59,7 +59,9 @@ class FakeEngine:
         return list(self._methods)
 
     def cam(self, rgb: np.ndarray, labels: Sequence[int] | None = None, refined: bool = True,
-            scales: Sequence[float] | None = None, flip: bool | None = None) -> CamResult:
+            scales: Sequence[float] | None = None, flip: bool | None = None,
+            max_side: int | None = None) -> CamResult:
+        # max_side is accepted and ignored: the fake engine always works at the image's size
         self.calls += 1
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise ValueError(f"expected (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
@@ -83,7 +85,7 @@ class FakeEngine:
         return CamResult(classes=classes, cams=cams, scores=scores, raw=raw)
 
     def segment(self, rgb: np.ndarray, labels: Sequence[int] | None = None, method: str | None = None,
-                threshold: float | None = None, crf: bool = False) -> SegmentResult:
+                threshold: float | None = None, crf: bool = False, max_side: int | None = None) -> SegmentResult:
         method = method or self._methods[0]
         if method not in self._methods:
             raise ValueError(f"method {method!r} not available (have {self._methods})")

@@ -102,6 +102,10 @@ class JobOptions(BaseModel):
 
     method: MethodName | None = Field(None, description="Default: the best method the repository has.")
     threshold: float | None = Field(None, ge=0.0, le=1.0, description="Background threshold (default: the model's).")
+    max_side: int | None = Field(None, ge=8, le=16384, description=(
+        "Long side images are resized to (when longer) before inference; outputs stay at each image's size. "
+        "Default: the server's SEAM_MAX_SIDE, else the model's working side. An image whose estimated memory "
+        "exceeds the engine's budget fails alone, its error naming the max_side that would fit."))
     outputs: list[OutputKind] = Field(default_factory=lambda: ["png"], min_length=1, max_length=6,
                                       description="png: VOC-palette label; npy: CAM npz; coco: COCO RLE; overlay; "
                                                   "labelstudio: Label Studio tasks with predictions; cvat: CVAT "

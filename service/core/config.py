@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     providers: str = Field("auto", description="onnxruntime providers: auto, cpu, cuda or a comma-separated list.")
     threads: int | None = Field(None, ge=1, le=256, description="onnxruntime intra-op threads (default: engine's choice).")
     warmup: bool = Field(True, description="Run one tiny inference before reporting ready.")
+    max_side: int | None = Field(None, ge=8, le=16384, description=(
+        "Working side: images with a longer side are resized to it before inference (results stay at the image's "
+        "size). Default: each model's manifest `input.working_side` (the top of its training range)."))
+    memory_budget_mb: int = Field(4096, ge=64, description=(
+        "Estimated peak memory one inference request may hold; above it the request is refused with 413 and "
+        "the largest max_side that fits. Peak of the process: about max_inflight x this."))
     fake_delay_ms: float = Field(0.0, ge=0, le=60_000, description="Fake engine only: sleep per image (tests).")
 
     # --- storage and jobs --------------------------------------------------------

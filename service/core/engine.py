@@ -28,7 +28,8 @@ def build_engine(settings: Settings) -> InferenceEngine:
         return FakeEngine(delay_ms=settings.fake_delay_ms)
     from service.engine.onnx_engine import OnnxEngine
 
-    return OnnxEngine(settings.models_dir, providers=settings.providers, threads=settings.threads)
+    return OnnxEngine(settings.models_dir, providers=settings.providers, threads=settings.threads,
+                      max_side=settings.max_side, memory_budget=settings.memory_budget_mb << 20)
 
 
 def warm_up(engine: InferenceEngine) -> None:

@@ -148,7 +148,8 @@ def process_chunk(ctx: ChunkContext, job_id: str, chunk: int, images: list[str])
             except Exception as exc:  # noqa: BLE001 - a bad image must not stop the job
                 _image_failed(ctx, rep, job_id, img, exc)
         segs = segment_batch(engine, [rgb for _, rgb in loaded], [labels_table.get(img) for img, _ in loaded],
-                             method=opts.get("method"), threshold=opts.get("threshold"))
+                             method=opts.get("method"), threshold=opts.get("threshold"),
+                             max_side=opts.get("max_side"))
         for (img, rgb), seg in zip(loaded, segs):
             try:
                 if isinstance(seg, Exception):

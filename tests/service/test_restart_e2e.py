@@ -83,3 +83,4 @@ def test_chunks_of_a_dead_worker_host_requeued_before_the_visibility_timeout(tmp
             assert (body["state"], body["done"], body["failed"]) == ("succeeded", 16, 0), body
             assert time.time() - t_kill < 90 < 600  # far sooner than the visibility timeout
             check_results(c, job_id, imgs)
+        assert "re-queued chunk task" in s.logs("api"), s.logs("api")  # by the heartbeat reaper

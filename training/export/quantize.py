@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 
 CALIBRATION_METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
 DEFAULT_CALIBRATION_N = 16
+# Conv carries the arithmetic; quantizing the ReLUs and residual Adds between convolutions
+# lets onnxruntime chain QLinearConv -> QLinearAdd -> QLinearConv without dequantize /
+# requantize pairs (measured in bench/quantize.py --op-types)
+DEFAULT_OP_TYPES: tuple[str, ...] = ("Conv",)
 DEFAULT_CALIBRATION_SIDE = 512  # calibration images are capped to this long side (time, not range)
 EXTERNAL_DATA_BYTES = 100 << 20  # as the fp32 export: larger weights go to <file>.data
 
@@ -296,6 +300,7 @@ def calibrate(
     methods: Sequence[str],
     work_dir: Path,
     external: bool,
+    op_types: Sequence[str] = ("Conv",),
 ) -> dict:
     """Tensor ranges of every Conv input/output for each method, from ONE pass over the
     batches: the histogram calibrator's augmented graph exposes the full tensors, which
@@ -310,7 +315,7 @@ def calibrate(
         create_calibrator,
     )
 
-    cal = create_calibrator(src, ["Conv"], augmented_model_path=str(work_dir / "augmented.onnx"),
+    cal = create_calibrator(src, list(op_types), augmented_model_path=str(work_dir / "augmented.onnx"),
                             calibrate_method=CalibrationMethod.Entropy, use_external_data_format=external)
     names = [o.name for o in cal.infer_session.get_outputs()]
     wanted = set(cal.tensors_to_calibrate)
@@ -347,7 +352,7 @@ _METHOD_ENUM = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percent
 
 
 def _quantize_once(src: Path, out_path: Path, ranges, method: str, nodes: list[str],
-                   per_channel: bool, external: bool, cache: Path) -> None:
+                   per_channel: bool, external: bool, cache: Path, op_types: Sequence[str]) -> None:
     """quantize_static from precomputed ranges (its calibration cache: no network pass)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
@@ -356,7 +361,7 @@ def _quantize_once(src: Path, out_path: Path, ranges, method: str, nodes: list[s
     quantize_static(
         str(src), str(out_path), None,
         quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=["Conv"],
+        op_types_to_quantize=list(op_types),
         nodes_to_quantize=nodes,
         per_channel=per_channel,
         reduce_range=False,  # VNNI / AMX accumulate u8 x s8 without saturation
@@ -381,6 +386,7 @@ def quantize_model(
     nodes_to_exclude: Sequence[str] = (),
     per_channel: bool = True,
     threads: int | None = None,
+    op_types: Sequence[str] = DEFAULT_OP_TYPES,
 ) -> QuantizeResult:
     """Static int8 QDQ copy of `fp32_path` at `out_path` (weights to `<out>.data` when large).
 
@@ -421,14 +427,18 @@ def quantize_model(
         excluded = set(nodes_to_exclude)
         if keep_heads_fp32:
             excluded |= set(head_convs(m))
+        # nothing after a head (CAM / embedding normalisations) is quantized, whatever its type
+        after = set(downstream_nodes(m, head_convs(m)))
+        nodes = [n.name for n in m.graph.node
+                 if n.op_type in op_types and n.name not in excluded and n.name not in after]
         del m
-        quantized = [n for n in convs if n not in excluded]
+        quantized = [n for n in nodes if n in set(convs)]
         if not quantized:
             raise QuantizeError(f"{fp32_path.name}: no convolution left to quantize")
 
         t0 = time.perf_counter()
         try:
-            ranges = calibrate(src, calibration_batches, input_name, methods, tmp, external)
+            ranges = calibrate(src, calibration_batches, input_name, methods, tmp, external, op_types)
         except Exception as exc:  # onnxruntime raises plain Exceptions of many kinds
             raise QuantizeError(f"calibration failed: {exc}") from exc
         calibration_seconds = time.perf_counter() - t0
@@ -440,8 +450,8 @@ def quantize_model(
             cand.parent.mkdir()
             t0 = time.perf_counter()
             try:
-                _quantize_once(src, cand, ranges[method], method, quantized, per_channel, external,
-                               tmp / f"ranges-{method}.json")
+                _quantize_once(src, cand, ranges[method], method, nodes, per_channel, external,
+                               tmp / f"ranges-{method}.json", op_types)
             except Exception as exc:
                 raise QuantizeError(f"quantization ({method}) failed: {exc}") from exc
             seconds = time.perf_counter() - t0

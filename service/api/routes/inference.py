@@ -14,9 +14,9 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import EngineDep, LimiterDep, MetricsDep, SettingsDep
 from service.core.errors import ApiError
-from service.engine.base import InferenceEngine
+from service.engine.base import InferenceEngine, MemoryBudgetError
 from service.inputs import check_pixels, image_size, parse_labels, sniff_image
-from service.realtime.compute import reply_error, run_requests
+from service.realtime.compute import engine_error, reply_error, run_requests
 from service.realtime.messages import Reply, SyncRequest
 from service.schemas import CamResponse, ErrorResponse, MethodName, SegmentResponse
 
@@ -34,6 +34,11 @@ LabelsField = Annotated[str | None, Form(max_length=10_000, description=(
     "Image-level labels: class names or foreground indices, comma separated. Absent: the model predicts them."))]
 MethodField = Annotated[MethodName | None, Form(description="cam, pcm, rw or deeplab; default: the best available.")]
 ThresholdField = Annotated[float | None, Form(ge=0.0, le=1.0, description="Background threshold in [0, 1].")]
+MaxSideField = Annotated[int | None, Form(ge=8, le=16384, description=(
+    "Long side the image is resized to (when longer) before the multi-scale passes; results are always at the "
+    "image's size. Default: the server's SEAM_MAX_SIDE, else the model's working side (GET /models). Larger "
+    "values cost memory with the square of the side: over the engine's budget the answer is 413 with the "
+    "largest max_side that fits."))]
 
 
 def resolve_method(method: str | None, engine: InferenceEngine) -> str:
@@ -91,6 +96,7 @@ async def _run(request: Request, engine: InferenceEngine, settings, limiter, met
         finally:
             metrics.inference_latency.labels(op, method).observe(time.perf_counter() - t0)
     else:
+        _admit(engine, req, data, settings.max_pixels)
         names = engine.foreground_classes()
 
         def work() -> Reply:
@@ -100,6 +106,22 @@ async def _run(request: Request, engine: InferenceEngine, settings, limiter, met
     if reply.status >= 400:
         raise reply_error(reply)
     return Response(reply.body, media_type=reply.media_type, headers=reply.headers)
+
+
+def _admit(engine: InferenceEngine, req: SyncRequest, data: bytes, max_pixels: int) -> None:
+    """413 from the header's size alone, before anything is decoded or queued for the engine."""
+    estimate = getattr(engine, "estimate", None)
+    if estimate is None:
+        return
+    _precheck(data, max_pixels)
+    w, h = image_size(data)
+    method = req.method if req.op == "segment" else ("pcm" if req.refined else "cam")
+    try:
+        est = estimate((h, w), method=method, labels=req.labels, max_side=req.max_side)
+    except ValueError as exc:  # e.g. max_side out of the model's range
+        raise ApiError(422, "unprocessable_image", f"the model cannot process this image: {exc}") from None
+    if not est.fits:
+        raise engine_error(MemoryBudgetError(est))
 
 
 @router.post(
@@ -113,21 +135,24 @@ async def segment(
     request: Request, engine: EngineDep, settings: SettingsDep, limiter: LimiterDep, metrics: MetricsDep,
     image: ImageFile, labels: LabelsField = None, method: MethodField = None, threshold: ThresholdField = None,
     fmt: Annotated[Literal["png", "json"], Form(alias="format", description="png or json.")] = "png",
+    max_side: MaxSideField = None,
 ) -> Response:
     data = await _read(image)
     label_idx = parse_labels(labels, engine.foreground_classes())
     method_name = resolve_method(method, engine)
-    req = SyncRequest(op="segment", fmt=fmt, labels=label_idx, method=method_name, threshold=threshold)
+    req = SyncRequest(op="segment", fmt=fmt, labels=label_idx, method=method_name, threshold=threshold,
+                      max_side=max_side)
     resp = await _run(request, engine, settings, limiter, metrics, "segment", method_name, req, data)
     metrics.images_labelled.labels("segment").inc()
     return resp
 
 
 async def _cam(request: Request, engine: InferenceEngine, settings, limiter, metrics, image: UploadFile,
-               labels: str | None, threshold: float | None, fmt: str, refined: bool) -> Response:
+               labels: str | None, threshold: float | None, fmt: str, refined: bool,
+               max_side: int | None = None) -> Response:
     data = await _read(image)
     label_idx = parse_labels(labels, engine.foreground_classes())
-    req = SyncRequest(op="cam", fmt=fmt, labels=label_idx, threshold=threshold, refined=refined)
+    req = SyncRequest(op="cam", fmt=fmt, labels=label_idx, threshold=threshold, refined=refined, max_side=max_side)
     resp = await _run(request, engine, settings, limiter, metrics, "cam_refined" if refined else "cam",
                       "pcm" if refined else "cam", req, data)
     metrics.images_labelled.labels("cam/refined" if refined else "cam").inc()
@@ -147,13 +172,16 @@ CamFormat = Annotated[Literal["npz", "png", "json"], Form(alias="format", descri
              responses=_CAM_RESPONSES)
 async def cam(request: Request, engine: EngineDep, settings: SettingsDep, limiter: LimiterDep, metrics: MetricsDep,
               image: ImageFile, labels: LabelsField = None, threshold: ThresholdField = None,
-              fmt: CamFormat = "npz") -> Response:
-    return await _cam(request, engine, settings, limiter, metrics, image, labels, threshold, fmt, refined=False)
+              fmt: CamFormat = "npz", max_side: MaxSideField = None) -> Response:
+    return await _cam(request, engine, settings, limiter, metrics, image, labels, threshold, fmt, refined=False,
+                      max_side=max_side)
 
 
 @router.post("/cam/refined", response_model=None, summary="PCM-refined class activation maps.",
              description=_CAM_DESC, responses=_CAM_RESPONSES)
 async def cam_refined(request: Request, engine: EngineDep, settings: SettingsDep, limiter: LimiterDep,
                       metrics: MetricsDep, image: ImageFile, labels: LabelsField = None,
-                      threshold: ThresholdField = None, fmt: CamFormat = "npz") -> Response:
-    return await _cam(request, engine, settings, limiter, metrics, image, labels, threshold, fmt, refined=True)
+                      threshold: ThresholdField = None, fmt: CamFormat = "npz",
+                      max_side: MaxSideField = None) -> Response:
+    return await _cam(request, engine, settings, limiter, metrics, image, labels, threshold, fmt, refined=True,
+                      max_side=max_side)

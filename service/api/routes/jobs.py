@@ -91,6 +91,9 @@ _JOB_BODY = {
                            "description": "Optional label table: CSV `image,labels` or JSON {image: [classes]}."},
                 "method": {"type": "string", "enum": ["cam", "pcm", "rw", "deeplab"]},
                 "threshold": {"type": "number", "minimum": 0, "maximum": 1},
+                "max_side": {"type": "integer", "minimum": 8, "maximum": 16384,
+                             "description": "Long side images are resized to before inference (outputs keep "
+                                            "each image's size)."},
                 "outputs": {"type": "string", "description": "Comma-separated subset of png,npy,coco,overlay,"
                                                               "labelstudio,cvat.", "example": "png,coco"},
                 "image_url_prefix": {"type": "string", "maxLength": 2048, "pattern": "^(https?://|/)",
@@ -103,7 +106,7 @@ _JOB_BODY = {
 
 def _form_options(form) -> JobOptions:
     raw: dict = {}
-    for key in ("method", "threshold", "outputs", "image_url_prefix"):
+    for key in ("method", "threshold", "max_side", "outputs", "image_url_prefix"):
         v = form.get(key)
         if isinstance(v, UploadFile):
             raise ApiError(422, "validation_error", f"field '{key}' must be a plain form field, not a file")
@@ -111,7 +114,8 @@ def _form_options(form) -> JobOptions:
             raw[key] = v
     if "outputs" in raw:
         raw["outputs"] = [t.strip() for t in raw["outputs"].split(",") if t.strip()]
-    unknown = sorted(set(form.keys()) - {"archive", "labels", "method", "threshold", "outputs", "image_url_prefix"})
+    unknown = sorted(set(form.keys()) - {"archive", "labels", "method", "threshold", "max_side", "outputs",
+                                         "image_url_prefix"})
     if unknown:
         raise ApiError(422, "validation_error", f"unknown form field(s): {', '.join(unknown)}")
     try:
@@ -172,7 +176,7 @@ async def create_job(request: Request, settings: SettingsDep, store: StoreDep, s
         else:
             raw = await _read_capped(request, settings.max_labels_bytes)
             body = await run_in_threadpool(_parse_directory_request, raw)  # a big body must not stall the loop
-            options = JobOptions.model_validate(body.model_dump(include={"method", "threshold", "outputs",
+            options = JobOptions.model_validate(body.model_dump(include={"method", "threshold", "max_side", "outputs",
                                                                          "image_url_prefix"}))
             _check_method(options, engine)
             source_dir, images, table = await run_in_threadpool(
