@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import argparse
 import json
-
-import numpy as np
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 

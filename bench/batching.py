@@ -101,7 +101,7 @@ def main() -> None:
     # identical results first: batching must not change a label
     single = [engine.segment(a, method=method).label for a in imgs[:B]]
     many = [r.label for r in engine.segment_many(imgs[:B], [None] * len(imgs[:B]), method=method)]
-    same = all(np.array_equal(x, y) for x, y in zip(single, many))
+    same = all(np.array_equal(x, y) for x, y in zip(single, many, strict=True))
 
     rows = []
     for level, f1, fb in (

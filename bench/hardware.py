@@ -95,3 +95,23 @@ def matmul_peak(threads: int, n: int = 2048, reps: int = 5) -> dict[str, float]:
     sess8 = _ort_session(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), threads)
     out["ort_u8s8_matmul"] = macs / _best(lambda: sess8.run(None, {"a": a8}), reps) / 1e9
     return out
+
+
+def time_network(onnx_path: str | Path, inputs: list[np.ndarray], threads: int, reps: int = 2) -> float:
+    """Seconds for one run over every input (each input's best of `reps` after a warm-up),
+    with the engine's session settings: the network alone, no pre/post-processing."""
+    import onnxruntime as ort
+
+    from service.engine.runtime import session_options
+
+    sess = ort.InferenceSession(str(onnx_path), session_options(threads), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    total = 0.0
+    for x in inputs:
+        total += _best(lambda x=x: sess.run(None, {name: x}), reps)
+    return total
+
+
+def report(label: str, macs: float, seconds: float, peak: float) -> str:
+    gmacs = macs / seconds / 1e9
+    return f"{label}: {macs / 1e9:.1f} GMAC in {seconds:.2f} s = {gmacs:.1f} GMAC/s ({100 * gmacs / peak:.0f} % of peak)"

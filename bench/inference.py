@@ -97,6 +97,42 @@ def eager_infer_seam(model, rgb: np.ndarray, label: np.ndarray, scales, flip: bo
     return (sum_cam - cam_min - 1e-5) / (cam_max - cam_min + 1e-5)
 
 
+def roofline(model_dir: Path, rgb: np.ndarray, scales, flip: bool, threads: int, engine_s: float) -> dict:
+    """Achieved GMAC/s of one image's network passes (as the engine batches them: the flip
+    pair of a scale together) against this machine's matmul peaks, measured just before
+    and after in this process; and of the whole engine call (PCM, resizes included)."""
+    from bench.hardware import conv_macs, matmul_peak, report, time_network
+    from seam.common.cam import working_size
+    from seam.common.image import Normalization, resize_rgb, scaled_size
+    from service.engine.manifest import load_model_dir
+
+    mf = load_model_dir(model_dir)
+    norm = Normalization(tuple(mf.input.mean), tuple(mf.input.std))
+    rgb = resize_rgb(rgb, working_size(rgb.shape[:2], mf.input.working_side))
+    inputs = []
+    for s in scales:
+        x = norm(resize_rgb(rgb, scaled_size(rgb.shape[:2], s)))[None]
+        inputs.append(np.concatenate([x, x[..., ::-1]]) if flip else x)
+    macs = sum(conv_macs(model_dir / mf.onnx.file, x.shape) for x in inputs)
+    # the PCM product per pass: relu(g^T q) is D x N x N, [n; 1] @ aff is (C + 1) x N x N
+    C, D = len(mf.class_names), 192
+    n_pix = [((x.shape[2] + 7) // 8) * ((x.shape[3] + 7) // 8) for x in inputs]
+    pcm_macs = sum(x.shape[0] * n * n * (D + C + 1) for x, n in zip(inputs, n_pix))
+    before = matmul_peak(threads)
+    t_net = time_network(model_dir / mf.onnx.file, inputs, threads)
+    after = matmul_peak(threads)
+    peak = max(before["ort_fp32_matmul"], after["ort_fp32_matmul"], before["numpy_sgemm"], after["numpy_sgemm"])
+    print(f"  where the time goes ({threads} threads; fp32 matmul peak {peak:.0f} GMAC/s, best of numpy/onnxruntime "
+          f"{2048}^3 before/after: " + ", ".join(f"{k} {before[k]:.0f}/{after[k]:.0f}" for k in before) + "):")
+    print("    " + report("network passes (convolutions)", macs, t_net, peak))
+    print("    " + report("whole engine call (convolutions + PCM products)", macs + pcm_macs, engine_s, peak)
+          + f"; PCM products {pcm_macs / 1e9:.1f} GMAC")
+    return {"conv_gmac": macs / 1e9, "pcm_gmac": pcm_macs / 1e9, "network_s": t_net,
+            "network_gmacs": macs / t_net / 1e9, "engine_gmacs": (macs + pcm_macs) / engine_s / 1e9,
+            "peak_gmacs": peak, "peak_before": before, "peak_after": after,
+            "network_fraction_of_peak": macs / t_net / 1e9 / peak}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--backbone", default="resnet38_small", help="resnet38_small or resnet38 (random weights)")
@@ -109,6 +145,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch and onnxruntime threads (default: usable CPUs)")
     ap.add_argument("--only", choices=["eager", "engine"], help="run one side (clean peak memory)")
     ap.add_argument("--json", type=Path, help="also write the numbers here")
+    ap.add_argument("--no-roofline", action="store_true", help="skip the GMAC/s vs matmul peak report")
     args = ap.parse_args()
 
     import torch
@@ -187,6 +224,9 @@ def main() -> None:
         print(f"  engine / eager speed: {ratio:.2f}x   (max |map diff| {diff:.1e})")
         out["ratio"] = ratio
         out["max_abs_diff"] = diff
+    if not args.no_roofline and "engine" in out:
+        out["roofline"] = roofline(tmp / "models" / "bench", imgs[1], scales, flip, threads,
+                                   out["engine"]["s_per_image"])
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"  process ru_maxrss {maxrss:.0f} MB")
     out["ru_maxrss_mb"] = maxrss

@@ -107,7 +107,7 @@ def main() -> None:
     ap.add_argument("--calibration-scales", default=None, help="default: the manifest's CAM scales")
     ap.add_argument("--calibration-side", type=int, default=512, help="long-side cap of calibration inputs")
     ap.add_argument("--methods", default="minmax,entropy,percentile")
-    ap.add_argument("--op-types", default="Conv", help="op types quantized (Conv,Relu,Add ...)")
+    ap.add_argument("--op-types", default=None, help="op types quantized (default: Conv,Relu)")
     ap.add_argument("--keep-all-convs-int8", action="store_true", help="quantize the head convolutions too")
     ap.add_argument("--miou", type=Path, help="a VOC-layout data set (seam synth): pseudo-label mIoU fp32 vs int8")
     ap.add_argument("--miou-n", type=int, default=100, help="images of its train list scored")
@@ -182,7 +182,7 @@ def main() -> None:
         t0 = time.perf_counter()
         q = quantize_model(fp32, int8, cal, mf.input.name, methods=args.methods.split(","), eval_batches=ev,
                            keep_heads_fp32=not args.keep_all_convs_int8, threads=threads,
-                           op_types=tuple(args.op_types.split(",")))
+                           **({"op_types": tuple(args.op_types.split(","))} if args.op_types else {}))
         out["quantize"] = q.as_dict()
         out["quantize_seconds"] = time.perf_counter() - t0
         print(f"quantized in {out['quantize_seconds']:.0f} s ({len(cal)} calibration batches, scales {scales}); "

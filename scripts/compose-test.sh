@@ -119,12 +119,24 @@ build_standin_rootfs() {
     /-----BEGIN CERTIFICATE-----/ { n++; f = sprintf("%s/host-ca-%03d.crt", d, n) }
     f { print > f }
     /-----END CERTIFICATE-----/ { close(f); f = "" }' "$bundle"
+  # The official redis image builds redis-server with protected mode off (clients on other
+  # containers get DENIED otherwise); Debian's has it on, so the stand-in's entrypoint says so.
+  cat >"$WORK/redis-entrypoint.sh" <<'SH'
+#!/bin/sh
+# compose-test stand-in for the redis image's entrypoint (see scripts/compose-test.sh).
+if [ "$1" = redis-server ] || [ "${1#-}" != "$1" ]; then
+  [ "$1" = redis-server ] && shift
+  exec redis-server "$@" --protected-mode no
+fi
+exec "$@"
+SH
   log "building the Debian bookworm root file system for the stand-ins (mmdebstrap)"
   mmdebstrap --variant=minbase \
     --include=ca-certificates,passwd,python3.11,python3.11-dev,python3.11-venv,python3-venv,python3-pip,python-is-python3,redis-server,redis-tools \
     --customize-hook='mkdir -p "$1/data" "$1/usr/local/share/ca-certificates"' \
     --customize-hook="cp $WORK/ca/. \"\$1/usr/local/share/ca-certificates/\" -r" \
     --customize-hook='chroot "$1" update-ca-certificates >/dev/null 2>&1' \
+    --customize-hook="install -m 0755 $WORK/redis-entrypoint.sh \"\$1/usr/local/bin/docker-entrypoint.sh\"" \
     bookworm "$WORK/rootfs.tar" >"$WORK/mmdebstrap.log" 2>&1 \
     || { tail -20 "$WORK/mmdebstrap.log"; die "mmdebstrap failed"; }
 }
@@ -138,7 +150,8 @@ ensure_base_images() {
     local changes=(--change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
                    --change 'ENV LANG=C.UTF-8' --change 'LABEL org.seam.standin=debian-bookworm')
     case "$img" in
-      redis:*|*/redis:*) changes+=(--change 'WORKDIR /data' --change 'EXPOSE 6379' --change 'CMD ["redis-server"]') ;;
+      redis:*|*/redis:*) changes+=(--change 'WORKDIR /data' --change 'EXPOSE 6379'
+                                   --change 'ENTRYPOINT ["docker-entrypoint.sh"]' --change 'CMD ["redis-server"]') ;;
       python:*)          changes+=(--change 'CMD ["python3"]') ;;
       *)                 changes+=(--change 'CMD ["bash"]') ;;
     esac

@@ -224,7 +224,7 @@ def _extract_tar(fileobj: IO[bytes], ex: _Extractor) -> None:
     try:
         # Names are decoded as UTF-8 with surrogateescape: undecodable bytes become lone
         # surrogates, which check_name refuses (never stored, never half-encoded).
-        tf = tarfile.open(fileobj=fileobj, mode="r:*", encoding="utf-8", errors="surrogateescape")
+        tf = tarfile.open(fileobj=fileobj, mode="r:*", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115 - `with tf` below
     except (*_CORRUPT, OSError) as exc:
         raise _refuse(f"not a readable tar archive: {exc}") from None
     with tf:

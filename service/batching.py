@@ -42,7 +42,7 @@ def _run(many: Callable[..., list[T]] | None, one: Callable[..., T], rgbs: Seque
         except Exception as exc:  # noqa: BLE001 - isolate the image that fails
             log.info("batch of %d failed (%s: %s); running its images one by one", len(rgbs), type(exc).__name__, exc)
     results: list[T | Exception] = []
-    for rgb, lb in zip(rgbs, labels):
+    for rgb, lb in zip(rgbs, labels, strict=True):
         try:
             results.append(one(rgb, lb, **kw))
         except Exception as exc:  # noqa: BLE001 - reported per image by the caller

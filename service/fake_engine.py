@@ -102,7 +102,7 @@ class FakeEngine:
             time.sleep(self.delay_s)
         self._batch.active = True
         try:  # like a real batch, one failing image fails the whole call
-            return [fn(rgb, lb, **kw) for rgb, lb in zip(rgbs, labels)]
+            return [fn(rgb, lb, **kw) for rgb, lb in zip(rgbs, labels, strict=True)]
         finally:
             self._batch.active = False
 

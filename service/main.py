@@ -17,20 +17,20 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
+from service import integrations
 from service.api.deps import require_api_key
 from service.api.routes import health, inference, jobs, models, web
 from service.core.config import Settings, get_settings
 from service.core.engine import EngineHolder, build_engine
 from service.core.errors import error_response, install_error_handlers
 from service.core.limits import BodyLimitMiddleware, InflightLimiter
-from service.core.security import ApiKeyMiddleware
-from service import integrations
 from service.core.metrics import Metrics, MetricsMiddleware
+from service.core.security import ApiKeyMiddleware
 from service.engine.base import InferenceEngine
+from service.jobs import lifecycle
 from service.jobs.dispatch import CeleryDispatcher, Dispatcher, EmbeddedDispatcher
 from service.jobs.processing import TRANSIENT
 from service.jobs.runtime import build_context, engine_getter, make_store
-from service.jobs import lifecycle
 from service.jobs.store import JobStore
 from service.realtime.wiring import BrokerSide
 from service.storage import Storage

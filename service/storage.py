@@ -15,6 +15,7 @@ When a job ends its `inputs/` and `tmp/` are deleted (outputs stay until the TTL
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -45,10 +46,8 @@ def atomic_write(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
 
 
@@ -114,10 +113,7 @@ class Storage:
 
     def input_path(self, job_id: str, manifest: dict, image_id: str) -> Path:
         rel = manifest["images"][image_id]
-        if manifest.get("source_dir"):
-            base = Path(manifest["source_dir"])
-        else:
-            base = self.inputs_dir(job_id)
+        base = Path(manifest["source_dir"]) if manifest.get("source_dir") else self.inputs_dir(job_id)
         path = (base / rel).resolve()
         if not path.is_relative_to(base.resolve()):
             raise PermissionError(f"{rel!r} escapes the job's input directory")

@@ -16,7 +16,8 @@ C = TypeVar("C")
 
 Epochs = Annotated[int, typer.Option(help="Epochs.")]
 Momentum = Annotated[float, typer.Option(help="SGD momentum.")]
-AuthorsMomentum = Annotated[bool, typer.Option("--authors-momentum", help="Momentum 5e-4: what the release's optimiser actually used.")]
+AuthorsMomentum = Annotated[bool, typer.Option("--authors-momentum", help="Momentum 5e-4: what the release's optimiser "
+                                                                          "actually used.")]
 RECIPE_HELP = ("release: the published runs exactly (SGD momentum 5e-4 from the release's positional-argument "
                "slip, weight decay per group, poly 0.9, fp32, batch 8, 8 epochs, crop 448). tuned: the same "
                "with momentum 0.9 and AMP on CUDA. Default: release for --dataset voc (the paper's run), "
@@ -29,7 +30,8 @@ RLr = Annotated[float | None, typer.Option(help="Base learning rate, new layers 
 RWeightDecay = Annotated[float | None, typer.Option(help="Weight decay on weights, not biases [recipe: 5e-4].")]
 RMomentum = Annotated[float | None, typer.Option(help="SGD momentum [recipe: release 5e-4, tuned 0.9].")]
 RCrop = Annotated[int | None, typer.Option(help="Square training crop [recipe: 448].")]
-RAmp = Annotated[bool | None, typer.Option("--amp/--no-amp", help="Mixed precision [recipe: release off, tuned on with CUDA].")]
+RAmp = Annotated[bool | None, typer.Option("--amp/--no-amp", help="Mixed precision [recipe: release off, tuned on with "
+                                                                  "CUDA].")]
 NoJitter = Annotated[bool, typer.Option("--no-jitter", help="No colour jitter.")]
 Out = Annotated[Path, typer.Option(help="Run directory.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue from RUN_DIR/checkpoint.pth exactly.")]
@@ -37,7 +39,8 @@ Device = Annotated[str | None, typer.Option(help="torch device (default: cuda if
 Workers = Annotated[int | None, typer.Option(help="Data loader workers (default 0 on CPU, up to 8 on CUDA).")]
 MaxMinutes = Annotated[float | None, typer.Option(help="Stop after this many minutes (checkpoint + weights saved).")]
 Amp = Annotated[bool | None, typer.Option("--amp/--no-amp", help="Mixed precision (default: on with CUDA).")]
-Deterministic = Annotated[bool, typer.Option("--deterministic/--no-deterministic", help="Deterministic algorithms where torch has them.")]
+Deterministic = Annotated[bool, typer.Option("--deterministic/--no-deterministic", help="Deterministic algorithms "
+                                                                                        "where torch has them.")]
 LogEvery = Annotated[int, typer.Option(help="Iterations per log.csv row.")]
 StopAfter = Annotated[int | None, typer.Option(hidden=True, help="Stop after N iterations (preemption drill).")]
 

@@ -16,13 +16,15 @@ def cam(
     checkpoint: Annotated[Path | None, typer.Option(help="SEAM checkpoint (torch engine).")] = None,
     model: Annotated[Path | None, typer.Option(help="Exported model directory models/NAME (onnx engine).")] = None,
     engine: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
-    labels: Annotated[Path | None, typer.Option(help="cls_labels.npy, JSON {id: [classes]} or CSV; absent: predict classes.")] = None,
+    labels: Annotated[Path | None, typer.Option(help="cls_labels.npy, JSON {id: [classes]} or CSV; absent: predict "
+                                                     "classes.")] = None,
     scales: Annotated[str, typer.Option(help="Comma-separated input scales.")] = "0.5,1.0,1.5,2.0",
     no_flip: Annotated[bool, typer.Option("--no-flip", help="Skip the horizontally flipped passes.")] = False,
     raw: Annotated[bool, typer.Option("--raw", help="Raw CAM instead of the PCM-refined one.")] = False,
     save_png: Annotated[bool, typer.Option("--save-png", help="Also write VOC-palette label PNGs.")] = False,
     threshold: Annotated[float, typer.Option(help="Background score for the label PNGs.")] = 0.26,
-    crf: Annotated[bool, typer.Option("--crf", help="Refine the label PNGs with dense CRF (implies --save-png).")] = False,
+    crf: Annotated[bool, typer.Option("--crf", help="Refine the label PNGs with dense CRF (implies "
+                                                    "--save-png).")] = False,
     cls_threshold: Annotated[float, typer.Option(help="Predicted classes: sigmoid(GAP score) >= this.")] = 0.5,
     image_root: Annotated[Path | None, typer.Option(help="Where list-file entries live.")] = None,
     device: Annotated[str | None, typer.Option(help="torch device (default: cuda if available).")] = None,
@@ -33,7 +35,6 @@ def cam(
     """Multi-scale + flip CAMs exactly as the authors' infer_SEAM (PCM maps, label masking,
     sum, clip, per-class min-max), written as {fg class index: HxW float32} per image."""
     from seam.common.cam import MultiScaleConfig, cams_to_label
-    from seam.common.classes import VOC_FOREGROUND
     from seam.common.files import list_images, load_label_file
     from seam.common.image import ImageDecodeError, load_rgb
     from seam.common.palette import label_to_pil

@@ -11,22 +11,30 @@ from seam.commands._util import fail
 
 
 def evaluate(
-    pred: Annotated[Path, typer.Option("--pred", help="Directory of predictions: <id>.png label maps or <id>.npy/.npz CAMs.")],
-    gt: Annotated[Path, typer.Option("--gt", help="Directory of ground-truth label PNGs (e.g. VOC SegmentationClass).")],
+    pred: Annotated[Path, typer.Option("--pred", help="Directory of predictions: <id>.png label maps or <id>.npy/.npz "
+                                                      "CAMs.")],
+    gt: Annotated[Path, typer.Option("--gt", help="Directory of ground-truth label PNGs (e.g. VOC "
+                                                  "SegmentationClass).")],
     ids_file: Annotated[Path | None, typer.Option("--list", help="File of image ids, one per line (VOC ImageSets style); default: every GT image with a prediction.")] = None,
-    kind: Annotated[str | None, typer.Option("--type", help="png or npy; default: detected from the files in --pred.")] = None,
-    threshold: Annotated[float | None, typer.Option("--threshold", help="Background score for CAM files (default 0.26).")] = None,
-    curve: Annotated[bool, typer.Option("--curve", help="Sweep the background threshold 0.00..0.59 and report the best.")] = False,
+    kind: Annotated[str | None, typer.Option("--type", help="png or npy; default: detected from the files in "
+                                                            "--pred.")] = None,
+    threshold: Annotated[float | None, typer.Option("--threshold", help="Background score for CAM files (default "
+                                                                        "0.26).")] = None,
+    curve: Annotated[bool, typer.Option("--curve", help="Sweep the background threshold 0.00..0.59 and report the "
+                                                        "best.")] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the full result as JSON here.")] = None,
-    plot: Annotated[Path | None, typer.Option("--plot", help="With --curve: save the mIoU/mFN/mFP curve as a PNG (needs matplotlib).")] = None,
-    classes: Annotated[Path | None, typer.Option("--classes", help="Class names, one per line, background first; default: the 21 VOC classes.")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="With --curve: save the mIoU/mFN/mFP curve as a PNG "
+                                                             "(needs matplotlib).")] = None,
+    classes: Annotated[Path | None, typer.Option("--classes", help="Class names, one per line, background first; "
+                                                                   "default: the 21 VOC classes.")] = None,
 ) -> None:
     """Score predictions against ground truth the way the authors' evaluation.py does
     (GT 255 ignored, IoU over all classes incl. background) plus the paper's m_FN / m_FP."""
     from rich.console import Console
 
     from seam.common.classes import VOC_CLASSES
-    from training.evaluation.evaluate import evaluate as run_evaluation, plot_curve
+    from training.evaluation.evaluate import evaluate as run_evaluation
+    from training.evaluation.evaluate import plot_curve
 
     if plot is not None and not curve:
         fail("--plot draws the threshold curve; add --curve")

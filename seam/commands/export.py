@@ -10,9 +10,11 @@ from seam.commands._util import console, fail
 
 
 def export(
-    checkpoint: Annotated[Path, typer.Option(help="Checkpoint: ours (+ <ckpt>.json sidecar) or the authors' state dict.")],
+    checkpoint: Annotated[Path, typer.Option(help="Checkpoint: ours (+ <ckpt>.json sidecar) or the authors' state "
+                                                  "dict.")],
     kind: Annotated[str, typer.Option(help="seam, affinity or deeplab.")] = "seam",
-    name: Annotated[str | None, typer.Option(help="Model name: the directory models/NAME (default: checkpoint stem).")] = None,
+    name: Annotated[str | None, typer.Option(help="Model name: the directory models/NAME (default: checkpoint "
+                                                  "stem).")] = None,
     models_dir: Annotated[Path, typer.Option(help="Model repository.")] = Path("models"),
     opset: Annotated[int, typer.Option(help="ONNX opset (>= 18 for the dynamo exporter).")] = 18,
     atol: Annotated[float, typer.Option(help="Largest |onnxruntime - torch| accepted by the parity check.")] = 1e-4,

@@ -10,14 +10,17 @@ from seam.commands._util import console, fail, parse_floats, progress_bar
 
 
 def pipeline(
-    data: Annotated[Path, typer.Option("--data", help="Data root: VOC (JPEGImages/), a synth set, or an image folder.")],
+    data: Annotated[Path, typer.Option("--data", help="Data root: VOC (JPEGImages/), a synth set, or an image "
+                                                      "folder.")],
     out: Annotated[Path, typer.Option("--out", help="Run directory (one sub-directory per stage, results.json).")],
     backbone: Annotated[str, typer.Option(help="resnet38 (the paper) or resnet38_small (CPU).")] = "resnet38",
-    weights: Annotated[Path | None, typer.Option(help="ImageNet weights for SEAM (and AffinityNet / DeepLab, else they start from SEAM).")] = None,
+    weights: Annotated[Path | None, typer.Option(help="ImageNet weights for SEAM (and AffinityNet / DeepLab, else they "
+                                                      "start from SEAM).")] = None,
     dataset: Annotated[str, typer.Option(help="voc | folder | synth | auto.")] = "auto",
     train_list: Annotated[Path | None, typer.Option(help="Training image list (default: the data set's).")] = None,
     labels: Annotated[Path | None, typer.Option(help="Image-level labels (default: the data set's).")] = None,
-    eval_list: Annotated[Path | None, typer.Option(help="DeepLab evaluation list (default ImageSets/Segmentation/val.txt).")] = None,
+    eval_list: Annotated[Path | None, typer.Option(help="DeepLab evaluation list (default "
+                                                        "ImageSets/Segmentation/val.txt).")] = None,
     batch_size: Annotated[int, typer.Option(help="Global batch size of every training stage.")] = 8,
     crop: Annotated[int, typer.Option(help="Training crop of every stage (multiple of 8).")] = 448,
     seam_epochs: Annotated[int, typer.Option(help="SEAM epochs.")] = 8,
@@ -28,8 +31,10 @@ def pipeline(
     alpha: Annotated[float, typer.Option(help="Random walk: background power.")] = 6.0,
     beta: Annotated[float, typer.Option(help="Random walk: affinity power.")] = 8.0,
     logt: Annotated[int, typer.Option(help="Random walk: 2^logt steps.")] = 6,
-    seg_scales: Annotated[str, typer.Option(help="DeepLab test scales (the authors' test protocol).")] = "0.5,0.75,1.0,1.25,1.5,1.75",
-    recipe: Annotated[str | None, typer.Option(help="Training recipe of every stage: release (the published runs) or tuned. Default: release for VOC data, tuned otherwise.")] = None,
+    seg_scales: Annotated[str, typer.Option(help="DeepLab test scales (the authors' test "
+                                                 "protocol).")] = "0.5,0.75,1.0,1.25,1.5,1.75",
+    recipe: Annotated[str | None, typer.Option(help="Training recipe of every stage: release (the published runs) or "
+                                                    "tuned. Default: release for VOC data, tuned otherwise.")] = None,
     seg_crf: Annotated[bool, typer.Option("--seg-crf", help="Dense CRF on the DeepLab predictions.")] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Annotated[str | None, typer.Option(help="torch device (default: cuda if available).")] = None,

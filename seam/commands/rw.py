@@ -18,7 +18,8 @@ def rw(
     beta: Annotated[float, typer.Option(help="Affinities raised to beta.")] = 8.0,
     logt: Annotated[int, typer.Option(help="Walk length 2^logt.")] = 6,
     radius: Annotated[int, typer.Option(help="Affinity radius on the stride-8 grid.")] = 5,
-    dense: Annotated[bool, typer.Option("--dense", help="The authors' dense T^(2^logt) instead of sparse propagation (slow).")] = False,
+    dense: Annotated[bool, typer.Option("--dense", help="The authors' dense T^(2^logt) instead of sparse propagation "
+                                                        "(slow).")] = False,
     image_root: Annotated[Path | None, typer.Option(help="Where list-file entries live.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute labels that already exist.")] = False,
     device: Annotated[str | None, typer.Option(help="torch device for the AffinityNet features.")] = None,

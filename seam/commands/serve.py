@@ -34,14 +34,16 @@ def load_settings():
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0 to expose it).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    models_dir: Annotated[Path | None, typer.Option(help="Model repository [SEAM_MODELS_DIR, default models/].")] = None,
+    models_dir: Annotated[Path | None, typer.Option(help="Model repository [SEAM_MODELS_DIR, default "
+                                                         "models/].")] = None,
     data_dir: Annotated[Path | None, typer.Option(
         help="Job inputs/outputs [SEAM_DATA_DIR, default ~/.cache/seam].")] = None,
     workers: Annotated[int | None, typer.Option(
         help="Embedded mode: threads processing job chunks [SEAM_EMBEDDED_WORKERS, default 1].")] = None,
     broker_url: Annotated[str | None, typer.Option(
         help="redis:// URL: hand jobs to `seam worker` processes instead [SEAM_BROKER_URL].")] = None,
-    engine: Annotated[str | None, typer.Option(help="onnx, or fake (test/demo engine, no model) [SEAM_ENGINE].")] = None,
+    engine: Annotated[str | None, typer.Option(help="onnx, or fake (test/demo engine, no model) "
+                                                    "[SEAM_ENGINE].")] = None,
     threads: Annotated[int | None, typer.Option(help="onnxruntime threads [SEAM_THREADS].")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:

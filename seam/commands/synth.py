@@ -10,7 +10,8 @@ from seam.commands._util import console, fail, progress_bar
 
 
 def synth(
-    out: Annotated[Path, typer.Option("--out", help="Dataset root to write (JPEGImages, SegmentationClass, ImageSets, cls_labels.npy).")],
+    out: Annotated[Path, typer.Option("--out", help="Dataset root to write (JPEGImages, SegmentationClass, ImageSets, "
+                                                    "cls_labels.npy).")],
     n: Annotated[int, typer.Option("--n", help="Number of images.")] = 200,
     seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same dataset.")] = 0,
     size: Annotated[int, typer.Option("--size", help="Image side in pixels.")] = 160,

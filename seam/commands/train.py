@@ -63,12 +63,9 @@ def train_seam(
     log_every: opt.LogEvery = 10,
     stop_after: opt.StopAfter = None,
 ) -> None:
-    """Train SEAM: siamese rescale branch, classification + ER + ECR (OHEM) losses, PCM,
-    frozen BN, poly lr. Writes RUN_DIR/seam_final.pth (authors' format) + .json.
+    """Train SEAM: siamese rescale branch, classification + ER + ECR (OHEM) losses, PCM, frozen BN, poly lr. Writes RUN_DIR/seam_final.pth (authors' format) + .json.
 
-    The recipe (--recipe) sets the optimiser, schedule, sizes and precision: `release` is
-    the default for --dataset voc (and VOC layouts found by auto), so a VOC run trains as
-    the authors' published runs did; other data defaults to `tuned`."""
+    Default recipe: `release` for --dataset voc (and VOC layouts found by --dataset auto), so that a VOC run trains exactly as the authors' published runs (momentum 5e-4, fp32, batch 8, 8 epochs, crop 448); `tuned` (momentum 0.9, AMP on CUDA) for synthetic and folder data, where it trains faster from scratch (docs/training.md, Ablation). Options you give override the recipe; the run prints the recipe and stores it in the sidecar."""
     from training.data.datasets import DatasetError, detect_kind
     from training.engine.recipes import default_recipe
     from training.engine.siamese import parse_transforms

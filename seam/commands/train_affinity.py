@@ -23,13 +23,14 @@ def train_affinity(
     image_labels: Annotated[Path | None, typer.Option(help="The data set's image-level label file, if not its default.")] = None,
     weights: Annotated[Path | None, typer.Option(help="Initial weights: ImageNet .params, SEAM / AffinityNet checkpoint or run dir.")] = None,
     backbone: Annotated[str, typer.Option(help="resnet38 (the paper) or resnet38_small (CPU).")] = "resnet38",
-    batch_size: Annotated[int, typer.Option(help="Global batch size (per GPU = batch / world size).")] = 8,
-    epochs: opt.Epochs = 8,
-    lr: Annotated[float, typer.Option(help="Base learning rate (new layers 10x). The release's 0.1 ran with momentum 5e-4: use --lr 0.1 --authors-momentum to reproduce it.")] = 0.01,
-    weight_decay: Annotated[float, typer.Option(help="Weight decay on weights.")] = 5e-4,
-    momentum: opt.Momentum = 0.9,
+    recipe: opt.Recipe = None,
+    batch_size: opt.RBatch = None,
+    epochs: opt.REpochs = None,
+    lr: Annotated[float | None, typer.Option(help="Base learning rate, new layers 10x [recipe: 0.01, SEAM's train_aff.py; psa's 0.1 is another release].")] = None,
+    weight_decay: opt.RWeightDecay = None,
+    momentum: opt.RMomentum = None,
     authors_momentum: opt.AuthorsMomentum = False,
-    crop: Annotated[int, typer.Option(help="Square training crop (multiple of 8).")] = 448,
+    crop: Annotated[int | None, typer.Option(help="Square training crop, multiple of 8 [recipe: 448].")] = None,
     radius: Annotated[int, typer.Option(help="Pair radius on the stride-8 grid.")] = 5,
     no_jitter: opt.NoJitter = False,
     no_flip: Annotated[bool, typer.Option("--no-flip", help="No horizontal flip.")] = False,
@@ -39,25 +40,34 @@ def train_affinity(
     device: opt.Device = None,
     workers: opt.Workers = None,
     max_minutes: opt.MaxMinutes = None,
-    amp: opt.Amp = None,
+    amp: opt.RAmp = None,
     deterministic: opt.Deterministic = True,
     log_every: opt.LogEvery = 10,
     stop_after: opt.StopAfter = None,
 ) -> None:
-    """Train AffinityNet: stride-8 features, pair affinities within the radius, loss
-    bg/4 + fg/4 + neg/2; frozen BN/conv1a/b2, poly lr. Writes RUN_DIR/affinity_final.pth + .json."""
-    from training.data.datasets import DatasetError, build_dataset
+    """Train AffinityNet: stride-8 features, pair affinities within the radius, loss bg/4 + fg/4 + neg/2; frozen BN/conv1a/b2, poly lr. Writes RUN_DIR/affinity_final.pth + .json.
+
+    Default recipe: `release` (SEAM's train_aff.py: lr 0.01, momentum 5e-4, fp32) for VOC data, `tuned` (momentum 0.9) otherwise; options you give override it."""
+    from training.data.datasets import DatasetError, build_dataset, detect_kind
+    from training.engine.recipes import default_recipe
     from training.engine.affinity import AFFINITY_FINAL, AffinityTrainConfig
     from training.engine.affinity import train_affinity as run
     from training.engine.trainer import TrainingError
     from training.models.checkpoint import CheckpointError
 
+    if recipe is None:
+        recipe = default_recipe(dataset if dataset != "auto" else detect_kind(data))
+    try:
+        AffinityTrainConfig.from_recipe(recipe)  # validates the name
+    except ValueError as exc:
+        fail(str(exc))
     cfg = opt.build_config(
-        AffinityTrainConfig,
+        lambda **kw: AffinityTrainConfig.from_recipe(recipe, **kw),
         data=str(data), labels=str(labels), dataset=dataset, train_list=opt.path_str(train_list),
         image_labels=opt.path_str(image_labels), weights=opt.path_str(weights), backbone=backbone,
         batch_size=batch_size, epochs=epochs, lr=lr, weight_decay=weight_decay, momentum=momentum,
-        authors_momentum=authors_momentum, crop=crop, radius=radius, jitter=not no_jitter, flip=not no_flip,
+        authors_momentum=authors_momentum, crop=crop, radius=radius, jitter=False if no_jitter else None,
+        flip=False if no_flip else None,
         out=str(out), seed=seed, device=device, workers=workers, max_minutes=max_minutes, amp=amp,
         deterministic=deterministic, log_every=max(1, log_every), resume=resume, stop_after=stop_after)
     main_rank = os.environ.get("RANK", "0") == "0"

@@ -17,12 +17,14 @@ def train_deeplab(
     classes: Annotated[str | None, typer.Option(help="Class names (comma list or classes.txt); default LABELS/classes.txt, then the data root's, then VOC.")] = None,
     weights: Annotated[Path | None, typer.Option(help="Initial weights: ImageNet .params, a SEAM / DeepLab checkpoint or run dir.")] = None,
     backbone: Annotated[str, typer.Option(help="resnet38 or resnet38_small (CPU).")] = "resnet38",
-    batch_size: Annotated[int, typer.Option(help="Global batch size.")] = 8,
-    epochs: opt.Epochs = 20,
-    lr: Annotated[float, typer.Option(help="Base learning rate (head 10x).")] = 1e-3,
-    weight_decay: Annotated[float, typer.Option(help="Weight decay on weights.")] = 5e-4,
-    momentum: opt.Momentum = 0.9,
-    crop: Annotated[int, typer.Option(help="Square training crop (image padded with 0, labels with 255).")] = 448,
+    recipe: Annotated[str | None, typer.Option(help="release: the authors' DeepLab run (semantic-segmentation-codebase seamv1-pseudovoc: batch 10, 20000 iterations, every BN on batch statistics, HSV jitter, all convs trained). tuned: batch 8, 20 epochs, frozen backbone BN, head BN trained. Default: release for VOC images, tuned otherwise.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Global batch size [recipe: release 10, tuned 8].")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs [recipe: tuned 20; release counts iterations].")] = None,
+    iterations: Annotated[int | None, typer.Option(help="Stop after this many iterations [recipe: release 20000].")] = None,
+    lr: Annotated[float | None, typer.Option(help="Base learning rate, head 10x [recipe: 1e-3].")] = None,
+    weight_decay: opt.RWeightDecay = None,
+    momentum: Annotated[float | None, typer.Option(help="SGD momentum [recipe: 0.9].")] = None,
+    crop: Annotated[int | None, typer.Option(help="Square training crop, image padded with 0, labels with 255 [recipe: 448].")] = None,
     scale_range: Annotated[str, typer.Option(help="Random rescale MIN,MAX.")] = "0.5,1.5",
     jitter: Annotated[bool, typer.Option("--jitter", help="Colour jitter.")] = False,
     out: opt.Out = Path("runs/deeplab"),
@@ -31,7 +33,7 @@ def train_deeplab(
     device: opt.Device = None,
     workers: opt.Workers = None,
     max_minutes: opt.MaxMinutes = None,
-    amp: opt.Amp = None,
+    amp: opt.RAmp = None,
     deterministic: opt.Deterministic = True,
     log_every: opt.LogEvery = 10,
     stop_after: opt.StopAfter = None,
@@ -47,12 +49,19 @@ def train_deeplab(
     lo_hi = parse_floats(scale_range)
     if len(lo_hi) != 2:
         fail(f"--scale-range takes MIN,MAX, got {scale_range!r}")
+    if recipe is None:
+        recipe = _default_recipe(images)
+    try:
+        DeepLabTrainConfig.from_recipe(recipe)  # validates the name
+    except ValueError as exc:
+        fail(str(exc))
     cfg = opt.build_config(
-        DeepLabTrainConfig,
+        lambda **kw: DeepLabTrainConfig.from_recipe(recipe, **kw),
         images=str(images), labels=str(labels), image_root=opt.path_str(image_root), classes=classes,
-        weights=opt.path_str(weights), backbone=backbone, batch_size=batch_size, epochs=epochs, lr=lr,
+        weights=opt.path_str(weights), backbone=backbone, batch_size=batch_size, epochs=epochs,
+        max_iterations=iterations, lr=lr,
         weight_decay=weight_decay, momentum=momentum, crop=crop, scale_min=lo_hi[0], scale_max=lo_hi[1],
-        jitter=jitter, out=str(out), seed=seed, device=device, workers=workers, max_minutes=max_minutes,
+        jitter=jitter or None, out=str(out), seed=seed, device=device, workers=workers, max_minutes=max_minutes,
         amp=amp, deterministic=deterministic, log_every=max(1, log_every), resume=resume, stop_after=stop_after)
     try:
         opt.run_with_progress(run, cfg, "DeepLab")
@@ -61,3 +70,14 @@ def train_deeplab(
         return
     console.print(f"weights: {out / DEEPLAB_FINAL}  sidecar: {(out / DEEPLAB_FINAL).with_suffix('.json')}")
 
+
+def _default_recipe(images: Path) -> str:
+    """release when the images are a VOC layout's JPEGImages (directly or through a list), else tuned."""
+    from training.data.datasets import detect_kind
+    from training.engine.recipes import default_recipe
+
+    root = images if images.is_dir() else images.parent
+    for cand in (root, root.parent, root.parent.parent, root.parent.parent.parent):
+        if (cand / "JPEGImages").is_dir():
+            return default_recipe(detect_kind(cand))
+    return default_recipe("folder")

@@ -17,7 +17,8 @@ def worker(
     concurrency: Annotated[int, typer.Option("-c", "--concurrency", help="Pool processes; 1 per GPU.")] = 1,
     pool: Annotated[str, typer.Option(help="Celery pool: prefork (time limits work) or solo.")] = "prefork",
     engine: Annotated[str | None, typer.Option(help="onnx, or fake (test/demo) [SEAM_ENGINE].")] = None,
-    providers: Annotated[str | None, typer.Option(help="onnxruntime providers: auto, cpu, cuda [SEAM_PROVIDERS].")] = None,
+    providers: Annotated[str | None, typer.Option(help="onnxruntime providers: auto, cpu, cuda "
+                                                       "[SEAM_PROVIDERS].")] = None,
     threads: Annotated[int | None, typer.Option(help="onnxruntime threads [SEAM_THREADS].")] = None,
     hostname: Annotated[str | None, typer.Option(help="Celery node name (default seam@<host>).")] = None,
     max_tasks_per_child: Annotated[int | None, typer.Option(help="Recycle a pool process after N chunks.")] = None,

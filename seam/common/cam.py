@@ -256,7 +256,7 @@ def multiscale_cam_batch(
             score_sum[i] = sc if score_sum[i] is None else score_sum[i] + sc
         n_pass += per
     out = []
-    for total, ssum, lab in zip(totals, score_sum, labels):
+    for total, ssum, lab in zip(totals, score_sum, labels, strict=True):
         scores = (ssum / n_pass).astype(np.float32)
         if lab is None:
             classes = [int(c) for c in np.flatnonzero(scores >= config.cls_threshold)]

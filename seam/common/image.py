@@ -46,7 +46,7 @@ def open_image(src: str | Path | bytes, max_pixels: int | None = None) -> Image.
     decompression bomb never gets allocated.
     """
     try:
-        fp = io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else open(src, "rb")
+        fp = io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else open(src, "rb")  # noqa: SIM115 - closed by the `with fp` below
     except OSError as exc:
         raise ImageDecodeError(f"cannot open image: {exc}") from exc
     with fp:

@@ -171,11 +171,12 @@ def mask_polygons(mask: np.ndarray, min_area: int = 1) -> list[np.ndarray]:
     out[2, 1:, 1:] |= fg & ~p[2:, 1:-1]         # bottom edges start at (x+1, y+1)
     out[3, 1:, :-1] |= fg & ~p[1:-1, :-2]       # left edges start at (x, y+1)
     polys: list[np.ndarray] = []
-    for d0, y0, x0 in zip(*np.nonzero(out)):
+    for d0, y0, x0 in zip(*np.nonzero(out), strict=True):
         if not out[d0, y0, x0]:
             continue
         pts: list[tuple[int, int]] = []
         x, y, d = int(x0), int(y0), int(d0)
+        prev = -1  # no direction yet: the first corner always starts a run
         while out[d, y, x]:
             out[d, y, x] = False
             if not pts or d != prev:

@@ -40,7 +40,8 @@ class Settings(BaseSettings):
     engine: Literal["onnx", "fake"] = Field(
         "onnx", description="'onnx' (the real engine) or 'fake' (deterministic numpy stand-in for tests and demos).")
     providers: str = Field("auto", description="onnxruntime providers: auto, cpu, cuda or a comma-separated list.")
-    threads: int | None = Field(None, ge=1, le=256, description="onnxruntime intra-op threads (default: engine's choice).")
+    threads: int | None = Field(None, ge=1, le=256, description="onnxruntime intra-op threads (default: engine's "
+                                                                "choice).")
     warmup: bool = Field(True, description="Run one tiny inference before reporting ready.")
     max_side: int | None = Field(None, ge=8, le=16384, description=(
         "Working side: images with a longer side are resized to it before inference (results stay at the image's "
@@ -52,16 +53,21 @@ class Settings(BaseSettings):
 
     # --- storage and jobs --------------------------------------------------------
     data_dir: Path = Field(default_factory=default_data_dir, description="Uploaded job inputs and outputs.")
-    allowed_root: Path | None = Field(None, description="Directory jobs may only read images under this path; unset = directory jobs disabled.")
-    job_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="Job state and files are deleted this long after creation.")
+    allowed_root: Path | None = Field(None, description="Directory jobs may only read images under this path; unset = "
+                                                        "directory jobs disabled.")
+    job_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="Job state and files are deleted this long after "
+                                                             "creation.")
     chunk_size: int = Field(8, ge=1, le=1000, description="Images per task.")
     max_active_jobs: int = Field(16, ge=1, description="Queued + running jobs; beyond it POST /jobs answers 503.")
     embedded_workers: int = Field(1, ge=1, le=64, description="Embedded mode: executor threads processing job chunks.")
-    max_deliveries: int = Field(5, ge=1, le=100, description="A chunk delivered more often than this is given up (poison chunk).")
-    max_retries: int = Field(3, ge=0, le=20, description="Retries (with exponential backoff) of a chunk after a transient error.")
+    max_deliveries: int = Field(5, ge=1, le=100, description="A chunk delivered more often than this is given up "
+                                                             "(poison chunk).")
+    max_retries: int = Field(3, ge=0, le=20, description="Retries (with exponential backoff) of a chunk after a "
+                                                         "transient error.")
     task_soft_time_limit_s: int = Field(540, ge=1, description="Celery soft time limit of one chunk.")
     task_time_limit_s: int = Field(600, ge=2, description="Celery hard time limit of one chunk.")
-    visibility_timeout_s: int | None = Field(None, ge=1, description="Redis visibility timeout; default 2 x hard limit + 60 s.")
+    visibility_timeout_s: int | None = Field(None, ge=1, description="Redis visibility timeout; default 2 x hard limit "
+                                                                     "+ 60 s.")
     worker_heartbeat_s: int = Field(10, ge=1, le=3600, description=(
         "Celery workers refresh a heartbeat this often; a chunk held by a worker silent for 3 heartbeats is "
         "re-queued without waiting for the visibility timeout."))
@@ -69,11 +75,14 @@ class Settings(BaseSettings):
         "Quota of the data directory (inputs + outputs + state); over it POST /jobs answers 507. Unset = no quota."))
     max_expansion_ratio: float = Field(50.0, ge=1, le=100_000, description=(
         "An archive may expand to at most this many times its uploaded size (and SEAM_MAX_ARCHIVE_BYTES)."))
-    max_labels_bytes: int = Field(16 * MB, ge=1024, description="Label tables (labels.csv/json, labels upload) and JSON job bodies.")
+    max_labels_bytes: int = Field(16 * MB, ge=1024, description="Label tables (labels.csv/json, labels upload) and "
+                                                                "JSON job bodies.")
 
     # --- broker (Celery mode) ----------------------------------------------------
-    broker_url: str | None = Field(None, description="redis://host:port/db switches to Celery mode; unset = embedded executor.")
-    key_prefix: str = Field("seam", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Prefix of every Redis key and of the Celery queue name.")
+    broker_url: str | None = Field(None, description="redis://host:port/db switches to Celery mode; unset = embedded "
+                                                     "executor.")
+    key_prefix: str = Field("seam", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Prefix of every Redis key and of "
+                                                                                   "the Celery queue name.")
 
     # --- synchronous requests on workers, batching ---------------------------------
     sync_inference: Literal["auto", "worker", "api"] = Field("auto", description=(
@@ -85,12 +94,14 @@ class Settings(BaseSettings):
         "Worker path: synchronous requests waiting for a worker (all API processes together); beyond it 429."))
     batch_window_ms: float = Field(5.0, ge=0, le=10_000, description=(
         "Workers: how long a synchronous request waits for others of the same size to share its engine batch."))
-    max_batch: int = Field(8, ge=1, le=256, description="Most images in one engine batch (synchronous requests and job images).")
+    max_batch: int = Field(8, ge=1, le=256, description="Most images in one engine batch (synchronous requests and job "
+                                                        "images).")
 
     # --- limits ------------------------------------------------------------------
     max_upload_mb: float = Field(20.0, gt=0, le=4096, description="Request body limit of /segment and /cam.")
     max_job_upload_mb: float = Field(1024.0, gt=0, le=65536, description="Request body limit of POST /jobs (archives).")
-    max_pixels: int = Field(40_000_000, ge=1, description="Width x height limit, read from the image header before decoding.")
+    max_pixels: int = Field(40_000_000, ge=1, description="Width x height limit, read from the image header before "
+                                                          "decoding.")
     max_archive_members: int = Field(10_000, ge=1, description="Files in one job archive.")
     max_archive_bytes: int = Field(4 * 1024 * MB, ge=1, description="Total uncompressed size of one job archive.")
     max_inflight: int = Field(2, ge=1, le=1024, description="Concurrent /segment and /cam computations.")
@@ -100,7 +111,8 @@ class Settings(BaseSettings):
     # --- HTTP --------------------------------------------------------------------
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated accepted X-API-Key values; empty = no authentication.")
-    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Comma-separated CORS origins ('*' allowed).")
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Comma-separated CORS "
+                                                                                           "origins ('*' allowed).")
     metrics_public: bool = Field(True, description="Serve /metrics without an API key.")
     admin_api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated X-API-Key values that may see and cancel every key's jobs.")

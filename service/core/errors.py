@@ -6,6 +6,7 @@ body is being read).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 
@@ -57,10 +58,8 @@ def server_roots(request: Request) -> list[tuple[str, str]]:
         if path is None:
             continue
         roots.append((str(path), placeholder))
-        try:
+        with contextlib.suppress(OSError, RuntimeError):
             roots.append((str(path.resolve()), placeholder))
-        except (OSError, RuntimeError):
-            pass
     return roots
 
 

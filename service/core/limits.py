@@ -99,13 +99,15 @@ class InflightLimiter:
         if self._sem.locked():
             if self.waiting >= self.max_waiting:
                 raise ApiError(429, "too_many_requests",
-                               f"server busy: {self.inflight} requests in flight and {self.waiting} waiting; retry later",
+                               f"server busy: {self.inflight} requests in flight and {self.waiting} waiting; retry "
+                               "later",
                                {"Retry-After": "1"})
             self.waiting += 1
             try:
                 await asyncio.wait_for(self._sem.acquire(), self.wait_timeout_s)
             except TimeoutError:
-                raise ApiError(503, "unavailable", f"no computation slot freed within {self.wait_timeout_s:g} s; retry later",
+                raise ApiError(503, "unavailable", f"no computation slot freed within {self.wait_timeout_s:g} s; retry "
+                                                   "later",
                                {"Retry-After": "5"}) from None
             finally:
                 self.waiting -= 1

@@ -55,7 +55,8 @@ def key_matches(given: str | None, accepted: Sequence[str]) -> bool:
 
 def _unauthorized(given: str | None) -> ApiError:
     return ApiError(401, "unauthorized",
-                    f"missing or invalid {API_KEY_HEADER} header" if given else f"the {API_KEY_HEADER} header is required",
+                    f"missing or invalid {API_KEY_HEADER} "
+                    "header" if given else f"the {API_KEY_HEADER} header is required",
                     {"WWW-Authenticate": "ApiKey"})
 
 

@@ -203,7 +203,7 @@ class OnnxEngine:
         """`cam` of several images; those of one size run as one onnxruntime batch per scale."""
         rgbs = [_check_rgb(r) for r in rgbs]
         works = self._cams_working(rgbs, labels, refined, scales, flip, cls_threshold, max_side)
-        return [w.at_size(r.shape[:2]) for w, r in zip(works, rgbs)]
+        return [w.at_size(r.shape[:2]) for w, r in zip(works, rgbs, strict=True)]
 
     def segment(
         self,
@@ -233,17 +233,17 @@ class OnnxEngine:
         rgbs = [_check_rgb(r) for r in rgbs]
         labels = _label_lists(labels, len(rgbs))
         if method == "deeplab":
-            return [self._segment_deeplab(r, lb, crf, max_side) for r, lb in zip(rgbs, labels)]
+            return [self._segment_deeplab(r, lb, crf, max_side) for r, lb in zip(rgbs, labels, strict=True)]
         seam = self._models["seam"].manifest
         thr = seam.cam.bg_threshold if threshold is None else float(threshold)
         if not 0.0 <= thr <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {thr}")
         if method == "rw":
-            for r, lb in zip(rgbs, labels):  # the walk has its own working set: admit it first
+            for r, lb in zip(rgbs, labels, strict=True):  # the walk has its own working set: admit it first
                 self._admit(r.shape[:2], "rw", lb, max_side)
         works = self._cams_working(rgbs, labels, method != "cam", None, None, None, max_side)
         out = []
-        for rgb, res in zip(rgbs, works):
+        for rgb, res in zip(rgbs, works, strict=True):
             H, W = rgb.shape[:2]
             small = resize_rgb(rgb, res.cams.shape[1:]) if (method == "rw" or crf) else rgb
             if method == "rw":
@@ -389,7 +389,7 @@ class OnnxEngine:
             for j in range(0, len(idx), n):
                 part = idx[j:j + n]
                 smalls = [resize_rgb(rgbs[i], work_hw) for i in part]
-                for i, res in zip(part, multiscale_cam_batch(smalls, runner, [labels[i] for i in part], cfg)):
+                for i, res in zip(part, multiscale_cam_batch(smalls, runner, [labels[i] for i in part], cfg), strict=True):
                     out[i] = res
         return out  # type: ignore[return-value]
 

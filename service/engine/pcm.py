@@ -24,5 +24,5 @@ def run_pcm(session: ort.InferenceSession, pcm_n: np.ndarray, pcm_g: np.ndarray,
     out = np.empty((B, C, hw), np.float32)
     for i in range(0, hw, step):
         q = np.ascontiguousarray(g[:, :, i:i + step])
-        out[:, :, i:i + step] = session.run(list(PCM_OUTPUTS), dict(zip(PCM_INPUTS, (n, g, q))))[0]
+        out[:, :, i:i + step] = session.run(list(PCM_OUTPUTS), dict(zip(PCM_INPUTS, (n, g, q), strict=True)))[0]
     return out.reshape(B, C, h, w)

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from seam.common.labelling import cvat_nuclio_mask, mask_polygons
 from service.api.deps import EngineDep, LimiterDep, MetricsDep, SettingsDep, require_api_key
 from service.core.errors import ApiError
-from service.engine.base import InferenceEngine, SegmentResult
+from service.engine.base import SegmentResult
 from service.inputs import decode_image
 from service.schemas import MethodName
 
@@ -72,7 +72,8 @@ def _decode_b64(s: str) -> bytes:
 
 @router.post("/detect", summary="CVAT serverless detector: masks of one frame.",
              description="The body CVAT sends to a nuclio function (`{image: base64, threshold}`); the answer is the "
-                         "list CVAT expects (`type: mask` with the bbox-cropped 0/255 mask). Used by the nuclio function "
+                         "list CVAT expects (`type: mask` with the bbox-cropped 0/255 mask). Used by the nuclio "
+                         "function "
                          "in docker/cvat-nuclio (docs/cvat.md).")
 async def detect(body: Annotated[DetectRequest, Body()], engine: EngineDep, settings: SettingsDep,
                  limiter: LimiterDep, metrics: MetricsDep) -> list[dict]:

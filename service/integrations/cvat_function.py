@@ -19,10 +19,10 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 
+import cvat_sdk.auto_annotation as cvataa
 import numpy as np
 import PIL.Image
 
-import cvat_sdk.auto_annotation as cvataa
 from seam.common.labelling import cvat_mask_points, mask_polygons
 
 # rgb, labels -> (label map, classes present, image-level scores per class)

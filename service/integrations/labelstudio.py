@@ -51,11 +51,13 @@ class LabelStudioSettings(BaseSettings):
     url: str | None = Field(None, description="Label Studio's URL (e.g. http://labelstudio:8080); images are "
                                               "fetched from it only. Unset: /labelstudio/predict answers 503.")
     api_key: SecretStr | None = Field(None, description="Label Studio access token, sent only to `url`.")
-    allow_private: bool = Field(False, description="Allow Label Studio (and extra hosts) on private/loopback addresses.")
+    allow_private: bool = Field(False, description="Allow Label Studio (and extra hosts) on private/loopback "
+                                                   "addresses.")
     extra_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated host or host:port also allowed (cloud-storage redirects).")
     labels_field: str | None = Field(None, description="Task data field holding image-level labels (list or "
-                                                       "comma-separated names); else a Choices annotation; else predicted.")
+                                                       "comma-separated names); else a Choices annotation; else "
+                                                       "predicted.")
     region: Literal["auto", "brush", "polygon"] = Field("auto", description="brushlabels, polygonlabels, or auto "
                                                                             "(brush when the config has BrushLabels).")
     method: Literal["cam", "pcm", "rw", "deeplab"] | None = Field(None, description="Default: the best available.")
@@ -232,7 +234,8 @@ def image_labels(task: LsTask, cfg: LabelConfig, control: Control, classes: Sequ
             idx = ctl.to_classes(toks, classes) or control.to_classes(toks, classes)
             if idx is None:
                 raise ApiError(422, "unknown_class", f"task {task.id}: the choices {toks} do not map to model classes "
-                                                     f"({', '.join(classes)}); set predicted_values on the <Choice> tags")
+                                                     f"({', '.join(classes)}); set predicted_values on the <Choice> "
+                                                     "tags")
             picked.extend(idx)
         if found:
             return sorted(set(picked)), "choices"
@@ -314,7 +317,7 @@ async def predict(body: Annotated[PredictRequest, Body()], request: Request, eng
         urls.append(url)
     version = model_version(engine, method)
     results = []
-    for i, (task, url) in enumerate(zip(body.tasks, urls)):
+    for i, (task, url) in enumerate(zip(body.tasks, urls, strict=True)):
         labels, _source = image_labels(task, cfg, control, classes, ls.labels_field)
         try:
             data = await run_in_threadpool(policy.fetch, url)
@@ -405,7 +408,8 @@ def export_labelstudio(job_id: Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")], 
     store, storage = request.app.state.store, request.app.state.storage
     snap = _snapshot_or_404(store, job_id, principal)
     if snap.active:
-        raise ApiError(409, "job_not_finished", f"job is {snap.state}; export once it has finished", {"Retry-After": "5"})
+        raise ApiError(409, "job_not_finished", f"job is {snap.state}; export once it has "
+                                                "finished", {"Retry-After": "5"})
     if "labelstudio" not in snap.options.get("outputs", []):
         raise ApiError(409, "output_not_requested", "this job was not run with the labelstudio output")
     try:

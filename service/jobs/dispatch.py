@@ -30,10 +30,10 @@ class Dispatcher(ABC):
         """None when able to take work, else why not (readiness)."""
         return None
 
-    def start(self) -> None:
+    def start(self) -> None:  # noqa: B027 - optional hook: most dispatchers have nothing to start
         pass
 
-    def stop(self) -> None:
+    def stop(self) -> None:  # noqa: B027 - optional hook, as start
         pass
 
 

@@ -6,6 +6,10 @@ recorded done without recomputing; outputs are written atomically; completion is
 recorded in a set. A chunk started more than `max_deliveries` times (the worker died
 on it, e.g. an image that OOM-kills the process) is given up: its unfinished images
 are recorded failed and the job moves on.
+
+Same-size images of a chunk (size read from the header, EXIF orientation applied) run
+as engine batches of at most `max_batch` (`service.batching`: an image the batch fails
+on is retried alone, so it fails alone); cancellation is checked between batches.
 """
 from __future__ import annotations
 
@@ -150,7 +154,7 @@ def process_chunk(ctx: ChunkContext, job_id: str, chunk: int, images: list[str])
         segs = segment_batch(engine, [rgb for _, rgb in loaded], [labels_table.get(img) for img, _ in loaded],
                              method=opts.get("method"), threshold=opts.get("threshold"),
                              max_side=opts.get("max_side"))
-        for (img, rgb), seg in zip(loaded, segs):
+        for (img, rgb), seg in zip(loaded, segs, strict=True):
             try:
                 if isinstance(seg, Exception):
                     raise seg

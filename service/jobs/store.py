@@ -17,6 +17,7 @@ is turned into the job by `create` or dropped by `release`, and lapses after
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -544,10 +545,8 @@ class RedisJobStore(JobStore):
             pipe.execute()
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.r.close()
-        except Exception:  # noqa: BLE001
-            pass
 
 
 # --- SQLite (embedded mode) ----------------------------------------------------------

@@ -9,6 +9,7 @@ request whose client has gone is never computed late.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from typing import Any
@@ -81,17 +82,13 @@ class RealtimeClient:
                                            "(SEAM_REQUEST_TIMEOUT_S); retry later", {"Retry-After": "10"}) from None
         finally:
             self.waiting -= 1
-            try:
+            with contextlib.suppress(Exception):  # it expires anyway
                 await self.r.delete(self.keys.request(rid))
-            except Exception:  # noqa: BLE001 - it expires anyway
-                pass
 
     def _ring(self, rid: str) -> None:
         """Wake a worker: one message per request on the realtime queue (it expires with the deadline)."""
         self.celery.send_task(REALTIME_TASK, args=[rid], queue=self.queue, expires=self.settings.request_timeout_s)
 
     async def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             await self.r.aclose()
-        except Exception:  # noqa: BLE001
-            pass

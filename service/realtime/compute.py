@@ -120,7 +120,7 @@ def run_requests(engine: InferenceEngine, names: Sequence[str], items: Sequence[
                                     max_side=req0.max_side)
         else:
             results = cam_batch(engine, rgbs, labels, refined=req0.refined, max_side=req0.max_side)
-        for (i, req, rgb), res in zip(group, results):
+        for (i, req, rgb), res in zip(group, results, strict=True):
             try:
                 if isinstance(res, Exception):
                     raise res

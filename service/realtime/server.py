@@ -79,7 +79,7 @@ class RealtimeServer:
             raw = pipe.execute()[0::2]
         live: list[tuple[str, SyncRequest, bytes]] = []
         early: dict[str, Reply] = {}
-        for rid, h in zip(ids, raw):
+        for rid, h in zip(ids, raw, strict=True):
             if not h:  # the API gave up on it (deadline): nobody waits for the answer
                 continue
             h = {_s(k): v for k, v in h.items()}
@@ -100,7 +100,7 @@ class RealtimeServer:
                     err = Reply(status=503, code="unavailable", message=f"the worker cannot run the model: {exc}",
                                 headers={"Retry-After": "10"})
                 out = [err] * len(live)
-            for (rid, _, _), rep in zip(live, out):
+            for (rid, _, _), rep in zip(live, out, strict=True):
                 replies[rid] = rep
             self.batch_sizes.append(len(live))
         with self.r.pipeline(transaction=False) as pipe:

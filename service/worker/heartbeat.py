@@ -38,7 +38,7 @@ def live_workers(client: Any, prefix: str) -> list[dict]:
         return []
     raw = client.mget([worker_key(prefix, i) for i in ids])
     out, gone = [], []
-    for wid, blob in zip(ids, raw):
+    for wid, blob in zip(ids, raw, strict=True):
         if blob is None:
             gone.append(wid)
             continue

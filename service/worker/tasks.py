@@ -16,7 +16,11 @@ from typing import Any
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import (
-    celeryd_after_setup, worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown,
+    celeryd_after_setup,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
 )
 
 from service.core.config import get_settings

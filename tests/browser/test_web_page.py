@@ -196,7 +196,8 @@ def test_jobs_view(server, page, screenshot, tmp_path):
     assert imgs.count() == 2
     assert sorted(imgs.evaluate_all("els => els.map(e => e.alt)")) == [
         "Segmentation overlay of a", "Segmentation overlay of b"]
-    wait_js(page, "[...document.querySelectorAll('#gallery-grid img')].every(i => i.complete && i.naturalWidth === 192)")
+    wait_js(page, "[...document.querySelectorAll('#gallery-grid img')].every(i => i.complete && i.naturalWidth === "
+                  "192)")
     assert page.evaluate("document.activeElement.id") == "gallery-title"
     screenshot(page, "06-job-gallery")
 

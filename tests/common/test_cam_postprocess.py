@@ -3,7 +3,13 @@ import numpy as np
 import pytest
 
 from seam.common.cam import (
-    MultiScaleConfig, cams_to_label, interp_matrix, multiscale_cam, normalize_cams, resize_bilinear, stride_size,
+    MultiScaleConfig,
+    cams_to_label,
+    interp_matrix,
+    multiscale_cam,
+    normalize_cams,
+    resize_bilinear,
+    stride_size,
 )
 
 

@@ -9,8 +9,15 @@ from PIL import Image
 
 from seam.common.classes import VOC_CLASSES
 from seam.common.encoders import (
-    coco_annotations, coco_rle, decode_cams_npz, encode_cams_npz, encode_png_label, encode_png_rgb,
-    heatmap_overlay, jet, mask_overlay,
+    coco_annotations,
+    coco_rle,
+    decode_cams_npz,
+    encode_cams_npz,
+    encode_png_label,
+    encode_png_rgb,
+    heatmap_overlay,
+    jet,
+    mask_overlay,
 )
 from seam.common.palette import voc_palette
 

@@ -22,7 +22,7 @@ def _ref_miou(preds, gts):
     ious = []
     for c in range(C):
         tp = t = p = 0
-        for pr, g in zip(preds, gts):
+        for pr, g in zip(preds, gts, strict=True):
             v = g != 255
             tp += int(np.sum((pr == c) & (g == c) & v))
             t += int(np.sum((g == c) & v))
@@ -99,7 +99,7 @@ def test_curve_equals_separate_evaluations(data):
     assert len(r["curve"]) == 60 and r["curve"][0]["threshold"] == 0.0 and r["curve"][-1]["threshold"] == 0.59
     separate = [evaluate(data["npy"], data["gt"], threshold=t, class_names=NAMES, progress=False)
                 for t in CURVE_THRESHOLDS]
-    for point, single in zip(r["curve"], separate):
+    for point, single in zip(r["curve"], separate, strict=True):
         assert point["miou"] == pytest.approx(single["miou"], abs=1e-9)
         assert point["mfn"] == pytest.approx(single["mfn"], abs=1e-12)
         assert point["mfp"] == pytest.approx(single["mfp"], abs=1e-12)

@@ -58,7 +58,7 @@ def _set_based_miou(preds, gts, num_classes, ignore=255):
     ious = []
     for c in range(num_classes):
         p_set, g_set = set(), set()
-        for k, (p, g) in enumerate(zip(preds, gts)):
+        for k, (p, g) in enumerate(zip(preds, gts, strict=True)):
             valid = g.ravel() != ignore
             p_set |= {(k, i) for i in np.flatnonzero((p.ravel() == c) & valid)}
             g_set |= {(k, i) for i in np.flatnonzero(g.ravel() == c)}

@@ -43,7 +43,7 @@ def test_layout(ds):
 def test_deterministic(ds, tmp_path):
     again = generate(tmp_path / "b", n=N, seed=7, size=SIZE)
     other = generate(tmp_path / "c", n=N, seed=8, size=SIZE)
-    same = diff = 0
+    diff = 0
     for iid in ds.ids:
         a = (ds.label_dir / f"{iid}.png").read_bytes()
         assert a == (again.label_dir / f"{iid}.png").read_bytes()

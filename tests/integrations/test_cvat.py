@@ -13,15 +13,14 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from cvat_sdk.auto_annotation import driver as cvat_driver
-from cvat_sdk.auto_annotation import BadFunctionError
-from cvat_sdk.masks import decode_mask
 from cvat_cli._internal.common import FunctionLoader
+from cvat_sdk.auto_annotation import BadFunctionError
+from cvat_sdk.auto_annotation import driver as cvat_driver
+from cvat_sdk.masks import decode_mask
 from matplotlib.path import Path as MplPath
 from PIL import Image
 from scipy import ndimage
 
-import cvat_sdk.auto_annotation as cvataa
 from service.fake_engine import FakeEngine
 from service.integrations.cvat_function import SeamFunction, engine_segmenter
 from tests.integrations.conftest import LIVE_KEY, png_bytes, scene

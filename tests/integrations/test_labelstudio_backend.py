@@ -79,7 +79,7 @@ def test_predict_brush_masks_decode_with_the_sdk_pixel_for_pixel(make_app, fake_
     assert len(results) == len(imgs)
     engine = FakeEngine()
     names = {0: "Red thing", 2: "Blue thing"}
-    for rgb, res in zip(imgs, results):
+    for rgb, res in zip(imgs, results, strict=True):
         h, w = rgb.shape[:2]
         seg = engine.segment(rgb, None, method="pcm")
         expected = {names[c]: seg.label == c + 1 for c in seg.classes if (seg.label == c + 1).any()}
@@ -136,7 +136,7 @@ def test_polygon_option_rasterises_back_to_the_mask(make_app, fake_ls) -> None:
     tasks = [ls_task(i + 1, f"/data/upload/1/img{i}.png") for i in range(2)]
     r = client.post("/labelstudio/predict", json=predict_body(tasks))
     assert r.status_code == 200, r.text
-    for rgb, res in zip(imgs, r.json()["results"]):
+    for rgb, res in zip(imgs, r.json()["results"], strict=True):
         h, w = rgb.shape[:2]
         seg = FakeEngine().segment(rgb, None, method="pcm")
         yy, xx = np.mgrid[0:h, 0:w]
@@ -229,10 +229,12 @@ def test_missing_image_and_unusable_configs(make_app, fake_ls) -> None:
     client = make_app(ls_settings(fake_ls))
     r = client.post("/labelstudio/predict", json=predict_body([ls_task(1, "/data/upload/1/none.png")]))
     assert r.status_code == 502 and "404" in r.json()["error"]["message"]
-    only_choices = '<View><Image name="i" value="$image"/><Choices name="c" toName="i"><Choice value="red"/></Choices></View>'
+    only_choices = ('<View><Image name="i" value="$image"/><Choices name="c" toName="i">'
+                    '<Choice value="red"/></Choices></View>')
     r = client.post("/labelstudio/predict", json=predict_body([ls_task(1, "/x.png")], only_choices))
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_label_config"
-    nomatch = '<View><Image name="i" value="$image"/><BrushLabels name="b" toName="i"><Label value="Cat"/></BrushLabels></View>'
+    nomatch = ('<View><Image name="i" value="$image"/><BrushLabels name="b" toName="i">'
+               '<Label value="Cat"/></BrushLabels></View>')
     r = client.post("/labelstudio/predict", json=predict_body([ls_task(1, "/x.png")], nomatch))
     assert r.status_code == 422 and "predicted_values" in r.json()["error"]["message"]
     bomb = '<!DOCTYPE x [<!ENTITY a "aaaa">]><View/>'

@@ -54,7 +54,7 @@ def server(tmp_path_factory):
     env.update({"PYTHONPATH": str(REPO), "SEAM_MODELS_DIR": str(REPO / "models"), "SEAM_DATA_DIR": str(tmp / "data"),
                 "SEAM_THREADS": "2", "SEAM_MEMORY_BUDGET_MB": "1024", "MALLOC_ARENA_MAX": "2",
                 "OMP_NUM_THREADS": "2"})
-    log = open(tmp / "serve.log", "wb")
+    log = open(tmp / "serve.log", "wb")  # noqa: SIM115 - the server writes to it for the whole module
     proc = subprocess.Popen([sys.executable, "-m", "seam.cli", "serve", "--port", str(port)], cwd=REPO, env=env,
                             stdout=log, stderr=subprocess.STDOUT, preexec_fn=_cap)
     url = f"http://127.0.0.1:{port}"

@@ -13,7 +13,13 @@ from seam.common.palette import voc_palette
 from service.encoding import coco_rle_decode
 from tests.service.conftest import API_KEY
 from tests.service.fakes import (
-    FakeEngine, encode, jpeg_with_orientation, png_bytes, png_header_bomb, rgb_image, truncated_png,
+    FakeEngine,
+    encode,
+    jpeg_with_orientation,
+    png_bytes,
+    png_header_bomb,
+    rgb_image,
+    truncated_png,
 )
 
 

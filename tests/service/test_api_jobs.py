@@ -12,8 +12,17 @@ import pytest
 from PIL import Image
 
 from tests.service.fakes import (
-    FAIL_PIXEL, FakeEngine, encode, png_bytes, rgb_image, tar_bytes, tar_with_link, zip_bomb, zip_bytes,
-    zip_lying_sizes, zip_with_symlink,
+    FAIL_PIXEL,
+    FakeEngine,
+    encode,
+    png_bytes,
+    rgb_image,
+    tar_bytes,
+    tar_with_link,
+    zip_bomb,
+    zip_bytes,
+    zip_lying_sizes,
+    zip_with_symlink,
 )
 from tests.service.test_api_inference import assert_error
 

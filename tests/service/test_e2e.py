@@ -3,6 +3,7 @@ and a unique key prefix), `seam worker` (Celery, prefork -c 1) and `seam serve`
 (uvicorn), all on the fake engine (SEAM_ENGINE=fake) so no trained model is needed."""
 from __future__ import annotations
 
+import contextlib
 import asyncio
 import io
 import os
@@ -72,7 +73,7 @@ class Stack:
         self.env.update(env)
 
     def _spawn(self, code: str, name: str, **env: str) -> subprocess.Popen:
-        log = open(self.tmp / f"{name}.log", "ab")
+        log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 - the child process holds it
         p = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env={**self.env, **env}, stdout=log,
                              stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(p)
@@ -102,10 +103,8 @@ class Stack:
 
     def kill(self, p: subprocess.Popen) -> None:
         """SIGKILL the whole process group: the worker's main process and its pool child."""
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         p.wait(10)
 
     def stop(self) -> None:

@@ -76,7 +76,7 @@ def pcm_graph() -> onnx.ModelProto:
     the release: relu(g^T q), column sums, n @ A / (sum + 1e-5))."""
     f = TensorProto.FLOAT
     ins = [helper.make_tensor_value_info(n, f, ["b", c, px]) for n, c, px in
-           zip(PCM_INPUTS, ("c", "d", "d"), ("n", "n", "m"))]
+           zip(PCM_INPUTS, ("c", "d", "d"), ("n", "n", "m"), strict=True)]
     nodes = [
         helper.make_node("Transpose", ["pcm_g"], ["gt"], perm=[0, 2, 1]),
         helper.make_node("MatMul", ["gt", "pcm_q"], ["a"]),
@@ -271,12 +271,12 @@ def test_batched_calls_equal_single_calls(engine):
     imgs = [image(33, 47, seed=i) for i in range(3)] + [image(40, 40, seed=9)]
     labels = [[0], None, [1, 2], [2]]
     many = engine.cam_many(imgs, labels)
-    for rgb, lb, got in zip(imgs, labels, many):
+    for rgb, lb, got in zip(imgs, labels, many, strict=True):
         ref = engine.cam(rgb, lb)
         assert got.classes == ref.classes
         np.testing.assert_allclose(got.cams, ref.cams, atol=1e-5)
     segs = engine.segment_many(imgs, labels, method="pcm")
-    for rgb, lb, got in zip(imgs, labels, segs):
+    for rgb, lb, got in zip(imgs, labels, segs, strict=True):
         np.testing.assert_array_equal(got.label, engine.segment(rgb, lb, method="pcm").label)
     with pytest.raises(ValueError, match="label lists"):
         engine.cam_many(imgs, [None])
@@ -339,7 +339,7 @@ def test_concurrent_calls_are_safe(engine):
     seq = [engine.cam(im, [0, 1]).cams for im in imgs]
     with ThreadPoolExecutor(4) as pool:
         par = list(pool.map(lambda im: engine.cam(im, [0, 1]).cams, imgs * 2))
-    for a, b in zip(seq * 2, par):
+    for a, b in zip(seq * 2, par, strict=True):
         np.testing.assert_array_equal(a, b)
 
 

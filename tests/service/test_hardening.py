@@ -29,7 +29,6 @@ from service.core.security import owner_of
 from service.jobs import create as jc
 from service.jobs.store import MemoryJobStore, RedisJobStore, SqliteJobStore, StoreLockedError
 from service.main import create_app
-from tests.service.conftest import API_KEY
 from tests.service.fakes import FakeEngine, encode, png_bytes, rgb_image, tar_bytes, zip_bomb, zip_bytes
 from tests.service.test_api_inference import assert_error
 from tests.service.test_jobs_core import REDIS_URL, _redis_ok
@@ -137,7 +136,8 @@ def test_sqlite_store_has_one_writer_process(tmp_path):
     path = tmp_path / "jobs.sqlite3"
     s = SqliteJobStore(path, 3600)
     code = ("import sys; from service.jobs.store import SqliteJobStore, StoreLockedError\n"
-            f"try:\n    SqliteJobStore({str(path)!r}, 60)\nexcept StoreLockedError as e:\n    print('LOCKED', e); sys.exit(3)\n")
+            f"try:\n    SqliteJobStore({str(path)!r}, 60)\nexcept StoreLockedError as e:\n    print('LOCKED', e); "
+            "sys.exit(3)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                        cwd=Path(__file__).resolve().parents[2])
     assert r.returncode == 3 and "another `seam serve`" in r.stdout, r.stdout + r.stderr
@@ -381,7 +381,8 @@ def sparse_tar(real_size: int, name: str = "big.png") -> bytes:
 def test_sparse_tar_refused(app_client, mode):
     raw = sparse_tar(300 * 1024 * 1024)
     assert len(raw) < 4096
-    m = tarfile.open(fileobj=io.BytesIO(raw)).getmembers()[0]
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tf:
+        m = tf.getmembers()[0]
     assert m.issparse() and m.size == 300 * 1024 * 1024  # what a naive extraction would write
     c = app_client(mode)
     assert_error(post_job(c, raw), 422, "invalid_archive", "sparse")

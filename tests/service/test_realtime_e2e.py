@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.service.fakes import png_bytes
-from tests.service.test_e2e import REDIS_DB, Stack, redis_ok  # noqa: F401  (fixture)
+from tests.service.test_e2e import Stack, redis_ok  # noqa: F401  (redis_ok: a fixture)
 
 pytestmark = pytest.mark.slow
 

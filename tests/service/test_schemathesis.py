@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, settings
 

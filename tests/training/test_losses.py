@@ -16,6 +16,7 @@ from training.losses import (
     equivariant_loss,
     max_norm,
     max_onehot,
+    peak_norm,
     min_pool_loss,
     ohem_mean,
     seam_losses,
@@ -25,10 +26,20 @@ from training.models.registry import create_model
 
 
 def test_max_norm_by_hand():
-    x = torch.tensor([[[[1.0, -2.0], [4.0, 2.0]], [[-1.0, -3.0], [-0.5, -7.0]]]])  # (1, 2, 2, 2)
+    """The release's max_norm: relu, then (p - min - eps) / (max - min + eps), clipped at 0."""
+    e = 1e-5
+    x = torch.tensor([[[[1.0, -2.0], [4.0, 2.0]], [[-1.0, -3.0], [-0.5, -7.0]],
+                       [[3.0, 5.0], [2.0, 4.0]]]])  # (1, 3, 2, 2)
     out = max_norm(x)
-    assert torch.allclose(out[0, 0], torch.tensor([[1 / (4 + 1e-5), 0.0], [4 / (4 + 1e-5), 2 / (4 + 1e-5)]]))
+    # channel 0: relu -> [1, 0, 4, 2], min 0, max 4
+    want0 = torch.tensor([[max(1 - e, 0) / (4 + e), 0.0], [(4 - e) / (4 + e), (2 - e) / (4 + e)]])
+    assert torch.allclose(out[0, 0], want0, rtol=0, atol=1e-7)
     assert torch.equal(out[0, 1], torch.zeros(2, 2))  # all negative -> 0, no division blow-up
+    # channel 2 has a floor of 2: the minimum is subtracted, so the map spans [0, ~1]
+    want2 = torch.tensor([[(1 - e) / (3 + e), (3 - e) / (3 + e)], [0.0, (2 - e) / (3 + e)]])
+    assert torch.allclose(out[0, 2], want2, rtol=0, atol=1e-7)
+    # the pre-fix formula (divide by the max only) keeps the floor
+    assert torch.allclose(peak_norm(x)[0, 2], x[0, 2] / (5 + e))
 
 
 def test_classification_loss_is_eq7_on_foreground_channels():
@@ -153,9 +164,11 @@ def _authors_step(cam1, rv1, cam2, rv2, label):
     scale = cam2.shape[-1] / cam1.shape[-1]
     lab = label.unsqueeze(2).unsqueeze(3)
 
-    def mn(p):
+    def mn(p):  # tool/visualization.py max_norm, torch 4-D branch
         p = F.relu(p)
-        return p / (p.view(*p.shape[:2], -1).max(-1)[0].view(*p.shape[:2], 1, 1) + 1e-5)
+        mx = p.view(*p.shape[:2], -1).max(-1)[0].view(*p.shape[:2], 1, 1)
+        mi = p.view(*p.shape[:2], -1).min(-1)[0].view(*p.shape[:2], 1, 1)
+        return F.relu(p - mi - 1e-5) / (mx - mi + 1e-5)
 
     def amp_loss(x):
         n, c, h, w = x.size()

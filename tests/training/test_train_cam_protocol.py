@@ -3,6 +3,7 @@ upsample from stride 8 with align_corners=False, labels, flips undone, sum, divi
 max), checked against an independent torch computation; and they differ from the PCM path's
 min-max normalisation."""
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -62,3 +63,30 @@ def test_release_raw_cam_equals_infer_cls_by_torch():
 def test_release_raw_cam_without_labels_is_empty():
     runner, _ = _runner()
     assert release_raw_cam(np.zeros((16, 16, 3), np.uint8), runner, []) == {}
+
+
+def test_class_prediction_scores_by_hand():
+    from training.evaluation.class_prediction import ImageResult, choose_threshold, score
+
+    names = ["background", "a", "b"]
+    gt1 = np.zeros((4, 4), np.uint8)
+    gt1[:2, :2] = 1  # class a (fg index 0)
+    gt2 = np.zeros((4, 4), np.uint8)
+    gt2[2:, 2:] = 2  # class b (fg index 1)
+    cam_a = np.zeros((4, 4), np.float32)
+    cam_a[:2, :2] = 1.0
+    cam_b = np.zeros((4, 4), np.float32)
+    cam_b[2:, 2:] = 1.0
+    cams = np.stack([cam_a, cam_b])
+    r1 = ImageResult({0}, np.array([0.9, 0.4], np.float32), cams, gt1)  # right at 0.5, b too at 0.3
+    r2 = ImageResult({1}, np.array([0.2, 0.45], np.float32), cams, gt2)  # b missed at 0.5
+    s = score([r1, r2], names, 0.5)
+    assert (s["tp"], s["fp"], s["fn"], s["no_class_found"]) == (1, 0, 1, 1)
+    assert s["precision"] == 1.0 and s["recall"] == 0.5
+    # image 1 perfect (IoU 1 for bg and a); image 2 all background -> b IoU 0
+    # bg: TP 12 + 12, FP (image 2's b pixels) 4 -> 24 / 28
+    assert s["miou"] == pytest.approx(100 * (24 / 28 + 1.0 + 0.0) / 3, rel=1e-6)
+    s = score([r1, r2], names, 0.3)
+    assert (s["tp"], s["fp"], s["fn"]) == (2, 1, 0)
+    best, rows = choose_threshold([r1, r2], names, grid=(0.3, 0.42, 0.5))
+    assert best == 0.42  # a in image 1, b in image 2, nothing else: precision = recall = 1

@@ -43,6 +43,7 @@ from seam.common.files import list_images
 from training.data.segmentation import SegAugmentConfig, SegmentationDataset
 from training.engine.affinity import Stage, StageConfig, files_fingerprint, labelled_items, train_stage
 from training.engine.loop import Progress
+from training.engine.recipes import recipe_report, with_recipe
 from training.engine.trainer import set_train_mode
 from training.models.deeplab import BN_MOMENTUM
 from training.models.registry import create_model
@@ -86,11 +87,11 @@ class DeepLabTrainConfig(StageConfig):
 
     @classmethod
     def from_recipe(cls, recipe: str, **settings: Any) -> DeepLabTrainConfig:
-        """Recipe values, then `settings` (None = not given)."""
-        if recipe not in DEEPLAB_RECIPES:
-            raise ValueError(f"unknown recipe {recipe!r}; choose from {', '.join(DEEPLAB_RECIPES)}")
-        values = {**DEEPLAB_RECIPES[recipe], **{k: v for k, v in settings.items() if v is not None}}
-        return cls(recipe=recipe, **values)
+        """Recipe values (training.engine.recipes), then `settings` (None = not given)."""
+        return cls(recipe=recipe, **with_recipe("deeplab", recipe, settings))
+
+    def recipe_report(self) -> dict[str, Any]:
+        return recipe_report("deeplab", self.recipe, self.to_dict(), self.effective_momentum)
 
     def validate(self) -> None:
         super().validate()
@@ -99,20 +100,6 @@ class DeepLabTrainConfig(StageConfig):
         if self.max_iterations is not None and self.max_iterations < 1:
             raise ValueError("max_iterations must be >= 1")
         SegAugmentConfig(crop=self.crop, scale_range=(self.scale_min, self.scale_max))
-
-
-# seamv1-pseudovoc (config.py): TRAIN_LR 0.001, TRAIN_MOMENTUM 0.9, TRAIN_WEIGHT_DECAY 0.0005,
-# TRAIN_BN_MOM 0.0003, TRAIN_POWER 0.9, TRAIN_BATCHES 10, TRAIN_ITERATION 20000,
-# DATA_RANDOMCROP 448, DATA_RANDOMSCALE [0.5, 1.5], DATA_RANDOM_H/S/V 10, DATA_RANDOMFLIP 0.5
-DEEPLAB_RECIPES: dict[str, dict[str, Any]] = {
-    "release": {"batch_size": 10, "max_iterations": 20000, "epochs": 10_000, "lr": 1e-3, "weight_decay": 5e-4,
-                "momentum": 0.9, "crop": 448, "scale_min": 0.5, "scale_max": 1.5, "jitter": False,
-                "hsv": (10, 10, 10), "bn_mode": "authors", "loss_align_corners": True, "poly_plus_one": True,
-                "amp": False},
-    "tuned": {"batch_size": 8, "max_iterations": None, "epochs": 20, "lr": 1e-3, "weight_decay": 5e-4,
-              "momentum": 0.9, "crop": 448, "scale_min": 0.5, "scale_max": 1.5, "jitter": False, "hsv": None,
-              "bn_mode": "frozen", "loss_align_corners": False, "poly_plus_one": False, "amp": None},
-}
 
 
 def resolve_class_names(classes: str | None, search: Sequence[Path]) -> list[str]:

@@ -18,6 +18,10 @@ release (SEAM `train_SEAM.py`, `train_aff.py`, `tool/torchutils.py`):
     another release), batch 8, 8 epochs, crop 448, flip + jitter.
 tuned: the same except momentum 0.9 (what the code meant) and AMP on CUDA. Chosen by
   `bench/ablation.py` (docs/training.md, "Ablation").
+
+DeepLab (the last stage) was run by the authors in another code base,
+YudeWang/semantic-segmentation-codebase, experiment/seamv1-pseudovoc: its `release`
+recipe is that run (training.engine.deeplab); `tuned` is our stage-loop default.
 """
 from __future__ import annotations
 
@@ -40,9 +44,23 @@ _AFF_RELEASE: dict[str, Any] = {
 }
 _TUNED = {"momentum": 0.9, "amp": None}  # amp None: on with CUDA
 
+# seamv1-pseudovoc (config.py): TRAIN_LR 0.001, TRAIN_MOMENTUM 0.9, TRAIN_WEIGHT_DECAY 0.0005,
+# TRAIN_BN_MOM 0.0003, TRAIN_POWER 0.9, TRAIN_BATCHES 10, TRAIN_ITERATION 20000,
+# DATA_RANDOMCROP 448, DATA_RANDOMSCALE [0.5, 1.5], DATA_RANDOM_H/S/V 10, DATA_RANDOMFLIP 0.5
+_DEEPLAB: dict[str, dict[str, Any]] = {
+    "release": {"batch_size": 10, "max_iterations": 20000, "epochs": 10_000, "lr": 1e-3, "weight_decay": 5e-4,
+                "momentum": 0.9, "crop": 448, "scale_min": 0.5, "scale_max": 1.5, "jitter": False,
+                "hsv": (10, 10, 10), "bn_mode": "authors", "loss_align_corners": True, "poly_plus_one": True,
+                "amp": False},
+    "tuned": {"batch_size": 8, "max_iterations": None, "epochs": 20, "lr": 1e-3, "weight_decay": 5e-4,
+              "momentum": 0.9, "crop": 448, "scale_min": 0.5, "scale_max": 1.5, "jitter": False, "hsv": None,
+              "bn_mode": "frozen", "loss_align_corners": False, "poly_plus_one": False, "amp": None},
+}
+
 SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "seam": {"release": _SEAM_RELEASE, "tuned": {**_SEAM_RELEASE, **_TUNED}},
     "affinity": {"release": _AFF_RELEASE, "tuned": {**_AFF_RELEASE, **_TUNED}},
+    "deeplab": _DEEPLAB,
 }
 
 # Which recipe a run gets when none is named: VOC trains as the authors did; other data
@@ -82,7 +100,9 @@ def recipe_report(stage: str, name: str, config: Mapping[str, Any], effective_mo
     base = recipe_settings(stage, name)
     got = dict(config)
     got["momentum"] = effective_momentum
-    overrides = {k: got[k] for k, v in base.items() if k in got and not _same(got[k], v)}
+    # an iteration-counted recipe derives its epochs from the data size: not a departure
+    derived = {"epochs"} if base.get("max_iterations") else set()
+    overrides = {k: got[k] for k, v in base.items() if k in got and k not in derived and not _same(got[k], v)}
     return {"name": name, "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in base.items()},
             "overrides": {k: (list(v) if isinstance(v, tuple) else v) for k, v in overrides.items()},
             "exact": not overrides}
@@ -92,9 +112,12 @@ def describe(stage: str, name: str, config: Mapping[str, Any], effective_momentu
     """One log line: 'recipe release (exact)' or 'recipe tuned, overridden: epochs=60, crop=160'."""
     rep = recipe_report(stage, name, config, effective_momentum)
     s = rep["settings"]
+    length = f"{s['max_iterations']} iterations" if s.get("max_iterations") else f"{s['epochs']} epochs"
     head = (f"recipe {name}: SGD momentum {s['momentum']:g}, weight decay {s['weight_decay']:g} per group, "
-            f"poly 0.9, lr {s['lr']:g}, batch {s['batch_size']}, {s['epochs']} epochs, crop {s['crop']}, "
+            f"poly 0.9, lr {s['lr']:g}, batch {s['batch_size']}, {length}, crop {s['crop']}, "
             f"{'fp32' if s['amp'] is False else 'AMP on CUDA'}")
+    if "bn_mode" in s:
+        head += f", BN {s['bn_mode']}"
     if "cam_norm" in s:
         head += f", max_norm {s['cam_norm']}"
     if not rep["overrides"]:

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Path as PathParam, Query, Request
+from fastapi import APIRouter, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from seam.common.palette import voc_palette
 from service.api.deps import DispatcherDep, EngineDep, HolderDep, PrincipalDep, SettingsDep, StorageDep, StoreDep
 from service.core.errors import ApiError, describe_validation
 from service.core.security import Principal
@@ -28,9 +30,15 @@ from service.jobs import lifecycle
 from service.jobs.store import JobSnapshot
 from service.predict import model_refs
 from service.schemas import (
-    DirectoryJobRequest, ErrorResponse, JobImageError, JobLinks, JobList, JobOptions, JobPublic, OutputKind,
+    DirectoryJobRequest,
+    ErrorResponse,
+    JobImageError,
+    JobLinks,
+    JobList,
+    JobOptions,
+    JobPublic,
+    OutputKind,
 )
-from seam.common.palette import voc_palette
 
 router = APIRouter(tags=["jobs"])
 
@@ -39,7 +47,7 @@ _E = {code: {"model": ErrorResponse} for code in (401, 404, 408, 409, 413, 415, 
 
 
 def _ts(v: float | None) -> datetime | None:
-    return None if v is None else datetime.fromtimestamp(v, tz=timezone.utc)
+    return None if v is None else datetime.fromtimestamp(v, tz=UTC)
 
 
 def to_public(s: JobSnapshot) -> JobPublic:
