@@ -287,9 +287,9 @@ mkdir -p "$WORK/datasets"
 # i.e. 21 minutes), and healthchecks every few seconds so that `up --wait` returns promptly.
 cat >"$WORK/test.yml" <<'EOF'
 x-fast: &fast
-  SEAM_TASK_SOFT_TIME_LIMIT_S: "40"
-  SEAM_TASK_TIME_LIMIT_S: "50"
-  SEAM_VISIBILITY_TIMEOUT_S: "60"
+  SEAM_TASK_SOFT_TIME_LIMIT_S: "25"
+  SEAM_TASK_TIME_LIMIT_S: "30"
+  SEAM_VISIBILITY_TIMEOUT_S: "40"
 services:
   redis:
     healthcheck: {interval: 2s}
@@ -342,13 +342,19 @@ make_images job2 "$JOB_IMAGES" 23
 job=$(submit_job job2)
 worker=$(dc ps -q worker)
 killed=""
+running_since=""
 deadline=$(($(date +%s) + 300))
 while [ -z "$killed" ]; do
   api GET "/jobs/$job" >"$WORK/job.json"
   done_n=$(job_field done <"$WORK/job.json")
   state=$(job_field state <"$WORK/job.json")
   case "$state" in
-    running) docker kill -s KILL "$worker" >/dev/null; killed=$done_n ;;
+    running)  # after a chunk or two has been written, so that outputs exist on both sides of the kill
+      : "${running_since:=$(date +%s)}"
+      if [ "$done_n" -ge 2 ] || [ $(($(date +%s) - running_since)) -ge 5 ]; then
+        docker kill -s KILL "$worker" >/dev/null
+        killed=$done_n
+      fi ;;
     queued) ;;
     *) die "job $state ($done_n/$JOB_IMAGES done) before the worker could be killed" ;;
   esac

@@ -23,11 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from seam.common.files import IMAGE_EXTENSIONS
+from seam.common.files import IMAGE_EXTENSIONS, LABEL_FILE_NAMES
 from service.core.errors import ApiError
 from service.inputs import sniff_archive
 
-LABEL_FILE_NAMES = ("labels.csv", "labels.json", "labels.tsv")
 _CHUNK = 1 << 20
 _BAD_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 # Outputs are written as <image id>.<ext> (ext up to 5 bytes): keep names well inside

@@ -1,5 +1,6 @@
 """Response and job-output encoders: the shared `seam.common.encoders` (also used by
-the CLIs) plus the few service-only helpers (tiles, base64, COCO categories)."""
+the CLIs) plus the few service-only helpers (tiles, base64, COCO categories, a job's merged
+COCO file)."""
 from __future__ import annotations
 
 import base64
@@ -97,3 +98,15 @@ def coco_rle_decode(rle: dict) -> np.ndarray:
         pos += n
         val = not val
     return flat.reshape(w, h).T
+
+
+def merge_coco(docs: Sequence[dict], description: str, names: Sequence[str]) -> bytes:
+    """One COCO document from per-image ones (`{"image": ..., "annotations": [...]}`), renumbered."""
+    images, annotations = [], []
+    for n, doc in enumerate(docs, start=1):
+        images.append({**doc["image"], "id": n})
+        for a in doc["annotations"]:
+            annotations.append({**a, "id": len(annotations) + 1, "image_id": n})
+    return json.dumps({"info": {"description": description}, "images": images,
+                       "annotations": annotations, "categories": coco_categories(names)}).encode()
+

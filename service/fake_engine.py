@@ -78,7 +78,10 @@ class FakeEngine:
             dom[c] = np.clip(x[..., c] - 0.5 * (others[0] + others[1]), 0.0, 1.0)
         maps = _box_blur(dom, 2) if refined else dom
         scores = np.clip((dom > 0.2).mean(axis=(1, 2)) * 4.0, 0.0, 1.0).astype(np.float32)
-        classes = sorted(int(c) for c in labels) if labels is not None else [int(c) for c in np.flatnonzero(scores >= 0.5)]
+        if labels is not None:
+            classes = sorted(int(c) for c in labels)
+        else:
+            classes = [int(c) for c in np.flatnonzero(scores >= 0.5)]
         raw = maps[classes] if classes else np.zeros((0, H, W), np.float32)
         hi = raw.max(axis=(1, 2), keepdims=True) if classes else np.ones((0, 1, 1), np.float32)
         cams = (raw / np.maximum(hi, 1e-5)).astype(np.float32)

@@ -56,6 +56,23 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
     metrics = Metrics()
     holder = EngineHolder()
     storage = Storage(settings.data_dir)
+    lifespan = _lifespan(settings, holder, storage, metrics, engine, store, dispatcher)
+    app = FastAPI(title="seam-wsss", version="0.1.0", description=API_DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.holder = holder
+    app.state.storage = storage
+    metrics.add_jobs_collector(lambda: _job_stats(app))
+    _install_error_handlers(app)
+    _install_routes(app)
+    _install_middleware(app, settings, metrics)
+    return app
+
+
+def _lifespan(settings: Settings, holder: EngineHolder, storage: Storage, metrics: Metrics,
+              engine: InferenceEngine | None, store: JobStore | None, dispatcher: Dispatcher | None):
+    """Start-up and shut-down: the engine (given, or loaded in the background), the job store and
+    dispatcher (given or built from the settings), resumed jobs, and the periodic sweeps."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -94,13 +111,10 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
             if store is None:
                 await run_in_threadpool(the_store.close)
 
-    app = FastAPI(title="seam-wsss", version="0.1.0", description=API_DESCRIPTION, lifespan=lifespan)
-    app.state.settings = settings
-    app.state.metrics = metrics
-    app.state.holder = holder
-    app.state.storage = storage
-    metrics.add_jobs_collector(lambda: _job_stats(app))
+    return lifespan
 
+
+def _install_error_handlers(app: FastAPI) -> None:
     install_error_handlers(app)
 
     async def _backend_down(request, exc: Exception):
@@ -109,12 +123,20 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
 
     for exc_type in TRANSIENT:
         app.add_exception_handler(exc_type, _backend_down)
+
+
+def _install_routes(app: FastAPI) -> None:
     protected = [Depends(require_api_key)]
     app.include_router(health.router)
     app.include_router(models.router, dependencies=protected)
     app.include_router(inference.router, dependencies=protected)
     app.include_router(jobs.router, dependencies=protected)
     app.include_router(web.router)  # the web page (/ and /static/...); public: it asks for the key itself
+
+
+def _install_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
+    """Starlette runs the middleware added last first: metrics, CORS, the labelling tools' Basic-auth
+    translation (with their routes), API key, body limit."""
 
     def limit_for(method: str, path: str) -> int | None:
         if method == "POST" and path.rstrip("/") == "/jobs":
@@ -130,7 +152,6 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
                            allow_headers=["X-API-Key", "Content-Type"],
                            expose_headers=["X-Seam-Classes", "X-Seam-Method", "Retry-After", "Location"])
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    return app
 
 
 def _job_stats(app: FastAPI) -> dict:

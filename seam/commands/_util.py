@@ -1,14 +1,10 @@
 """Helpers shared by CLI commands: errors and progress bars."""
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import TypeVar
-
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-T = TypeVar("T")
 console = Console(stderr=True)
 
 
@@ -24,14 +20,6 @@ def progress_bar() -> Progress:
         TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
         console=console, transient=False,
     )
-
-
-def track(items: Iterable[T], total: int, description: str) -> Iterator[T]:
-    with progress_bar() as bar:
-        task = bar.add_task(description, total=total, status="")
-        for item in items:
-            yield item
-            bar.advance(task)
 
 
 def parse_floats(text: str) -> tuple[float, ...]:

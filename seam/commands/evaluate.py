@@ -15,7 +15,9 @@ def evaluate(
                                                       "CAMs.")],
     gt: Annotated[Path, typer.Option("--gt", help="Directory of ground-truth label PNGs (e.g. VOC "
                                                   "SegmentationClass).")],
-    ids_file: Annotated[Path | None, typer.Option("--list", help="File of image ids, one per line (VOC ImageSets style); default: every GT image with a prediction.")] = None,
+    ids_file: Annotated[Path | None, typer.Option(
+        "--list", help="File of image ids, one per line (VOC ImageSets style); default: every GT image with a "
+                       "prediction.")] = None,
     kind: Annotated[str | None, typer.Option("--type", help="png or npy; default: detected from the files in "
                                                             "--pred.")] = None,
     threshold: Annotated[float | None, typer.Option("--threshold", help="Background score for CAM files (default "

@@ -16,7 +16,9 @@ def segment(
     scales: Annotated[str, typer.Option(help="Comma-separated test scales (the authors': "
                                              "0.5-1.75).")] = "0.5,0.75,1.0,1.25,1.5,1.75",
     no_flip: Annotated[bool, typer.Option("--no-flip", help="Skip the flipped passes.")] = False,
-    crf: Annotated[bool, typer.Option("--crf/--no-crf", help="Dense CRF (1 iteration, bilateral sxy 32) on the softmax, as the authors' test (needs pydensecrf2).")] = True,
+    crf: Annotated[bool, typer.Option(
+        "--crf/--no-crf", help="Dense CRF (1 iteration, bilateral sxy 32) on the softmax, as the authors' test "
+                               "(needs pydensecrf2).")] = True,
     image_root: Annotated[Path | None, typer.Option(help="Where list-file entries live.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute existing outputs.")] = False,
     device: Annotated[str | None, typer.Option(help="torch device (default: cuda if available).")] = None,

@@ -1,7 +1,9 @@
-"""Finding images and reading image-level label files (shared by every CLI and the service)."""
+"""Finding images, reading image-level label files and hashing files (shared by every CLI,
+training and the service)."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +13,9 @@ import numpy as np
 from seam.common.classes import resolve_labels
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# Label tables found beside the images (a training folder, a job archive), in this order.
+LABEL_FILE_NAMES = ("labels.csv", "labels.json", "labels.tsv")
+LABEL_TABLE_SUFFIXES = (".csv", ".tsv", ".json")
 
 
 def list_images(src: str | Path, image_root: str | Path | None = None) -> list[tuple[str, Path]]:
@@ -78,29 +83,54 @@ def load_label_file(path: str | Path, foreground: Sequence[str]) -> dict[str, li
                 raise ValueError(f"{path}: {k} has {v.shape[0]} classes, expected {len(foreground)}")
             out[str(k)] = [int(i) for i in np.flatnonzero(v > 0.5)]
         return out
-    if path.suffix == ".json":
-        data = json.loads(path.read_text())
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a JSON object {{image id: [classes]}}")
-        return {Path(str(k)).stem: resolve_labels(_as_list(v), foreground) for k, v in data.items()}
-    if path.suffix in (".csv", ".tsv"):
-        out = {}
-        with open(path, newline="") as f:
-            reader = csv.reader(f, delimiter="\t" if path.suffix == ".tsv" else ",")
-            for i, row in enumerate(reader):
-                if not row or (i == 0 and row[0].strip().lower() in ("image", "id", "filename", "file")):
-                    continue
-                tokens = [t for cell in row[1:] for t in cell.replace("|", ";").replace(",", ";").split(";")]
-                out[Path(row[0].strip()).stem] = resolve_labels([t for t in tokens if t.strip()], foreground)
-        return out
+    if path.suffix in LABEL_TABLE_SUFFIXES:
+        try:
+            table = read_label_table(path)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+        return {Path(k).stem: resolve_labels(v, foreground) for k, v in table.items()}
     raise ValueError(f"{path}: unsupported label file type (use .npy, .json or .csv)")
 
 
-def _as_list(v: object) -> list[str | int]:
-    if isinstance(v, (list, tuple)):
-        return list(v)
+def read_label_table(path: str | Path) -> dict[str, list[str | int]]:
+    """A CSV/TSV or JSON label table as written: {image key: [class names or indices]}.
+
+    JSON `{image: [classes]}` (a list, one index, or a string split on `,`/`;`); CSV/TSV rows
+    `image,labels` with labels split on `;`, `|` or (quoted) `,`, an optional header row.
+    Keys are kept as written (a path in an archive stays a path); the one parser behind the
+    CLI's, the service's and training's label files. Never reads .npy."""
+    path = Path(path)
+    if path.suffix == ".json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("expected a JSON object {image: [classes]}")
+        return {str(k): _as_list(k, v) for k, v in data.items()}
+    if path.suffix not in (".csv", ".tsv"):
+        raise ValueError(f"unsupported label table type {path.suffix!r} (use .csv, .tsv or .json)")
+    out: dict[str, list[str | int]] = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        for i, row in enumerate(csv.reader(f, delimiter="\t" if path.suffix == ".tsv" else ",")):
+            if not row or (i == 0 and row[0].strip().lower() in ("image", "id", "filename", "file")):
+                continue
+            tokens = [t for cell in row[1:] for t in cell.replace("|", ";").replace(",", ";").split(";")]
+            out[row[0].strip()] = [t for t in tokens if t.strip()]
+    return out
+
+
+def _as_list(key: object, v: object) -> list[str | int]:
     if isinstance(v, str):
         return [t for t in v.replace(";", ",").split(",") if t.strip()]
-    if isinstance(v, int):
+    if isinstance(v, int) and not isinstance(v, bool):
         return [v]
-    raise ValueError(f"labels must be a list of names or indices, got {v!r}")
+    if not isinstance(v, list) or not all(isinstance(t, (str, int)) and not isinstance(t, bool) for t in v):
+        raise ValueError(f"labels of {key!r} must be a list of class names or indices")
+    return list(v)
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

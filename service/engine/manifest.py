@@ -6,7 +6,6 @@ thresholds, CRF and random-walk settings from the manifest instead of repeating 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from datetime import datetime
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from seam.common.cam import DEFAULT_BG_THRESHOLD, DEFAULT_CLS_THRESHOLD, DEFAULT_SCALES, OUTPUT_STRIDE
+from seam.common.files import file_sha256  # noqa: F401 - part of the model contract
 from seam.common.image import IMAGENET_MEAN, IMAGENET_STD
 
 MANIFEST_NAME = "manifest.json"
@@ -227,14 +227,6 @@ class Manifest(_Strict):
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2) + "\n"
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_manifest(model_dir: str | Path) -> Manifest:

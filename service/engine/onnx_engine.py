@@ -389,7 +389,8 @@ class OnnxEngine:
             for j in range(0, len(idx), n):
                 part = idx[j:j + n]
                 smalls = [resize_rgb(rgbs[i], work_hw) for i in part]
-                for i, res in zip(part, multiscale_cam_batch(smalls, runner, [labels[i] for i in part], cfg), strict=True):
+                got = multiscale_cam_batch(smalls, runner, [labels[i] for i in part], cfg)
+                for i, res in zip(part, got, strict=True):
                     out[i] = res
         return out  # type: ignore[return-value]
 

@@ -50,7 +50,8 @@ def image_url(prefix: str, rel: str) -> str:
 def ls_task(url: str, regions: list[dict], model_version: str, data_key: str = "image") -> dict:
     scores = [r["score"] for r in regions if r.get("score") is not None]
     return {"data": {data_key: url},
-            "predictions": [{"model_version": model_version, "score": round(float(np.mean(scores)), 6) if scores else 0.0,
+            "predictions": [{"model_version": model_version,
+                             "score": round(float(np.mean(scores)), 6) if scores else 0.0,
                              "result": regions}]}
 
 
@@ -93,7 +94,8 @@ def cvat_segmentation_zip(items: Iterable[tuple[str, np.ndarray]], names: Sequen
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("labelmap.txt", cvat_labelmap(names))
         for iid, label in items:
-            zf.writestr(f"SegmentationClass/{iid}.png", cvat_mask_png(label, len(names)), compress_type=zipfile.ZIP_STORED)
+            zf.writestr(f"SegmentationClass/{iid}.png", cvat_mask_png(label, len(names)),
+                        compress_type=zipfile.ZIP_STORED)
             ids.append(iid)
         zf.writestr("ImageSets/Segmentation/default.txt", "".join(f"{i}\n" for i in ids))
     return buf.getvalue()
@@ -130,7 +132,8 @@ def ls_task_from_doc(doc: dict, url: str, from_name: str, to_name: str, data_key
                             "value": {"format": "rle", "rle": cl["rle"], "brushlabels": [cl["name"]]}})
         else:
             for k, flat in enumerate(cl["polygons"]):
-                pts = [[round(100.0 * flat[i] / w, 4), round(100.0 * flat[i + 1] / h, 4)] for i in range(0, len(flat), 2)]
+                pts = [[round(100.0 * flat[i] / w, 4), round(100.0 * flat[i + 1] / h, 4)]
+                       for i in range(0, len(flat), 2)]
                 regions.append({**base, "id": f"{id_prefix}{cl['index']}_{k}", "type": "polygonlabels",
                                 "value": {"points": pts, "polygonlabels": [cl["name"]], "closed": True}})
     return ls_task(url, regions, model_version, data_key)

@@ -394,7 +394,8 @@ jobs_router = APIRouter(tags=["jobs"])
                  description="Requires the `labelstudio` output. Import the file in Label Studio (Import -> Upload "
                              "files); `from_name`/`to_name`/`data_key` must match the project's labelling config.")
 def export_labelstudio(job_id: Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")], request: Request,
-                       image_url_prefix: Annotated[str | None, Query(max_length=2048, pattern=r"^(https?://|/)")] = None,
+                       image_url_prefix: Annotated[str | None,
+                                                   Query(max_length=2048, pattern=r"^(https?://|/)")] = None,
                        from_name: Annotated[str, Query(min_length=1, max_length=200)] = "tag",
                        to_name: Annotated[str, Query(min_length=1, max_length=200)] = "image",
                        data_key: Annotated[str, Query(min_length=1, max_length=200)] = "image",

@@ -11,7 +11,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from seam.common.classes import resolve_labels
-from seam.common.files import IMAGE_EXTENSIONS
+from seam.common.files import IMAGE_EXTENSIONS, read_label_table
 from service.archives import check_name, extract_archive
 from service.core.config import Settings
 from service.core.errors import ApiError
@@ -67,31 +67,9 @@ def parse_label_bytes(data: bytes, names: Sequence[str], scratch: Path,
 
 
 def _read_table(path: Path, names: Sequence[str]) -> dict[str, list[int]]:
-    """The formats of `seam.common.files.load_label_file` (JSON {image: [classes]}, CSV/TSV
-    `image,labels` with labels split on ; | or quoted commas), keeping each key's path so
-    that `a/x.png` and `b/x.png` in one archive stay distinct. Never reads .npy."""
-    if path.suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, dict):
-            raise ValueError("expected a JSON object {image: [classes]}")
-        out = {}
-        for k, v in data.items():
-            if isinstance(v, str):
-                v = [t for t in v.replace(";", ",").split(",") if t.strip()]
-            elif isinstance(v, int) and not isinstance(v, bool):
-                v = [v]
-            if not isinstance(v, list) or not all(isinstance(t, (str, int)) and not isinstance(t, bool) for t in v):
-                raise ValueError(f"labels of {k!r} must be a list of class names or indices")
-            out[str(k)] = resolve_labels(v, names)
-        return out
-    out = {}
-    with open(path, newline="", encoding="utf-8") as f:
-        for i, row in enumerate(csv.reader(f, delimiter="\t" if path.suffix == ".tsv" else ",")):
-            if not row or (i == 0 and row[0].strip().lower() in ("image", "id", "filename", "file")):
-                continue
-            tokens = [t for cell in row[1:] for t in cell.replace("|", ";").replace(",", ";").split(";")]
-            out[row[0].strip()] = resolve_labels([t for t in tokens if t.strip()], names)
-    return out
+    """`seam.common.files.read_label_table`, keeping each key's path so that `a/x.png` and
+    `b/x.png` in one archive stay distinct."""
+    return {k: resolve_labels(v, names) for k, v in read_label_table(path).items()}
 
 
 def load_labels_file(path: Path, names: Sequence[str]) -> dict[str, list[int]]:

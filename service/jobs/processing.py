@@ -125,59 +125,84 @@ def process_chunk(ctx: ChunkContext, job_id: str, chunk: int, images: list[str])
         rep.failed = fail_unfinished(ctx, job_id, images, kinds, names)
         rep.final_state = ctx.store.finish_if_complete(job_id)
         return rep
-    labels_table: dict[str, list[int]] = manifest.get("labels") or {}
-    todo: list[str] = []
-    for img in images:
-        if ctx.storage.outputs_complete(job_id, img, kinds):
-            ctx.store.record_done(job_id, img)
-            rep.skipped += 1
-        else:
-            todo.append(img)
-    paths: dict[str, Path] = {}
-    for img in todo:
-        try:
-            paths[img] = ctx.storage.input_path(job_id, manifest, img)
-        except Exception as exc:  # noqa: BLE001 - a bad entry fails alone
-            _image_failed(ctx, rep, job_id, img, exc)
+    job = _Job(job_id, manifest, kinds, names, engine)
+    paths = _pending_inputs(ctx, rep, job, images)
     for batch in batches(paths, lambda img: decoded_size(paths[img]) or img, ctx.max_batch):
         if not ctx.store.is_active(job_id):
             rep.cancelled = True
             break
-        loaded: list[tuple[str, object]] = []
-        for img in batch:
-            try:
-                loaded.append((img, load_rgb(paths[img], max_pixels=ctx.max_pixels)))
-            except TRANSIENT:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a bad image must not stop the job
-                _image_failed(ctx, rep, job_id, img, exc)
-        segs = segment_batch(engine, [rgb for _, rgb in loaded], [labels_table.get(img) for img, _ in loaded],
-                             method=opts.get("method"), threshold=opts.get("threshold"),
-                             max_side=opts.get("max_side"))
-        for (img, rgb), seg in zip(loaded, segs, strict=True):
-            try:
-                if isinstance(seg, Exception):
-                    raise seg
-                files = job_outputs(engine, rgb, seg, labels_table.get(img), kinds, names, img,
-                                    manifest["images"][img])
-            except TRANSIENT:
-                raise
-            except Exception as exc:  # noqa: BLE001
-                _image_failed(ctx, rep, job_id, img, exc)
-                continue
-            try:
-                for kind, data in files.items():
-                    ctx.storage.write_output(job_id, kind, img, data)
-            except OSError as exc:  # disk full, NFS hiccup: retry the chunk later
-                raise TransientError(f"writing outputs of {img}: {exc}") from exc
-            ctx.store.record_done(job_id, img)
-            rep.done += 1
+        _process_batch(ctx, rep, job, [(img, paths[img]) for img in batch])
         if ctx.between is not None:
             ctx.between()
     rep.final_state = ctx.store.finish_if_complete(job_id)
     if rep.final_state is not None:  # the job has ended: free its inputs (outputs stay; the sweeper covers other ends)
         ctx.storage.delete_inputs(job_id)
     return rep
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What processing one image of a job needs to know about the job."""
+
+    id: str
+    manifest: dict
+    kinds: list[str]
+    names: list[str]
+    engine: InferenceEngine
+
+    @property
+    def labels(self) -> dict[str, list[int]]:
+        return self.manifest.get("labels") or {}
+
+
+def _pending_inputs(ctx: ChunkContext, rep: ChunkReport, job: _Job, images: list[str]) -> dict[str, Path]:
+    """Input paths of the images still to do; those with every output already written (an
+    earlier delivery) are recorded done, entries that do not resolve are recorded failed."""
+    paths: dict[str, Path] = {}
+    for img in images:
+        if ctx.storage.outputs_complete(job.id, img, job.kinds):
+            ctx.store.record_done(job.id, img)
+            rep.skipped += 1
+            continue
+        try:
+            paths[img] = ctx.storage.input_path(job.id, job.manifest, img)
+        except Exception as exc:  # noqa: BLE001 - a bad entry fails alone
+            _image_failed(ctx, rep, job.id, img, exc)
+    return paths
+
+
+def _process_batch(ctx: ChunkContext, rep: ChunkReport, job: _Job, batch: list[tuple[str, Path]]) -> None:
+    """Decode, segment (one engine batch) and write the outputs of a batch of images; an image
+    that fails is recorded failed alone, a transient error (broker, disk) fails the chunk."""
+    loaded: list[tuple[str, object]] = []
+    for img, path in batch:
+        try:
+            loaded.append((img, load_rgb(path, max_pixels=ctx.max_pixels)))
+        except TRANSIENT:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bad image must not stop the job
+            _image_failed(ctx, rep, job.id, img, exc)
+    opts = job.manifest["options"]
+    segs = segment_batch(job.engine, [rgb for _, rgb in loaded], [job.labels.get(img) for img, _ in loaded],
+                         method=opts.get("method"), threshold=opts.get("threshold"), max_side=opts.get("max_side"))
+    for (img, rgb), seg in zip(loaded, segs, strict=True):
+        try:
+            if isinstance(seg, Exception):
+                raise seg
+            files = job_outputs(job.engine, rgb, seg, job.labels.get(img), job.kinds, job.names, img,
+                                job.manifest["images"][img])
+        except TRANSIENT:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            _image_failed(ctx, rep, job.id, img, exc)
+            continue
+        try:
+            for kind, data in files.items():
+                ctx.storage.write_output(job.id, kind, img, data)
+        except OSError as exc:  # disk full, NFS hiccup: retry the chunk later
+            raise TransientError(f"writing outputs of {img}: {exc}") from exc
+        ctx.store.record_done(job.id, img)
+        rep.done += 1
 
 
 def _image_failed(ctx: ChunkContext, rep: ChunkReport, job_id: str, img: str, exc: BaseException) -> None:

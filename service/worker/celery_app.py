@@ -7,6 +7,8 @@ each pool process after the fork (`worker_process_init`), never inherited across
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 from celery import Celery
 
 from service.core.config import Settings, get_settings
@@ -49,5 +51,15 @@ def create_celery(settings: Settings) -> Celery:
     return app
 
 
-celery_app = create_celery(get_settings()) if get_settings().broker_url else Celery("seam")
-app = celery_app  # `celery -A service.worker.celery_app` finds `app`/`celery_app`
+@lru_cache(maxsize=1)
+def _process_app() -> Celery:
+    settings = get_settings()
+    return create_celery(settings) if settings.broker_url else Celery("seam")
+
+
+def __getattr__(name: str) -> Celery:
+    """`app` / `celery_app`, created from the settings on first use, not at import: importing
+    this module reads no environment (`celery -A service.worker.celery_app` finds `app`)."""
+    if name in ("app", "celery_app"):
+        return _process_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,7 +13,7 @@ import os
 import time
 from typing import Any
 
-from celery import Task
+from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import (
     celeryd_after_setup,
@@ -30,7 +30,6 @@ from service.jobs.processing import ChunkContext
 from service.jobs.runtime import attempt_chunk, build_context, engine_getter, give_up
 from service.realtime.messages import REALTIME_TASK
 from service.realtime.server import RealtimeServer
-from service.worker.celery_app import celery_app
 from service.worker.heartbeat import WorkerHeartbeat
 
 log = logging.getLogger("seam.worker")
@@ -172,7 +171,9 @@ class ChunkTask(Task):
         give_up(context(), job_id, list(images), f"chunk failed: {type(exc).__name__}: {exc}")
 
 
-@celery_app.task(bind=True, base=ChunkTask, name=TASK_NAME)
+# shared_task: bound to the app that includes this module when it is finalised, so importing
+# the tasks creates no app (and reads no settings).
+@shared_task(bind=True, base=ChunkTask, name=TASK_NAME)
 def process_chunk_task(self: ChunkTask, job_id: str, chunk: int, images: list[str]) -> None:
     """Label the images `images` (ids from the job manifest) of job `job_id`."""
     try:
@@ -186,7 +187,7 @@ def process_chunk_task(self: ChunkTask, job_id: str, chunk: int, images: list[st
         raise self.retry(countdown=delay)
 
 
-@celery_app.task(name=REALTIME_TASK, ignore_result=True, acks_late=False)
+@shared_task(name=REALTIME_TASK, ignore_result=True, acks_late=False)
 def serve_realtime_task(request_id: str | None = None) -> int:
     """Wake-up for synchronous requests: serve every pending one (batched), not only `request_id`."""
     return realtime().serve()

@@ -53,7 +53,8 @@ class FakeClient:
 
 def run_driver(monkeypatch, function, images, **kw):
     names = [lab.name for lab in function.spec.labels]
-    monkeypatch.setattr(cvat_driver, "TaskDataset", lambda client, task_id, load_annotations: FakeTaskDataset(images, names))
+    monkeypatch.setattr(cvat_driver, "TaskDataset",
+                        lambda client, task_id, load_annotations: FakeTaskDataset(images, names))
     client = FakeClient()
     cvat_driver.annotate_task(client, 42, function, **kw)
     action, task_id, req = client.uploaded

@@ -22,7 +22,8 @@ from tests.integrations.conftest import png_bytes, scene
 SIZES = {"a": (23, 37), "sub/b": (29, 51), "c": (31, 17)}
 LS_CONFIG = """<View><Image name="image" value="$image"/>
 <BrushLabels name="tag" toName="image"><Label value="red"/><Label value="green"/><Label value="blue"/></BrushLabels>
-<PolygonLabels name="label" toName="image"><Label value="red"/><Label value="green"/><Label value="blue"/></PolygonLabels>
+<PolygonLabels name="label" toName="image">
+<Label value="red"/><Label value="green"/><Label value="blue"/></PolygonLabels>
 </View>"""
 
 

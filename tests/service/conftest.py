@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from service.core.config import Settings
 from service.main import create_app
 from tests.service.fakes import FakeEngine
+from tests.service.helpers import redis_client
 
 API_KEY = "k" * 24
 
@@ -63,3 +64,12 @@ def make_client(make_settings) -> Iterator[Callable[..., TestClient]]:
 @pytest.fixture
 def client(make_client) -> TestClient:
     return make_client()
+
+
+@pytest.fixture(scope="module")
+def redis_ok() -> None:
+    """Skips the end-to-end tests that need Redis when none is running on loopback."""
+    try:
+        redis_client().ping()
+    except Exception:
+        pytest.skip("no Redis on 127.0.0.1:6379 (`redis-server --daemonize yes`)")

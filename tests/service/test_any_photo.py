@@ -18,7 +18,7 @@ import psutil
 import pytest
 from PIL import Image
 
-from tests.service.test_e2e import free_port
+from tests.service.helpers import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -21,22 +21,12 @@ from tests.service.fakes import (
     rgb_image,
     truncated_png,
 )
+from tests.service.helpers import assert_error
 
 
 def post_image(client, path="/segment", data: bytes | None = None, headers=None, **fields):
     return client.post(path, files={"image": ("x.png", png_bytes() if data is None else data, "image/png")},
                        data=fields, headers=headers or {})
-
-
-def assert_error(r, status: int, code: str | None = None, contains: str | None = None) -> dict:
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert set(body) == {"error"} and {"code", "message"} <= set(body["error"]), body
-    if code:
-        assert body["error"]["code"] == code, body
-    if contains:
-        assert contains.lower() in body["error"]["message"].lower(), body
-    return body["error"]
 
 
 def expected_label(engine: FakeEngine, a: np.ndarray, **kw) -> np.ndarray:

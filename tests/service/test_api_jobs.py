@@ -24,7 +24,7 @@ from tests.service.fakes import (
     zip_lying_sizes,
     zip_with_symlink,
 )
-from tests.service.test_api_inference import assert_error
+from tests.service.helpers import assert_error
 
 
 def submit(client, archive: bytes, name: str = "images.zip", labels: bytes | None = None, **fields):

@@ -107,6 +107,44 @@ def test_compose_env_names_are_settings(compose):
             assert key in fields, f"{name}: {key} is not a setting"
 
 
+class _ComposeLoader(yaml.SafeLoader):
+    """Compose v2's merge tags: `!reset` (drop the value) and `!override` (replace it)."""
+
+
+_ComposeLoader.add_constructor("!reset", lambda loader, node: ("!reset",))
+_ComposeLoader.add_multi_constructor("!override", lambda loader, suffix, node: ("!override",))
+
+
+def test_compose_cpu_override(compose):
+    """docker-compose.cpu.yml only takes the GPU away from the worker (the real run of both
+    files together is scripts/compose-test.sh)."""
+    cpu = yaml.load((REPO / "docker-compose.cpu.yml").read_text(), Loader=_ComposeLoader)
+    assert set(cpu["services"]) == {"worker"}
+    worker = cpu["services"]["worker"]
+    assert worker["deploy"] == ("!reset",)  # the nvidia reservation Docker refuses without the toolkit
+    assert worker["environment"] == {"SEAM_PROVIDERS": "cpu"}
+    assert "deploy" in compose["services"]["worker"] and set(worker) == {"deploy", "environment"}
+    fields = {f"SEAM_{n.upper()}" for n in Settings.model_fields}
+    assert set(worker["environment"]) <= fields
+
+
+def test_dockerignore_keeps_data_out_but_sources_in():
+    ignored = {ln.strip() for ln in (REPO / ".dockerignore").read_text().splitlines()
+               if ln.strip() and not ln.startswith("#")}
+    assert {"datasets", "models", ".git", "runs"} <= ignored
+    for dockerfile in (REPO / "docker").glob("Dockerfile.*"):
+        for src in re.findall(r"^COPY\s+(?!--)(.+?)\s+\S+$", dockerfile.read_text(), re.M):
+            for path in src.split():
+                assert path.rstrip("*") not in ignored, f"{dockerfile.name} copies ignored {path}"
+
+
+def test_compose_test_script_is_valid_bash():
+    script = REPO / "scripts" / "compose-test.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    assert "docker-compose.cpu.yml" in text and "down -v" in text and "docker kill" in text
+
+
 def test_dockerfiles():
     api = (REPO / "docker" / "Dockerfile.api").read_text()
     worker = (REPO / "docker" / "Dockerfile.worker").read_text()

@@ -30,8 +30,7 @@ from service.jobs import create as jc
 from service.jobs.store import MemoryJobStore, RedisJobStore, SqliteJobStore, StoreLockedError
 from service.main import create_app
 from tests.service.fakes import FakeEngine, encode, png_bytes, rgb_image, tar_bytes, zip_bomb, zip_bytes
-from tests.service.test_api_inference import assert_error
-from tests.service.test_jobs_core import REDIS_URL, _redis_ok
+from tests.service.helpers import REDIS_URL, assert_error, redis_reachable
 
 KEY_A = "a" * 24
 KEY_B = "b" * 24
@@ -51,7 +50,7 @@ def any_store(request, tmp_path):
         yield s
         s.close()
     else:
-        if not _redis_ok():
+        if not redis_reachable():
             pytest.skip("no Redis on 127.0.0.1:6379")
         prefix = f"seamtest-{uuid.uuid4().hex[:8]}"
         s = RedisJobStore(REDIS_URL, prefix, 3600)
@@ -65,7 +64,7 @@ def any_store(request, tmp_path):
 def mode(request) -> str:
     """API tests run with the embedded SQLite store and with the Redis store of Celery mode
     (jobs processed by in-process threads either way)."""
-    if request.param == "redis-store" and not _redis_ok():
+    if request.param == "redis-store" and not redis_reachable():
         pytest.skip("no Redis on 127.0.0.1:6379")
     return request.param
 

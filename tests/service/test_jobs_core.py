@@ -16,18 +16,7 @@ from service.jobs.runtime import RetryPolicy, attempt_chunk
 from service.jobs.store import MemoryJobStore, RedisJobStore, SqliteJobStore
 from service.storage import Storage
 from tests.service.fakes import FAIL_PIXEL, FAKE_CLASSES, FakeEngine, rgb_image
-
-REDIS_URL = "redis://127.0.0.1:6379/14"
-
-
-def _redis_ok() -> bool:
-    try:
-        import redis
-
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=0.5).ping()
-        return True
-    except Exception:
-        return False
+from tests.service.helpers import REDIS_URL, redis_reachable
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])
@@ -40,7 +29,7 @@ def store(request, tmp_path):
         yield s
         s.close()
         return
-    if not _redis_ok():
+    if not redis_reachable():
         pytest.skip("no Redis on 127.0.0.1:6379 (start one with `redis-server --daemonize yes`)")
     prefix = f"seamtest-{uuid.uuid4().hex[:8]}"
     s = RedisJobStore(REDIS_URL, prefix, ttl_s=3600)
@@ -101,7 +90,7 @@ def test_deliveries_and_listing(store):
 
 
 def test_redis_keys_expire():
-    if not _redis_ok():
+    if not redis_reachable():
         pytest.skip("no Redis")
     prefix = f"seamtest-{uuid.uuid4().hex[:8]}"
     s = RedisJobStore(REDIS_URL, prefix, ttl_s=120)

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.service.fakes import png_bytes
-from tests.service.test_e2e import Stack, redis_ok  # noqa: F401  (redis_ok: a fixture)
+from tests.service.helpers import Stack
 
 pytestmark = pytest.mark.slow
 

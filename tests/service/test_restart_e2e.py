@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from tests.service.test_e2e import check_results, make_archive, redis_ok, stack, wait_done  # noqa: F401
+from tests.service.helpers import check_results, make_archive, stack, wait_done
 
 pytestmark = pytest.mark.slow
 

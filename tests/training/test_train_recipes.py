@@ -40,6 +40,7 @@ def test_release_and_tuned_values():
         TrainConfig.from_recipe("fast")
 
 
+@pytest.mark.slow
 def test_cli_recipe_default_and_sidecar(tmp_path):
     from seam.cli import app
 
@@ -112,6 +113,7 @@ def _tiny_set(root, n=4, size=64):
     return img_dir, lab_dir
 
 
+@pytest.mark.slow
 def test_deeplab_release_recipe_trains_as_the_authors(tmp_path):
     cfg = DeepLabTrainConfig.from_recipe("release")
     assert (cfg.batch_size, cfg.max_iterations, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.crop) == \

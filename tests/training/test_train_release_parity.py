@@ -411,6 +411,7 @@ def test_release_recipe_step_equals_the_release_polyoptimizer():
     assert moved["conv1a.weight"] == 0 and moved["b2.conv_branch2a.weight"] == 0  # frozen as the release
 
 
+@pytest.mark.slow
 def test_tuned_recipe_is_the_release_optimizer_with_its_momentum_fixed():
     base, x = _seam_pair()
     img = x[:2]

@@ -3,7 +3,6 @@ dicts (with or without `module.` and `num_batches_tracked`), our own run checkpo
 (`{"model": state_dict, "config": ...}`), and MXNet ImageNet `.params`."""
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -17,14 +16,6 @@ from training.models.resnet38 import ResNet38Config
 
 class CheckpointError(ValueError):
     pass
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -2,40 +2,29 @@
 the embedded executor or Celery workers.
 
 A job belongs to the API key that created it: other keys get 404 for it (as for an
-unknown id) unless they are admin keys. A submission first checks the data-directory
-quota and reserves a slot among SEAM_MAX_ACTIVE_JOBS atomically, before reading its
-body, so concurrent submissions cannot overshoot either."""
+unknown id) unless they are admin keys. Submission itself (quota, reservation, reading the
+body, creating and queueing) is `service.jobs.submit`."""
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
-from pydantic import ValidationError
-from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 
-from seam.common.palette import voc_palette
 from service.api.deps import DispatcherDep, EngineDep, HolderDep, PrincipalDep, SettingsDep, StorageDep, StoreDep
-from service.core.errors import ApiError, describe_validation
+from service.core.errors import ApiError
 from service.core.security import Principal
-from service.encoding import coco_categories
-from service.integrations import exports
-from service.jobs import create as jc
-from service.jobs import lifecycle
+from service.jobs.results import result_extras
 from service.jobs.store import JobSnapshot
-from service.predict import model_refs
+from service.jobs.submit import JobServices, submit
 from service.schemas import (
-    DirectoryJobRequest,
     ErrorResponse,
     JobImageError,
     JobLinks,
     JobList,
-    JobOptions,
     JobPublic,
     OutputKind,
 )
@@ -67,26 +56,6 @@ def _snapshot_or_404(store, job_id: str, principal: Principal, errors_limit: int
     return snap
 
 
-async def _read_capped(request: Request, cap: int) -> bytes:
-    """The body, refused with 413 as soon as it passes `cap` bytes."""
-    chunks, n = [], 0
-    async for chunk in request.stream():
-        n += len(chunk)
-        if n > cap:
-            raise ApiError(413, "too_large", f"JSON job bodies are limited to {cap} bytes (SEAM_MAX_LABELS_BYTES)")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _parse_directory_request(raw: bytes) -> DirectoryJobRequest:
-    try:
-        return DirectoryJobRequest.model_validate_json(raw)
-    except ValidationError as exc:
-        raise ApiError(422, "validation_error", describe_validation(exc.errors())) from None
-    except RecursionError:
-        raise ApiError(422, "validation_error", "JSON nested too deeply") from None
-
-
 _JOB_BODY = {
     "required": True,
     "content": {
@@ -112,105 +81,16 @@ _JOB_BODY = {
 }
 
 
-def _form_options(form) -> JobOptions:
-    raw: dict = {}
-    for key in ("method", "threshold", "max_side", "outputs", "image_url_prefix"):
-        v = form.get(key)
-        if isinstance(v, UploadFile):
-            raise ApiError(422, "validation_error", f"field '{key}' must be a plain form field, not a file")
-        if v is not None and v != "":
-            raw[key] = v
-    if "outputs" in raw:
-        raw["outputs"] = [t.strip() for t in raw["outputs"].split(",") if t.strip()]
-    unknown = sorted(set(form.keys()) - {"archive", "labels", "method", "threshold", "max_side", "outputs",
-                                         "image_url_prefix"})
-    if unknown:
-        raise ApiError(422, "validation_error", f"unknown form field(s): {', '.join(unknown)}")
-    try:
-        return JobOptions.model_validate(raw)
-    except ValidationError as exc:
-        raise ApiError(422, "validation_error", describe_validation(exc.errors())) from None
-
-
-def _check_method(options: JobOptions, engine) -> None:
-    available = engine.methods()
-    if options.method is not None and options.method not in available:
-        raise ApiError(422, "method_unavailable", f"method {options.method!r} is not available with the loaded "
-                                                  f"models; available: {', '.join(available)}")
-
-
 @router.post("/jobs", status_code=202, response_model=JobPublic, summary="Submit a batch job.",
              description="multipart/form-data with an `archive` (zip/tar of images), or JSON `{\"directory\": ...}` "
                          "naming a folder under SEAM_ALLOWED_ROOT. Answers 202 with the job; poll `GET /jobs/{id}`.",
              openapi_extra={"requestBody": _JOB_BODY}, responses={403: {"model": ErrorResponse}, **_E})
 async def create_job(request: Request, settings: SettingsDep, store: StoreDep, storage: StorageDep,
                      dispatcher: DispatcherDep, engine: EngineDep, principal: PrincipalDep) -> JSONResponse:
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    is_form = ctype in ("multipart/form-data", "application/x-www-form-urlencoded")
-    if not is_form and ctype != "application/json":
-        raise ApiError(415, "unsupported_media_type",
-                       "send multipart/form-data with an 'archive' file, or application/json with a 'directory'")
-    declared = request.headers.get("content-length", "")
-    await run_in_threadpool(lifecycle.check_quota, storage, settings, int(declared) if declared.isdigit() else 0)
-    names = engine.foreground_classes()
-    job_id = uuid.uuid4().hex
-    taken = await run_in_threadpool(store.reserve, job_id, settings.max_active_jobs)
-    if taken is not None:
-        raise ApiError(503, "queue_full", f"{taken} jobs are queued or running (limit {settings.max_active_jobs}); "
-                                          "retry later", {"Retry-After": "30"})
-    source_dir = None
-    created = False
-    try:
-        if is_form:
-            form = await request.form(max_files=2, max_fields=8, max_part_size=1024 * 1024)
-            try:
-                options = _form_options(form)
-                _check_method(options, engine)
-                archive = form.get("archive")
-                if not isinstance(archive, UploadFile):
-                    raise ApiError(422, "validation_error", "field 'archive' is required (a zip or tar of images)")
-                labels = form.get("labels")
-                cap = settings.max_labels_bytes
-                labels_data = (await labels.read(cap + 1)) if isinstance(labels, UploadFile) else (
-                    labels.encode() if isinstance(labels, str) and labels.strip() else None)
-                if labels_data is not None and len(labels_data) > cap:
-                    raise ApiError(413, "labels_too_large", f"the labels upload is larger than {cap} bytes "
-                                                            "(SEAM_MAX_LABELS_BYTES)")
-                images, table = await run_in_threadpool(
-                    jc.prepare_upload_job, storage, settings, job_id, archive.file, labels_data, names)
-            finally:
-                await form.close()
-            source = "upload"
-        else:
-            raw = await _read_capped(request, settings.max_labels_bytes)
-            body = await run_in_threadpool(_parse_directory_request, raw)  # a big body must not stall the loop
-            options = JobOptions.model_validate(body.model_dump(include={"method", "threshold", "max_side", "outputs",
-                                                                         "image_url_prefix"}))
-            _check_method(options, engine)
-            source_dir, images, table = await run_in_threadpool(
-                jc.prepare_directory_job, settings, body.directory, body.recursive, body.labels, names)
-            source = "directory"
-        opts = options.model_dump(mode="json")
-        await run_in_threadpool(jc.write_manifest, storage, job_id, opts, images, table, source, source_dir,
-                                settings.chunk_size, classes=names, models=model_refs(engine))
-        ids = sorted(images)
-        chunks = jc.chunked(ids, settings.chunk_size)
-        snap = await run_in_threadpool(store.create, job_id, len(ids), len(chunks), opts, source, principal.owner)
-        created = True
-    except BaseException:
-        await run_in_threadpool(jc.discard, storage, job_id)
-        if not created:
-            await run_in_threadpool(store.release, job_id)
-        raise
-    finally:
-        storage.forget_usage()
-    try:
-        await run_in_threadpool(dispatcher.submit, job_id, chunks)
-    except Exception as exc:  # broker down
-        await run_in_threadpool(store.fail, job_id, f"could not queue the job: {exc}")
-        raise ApiError(503, "unavailable", f"could not queue the job: {exc}", {"Retry-After": "10"}) from None
+    svc = JobServices(settings=settings, store=store, storage=storage, dispatcher=dispatcher, engine=engine)
+    snap = await submit(request, svc, principal.owner)
     return JSONResponse(to_public(snap).model_dump(mode="json"), status_code=202,
-                        headers={"Location": f"/jobs/{job_id}"})
+                        headers={"Location": f"/jobs/{snap.id}"})
 
 
 @router.get("/jobs", response_model=JobList, summary="List jobs, newest first.",
@@ -239,30 +119,6 @@ def cancel_job(job_id: JobId, store: StoreDep, storage: StorageDep, principal: P
     return to_public(_snapshot_or_404(store, job_id, principal))
 
 
-def _merged_coco(storage, job_id: str, manifest: dict, names: list[str]) -> bytes:
-    images, annotations = [], []
-    for n, (iid, _rel) in enumerate(sorted(manifest["images"].items()), start=1):
-        path = storage.output_path(job_id, "coco", iid)
-        try:
-            doc = json.loads(path.read_bytes())
-        except (OSError, ValueError):
-            continue
-        images.append({**doc["image"], "id": n})
-        for a in doc["annotations"]:
-            annotations.append({**a, "id": len(annotations) + 1, "image_id": n})
-    return json.dumps({"info": {"description": f"seam job {job_id}"}, "images": images,
-                       "annotations": annotations, "categories": coco_categories(names)}).encode()
-
-
-def _labelmap(names: list[str]) -> bytes:
-    pal = voc_palette()
-    lines = ["# label:color_rgb:parts:actions"]
-    for i, n in enumerate(["background", *names]):
-        r, g, b = (int(v) for v in pal[i])
-        lines.append(f"{n}:{r},{g},{b}::")
-    return ("\n".join(lines) + "\n").encode()
-
-
 @router.get("/jobs/{job_id}/results", summary="All outputs as a zip (streamed).", response_class=StreamingResponse,
             responses={200: {"content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
                              "description": "zip: <kind>/<image id>.<ext>, coco.json, labelmap.txt, errors.json, "
@@ -284,13 +140,7 @@ def job_results(job_id: JobId, store: StoreDep, storage: StorageDep, holder: Hol
     extra = {"job.json": to_public(snap).model_dump_json(indent=1).encode()}
     full = _snapshot_or_404(store, job_id, principal, errors_limit=1_000_000)
     extra["errors.json"] = json.dumps([{"image": i, "error": e} for i, e in full.errors], indent=1).encode()
-    kinds = snap.options.get("outputs", [])
-    if "png" in kinds:
-        extra["labelmap.txt"] = _labelmap(names)
-    if "coco" in kinds:
-        extra["coco.json"] = _merged_coco(storage, job_id, manifest, names)
-    if "labelstudio" in kinds or "cvat" in kinds:
-        extra.update(exports.job_extras(storage, job_id, manifest, names, kinds))
+    extra.update(result_extras(storage, job_id, manifest, names, snap.options.get("outputs", [])))
     return StreamingResponse(storage.stream_results_zip(job_id, extra), media_type="application/zip",
                              headers={"Content-Disposition": f'attachment; filename="seam-{job_id}.zip"'})
 

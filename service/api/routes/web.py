@@ -19,6 +19,7 @@ import mimetypes
 import re
 import threading
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from fastapi import APIRouter, Request
@@ -26,7 +27,7 @@ from fastapi.responses import Response
 
 from service.core.errors import ApiError
 
-WEB_DIR = Path(__file__).resolve().parents[2] / "web"
+WEB_DIR = Path(__file__).parents[2] / "web"
 INDEX = "index.html"
 
 CONTENT_TYPES = {
@@ -94,7 +95,8 @@ class _Assets:
         if name == INDEX:
             body = self._versioned_index(body)
         digest = hashlib.sha256(body).hexdigest()
-        ctype = CONTENT_TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        ctype = (CONTENT_TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0]
+                 or "application/octet-stream")
         asset = _Asset(body=body, etag=f'"{digest[:32]}"', version=digest[:12], content_type=ctype)
         with self._lock:
             self._cache[name] = (key, asset)
@@ -113,7 +115,12 @@ class _Assets:
         return _STATIC_REF.sub(add_version, text).encode("utf-8")
 
 
-assets = _Assets(WEB_DIR)
+@lru_cache(maxsize=1)
+def assets() -> _Assets:
+    """The web folder's files, set up on the first request (importing the routes touches no disk)."""
+    return _Assets(WEB_DIR)
+
+
 router = APIRouter(include_in_schema=False)
 
 
@@ -138,7 +145,7 @@ def _serve(request: Request, asset: _Asset, cache_control: str, extra: dict[str,
 
 @router.api_route("/", methods=["GET", "HEAD"])
 def index(request: Request) -> Response:
-    asset = assets.get(INDEX)
+    asset = assets().get(INDEX)
     if asset is None:
         raise ApiError(404, "not_found", "the web page is not installed (service/web/index.html is missing)")
     return _serve(request, asset, REVALIDATE, {"Content-Security-Policy": CSP})
@@ -146,7 +153,7 @@ def index(request: Request) -> Response:
 
 @router.api_route("/static/{name:path}", methods=["GET", "HEAD"])
 def static(name: str, request: Request) -> Response:
-    asset = assets.get(name)
+    asset = assets().get(name)
     if asset is None:
         raise ApiError(404, "not_found", f"no static file {name[:200]!r}")
     fresh = request.query_params.get("v") == asset.version

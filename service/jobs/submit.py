@@ -1,0 +1,186 @@
+"""Submitting a batch job: one call from `POST /jobs` that checks the quota, reserves a slot
+among SEAM_MAX_ACTIVE_JOBS, reads the body (an archive upload or a directory request),
+prepares the job's files and manifest, creates it in the store and hands its chunks to the
+dispatcher.
+
+The quota check and the reservation come before the body is read, so concurrent
+submissions cannot overshoot either. Whatever fails after the reservation undoes it and
+removes the job's files."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData, UploadFile
+from starlette.requests import Request
+
+from service.core.config import Settings
+from service.core.errors import ApiError, describe_validation
+from service.engine.base import InferenceEngine
+from service.jobs import create as jc
+from service.jobs import lifecycle
+from service.jobs.dispatch import Dispatcher
+from service.jobs.store import JobSnapshot, JobStore
+from service.predict import model_refs
+from service.schemas import DirectoryJobRequest, JobOptions
+from service.storage import Storage
+
+FORM_CONTENT_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+_OPTION_FIELDS = ("method", "threshold", "max_side", "outputs", "image_url_prefix")
+_FORM_FIELDS = {"archive", "labels", *_OPTION_FIELDS}
+
+
+@dataclass(frozen=True)
+class JobServices:
+    """What a submission touches: the app's settings, job store, files, dispatcher and engine."""
+
+    settings: Settings
+    store: JobStore
+    storage: Storage
+    dispatcher: Dispatcher
+    engine: InferenceEngine
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    options: JobOptions
+    images: dict[str, str]
+    table: dict[str, list[int]]
+    source: str
+    source_dir: Path | None
+
+
+async def submit(request: Request, svc: JobServices, owner: str | None) -> JobSnapshot:
+    """Create and queue the job the request describes; its snapshot as created."""
+    is_form = _is_form(request)
+    declared = request.headers.get("content-length", "")
+    await run_in_threadpool(lifecycle.check_quota, svc.storage, svc.settings,
+                            int(declared) if declared.isdigit() else 0)
+    job_id = uuid.uuid4().hex
+    taken = await run_in_threadpool(svc.store.reserve, job_id, svc.settings.max_active_jobs)
+    if taken is not None:
+        raise ApiError(503, "queue_full", f"{taken} jobs are queued or running "
+                                          f"(limit {svc.settings.max_active_jobs}); retry later", {"Retry-After": "30"})
+    try:
+        prepared = await (_from_form(request, svc, job_id) if is_form else _from_json(request, svc))
+        snap, chunks = await run_in_threadpool(_record, svc, job_id, prepared, owner)
+    except BaseException:
+        await run_in_threadpool(jc.discard, svc.storage, job_id)
+        await run_in_threadpool(svc.store.release, job_id)
+        raise
+    finally:
+        svc.storage.forget_usage()
+    try:
+        await run_in_threadpool(svc.dispatcher.submit, job_id, chunks)
+    except Exception as exc:  # broker down
+        await run_in_threadpool(svc.store.fail, job_id, f"could not queue the job: {exc}")
+        raise ApiError(503, "unavailable", f"could not queue the job: {exc}", {"Retry-After": "10"}) from None
+    return snap
+
+
+def _is_form(request: Request) -> bool:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype in FORM_CONTENT_TYPES:
+        return True
+    if ctype == "application/json":
+        return False
+    raise ApiError(415, "unsupported_media_type",
+                   "send multipart/form-data with an 'archive' file, or application/json with a 'directory'")
+
+
+def _record(svc: JobServices, job_id: str, p: _Prepared, owner: str | None) -> tuple[JobSnapshot, list[list[str]]]:
+    """Write the manifest and create the job in the store (after which it is no longer a reservation)."""
+    names = svc.engine.foreground_classes()
+    opts = p.options.model_dump(mode="json")
+    jc.write_manifest(svc.storage, job_id, opts, p.images, p.table, p.source, p.source_dir,
+                      svc.settings.chunk_size, classes=names, models=model_refs(svc.engine))
+    ids = sorted(p.images)
+    chunks = jc.chunked(ids, svc.settings.chunk_size)
+    return svc.store.create(job_id, len(ids), len(chunks), opts, p.source, owner), chunks
+
+
+async def _from_form(request: Request, svc: JobServices, job_id: str) -> _Prepared:
+    form = await request.form(max_files=2, max_fields=8, max_part_size=1024 * 1024)
+    try:
+        options = form_options(form)
+        check_method(options, svc.engine)
+        archive = form.get("archive")
+        if not isinstance(archive, UploadFile):
+            raise ApiError(422, "validation_error", "field 'archive' is required (a zip or tar of images)")
+        labels_data = await _labels_upload(form.get("labels"), svc.settings.max_labels_bytes)
+        images, table = await run_in_threadpool(jc.prepare_upload_job, svc.storage, svc.settings, job_id,
+                                                archive.file, labels_data, svc.engine.foreground_classes())
+    finally:
+        await form.close()
+    return _Prepared(options, images, table, "upload", None)
+
+
+async def _labels_upload(labels: UploadFile | str | None, cap: int) -> bytes | None:
+    if isinstance(labels, UploadFile):
+        data: bytes | None = await labels.read(cap + 1)
+    else:
+        data = labels.encode() if isinstance(labels, str) and labels.strip() else None
+    if data is not None and len(data) > cap:
+        raise ApiError(413, "labels_too_large", f"the labels upload is larger than {cap} bytes "
+                                                "(SEAM_MAX_LABELS_BYTES)")
+    return data
+
+
+async def _from_json(request: Request, svc: JobServices) -> _Prepared:
+    raw = await _read_capped(request, svc.settings.max_labels_bytes)
+    body = await run_in_threadpool(parse_directory_request, raw)  # a big body must not stall the loop
+    options = JobOptions.model_validate(body.model_dump(include=set(_OPTION_FIELDS)))
+    check_method(options, svc.engine)
+    source_dir, images, table = await run_in_threadpool(
+        jc.prepare_directory_job, svc.settings, body.directory, body.recursive, body.labels,
+        svc.engine.foreground_classes())
+    return _Prepared(options, images, table, "directory", source_dir)
+
+
+async def _read_capped(request: Request, cap: int) -> bytes:
+    """The body, refused with 413 as soon as it passes `cap` bytes."""
+    chunks, n = [], 0
+    async for chunk in request.stream():
+        n += len(chunk)
+        if n > cap:
+            raise ApiError(413, "too_large", f"JSON job bodies are limited to {cap} bytes (SEAM_MAX_LABELS_BYTES)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_directory_request(raw: bytes) -> DirectoryJobRequest:
+    try:
+        return DirectoryJobRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        raise ApiError(422, "validation_error", describe_validation(exc.errors())) from None
+    except RecursionError:
+        raise ApiError(422, "validation_error", "JSON nested too deeply") from None
+
+
+def form_options(form: FormData) -> JobOptions:
+    raw: dict = {}
+    for key in _OPTION_FIELDS:
+        v = form.get(key)
+        if isinstance(v, UploadFile):
+            raise ApiError(422, "validation_error", f"field '{key}' must be a plain form field, not a file")
+        if v is not None and v != "":
+            raw[key] = v
+    if "outputs" in raw:
+        raw["outputs"] = [t.strip() for t in raw["outputs"].split(",") if t.strip()]
+    unknown = sorted(set(form.keys()) - _FORM_FIELDS)
+    if unknown:
+        raise ApiError(422, "validation_error", f"unknown form field(s): {', '.join(unknown)}")
+    try:
+        return JobOptions.model_validate(raw)
+    except ValidationError as exc:
+        raise ApiError(422, "validation_error", describe_validation(exc.errors())) from None
+
+
+def check_method(options: JobOptions, engine: InferenceEngine) -> None:
+    available = engine.methods()
+    if options.method is not None and options.method not in available:
+        raise ApiError(422, "method_unavailable", f"method {options.method!r} is not available with the loaded "
+                                                  f"models; available: {', '.join(available)}")

@@ -1,0 +1,99 @@
+"""The import layers, read from the source with `ast` (nothing is imported): the shared
+layer (`seam.common`, `seam.modelrepo`) imports neither side; training never imports the
+service; the service imports neither training nor torch; only the CLI sees everything.
+Imports inside functions count too: a lazy import is still an arrow between layers."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+SHARED = ("seam/common", "seam/modelrepo")
+# Forbidden targets per layer: a module name equal to one of them or below it.
+RULES: dict[str, tuple[str, ...]] = {
+    "shared": ("training", "service", "seam.cli", "seam.commands", "torch", "torchvision"),
+    "training": ("service", "seam.cli", "seam.commands"),
+    "service": ("training", "seam.cli", "seam.commands", "torch", "torchvision"),
+}
+
+
+def _files(*roots: str) -> list[Path]:
+    return sorted(p for r in roots if (REPO / r).is_dir() for p in (REPO / r).rglob("*.py"))
+
+
+def _module(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path, package: str | None = None) -> set[str]:
+    """Absolute names of every module `path` imports (relative imports resolved against `package`,
+    by default the one `path` lies in)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    if package is None:
+        package = _module(path) if path.name == "__init__.py" else _module(path).rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            found.add(mod)
+            found.update(f"{mod}.{a.name}" for a in node.names)  # `from service import engine`
+    return found
+
+
+def _hits(name: str, forbidden: tuple[str, ...]) -> bool:
+    return any(name == f or name.startswith(f + ".") for f in forbidden)
+
+
+def violations(layer: str, roots: tuple[str, ...], allow: tuple[str, ...] = ()) -> list[str]:
+    out = []
+    for path in _files(*roots):
+        for name in sorted(imports_of(path)):
+            if _hits(name, RULES[layer]) and not _hits(name, allow):
+                out.append(f"{path.relative_to(REPO)} imports {name}")
+    return out
+
+
+def test_the_checker_sees_arrows(tmp_path: Path) -> None:
+    """The checker itself: a lazy import, a relative import and a `from pkg import mod` are all arrows."""
+    probe = tmp_path / "probe.py"
+    probe.write_text("from . import cam\nfrom service import engine\n\ndef f():\n    import torch.nn\n")
+    names = imports_of(probe, package="seam.common")
+    assert {"seam.common.cam", "service.engine", "torch.nn"} <= names
+    assert _hits("torch.nn", RULES["shared"]) and not _hits("torchmetrics_like", ("torch",))
+
+
+def test_layer_roots_exist() -> None:
+    for root in ("seam/common", "training", "service"):
+        assert _files(root), f"{root} has no Python files: the layer test would check nothing"
+
+
+def test_shared_layer_imports_neither_side() -> None:
+    assert violations("shared", SHARED) == []
+
+
+def test_service_imports_neither_training_nor_torch() -> None:
+    assert violations("service", ("service",)) == []
+
+
+# The model contract (manifest, precision, runtime, blocked PCM) still lives in service/engine until it
+# moves to seam/modelrepo (issue 15); every other training -> service arrow is already forbidden.
+MOVING = ("service.engine.manifest", "service.engine.runtime", "service.engine.pcm", "service.engine.precision")
+
+
+def test_training_does_not_import_service() -> None:
+    assert violations("training", ("training",), allow=MOVING) == []
+
+
+@pytest.mark.xfail(strict=True, reason="issue 15: the model contract moves from service/engine to seam/modelrepo")
+def test_training_does_not_import_the_model_contract_from_service() -> None:
+    assert violations("training", ("training",)) == []
