@@ -102,7 +102,7 @@ def time_network(onnx_path: str | Path, inputs: list[np.ndarray], threads: int, 
     with the engine's session settings: the network alone, no pre/post-processing."""
     import onnxruntime as ort
 
-    from service.engine.runtime import session_options
+    from seam.modelrepo.runtime import session_options
 
     sess = ort.InferenceSession(str(onnx_path), session_options(threads), providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name

@@ -104,7 +104,7 @@ def roofline(model_dir: Path, rgb: np.ndarray, scales, flip: bool, threads: int,
     from bench.hardware import conv_macs, matmul_peak, report, time_network
     from seam.common.cam import working_size
     from seam.common.image import Normalization, resize_rgb, scaled_size
-    from service.engine.manifest import load_model_dir
+    from seam.modelrepo.manifest import load_model_dir
 
     mf = load_model_dir(model_dir)
     norm = Normalization(tuple(mf.input.mean), tuple(mf.input.std))
@@ -153,7 +153,7 @@ def main() -> None:
     from seam.common.files import list_images
     from seam.common.image import load_rgb
     from service.engine.onnx_engine import OnnxEngine
-    from service.engine.runtime import default_threads
+    from seam.modelrepo.runtime import default_threads
     from training.export import export_model
     from training.models.registry import create_model, model_from_checkpoint
 

@@ -5,6 +5,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
+# A stock Debian/Ubuntu python refuses pip installs outside a virtual environment (PEP 668,
+# "externally managed"): there, use (and create) the project's .venv. Inside a venv, or with a
+# python that is not externally managed (CI's), the given python is used as it is.
+if [ -z "${VIRTUAL_ENV:-}" ] && $PY -c 'import os, sys, sysconfig
+sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")) else 1)'; then
+  [ -x .venv/bin/python ] || $PY -m venv .venv
+  PY=.venv/bin/python
+fi
 # torch first and pinned: a looser spec would pull a multi-GB CUDA build.
 $PY -m pip install -q torch==2.13.0
 $PY -m pip install -q -e '.[all]'

@@ -8,7 +8,7 @@ equal the torch path's (`seam cam --engine torch`).
 Any photo, bounded memory: an image whose long side exceeds the working side (the
 manifest's `input.working_side`, a server cap or a per-request `max_side`) is resized to
 it before the multi-scale passes, and maps/masks come back at the original size; the
-PCM's hw x hw product runs in column blocks (`service.engine.pcm`); every request is
+PCM's hw x hw product runs in column blocks (`seam.modelrepo.pcm`); every request is
 estimated before it runs and refused with `MemoryBudgetError` (HTTP 413) when its peak
 would exceed the engine's memory budget.
 
@@ -42,14 +42,16 @@ from seam.common.cam import (
 )
 from seam.common.image import Normalization, resize_rgb, scaled_size
 from seam.common.pcm_blocks import PCM_BLOCK_BYTES, block_columns, pcm_peak_bytes  # noqa: F401
+from seam.modelrepo.manifest import MANIFEST_NAME, MODEL_KINDS, Manifest, ManifestError, load_model_dir
+from seam.modelrepo.pcm import run_pcm
+from seam.modelrepo.runtime import CPU, RuntimeConfig, create_session, resolve_runtime, warm_up
 from service.engine.base import METHODS, MemoryBudgetError, MemoryEstimate, ModelInfo, SegmentResult
-from service.engine.manifest import MANIFEST_NAME, MODEL_KINDS, Manifest, ManifestError, load_model_dir
-from service.engine.pcm import run_pcm
-from service.engine.runtime import CPU, RuntimeConfig, create_session, resolve_runtime, warm_up
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MEMORY_BUDGET = 4 << 30
+# working side of models whose manifest names none (schema 1): the top of the release's 448-768
+DEFAULT_WORKING_SIDE = 768
 # classes assumed present when a request names none (for the size of the output maps)
 ASSUMED_CLASSES = 3
 
@@ -307,13 +309,15 @@ class OnnxEngine:
     def _model_for(self, method: str) -> LoadedModel:
         return self._require("deeplab" if method == "deeplab" else "seam")
 
-    def _max_side(self, m: LoadedModel, requested: int | None) -> int | None:
-        """The working side of a request: its own, else the server's, else the manifest's."""
-        if requested is None:
-            return self.max_side if self.max_side is not None else m.manifest.input.working_side
-        requested = int(requested)
+    def _max_side(self, m: LoadedModel, requested: int | None) -> int:
+        """The working side of a request: its own, else the server's, else the manifest's (else
+        the release's 768), defaults clamped to what the graph accepts at the largest scale."""
         scales = m.manifest.deeplab.scales if m.manifest.kind == "deeplab" else m.manifest.cam.scales
         top = int(m.manifest.input.max_size / max(scales))
+        if requested is None:
+            default = self.max_side or m.manifest.input.working_side or DEFAULT_WORKING_SIDE
+            return max(8, min(default, top))
+        requested = int(requested)
         if not 8 <= requested <= top:
             raise ValueError(f"max_side must be in [8, {top}] for {m.name} (its graph takes at most "
                              f"{m.manifest.input.max_size} pixels a side at scale {max(scales):g}), got {requested}")

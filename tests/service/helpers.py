@@ -89,7 +89,7 @@ class Stack:
         return p
 
     def start_api(self) -> subprocess.Popen:
-        p = self._spawn(f"from seam.commands.serve import serve; serve(host='127.0.0.1', port={self.port}, "
+        p = self._spawn(f"from seam.cli.serve import serve; serve(host='127.0.0.1', port={self.port}, "
                         "log_level='warning')", "api")
         deadline = time.time() + 60
         while time.time() < deadline:
@@ -103,7 +103,7 @@ class Stack:
         raise AssertionError("API not ready:\n" + self.logs("api"))
 
     def start_worker(self, name: str) -> subprocess.Popen:
-        return self._spawn(f"from seam.commands.worker import worker; worker(hostname='{name}@%h', "
+        return self._spawn(f"from seam.cli.worker import worker; worker(hostname='{name}@%h', "
                            "loglevel='warning')", name)
 
     def logs(self, name: str) -> str:

@@ -53,7 +53,7 @@ def test_settings_refuse_bad_values(kw, match):
 def test_service_never_imports_torch():
     code = (
         "import sys\n"
-        "import service.main, service.worker.tasks, service.jobs.dispatch, seam.commands.serve, seam.commands.worker\n"
+        "import service.main, service.worker.tasks, service.jobs.dispatch, seam.cli.serve, seam.cli.worker\n"
         "from service.core.config import Settings\n"
         "from fastapi.testclient import TestClient\n"
         "import tempfile\n"
@@ -68,7 +68,7 @@ def test_service_never_imports_torch():
 
 
 def test_cli_registers_serve_and_worker():
-    text = (REPO / "seam" / "cli.py").read_text()
+    text = (REPO / "seam" / "cli" / "__init__.py").read_text()
     assert '(app, "serve", "serve", "serve")' in text and '(app, "worker", "worker", "worker")' in text
 
 

@@ -15,9 +15,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from seam.common.cam import MultiScaleConfig, cams_to_label, multiscale_cam
 from seam.common.image import Normalization
-from service.engine import runtime
-from service.engine.base import MemoryBudgetError
-from service.engine.manifest import (
+from seam.modelrepo import runtime
+from seam.modelrepo.manifest import (
     KIND_OUTPUTS,
     PCM_INPUTS,
     PCM_OUTPUTS,
@@ -32,6 +31,7 @@ from service.engine.manifest import (
     file_sha256,
     read_manifest,
 )
+from service.engine.base import MemoryBudgetError
 from service.engine.onnx_engine import OnnxEngine
 
 FG = ["cat", "dog", "bird"]

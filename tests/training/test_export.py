@@ -13,9 +13,9 @@ import torch
 from typer.testing import CliRunner
 
 from seam.cli import app
-from service.engine.manifest import file_sha256, load_model_dir
+from seam.modelrepo.manifest import file_sha256, load_model_dir
 from service.engine.onnx_engine import OnnxEngine
-from service.engine.runtime import RuntimeConfig, create_session
+from seam.modelrepo.runtime import RuntimeConfig, create_session
 from training.export import ExportError, export_model, onnx_export
 from training.export.specs import SPECS
 from training.models.registry import _constructors, create_model
@@ -81,7 +81,7 @@ def test_manifest_and_files(exported):
 def test_onnxruntime_matches_torch_on_odd_sizes(exported, shape):
     """The backbone graph's outputs equal the eager network's, and the blocked PCM graph
     (three column blocks here) reproduces the release's dense cam_rv."""
-    from service.engine.pcm import run_pcm
+    from seam.modelrepo.pcm import run_pcm
 
     net, _, res = exported
     sess, provider = create_session(res.model_dir / "model.onnx", RuntimeConfig(threads=2))

@@ -14,7 +14,7 @@ from PIL import Image
 
 from bench.hardware import conv_macs
 from seam.common.image import Normalization
-from service.engine.precision import PrecisionInfo
+from seam.modelrepo.precision import PrecisionInfo
 from training.export import quantize as Q
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -279,7 +279,7 @@ def test_export_int8_and_fp16_model_dirs(tmp_path):
     from typer.testing import CliRunner
 
     from seam.cli import app
-    from service.engine.manifest import file_sha256, load_model_dir
+    from seam.modelrepo.manifest import file_sha256, load_model_dir
     from service.engine.onnx_engine import OnnxEngine
     from tests.training.test_export import CLASSES, make_checkpoint
     from training.export import export_model

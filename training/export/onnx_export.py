@@ -28,7 +28,7 @@ from torch import nn
 from seam.common.cam import DEFAULT_BG_THRESHOLD, DEFAULT_CLS_THRESHOLD, DEFAULT_SCALES
 from seam.common.classes import VOC_CLASSES
 from seam.common.image import IMAGENET_MEAN, IMAGENET_STD
-from service.engine.manifest import (
+from seam.modelrepo.manifest import (
     MANIFEST_NAME,
     MODEL_KINDS,
     PCM_INPUTS,
@@ -44,8 +44,9 @@ from service.engine.manifest import (
     RandomWalkSettings,
     file_sha256,
 )
-from service.engine.runtime import RuntimeConfig, create_session, default_threads
-from service.engine.pcm import run_pcm
+from seam.modelrepo.runtime import RuntimeConfig, create_session, default_threads
+from seam.modelrepo.pcm import run_pcm
+from training.export.quantize import DEFAULT_CALIBRATION_N, QuantizeError, apply_precision, check_precision_args
 from training.export.specs import SPECS, ExportSpec, PcmGraph
 from training.models.checkpoint import CheckpointError
 from training.models.registry import model_from_checkpoint, train_long_side, working_set_bytes_per_pixel
@@ -106,11 +107,20 @@ def export_model(
     external_data: bool | None = None,
     threads: int | None = None,
     working_side: int | None = None,
+    precision: str = "fp32",
+    calibration: str | Path | None = None,
+    calibration_n: int = DEFAULT_CALIBRATION_N,
 ) -> ExportResult:
     """Export `checkpoint` as `models_dir/name`. external_data None = by weight size.
-    working_side: the long side inputs are resized to (default: the top of the training range)."""
+    working_side: the long side inputs are resized to (default: the top of the training range).
+    precision: fp32, or int8 (calibrated on `calibration_n` images of `calibration`) / fp16,
+    applied to the checked fp32 graph (`training/export/quantize.py`)."""
     if kind not in MODEL_KINDS:
         raise ExportError(f"unknown kind {kind!r}; choose from {', '.join(MODEL_KINDS)}")
+    try:
+        check_precision_args(precision, calibration)
+    except QuantizeError as exc:
+        raise ExportError(str(exc)) from exc
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise ExportError(f"model name {name!r}: use letters, digits, '.', '_' and '-' (it becomes a directory)")
     checkpoint = Path(checkpoint)
@@ -156,6 +166,11 @@ def export_model(
         manifest = _manifest(name, kind, meta, class_names, checkpoint, tmp, opset, spec,
                              ParityCheck(shapes=tuple(check_shapes), max_abs_diff=diffs, tolerance=atol),
                              working_side)
+        if precision != "fp32":  # int8 / fp16 copy of the checked fp32 graph, in place
+            try:
+                manifest = apply_precision(tmp, manifest, precision, calibration, calibration_n, threads)
+            except QuantizeError as exc:
+                raise ExportError(str(exc)) from exc
         (tmp / MANIFEST_NAME).write_text(manifest.to_json())
         _replace_dir(tmp, target)
     except BaseException:

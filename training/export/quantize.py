@@ -41,6 +41,7 @@ import onnx
 from seam.common.cam import working_size
 from seam.common.files import list_images
 from seam.common.image import Normalization, load_rgb, resize_rgb, scaled_size
+from seam.modelrepo.precision import PRECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +228,7 @@ class OutputError:
 
 
 def _session(path: str | Path, threads: int | None, providers: Sequence[str] = ("CPUExecutionProvider",)):
-    from service.engine.runtime import session_options, default_threads
+    from seam.modelrepo.runtime import session_options, default_threads
     import onnxruntime as ort
 
     return ort.InferenceSession(str(path), session_options(threads or default_threads()), providers=list(providers))
@@ -363,19 +364,25 @@ def _quantize_once(src: Path, out_path: Path, ranges, method: str, nodes: list[s
     from onnxruntime.quantization.calibrate import save_tensors_data
 
     save_tensors_data(ranges, cache)
-    quantize_static(
-        str(src), str(out_path), None,
-        quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=list(op_types),
-        nodes_to_quantize=nodes,
-        per_channel=per_channel,
-        reduce_range=False,  # VNNI / AMX accumulate u8 x s8 without saturation
-        activation_type=QuantType.QUInt8,  # u8 activations x s8 weights: the x86 fast path
-        weight_type=QuantType.QInt8,
-        calibrate_method=getattr(CalibrationMethod, _METHOD_ENUM[method]),
-        use_external_data_format=external,
-        calibration_cache_path=str(cache),
-    )
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # its "consider pre-processing": the exporter already optimised the graph
+    try:
+        quantize_static(
+            str(src), str(out_path), None,
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(op_types),
+            nodes_to_quantize=nodes,
+            per_channel=per_channel,
+            reduce_range=False,  # VNNI / AMX accumulate u8 x s8 without saturation
+            activation_type=QuantType.QUInt8,  # u8 activations x s8 weights: the x86 fast path
+            weight_type=QuantType.QInt8,
+            calibrate_method=getattr(CalibrationMethod, _METHOD_ENUM[method]),
+            use_external_data_format=external,
+            calibration_cache_path=str(cache),
+        )
+    finally:
+        root.setLevel(level)
 
 
 def quantize_model(
@@ -594,7 +601,7 @@ def _model_scales(manifest) -> tuple[float, ...]:
 
 def _replace_graph(model_dir: Path, new: Path, name: str) -> dict[str, str]:
     """Move `new` (+ its .data) over model_dir/name (+ .data); {external file: sha256}."""
-    from service.engine.manifest import file_sha256
+    from seam.modelrepo.manifest import file_sha256
 
     old_data = model_dir / (name + ".data")
     if old_data.exists():
@@ -605,6 +612,22 @@ def _replace_graph(model_dir: Path, new: Path, name: str) -> dict[str, str]:
         new_data.replace(old_data)
         return {old_data.name: file_sha256(old_data)}
     return {}
+
+
+def check_precision_args(precision: str, calibration: str | Path | None) -> None:
+    """Fail before any export work: unknown precision, int8 without (readable) calibration images."""
+    if precision not in PRECISIONS:
+        raise QuantizeError(f"precision {precision!r}: choose {', '.join(PRECISIONS)}")
+    if precision == "int8":
+        if calibration is None:
+            raise QuantizeError("int8 needs calibration images: --calibration LIST_FILE_OR_DIR "
+                                "(e.g. the training list)")
+        try:
+            calibration_paths(calibration, None)
+        except FileNotFoundError as exc:
+            raise QuantizeError(f"calibration images: {exc}") from exc
+    elif calibration is not None:
+        raise QuantizeError(f"--calibration is only used with int8, not {precision}")
 
 
 def apply_precision(
@@ -628,19 +651,18 @@ def apply_precision(
     `min_speedup`, int8 that is not that much faster than fp32 on this machine is
     refused. fp16 is meant for CUDA workers; its error is measured on CPU, its speed is
     not (CPUs have no fast fp16)."""
-    from service.engine.manifest import Manifest, file_sha256
-    from service.engine.precision import Calibration, PrecisionInfo
+    from seam.modelrepo.manifest import Manifest, file_sha256
+    from seam.modelrepo.precision import Calibration, PrecisionInfo
 
     model_dir = Path(model_dir)
     graph = model_dir / manifest.onnx.file
     input_name = manifest.input.name
     norm = Normalization(tuple(manifest.input.mean), tuple(manifest.input.std))
     working_side = getattr(manifest.input, "working_side", None)
+    check_precision_args(precision, calibration)
     if precision == "fp32":
         return manifest
-    if precision not in ("int8", "fp16"):
-        raise QuantizeError(f"precision {precision!r}: choose fp32, int8 or fp16")
-    work = Path(tempfile.mkdtemp(prefix=".precision-", dir=model_dir.parent))
+    work = Path(tempfile.mkdtemp(prefix=".precision-", dir=model_dir))
     try:
         if precision == "int8":
             if calibration is None:
@@ -694,6 +716,5 @@ def apply_precision(
         shutil.rmtree(work, ignore_errors=True)
     data = manifest.model_dump()
     data["onnx"].update(sha256=file_sha256(graph), external_data=ext)
-    if "precision" in Manifest.model_fields:  # TRANSITIONAL until manifest.py has the field
-        data["precision"] = info.model_dump()
+    data["precision"] = info.model_dump()
     return Manifest.model_validate(data)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from seam.common.cam import stride_size
-from service.engine.manifest import KIND_OUTPUTS
+from seam.modelrepo.manifest import KIND_OUTPUTS
 from training.models.seam import pcm_block, pcm_features
 
 

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from seam.commands import _train_options as opt
-from seam.commands._util import console, fail, progress_bar
+from seam.cli import _train_options as opt
+from seam.cli._util import console, fail, progress_bar
 
 
 def train_affinity(
@@ -49,9 +49,9 @@ def train_affinity(
 
     Default recipe: `release` (SEAM's train_aff.py: lr 0.01, momentum 5e-4, fp32) for VOC data, `tuned` (momentum 0.9) otherwise; options you give override it."""
     from training.data.datasets import DatasetError, build_dataset, detect_kind
-    from training.engine.recipes import default_recipe
     from training.engine.affinity import AFFINITY_FINAL, AffinityTrainConfig
     from training.engine.affinity import train_affinity as run
+    from training.engine.recipes import default_recipe
     from training.engine.trainer import TrainingError
     from training.models.checkpoint import CheckpointError
 

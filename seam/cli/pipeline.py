@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from seam.commands._util import console, fail, parse_floats, progress_bar
+from seam.cli._util import console, fail, parse_floats, progress_bar
 
 
 def pipeline(
@@ -60,7 +60,7 @@ def pipeline(
         fail(f"--crop must be a multiple of 8, got {crop}")
     try:
         with progress_bar() as bar:
-            from seam.commands._train_options import train_progress
+            from seam.cli._train_options import train_progress
 
             def images(name: str, n: int):
                 task = bar.add_task(name, total=n, status="")

@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 
 from seam.common.pcm_blocks import PCM_BLOCK_BYTES, block_columns
-from service.engine.manifest import PCM_INPUTS, PCM_OUTPUTS
+from seam.modelrepo.manifest import PCM_INPUTS, PCM_OUTPUTS
 
 
 def run_pcm(session: ort.InferenceSession, pcm_n: np.ndarray, pcm_g: np.ndarray,

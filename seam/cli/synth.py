@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from seam.commands._util import console, fail, progress_bar
+from seam.cli._util import console, fail, progress_bar
 
 
 def synth(

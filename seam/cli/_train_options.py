@@ -10,7 +10,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from seam.commands._util import console, fail, progress_bar
+from seam.cli._util import console, fail, progress_bar
 
 C = TypeVar("C")
 

@@ -7,7 +7,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from seam.commands._util import fail, parse_floats, progress_bar
+from seam.cli._util import fail, parse_floats, progress_bar
 
 
 def cam(

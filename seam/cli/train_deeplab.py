@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
-from seam.commands import _train_options as opt
-from seam.commands._util import console, fail
+from seam.cli import _train_options as opt
+from seam.cli._util import console, fail
 
 
 def train_deeplab(
@@ -40,7 +40,7 @@ def train_deeplab(
 ) -> None:
     """Train DeepLab-LargeFOV: random scale 0.5-1.5, flip, crop (255-padded labels), SGD poly,
     cross-entropy ignoring 255. Writes RUN_DIR/deeplab_final.pth + .json."""
-    from seam.commands._util import parse_floats
+    from seam.cli._util import parse_floats
     from training.engine.deeplab import DEEPLAB_FINAL, DeepLabDataError, DeepLabTrainConfig
     from training.engine.deeplab import train_deeplab as run
     from training.engine.trainer import TrainingError

@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
-from seam.commands._util import fail
-from seam.commands.serve import apply_overrides, load_settings
+from seam.cli._util import fail
+from seam.cli.serve import apply_overrides, load_settings
 
 
 def worker(

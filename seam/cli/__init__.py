@@ -1,5 +1,7 @@
-"""The `seam` command line. Each command lives in `seam/commands/<name>.py` and keeps
-heavy imports (torch, onnxruntime) inside its function so `seam --help` stays fast."""
+"""The `seam` command line (`seam`, `python -m seam.cli`). Each command lives in
+`seam/cli/<name>.py` and keeps heavy imports (torch, onnxruntime) inside its function so
+`seam --help` stays fast. The CLI is the top floor: the only package that may import both
+training and the service."""
 from __future__ import annotations
 
 import importlib
@@ -15,7 +17,7 @@ app = typer.Typer(
 train_app = typer.Typer(help="Train SEAM, AffinityNet or DeepLab.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
-# (typer app, command name, module under seam.commands, function name)
+# (typer app, command name, module under seam.cli, function name)
 COMMANDS: list[tuple[typer.Typer, str, str, str]] = [
     (app, "synth", "synth", "synth"),
     (app, "eval", "evaluate", "evaluate"),
@@ -32,12 +34,8 @@ COMMANDS: list[tuple[typer.Typer, str, str, str]] = [
 ]
 
 for _target, _name, _module, _func in COMMANDS:
-    _target.command(_name)(getattr(importlib.import_module(f"seam.commands.{_module}"), _func))
+    _target.command(_name)(getattr(importlib.import_module(f"seam.cli.{_module}"), _func))
 
 
 def main() -> None:  # pragma: no cover - console entry
     app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

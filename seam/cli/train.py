@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from seam.commands import _train_options as opt
-from seam.commands._util import console, fail, parse_floats, progress_bar
+from seam.cli import _train_options as opt
+from seam.cli._util import console, fail, parse_floats, progress_bar
 
 
 def _pair(text: str | None, name: str) -> tuple[int, int] | None:

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from seam.commands._util import fail
+from seam.cli._util import fail
 
 
 def evaluate(

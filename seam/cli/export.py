@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from seam.commands._util import console, fail
+from seam.cli._util import console, fail
 
 
 def export(
@@ -22,6 +22,13 @@ def export(
     working_side: Annotated[int | None, typer.Option(
         min=8, help="Long side larger inputs are resized to before inference (default: the top of the "
                     "training range: 768 for the release's 448-768).")] = None,
+    precision: Annotated[str, typer.Option(
+        "--precision", "--quantize",
+        help="fp32, int8 (CPU workers: static QDQ quantization, needs --calibration) or fp16 (CUDA "
+             "workers).")] = "fp32",
+    calibration: Annotated[Path | None, typer.Option(
+        help="int8: list file or image directory to calibrate on (e.g. the training list).")] = None,
+    calibration_n: Annotated[int, typer.Option(min=1, help="int8: images drawn (seeded) from --calibration.")] = 16,
 ) -> None:
     """Export to ONNX with dynamic batch/height/width, check onnxruntime against torch on
     odd sizes, and write the model directory atomically (nothing is written on failure)."""
@@ -36,10 +43,20 @@ def export(
     with console.status(f"exporting {checkpoint} ({kind}) ..."):
         try:
             res = export_model(checkpoint, kind, name, models_dir, opset=opset, force=force, atol=atol,
-                               working_side=working_side)
+                               working_side=working_side, precision=precision, calibration=calibration,
+                               calibration_n=calibration_n)
         except ExportError as exc:
             fail(str(exc), code=1)
     m = res.manifest
     diffs = ", ".join(f"{k} {v:.2g}" for k, v in res.max_abs_diff.items())
     console.print(f"[green]wrote[/] {res.model_dir}  ({m.kind}, {m.backbone}, {len(m.class_names) or '-'} classes, "
                   f"{res.onnx_bytes / 1e6:.1f} MB; onnxruntime vs torch max |diff|: {diffs})")
+    p = m.precision
+    if p.weights != "fp32":
+        errs = ", ".join(f"{k} {v:.2g}" for k, v in p.max_error.items())
+        how = f"calibration {p.calibration.method} on {p.calibration.images} images; " if p.calibration else ""
+        console.print(f"  {p.weights} for {p.provider}: {how}max |{p.weights} - fp32| / max |fp32|: {errs}"
+                      + (f"; {p.speedup:.2f}x fp32's speed here" if p.speedup else ""))
+        if p.speedup is not None and p.speedup < 1.0:
+            console.print(f"[yellow]warning:[/] {p.weights} is slower than fp32 on this machine: serve the fp32 "
+                          "export here (re-export without --quantize)")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from seam.commands._util import fail
+from seam.cli._util import fail
 
 
 def apply_overrides(**values: object) -> None:

@@ -16,6 +16,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from seam.common.cam import DEFAULT_BG_THRESHOLD, DEFAULT_CLS_THRESHOLD, DEFAULT_SCALES, OUTPUT_STRIDE
 from seam.common.files import file_sha256  # noqa: F401 - part of the model contract
 from seam.common.image import IMAGENET_MEAN, IMAGENET_STD
+from seam.modelrepo.precision import PrecisionInfo
 
 MANIFEST_NAME = "manifest.json"
 # 2: the SEAM graph stops before the PCM's hw x hw product (outputs cam, pcm_n, pcm_g) and
@@ -37,7 +38,7 @@ KIND_OUTPUTS: dict[str, tuple[str, ...]] = {
 PCM_INPUTS: tuple[str, ...] = ("pcm_n", "pcm_g", "pcm_q")
 PCM_OUTPUTS: tuple[str, ...] = ("cam_rv",)
 # network working set per input pixel and batch item, when a manifest does not say
-# (measured: onnxruntime CPU, ResNet-38 ~1.9 kB; the small backbone ~0.3 kB)
+# (measured: onnxruntime CPU, ResNet-38 ~1.1 kB; the small backbone ~0.22 kB)
 DEFAULT_BYTES_PER_PIXEL = 2048.0
 
 
@@ -195,6 +196,8 @@ class Manifest(_Strict):
     crf: CrfSettings = CrfSettings()
     random_walk: RandomWalkSettings | None = None  # affinity
     deeplab: DeepLabSettings | None = None  # deeplab
+    # number format of the graph's weights; int8 calibration (training/export/quantize.py)
+    precision: PrecisionInfo = PrecisionInfo()
     provenance: Provenance
 
     @field_validator("class_names")
