@@ -307,7 +307,12 @@ STANDINS=0
 ensure_base_images
 step_done "prerequisites" "docker $(docker version -f '{{.Server.Version}}'), compose $(docker compose version --short), $STANDINS stand-in(s)"
 
+old_ids=$(docker image inspect -f '{{.Id}}' seam-api seam-worker 2>/dev/null || true)
 dc build >"$WORK/build.log" 2>&1 || { tail -40 "$WORK/build.log"; die "docker compose build failed"; }
+new_ids=$(docker image inspect -f '{{.Id}}' seam-api seam-worker)
+for id in $old_ids; do  # the images this build replaced (about 2 GB per rebuild otherwise)
+  grep -qx "$id" <<<"$new_ids" || docker rmi "$id" >/dev/null 2>&1 || true
+done
 step_done "build" "seam-api $(docker image inspect -f '{{.Size}}' seam-api | awk '{printf "%.0f MB", $1/1e6}'), seam-worker $(docker image inspect -f '{{.Size}}' seam-worker | awk '{printf "%.0f MB", $1/1e6}')"
 
 dc up -d --wait --wait-timeout 300 >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log"; die "docker compose up --wait failed"; }

@@ -291,8 +291,12 @@ def test_input_validation(engine):
         engine.cam(image(), [3])
     with pytest.raises(ValueError, match="scales"):
         engine.cam(image(), scales=[0.0])
-    with pytest.raises(ValueError, match="at most 4096"):
-        engine.cam(np.zeros((8, 2100, 3), np.uint8), scales=[2.0])
+    with pytest.raises(ValueError, match="at most 4096"):  # explicit scales beyond the graph's size
+        engine.cam(np.zeros((8, 700, 3), np.uint8), scales=[6.0])
+    with pytest.raises(ValueError, match=r"max_side must be in \[8, 4096\]"):  # manifest scales top out at 1
+        engine.cam(np.zeros((8, 2100, 3), np.uint8), max_side=5000)
+    # without max_side a long image runs at the working side (768 for a manifest naming none)
+    assert engine.cam(np.zeros((8, 2100, 3), np.uint8), [0]).cams.shape == (1, 8, 2100)
     with pytest.raises(ValueError, match="method 'nope'"):
         engine.segment(image(), method="nope")
     with pytest.raises(ValueError, match="threshold"):
