@@ -115,7 +115,11 @@ def roofline(model_dir: Path, rgb: np.ndarray, scales, flip: bool, threads: int,
         inputs.append(np.concatenate([x, x[..., ::-1]]) if flip else x)
     macs = sum(conv_macs(model_dir / mf.onnx.file, x.shape) for x in inputs)
     # the PCM product per pass: relu(g^T q) is D x N x N, [n; 1] @ aff is (C + 1) x N x N
-    C, D = len(mf.class_names), 192
+    import onnx
+
+    outs = {o.name: o for o in onnx.load(str(model_dir / mf.onnx.file), load_external_data=False).graph.output}
+    C = len(mf.class_names)
+    D = outs["pcm_g"].type.tensor_type.shape.dim[1].dim_value if "pcm_g" in outs else 0  # 0: no PCM graph
     n_pix = [((x.shape[2] + 7) // 8) * ((x.shape[3] + 7) // 8) for x in inputs]
     pcm_macs = sum(x.shape[0] * n * n * (D + C + 1) for x, n in zip(inputs, n_pix))
     before = matmul_peak(threads)

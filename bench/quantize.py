@@ -104,7 +104,7 @@ def main() -> None:
     ap.add_argument("--size", default="375x500", help="HxW of the timed input (a held-out image resized)")
     ap.add_argument("--rounds", type=int, default=5, help="timed passes per side (interleaved)")
     ap.add_argument("--calibration", type=Path, help="list file or image directory (default: synthetic images)")
-    ap.add_argument("--calibration-n", type=int, default=16)
+    ap.add_argument("--calibration-n", type=int, default=48)
     ap.add_argument("--calibration-scales", default=None, help="default: the manifest's CAM scales")
     ap.add_argument("--calibration-side", type=int, default=512, help="long-side cap of calibration inputs")
     ap.add_argument("--methods", default="minmax,entropy,percentile")

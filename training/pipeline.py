@@ -168,7 +168,7 @@ class PipelineConfig:
     deeplab_lr: float = 1e-3
     seg_scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # = inference.segment.DEFAULT_SEG_SCALES
     seg_crf: bool = False  # the authors' test protocol has it on (1 iteration); off here: pydensecrf2 is optional
-    recipe: str | None = None  # release | tuned for every training stage; None: release on VOC, else tuned
+    recipe: str | None = None  # release | tuned for every training stage; None: release (DeepLab off VOC: tuned)
     seed: int = 0
     device: str | None = None
     workers: int | None = None
@@ -257,7 +257,8 @@ def run_pipeline(cfg: PipelineConfig, hooks: StageHooks = StageHooks()) -> dict[
 
     ds = build_dataset(cfg.dataset, cfg.data, cfg.train_list, cfg.labels)
     recipe = cfg.recipe or default_recipe(ds.kind)
-    results["recipe"] = recipe
+    dl_recipe = cfg.recipe or default_recipe(ds.kind, "deeplab")
+    results["recipe"] = {"seam": recipe, "affinity": recipe, "deeplab": dl_recipe}
     class_names = list(ds.class_names)
     train_items = list(zip(ds.ids, ds.paths))
     val_list = _val_list(cfg)
@@ -265,7 +266,8 @@ def run_pipeline(cfg: PipelineConfig, hooks: StageHooks = StageHooks()) -> dict[
     gt = ds.gt_dir
     log(f"pipeline on {len(train_items)} training images ({len(class_names) - 1} classes), "
         f"{len(val_items)} evaluation images, backbone {cfg.backbone}, device {device}, run dir {run}, "
-        f"recipe {recipe}{'' if cfg.recipe else ' (default for ' + ds.kind + ' data)'}")
+        f"recipe {recipe}{'' if dl_recipe == recipe else ' (DeepLab ' + dl_recipe + ')'}"
+        f"{'' if cfg.recipe else ' (default for ' + ds.kind + ' data)'}")
 
     def miou(key: str, pred_dir: Path, ids: list[str], **kw: Any) -> None:
         if gt is None or not ids:
@@ -378,7 +380,7 @@ def run_pipeline(cfg: PipelineConfig, hooks: StageHooks = StageHooks()) -> dict[
     # every image of the data root with a random-walk label, i.e. the training list
     stage("deeplab", lambda: train_stage(
         "6/6", "DeepLab", dl_final, f"DeepLab training on the random-walk labels (init {init})", train_deeplab,
-        partial(DeepLabTrainConfig.from_recipe, recipe), images=str(ds.image_root), labels=str(rw_dir), classes=",".join(class_names),
+        partial(DeepLabTrainConfig.from_recipe, dl_recipe), images=str(ds.image_root), labels=str(rw_dir), classes=",".join(class_names),
         weights=init, epochs=cfg.deeplab_epochs, lr=cfg.deeplab_lr))
     seg_dir = run / "segment"
 

@@ -20,8 +20,9 @@ AuthorsMomentum = Annotated[bool, typer.Option("--authors-momentum", help="Momen
                                                                           "actually used.")]
 RECIPE_HELP = ("release: the published runs exactly (SGD momentum 5e-4 from the release's positional-argument "
                "slip, weight decay per group, poly 0.9, fp32, batch 8, 8 epochs, crop 448). tuned: the same "
-               "with momentum 0.9 and AMP on CUDA. Default: release for --dataset voc (the paper's run), "
-               "tuned for other data (measured better there, docs/training.md). Explicit options override it.")
+               "with momentum 0.9 and AMP on CUDA. Default: release, on VOC because it is the paper's run, "
+               "on other data because tuned measured no better there (docs/training.md, Ablation). "
+               "Explicit options override it.")
 Recipe = Annotated[str | None, typer.Option(help=RECIPE_HELP)]
 # recipe-governed options: None = "the recipe's value"
 REpochs = Annotated[int | None, typer.Option(help="Epochs [recipe: 8].")]

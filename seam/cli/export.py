@@ -28,7 +28,9 @@ def export(
              "workers).")] = "fp32",
     calibration: Annotated[Path | None, typer.Option(
         help="int8: list file or image directory to calibrate on (e.g. the training list).")] = None,
-    calibration_n: Annotated[int, typer.Option(min=1, help="int8: images drawn (seeded) from --calibration.")] = 16,
+    calibration_n: Annotated[int, typer.Option(
+        min=1, help="int8: images drawn (seeded) from --calibration; more = closer to fp32, longer "
+                    "export.")] = 48,
 ) -> None:
     """Export to ONNX with dynamic batch/height/width, check onnxruntime against torch on
     odd sizes, and write the model directory atomically (nothing is written on failure)."""

@@ -65,7 +65,7 @@ def train_seam(
 ) -> None:
     """Train SEAM: siamese rescale branch, classification + ER + ECR (OHEM) losses, PCM, frozen BN, poly lr. Writes RUN_DIR/seam_final.pth (authors' format) + .json.
 
-    Default recipe: `release` for --dataset voc (and VOC layouts found by --dataset auto), so that a VOC run trains exactly as the authors' published runs (momentum 5e-4, fp32, batch 8, 8 epochs, crop 448); `tuned` (momentum 0.9, AMP on CUDA) for synthetic and folder data, where it trains faster from scratch (docs/training.md, Ablation). Options you give override the recipe; the run prints the recipe and stores it in the sidecar."""
+    Default recipe: `release`. With --dataset voc (or a VOC layout found by --dataset auto) a run therefore trains exactly as the authors' published runs (SGD momentum 5e-4 from their optimiser's positional-argument slip, fp32, batch 8, 8 epochs, crop 448, lr 0.01), which is what produced the paper's numbers; other data gets it too, because `tuned` (momentum 0.9, AMP on CUDA) measured no better on the synthetic ablation (docs/training.md). Options you give override the recipe; the run prints the recipe and stores it in the sidecar."""
     from training.data.datasets import DatasetError, detect_kind
     from training.engine.recipes import default_recipe
     from training.engine.siamese import parse_transforms

@@ -47,7 +47,7 @@ def train_affinity(
 ) -> None:
     """Train AffinityNet: stride-8 features, pair affinities within the radius, loss bg/4 + fg/4 + neg/2; frozen BN/conv1a/b2, poly lr. Writes RUN_DIR/affinity_final.pth + .json.
 
-    Default recipe: `release` (SEAM's train_aff.py: lr 0.01, momentum 5e-4, fp32) for VOC data, `tuned` (momentum 0.9) otherwise; options you give override it."""
+    Default recipe: `release` (SEAM's train_aff.py: lr 0.01, momentum 5e-4, fp32); `--recipe tuned`: momentum 0.9, AMP on CUDA. Options you give override it."""
     from training.data.datasets import DatasetError, build_dataset, detect_kind
     from training.engine.affinity import AFFINITY_FINAL, AffinityTrainConfig
     from training.engine.affinity import train_affinity as run

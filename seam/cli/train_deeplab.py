@@ -79,5 +79,5 @@ def _default_recipe(images: Path) -> str:
     root = images if images.is_dir() else images.parent
     for cand in (root, root.parent, root.parent.parent, root.parent.parent.parent):
         if (cand / "JPEGImages").is_dir():
-            return default_recipe(detect_kind(cand))
-    return default_recipe("folder")
+            return default_recipe(detect_kind(cand), "deeplab")
+    return default_recipe("folder", "deeplab")

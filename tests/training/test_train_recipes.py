@@ -31,7 +31,8 @@ def test_release_and_tuned_values():
     assert {k for k in rel if rel[k] != tuned[k]} == {"momentum", "amp"}
     aff = recipe_settings("affinity", "release")
     assert (aff["lr"], aff["momentum"], aff["batch_size"], aff["epochs"]) == (0.01, AUTHORS_MOMENTUM, 8, 8)
-    assert default_recipe("voc") == "release" and default_recipe("synth") == "tuned"
+    assert default_recipe("voc") == "release" and default_recipe("synth") == "release"
+    assert default_recipe("voc", "deeplab") == "release" and default_recipe("folder", "deeplab") == "tuned"
     # the dataclass defaults are the release recipe (a bare TrainConfig trains as the authors)
     assert TrainConfig().recipe_report()["exact"] and AffinityTrainConfig().recipe_report()["exact"]
     rep = TrainConfig.from_recipe("tuned", epochs=60, lr=None).recipe_report()
@@ -51,17 +52,17 @@ def test_cli_recipe_default_and_sidecar(tmp_path):
                                    "--batch-size", "4", "--epochs", "1", "--threads", "1", "--no-eval",
                                    "--out", str(out)])
     assert res.exit_code == 0, res.output
-    assert "recipe tuned" in res.output  # synth data: the tuned recipe, printed at start
+    assert "recipe release" in res.output  # the default recipe, printed at start
     side = json.loads((out / "seam_final.json").read_text())
-    assert side["recipe"]["name"] == "tuned" and side["training"]["momentum"] == 0.9
+    assert side["recipe"]["name"] == "release" and side["training"]["momentum"] == AUTHORS_MOMENTUM
     assert side["recipe"]["overrides"] == {"batch_size": 4, "epochs": 1, "crop": 48}
     out2 = tmp_path / "run2"
-    res = CliRunner().invoke(app, ["train", "seam", "--data", str(data), "--recipe", "release", "--backbone",
+    res = CliRunner().invoke(app, ["train", "seam", "--data", str(data), "--recipe", "tuned", "--backbone",
                                    "resnet38_small", "--crop", "48", "--batch-size", "4", "--epochs", "1",
                                    "--threads", "1", "--no-eval", "--no-jitter", "--out", str(out2)])
     assert res.exit_code == 0, res.output
     side = json.loads((out2 / "seam_final.json").read_text())
-    assert side["recipe"]["name"] == "release" and side["training"]["momentum"] == AUTHORS_MOMENTUM
+    assert side["recipe"]["name"] == "tuned" and side["training"]["momentum"] == 0.9
     assert side["config"]["jitter"] is None and side["recipe"]["overrides"]["jitter"] is None
     res = CliRunner().invoke(app, ["train", "seam", "--help"])
     assert "release" in res.output and "tuned" in res.output

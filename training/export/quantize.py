@@ -46,14 +46,14 @@ from seam.modelrepo.precision import PRECISIONS
 log = logging.getLogger(__name__)
 
 CALIBRATION_METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
-DEFAULT_CALIBRATION_N = 16
+DEFAULT_CALIBRATION_N = 48  # demo model: mIoU -0.33 with 48 images, -0.58 with 16 (docs/models.md)
 # Conv carries the arithmetic. Quantizing the ReLUs too lets the quantizer drop them into
 # the convolution's output range (u8 from 0), so onnxruntime chains QLinearConv ->
 # QLinearConv without a dequantize/requantize pair between them: ResNet-38 3.0x instead
 # of 2.65x, and a smaller CAM error. Adding the residual Adds (QLinearAdd) was slower and
 # less accurate (bench/quantize.py --op-types; numbers in docs/models.md).
 DEFAULT_OP_TYPES: tuple[str, ...] = ("Conv", "Relu")
-DEFAULT_CALIBRATION_SIDE = 512  # calibration images are capped to this long side (time, not range)
+DEFAULT_CALIBRATION_SIDE = 512  # long side of calibration inputs after scaling (memory, time)
 EXTERNAL_DATA_BYTES = 100 << 20  # as the fp32 export: larger weights go to <file>.data
 
 
@@ -111,10 +111,11 @@ def calibration_batches(
 
 
 class _Reader:
-    """onnxruntime CalibrationDataReader over in-memory batches. `set_range` lets the
-    calibrator collect one batch at a time (`CalibStridedMinMax`): the histogram
-    calibrators otherwise keep every intermediate tensor of every batch in memory
-    (gigabytes per image for ResNet-38)."""
+    """onnxruntime CalibrationDataReader over in-memory batches, for running onnxruntime's
+    own calibrators (the tests compare `calibrate` with them). `set_range` feeds them one
+    batch at a time, as `quantize_static`'s `CalibStridedMinMax` does: in one call the
+    histogram calibrators keep every intermediate tensor of every batch in memory and
+    cannot stack inputs of different sizes."""
 
     def __init__(self, batches: Sequence[np.ndarray], input_name: str) -> None:
         self.batches = list(batches)
@@ -228,8 +229,9 @@ class OutputError:
 
 
 def _session(path: str | Path, threads: int | None, providers: Sequence[str] = ("CPUExecutionProvider",)):
-    from seam.modelrepo.runtime import session_options, default_threads
     import onnxruntime as ort
+
+    from seam.modelrepo.runtime import default_threads, session_options
 
     return ort.InferenceSession(str(path), session_options(threads or default_threads()), providers=list(providers))
 
@@ -306,7 +308,7 @@ def calibrate(
     external: bool,
     op_types: Sequence[str] = ("Conv",),
 ) -> dict:
-    """Tensor ranges of every Conv input/output for each method, from ONE pass over the
+    """Ranges of the inputs/outputs of every `op_types` node for each method, from ONE pass over the
     batches: the histogram calibrator's augmented graph exposes the full tensors, which
     feed a running min/max (MinMax) and onnxruntime's own histogram collectors (Entropy,
     Percentile, with the defaults `quantize_static` uses). Three separate calibrations
