@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import statistics
-import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -25,8 +24,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.service.test_any_photo import photo  # noqa: E402  (the tests' photo-like JPEGs)
-from tests.service.test_e2e import free_port  # noqa: E402
+from tests.service.test_any_photo import photo, serve_demo  # noqa: E402  (the tests' photos and server)
 
 
 class PeakRss:
@@ -57,21 +55,10 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEAM_")}
-    env.update({"SEAM_MODELS_DIR": args.models_dir, "SEAM_THREADS": str(args.threads),
-                "SEAM_DATA_DIR": "/tmp/seam-bench-any-photo", "MALLOC_ARENA_MAX": "2"})
-    proc = subprocess.Popen([sys.executable, "-m", "seam.cli", "serve", "--port", str(port), "--log-level",
-                             "warning"], cwd=REPO, env=env)
-    url = f"http://127.0.0.1:{port}"
+    tmp = Path(tempfile.mkdtemp(prefix="seam-bench-any-photo-"))
+    url, proc = serve_demo(tmp / "data", tmp / "serve.log", cap=False, SEAM_MODELS_DIR=args.models_dir,
+                           SEAM_THREADS=str(args.threads))
     try:
-        for _ in range(240):
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
         rows = []
         for size in args.sizes.split(","):
             w, h = (int(v) for v in size.split("x"))

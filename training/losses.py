@@ -62,8 +62,9 @@ def max_norm(x: torch.Tensor, eps: float = EPS) -> torch.Tensor:
 def peak_norm(x: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     """relu(x) / (max_hw relu(x) + eps) per (sample, channel): no minimum subtracted.
 
-    Not the release's training normalisation (that is `max_norm`); kept as the
-    `--cam-norm peak` variant of the tuned recipe, and it is what the network's own
+    Not the release's training normalisation (that is `max_norm`); kept for the
+    ablation (`bench/ablation.py --rows seam-peak`: not better over 3 seeds, so no CLI
+    option and no recipe uses it) and the parity tests, and it is what the network's own
     forward uses for the PCM input.
     """
     x = F.relu(x)
@@ -162,7 +163,7 @@ class LossSwitches:
     er: bool = True
     pcm: bool = True  # ECR (and the min-pooling term on the PCM output)
     ohem: bool = True
-    norm: str = "minmax"  # the release's max_norm; "peak" divides by the max alone (tuned variant)
+    norm: str = "minmax"  # the release's max_norm; "peak" divides by the max alone (ablation only)
 
     def __post_init__(self) -> None:
         if self.norm not in CAM_NORMS:

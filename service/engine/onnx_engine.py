@@ -129,6 +129,11 @@ class OnnxEngine:
             pcm = manifests[d].pcm
             pcm_sess = create_session(d / pcm.file, self.runtime)[0] if pcm is not None else None
             self._models[kind] = LoadedModel(d.name, d, manifests[d], sess, got, pcm_sess)
+            want = manifests[d].precision.provider
+            if want != "any" and (want == "cuda") != (got != CPU):
+                log.warning("%s holds %s weights, which pay on %s; here it runs on %s (slower than fp32: "
+                            "export an fp32 model for this provider)", d.name, manifests[d].precision.weights,
+                            want.upper(), got)
             log.info("loaded %s (%s, %s) on %s, %d threads", d.name, kind, manifests[d].backbone, got,
                      self.runtime.threads)
         self._check_classes()

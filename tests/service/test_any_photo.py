@@ -46,29 +46,35 @@ def _cap() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("anyphoto")
+def serve_demo(data_dir: Path, log: Path, cap: bool = True, **env_extra: str) -> tuple[str, subprocess.Popen]:
+    """`seam serve` over the repository's models/ (embedded mode) on a free port, ready;
+    under the address-space cap unless cap=False. (url, process)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEAM_")}
-    env.update({"PYTHONPATH": str(REPO), "SEAM_MODELS_DIR": str(REPO / "models"), "SEAM_DATA_DIR": str(tmp / "data"),
-                "SEAM_THREADS": "2", "SEAM_MEMORY_BUDGET_MB": "1024", "MALLOC_ARENA_MAX": "2",
-                "OMP_NUM_THREADS": "2"})
-    log = open(tmp / "serve.log", "wb")  # noqa: SIM115 - the server writes to it for the whole module
-    proc = subprocess.Popen([sys.executable, "-m", "seam.cli", "serve", "--port", str(port)], cwd=REPO, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, preexec_fn=_cap)
+    env.update({"PYTHONPATH": str(REPO), "SEAM_MODELS_DIR": str(REPO / "models"), "SEAM_DATA_DIR": str(data_dir),
+                "SEAM_THREADS": "2", "MALLOC_ARENA_MAX": "2", "OMP_NUM_THREADS": "2", **env_extra})
+    with open(log, "wb") as out:  # the child keeps its own descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "seam.cli", "serve", "--port", str(port)], cwd=REPO,
+                                env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_cap if cap else None)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
-        assert proc.poll() is None, (tmp / "serve.log").read_text()
+        if proc.poll() is not None:
+            raise RuntimeError("server exited: " + log.read_text())
         try:
             if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
+                return url, proc
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    else:
-        pytest.fail("server not ready: " + (tmp / "serve.log").read_text())
+    proc.kill()
+    raise RuntimeError("server not ready: " + log.read_text())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("anyphoto")
+    url, proc = serve_demo(tmp / "data", tmp / "serve.log", SEAM_MEMORY_BUDGET_MB="1024")
     yield url, proc, tmp
     proc.terminate()
     proc.wait(10)
