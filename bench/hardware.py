@@ -23,7 +23,7 @@ def conv_macs(onnx_path: str | Path, input_shape: tuple[int, ...]) -> int:
     """MACs of one pass of a single-input graph at `input_shape` (weights not loaded)."""
     m = onnx.load(str(onnx_path), load_external_data=False)
     dims = m.graph.input[0].type.tensor_type.shape.dim
-    for d, v in zip(dims, input_shape):
+    for d, v in zip(dims, input_shape, strict=False):
         d.ClearField("dim_param")
         d.dim_value = int(v)
     m = shape_inference.infer_shapes(m, data_prop=True)
@@ -114,4 +114,5 @@ def time_network(onnx_path: str | Path, inputs: list[np.ndarray], threads: int, 
 
 def report(label: str, macs: float, seconds: float, peak: float) -> str:
     gmacs = macs / seconds / 1e9
-    return f"{label}: {macs / 1e9:.1f} GMAC in {seconds:.2f} s = {gmacs:.1f} GMAC/s ({100 * gmacs / peak:.0f} % of peak)"
+    share = 100 * gmacs / peak
+    return f"{label}: {macs / 1e9:.1f} GMAC in {seconds:.2f} s = {gmacs:.1f} GMAC/s ({share:.0f} % of peak)"

@@ -121,7 +121,7 @@ def roofline(model_dir: Path, rgb: np.ndarray, scales, flip: bool, threads: int,
     C = len(mf.class_names)
     D = outs["pcm_g"].type.tensor_type.shape.dim[1].dim_value if "pcm_g" in outs else 0  # 0: no PCM graph
     n_pix = [((x.shape[2] + 7) // 8) * ((x.shape[3] + 7) // 8) for x in inputs]
-    pcm_macs = sum(x.shape[0] * n * n * (D + C + 1) for x, n in zip(inputs, n_pix))
+    pcm_macs = sum(x.shape[0] * n * n * (D + C + 1) for x, n in zip(inputs, n_pix, strict=False))
     before = matmul_peak(threads)
     t_net = time_network(model_dir / mf.onnx.file, inputs, threads)
     after = matmul_peak(threads)
@@ -156,8 +156,8 @@ def main() -> None:
 
     from seam.common.files import list_images
     from seam.common.image import load_rgb
-    from service.engine.onnx_engine import OnnxEngine
     from seam.modelrepo.runtime import default_threads
+    from service.engine.onnx_engine import OnnxEngine
     from training.export import export_model
     from training.models.registry import create_model, model_from_checkpoint
 

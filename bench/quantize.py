@@ -8,7 +8,8 @@ each side's best-of-N time is the one least disturbed by other load on the machi
     python bench/quantize.py --backbone resnet38_small --size 375x500
     python bench/quantize.py --backbone resnet38 --size 376x504 --calibration-n 4 --calibration-scales 1.0
     # a trained model: also multi-scale PCM pseudo labels on a VOC-layout set, mIoU fp32 vs int8
-    python bench/quantize.py --checkpoint runs/demo/seam_final.pth --calibration data/synth/ImageSets/Segmentation/train.txt \\
+    python bench/quantize.py --checkpoint runs/demo/seam_final.pth \\
+        --calibration data/synth/ImageSets/Segmentation/train.txt \\
         --miou data/synth --miou-n 100
 
 The network pass is the backbone graph `model.onnx` (cam, pcm_n, pcm_g); the PCM product
@@ -77,9 +78,9 @@ def interleaved_times(sessions: dict, x: np.ndarray, input_name: str, rounds: in
 
 
 def miou_run(engine, data: Path, ids: list[str], foreground: list[str]) -> tuple[dict, list[np.ndarray], float]:
-    from seam.common.files import load_label_file
     from PIL import Image
 
+    from seam.common.files import load_label_file
     from seam.common.image import load_rgb
     from seam.common.metrics import ConfusionMeter
 
@@ -215,7 +216,7 @@ def main() -> None:
                   f"({100 * macs / best[k] / 1e9 / peak:.0f} % of the {k} matmul peak {peak:.0f} GMAC/s)")
         print(f"  int8 / fp32 speed: {out['pass']['speedup_best']:.2f}x (best), "
               f"{out['pass']['speedup_median']:.2f}x (median); cam max rel diff {err.rel_max:.4f}")
-        print(f"  matmul peaks GMAC/s before/after: " + ", ".join(
+        print("  matmul peaks GMAC/s before/after: " + ", ".join(
             f"{k} {peak_before[k]:.0f}/{peak_after[k]:.0f}" for k in peak_before))
         del sess
 
@@ -229,7 +230,8 @@ def main() -> None:
             shutil.copy2(int8, int8_dir / mf.onnx.file)
             data["onnx"]["sha256"] = file_sha256(int8_dir / mf.onnx.file)
             (int8_dir / "manifest.json").write_text(Manifest.model_validate(data).to_json())
-            ids = [ln.split()[0] for ln in (args.miou / "ImageSets" / "Segmentation" / "train.txt").read_text().split("\n")
+            listing = (args.miou / "ImageSets" / "Segmentation" / "train.txt").read_text()
+            ids = [ln.split()[0] for ln in listing.split("\n")
                    if ln.strip()][: args.miou_n]
             fg = list(mf.class_names[1:])
             results = {}
@@ -239,7 +241,7 @@ def main() -> None:
                 results[k], maps[k], secs = miou_run(eng, args.miou, ids, fg)
                 results[k]["seconds"] = secs
                 del eng
-            pairs = [(a, b) for a, b in zip(maps["fp32"], maps["int8"]) if a.size]
+            pairs = [(a, b) for a, b in zip(maps["fp32"], maps["int8"], strict=False) if a.size]
             diff = max(float(np.abs(a - b).max()) for a, b in pairs)
             mean_diff = float(np.mean([np.abs(a - b).mean() for a, b in pairs]))
             out["miou"] = {"images": len(ids), "fp32": results["fp32"]["miou"], "int8": results["int8"]["miou"],

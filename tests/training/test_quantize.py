@@ -140,7 +140,7 @@ def test_one_pass_calibration_equals_onnxruntime_calibrators(tiny, tmp_path):
             c.collect_data(reader)
         ref = c.compute_data()
         assert set(ref.keys()) == set(ours[name].keys())
-        for k in ref.keys():
+        for k in ref:
             np.testing.assert_allclose(np.asarray(ours[name][k].range_value, np.float64),
                                        np.asarray(ref[k].range_value, np.float64), rtol=1e-6, atol=1e-7,
                                        err_msg=f"{name} {k}")
@@ -249,7 +249,8 @@ def test_fp16_shared_input_of_two_blocked_nodes(tmp_path):
              helper.make_node("Add", ["r", "s"], ["out"], name="c")]
     g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 5, 5])],
                           [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 5, 5])], [w])
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), str(tmp_path / "g.onnx"))
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    onnx.save(model, str(tmp_path / "g.onnx"))
     Q.convert_fp16(tmp_path / "g.onnx", tmp_path / "h.onnx", node_block_list=["a", "b"])
     x = rng.standard_normal((1, 3, 5, 5)).astype(np.float32)
     err = Q.compare_outputs(tmp_path / "g.onnx", tmp_path / "h.onnx", [x], "image", threads=1)

@@ -44,8 +44,8 @@ from seam.modelrepo.manifest import (
     RandomWalkSettings,
     file_sha256,
 )
-from seam.modelrepo.runtime import RuntimeConfig, create_session, default_threads
 from seam.modelrepo.pcm import run_pcm
+from seam.modelrepo.runtime import RuntimeConfig, create_session, default_threads
 from training.export.quantize import DEFAULT_CALIBRATION_N, QuantizeError, apply_precision, check_precision_args
 from training.export.specs import SPECS, ExportSpec, PcmGraph
 from training.models.checkpoint import CheckpointError
@@ -298,7 +298,7 @@ def check_parity(
         with torch.no_grad():
             ref = spec.reference(graph.net, x)
         got = sess.run(list(spec.outputs), {"image": x.numpy()})
-        for name, r, g in zip(spec.outputs, ref, got):
+        for name, r, g in zip(spec.outputs, ref, got, strict=True):
             if tuple(r.shape) != g.shape:
                 raise ExportError(f"output {name!r}: onnxruntime shape {g.shape} != torch {tuple(r.shape)} at {shape}")
             d = float(np.abs(r.numpy() - g).max())

@@ -251,7 +251,7 @@ def compare_outputs(
     for x in batches:
         a = ref.run(names, {input_name: x})
         b = test.run(names, {input_name: x})
-        for n, r, t in zip(names, a, b):
+        for n, r, t in zip(names, a, b, strict=True):
             r = r.astype(np.float64)
             d = np.abs(t.astype(np.float64) - r)
             scale = float(np.abs(r).max()) or 1.0
@@ -333,7 +333,7 @@ def calibrate(
     hi: dict[str, np.ndarray] = {}
     with contextlib.redirect_stdout(io.StringIO()):  # the collectors print progress lines
         for x in batches:
-            outs = dict(zip(names, cal.infer_session.run(None, {input_name: x})))
+            outs = dict(zip(names, cal.infer_session.run(None, {input_name: x}), strict=True))
             tensors = {n: a for n, a in outs.items() if n in wanted}
             for n, a in tensors.items():
                 amin, amax = np.nanmin(a), np.nanmax(a)
@@ -487,7 +487,8 @@ def quantize_model(
         if stale.exists():
             stale.unlink()
         for f in chosen.parent.iterdir():
-            target = out_path.parent / (out_path.name + f.name[len(chosen.name):]) if f.name.startswith(chosen.name) else None
+            suffix = f.name[len(chosen.name):] if f.name.startswith(chosen.name) else None
+            target = out_path.parent / (out_path.name + suffix) if suffix is not None else None
             if target is not None:
                 f.replace(target)
     for f in (out_path, out_path.with_name(out_path.name + ".data")):

@@ -92,7 +92,7 @@ class ExportSpec:
         if len(outs) != len(self.outputs):
             raise ValueError(f"{self.kind} graph returned {len(outs)} outputs, expected {list(self.outputs)}")
         hw = tuple(stride_size(n) for n in x.shape[-2:])
-        for name, t, c in zip(self.outputs, outs, self.channels(net)):
+        for name, t, c in zip(self.outputs, outs, self.channels(net), strict=True):
             if t.ndim != 4 or t.shape[0] != x.shape[0] or tuple(t.shape[-2:]) != hw:
                 raise ValueError(
                     f"{self.kind} output {name!r} has shape {tuple(t.shape)} for input {tuple(x.shape)}; "
