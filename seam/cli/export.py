@@ -22,6 +22,9 @@ def export(
     working_side: Annotated[int | None, typer.Option(
         min=8, help="Long side larger inputs are resized to before inference (default: the top of the "
                     "training range: 768 for the release's 448-768).")] = None,
+    cls_threshold: Annotated[float | None, typer.Option(
+        min=0.0, max=1.0, help="Class-prediction threshold written to the manifest (default: the sidecar's "
+                               "class_prediction.cls_threshold, chosen on held-out images; else 0.5).")] = None,
     precision: Annotated[str, typer.Option(
         "--precision", "--quantize",
         help="fp32, int8 (CPU workers: static QDQ quantization, needs --calibration) or fp16 (CUDA "
@@ -45,8 +48,8 @@ def export(
     with console.status(f"exporting {checkpoint} ({kind}) ..."):
         try:
             res = export_model(checkpoint, kind, name, models_dir, opset=opset, force=force, atol=atol,
-                               working_side=working_side, precision=precision, calibration=calibration,
-                               calibration_n=calibration_n)
+                               working_side=working_side, cls_threshold=cls_threshold, precision=precision,
+                               calibration=calibration, calibration_n=calibration_n)
         except ExportError as exc:
             fail(str(exc), code=1)
     m = res.manifest

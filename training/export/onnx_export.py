@@ -107,12 +107,14 @@ def export_model(
     external_data: bool | None = None,
     threads: int | None = None,
     working_side: int | None = None,
+    cls_threshold: float | None = None,
     precision: str = "fp32",
     calibration: str | Path | None = None,
     calibration_n: int = DEFAULT_CALIBRATION_N,
 ) -> ExportResult:
     """Export `checkpoint` as `models_dir/name`. external_data None = by weight size.
     working_side: the long side inputs are resized to (default: the top of the training range).
+    cls_threshold: class-prediction threshold (default: the sidecar's `class_prediction.cls_threshold`, else 0.5).
     precision: fp32, or int8 (calibrated on `calibration_n` images of `calibration`) / fp16,
     applied to the checked fp32 graph (`training/export/quantize.py`)."""
     if kind not in MODEL_KINDS:
@@ -165,7 +167,7 @@ def export_model(
             )
         manifest = _manifest(name, kind, meta, class_names, checkpoint, tmp, opset, spec,
                              ParityCheck(shapes=tuple(check_shapes), max_abs_diff=diffs, tolerance=atol),
-                             working_side)
+                             working_side, cls_threshold)
         if precision != "fp32":  # int8 / fp16 copy of the checked fp32 graph, in place
             try:
                 manifest = apply_precision(tmp, manifest, precision, calibration, calibration_n, threads)
@@ -308,7 +310,7 @@ def check_parity(
 
 def _manifest(name: str, kind: str, meta: dict[str, Any], class_names: list[str], checkpoint: Path,
               tmp: Path, opset: int, spec: ExportSpec, parity: ParityCheck,
-              working_side: int | None = None) -> Manifest:
+              working_side: int | None = None, cls_threshold: float | None = None) -> Manifest:
     ext = {DATA_FILE: file_sha256(tmp / DATA_FILE)} if (tmp / DATA_FILE).exists() else {}
     config = _as_dict(meta.get("config"))
     dataset = _as_dict(meta.get("dataset"))
@@ -332,7 +334,8 @@ def _manifest(name: str, kind: str, meta: dict[str, Any], class_names: list[str]
                       opset=opset, outputs=spec.outputs),
         pcm=PcmGraphFile(sha256=file_sha256(tmp / PCM_FILE)) if kind == "seam" else None,
         cam=CamSettings(scales=DEFAULT_SCALES, flip=True, refined=True, bg_threshold=DEFAULT_BG_THRESHOLD,
-                        cls_threshold=DEFAULT_CLS_THRESHOLD) if kind == "seam" else None,
+                        cls_threshold=_cls_threshold(meta) if cls_threshold is None else cls_threshold)
+        if kind == "seam" else None,
         random_walk=RandomWalkSettings(**rw) if kind == "affinity" else None,
         deeplab=DeepLabSettings(**dl) if kind == "deeplab" else None,
         provenance=Provenance(
@@ -348,6 +351,13 @@ def _manifest(name: str, kind: str, meta: dict[str, Any], class_names: list[str]
             parity=parity,
         ),
     )
+
+
+def _cls_threshold(meta: dict[str, Any]) -> float:
+    """The class-prediction threshold chosen for this checkpoint on held-out images (the
+    sidecar's `class_prediction.cls_threshold`), else the default."""
+    chosen = (meta.get("class_prediction") or {}).get("cls_threshold")
+    return float(chosen) if isinstance(chosen, (int, float)) and 0 <= chosen <= 1 else DEFAULT_CLS_THRESHOLD
 
 
 def _pick(section: Any, settings: type) -> dict[str, Any]:

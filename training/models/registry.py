@@ -87,6 +87,11 @@ def model_from_checkpoint(path: str | Path, kind: str = "seam") -> tuple[nn.Modu
     """Build the network a checkpoint describes (backbone and class count read from its
     weights) and load it strictly. Returns (model in eval mode, metadata)."""
     sd, meta = read_checkpoint(path)
+    if kind == "deeplab":
+        from training.models.deeplab import from_authors_state_dict, is_authors_state_dict
+
+        if is_authors_state_dict(sd):  # the authors' released deeplabv1 (seamv1-pseudovoc): their key names
+            sd = from_authors_state_dict(sd)
     cfg = infer_backbone_config(sd)
     num_classes = 21
     for key in ("fc8.weight", "classifier.weight"):
