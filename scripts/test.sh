@@ -32,4 +32,7 @@ if ! command -v chromium >/dev/null; then
   (apt-get update -q && apt-get install -y -q chromium) >/dev/null 2>&1 || echo "warning: chromium not installed; browser tests will fail" >&2
 fi
 
+# Lint first: a style slip fails in seconds, not after the suite.
+$PY -m ruff check .
+
 exec $PY -m pytest "$@"

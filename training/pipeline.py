@@ -212,7 +212,10 @@ def _val_list(cfg: PipelineConfig) -> Path | None:
     return p if p.is_file() else None
 
 
-def run_pipeline(cfg: PipelineConfig, hooks: StageHooks = StageHooks()) -> dict[str, Any]:
+_DEFAULT_HOOKS = StageHooks()
+
+
+def run_pipeline(cfg: PipelineConfig, hooks: StageHooks = _DEFAULT_HOOKS) -> dict[str, Any]:
     """Run (or resume) every stage; returns and writes RUN_DIR/results.json."""
     from seam.common.files import list_images
     from training.data.datasets import build_dataset
@@ -260,7 +263,7 @@ def run_pipeline(cfg: PipelineConfig, hooks: StageHooks = StageHooks()) -> dict[
     dl_recipe = cfg.recipe or default_recipe(ds.kind, "deeplab")
     results["recipe"] = {"seam": recipe, "affinity": recipe, "deeplab": dl_recipe}
     class_names = list(ds.class_names)
-    train_items = list(zip(ds.ids, ds.paths))
+    train_items = list(zip(ds.ids, ds.paths, strict=True))
     val_list = _val_list(cfg)
     val_items = list_images(val_list, ds.image_root) if val_list else []
     gt = ds.gt_dir
@@ -304,7 +307,8 @@ def run_pipeline(cfg: PipelineConfig, hooks: StageHooks = StageHooks()) -> dict[
         return {"weights": str(final), "training": side.get("training", {}), "final": side["metrics"]["final"]}
 
     stage("seam", lambda: train_stage(
-        "1/6", "SEAM", seam_final, "SEAM training", train, partial(TrainConfig.from_recipe, recipe), data=cfg.data, dataset=cfg.dataset,
+        "1/6", "SEAM", seam_final, "SEAM training", train, partial(TrainConfig.from_recipe, recipe), data=cfg.data,
+        dataset=cfg.dataset,
         train_list=cfg.train_list, labels=cfg.labels, weights=cfg.weights, epochs=cfg.seam_epochs, lr=cfg.seam_lr,
         evaluate=False))
 
@@ -380,7 +384,8 @@ def run_pipeline(cfg: PipelineConfig, hooks: StageHooks = StageHooks()) -> dict[
     # every image of the data root with a random-walk label, i.e. the training list
     stage("deeplab", lambda: train_stage(
         "6/6", "DeepLab", dl_final, f"DeepLab training on the random-walk labels (init {init})", train_deeplab,
-        partial(DeepLabTrainConfig.from_recipe, dl_recipe), images=str(ds.image_root), labels=str(rw_dir), classes=",".join(class_names),
+        partial(DeepLabTrainConfig.from_recipe, dl_recipe), images=str(ds.image_root), labels=str(rw_dir),
+        classes=",".join(class_names),
         weights=init, epochs=cfg.deeplab_epochs, lr=cfg.deeplab_lr))
     seg_dir = run / "segment"
 

@@ -22,12 +22,25 @@ def _pair(text: str | None, name: str) -> tuple[int, int] | None:
 
 
 def train_seam(
-    data: Annotated[Path, typer.Option("--data", help="Data root: VOC (JPEGImages/), a synth set, or an image folder.")],
+    data: Annotated[
+        Path, typer.Option("--data", help="Data root: VOC (JPEGImages/), a synth set, or an image folder.")
+    ],
     dataset: Annotated[str, typer.Option(help="voc | folder | synth | auto (detected from the layout).")] = "auto",
-    train_list: Annotated[Path | None, typer.Option(help="Image list (ids or VOC-style paths). VOC default: the authors' train_aug.txt.")] = None,
-    labels: Annotated[Path | None, typer.Option(help="Image-level labels: cls_labels.npy, JSON {image: [classes]} or CSV image,classes.")] = None,
-    classes: Annotated[str | None, typer.Option(help="Folder sets: class names, comma-separated or a classes.txt path.")] = None,
-    weights: Annotated[Path | None, typer.Option(help="Initial weights: ImageNet .params, a state dict (authors' or ours) or a run dir.")] = None,
+    train_list: Annotated[
+        Path | None,
+        typer.Option(help="Image list (ids or VOC-style paths). VOC default: the authors' train_aug.txt."),
+    ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(help="Image-level labels: cls_labels.npy, JSON {image: [classes]} or CSV image,classes."),
+    ] = None,
+    classes: Annotated[
+        str | None, typer.Option(help="Folder sets: class names, comma-separated or a classes.txt path.")
+    ] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option(help="Initial weights: ImageNet .params, a state dict (authors' or ours) or a run dir."),
+    ] = None,
     backbone: Annotated[str, typer.Option(help="resnet38 (the paper) or resnet38_small (CPU).")] = "resnet38",
     recipe: opt.Recipe = None,
     batch_size: opt.RBatch = None,
@@ -37,8 +50,12 @@ def train_seam(
     momentum: opt.RMomentum = None,
     authors_momentum: opt.AuthorsMomentum = False,
     crop: opt.RCrop = None,
-    resize_range: Annotated[str | None, typer.Option(help="Random long side MIN,MAX (default 448,768 scaled by crop/448).")] = None,
-    jitter: Annotated[str | None, typer.Option(help="ColorJitter brightness,contrast,saturation,hue [recipe: 0.3,0.3,0.3,0.1].")] = None,
+    resize_range: Annotated[
+        str | None, typer.Option(help="Random long side MIN,MAX (default 448,768 scaled by crop/448).")
+    ] = None,
+    jitter: Annotated[
+        str | None, typer.Option(help="ColorJitter brightness,contrast,saturation,hue [recipe: 0.3,0.3,0.3,0.1].")
+    ] = None,
     no_jitter: opt.NoJitter = False,
     out: opt.Out = Path("runs/seam"),
     resume: opt.Resume = False,
@@ -49,22 +66,38 @@ def train_seam(
     max_minutes: opt.MaxMinutes = None,
     amp: opt.RAmp = None,
     no_er: Annotated[bool, typer.Option("--no-er", help="Table 1: no equivariant regularisation.")] = False,
-    no_pcm: Annotated[bool, typer.Option("--no-pcm", help="Table 1: no PCM / ECR (with --no-er: the CAM baseline).")] = False,
+    no_pcm: Annotated[
+        bool, typer.Option("--no-pcm", help="Table 1: no PCM / ECR (with --no-er: the CAM baseline).")
+    ] = False,
     no_ohem: Annotated[bool, typer.Option("--no-ohem", help="Table 1: plain mean instead of OHEM on ECR.")] = False,
-    transform: Annotated[str, typer.Option(help="Table 3: siamese transform(s), e.g. rescale or rescale,flip (rotate, translate).")] = "rescale",
-    siamese_scale: Annotated[float | None, typer.Option(help="Rescale factor of the second branch [recipe: 0.3].")] = None,
-    eval_list: Annotated[Path | None, typer.Option(help="Images to score pseudo labels on (default: the training list).")] = None,
+    transform: Annotated[
+        str, typer.Option(help="Table 3: siamese transform(s), e.g. rescale or rescale,flip (rotate, translate).")
+    ] = "rescale",
+    siamese_scale: Annotated[
+        float | None, typer.Option(help="Rescale factor of the second branch [recipe: 0.3].")
+    ] = None,
+    eval_list: Annotated[
+        Path | None, typer.Option(help="Images to score pseudo labels on (default: the training list).")
+    ] = None,
     eval_scales: Annotated[str, typer.Option(help="CAM scales for the evaluation.")] = "0.5,1.0,1.5,2.0",
     no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the pseudo-label evaluation.")] = False,
     save_cams: Annotated[bool, typer.Option("--save-cams", help="Keep the evaluation CAMs in RUN_DIR/cams.")] = False,
     deterministic: opt.Deterministic = True,
-    bn_calibration: Annotated[int | None, typer.Option(help="Batches to calibrate frozen BN statistics (default 10 without --weights, else 0).")] = None,
+    bn_calibration: Annotated[
+        int | None,
+        typer.Option(help="Batches to calibrate frozen BN statistics (default 10 without --weights, else 0)."),
+    ] = None,
     log_every: opt.LogEvery = 10,
     stop_after: opt.StopAfter = None,
 ) -> None:
-    """Train SEAM: siamese rescale branch, classification + ER + ECR (OHEM) losses, PCM, frozen BN, poly lr. Writes RUN_DIR/seam_final.pth (authors' format) + .json.
+    """Train SEAM: siamese rescale branch, classification + ER + ECR (OHEM) losses, PCM, frozen BN, poly lr. Writes \
+RUN_DIR/seam_final.pth (authors' format) + .json.
 
-    Default recipe: `release`. With --dataset voc (or a VOC layout found by --dataset auto) a run therefore trains exactly as the authors' published runs (SGD momentum 5e-4 from their optimiser's positional-argument slip, fp32, batch 8, 8 epochs, crop 448, lr 0.01), which is what produced the paper's numbers; other data gets it too, because `tuned` (momentum 0.9, AMP on CUDA) measured no better on the synthetic ablation (docs/training.md). Options you give override the recipe; the run prints the recipe and stores it in the sidecar."""
+    Default recipe: `release`. With --dataset voc (or a VOC layout found by --dataset auto) a run therefore trains \
+exactly as the authors' published runs (SGD momentum 5e-4 from their optimiser's positional-argument slip, fp32, \
+batch 8, 8 epochs, crop 448, lr 0.01), which is what produced the paper's numbers; other data gets it too, because \
+`tuned` (momentum 0.9, AMP on CUDA) measured no better on the synthetic ablation (docs/training.md). Options you \
+give override the recipe; the run prints the recipe and stores it in the sidecar."""
     from training.data.datasets import DatasetError, detect_kind
     from training.engine.recipes import default_recipe
     from training.engine.siamese import parse_transforms
@@ -76,7 +109,8 @@ def train_seam(
             recipe = default_recipe(dataset if dataset != "auto" else detect_kind(data))
         cfg = TrainConfig.from_recipe(
             recipe,
-            data=str(data), dataset=dataset, train_list=opt.path_str(train_list), labels=opt.path_str(labels), classes=classes,
+            data=str(data), dataset=dataset, train_list=opt.path_str(train_list), labels=opt.path_str(labels),
+            classes=classes,
             weights=opt.path_str(weights), backbone=backbone, batch_size=batch_size, epochs=epochs, lr=lr,
             weight_decay=weight_decay, momentum=momentum, authors_momentum=authors_momentum, crop=crop,
             resize_long=_pair(resize_range, "--resize-range"), out=str(out), seed=seed,
@@ -84,7 +118,8 @@ def train_seam(
             er=not no_er, pcm=not no_pcm,
             ohem=not no_ohem, transforms=parse_transforms(transform), siamese_scale=siamese_scale,
             evaluate=not no_eval, eval_list=opt.path_str(eval_list), eval_scales=parse_floats(eval_scales),
-            save_cams=save_cams, deterministic=deterministic, log_every=max(1, log_every), resume=resume, bn_calibration=bn_calibration,
+            save_cams=save_cams, deterministic=deterministic, log_every=max(1, log_every), resume=resume,
+            bn_calibration=bn_calibration,
             stop_after=stop_after,
         )
         if no_jitter:  # None is "not given" to the recipe merge, so the switch-off goes in afterwards

@@ -12,21 +12,40 @@ from seam.cli._util import console, fail, progress_bar
 
 
 def train_affinity(
-    data: Annotated[Path, typer.Option("--data", help="Data root: VOC (JPEGImages/), a synth set, or an image folder.")],
-    labels: Annotated[Path, typer.Option("--labels", help="AffinityNet label PNGs <id>.png (0 bg, c+1 class, 255 unknown).")],
-    cams: Annotated[Path | None, typer.Option(help="SEAM CAM dir (<id>.npy): first write the missing --labels from it (la/ha + CRF).")] = None,
+    data: Annotated[
+        Path, typer.Option("--data", help="Data root: VOC (JPEGImages/), a synth set, or an image folder.")
+    ],
+    labels: Annotated[
+        Path, typer.Option("--labels", help="AffinityNet label PNGs <id>.png (0 bg, c+1 class, 255 unknown).")
+    ],
+    cams: Annotated[
+        Path | None,
+        typer.Option(help="SEAM CAM dir (<id>.npy): first write the missing --labels from it (la/ha + CRF)."),
+    ] = None,
     la_alpha: Annotated[float, typer.Option(help="With --cams: confident-foreground power (la).")] = 4.0,
     ha_alpha: Annotated[float, typer.Option(help="With --cams: confident-background power (ha).")] = 24.0,
     no_crf: Annotated[bool, typer.Option("--no-crf", help="With --cams: skip the dense CRF.")] = False,
     dataset: Annotated[str, typer.Option(help="voc | folder | synth | auto (detected from the layout).")] = "auto",
-    train_list: Annotated[Path | None, typer.Option(help="Image list (default: the data set's training list, images with labels).")] = None,
-    image_labels: Annotated[Path | None, typer.Option(help="The data set's image-level label file, if not its default.")] = None,
-    weights: Annotated[Path | None, typer.Option(help="Initial weights: ImageNet .params, SEAM / AffinityNet checkpoint or run dir.")] = None,
+    train_list: Annotated[
+        Path | None, typer.Option(help="Image list (default: the data set's training list, images with labels).")
+    ] = None,
+    image_labels: Annotated[
+        Path | None, typer.Option(help="The data set's image-level label file, if not its default.")
+    ] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option(help="Initial weights: ImageNet .params, SEAM / AffinityNet checkpoint or run dir."),
+    ] = None,
     backbone: Annotated[str, typer.Option(help="resnet38 (the paper) or resnet38_small (CPU).")] = "resnet38",
     recipe: opt.Recipe = None,
     batch_size: opt.RBatch = None,
     epochs: opt.REpochs = None,
-    lr: Annotated[float | None, typer.Option(help="Base learning rate, new layers 10x [recipe: 0.01, SEAM's train_aff.py; psa's 0.1 is another release].")] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(
+            help="Base learning rate, new layers 10x [recipe: 0.01, SEAM's train_aff.py; psa's 0.1 is another release]."
+        ),
+    ] = None,
     weight_decay: opt.RWeightDecay = None,
     momentum: opt.RMomentum = None,
     authors_momentum: opt.AuthorsMomentum = False,
@@ -45,9 +64,11 @@ def train_affinity(
     log_every: opt.LogEvery = 10,
     stop_after: opt.StopAfter = None,
 ) -> None:
-    """Train AffinityNet: stride-8 features, pair affinities within the radius, loss bg/4 + fg/4 + neg/2; frozen BN/conv1a/b2, poly lr. Writes RUN_DIR/affinity_final.pth + .json.
+    """Train AffinityNet: stride-8 features, pair affinities within the radius, loss bg/4 + fg/4 + neg/2; frozen \
+BN/conv1a/b2, poly lr. Writes RUN_DIR/affinity_final.pth + .json.
 
-    Default recipe: `release` (SEAM's train_aff.py: lr 0.01, momentum 5e-4, fp32); `--recipe tuned`: momentum 0.9, AMP on CUDA. Options you give override it."""
+    Default recipe: `release` (SEAM's train_aff.py: lr 0.01, momentum 5e-4, fp32); `--recipe tuned`: momentum 0.9, \
+AMP on CUDA. Options you give override it."""
     from training.data.datasets import DatasetError, build_dataset, detect_kind
     from training.engine.affinity import AFFINITY_FINAL, AffinityTrainConfig
     from training.engine.affinity import train_affinity as run
@@ -78,8 +99,9 @@ def train_affinity(
             ds = build_dataset(dataset, data, opt.path_str(train_list), opt.path_str(image_labels), check_images=False)
             with progress_bar() as bar:
                 task = bar.add_task("aff labels", total=len(ds), status="")
-                stats = write_affinity_labels(list(zip(ds.ids, ds.paths)), cams, labels, la_alpha, ha_alpha,
-                                              crf=not no_crf, on_image=lambda i: bar.update(task, advance=1, status=i))
+                stats = write_affinity_labels(list(zip(ds.ids, ds.paths, strict=True)), cams, labels, la_alpha,
+                                              ha_alpha, crf=not no_crf,
+                                              on_image=lambda i: bar.update(task, advance=1, status=i))
             console.print(f"AffinityNet labels: {stats['written']} written, {stats['skipped']} already there")
         opt.run_with_progress(run, cfg, "AffinityNet")
     except (DatasetError, CheckpointError, TrainingError, FileNotFoundError, RuntimeError, ValueError) as exc:

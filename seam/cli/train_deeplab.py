@@ -14,17 +14,35 @@ def train_deeplab(
     images: Annotated[Path, typer.Option("--images", help="Image directory or list file (ids or VOC-style paths).")],
     labels: Annotated[Path, typer.Option("--labels", help="Pseudo-label PNGs <id>.png (VOC palette, 255 ignored).")],
     image_root: Annotated[Path | None, typer.Option(help="Where list-file entries live.")] = None,
-    classes: Annotated[str | None, typer.Option(help="Class names (comma list or classes.txt); default LABELS/classes.txt, then the data root's, then VOC.")] = None,
-    weights: Annotated[Path | None, typer.Option(help="Initial weights: ImageNet .params, a SEAM / DeepLab checkpoint or run dir.")] = None,
+    classes: Annotated[
+        str | None,
+        typer.Option(
+            help="Class names (comma list or classes.txt); default LABELS/classes.txt, then the data root's, then VOC."
+        ),
+    ] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="Initial weights: ImageNet .params, a SEAM / DeepLab checkpoint or run dir.")
+    ] = None,
     backbone: Annotated[str, typer.Option(help="resnet38 or resnet38_small (CPU).")] = "resnet38",
-    recipe: Annotated[str | None, typer.Option(help="release: the authors' DeepLab run (semantic-segmentation-codebase seamv1-pseudovoc: batch 10, 20000 iterations, every BN on batch statistics, HSV jitter, all convs trained). tuned: batch 8, 20 epochs, frozen backbone BN, head BN trained. Default: release for VOC images, tuned otherwise.")] = None,
+    recipe: Annotated[
+        str | None,
+        typer.Option(
+            help="release: the authors' DeepLab run (semantic-segmentation-codebase seamv1-pseudovoc: batch 10, "
+            "20000 iterations, every BN on batch statistics, HSV jitter, all convs trained). tuned: batch 8, "
+            "20 epochs, frozen backbone BN, head BN trained. Default: release for VOC images, tuned otherwise."
+        ),
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Global batch size [recipe: release 10, tuned 8].")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs [recipe: tuned 20; release counts iterations].")] = None,
-    iterations: Annotated[int | None, typer.Option(help="Stop after this many iterations [recipe: release 20000].")] = None,
+    iterations: Annotated[
+        int | None, typer.Option(help="Stop after this many iterations [recipe: release 20000].")
+    ] = None,
     lr: Annotated[float | None, typer.Option(help="Base learning rate, head 10x [recipe: 1e-3].")] = None,
     weight_decay: opt.RWeightDecay = None,
     momentum: Annotated[float | None, typer.Option(help="SGD momentum [recipe: 0.9].")] = None,
-    crop: Annotated[int | None, typer.Option(help="Square training crop, image padded with 0, labels with 255 [recipe: 448].")] = None,
+    crop: Annotated[
+        int | None, typer.Option(help="Square training crop, image padded with 0, labels with 255 [recipe: 448].")
+    ] = None,
     scale_range: Annotated[str, typer.Option(help="Random rescale MIN,MAX.")] = "0.5,1.5",
     jitter: Annotated[bool, typer.Option("--jitter", help="Colour jitter.")] = False,
     out: opt.Out = Path("runs/deeplab"),

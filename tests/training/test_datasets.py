@@ -38,7 +38,7 @@ def test_synth_set_loads_with_its_classes(synth_set):
     assert ds.class_names == ["background", "disc", "square", "triangle", "ring", "cross"]
     assert ds.num_classes == 6 and len(ds) == 9  # 12 images, 3 in val
     table = np.load(synth_set / "cls_labels.npy", allow_pickle=True).item()
-    for i, row in zip(ds.ids, ds.labels):
+    for i, row in zip(ds.ids, ds.labels, strict=True):
         assert np.array_equal(row, table[i])
     assert ds.gt_dir == synth_set / "SegmentationClass"
     assert detect_kind(synth_set) == "synth"

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from seam.cli import app
 from seam.modelrepo.manifest import file_sha256, load_model_dir
-from service.engine.onnx_engine import OnnxEngine
 from seam.modelrepo.runtime import RuntimeConfig, create_session
+from service.engine.onnx_engine import OnnxEngine
 from training.export import ExportError, export_model, onnx_export
 from training.export.specs import SPECS
 from training.models.registry import _constructors, create_model

@@ -16,9 +16,9 @@ from training.losses import (
     equivariant_loss,
     max_norm,
     max_onehot,
-    peak_norm,
     min_pool_loss,
     ohem_mean,
+    peak_norm,
     seam_losses,
     with_background,
 )
@@ -201,7 +201,8 @@ def _authors_step(cam1, rv1, cam2, rv2, label):
     e1 = torch.abs(onehot(c2.detach().clone()) - r1)
     e2 = torch.abs(onehot(c1.detach().clone()) - r2)
     k = int(cs * hs * ws * 0.2)
-    ecr = torch.mean(torch.topk(e1.view(ns, -1), k=k, dim=-1)[0]) + torch.mean(torch.topk(e2.view(ns, -1), k=k, dim=-1)[0])
+    ecr = (torch.mean(torch.topk(e1.view(ns, -1), k=k, dim=-1)[0])
+           + torch.mean(torch.topk(e2.view(ns, -1), k=k, dim=-1)[0]))
     cls = (cls1 + cls2) / 2 + (rvmin1 + rvmin2) / 2
     return {"loss": cls + er + ecr, "er": er, "ecr": ecr}
 

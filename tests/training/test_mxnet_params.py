@@ -3,7 +3,6 @@ import struct
 
 import numpy as np
 import pytest
-import torch
 
 from training.models.checkpoint import load_weights, read_checkpoint
 from training.models.mxnet_params import ParamsFormatError, mxnet_to_torch_name, read_params
@@ -39,7 +38,8 @@ def _torch_to_mxnet(key: str) -> str:
     if key == "conv1a.weight":
         return "arg:conv1a_weight"
     if key.startswith("bn7."):
-        suffix = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_var"}[key[4:]]
+        suffix = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
+                  "running_var": "moving_var"}[key[4:]]
         return f"{'aux' if 'moving' in suffix else 'arg'}:bn7_{suffix}"
     block, layer, param = key.split(".")
     stage, _, idx = block[1:].partition("_")

@@ -51,7 +51,7 @@ def test_pair_indices_match_the_release_crop():
 def test_full_pair_set_covers_every_in_grid_pair():
     h, w, r = 7, 9, 3
     frm, to = pair_indices(h, w, r, full=True)
-    got = {tuple(sorted(p)) for p in zip(frm.tolist(), to.tolist())}
+    got = {tuple(sorted(p)) for p in zip(frm.tolist(), to.tolist(), strict=True)}
     want = set()
     for y in range(h):
         for x in range(w):
@@ -70,7 +70,7 @@ def test_affinity_matrix_values():
     assert np.allclose(a.diagonal(), 1)
     f = feat.reshape(6, -1)
     frm, to = pair_indices(8, 11, 5)
-    for i, j in list(zip(frm, to))[::37]:
+    for i, j in list(zip(frm, to, strict=True))[::37]:
         assert a[i, j] == pytest.approx(np.exp(-np.abs(f[:, i] - f[:, j]).mean()), rel=1e-5)
     assert a.nnz == 8 * 11 + 2 * len(frm)
 

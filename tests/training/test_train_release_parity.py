@@ -121,7 +121,7 @@ class _ReleasePolyOptimizer(torch.optim.SGD):  # tool/torchutils.py
 def _release_parameter_groups(model, from_scratch_layers):  # Net.get_parameter_groups
     groups = ([], [], [], [])
     for m in model.modules():
-        if isinstance(m, nn.Conv2d) or isinstance(m, nn.modules.normalization.GroupNorm):
+        if isinstance(m, (nn.Conv2d, nn.modules.normalization.GroupNorm)):
             if m.weight.requires_grad:
                 if m in from_scratch_layers:
                     groups[2].append(m.weight)
@@ -250,7 +250,10 @@ def _network_outputs(seed, B=2, H=40, W=56, C=21):
     return (cam1, rv1), (cam2, rv2), fg
 
 
-def _ours(out1, out2, fg, switches=LossSwitches()):
+_DEFAULT_SWITCHES = LossSwitches()
+
+
+def _ours(out1, out2, fg, switches=_DEFAULT_SWITCHES):
     B, _, H, W = out1[0].shape
     label = torch.cat([torch.ones(B, 1), fg], dim=1)
     plan = sample_transform(SiameseConfig(), B, (H, W), torch.Generator().manual_seed(0))
@@ -283,11 +286,12 @@ def test_seam_losses_equal_the_release_loss_block(seed):
         assert ours[k].item() == pytest.approx(ref[k].item(), rel=TOL, abs=TOL), k
     g_ref = _grads(ref["loss"], leaves)
     g_ours = _grads(ours["loss"], leaves)
-    for name, a, b in zip(("cam1", "rv1", "cam2", "rv2"), g_ours, g_ref):
+    for name, a, b in zip(("cam1", "rv1", "cam2", "rv2"), g_ours, g_ref, strict=True):
         torch.testing.assert_close(a, b, rtol=TOL, atol=TOL, msg=f"d loss / d {name}")
     # the ECR gradient alone (it reaches the PCM outputs only)
     rvs = [out1[1], out2[1]]
-    for a, b in zip(_grads(_ours(out1, out2, fg)["ecr"], rvs), _grads(_release_on(out1, out2, fg)["ecr"], rvs)):
+    for a, b in zip(_grads(_ours(out1, out2, fg)["ecr"], rvs), _grads(_release_on(out1, out2, fg)["ecr"], rvs),
+                    strict=True):
         torch.testing.assert_close(a, b, rtol=TOL, atol=TOL)
 
 
@@ -379,12 +383,13 @@ def _run_ours_seam(base, img, fg, cfg: TrainConfig, max_step, steps):
 
 
 def _assert_same_weights(a, b, rtol=1e-4):
-    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(pa, pb, rtol=rtol, atol=1e-7, msg=name)
 
 
 def _update_norms(base, model):
-    return {n: (p - q).abs().max().item() for (n, p), q in zip(model.named_parameters(), base.parameters())}
+    return {n: (p - q).abs().max().item()
+            for (n, p), q in zip(model.named_parameters(), base.parameters(), strict=True)}
 
 
 def test_release_recipe_step_equals_the_release_polyoptimizer():
@@ -395,7 +400,8 @@ def test_release_recipe_step_equals_the_release_polyoptimizer():
     fg[1, 7] = 1
     cfg = TrainConfig.from_recipe("release")
     s = recipe_settings("seam", "release")
-    assert (cfg.lr, cfg.weight_decay, cfg.effective_momentum, cfg.amp, cfg.cam_norm) == (0.01, 5e-4, 5e-4, False, "minmax")
+    assert (cfg.lr, cfg.weight_decay, cfg.effective_momentum, cfg.amp, cfg.cam_norm) == (
+        0.01, 5e-4, 5e-4, False, "minmax")
     assert (cfg.batch_size, cfg.epochs, cfg.crop) == (s["batch_size"], s["epochs"], s["crop"]) == (8, 8, 448)
     max_step = 10582 // 8 * 8  # train_aug, as train_SEAM.py's max_step
     ref, ref_opt = _run_release_seam(base, img, fg, 0.01, 5e-4, max_step, steps=2)
@@ -433,7 +439,8 @@ def test_tuned_recipe_is_the_release_optimizer_with_its_momentum_fixed():
     _assert_same_weights(ours, ref)
     release, _ = _run_ours_seam(base, img, fg, TrainConfig.from_recipe("release"), max_step, steps=3)
     # the recipes really differ after a few steps (momentum 0.9 vs 5e-4)
-    diff = max(abs(a - b) for a, b in zip(_update_norms(base, ours).values(), _update_norms(base, release).values()))
+    diff = max(abs(a - b) for a, b in zip(_update_norms(base, ours).values(), _update_norms(base, release).values(),
+                                          strict=True))
     assert diff > 1e-4
 
 

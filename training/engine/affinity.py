@@ -3,7 +3,8 @@ with DeepLab retraining.
 
 The loop is the SEAM trainer's (`loop.py`: device + DDP set-up, resume, checkpoints,
 the epoch loop), with its four parameter groups + poly schedule (`schedule.py`), run
-files / weight initialisation (`state.py`) and BN/conv1a/b2 freezing (`trainer.py`). Single process or DDP under torchrun, AMP on
+files / weight initialisation (`state.py`) and BN/conv1a/b2 freezing (`trainer.py`). Single process or DDP under \
+torchrun, AMP on
 CUDA, `--resume` from RUN_DIR/checkpoint.pth, `--max-minutes` / `stop_after` stops
 that leave a resumable checkpoint.
 
@@ -176,7 +177,7 @@ def init_from_weights(model: nn.Module, path: str | Path, kind: str) -> dict[str
 def files_fingerprint(ids: Sequence[str], label_paths: Sequence[Path]) -> str:
     """sha256 over ids and label file sizes: cheap, catches a changed label set."""
     h = hashlib.sha256()
-    for i, p in zip(ids, label_paths):
+    for i, p in zip(ids, label_paths, strict=True):
         h.update(f"{i}\t{Path(p).stat().st_size}\n".encode())
     return h.hexdigest()
 
@@ -346,7 +347,7 @@ def affinity_items(cfg: AffinityTrainConfig) -> tuple[list[str], list[Path], lis
     if not label_dir.is_dir():
         raise DatasetError(f"AffinityNet label directory not found: {label_dir}")
     ds = build_dataset(cfg.dataset, cfg.data, cfg.train_list, cfg.image_labels, check_images=False)
-    ids, paths, labels = labelled_items(zip(ds.ids, ds.paths), label_dir)
+    ids, paths, labels = labelled_items(zip(ds.ids, ds.paths, strict=True), label_dir)
     if not ids:
         raise DatasetError(f"none of the {len(ds)} training images has a label in {label_dir}")
     if cfg.train_list and len(ids) < len(ds):
@@ -391,5 +392,5 @@ def train_affinity(cfg: AffinityTrainConfig, on_progress: Callable[[Progress], N
     return train_stage(cfg, build, on_progress, log)
 
 
-__all__ = ["AFFINITY_FINAL", "AffinityTrainConfig", "Stage", "StageConfig", "affinity_loss", "run_stage", "train_affinity",
-           "train_stage"]
+__all__ = ["AFFINITY_FINAL", "AffinityTrainConfig", "Stage", "StageConfig", "affinity_loss", "run_stage",
+           "train_affinity", "train_stage"]

@@ -29,13 +29,13 @@ from seam.common.metrics import ConfusionMeter
 from training.evaluation.evaluate import evaluate, read_label_png
 from training.inference.cam import torch_runner
 
-
 EPS = 1e-5
+_DEFAULT_NORMALIZATION = Normalization()
 
 
 def release_raw_cam(rgb: np.ndarray, runner: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
                     labels: Sequence[int], scales: Sequence[float] = DEFAULT_SCALES,
-                    normalization: Normalization = Normalization()) -> dict[int, np.ndarray]:
+                    normalization: Normalization = _DEFAULT_NORMALIZATION) -> dict[int, np.ndarray]:
     """Raw multi-scale + flip CAMs of one (H, W, 3) uint8 image as psa's infer_cls.py computes
     them (module docstring): {fg class: (H, W) float32 in [0, 1]} for the given classes.
     `runner` returns (cam8, _) with cam8 (B, C, h8, w8), channel 0 background."""

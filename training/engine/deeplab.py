@@ -130,7 +130,8 @@ def deeplab_items(cfg: DeepLabTrainConfig) -> tuple[list[str], list[Path], list[
     if not ids:
         raise DeepLabDataError(f"none of the {len(items)} images has a label PNG in {label_dir}")
     images = Path(cfg.images)
-    search = [label_dir, images if images.is_dir() else images.parent, (images if images.is_dir() else images.parent).parent]
+    search = [label_dir, images if images.is_dir() else images.parent,
+              (images if images.is_dir() else images.parent).parent]
     if not images.is_dir():
         search.append(images.parent.parent.parent)  # VOC layout: ImageSets/Segmentation/x.txt
     return ids, paths, labels, resolve_class_names(cfg.classes, search)

@@ -287,7 +287,7 @@ class Run:
                     window[k] += vals[k]
                 window_n += 1
                 if self.iteration % cfg.log_every == 0 or self.iteration == max_iter:
-                    avg = dict(zip(terms, all_reduce_mean([window[k] / window_n for k in terms], d)))
+                    avg = dict(zip(terms, all_reduce_mean([window[k] / window_n for k in terms], d), strict=True))
                     now = time.time()
                     ips = cfg.batch_size * window_n / max(now - window_t, 1e-9)
                     logger.row(self.iteration, epoch, lr, avg, ips, self.elapsed_before + now - self.t_start)
@@ -311,8 +311,10 @@ class Run:
                 means = all_reduce_mean([sums[k] / n_in_epoch for k in terms], d)
                 if epoch == self.start_epoch and first > 0 and self.history and self.history[-1]["epoch"] == epoch:
                     self.history.pop()  # a resumed partial epoch replaces its partial record
-                self.history.append({"epoch": epoch, "iterations": n_in_epoch + first, **dict(zip(terms, means))})
-                log(f"epoch {epoch + 1}/{cfg.epochs}: " + " ".join(f"{k} {v:.4f}" for k, v in zip(terms, means)))
+                self.history.append({"epoch": epoch, "iterations": n_in_epoch + first,
+                                     **dict(zip(terms, means, strict=True))})
+                log(f"epoch {epoch + 1}/{cfg.epochs}: "
+                    + " ".join(f"{k} {v:.4f}" for k, v in zip(terms, means, strict=True)))
             if stopped is None or b + 1 >= self.ipe:
                 self.checkpoint(epoch + 1, 0)
             if stopped:

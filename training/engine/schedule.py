@@ -40,7 +40,7 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float,
     return [
         {"params": params, "lr": lr * mult, "initial_lr": lr * mult, "lr_mult": mult,
          "weight_decay": weight_decay if i % 2 == 0 else 0.0, "name": GROUP_NAMES[i]}
-        for i, (params, mult) in enumerate(zip(groups, LR_MULTS))
+        for i, (params, mult) in enumerate(zip(groups, LR_MULTS, strict=True))
     ]
 
 

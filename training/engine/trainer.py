@@ -232,7 +232,7 @@ def calibrate_batchnorm(model: nn.Module, dataset: AugmentedDataset, batches: in
         idx = order[i:i + batch_size]
         x = torch.stack([dataset[(int(j), CALIBRATION_EPOCH)][0] for j in idx]).to(device)
         model(x)
-    for m, mom in zip(bns, saved):
+    for m, mom in zip(bns, saved, strict=True):
         m.momentum = mom
         m.eval()
     model.train(was_training)

@@ -127,8 +127,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
     for k in ("default", "chosen"):
         r = report[k]
-        print(f"{k:8s} cls_threshold {r['cls_threshold']:.2f}: precision {r['precision']:.3f} recall {r['recall']:.3f} "
-              f"no-class images {r['no_class_found']}/{r['images']} mask mIoU {r['miou']:.2f}% (bg {r['bg_threshold']})")
+        print(f"{k:8s} cls_threshold {r['cls_threshold']:.2f}: precision {r['precision']:.3f} "
+              f"recall {r['recall']:.3f} no-class images {r['no_class_found']}/{r['images']} "
+              f"mask mIoU {r['miou']:.2f}% (bg {r['bg_threshold']})")
 
 
 if __name__ == "__main__":

@@ -246,7 +246,7 @@ def evaluate(
         result["threshold"] = thresholds[best]
         result["curve"] = [
             {"threshold": t, "miou": p["miou"], "mfn": p["mfn"], "mfp": p["mfp"]}
-            for t, p in zip(thresholds, points)
+            for t, p in zip(thresholds, points, strict=True)
         ]
     else:
         result = meter.scores(class_names)

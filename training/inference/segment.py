@@ -28,10 +28,11 @@ DEFAULT_SEG_SCALES: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # TES
 # lib/utils/DenseCRF.py as test.py calls it (n_iters=1)
 SEG_CRF: dict[str, float] = {"iters": 1, "gauss_sxy": 3, "gauss_compat": 3, "bi_sxy": 32, "bi_srgb": 13,
                              "bi_compat": 10}
+_DEFAULT_NORMALIZATION = Normalization()
 
 
 def affinity_features(model: torch.nn.Module, rgb: np.ndarray, device: str | torch.device = "cpu",
-                      normalization: Normalization = Normalization()) -> np.ndarray:
+                      normalization: Normalization = _DEFAULT_NORMALIZATION) -> np.ndarray:
     """(H, W, 3) uint8 -> AffinityNet features (448, ceil(H/8), ceil(W/8)) float32.
 
     As the release's infer_aff: the normalised image is zero-padded at the bottom and
@@ -46,7 +47,7 @@ def affinity_features(model: torch.nn.Module, rgb: np.ndarray, device: str | tor
 
 def segment_probs(model: torch.nn.Module, rgb: np.ndarray, scales: Sequence[float] = DEFAULT_SEG_SCALES,
                   flip: bool = True, device: str | torch.device = "cpu",
-                  normalization: Normalization = Normalization()) -> np.ndarray:
+                  normalization: Normalization = _DEFAULT_NORMALIZATION) -> np.ndarray:
     """Softmax of the mean logits over scales (and flips) at image size: (C, H, W) float32
     (the authors' test.py; see the module docstring)."""
     H, W = rgb.shape[:2]
