@@ -37,23 +37,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def authors_resnet38_checkpoint(path: Path, keys_json: Path) -> None:
-    """Random weights under the authors' exact keys (as tests/training/test_export.py):
+    """Random weights under the authors' exact keys, built as the export tests build them:
     BN at identity, convs scaled by sqrt(0.5 / fan_in) so 38 layers keep a sane range."""
     import torch
 
-    keys = json.loads(keys_json.read_text())["seam"]
-    g = torch.Generator().manual_seed(0)
-    sd = {}
-    for k, shape in keys.items():
-        if k.endswith("num_batches_tracked"):
-            sd[k] = torch.tensor(0)
-        elif k.endswith("running_var") or (k.endswith(".weight") and len(shape) == 1):
-            sd[k] = torch.ones(shape)
-        elif len(shape) == 1:
-            sd[k] = torch.zeros(shape)
-        else:
-            sd[k] = torch.randn(*shape, generator=g) * (0.5 / int(np.prod(shape[1:]))) ** 0.5
-    torch.save(sd, path)
+    from tests.training.test_export import _authors_resnet38_state_dict
+
+    torch.save(_authors_resnet38_state_dict(json.loads(keys_json.read_text())["seam"]), path)
 
 
 def synthetic_images(n: int, h: int, w: int, seed: int) -> list[np.ndarray]:
