@@ -41,7 +41,7 @@ from seam.common.cam import (
     working_size,
 )
 from seam.common.image import Normalization, resize_rgb, scaled_size
-from seam.common.pcm_blocks import PCM_BLOCK_BYTES, block_columns, pcm_peak_bytes  # noqa: F401
+from seam.common.pcm_blocks import PCM_BLOCK_BYTES, pcm_peak_bytes
 from seam.modelrepo.manifest import MANIFEST_NAME, MODEL_KINDS, Manifest, ManifestError, load_model_dir
 from seam.modelrepo.pcm import run_pcm
 from seam.modelrepo.runtime import CPU, RuntimeConfig, create_session, resolve_runtime, warm_up
@@ -283,7 +283,7 @@ class OnnxEngine:
         need = self._needed(method, (H, W), labels, side, batch)
         suggested = None
         if need > self.memory_budget:
-            lo, hi = 8, min(side or max(H, W), max(H, W))
+            lo, hi = 8, min(side, max(H, W))
             while lo < hi:  # largest side that fits: memory grows with the side
                 mid = (lo + hi + 1) // 2
                 if self._needed(method, (H, W), labels, mid, batch) <= self.memory_budget:

@@ -192,7 +192,7 @@ def test_cam_equals_shared_code_with_an_onnx_runner(engine, repo):
 def test_small_budgets_cut_passes_and_pcm_blocks_with_equal_results(repo):
     """A tiny memory budget runs the flip pair as two passes; a tiny PCM block budget cuts
     the affinity into many column blocks: the maps do not change."""
-    from service.engine import onnx_engine
+    from seam.common import pcm_blocks
 
     rgb = image(40, 48)
     ref = OnnxEngine(repo, threads=1).cam(rgb, [1])
@@ -207,7 +207,7 @@ def test_small_budgets_cut_passes_and_pcm_blocks_with_equal_results(repo):
     assert calls == [1, 1] and cam.shape[0] == rv.shape[0] == 2
     blocks = OnnxEngine(repo, threads=1, pcm_block_bytes=4 * 30 * 2)
     np.testing.assert_allclose(blocks.cam(rgb, [1]).cams, ref.cams, atol=1e-5)
-    assert onnx_engine.block_columns(30, 2, 4 * 30 * 2) == 1
+    assert pcm_blocks.block_columns(30, 2, 4 * 30 * 2) == 1
 
 
 def test_raw_cams_never_run_the_pcm(repo):

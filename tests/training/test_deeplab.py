@@ -8,6 +8,7 @@ from PIL import Image
 
 from seam.common.classes import IGNORE_INDEX
 from seam.common.palette import label_to_pil
+from tests.training.helpers import tiny_set
 from training.data.segmentation import SegAugmentConfig, SegmentationDataset, seg_augment
 from training.engine.deeplab import DEEPLAB_FINAL, DeepLabTrainConfig, segmentation_loss, train_deeplab
 from training.inference.segment import segment_label, segment_probs
@@ -96,24 +97,8 @@ def test_network_shapes_and_keys():
     assert big.fc6.in_channels == 4096
 
 
-def _tiny_set(root, n=4, size=64):
-    rng = np.random.default_rng(0)
-    img_dir, lab_dir = root / "images", root / "labels"
-    img_dir.mkdir()
-    lab_dir.mkdir()
-    for i in range(n):
-        label = np.zeros((size, size), np.uint8)
-        y, x = rng.integers(8, size - 24, 2)
-        label[y:y + 16, x:x + 16] = 1 + i % 2
-        rgb = np.where(label[..., None] > 0, np.array([200, 40, 40], np.uint8), np.array([30, 30, 30], np.uint8))
-        Image.fromarray(rgb.astype(np.uint8)).save(img_dir / f"im{i}.png")
-        label_to_pil(label).save(lab_dir / f"im{i}.png")
-    (lab_dir / "classes.txt").write_text("background\na\nb\n")
-    return img_dir, lab_dir
-
-
 def test_train_resume_and_segment(tmp_path):
-    img_dir, lab_dir = _tiny_set(tmp_path)
+    img_dir, lab_dir = tiny_set(tmp_path)
     cfg = DeepLabTrainConfig(images=str(img_dir), labels=str(lab_dir), backbone="resnet38_small", batch_size=2,
                              epochs=2, crop=48, out=str(tmp_path / "run"), stop_after=1, log_every=1)
     side = train_deeplab(cfg, log=lambda m: None)

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from typer.testing import CliRunner
 
-from seam.common.palette import label_to_pil
+from tests.training.helpers import tiny_set
 from training.data.synth import generate
 from training.engine.affinity import AffinityTrainConfig
 from training.engine.deeplab import DEEPLAB_FINAL, DeepLabTrainConfig, train_deeplab
@@ -98,29 +97,13 @@ def test_authors_deeplab_keys_load_strictly():
     assert isinstance(dst.dropout, torch.nn.Dropout) and dst.bn_fc6.momentum == 3e-4
 
 
-def _tiny_set(root, n=4, size=64):
-    rng = np.random.default_rng(0)
-    img_dir, lab_dir = root / "images", root / "labels"
-    img_dir.mkdir()
-    lab_dir.mkdir()
-    for i in range(n):
-        label = np.zeros((size, size), np.uint8)
-        y, x = rng.integers(8, size - 24, 2)
-        label[y:y + 16, x:x + 16] = 1 + i % 2
-        rgb = np.where(label[..., None] > 0, np.array([200, 40, 40], np.uint8), np.array([30, 30, 30], np.uint8))
-        Image.fromarray(rgb.astype(np.uint8)).save(img_dir / f"im{i}.png")
-        label_to_pil(label).save(lab_dir / f"im{i}.png")
-    (lab_dir / "classes.txt").write_text("background\na\nb\n")
-    return img_dir, lab_dir
-
-
 @pytest.mark.slow
 def test_deeplab_release_recipe_trains_as_the_authors(tmp_path):
     cfg = DeepLabTrainConfig.from_recipe("release")
     assert (cfg.batch_size, cfg.max_iterations, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.crop) == \
         (10, 20000, 1e-3, 0.9, 5e-4, 448)
     assert (cfg.bn_mode, cfg.hsv, cfg.loss_align_corners, cfg.poly_plus_one) == ("authors", (10, 10, 10), True, True)
-    img_dir, lab_dir = _tiny_set(tmp_path)
+    img_dir, lab_dir = tiny_set(tmp_path)
     out = tmp_path / "run"
     cfg = DeepLabTrainConfig.from_recipe("release", images=str(img_dir), labels=str(lab_dir),
                                          backbone="resnet38_small", batch_size=2, max_iterations=3, crop=48,
