@@ -187,14 +187,6 @@ class StageHooks:
     image_progress: Callable[[str, int], OnImage] = lambda _name, _n: None
 
 
-def _default_device(device: str | None) -> str:
-    if device:
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _final_done(path: Path) -> bool:
     side = path.with_suffix(".json")
     if not path.is_file() or not side.is_file():
@@ -226,12 +218,13 @@ def run_pipeline(cfg: PipelineConfig, hooks: StageHooks = _DEFAULT_HOOKS) -> dic
     from training.engine.state import FINAL_NAME
     from training.engine.trainer import TrainConfig, train
     from training.evaluation.evaluate import evaluate
+    from training.inference.cam import default_device
     from training.models.registry import model_from_checkpoint
 
     log = hooks.log
     run = Path(cfg.out)
     run.mkdir(parents=True, exist_ok=True)
-    device = _default_device(cfg.device)
+    device = default_device(cfg.device)
     results_path = run / "results.json"
     results: dict[str, Any] = {"config": cfg.to_dict(), "stages": {}, "miou": {}}
     if results_path.is_file():

@@ -100,7 +100,7 @@ def _build(engine: str, checkpoint: Path | None, model_dir: Path | None, device:
         except CheckpointError as exc:
             fail(str(exc))
         foreground = _foreground_names(meta, net.num_classes)
-        runner = torch_runner(net, device or default_device(), refined=cfg.refined)
+        runner = torch_runner(net, default_device(device), refined=cfg.refined)
         from training.models.registry import train_long_side
 
         side = train_long_side(meta.get("config") or {})[1] if max_side is None else max_side or None

@@ -55,7 +55,7 @@ def rw(
     try:
         with progress_bar() as bar:
             task = bar.add_task("random walk", total=len(with_cams), status="")
-            stats = random_walk_dir(model, with_cams, cams, out, cfg, device or default_device(), overwrite,
+            stats = random_walk_dir(model, with_cams, cams, out, cfg, default_device(device), overwrite,
                                     on_image=lambda i: bar.update(task, advance=1, status=i))
     except (OSError, ValueError) as exc:
         fail(str(exc))

@@ -45,7 +45,7 @@ def segment(
     try:
         with progress_bar() as bar:
             task = bar.add_task("segment", total=len(items), status="")
-            stats = segment_dir(model, items, out, scale_tuple, not no_flip, crf, device or default_device(),
+            stats = segment_dir(model, items, out, scale_tuple, not no_flip, crf, default_device(device),
                                 overwrite, on_image=lambda i: bar.update(task, advance=1, status=i))
     except (OSError, ValueError, RuntimeError) as exc:
         fail(str(exc))

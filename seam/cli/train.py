@@ -98,7 +98,7 @@ exactly as the authors' published runs (SGD momentum 5e-4 from their optimiser's
 batch 8, 8 epochs, crop 448, lr 0.01), which is what produced the paper's numbers; other data gets it too, because \
 `tuned` (momentum 0.9, AMP on CUDA) measured no better on the synthetic ablation (docs/training.md). Options you \
 give override the recipe; the run prints the recipe and stores it in the sidecar."""
-    from training.data.datasets import DatasetError, detect_kind
+    from training.data.datasets import DatasetError, detect_dataset_kind
     from training.engine.recipes import default_recipe
     from training.engine.siamese import parse_transforms
     from training.engine.trainer import Progress, TrainConfig, TrainingError, train
@@ -106,7 +106,7 @@ give override the recipe; the run prints the recipe and stores it in the sidecar
 
     try:
         if recipe is None:
-            recipe = default_recipe(dataset if dataset != "auto" else detect_kind(data))
+            recipe = default_recipe(dataset if dataset != "auto" else detect_dataset_kind(data))
         cfg = TrainConfig.from_recipe(
             recipe,
             data=str(data), dataset=dataset, train_list=opt.path_str(train_list), labels=opt.path_str(labels),

@@ -69,7 +69,7 @@ BN/conv1a/b2, poly lr. Writes RUN_DIR/affinity_final.pth + .json.
 
     Default recipe: `release` (SEAM's train_aff.py: lr 0.01, momentum 5e-4, fp32); `--recipe tuned`: momentum 0.9, \
 AMP on CUDA. Options you give override it."""
-    from training.data.datasets import DatasetError, build_dataset, detect_kind
+    from training.data.datasets import DatasetError, build_dataset, detect_dataset_kind
     from training.engine.affinity import AFFINITY_FINAL, AffinityTrainConfig
     from training.engine.affinity import train_affinity as run
     from training.engine.recipes import default_recipe
@@ -77,7 +77,7 @@ AMP on CUDA. Options you give override it."""
     from training.models.checkpoint import CheckpointError
 
     if recipe is None:
-        recipe = default_recipe(dataset if dataset != "auto" else detect_kind(data))
+        recipe = default_recipe(dataset if dataset != "auto" else detect_dataset_kind(data))
     try:
         AffinityTrainConfig.from_recipe(recipe)  # validates the name
     except ValueError as exc:

@@ -91,11 +91,11 @@ def train_deeplab(
 
 def _default_recipe(images: Path) -> str:
     """release when the images are a VOC layout's JPEGImages (directly or through a list), else tuned."""
-    from training.data.datasets import detect_kind
+    from training.data.datasets import detect_dataset_kind
     from training.engine.recipes import default_recipe
 
     root = images if images.is_dir() else images.parent
     for cand in (root, root.parent, root.parent.parent, root.parent.parent.parent):
         if (cand / "JPEGImages").is_dir():
-            return default_recipe(detect_kind(cand), "deeplab")
+            return default_recipe(detect_dataset_kind(cand), "deeplab")
     return default_recipe("folder", "deeplab")

@@ -11,7 +11,7 @@ from training.data.datasets import (
     AugmentedDataset,
     DatasetError,
     build_dataset,
-    detect_kind,
+    detect_dataset_kind,
     eval_items,
     load_folder,
     load_synth,
@@ -41,7 +41,7 @@ def test_synth_set_loads_with_its_classes(synth_set):
     for i, row in zip(ds.ids, ds.labels, strict=True):
         assert np.array_equal(row, table[i])
     assert ds.gt_dir == synth_set / "SegmentationClass"
-    assert detect_kind(synth_set) == "synth"
+    assert detect_dataset_kind(synth_set) == "synth"
     assert build_dataset("auto", synth_set).fingerprint() == ds.fingerprint()
     val = load_synth(synth_set, split="val")
     assert len(val) == 3 and val.fingerprint() != ds.fingerprint()
@@ -105,7 +105,7 @@ def test_folder_with_csv_labels(tmp_path):
     assert ds.class_names == ["background", "bird", "cat", "dog"]  # sorted names from the file
     assert ds.ids == ["a", "b", "c"] and ds.paths[1].name == "b.png"
     assert ds.labels.tolist() == [[0, 1, 1], [1, 0, 0], [1, 0, 1]]
-    assert detect_kind(d) == "folder"
+    assert detect_dataset_kind(d) == "folder"
     ds2 = load_folder(d, classes="dog,cat,bird,fish")  # explicit order, extra class allowed
     assert ds2.class_names == ["background", "dog", "cat", "bird", "fish"]
     assert ds2.labels[0].tolist() == [1, 1, 0, 0]

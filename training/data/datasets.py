@@ -8,9 +8,7 @@ it into the torch dataset the SEAM trainer reads. The class names decide the hea
 """
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,13 +19,12 @@ import torch
 from PIL import Image
 
 from seam.common.classes import IGNORE_INDEX, VOC_CLASSES
-from seam.common.files import IMAGE_EXTENSIONS, list_images, load_label_file
+from seam.common.files import IMAGE_EXTENSIONS, LABEL_FILE_NAMES, list_images, load_label_file, read_label_table
 from seam.common.image import ImageDecodeError, open_image
 from training.data.augment import AugmentConfig, augment
 
 DATASET_KINDS = ("auto", "voc", "folder", "synth")
 GT_DIRNAME = "SegmentationClass"
-LABEL_FILE_NAMES = ("labels.csv", "labels.json", "labels.tsv")
 
 
 class DatasetError(ValueError):
@@ -214,32 +211,13 @@ def load_synth(data: str | Path, train_list: str | Path | None = None, labels: s
 
 
 def _label_file_names(path: Path) -> list[str]:
-    """Class names in order of first appearance in a CSV/JSON label file (indices skipped)."""
-    tokens: list[str] = []
-    if path.suffix == ".json":
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{path}: invalid JSON ({exc})") from exc
-        if not isinstance(data, dict):
-            raise DatasetError(f"{path}: expected a JSON object {{image: [class names]}}")
-        for v in data.values():
-            vals = v if isinstance(v, list) else str(v).replace(";", ",").split(",")
-            tokens += [str(t) for t in vals]
-    elif path.suffix in (".csv", ".tsv"):
-        with open(path, newline="") as f:
-            for i, row in enumerate(csv.reader(f, delimiter="\t" if path.suffix == ".tsv" else ",")):
-                if not row or (i == 0 and row[0].strip().lower() in ("image", "id", "filename", "file")):
-                    continue
-                tokens += [t for cell in row[1:] for t in cell.replace("|", ";").replace(",", ";").split(";")]
-    else:
-        raise DatasetError(f"{path}: folder labels must be .csv, .tsv or .json")
-    names: list[str] = []
-    for t in tokens:
-        t = t.strip()
-        if t and not t.lstrip("-").isdigit() and t not in names:
-            names.append(t)
-    return names
+    """Class names in order of first appearance in a CSV/TSV/JSON label file (indices skipped)."""
+    try:
+        table = read_label_table(path)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: {exc}") from exc
+    tokens = (str(t).strip() for labels in table.values() for t in labels)
+    return list(dict.fromkeys(t for t in tokens if t and not t.lstrip("-").isdigit()))
 
 
 def _folder_images(data: Path) -> Path:
@@ -302,7 +280,7 @@ def load_folder(data: str | Path, labels: str | Path | None = None, classes: str
                          {"labels": str(label_file), **({"list": str(train_list)} if train_list else {})})
 
 
-def detect_kind(data: str | Path) -> str:
+def detect_dataset_kind(data: str | Path) -> str:
     data = Path(data)
     if (data / "JPEGImages").is_dir() and (data / "classes.txt").is_file() and (data / "cls_labels.npy").is_file():
         return "synth"
@@ -322,7 +300,7 @@ def build_dataset(kind: str, data: str | Path, train_list: str | Path | None = N
     if not data.is_dir():
         raise DatasetError(f"data directory not found: {data}")
     if kind == "auto":
-        kind = detect_kind(data)
+        kind = detect_dataset_kind(data)
     if kind == "voc":
         ds = load_voc(data, train_list, labels, check_images)
     elif kind == "synth":

@@ -77,7 +77,7 @@ def load_cams(path: str | Path) -> tuple[list[int], np.ndarray]:
     return classes, cams
 
 
-def detect_kind(pred_dir: str | Path) -> str:
+def detect_prediction_kind(pred_dir: str | Path) -> str:
     """'png' or 'npy' from the files present; ValueError when both or neither are there."""
     pred_dir = Path(pred_dir)
     has_png = any(pred_dir.glob("*.png"))
@@ -202,7 +202,7 @@ def evaluate(
         if not d.is_dir():
             raise FileNotFoundError(f"{what} directory not found: {d}")
     if kind is None:
-        kind = detect_kind(pred_dir)
+        kind = detect_prediction_kind(pred_dir)
     if kind not in ("png", "npy", "npz"):
         raise ValueError(f"kind must be 'png' or 'npy', got {kind!r}")
     kind = "npy" if kind == "npz" else kind

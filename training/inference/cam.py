@@ -27,5 +27,6 @@ def torch_runner(model: torch.nn.Module, device: str | torch.device = "cpu", ref
     return run
 
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def default_device(device: str | None = None) -> str:
+    """`device` when given, else cuda when torch sees a GPU, else cpu."""
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
