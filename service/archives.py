@@ -19,6 +19,7 @@ import tarfile
 import zipfile
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -198,17 +199,23 @@ def _extract_zip(fileobj: IO[bytes], ex: _Extractor) -> None:
             path = ex.target(rel, info.filename, info.file_size)
             if path is None:
                 continue
-            try:
-                with zf.open(info) as src:
-                    ex.copy(src, path, info.file_size, info.filename)
-            except ApiError:
-                raise
-            except _CORRUPT as exc:
-                raise _refuse(f"archive member {info.filename!r} is corrupt: {exc}") from None
-            except OSError as exc:
-                if exc.errno is None:
-                    raise _refuse(f"archive member {info.filename!r} is corrupt: {exc}") from None
-                raise
+            with _corrupt_refused(f"archive member {info.filename!r}"), zf.open(info) as src:
+                ex.copy(src, path, info.file_size, info.filename)
+
+
+@contextmanager
+def _corrupt_refused(what: str) -> Iterator[None]:
+    """A damaged archive is the sender's fault: 422 naming `what`, never a 500."""
+    try:
+        yield
+    except ApiError:
+        raise
+    except _CORRUPT as exc:
+        raise _refuse(f"{what} is corrupt: {exc}") from None
+    except OSError as exc:
+        if exc.errno is None:  # zlib/bz2/lzma stream errors carry no errno; disk errors do
+            raise _refuse(f"{what} is corrupt: {exc}") from None
+        raise
 
 
 def _tar_members(tf: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
@@ -226,38 +233,29 @@ def _extract_tar(fileobj: IO[bytes], ex: _Extractor) -> None:
         tf = tarfile.open(fileobj=fileobj, mode="r:*", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115 - `with tf` below
     except (*_CORRUPT, OSError) as exc:
         raise _refuse(f"not a readable tar archive: {exc}") from None
-    with tf:
-        try:
-            for m in _tar_members(tf):
-                rel = safe_member_path(m.name)
-                if m.issym() or m.islnk():
-                    raise _refuse(f"archive member {m.name!r} is a {'symbolic' if m.issym() else 'hard'} link "
-                                  f"(to {m.linkname!r}); links are refused")
-                if m.isdir() or not rel:
-                    continue
-                if not m.isfile():
-                    raise _refuse(f"archive member {m.name!r} is not a regular file")
-                if m.issparse():
-                    # A few KiB of sparse map can stand for gigabytes of zeros on disk.
-                    raise _refuse(f"archive member {m.name!r} is a sparse file; sparse tar members are refused")
-                ex.count(m.name)
-                ex.declare(m.name, m.size)
-                path = ex.target(rel, m.name, m.size)
-                if path is None:
-                    continue
-                src = tf.extractfile(m)
-                if src is None:
-                    raise _refuse(f"archive member {m.name!r} cannot be read")
-                with src:
-                    ex.copy(src, path, m.size, m.name)
-        except ApiError:
-            raise
-        except _CORRUPT as exc:
-            raise _refuse(f"tar archive is corrupt: {exc}") from None
-        except OSError as exc:
-            if exc.errno is None:  # zlib/bz2/lzma stream errors
-                raise _refuse(f"tar archive is corrupt: {exc}") from None
-            raise
+    with tf, _corrupt_refused("tar archive"):
+        for m in _tar_members(tf):
+            rel = safe_member_path(m.name)
+            if m.issym() or m.islnk():
+                raise _refuse(f"archive member {m.name!r} is a {'symbolic' if m.issym() else 'hard'} link "
+                              f"(to {m.linkname!r}); links are refused")
+            if m.isdir() or not rel:
+                continue
+            if not m.isfile():
+                raise _refuse(f"archive member {m.name!r} is not a regular file")
+            if m.issparse():
+                # A few KiB of sparse map can stand for gigabytes of zeros on disk.
+                raise _refuse(f"archive member {m.name!r} is a sparse file; sparse tar members are refused")
+            ex.count(m.name)
+            ex.declare(m.name, m.size)
+            path = ex.target(rel, m.name, m.size)
+            if path is None:
+                continue
+            src = tf.extractfile(m)
+            if src is None:
+                raise _refuse(f"archive member {m.name!r} cannot be read")
+            with src:
+                ex.copy(src, path, m.size, m.name)
 
 
 def extract_archive(fileobj: IO[bytes], dest: Path, max_members: int, max_bytes: int,

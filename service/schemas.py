@@ -7,7 +7,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MethodName = Literal["cam", "pcm", "rw", "deeplab"]
-OutputKind = Literal["png", "npy", "coco", "overlay", "labelstudio", "cvat"]
+OutputKind = Literal["png", "npz", "coco", "overlay", "labelstudio", "cvat"]
+# Early clients asked for the CAM archive as "npy"; it always was an .npz.
+OUTPUT_ALIASES = {"npy": "npz"}
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
@@ -107,17 +109,20 @@ class JobOptions(BaseModel):
         "Default: the server's SEAM_MAX_SIDE, else the model's working side. An image whose estimated memory "
         "exceeds the engine's budget fails alone, its error naming the max_side that would fit."))
     outputs: list[OutputKind] = Field(default_factory=lambda: ["png"], min_length=1, max_length=6,
-                                      description="png: VOC-palette label; npy: CAM npz; coco: COCO RLE; overlay; "
+                                      description="png: VOC-palette label; npz: CAMs (old name npy accepted); "
+                                                  "coco: COCO RLE; overlay; "
                                                   "labelstudio: Label Studio tasks with predictions; cvat: CVAT "
                                                   "Segmentation mask 1.1 zip (docs/labelstudio.md, docs/cvat.md).")
     image_url_prefix: str | None = Field(None, max_length=2048, pattern=r"^(https?://|/)",
                                          description="labelstudio output: task image URL = prefix + the image's path "
                                                      "in the job (e.g. /data/local-files/?d=photos/).")
 
-    @field_validator("outputs")
+    @field_validator("outputs", mode="before")
     @classmethod
-    def _unique(cls, v: list[str]) -> list[str]:
-        return list(dict.fromkeys(v))
+    def _unique(cls, v: object) -> object:
+        if not isinstance(v, list):
+            return v
+        return list(dict.fromkeys(OUTPUT_ALIASES.get(k, k) if isinstance(k, str) else k for k in v))
 
     @model_validator(mode="after")
     def _prefix_for_labelstudio(self) -> JobOptions:

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
-OUTPUT_EXT = {"png": ".png", "npy": ".npz", "coco": ".json", "overlay": ".png", "labelstudio": ".json", "cvat": ".png"}
+OUTPUT_EXT = {"png": ".png", "npz": ".npz", "coco": ".json", "overlay": ".png", "labelstudio": ".json", "cvat": ".png"}
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
 

@@ -15,7 +15,6 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MB = 1024 * 1024
-OUTPUT_KINDS: tuple[str, ...] = ("png", "npy", "coco", "overlay")
 
 
 def default_data_dir() -> Path:

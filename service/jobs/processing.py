@@ -25,7 +25,7 @@ from seam.common.image import ImageDecodeError, load_rgb
 from service.batching import batches, segment_batch
 from service.engine.base import InferenceEngine
 from service.jobs.store import ACTIVE_STATES, JobStore
-from service.predict import job_outputs
+from service.outputs import job_outputs
 from service.storage import Storage
 
 log = logging.getLogger("seam.service")

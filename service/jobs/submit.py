@@ -24,7 +24,7 @@ from service.jobs import create as jc
 from service.jobs import lifecycle
 from service.jobs.dispatch import Dispatcher
 from service.jobs.store import JobSnapshot, JobStore
-from service.predict import model_refs
+from service.outputs import model_refs
 from service.schemas import DirectoryJobRequest, JobOptions
 from service.storage import Storage
 

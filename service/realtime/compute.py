@@ -22,7 +22,7 @@ from service.core.errors import ApiError
 from service.engine import base as engine_base
 from service.engine.base import InferenceEngine, SegmentResult
 from service.inputs import decode_image
-from service.predict import cam_json, segment_json
+from service.outputs import cam_json, segment_json
 from service.realtime.messages import Reply, SyncRequest
 
 log = logging.getLogger("seam.service")

@@ -109,7 +109,7 @@ def test_job_with_phone_photos(server):
         z.writestr("landscape.jpg", photo(1200, 1600, 2))
         z.writestr("tall.jpg", photo(1600, 1200, 3))
     r = httpx.post(f"{url}/jobs", files={"archive": ("p.zip", buf.getvalue(), "application/zip")},
-                   data={"outputs": "png,npy"}, timeout=60)
+                   data={"outputs": "png,npz"}, timeout=60)
     assert r.status_code == 202, r.text
     job = r.json()["id"]
     deadline = time.time() + 300

@@ -58,6 +58,7 @@ def results_zip(client, job_id: str) -> zipfile.ZipFile:
 def test_zip_job_all_outputs(client):
     imgs = images(10)
     archive = zip_bytes({name: encode(a) for name, a in imgs.values()} | {"readme.txt": b"ignored"})
+    # "npy" is the npz output's old name: still accepted, written as npz/
     r = submit(client, archive, outputs="png,npy,coco,overlay", method="cam", threshold="0.3")
     assert r.status_code == 202, r.text
     job = r.json()
@@ -70,11 +71,11 @@ def test_zip_job_all_outputs(client):
     names = set(zf.namelist())
     engine = FakeEngine()
     for iid, (_fn, a) in imgs.items():
-        for member in (f"png/{iid}.png", f"npy/{iid}.npz", f"coco/{iid}.json", f"overlay/{iid}.png"):
+        for member in (f"png/{iid}.png", f"npz/{iid}.npz", f"coco/{iid}.json", f"overlay/{iid}.png"):
             assert member in names
         lab = np.asarray(Image.open(io.BytesIO(zf.read(f"png/{iid}.png"))))
         assert np.array_equal(lab, engine.segment(a, method="cam", threshold=0.3).label)
-        z = np.load(io.BytesIO(zf.read(f"npy/{iid}.npz")), allow_pickle=False)
+        z = np.load(io.BytesIO(zf.read(f"npz/{iid}.npz")), allow_pickle=False)
         assert z["cams"].shape[1:] == a.shape[:2]
     coco = json.loads(zf.read("coco.json"))
     assert len(coco["images"]) == 10 and [c["name"] for c in coco["categories"]] == ["red", "green", "blue"]

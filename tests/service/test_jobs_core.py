@@ -266,11 +266,11 @@ def test_chunk_batches_same_size_images(tmp_path):
         Image.fromarray(a).save(inputs / f"im{i}.png")
         arrays[f"im{i}"] = a
     labels = {"im1": [1]}
-    storage_manifest = {"id": j, "created_at": time.time(), "options": {"outputs": ["png", "npy"]}, "source": "upload",
+    storage_manifest = {"id": j, "created_at": time.time(), "options": {"outputs": ["png", "npz"]}, "source": "upload",
                         "source_dir": None, "images": {k: f"{k}.png" for k in arrays}, "labels": labels,
                         "classes": list(FAKE_CLASSES)}
     ctx.storage.write_manifest(j, storage_manifest)
-    ctx.store.create(j, len(arrays), 1, {"outputs": ["png", "npy"]}, "upload")
+    ctx.store.create(j, len(arrays), 1, {"outputs": ["png", "npz"]}, "upload")
     rep = process_chunk(ctx, j, 0, sorted(arrays))
     assert sorted(engine.batches) == [2, 2, 3]  # 16x20: 3 + 2 ; 24x20: 2 ; the 9x9 one alone (no batch call)
     assert (rep.done, rep.failed) == (7, 1)

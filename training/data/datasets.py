@@ -73,7 +73,7 @@ class ImageLabelSet:
         """sha256 over class names, ids and labels: identifies the training data of a run."""
         h = hashlib.sha256()
         h.update(("\t".join(self.class_names) + "\n").encode())
-        for i, row in zip(self.ids, self.labels):
+        for i, row in zip(self.ids, self.labels, strict=True):
             h.update(f"{i}\t{','.join(str(int(c)) for c in np.flatnonzero(row > 0.5))}\n".encode())
         return h.hexdigest()
 
@@ -87,7 +87,7 @@ class ImageLabelSet:
         return p if p.is_file() else None
 
     def class_counts(self) -> dict[str, int]:
-        return {name: int(n) for name, n in zip(self.foreground, self.labels.sum(0))}
+        return {name: int(n) for name, n in zip(self.foreground, self.labels.sum(0), strict=True)}
 
 
 def _multi_hot(indices: Sequence[int], num_fg: int) -> np.ndarray:
@@ -172,6 +172,13 @@ def _voc_layout(kind: str, data: Path, list_file: Path, label_file: Path, class_
     if not items:
         raise DatasetError(f"{list_file} lists no images")
     table = _load_table(label_file, class_names[1:])
+    return _labelled_set(kind, data, items, table, label_file, class_names, image_root, check_images,
+                         {"list": str(list_file), "labels": str(label_file)})
+
+
+def _labelled_set(kind: str, data: Path, items: list[tuple[str, Path]], table: dict[str, list[int]],
+                  label_file: Path, class_names: list[str], image_root: Path, check_images: bool,
+                  sources: dict[str, str]) -> ImageLabelSet:
     ids = [i for i, _ in items]
     labels = _labels_for(ids, table, label_file, len(class_names) - 1)
     paths = [p for _, p in items]
@@ -179,7 +186,7 @@ def _voc_layout(kind: str, data: Path, list_file: Path, label_file: Path, class_
         verify_images(paths)
     gt = data / GT_DIRNAME
     return ImageLabelSet(kind, ids, paths, labels, class_names, image_root, gt if gt.is_dir() else None, table,
-                         {"list": str(list_file), "labels": str(label_file)})
+                         sources)
 
 
 def load_voc(data: str | Path, train_list: str | Path | None = None, labels: str | Path | None = None,
@@ -270,13 +277,7 @@ def load_folder(data: str | Path, labels: str | Path | None = None, classes: str
         items = [(i, by_stem[i]) for i in sorted(table)]
     if not items:
         raise DatasetError(f"no labelled images in {image_root}")
-    ids = [i for i, _ in items]
-    lab = _labels_for(ids, table, label_file, len(class_names) - 1)
-    paths = [p for _, p in items]
-    if check_images:
-        verify_images(paths)
-    gt = data / GT_DIRNAME
-    return ImageLabelSet("folder", ids, paths, lab, class_names, image_root, gt if gt.is_dir() else None, table,
+    return _labelled_set("folder", data, items, table, label_file, class_names, image_root, check_images,
                          {"labels": str(label_file), **({"list": str(train_list)} if train_list else {})})
 
 
@@ -323,10 +324,8 @@ def eval_items(ds: ImageLabelSet, eval_list: str | Path | None) -> list[tuple[st
     """
     if ds.gt_dir is None:
         return []
-    if eval_list is None:
-        items = list(zip(ds.ids, ds.paths))
-    else:
-        items = _resolve_list(Path(eval_list), ds.image_root)
+    items = list(zip(ds.ids, ds.paths, strict=True)) if eval_list is None else _resolve_list(Path(eval_list),
+                                                                                               ds.image_root)
     out = []
     for i, p in items:
         gt = ds.gt_path(i)

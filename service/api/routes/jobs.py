@@ -71,7 +71,7 @@ _JOB_BODY = {
                 "max_side": {"type": "integer", "minimum": 8, "maximum": 16384,
                              "description": "Long side images are resized to before inference (outputs keep "
                                             "each image's size)."},
-                "outputs": {"type": "string", "description": "Comma-separated subset of png,npy,coco,overlay,"
+                "outputs": {"type": "string", "description": "Comma-separated subset of png,npz,coco,overlay,"
                                                               "labelstudio,cvat.", "example": "png,coco"},
                 "image_url_prefix": {"type": "string", "maxLength": 2048, "pattern": "^(https?://|/)",
                                      "description": "labelstudio output: image URL = prefix + path in the job."},
@@ -146,7 +146,8 @@ def job_results(job_id: JobId, store: StoreDep, storage: StorageDep, holder: Hol
 
 
 @router.get("/jobs/{job_id}/results/{kind}/{name:path}", summary="One output file.",
-            description="`kind`: png, npy, coco or overlay; `name`: the image id (its path in the archive without "
+            description="`kind`: png, npz, coco, overlay, labelstudio or cvat; `name`: the image id (its path in the "
+                        "archive without "
                         "extension), with or without the output's extension.",
             response_class=FileResponse,
             responses={200: {"content": {"image/png": {}, "application/json": {}, "application/octet-stream": {}},

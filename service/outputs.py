@@ -65,13 +65,13 @@ def job_outputs(engine, rgb: np.ndarray, seg: SegmentResult, labels: list[int] |
         out["overlay"] = enc.png_rgb(enc.mask_overlay(rgb, seg.label))
     if "coco" in kinds:
         out["coco"] = enc.dumps(coco_image_doc(seg, names, image_id, file_name))
-    if "npy" in kinds:
+    if "npz" in kinds:
         cams = seg.cams
         if cams is None:
             cams = engine.cam(rgb, labels if labels is not None else seg.classes, refined=seg.method != "cam")
         elif hasattr(cams, "at_size"):  # the engine keeps a segmentation's maps at its working size
             cams = cams.at_size(rgb.shape[:2])
-        out["npy"] = enc.cams_npz(cams, names)
+        out["npz"] = enc.cams_npz(cams, names)
     if "labelstudio" in kinds or "cvat" in kinds:  # pre-annotation files for the labelling tools
         from service.integrations import exports
 
