@@ -17,24 +17,17 @@ app = typer.Typer(
 train_app = typer.Typer(help="Train SEAM, AffinityNet or DeepLab.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
-# (typer app, command name, module under seam.cli, function name)
-COMMANDS: list[tuple[typer.Typer, str, str, str]] = [
-    (app, "synth", "synth", "synth"),
-    (app, "eval", "evaluate", "evaluate"),
-    (app, "cam", "cam", "cam"),
-    (app, "serve", "serve", "serve"),
-    (app, "worker", "worker", "worker"),
-    (train_app, "seam", "train", "train_seam"),
-    (train_app, "affinity", "train_affinity", "train_affinity"),
-    (train_app, "deeplab", "train_deeplab", "train_deeplab"),
-    (app, "rw", "rw", "rw"),
-    (app, "segment", "segment", "segment"),
-    (app, "pipeline", "pipeline", "pipeline"),
-    (app, "export", "export", "export"),
-]
+# command name -> "module:function" under seam.cli; a bare name is both
+COMMANDS: dict[typer.Typer, dict[str, str]] = {
+    app: {"synth": "synth", "eval": "evaluate", "cam": "cam", "serve": "serve", "worker": "worker", "rw": "rw",
+          "segment": "segment", "pipeline": "pipeline", "export": "export"},
+    train_app: {"seam": "train:train_seam", "affinity": "train_affinity", "deeplab": "train_deeplab"},
+}
 
-for _target, _name, _module, _func in COMMANDS:
-    _target.command(_name)(getattr(importlib.import_module(f"seam.cli.{_module}"), _func))
+for _target, _commands in COMMANDS.items():
+    for _name, _where in _commands.items():
+        _module, _, _func = _where.partition(":")
+        _target.command(_name)(getattr(importlib.import_module(f"seam.cli.{_module}"), _func or _module))
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -1,21 +1,16 @@
-"""Options shared by the `seam train` commands (seam, affinity, deeplab), as typer
-`Annotated` types: a command declares `device: Device = None` and typer reads the
-option from the alias."""
+"""Options shared by the `seam train` commands (seam, affinity, deeplab) and `seam pipeline`,
+as typer `Annotated` types: a command declares `device: Device = None` and typer reads the
+option from the alias. Options of one command only sit at the top of its module."""
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
 
-from seam.cli._util import console, fail, progress_bar
-
-C = TypeVar("C")
-
-Epochs = Annotated[int, typer.Option(help="Epochs.")]
-Momentum = Annotated[float, typer.Option(help="SGD momentum.")]
+Data = Annotated[Path, typer.Option("--data", help="Data root: VOC (JPEGImages/), a synth set, or an image folder.")]
+Dataset = Annotated[str, typer.Option(help="voc | folder | synth | auto (detected from the layout).")]
+Backbone = Annotated[str, typer.Option(help="resnet38 (the paper) or resnet38_small (CPU).")]
 AuthorsMomentum = Annotated[bool, typer.Option("--authors-momentum", help="Momentum 5e-4: what the release's optimiser "
                                                                           "actually used.")]
 RECIPE_HELP = ("release: the published runs exactly (SGD momentum 5e-4 from the release's positional-argument "
@@ -36,6 +31,7 @@ RAmp = Annotated[bool | None, typer.Option("--amp/--no-amp", help="Mixed precisi
 NoJitter = Annotated[bool, typer.Option("--no-jitter", help="No colour jitter.")]
 Out = Annotated[Path, typer.Option(help="Run directory.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue from RUN_DIR/checkpoint.pth exactly.")]
+Seed = Annotated[int, typer.Option(help="Random seed.")]
 Device = Annotated[str | None, typer.Option(help="torch device (default: cuda if available).")]
 Workers = Annotated[int | None, typer.Option(help="Data loader workers (default 0 on CPU, up to 8 on CUDA).")]
 MaxMinutes = Annotated[float | None, typer.Option(help="Stop after this many minutes (checkpoint + weights saved).")]
@@ -44,39 +40,3 @@ Deterministic = Annotated[bool, typer.Option("--deterministic/--no-deterministic
                                                                                         "where torch has them.")]
 LogEvery = Annotated[int, typer.Option(help="Iterations per log.csv row.")]
 StopAfter = Annotated[int | None, typer.Option(hidden=True, help="Stop after N iterations (preemption drill).")]
-
-
-def path_str(p: Path | None) -> str | None:
-    return None if p is None else str(p)
-
-
-def build_config(cls: Callable[..., C], **settings: Any) -> C:
-    """cls(**settings), validated; a ValueError is a one-line CLI error."""
-    try:
-        cfg = cls(**settings)
-        cfg.validate()  # type: ignore[attr-defined]
-    except ValueError as exc:
-        fail(str(exc))
-    return cfg
-
-
-def train_progress(bar: Any, name: str) -> Callable[[Any], None]:
-    """An on_progress callback drawing the trainers' `Progress` on a rich bar."""
-    task: list[int] = []
-
-    def on_progress(p: Any) -> None:
-        if not task:
-            task.append(bar.add_task(name, total=p.max_iter, status=""))
-        status = (f"ep {p.epoch + 1}/{p.epochs} " + " ".join(f"{k} {v:.3f}" for k, v in p.losses.items())
-                  + f" | {p.images_per_s:.1f} img/s lr {p.lr:.2e}")
-        bar.update(task[0], completed=p.iteration, status=status)
-
-    return on_progress
-
-
-def run_with_progress(run: Callable[..., Any], cfg: Any, name: str) -> Any:
-    """run(cfg): rank 0 with a progress bar and the log on the console, other ranks quietly."""
-    if os.environ.get("RANK", "0") != "0":
-        return run(cfg)
-    with progress_bar() as bar:
-        return run(cfg, on_progress=train_progress(bar, name), log=lambda m: console.print(m, highlight=False))

@@ -35,7 +35,7 @@ def cam(
     """Multi-scale + flip CAMs exactly as the authors' infer_SEAM (PCM maps, label masking,
     sum, clip, per-class min-max), written as {fg class index: HxW float32} per image."""
     from seam.common.cam import MultiScaleConfig, cams_to_label
-    from seam.common.files import list_images, load_label_file
+    from seam.common.files import list_images
     from seam.common.image import ImageDecodeError, load_rgb
     from seam.common.palette import label_to_pil
 
@@ -46,15 +46,7 @@ def cam(
         fail(str(exc))
     cam_fn, foreground = _build(engine, checkpoint, model, device, MultiScaleConfig(
         scales=scale_tuple, flip=not no_flip, refined=not raw, cls_threshold=cls_threshold), max_side)
-    label_table = None
-    if labels is not None:
-        try:
-            label_table = load_label_file(labels, foreground)
-        except (OSError, ValueError) as exc:
-            fail(str(exc))
-        missing = [i for i, _ in items if i not in label_table]
-        if missing:
-            fail(f"{len(missing)} images have no labels in {labels} (first: {missing[0]})")
+    label_table = None if labels is None else _label_table(labels, foreground, [i for i, _ in items])
     if crf:
         save_png = True
         from seam.common.crf import crf_refine_cams
@@ -80,6 +72,20 @@ def cam(
         for e in errors:
             typer.echo(f"skipped {e}", err=True)
         fail(f"{len(errors)} of {len(items)} images could not be read", code=1)
+
+
+def _label_table(labels: Path, foreground: list[str], ids: list[str]) -> dict:
+    """--labels, read against the model's classes; every image must have an entry."""
+    from seam.common.files import load_label_file
+
+    try:
+        table = load_label_file(labels, foreground)
+    except (OSError, ValueError) as exc:
+        fail(str(exc))
+    missing = [i for i in ids if i not in table]
+    if missing:
+        fail(f"{len(missing)} images have no labels in {labels} (first: {missing[0]})")
+    return table
 
 
 def _build(engine: str, checkpoint: Path | None, model_dir: Path | None, device: str | None, cfg,
@@ -127,11 +133,11 @@ def _build(engine: str, checkpoint: Path | None, model_dir: Path | None, device:
 
 
 def _foreground_names(meta: dict, num_classes: int) -> list[str]:
-    from seam.common.classes import VOC_FOREGROUND
+    from seam.common.classes import VOC_CLASSES, VOC_FOREGROUND
 
     names = meta.get("class_names")
     if names:
         return list(names)[1:] if names[0] == "background" else list(names)
-    if num_classes == 21:
+    if num_classes == len(VOC_CLASSES):
         return list(VOC_FOREGROUND)
     return [f"class_{i}" for i in range(num_classes - 1)]

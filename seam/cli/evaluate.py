@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from seam.cli._util import fail
+from seam.common.classes import VOC_CLASSES
 
 
 def evaluate(
@@ -27,32 +28,21 @@ def evaluate(
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the full result as JSON here.")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="With --curve: save the mIoU/mFN/mFP curve as a PNG "
                                                              "(needs matplotlib).")] = None,
-    classes: Annotated[Path | None, typer.Option("--classes", help="Class names, one per line, background first; "
-                                                                   "default: the 21 VOC classes.")] = None,
+    classes: Annotated[Path | None, typer.Option(
+        "--classes", help=f"Class names, one per line, background first; default: the {len(VOC_CLASSES)} VOC "
+                          "classes.")] = None,
 ) -> None:
     """Score predictions against ground truth the way the authors' evaluation.py does
     (GT 255 ignored, IoU over all classes incl. background) plus the paper's m_FN / m_FP."""
     from rich.console import Console
 
-    from seam.common.classes import VOC_CLASSES
     from training.evaluation.evaluate import evaluate as run_evaluation
     from training.evaluation.evaluate import plot_curve
 
     if plot is not None and not curve:
         fail("--plot draws the threshold curve; add --curve")
-    class_names: tuple[str, ...] = VOC_CLASSES
-    if classes is not None:
-        class_names = tuple(_read_lines(classes, "class file"))
-        if len(class_names) < 2:
-            fail(f"{classes}: need at least two class names (background first)")
-        if len(set(class_names)) != len(class_names):
-            fail(f"{classes}: class names must be unique")
-    ids = None
-    if ids_file is not None:
-        # VOC lists may hold "2007_000032" or "/JPEGImages/2007_000032.jpg /Seg.../x.png"
-        ids = [_id_of(line.split()[0]) for line in _read_lines(ids_file, "id list")]
-        if not ids:
-            fail(f"{ids_file}: the id list is empty")
+    class_names = VOC_CLASSES if classes is None else _class_names(classes)
+    ids = None if ids_file is None else _ids(ids_file)
     if kind is not None:
         kind = kind.strip().lower()
         if kind not in ("png", "npy", "npz"):
@@ -78,6 +68,23 @@ def evaluate(
         except (RuntimeError, ValueError, OSError) as exc:
             fail(str(exc))
         out.print(f"wrote {plot}")
+
+
+def _class_names(path: Path) -> tuple[str, ...]:
+    names = tuple(_read_lines(path, "class file"))
+    if len(names) < 2:
+        fail(f"{path}: need at least two class names (background first)")
+    if len(set(names)) != len(names):
+        fail(f"{path}: class names must be unique")
+    return names
+
+
+def _ids(path: Path) -> list[str]:
+    # VOC lists may hold "2007_000032" or "/JPEGImages/2007_000032.jpg /Seg.../x.png"
+    ids = [_id_of(line.split()[0]) for line in _read_lines(path, "id list")]
+    if not ids:
+        fail(f"{path}: the id list is empty")
+    return ids
 
 
 def _read_lines(path: Path, what: str) -> list[str]:

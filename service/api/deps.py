@@ -1,4 +1,4 @@
-"""Typed dependencies. Tests override `get_engine` (or pass an engine to create_app)."""
+"""Typed dependencies: what a route needs, read from `app.state` (set up by `create_app`)."""
 from __future__ import annotations
 
 from typing import Annotated

@@ -1,7 +1,8 @@
 """The contract between the API/workers and whatever runs the models.
 
 The API, the Celery tasks and the embedded executor only talk to an
-`InferenceEngine`; tests substitute a fake through FastAPI dependency overrides.
+`InferenceEngine`; tests pass a fake one to `create_app(engine=...)` or run the server with
+SEAM_ENGINE=fake (`service/fake_engine.py`).
 """
 from __future__ import annotations
 
