@@ -70,6 +70,16 @@ def _best(fn, reps: int) -> float:
     return best
 
 
+def _matmul_session(op: str, a_type: int, y_type: int, b: np.ndarray, threads: int):
+    """onnxruntime session of one n x n `op` node: `a` (input) times the constant `b`."""
+    n = b.shape[0]
+    x = helper.make_tensor_value_info("a", a_type, [n, n])
+    y = helper.make_tensor_value_info("y", y_type, [n, n])
+    g = helper.make_graph([helper.make_node(op, ["a", "b"], ["y"])], op.lower(), [x], [y],
+                          [numpy_helper.from_array(b, "b")])
+    return _ort_session(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), threads)
+
+
 def matmul_peak(threads: int, n: int = 2048, reps: int = 5) -> dict[str, float]:
     """Best-of-`reps` GMAC/s of an n x n x n product: numpy sgemm, onnxruntime fp32
     MatMul, onnxruntime u8 x s8 MatMulInteger. Best-of because other load only slows."""
@@ -78,21 +88,11 @@ def matmul_peak(threads: int, n: int = 2048, reps: int = 5) -> dict[str, float]:
     b = rng.standard_normal((n, n), dtype=np.float32)
     macs = float(n) ** 3
     out = {"numpy_sgemm": macs / _best(lambda: a @ b, reps) / 1e9}
-
-    x = helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, n])
-    g = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["y"])], "mm", [x], [y],
-                          [numpy_helper.from_array(b, "b")])
-    sess = _ort_session(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), threads)
+    sess = _matmul_session("MatMul", TensorProto.FLOAT, TensorProto.FLOAT, b, threads)
     out["ort_fp32_matmul"] = macs / _best(lambda: sess.run(None, {"a": a}), reps) / 1e9
-
     a8 = rng.integers(0, 256, (n, n), dtype=np.uint8)
     b8 = rng.integers(-128, 128, (n, n), dtype=np.int8)
-    x = helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n])
-    y = helper.make_tensor_value_info("y", TensorProto.INT32, [n, n])
-    g = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "mmi", [x], [y],
-                          [numpy_helper.from_array(b8, "b")])
-    sess8 = _ort_session(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), threads)
+    sess8 = _matmul_session("MatMulInteger", TensorProto.UINT8, TensorProto.INT32, b8, threads)
     out["ort_u8s8_matmul"] = macs / _best(lambda: sess8.run(None, {"a": a8}), reps) / 1e9
     return out
 

@@ -4,9 +4,10 @@ Both sides run the same weights on the same images in this process and produce
 the same maps (checked): scales 0.5-2.0 with flips, PCM (cam_rv) CAMs masked by the
 image labels, summed and min-max normalised.
 
-- eager: the authors' `infer_SEAM` as written: one pass at a time, `model.forward`
-  (both maps upsampled to the input size, align_corners=True), F.interpolate of
-  cam_rv to the original size per pass, label mask, un-flip, sum, normalise.
+- eager: the authors' `infer_SEAM` as written (`tests/training/authors_cam.py`): one
+  pass at a time, `model.forward` (both maps upsampled to the input size,
+  align_corners=True), F.interpolate of cam_rv to the original size per pass, label
+  mask, un-flip, sum, normalise.
 - engine: `OnnxEngine.cam`: the exported stride-8 graph, flip pair batched, graph
   optimisation ALL, explicit threads, and one composed numpy resize per scale.
 
@@ -27,11 +28,16 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 class RssPeak:
@@ -64,37 +70,12 @@ class RssPeak:
         return (self.peak - self.start) / 2**20
 
 
-def eager_infer_seam(model, rgb: np.ndarray, label: np.ndarray, scales, flip: bool, mean, std) -> np.ndarray:
-    """The authors' infer_SEAM for one image -> (num_fg, H, W) normalised maps."""
-    import torch
-    import torch.nn.functional as F
-    from PIL import Image
-
-    H, W = rgb.shape[:2]
-    img = Image.fromarray(rgb)
-    passes = []
-    for s in scales:
-        im = img.resize((round(W * s), round(H * s)), resample=Image.BICUBIC)
-        arr = (np.asarray(im, np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-        chw = np.ascontiguousarray(arr.transpose(2, 0, 1))
-        passes.append(chw)
-        if flip:
-            passes.append(np.flip(chw, -1).copy())
-    cams = []
-    with torch.no_grad():
-        for i, x in enumerate(passes):
-            _, cam = model(torch.from_numpy(x)[None])
-            cam = F.interpolate(cam[:, 1:, :, :], (H, W), mode="bilinear", align_corners=False)[0]
-            cam = cam.numpy() * label.reshape(-1, 1, 1)
-            if flip and i % 2 == 1:
-                cam = np.flip(cam, axis=-1)
-            cams.append(cam)
-    sum_cam = np.sum(cams, axis=0)
-    sum_cam[sum_cam < 0] = 0
-    cam_max = np.max(sum_cam, (1, 2), keepdims=True)
-    cam_min = np.min(sum_cam, (1, 2), keepdims=True)
-    sum_cam[sum_cam < cam_min + 1e-5] = 0
-    return (sum_cam - cam_min - 1e-5) / (cam_max - cam_min + 1e-5)
+def synthetic_images(n: int, h: int, w: int, seed: int | np.random.Generator) -> list[np.ndarray]:
+    """Gradients + noise: VOC-sized inputs with some structure, without a data set."""
+    rng = np.random.default_rng(seed)  # a Generator passes through: the caller goes on drawing from it
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx * 255 // max(w - 1, 1), yy * 255 // max(h - 1, 1), (xx + yy) % 256], -1)
+    return [np.clip(base + rng.integers(-40, 40, (h, w, 3)), 0, 255).astype(np.uint8) for _ in range(n)]
 
 
 def roofline(model_dir: Path, rgb: np.ndarray, scales, flip: bool, threads: int, engine_s: float) -> dict:
@@ -137,7 +118,7 @@ def roofline(model_dir: Path, rgb: np.ndarray, scales, flip: bool, threads: int,
             "network_fraction_of_peak": macs / t_net / 1e9 / peak}
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--backbone", default="resnet38_small", help="resnet38_small or resnet38 (random weights)")
     ap.add_argument("--checkpoint", type=Path, help="a SEAM checkpoint instead of random weights")
@@ -150,75 +131,57 @@ def main() -> None:
     ap.add_argument("--only", choices=["eager", "engine"], help="run one side (clean peak memory)")
     ap.add_argument("--json", type=Path, help="also write the numbers here")
     ap.add_argument("--no-roofline", action="store_true", help="skip the GMAC/s vs matmul peak report")
-    args = ap.parse_args()
+    return ap.parse_args()
 
+
+def _network(args: argparse.Namespace, tmp: Path) -> tuple[nn.Module, Path, str]:
+    """(the eager SEAM network, its checkpoint file, the backbone's name): the given
+    checkpoint, or seeded random weights saved under `tmp`."""
     import torch
 
-    from seam.common.files import list_images
-    from seam.common.image import load_rgb
-    from seam.modelrepo.runtime import default_threads
-    from service.engine.onnx_engine import OnnxEngine
-    from training.export import export_model
     from training.models.registry import create_model, model_from_checkpoint
 
-    threads = args.threads or default_threads()
-    torch.set_num_threads(threads)
-    scales = tuple(float(s) for s in args.scales.split(","))
-    flip = not args.no_flip
-    tmp_dir = tempfile.TemporaryDirectory(prefix="seam-bench-")  # the export (421 MB for ResNet-38)
-    tmp = Path(tmp_dir.name)
     if args.checkpoint:
-        ckpt = args.checkpoint
-        net, meta = model_from_checkpoint(ckpt, "seam")
-        backbone = meta.get("backbone", "?")
-    else:
-        torch.manual_seed(0)
-        net = create_model("seam", args.backbone, 21).eval()
-        ckpt = tmp / "seam_random.pth"
-        torch.save({"model": net.state_dict()}, ckpt)
-        backbone = args.backbone
-    num_fg = net.num_classes - 1
-    t0 = time.perf_counter()
-    export_model(ckpt, "seam", "bench", tmp / "models", check_shapes=[(1, 3, 37, 61)], threads=threads)
-    t_export = time.perf_counter() - t0
-    engine = OnnxEngine.from_model_dir(tmp / "models" / "bench", providers="cpu", threads=threads)
-    mf = engine.models()[0].manifest["input"]
+        net, meta = model_from_checkpoint(args.checkpoint, "seam")
+        return net, args.checkpoint, meta.get("backbone", "?")
+    torch.manual_seed(0)
+    net = create_model("seam", args.backbone, 21).eval()
+    ckpt = tmp / "seam_random.pth"
+    torch.save({"model": net.state_dict()}, ckpt)
+    return net, ckpt, args.backbone
 
-    rng = np.random.default_rng(0)
+
+def _images(args: argparse.Namespace, rng: np.random.Generator) -> list[np.ndarray]:
+    """--n timed images and one for the warm-up: from --images, else synthetic at --size."""
+    from seam.common.files import list_images
+    from seam.common.image import load_rgb
+
     if args.images:
-        imgs = [load_rgb(p) for _, p in list_images(args.images)[: args.n + 1]]
-    else:
-        h, w = (int(v) for v in args.size.lower().split("x"))
-        yy, xx = np.mgrid[0:h, 0:w]
-        base = np.stack([xx * 255 // max(w - 1, 1), yy * 255 // max(h - 1, 1), (xx + yy) % 256], -1)
-        imgs = [np.clip(base + rng.integers(-40, 40, (h, w, 3)), 0, 255).astype(np.uint8) for _ in range(args.n + 1)]
-    labels = [sorted(rng.choice(num_fg, size=min(2, num_fg), replace=False).tolist()) for _ in imgs]
+        return [load_rgb(p) for _, p in list_images(args.images)[: args.n + 1]]
+    h, w = (int(v) for v in args.size.lower().split("x"))
+    return synthetic_images(args.n + 1, h, w, rng)
 
-    def run_eager(i: int) -> np.ndarray:
-        vec = np.zeros(num_fg, np.float32)
-        vec[labels[i]] = 1
-        return eager_infer_seam(net, imgs[i], vec, scales, flip, mf["mean"], mf["std"])[labels[i]]
 
-    def run_engine(i: int) -> np.ndarray:
-        return engine.cam(imgs[i], labels[i], refined=True, scales=scales, flip=flip).cams
-
-    sides = {"eager": run_eager, "engine": run_engine}
-    if args.only:
-        sides = {args.only: sides[args.only]}
+def _time_sides(sides: dict[str, Callable[[int], np.ndarray]], n_images: int) -> tuple[dict, dict]:
+    """Per side: seconds and peak memory over images 1.. after a warm-up on image 0, and
+    the warm-up's maps (what the sides are compared on)."""
     out: dict[str, dict] = {}
     maps = {}
     for name, fn in sides.items():
         with RssPeak() as mem:  # the warm-up's allocations (onnxruntime's arena) count too
             maps[name] = fn(0)  # warm-up on an image not timed
             t0 = time.perf_counter()
-            for i in range(1, len(imgs)):
+            for i in range(1, n_images):
                 fn(i)
             dt = time.perf_counter() - t0
-        out[name] = {"seconds": dt, "images_per_s": (len(imgs) - 1) / dt, "s_per_image": dt / (len(imgs) - 1),
+        out[name] = {"seconds": dt, "images_per_s": (n_images - 1) / dt, "s_per_image": dt / (n_images - 1),
                      "peak_rss_growth_mb": mem.growth_mb}
-    passes = len(scales) * (2 if flip else 1)
-    print(f"backbone {backbone}, {len(imgs) - 1} images {imgs[1].shape[0]}x{imgs[1].shape[1]}, scales {scales}, "
-          f"flip {flip} ({passes} passes/image), {threads} threads; export {t_export:.1f} s")
+    return out, maps
+
+
+def _report_sides(out: dict, maps: dict) -> None:
+    """Print each side's speed and memory and, with both sides, their ratio and map difference
+    (also added to `out`)."""
     for name, r in out.items():
         print(f"  {name:7s} {r['images_per_s']:.3f} img/s ({r['s_per_image']:.2f} s/img), "
               f"peak RSS growth {r['peak_rss_growth_mb']:.0f} MB")
@@ -228,6 +191,49 @@ def main() -> None:
         print(f"  engine / eager speed: {ratio:.2f}x   (max |map diff| {diff:.1e})")
         out["ratio"] = ratio
         out["max_abs_diff"] = diff
+
+
+def main() -> None:
+    args = _parse_args()
+
+    import torch
+
+    from seam.modelrepo.runtime import default_threads
+    from service.engine.onnx_engine import OnnxEngine
+    from tests.training.authors_cam import authors_infer_seam
+    from training.export import export_model
+
+    threads = args.threads or default_threads()
+    torch.set_num_threads(threads)
+    scales = tuple(float(s) for s in args.scales.split(","))
+    flip = not args.no_flip
+    tmp_dir = tempfile.TemporaryDirectory(prefix="seam-bench-")  # the export (421 MB for ResNet-38)
+    tmp = Path(tmp_dir.name)
+    net, ckpt, backbone = _network(args, tmp)
+    num_fg = net.num_classes - 1
+    t0 = time.perf_counter()
+    export_model(ckpt, "seam", "bench", tmp / "models", check_shapes=[(1, 3, 37, 61)], threads=threads)
+    t_export = time.perf_counter() - t0
+    engine = OnnxEngine.from_model_dir(tmp / "models" / "bench", providers="cpu", threads=threads)
+    mf = engine.models()[0].manifest["input"]
+    rng = np.random.default_rng(0)
+    imgs = _images(args, rng)
+    labels = [sorted(rng.choice(num_fg, size=min(2, num_fg), replace=False).tolist()) for _ in imgs]
+
+    def run_eager(i: int) -> np.ndarray:
+        vec = np.zeros(num_fg, np.float32)
+        vec[labels[i]] = 1
+        return authors_infer_seam(net, imgs[i], vec, scales, flip, mf["mean"], mf["std"])[labels[i]]
+
+    def run_engine(i: int) -> np.ndarray:
+        return engine.cam(imgs[i], labels[i], refined=True, scales=scales, flip=flip).cams
+
+    sides = {"eager": run_eager, "engine": run_engine}
+    out, maps = _time_sides({args.only: sides[args.only]} if args.only else sides, len(imgs))
+    passes = len(scales) * (2 if flip else 1)
+    print(f"backbone {backbone}, {len(imgs) - 1} images {imgs[1].shape[0]}x{imgs[1].shape[1]}, scales {scales}, "
+          f"flip {flip} ({passes} passes/image), {threads} threads; export {t_export:.1f} s")
+    _report_sides(out, maps)
     if not args.no_roofline and "engine" in out:
         out["roofline"] = roofline(tmp / "models" / "bench", imgs[1], scales, flip, threads,
                                    out["engine"]["s_per_image"])

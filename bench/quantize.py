@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -35,23 +36,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 REPO = Path(__file__).resolve().parents[1]
 
+if TYPE_CHECKING:
+    from seam.modelrepo.manifest import Manifest
+
 
 def authors_resnet38_checkpoint(path: Path, keys_json: Path) -> None:
     """Random weights under the authors' exact keys, built as the export tests build them:
     BN at identity, convs scaled by sqrt(0.5 / fan_in) so 38 layers keep a sane range."""
     import torch
 
-    from tests.training.test_export import _authors_resnet38_state_dict
+    from tests.training.checkpoints import authors_resnet38_state_dict
 
-    torch.save(_authors_resnet38_state_dict(json.loads(keys_json.read_text())["seam"]), path)
-
-
-def synthetic_images(n: int, h: int, w: int, seed: int) -> list[np.ndarray]:
-    """Gradients + noise, as bench/inference.py (when no image folder is given)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    base = np.stack([xx * 255 // max(w - 1, 1), yy * 255 // max(h - 1, 1), (xx + yy) % 256], -1)
-    return [np.clip(base + rng.integers(-40, 40, (h, w, 3)), 0, 255).astype(np.uint8) for _ in range(n)]
+    torch.save(authors_resnet38_state_dict(json.loads(keys_json.read_text())["seam"]), path)
 
 
 def interleaved_times(sessions: dict, x: np.ndarray, input_name: str, rounds: int) -> dict[str, list[float]]:
@@ -88,7 +84,7 @@ def miou_run(engine, data: Path, ids: list[str], foreground: list[str]) -> tuple
     return meter.scores(["background", *foreground]), maps, time.perf_counter() - t0
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--backbone", default="resnet38_small", help="resnet38_small or resnet38 (random weights)")
     ap.add_argument("--checkpoint", type=Path, help="a trained SEAM checkpoint instead of random weights")
@@ -106,25 +102,162 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--keys", type=Path, default=REPO.parent / "shared" / "reference" / "official-state-dict-keys.json")
     ap.add_argument("--json", type=Path, help="also write the numbers here")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def _checkpoint(args: argparse.Namespace, tmp: Path) -> Path:
+    """--checkpoint, else random weights saved under `tmp` (resnet38: the authors' keys)."""
+    import torch
+
+    from training.models.registry import create_model
+
+    if args.checkpoint:
+        return args.checkpoint
+    if args.backbone == "resnet38":
+        ckpt = tmp / "resnet38_SEAM.pth"
+        authors_resnet38_checkpoint(ckpt, args.keys)
+        return ckpt
+    torch.manual_seed(0)
+    net = create_model("seam", args.backbone, 21).eval()
+    ckpt = tmp / "seam_random.pth"
+    torch.save({"model": net.state_dict()}, ckpt)
+    return ckpt
+
+
+def _inputs(args: argparse.Namespace, mf: Manifest) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray,
+                                                              tuple[float, ...]]:
+    """(calibration batches, held-out evaluation batches, the timed input, the calibration
+    scales), preprocessed as the engine does."""
+    from bench.inference import synthetic_images
+    from seam.common.image import Normalization, load_rgb, resize_rgb
+    from training.export.quantize import calibration_batches, calibration_paths, preprocess
+
+    norm = Normalization(tuple(mf.input.mean), tuple(mf.input.std))
+    h, w = (int(v) for v in args.size.lower().split("x"))
+    scales = (tuple(float(s) for s in args.calibration_scales.split(","))
+              if args.calibration_scales else tuple(mf.cam.scales))
+    if args.calibration:
+        paths = calibration_paths(args.calibration, args.calibration_n + 2, seed=0)
+        cal = calibration_batches(paths[:-2] or paths, norm.mean, norm.std, scales, args.calibration_side,
+                                  mf.input.working_side)
+        eval_imgs = [load_rgb(p) for p in paths[-2:]]
+    else:
+        imgs = synthetic_images(args.calibration_n + 2, h, w, seed=1)
+        cal = [preprocess(im, s, norm, mf.input.working_side, args.calibration_side)
+               for im in imgs[:-2] for s in scales]
+        eval_imgs = imgs[-2:]
+    ev = [preprocess(im, 1.0, norm, mf.input.working_side) for im in eval_imgs]
+    # the timed input: a held-out image of the calibration distribution at --size
+    timed = preprocess(resize_rgb(eval_imgs[0], (h, w)), 1.0, norm)
+    return cal, ev, timed, scales
+
+
+def _quantize(args: argparse.Namespace, fp32: Path, int8: Path, cal: list[np.ndarray], ev: list[np.ndarray],
+              input_name: str, scales: tuple[float, ...], threads: int) -> dict:
+    """int8 copy of `fp32` at `int8`; prints each calibration method's CAM error and
+    returns the record of the run."""
+    from training.export.quantize import quantize_model
+
+    t0 = time.perf_counter()
+    q = quantize_model(fp32, int8, cal, input_name, methods=args.methods.split(","), eval_batches=ev,
+                       keep_heads_fp32=not args.keep_all_convs_int8, threads=threads,
+                       **({"op_types": tuple(args.op_types.split(","))} if args.op_types else {}))
+    seconds = time.perf_counter() - t0
+    print(f"quantized in {seconds:.0f} s ({len(cal)} calibration batches, scales {scales}); "
+          f"{len(q.quantized_nodes)} convs int8, fp32: {q.excluded_nodes}")
+    for t in q.trials:
+        e = t.errors["cam"]
+        print(f"  {t.method:10s} cam: max |int8 - fp32| / max |fp32| = {e.rel_max:.4f}, "
+              f"mean {e.rel_mean:.5f}" + ("   <- kept" if t.method == q.method else ""))
+    return {"quantize": q.as_dict(), "quantize_seconds": seconds}
+
+
+def _time_pass(fp32: Path, int8: Path, timed: np.ndarray, input_name: str, rounds: int, threads: int) -> dict:
+    """One network pass on each graph, interleaved, its CAM error, and the matmul peaks
+    measured just before and after."""
+    from bench.hardware import conv_macs, matmul_peak
+    from training.export.quantize import _session, compare_outputs
+
+    peak_before = matmul_peak(threads)
+    sess = {"fp32": _session(fp32, threads), "int8": _session(int8, threads)}
+    times = interleaved_times(sess, timed, input_name, rounds)
+    peak_after = matmul_peak(threads)
+    del sess
+    err = compare_outputs(fp32, int8, [timed], input_name, threads)["cam"]
+    best = {k: min(v) for k, v in times.items()}
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"shape": list(timed.shape), "gmac": conv_macs(fp32, timed.shape) / 1e9, "best_s": best, "median_s": med,
+            "speedup_best": best["fp32"] / best["int8"], "speedup_median": med["fp32"] / med["int8"],
+            "cam_rel_max": err.rel_max, "cam_rel_mean": err.rel_mean,
+            "peak_gmacs_before": peak_before, "peak_gmacs_after": peak_after}
+
+
+def _print_pass(p: dict, threads: int, rounds: int) -> None:
+    """`_time_pass`'s record as achieved GMAC/s against the matmul peaks."""
+    macs = p["gmac"] * 1e9
+    before, after = p["peak_gmacs_before"], p["peak_gmacs_after"]
+    print(f"one pass {p['shape'][2]}x{p['shape'][3]} ({macs / 1e9:.1f} GMAC), {threads} threads, "
+          f"{rounds} interleaved rounds:")
+    for k in ("fp32", "int8"):
+        key = "ort_fp32_matmul" if k == "fp32" else "ort_u8s8_matmul"
+        peak = max(before[key], after[key])
+        best, med = p["best_s"][k], p["median_s"][k]
+        print(f"  {k}: best {best:.3f} s, median {med:.3f} s -> {macs / best / 1e9:.1f} GMAC/s "
+              f"({100 * macs / best / 1e9 / peak:.0f} % of the {k} matmul peak {peak:.0f} GMAC/s)")
+    print(f"  int8 / fp32 speed: {p['speedup_best']:.2f}x (best), "
+          f"{p['speedup_median']:.2f}x (median); cam max rel diff {p['cam_rel_max']:.4f}")
+    print("  matmul peaks GMAC/s before/after: " + ", ".join(f"{k} {before[k]:.0f}/{after[k]:.0f}" for k in before))
+
+
+def _int8_model_dir(fp32_dir: Path, int8: Path, tmp: Path) -> Path:
+    """A copy of the fp32 model directory with the int8 graph and a manifest to match."""
+    from seam.modelrepo.manifest import Manifest, file_sha256, load_model_dir
+
+    int8_dir = tmp / "models_int8" / "int8"
+    shutil.copytree(fp32_dir, int8_dir)
+    data = load_model_dir(fp32_dir).model_dump()
+    shutil.copy2(int8, int8_dir / int8.name)
+    data["onnx"]["sha256"] = file_sha256(int8_dir / int8.name)
+    (int8_dir / "manifest.json").write_text(Manifest.model_validate(data).to_json())
+    return int8_dir
+
+
+def _miou(args: argparse.Namespace, mf: Manifest, fp32_dir: Path, int8_dir: Path, threads: int) -> dict:
+    """Whole-engine pseudo labels of both model directories on --miou's train list; prints them."""
+    from service.engine.onnx_engine import OnnxEngine
+
+    listing = (args.miou / "ImageSets" / "Segmentation" / "train.txt").read_text()
+    ids = [ln.split()[0] for ln in listing.split("\n") if ln.strip()][: args.miou_n]
+    results, maps = {}, {}
+    for k, d in (("fp32", fp32_dir), ("int8", int8_dir)):
+        eng = OnnxEngine.from_model_dir(d, providers="cpu", threads=threads)
+        results[k], maps[k], secs = miou_run(eng, args.miou, ids, list(mf.class_names[1:]))
+        results[k]["seconds"] = secs
+        del eng
+    pairs = [(a, b) for a, b in zip(maps["fp32"], maps["int8"], strict=False) if a.size]
+    diff = max(float(np.abs(a - b).max()) for a, b in pairs)
+    mean_diff = float(np.mean([np.abs(a - b).mean() for a, b in pairs]))
+    miou = {"images": len(ids), "fp32": results["fp32"]["miou"], "int8": results["int8"]["miou"],
+            "delta": results["int8"]["miou"] - results["fp32"]["miou"],
+            "max_cam_map_diff": diff, "mean_cam_map_diff": mean_diff,
+            "seconds": {k: results[k]["seconds"] for k in results}}
+    print(f"pseudo labels (method pcm, image labels, scales {tuple(mf.cam.scales)} + flip) on {len(ids)} "
+          f"images of {args.miou}:")
+    print(f"  mIoU fp32 {miou['fp32']:.2f} %, int8 {miou['int8']:.2f} % (delta {miou['delta']:+.2f}); "
+          f"|normalised CAM int8 - fp32| max {diff:.3f}, mean {mean_diff:.4f}")
+    secs = miou["seconds"]
+    print(f"  whole engine: fp32 {secs['fp32']:.1f} s, int8 {secs['int8']:.1f} s ({secs['fp32'] / secs['int8']:.2f}x)")
+    return miou
+
+
+def main() -> None:
+    args = _parse_args()
     logging.basicConfig(level=logging.WARNING)
 
     import torch
 
-    from bench.hardware import conv_macs, matmul_peak
-    from seam.common.image import Normalization, load_rgb, resize_rgb
-    from seam.modelrepo.manifest import load_model_dir
     from seam.modelrepo.runtime import default_threads
     from training.export import export_model
-    from training.export.quantize import (
-        _session,
-        calibration_batches,
-        calibration_paths,
-        compare_outputs,
-        preprocess,
-        quantize_model,
-    )
-    from training.models.registry import create_model
 
     threads = args.threads or default_threads()
     torch.set_num_threads(threads)
@@ -132,119 +265,21 @@ def main() -> None:
     tmp = Path(tmp_dir.name)
     out: dict = {"threads": threads}
     try:
-        if args.checkpoint:
-            ckpt = args.checkpoint
-        elif args.backbone == "resnet38":
-            ckpt = tmp / "resnet38_SEAM.pth"
-            authors_resnet38_checkpoint(ckpt, args.keys)
-        else:
-            torch.manual_seed(0)
-            net = create_model("seam", args.backbone, 21).eval()
-            ckpt = tmp / "seam_random.pth"
-            torch.save({"model": net.state_dict()}, ckpt)
-            del net
+        ckpt = _checkpoint(args, tmp)
         t0 = time.perf_counter()
         res = export_model(ckpt, "seam", "fp32", tmp / "models", check_shapes=[(1, 3, 37, 61)], threads=threads)
         mf = res.manifest
         out["backbone"] = mf.backbone
         print(f"exported {mf.backbone} in {time.perf_counter() - t0:.0f} s; outputs {list(mf.onnx.outputs)}")
         fp32 = res.model_dir / mf.onnx.file
-        norm = Normalization(tuple(mf.input.mean), tuple(mf.input.std))
-        h, w = (int(v) for v in args.size.lower().split("x"))
-
-        # calibration and held-out evaluation inputs, preprocessed as the engine does
-        scales = (tuple(float(s) for s in args.calibration_scales.split(","))
-                  if args.calibration_scales else tuple(mf.cam.scales))
-        if args.calibration:
-            paths = calibration_paths(args.calibration, args.calibration_n + 2, seed=0)
-            cal = calibration_batches(paths[:-2] or paths, norm.mean, norm.std, scales, args.calibration_side,
-                                      mf.input.working_side)
-            eval_imgs = [load_rgb(p) for p in paths[-2:]]
-        else:
-            imgs = synthetic_images(args.calibration_n + 2, h, w, seed=1)
-            cal = [preprocess(im, s, norm, mf.input.working_side, args.calibration_side)
-                   for im in imgs[:-2] for s in scales]
-            eval_imgs = imgs[-2:]
-        ev = [preprocess(im, 1.0, norm, mf.input.working_side) for im in eval_imgs]
-        # the timed input: a held-out image of the calibration distribution at --size
-        timed = preprocess(resize_rgb(eval_imgs[0], (h, w)), 1.0, norm)
-
+        cal, ev, timed, scales = _inputs(args, mf)
         int8 = tmp / "int8" / mf.onnx.file
         int8.parent.mkdir()
-        t0 = time.perf_counter()
-        q = quantize_model(fp32, int8, cal, mf.input.name, methods=args.methods.split(","), eval_batches=ev,
-                           keep_heads_fp32=not args.keep_all_convs_int8, threads=threads,
-                           **({"op_types": tuple(args.op_types.split(","))} if args.op_types else {}))
-        out["quantize"] = q.as_dict()
-        out["quantize_seconds"] = time.perf_counter() - t0
-        print(f"quantized in {out['quantize_seconds']:.0f} s ({len(cal)} calibration batches, scales {scales}); "
-              f"{len(q.quantized_nodes)} convs int8, fp32: {q.excluded_nodes}")
-        for t in q.trials:
-            e = t.errors["cam"]
-            print(f"  {t.method:10s} cam: max |int8 - fp32| / max |fp32| = {e.rel_max:.4f}, "
-                  f"mean {e.rel_mean:.5f}" + ("   <- kept" if t.method == q.method else ""))
-
-        # speed of one network pass, interleaved, and its error on that input
-        peak_before = matmul_peak(threads)
-        sess = {"fp32": _session(fp32, threads), "int8": _session(int8, threads)}
-        times = interleaved_times(sess, timed, mf.input.name, args.rounds)
-        peak_after = matmul_peak(threads)
-        err = compare_outputs(fp32, int8, [timed], mf.input.name, threads)["cam"]
-        macs = conv_macs(fp32, timed.shape)
-        best = {k: min(v) for k, v in times.items()}
-        med = {k: statistics.median(v) for k, v in times.items()}
-        out["pass"] = {"shape": list(timed.shape), "gmac": macs / 1e9, "best_s": best, "median_s": med,
-                       "speedup_best": best["fp32"] / best["int8"], "speedup_median": med["fp32"] / med["int8"],
-                       "cam_rel_max": err.rel_max, "cam_rel_mean": err.rel_mean,
-                       "peak_gmacs_before": peak_before, "peak_gmacs_after": peak_after}
-        print(f"one pass {timed.shape[2]}x{timed.shape[3]} ({macs / 1e9:.1f} GMAC), {threads} threads, "
-              f"{args.rounds} interleaved rounds:")
-        for k in ("fp32", "int8"):
-            peak = max(peak_before["ort_fp32_matmul" if k == "fp32" else "ort_u8s8_matmul"],
-                       peak_after["ort_fp32_matmul" if k == "fp32" else "ort_u8s8_matmul"])
-            print(f"  {k}: best {best[k]:.3f} s, median {med[k]:.3f} s -> {macs / best[k] / 1e9:.1f} GMAC/s "
-                  f"({100 * macs / best[k] / 1e9 / peak:.0f} % of the {k} matmul peak {peak:.0f} GMAC/s)")
-        print(f"  int8 / fp32 speed: {out['pass']['speedup_best']:.2f}x (best), "
-              f"{out['pass']['speedup_median']:.2f}x (median); cam max rel diff {err.rel_max:.4f}")
-        print("  matmul peaks GMAC/s before/after: " + ", ".join(
-            f"{k} {peak_before[k]:.0f}/{peak_after[k]:.0f}" for k in peak_before))
-        del sess
-
+        out.update(_quantize(args, fp32, int8, cal, ev, mf.input.name, scales, threads))
+        out["pass"] = _time_pass(fp32, int8, timed, mf.input.name, args.rounds, threads)
+        _print_pass(out["pass"], threads, args.rounds)
         if args.miou:
-            from seam.modelrepo.manifest import Manifest, file_sha256
-            from service.engine.onnx_engine import OnnxEngine
-
-            int8_dir = tmp / "models_int8" / "int8"
-            shutil.copytree(res.model_dir, int8_dir)
-            data = load_model_dir(res.model_dir).model_dump()
-            shutil.copy2(int8, int8_dir / mf.onnx.file)
-            data["onnx"]["sha256"] = file_sha256(int8_dir / mf.onnx.file)
-            (int8_dir / "manifest.json").write_text(Manifest.model_validate(data).to_json())
-            listing = (args.miou / "ImageSets" / "Segmentation" / "train.txt").read_text()
-            ids = [ln.split()[0] for ln in listing.split("\n")
-                   if ln.strip()][: args.miou_n]
-            fg = list(mf.class_names[1:])
-            results = {}
-            maps = {}
-            for k, d in (("fp32", res.model_dir), ("int8", int8_dir)):
-                eng = OnnxEngine.from_model_dir(d, providers="cpu", threads=threads)
-                results[k], maps[k], secs = miou_run(eng, args.miou, ids, fg)
-                results[k]["seconds"] = secs
-                del eng
-            pairs = [(a, b) for a, b in zip(maps["fp32"], maps["int8"], strict=False) if a.size]
-            diff = max(float(np.abs(a - b).max()) for a, b in pairs)
-            mean_diff = float(np.mean([np.abs(a - b).mean() for a, b in pairs]))
-            out["miou"] = {"images": len(ids), "fp32": results["fp32"]["miou"], "int8": results["int8"]["miou"],
-                           "delta": results["int8"]["miou"] - results["fp32"]["miou"],
-                           "max_cam_map_diff": diff, "mean_cam_map_diff": mean_diff,
-                           "seconds": {k: results[k]["seconds"] for k in results}}
-            print(f"pseudo labels (method pcm, image labels, scales {tuple(mf.cam.scales)} + flip) on {len(ids)} "
-                  f"images of {args.miou}:")
-            print(f"  mIoU fp32 {results['fp32']['miou']:.2f} %, int8 {results['int8']['miou']:.2f} % "
-                  f"(delta {out['miou']['delta']:+.2f}); |normalised CAM int8 - fp32| max {diff:.3f}, "
-                  f"mean {mean_diff:.4f}")
-            print(f"  whole engine: fp32 {results['fp32']['seconds']:.1f} s, int8 {results['int8']['seconds']:.1f} s "
-                  f"({results['fp32']['seconds'] / results['int8']['seconds']:.2f}x)")
+            out["miou"] = _miou(args, mf, res.model_dir, _int8_model_dir(res.model_dir, int8, tmp), threads)
         if args.json:
             args.json.write_text(json.dumps(out, indent=2, default=float))
     finally:

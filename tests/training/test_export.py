@@ -2,9 +2,7 @@
 atomic writes, refusal on mismatch, and the authors' checkpoint format."""
 from __future__ import annotations
 
-import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -16,29 +14,12 @@ from seam.cli import app
 from seam.modelrepo.manifest import file_sha256, load_model_dir
 from seam.modelrepo.runtime import RuntimeConfig, create_session
 from service.engine.onnx_engine import OnnxEngine
+from tests.training.checkpoints import CLASSES, authors_resnet38_state_dict, make_checkpoint
 from training.export import ExportError, export_model, onnx_export
 from training.export.specs import SPECS
-from training.models.registry import _constructors, create_model
+from training.models.registry import _constructors
 
 SHAPES = [(1, 3, 37, 61), (2, 3, 200, 133)]
-CLASSES = ["background", "circle", "square", "triangle"]
-REPO = Path(__file__).resolve().parents[2]
-
-
-def make_checkpoint(path: Path, kind: str = "seam", backbone: str = "resnet38_small", num_classes: int = 4,
-                    seed: int = 0, sidecar: dict | None = None, authors_format: bool = False) -> torch.nn.Module:
-    """A random-weight checkpoint: ours ({"model", "config"} + sidecar) or the authors'
-    bare state dict with the `module.` prefix of their DataParallel saves."""
-    torch.manual_seed(seed)
-    net = create_model(kind, backbone, num_classes).eval()
-    sd = net.state_dict()
-    if authors_format:
-        torch.save({f"module.{k}": v for k, v in sd.items() if not k.endswith("num_batches_tracked")}, path)
-    else:
-        torch.save({"model": sd, "config": {"backbone": backbone, "epochs": 1}}, path)
-    if sidecar is not None:
-        path.with_suffix(".json").write_text(json.dumps(sidecar))
-    return net
 
 
 @pytest.fixture(scope="module")
@@ -206,29 +187,12 @@ def test_cli(tmp_path):
     assert r.exit_code == 1 and "already exists" in r.output
 
 
-def _authors_resnet38_state_dict(keys: dict[str, list[int]]) -> dict[str, torch.Tensor]:
-    """Random weights under the authors' exact key names and shapes (BN at identity)."""
-    g = torch.Generator().manual_seed(0)
-    sd = {}
-    for k, shape in keys.items():
-        if k.endswith("num_batches_tracked"):
-            sd[k] = torch.tensor(0)
-        elif k.endswith("running_var") or (k.endswith(".weight") and len(shape) == 1):
-            sd[k] = torch.ones(shape)
-        elif len(shape) == 1:
-            sd[k] = torch.zeros(shape)
-        else:
-            fan_in = int(np.prod(shape[1:]))
-            sd[k] = torch.randn(*shape, generator=g) * (0.5 / fan_in) ** 0.5
-    return sd
-
-
 @pytest.mark.slow
 def test_authors_resnet38_goes_to_external_data(official_keys, tmp_path):
     """The published network (421 MB of weights): external data file, hashed, loadable."""
     ckpt = tmp_path / "resnet38_SEAM.pth"
     try:
-        torch.save(_authors_resnet38_state_dict(official_keys["seam"]), ckpt)
+        torch.save(authors_resnet38_state_dict(official_keys["seam"]), ckpt)
         res = export_model(ckpt, "seam", "r38", tmp_path / "models", check_shapes=[(1, 3, 37, 61)])
         files = sorted(p.name for p in res.model_dir.iterdir())
         assert files == ["manifest.json", "model.onnx", "model.onnx.data", "pcm.onnx"]

@@ -17,7 +17,7 @@ from seam.common.cam import MultiScaleConfig, multiscale_cam
 from seam.common.image import Normalization
 from seam.common.random_walk import random_walk_labels
 from service.engine.onnx_engine import OnnxEngine
-from tests.training.test_export import CLASSES, make_checkpoint
+from tests.training.checkpoints import CLASSES, make_checkpoint
 from training.export import export_model
 from training.inference.cam import torch_runner
 

@@ -283,7 +283,7 @@ def test_export_int8_and_fp16_model_dirs(tmp_path):
     from seam.cli import app
     from seam.modelrepo.manifest import file_sha256, load_model_dir
     from service.engine.onnx_engine import OnnxEngine
-    from tests.training.test_export import CLASSES, make_checkpoint
+    from tests.training.checkpoints import CLASSES, make_checkpoint
     from training.export import export_model
 
     ckpt = tmp_path / "seam.pth"

@@ -95,6 +95,61 @@ def class_names_for(meta: dict[str, Any], num_classes: int | None) -> list[str]:
     return ["background", *[f"class_{i}" for i in range(num_classes - 1)]]
 
 
+def _check_export_args(kind: str, name: str, precision: str, calibration: str | Path | None) -> None:
+    """Fail before loading anything: unknown kind or precision, a name unfit for a directory."""
+    if kind not in MODEL_KINDS:
+        raise ExportError(f"unknown kind {kind!r}; choose from {', '.join(MODEL_KINDS)}")
+    try:
+        check_precision_args(precision, calibration)
+    except QuantizeError as exc:
+        raise ExportError(str(exc)) from exc
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise ExportError(f"model name {name!r}: use letters, digits, '.', '_' and '-' (it becomes a directory)")
+
+
+def _load_graph(checkpoint: Path, kind: str) -> tuple[nn.Module, dict[str, Any], list[str]]:
+    """(the export graph in eval mode, the checkpoint's metadata, the class names)."""
+    try:
+        net, meta = model_from_checkpoint(checkpoint, kind)
+    except CheckpointError as exc:
+        raise ExportError(str(exc)) from exc
+    except ValueError as exc:  # kind whose network module is not in this checkout
+        raise ExportError(f"cannot build a {kind} network: {exc}") from exc
+    num_classes = getattr(net, "num_classes", None) if kind != "affinity" else None
+    return SPECS[kind].graph(net).eval(), meta, class_names_for(meta, num_classes)
+
+
+def _write_graphs(graph: nn.Module, spec: ExportSpec, tmp: Path, opset: int, external_data: bool | None) -> None:
+    """model.onnx (+ its .data) and, for SEAM, pcm.onnx in `tmp`, each valid ONNX."""
+    n_bytes = sum(p.numel() * p.element_size() for p in graph.state_dict().values())
+    use_external = n_bytes > EXTERNAL_DATA_BYTES if external_data is None else external_data
+    _export_onnx(graph, spec, tmp / ONNX_FILE, opset, use_external)
+    if spec.kind == "seam":
+        _export_pcm(tmp / PCM_FILE, opset)
+    for f in (ONNX_FILE, PCM_FILE):
+        try:
+            if (tmp / f).exists():
+                onnx.checker.check_model(str(tmp / f))
+        except onnx.checker.ValidationError as exc:
+            raise ExportError(f"the exported graph {f} is not valid ONNX: {exc}") from exc
+
+
+def _parity_within(graph: nn.Module, spec: ExportSpec, tmp: Path, check_shapes: Sequence[tuple[int, int, int, int]],
+                   threads: int | None, atol: float) -> dict[str, float]:
+    """Max |onnxruntime - eager torch| per output (SEAM: cam_rv through the PCM graph too);
+    ExportError beyond `atol`."""
+    diffs, worst = check_parity(graph, spec, tmp / ONNX_FILE, check_shapes, threads)
+    if spec.kind == "seam":
+        diffs["cam_rv"] = check_pcm_parity(graph.net, tmp / ONNX_FILE, tmp / PCM_FILE, check_shapes, threads)
+        worst = max(worst, diffs["cam_rv"])
+    if not worst <= atol:  # NaN-safe
+        raise ExportError(
+            f"onnxruntime does not match torch (max abs diff {worst:.3g} > {atol:g}): "
+            + ", ".join(f"{k}={v:.3g}" for k, v in diffs.items()) + "; nothing written"
+        )
+    return diffs
+
+
 def export_model(
     checkpoint: str | Path,
     kind: str,
@@ -117,54 +172,21 @@ def export_model(
     cls_threshold: class-prediction threshold (default: the sidecar's `class_prediction.cls_threshold`, else 0.5).
     precision: fp32, or int8 (calibrated on `calibration_n` images of `calibration`) / fp16,
     applied to the checked fp32 graph (`training/export/quantize.py`)."""
-    if kind not in MODEL_KINDS:
-        raise ExportError(f"unknown kind {kind!r}; choose from {', '.join(MODEL_KINDS)}")
-    try:
-        check_precision_args(precision, calibration)
-    except QuantizeError as exc:
-        raise ExportError(str(exc)) from exc
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        raise ExportError(f"model name {name!r}: use letters, digits, '.', '_' and '-' (it becomes a directory)")
+    _check_export_args(kind, name, precision, calibration)
     checkpoint = Path(checkpoint)
     models_dir = Path(models_dir)
     target = models_dir / name
     if target.exists() and not force:
         raise ExportError(f"{target} already exists (use --force to replace it)")
-    try:
-        net, meta = model_from_checkpoint(checkpoint, kind)
-    except CheckpointError as exc:
-        raise ExportError(str(exc)) from exc
-    except ValueError as exc:  # kind whose network module is not in this checkout
-        raise ExportError(f"cannot build a {kind} network: {exc}") from exc
+    graph, meta, class_names = _load_graph(checkpoint, kind)
     spec = SPECS[kind]
-    graph = spec.graph(net).eval()
-    num_classes = getattr(net, "num_classes", None) if kind != "affinity" else None
-    class_names = class_names_for(meta, num_classes)
 
     models_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.export-", dir=models_dir))
     tmp.chmod(0o755)  # mkdtemp's 0700 would hide the model from a service running as another user
     try:
-        n_bytes = sum(p.numel() * p.element_size() for p in graph.state_dict().values())
-        use_external = n_bytes > EXTERNAL_DATA_BYTES if external_data is None else external_data
-        _export_onnx(graph, spec, tmp / ONNX_FILE, opset, use_external)
-        if kind == "seam":
-            _export_pcm(tmp / PCM_FILE, opset)
-        for f in (ONNX_FILE, PCM_FILE):
-            try:
-                if (tmp / f).exists():
-                    onnx.checker.check_model(str(tmp / f))
-            except onnx.checker.ValidationError as exc:
-                raise ExportError(f"the exported graph {f} is not valid ONNX: {exc}") from exc
-        diffs, worst = check_parity(graph, spec, tmp / ONNX_FILE, check_shapes, threads)
-        if kind == "seam":
-            diffs["cam_rv"] = check_pcm_parity(graph.net, tmp / ONNX_FILE, tmp / PCM_FILE, check_shapes, threads)
-            worst = max(worst, diffs["cam_rv"])
-        if not worst <= atol:  # NaN-safe
-            raise ExportError(
-                f"onnxruntime does not match torch (max abs diff {worst:.3g} > {atol:g}): "
-                + ", ".join(f"{k}={v:.3g}" for k, v in diffs.items()) + "; nothing written"
-            )
+        _write_graphs(graph, spec, tmp, opset, external_data)
+        diffs = _parity_within(graph, spec, tmp, check_shapes, threads, atol)
         manifest = _manifest(name, kind, meta, class_names, checkpoint, tmp, opset, spec,
                              ParityCheck(shapes=tuple(check_shapes), max_abs_diff=diffs, tolerance=atol),
                              working_side, cls_threshold)

@@ -34,6 +34,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -42,6 +43,10 @@ from seam.common.cam import working_size
 from seam.common.files import list_images
 from seam.common.image import Normalization, load_rgb, resize_rgb, scaled_size
 from seam.modelrepo.precision import PRECISIONS
+
+if TYPE_CHECKING:
+    from seam.modelrepo.manifest import Manifest
+    from seam.modelrepo.precision import PrecisionInfo
 
 log = logging.getLogger(__name__)
 
@@ -359,32 +364,149 @@ def calibrate(
 _METHOD_ENUM = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 
 
-def _quantize_once(src: Path, out_path: Path, ranges, method: str, nodes: list[str],
-                   per_channel: bool, external: bool, cache: Path, op_types: Sequence[str]) -> None:
+@dataclass(frozen=True)
+class _Int8Job:
+    """What every calibration method's trial shares: the graph, its nodes to quantize and how."""
+
+    fp32_path: Path
+    src: Path  # fp32_path, or a copy of it whose nodes all have names
+    work_dir: Path
+    input_name: str
+    nodes: list[str]
+    op_types: Sequence[str]
+    per_channel: bool
+    external: bool
+
+
+def _quantize_once(job: _Int8Job, out_path: Path, ranges, method: str) -> None:
     """quantize_static from precomputed ranges (its calibration cache: no network pass)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
 
+    cache = job.work_dir / f"ranges-{method}.json"
     save_tensors_data(ranges, cache)
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # its "consider pre-processing": the exporter already optimised the graph
     try:
         quantize_static(
-            str(src), str(out_path), None,
+            str(job.src), str(out_path), None,
             quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(op_types),
-            nodes_to_quantize=nodes,
-            per_channel=per_channel,
+            op_types_to_quantize=list(job.op_types),
+            nodes_to_quantize=job.nodes,
+            per_channel=job.per_channel,
             reduce_range=False,  # VNNI / AMX accumulate u8 x s8 without saturation
             activation_type=QuantType.QUInt8,  # u8 activations x s8 weights: the x86 fast path
             weight_type=QuantType.QInt8,
             calibrate_method=getattr(CalibrationMethod, _METHOD_ENUM[method]),
-            use_external_data_format=external,
+            use_external_data_format=job.external,
             calibration_cache_path=str(cache),
         )
     finally:
         root.setLevel(level)
+
+
+def _check_quantize_inputs(fp32_path: Path, calibration_batches: Sequence[np.ndarray], input_name: str,
+                           methods: Sequence[str], score_output: str | None) -> tuple[str, bool, bool]:
+    """Fail before any work; else (the scored output, whether the weights go to a .data file,
+    whether some nodes have no name)."""
+    unknown = [m for m in methods if m not in CALIBRATION_METHODS]
+    if unknown or not methods:
+        raise QuantizeError(f"calibration methods {list(methods)}: choose from {', '.join(CALIBRATION_METHODS)}")
+    if not calibration_batches:
+        raise QuantizeError("no calibration batches")
+    model = onnx.load(str(fp32_path), load_external_data=False)
+    if len(model.graph.input) != 1 or model.graph.input[0].name != input_name:
+        raise QuantizeError(f"{fp32_path.name}: expected one input named {input_name!r}, "
+                            f"got {[i.name for i in model.graph.input]}")
+    outputs = [o.name for o in model.graph.output]
+    score_output = score_output or outputs[0]
+    if score_output not in outputs:
+        raise QuantizeError(f"score output {score_output!r} is not one of {outputs}")
+    return score_output, _weights_bytes(model) > EXTERNAL_DATA_BYTES, any(not n.name for n in model.graph.node)
+
+
+def _named_copy(fp32_path: Path, work_dir: Path, external: bool) -> Path:
+    """A copy whose anonymous nodes have names: quantize_static selects nodes by name."""
+    m = onnx.load(str(fp32_path))
+    _ensure_node_names(m)
+    src = work_dir / "named.onnx"
+    save_model(m, src, external)
+    return src
+
+
+def _select_nodes(src: Path, op_types: Sequence[str], keep_heads_fp32: bool,
+                  nodes_to_exclude: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
+    """(the nodes to quantize, the convolutions among them, the convolutions kept fp32)."""
+    m = onnx.load(str(src), load_external_data=False)
+    convs = set(conv_nodes(m))
+    heads = head_convs(m)
+    excluded = set(nodes_to_exclude)
+    if keep_heads_fp32:
+        excluded |= set(heads)
+    # nothing after a head (CAM / embedding normalisations) is quantized, whatever its type
+    after = set(downstream_nodes(m, heads))
+    nodes = [n.name for n in m.graph.node
+             if n.op_type in op_types and n.name not in excluded and n.name not in after]
+    return nodes, [n for n in nodes if n in convs], sorted(excluded & convs)
+
+
+def _calibrate_timed(job: _Int8Job, batches: Sequence[np.ndarray], methods: Sequence[str]) -> tuple[dict, float]:
+    """`calibrate`'s ranges per method and the seconds it took."""
+    t0 = time.perf_counter()
+    try:
+        ranges = calibrate(job.src, batches, job.input_name, methods, job.work_dir, job.external, job.op_types)
+    except Exception as exc:  # onnxruntime raises plain Exceptions of many kinds
+        raise QuantizeError(f"calibration failed: {exc}") from exc
+    seconds = time.perf_counter() - t0
+    log.info("calibration: %d batches, %.1f s", len(batches), seconds)
+    return ranges, seconds
+
+
+def _trial(job: _Int8Job, cand: Path, ranges, method: str, eval_batches: Sequence[np.ndarray],
+           threads: int | None) -> MethodTrial:
+    """Quantize with one method's ranges into `cand` and measure it against fp32."""
+    cand.parent.mkdir()
+    t0 = time.perf_counter()
+    try:
+        _quantize_once(job, cand, ranges, method)
+    except Exception as exc:
+        raise QuantizeError(f"quantization ({method}) failed: {exc}") from exc
+    seconds = time.perf_counter() - t0
+    return MethodTrial(method, compare_outputs(job.fp32_path, cand, eval_batches, job.input_name, threads), seconds)
+
+
+def _best_method(job: _Int8Job, ranges: dict, methods: Sequence[str], out_name: str,
+                 eval_batches: Sequence[np.ndarray], threads: int | None,
+                 score_output: str) -> tuple[list[MethodTrial], str, Path]:
+    """Every method's trial, the method whose `score_output` error is smallest and its graph."""
+    trials: list[MethodTrial] = []
+    best: tuple[float, str, Path] | None = None
+    for i, method in enumerate(methods):
+        cand = job.work_dir / f"cand{i}" / out_name
+        trial = _trial(job, cand, ranges[method], method, eval_batches, threads)
+        trials.append(trial)
+        score = trial.errors[score_output].rel_max
+        log.info("int8 %s: %s rel max %.4f, rel mean %.5f (%.1f s)", method, score_output, score,
+                 trial.errors[score_output].rel_mean, trial.seconds)
+        if np.isfinite(score) and (best is None or score < best[0]):
+            best = (score, method, cand)
+    if best is None:
+        raise QuantizeError("every calibration method gave non-finite outputs")
+    return trials, best[1], best[2]
+
+
+def _move_into_place(chosen: Path, out_path: Path) -> None:
+    """The chosen model and, for large weights, its .data to `out_path` (+ .data)."""
+    stale = out_path.with_name(out_path.name + ".data")
+    if stale.exists():
+        stale.unlink()
+    for f in chosen.parent.iterdir():
+        if f.name.startswith(chosen.name):
+            f.replace(out_path.parent / (out_path.name + f.name[len(chosen.name):]))
+    for f in (out_path, stale):
+        if f.exists():
+            f.chmod(0o644)  # a service may run as another user
 
 
 def quantize_model(
@@ -409,92 +531,21 @@ def quantize_model(
     `eval_batches` (default: the calibration batches) is kept. Only `op_types` nodes are
     quantized (Conv and ReLU); see the module docstring for what stays fp32."""
     fp32_path, out_path = Path(fp32_path), Path(out_path)
-    unknown = [m for m in methods if m not in CALIBRATION_METHODS]
-    if unknown or not methods:
-        raise QuantizeError(f"calibration methods {list(methods)}: choose from {', '.join(CALIBRATION_METHODS)}")
-    if not calibration_batches:
-        raise QuantizeError("no calibration batches")
-    model = onnx.load(str(fp32_path), load_external_data=False)
-    if len(model.graph.input) != 1 or model.graph.input[0].name != input_name:
-        raise QuantizeError(f"{fp32_path.name}: expected one input named {input_name!r}, "
-                            f"got {[i.name for i in model.graph.input]}")
-    outputs = [o.name for o in model.graph.output]
-    score_output = score_output or outputs[0]
-    if score_output not in outputs:
-        raise QuantizeError(f"score output {score_output!r} is not one of {outputs}")
-    external = _weights_bytes(model) > EXTERNAL_DATA_BYTES
-    unnamed = any(not n.name for n in model.graph.node)
-    del model
+    score_output, external, unnamed = _check_quantize_inputs(fp32_path, calibration_batches, input_name, methods,
+                                                             score_output)
     eval_batches = list(eval_batches) if eval_batches is not None else list(calibration_batches)
-
     with tempfile.TemporaryDirectory(prefix="seam-quant-", dir=out_path.parent) as tmp_dir:
         tmp = Path(tmp_dir)
-        src = fp32_path
-        if unnamed:  # nodes are excluded by name
-            m = onnx.load(str(fp32_path))
-            _ensure_node_names(m)
-            src = tmp / "named.onnx"
-            save_model(m, src, external)
-            del m
-        m = onnx.load(str(src), load_external_data=False)
-        convs = conv_nodes(m)
-        excluded = set(nodes_to_exclude)
-        if keep_heads_fp32:
-            excluded |= set(head_convs(m))
-        # nothing after a head (CAM / embedding normalisations) is quantized, whatever its type
-        after = set(downstream_nodes(m, head_convs(m)))
-        nodes = [n.name for n in m.graph.node
-                 if n.op_type in op_types and n.name not in excluded and n.name not in after]
-        del m
-        quantized = [n for n in nodes if n in set(convs)]
+        src = _named_copy(fp32_path, tmp, external) if unnamed else fp32_path
+        nodes, quantized, fp32_convs = _select_nodes(src, op_types, keep_heads_fp32, nodes_to_exclude)
         if not quantized:
             raise QuantizeError(f"{fp32_path.name}: no convolution left to quantize")
-
-        t0 = time.perf_counter()
-        try:
-            ranges = calibrate(src, calibration_batches, input_name, methods, tmp, external, op_types)
-        except Exception as exc:  # onnxruntime raises plain Exceptions of many kinds
-            raise QuantizeError(f"calibration failed: {exc}") from exc
-        calibration_seconds = time.perf_counter() - t0
-        log.info("calibration: %d batches, %.1f s", len(calibration_batches), calibration_seconds)
-        trials: list[MethodTrial] = []
-        best: tuple[float, Path] | None = None
-        for i, method in enumerate(methods):
-            cand = tmp / f"cand{i}" / out_path.name
-            cand.parent.mkdir()
-            t0 = time.perf_counter()
-            try:
-                _quantize_once(src, cand, ranges[method], method, nodes, per_channel, external,
-                               tmp / f"ranges-{method}.json", op_types)
-            except Exception as exc:
-                raise QuantizeError(f"quantization ({method}) failed: {exc}") from exc
-            seconds = time.perf_counter() - t0
-            errors = compare_outputs(fp32_path, cand, eval_batches, input_name, threads)
-            trials.append(MethodTrial(method, errors, seconds))
-            score = errors[score_output].rel_max
-            log.info("int8 %s: %s rel max %.4f, rel mean %.5f (%.1f s)", method, score_output, score,
-                     errors[score_output].rel_mean, seconds)
-            if not np.isfinite(score):
-                continue
-            if best is None or score < best[0]:
-                best = (score, cand)
-        if best is None:
-            raise QuantizeError("every calibration method gave non-finite outputs")
-        chosen = best[1]
-        method = methods[int(chosen.parent.name[4:])]
-        # move the chosen files into place (the model and, for large weights, its .data)
-        stale = out_path.with_name(out_path.name + ".data")
-        if stale.exists():
-            stale.unlink()
-        for f in chosen.parent.iterdir():
-            suffix = f.name[len(chosen.name):] if f.name.startswith(chosen.name) else None
-            target = out_path.parent / (out_path.name + suffix) if suffix is not None else None
-            if target is not None:
-                f.replace(target)
-    for f in (out_path, out_path.with_name(out_path.name + ".data")):
-        if f.exists():
-            f.chmod(0o644)  # a service may run as another user
-    return QuantizeResult(out_path, method, trials, quantized, sorted(excluded & set(convs)),
+        job = _Int8Job(fp32_path, src, tmp, input_name, nodes, op_types, per_channel, external)
+        ranges, calibration_seconds = _calibrate_timed(job, calibration_batches, methods)
+        trials, method, chosen = _best_method(job, ranges, methods, out_path.name, eval_batches, threads,
+                                              score_output)
+        _move_into_place(chosen, out_path)
+    return QuantizeResult(out_path, method, trials, quantized, fp32_convs,
                           len(calibration_batches), len(eval_batches), score_output,
                           {"calibration_seconds": round(calibration_seconds, 2)})
 
@@ -594,7 +645,7 @@ def time_pass(path: str | Path, x: np.ndarray, input_name: str, threads: int | N
     return best
 
 
-def _model_scales(manifest) -> tuple[float, ...]:
+def _model_scales(manifest: Manifest) -> tuple[float, ...]:
     if manifest.kind == "seam" and manifest.cam is not None:
         return tuple(manifest.cam.scales)
     if manifest.kind == "deeplab" and manifest.deeplab is not None:
@@ -633,9 +684,79 @@ def check_precision_args(precision: str, calibration: str | Path | None) -> None
         raise QuantizeError(f"--calibration is only used with int8, not {precision}")
 
 
+def _held_out_split(calibration: str | Path, calibration_n: int, seed: int) -> tuple[list[Path], list[Path]]:
+    """(`calibration_n` calibration images, up to 4 more held out to score the methods); with
+    too few images to hold any out, the calibration images score too."""
+    n_eval = min(4, max(1, calibration_n // 4))
+    paths = calibration_paths(calibration, calibration_n + n_eval, seed)
+    if len(paths) <= calibration_n:
+        return paths, paths
+    held = set(random.Random(seed + 1).sample(range(len(paths)), len(paths) - calibration_n))
+    return [p for i, p in enumerate(paths) if i not in held], [paths[i] for i in sorted(held)]
+
+
+def _int8_speedup(fp32: Path, int8: Path, batches: Sequence[np.ndarray], input_name: str, threads: int | None,
+                  min_speedup: float | None) -> float:
+    """fp32 / int8 time of one pass on the largest batch; refused below `min_speedup`."""
+    probe = max(batches, key=lambda x: x.shape[2] * x.shape[3])
+    t32 = time_pass(fp32, probe, input_name, threads)
+    t8 = time_pass(int8, probe, input_name, threads)
+    speedup = t32 / t8
+    log.info("int8 vs fp32 on %s: %.3f s vs %.3f s per pass (%.2fx)", probe.shape, t8, t32, speedup)
+    if min_speedup is not None and speedup < min_speedup:
+        raise QuantizeError(
+            f"int8 is not faster than fp32 on this machine ({t8:.3f} s vs {t32:.3f} s per pass, "
+            f"{speedup:.2f}x < {min_speedup:g}x): keep the fp32 export")
+    return speedup
+
+
+def _apply_int8(graph: Path, out: Path, manifest: Manifest, calibration: str | Path | None, calibration_n: int,
+                threads: int | None, seed: int, max_side: int | None, methods: Sequence[str],
+                min_speedup: float | None) -> PrecisionInfo:
+    """Quantize `graph` into `out` on the user's images; the manifest's PrecisionInfo for it."""
+    from seam.modelrepo.precision import Calibration, PrecisionInfo
+
+    if calibration is None:
+        raise QuantizeError("int8 needs calibration images (--calibration LIST_OR_DIR)")
+    paths, eval_paths = _held_out_split(calibration, calibration_n, seed)
+    norm = Normalization(tuple(manifest.input.mean), tuple(manifest.input.std))
+    working_side = getattr(manifest.input, "working_side", None)
+    scales = _model_scales(manifest)
+    cal = calibration_batches(paths, norm.mean, norm.std, scales, max_side, working_side)
+    ev = calibration_batches(eval_paths, norm.mean, norm.std, (1.0,), max_side, working_side)
+    input_name = manifest.input.name
+    res = quantize_model(graph, out, cal, input_name, methods=methods, eval_batches=ev, threads=threads)
+    speedup = _int8_speedup(graph, out, cal, input_name, threads, min_speedup)
+    best = next(t for t in res.trials if t.method == res.method)
+    return PrecisionInfo(
+        weights="int8", provider="cpu", fp32_nodes=tuple(res.excluded_nodes),
+        calibration=Calibration(
+            source=str(calibration), images=len(paths), fingerprint=fingerprint(paths),
+            scales=scales, max_side=max_side, method=res.method,
+            method_errors={t.method: round(t.errors[res.score_output].rel_max, 6) for t in res.trials}),
+        max_error={k: round(v.rel_max, 6) for k, v in best.errors.items()},
+        speedup=round(speedup, 3),
+    )
+
+
+def _apply_fp16(graph: Path, out: Path, input_name: str, threads: int | None, seed: int) -> PrecisionInfo:
+    """fp16 copy of `graph` at `out`, its error measured on CPU; the manifest's PrecisionInfo."""
+    from seam.modelrepo.precision import PrecisionInfo
+
+    kept = convert_fp16(graph, out)
+    probe = np.random.default_rng(seed).standard_normal((1, 3, 67, 93)).astype(np.float32)
+    try:
+        errors = compare_outputs(graph, out, [probe], input_name, threads)
+    except Exception as exc:  # noqa: BLE001 - a CPU build without fp16 kernels for some op
+        log.warning("fp16 graph not checked on CPU: %s", exc)
+        errors = {}
+    return PrecisionInfo(weights="fp16", provider="cuda", fp32_nodes=tuple(kept),
+                         max_error={k: round(v.rel_max, 6) for k, v in errors.items()})
+
+
 def apply_precision(
     model_dir: str | Path,
-    manifest,
+    manifest: Manifest,
     precision: str,
     calibration: str | Path | None = None,
     calibration_n: int = DEFAULT_CALIBRATION_N,
@@ -644,7 +765,7 @@ def apply_precision(
     max_side: int | None = DEFAULT_CALIBRATION_SIDE,
     methods: Sequence[str] = CALIBRATION_METHODS,
     min_speedup: float | None = None,
-):
+) -> Manifest:
     """Turn the fp32 graph of an exported model directory into `precision` in place and
     return the manifest updated to match (new sha256, `precision` section).
 
@@ -655,65 +776,20 @@ def apply_precision(
     refused. fp16 is meant for CUDA workers; its error is measured on CPU, its speed is
     not (CPUs have no fast fp16)."""
     from seam.modelrepo.manifest import Manifest, file_sha256
-    from seam.modelrepo.precision import Calibration, PrecisionInfo
 
     model_dir = Path(model_dir)
     graph = model_dir / manifest.onnx.file
-    input_name = manifest.input.name
-    norm = Normalization(tuple(manifest.input.mean), tuple(manifest.input.std))
-    working_side = getattr(manifest.input, "working_side", None)
     check_precision_args(precision, calibration)
     if precision == "fp32":
         return manifest
     work = Path(tempfile.mkdtemp(prefix=".precision-", dir=model_dir))
+    out = work / manifest.onnx.file
     try:
         if precision == "int8":
-            if calibration is None:
-                raise QuantizeError("int8 needs calibration images (--calibration LIST_OR_DIR)")
-            n_eval = min(4, max(1, calibration_n // 4))
-            paths = calibration_paths(calibration, calibration_n + n_eval, seed)
-            if len(paths) > calibration_n:
-                rng = random.Random(seed + 1)
-                held = sorted(rng.sample(range(len(paths)), len(paths) - calibration_n))
-                eval_paths = [paths[i] for i in held]
-                paths = [p for i, p in enumerate(paths) if i not in set(held)]
-            else:  # too few images to hold any out: score on the calibration set
-                eval_paths = paths
-            scales = _model_scales(manifest)
-            cal = calibration_batches(paths, norm.mean, norm.std, scales, max_side, working_side)
-            ev = calibration_batches(eval_paths, norm.mean, norm.std, (1.0,), max_side, working_side)
-            out = work / manifest.onnx.file
-            res = quantize_model(graph, out, cal, input_name, methods=methods, eval_batches=ev, threads=threads)
-            probe = max(cal, key=lambda x: x.shape[2] * x.shape[3])
-            t32 = time_pass(graph, probe, input_name, threads)
-            t8 = time_pass(out, probe, input_name, threads)
-            speedup = t32 / t8
-            log.info("int8 vs fp32 on %s: %.3f s vs %.3f s per pass (%.2fx)", probe.shape, t8, t32, speedup)
-            if min_speedup is not None and speedup < min_speedup:
-                raise QuantizeError(
-                    f"int8 is not faster than fp32 on this machine ({t8:.3f} s vs {t32:.3f} s per pass, "
-                    f"{speedup:.2f}x < {min_speedup:g}x): keep the fp32 export")
-            best = next(t for t in res.trials if t.method == res.method)
-            info = PrecisionInfo(
-                weights="int8", provider="cpu", fp32_nodes=tuple(res.excluded_nodes),
-                calibration=Calibration(
-                    source=str(calibration), images=len(paths), fingerprint=fingerprint(paths),
-                    scales=scales, max_side=max_side, method=res.method,
-                    method_errors={t.method: round(t.errors[res.score_output].rel_max, 6) for t in res.trials}),
-                max_error={k: round(v.rel_max, 6) for k, v in best.errors.items()},
-                speedup=round(speedup, 3),
-            )
+            info = _apply_int8(graph, out, manifest, calibration, calibration_n, threads, seed, max_side, methods,
+                               min_speedup)
         else:
-            out = work / manifest.onnx.file
-            kept = convert_fp16(graph, out)
-            probe = np.random.default_rng(seed).standard_normal((1, 3, 67, 93)).astype(np.float32)
-            try:
-                errors = compare_outputs(graph, out, [probe], input_name, threads)
-            except Exception as exc:  # noqa: BLE001 - a CPU build without fp16 kernels for some op
-                log.warning("fp16 graph not checked on CPU: %s", exc)
-                errors = {}
-            info = PrecisionInfo(weights="fp16", provider="cuda", fp32_nodes=tuple(kept),
-                                 max_error={k: round(v.rel_max, 6) for k, v in errors.items()})
+            info = _apply_fp16(graph, out, manifest.input.name, threads, seed)
         ext = _replace_graph(model_dir, out, manifest.onnx.file)
     finally:
         shutil.rmtree(work, ignore_errors=True)

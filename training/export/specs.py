@@ -20,6 +20,20 @@ from seam.modelrepo.manifest import KIND_OUTPUTS
 from training.models.seam import pcm_block, pcm_features
 
 
+def _seam_outputs(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The network's cam, the PCM's normalised CAM and its L2-normalised embedding at stride 8."""
+    cam, cam_norm, f = net.pcm_inputs(x)
+    B, _, h, w = cam.shape
+    g = pcm_features(f, net.f9)
+    return cam, cam_norm, g.view(B, g.shape[1], h, w)
+
+
+def _single_output(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor]:
+    """The first output of a network that may return several."""
+    out = net(x)
+    return (out[0] if isinstance(out, (tuple, list)) else out,)
+
+
 class SeamGraph(nn.Module):
     """image (B, 3, H, W) -> cam (B, C, h8, w8), pcm_n (B, C, h8, w8), pcm_g (B, D, h8, w8).
 
@@ -34,10 +48,7 @@ class SeamGraph(nn.Module):
         self.net = net
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        cam, cam_norm, f = self.net.pcm_inputs(image)
-        B, _, h, w = cam.shape
-        g = pcm_features(f, self.net.f9)
-        return cam, cam_norm, g.view(B, g.shape[1], h, w)
+        return _seam_outputs(self.net, image)
 
 
 class PcmGraph(nn.Module):
@@ -48,18 +59,6 @@ class PcmGraph(nn.Module):
         return pcm_block(pcm_n, pcm_g, pcm_q)
 
 
-def _seam_reference(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    cam, cam_norm, f = net.pcm_inputs(x)
-    B, _, h, w = cam.shape
-    g = pcm_features(f, net.f9)
-    return cam, cam_norm, g.view(B, g.shape[1], h, w)
-
-
-def _single_reference(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    out = net(x)
-    return (out[0] if isinstance(out, (tuple, list)) else out,)
-
-
 class SingleOutputGraph(nn.Module):
     """image -> net(image): AffinityNet (stride-8 features) and DeepLab (stride-8 logits)."""
 
@@ -68,10 +67,7 @@ class SingleOutputGraph(nn.Module):
         self.net = net
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        out = self.net(image)
-        if isinstance(out, (tuple, list)):
-            out = out[0]
-        return out
+        return _single_output(self.net, image)[0]
 
 
 @dataclass(frozen=True)
@@ -103,9 +99,9 @@ class ExportSpec:
 
 
 SPECS: dict[str, ExportSpec] = {
-    "seam": ExportSpec("seam", SeamGraph, _seam_reference,
+    "seam": ExportSpec("seam", SeamGraph, _seam_outputs,
                        lambda net: (net.num_classes, net.num_classes, net.f9.out_channels)),
-    "affinity": ExportSpec("affinity", SingleOutputGraph, _single_reference, lambda net: (None,)),
-    "deeplab": ExportSpec("deeplab", SingleOutputGraph, _single_reference,
+    "affinity": ExportSpec("affinity", SingleOutputGraph, _single_output, lambda net: (None,)),
+    "deeplab": ExportSpec("deeplab", SingleOutputGraph, _single_output,
                           lambda net: (getattr(net, "num_classes", None),)),
 }
