@@ -20,6 +20,9 @@ from training.export.specs import SPECS
 from training.models.registry import _constructors
 
 SHAPES = [(1, 3, 37, 61), (2, 3, 200, 133)]
+# Every test here exports through torch.onnx (dynamo): seconds each, so out of the fast loop;
+# .ci/run runs them.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +190,6 @@ def test_cli(tmp_path):
     assert r.exit_code == 1 and "already exists" in r.output
 
 
-@pytest.mark.slow
 def test_authors_resnet38_goes_to_external_data(official_keys, tmp_path):
     """The published network (421 MB of weights): external data file, hashed, loadable."""
     ckpt = tmp_path / "resnet38_SEAM.pth"

@@ -22,6 +22,9 @@ from training.export import export_model
 from training.inference.cam import torch_runner
 
 SIZES = [(37, 61), (200, 133), (45, 29)]
+# Every test here exports through torch.onnx (dynamo): seconds each, so out of the fast loop;
+# .ci/run runs them.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
