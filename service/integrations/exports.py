@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 from urllib.parse import quote
 
@@ -18,27 +18,46 @@ from seam.common.labelling import ls_rle_encode, mask_polygons
 from seam.common.palette import voc_palette
 
 
-def ls_regions(label: np.ndarray, names: Sequence[str], scores: Sequence[float] | None, from_name: str,
-               to_name: str, region: Literal["brush", "polygon"] = "brush", min_area: int = 4,
-               id_prefix: str = "r") -> list[dict]:
-    """Label Studio result regions of one label map, one per class (brush) or per component (polygon)."""
+def ls_regions(label: np.ndarray, names: Sequence[str] | Mapping[int, str], scores: Sequence[float] | None,
+               from_name: str, to_name: str, region: Literal["brush", "polygon"] = "brush", min_area: int = 4,
+               id_prefix: str = "r", extra: Mapping[str, object] | None = None) -> list[dict]:
+    """Label Studio result regions of one label map, one per class (brush) or per component (polygon).
+
+    `names`: the name of each class index to label (a mapping picks and orders the classes);
+    `extra`: more fields for every region (e.g. readonly)."""
     h, w = label.shape
+    by_index = names if isinstance(names, Mapping) else dict(enumerate(names))
     out: list[dict] = []
-    for c in range(len(names)):
+    for c, name in by_index.items():
         mask = label == c + 1
         if not mask.any():
             continue
         score = round(float(scores[c]), 6) if scores is not None and c < len(scores) else None
-        base = {"from_name": from_name, "to_name": to_name, "original_width": int(w), "original_height": int(h),
-                "image_rotation": 0, "score": score}
+        base = _region_base(from_name, to_name, w, h, score, extra)
         if region == "brush":
-            out.append({**base, "id": f"{id_prefix}{c}", "type": "brushlabels",
-                        "value": {"format": "rle", "rle": ls_rle_encode(mask), "brushlabels": [names[c]]}})
+            out.append(_brush_region(base, f"{id_prefix}{c}", ls_rle_encode(mask), name))
         else:
-            for k, poly in enumerate(mask_polygons(mask, min_area=min_area)):
-                pts = [[round(100.0 * x / w, 4), round(100.0 * y / h, 4)] for x, y in poly.tolist()]
-                out.append({**base, "id": f"{id_prefix}{c}_{k}", "type": "polygonlabels",
-                            "value": {"points": pts, "polygonlabels": [names[c]], "closed": True}})
+            out += _polygon_regions(base, f"{id_prefix}{c}", mask_polygons(mask, min_area=min_area), name, w, h)
+    return out
+
+
+def _region_base(from_name: str, to_name: str, w: int, h: int, score: float | None,
+                 extra: Mapping[str, object] | None = None) -> dict:
+    return {"from_name": from_name, "to_name": to_name, "original_width": int(w), "original_height": int(h),
+            "image_rotation": 0, "score": score, **(extra or {})}
+
+
+def _brush_region(base: dict, rid: str, rle: list[int], name: str) -> dict:
+    return {**base, "id": rid, "type": "brushlabels", "value": {"format": "rle", "rle": rle, "brushlabels": [name]}}
+
+
+def _polygon_regions(base: dict, rid: str, polygons: Iterable[np.ndarray], name: str, w: int, h: int) -> list[dict]:
+    """One region per polygon of (N, 2) pixel corners; Label Studio wants percent of the image size."""
+    out = []
+    for k, poly in enumerate(polygons):
+        pts = [[round(100.0 * x / w, 4), round(100.0 * y / h, 4)] for x, y in np.asarray(poly).reshape(-1, 2).tolist()]
+        out.append({**base, "id": f"{rid}_{k}", "type": "polygonlabels",
+                    "value": {"points": pts, "polygonlabels": [name], "closed": True}})
     return out
 
 
@@ -47,12 +66,15 @@ def image_url(prefix: str, rel: str) -> str:
     return prefix + quote(rel, safe="/")
 
 
-def ls_task(url: str, regions: list[dict], model_version: str, data_key: str = "image") -> dict:
+def prediction_score(regions: Sequence[dict]) -> float:
+    """A prediction's score in Label Studio: the mean of its regions' scores (0 without any)."""
     scores = [r["score"] for r in regions if r.get("score") is not None]
+    return round(float(np.mean(scores)), 6) if scores else 0.0
+
+
+def ls_task(url: str, regions: list[dict], model_version: str, data_key: str = "image") -> dict:
     return {"data": {data_key: url},
-            "predictions": [{"model_version": model_version,
-                             "score": round(float(np.mean(scores)), 6) if scores else 0.0,
-                             "result": regions}]}
+            "predictions": [{"model_version": model_version, "score": prediction_score(regions), "result": regions}]}
 
 
 def ls_tasks_json(tasks: Iterable[dict]) -> bytes:
@@ -125,17 +147,12 @@ def ls_task_from_doc(doc: dict, url: str, from_name: str, to_name: str, data_key
     w, h = doc["width"], doc["height"]
     regions = []
     for cl in doc["classes"]:
-        base = {"from_name": from_name, "to_name": to_name, "original_width": w, "original_height": h,
-                "image_rotation": 0, "score": cl["score"]}
+        base = _region_base(from_name, to_name, w, h, cl["score"])
+        rid = f"{id_prefix}{cl['index']}"
         if region == "brush":
-            regions.append({**base, "id": f"{id_prefix}{cl['index']}", "type": "brushlabels",
-                            "value": {"format": "rle", "rle": cl["rle"], "brushlabels": [cl["name"]]}})
+            regions.append(_brush_region(base, rid, cl["rle"], cl["name"]))
         else:
-            for k, flat in enumerate(cl["polygons"]):
-                pts = [[round(100.0 * flat[i] / w, 4), round(100.0 * flat[i + 1] / h, 4)]
-                       for i in range(0, len(flat), 2)]
-                regions.append({**base, "id": f"{id_prefix}{cl['index']}_{k}", "type": "polygonlabels",
-                                "value": {"points": pts, "polygonlabels": [cl["name"]], "closed": True}})
+            regions += _polygon_regions(base, rid, cl["polygons"], cl["name"], w, h)
     return ls_task(url, regions, model_version, data_key)
 
 

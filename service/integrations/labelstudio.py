@@ -30,11 +30,11 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from seam.common.labelling import ls_rle_encode, mask_polygons
 from service.api.deps import EngineDep, LimiterDep, MetricsDep, SettingsDep, require_api_key
 from service.core.errors import ApiError
 from service.engine.base import InferenceEngine, SegmentResult
 from service.inputs import decode_image
+from service.integrations.exports import ls_regions, prediction_score
 from service.integrations.fetch import FetchFailed, FetchPolicy, UrlRefused
 from service.integrations.ls_config import Control, LabelConfig, LabelConfigError, parse_label_config
 
@@ -244,26 +244,9 @@ def image_labels(task: LsTask, cfg: LabelConfig, control: Control, classes: Sequ
 
 def regions(seg: SegmentResult, control: Control, to_name: str, class_map: dict[int, str], kind: str,
             min_area: int, task_key: str) -> list[dict]:
-    h, w = seg.label.shape
-    out: list[dict] = []
-    for c in seg.classes:
-        if c not in class_map:
-            continue
-        mask = seg.label == c + 1
-        if not mask.any():
-            continue
-        score = round(float(seg.scores[c]), 6) if c < len(seg.scores) else None
-        base = {"from_name": control.name, "to_name": to_name, "original_width": int(w), "original_height": int(h),
-                "image_rotation": 0, "score": score, "readonly": False}
-        if kind == "brushlabels":
-            out.append({**base, "id": f"{task_key}_{c}", "type": "brushlabels",
-                        "value": {"format": "rle", "rle": ls_rle_encode(mask), "brushlabels": [class_map[c]]}})
-        else:
-            for k, poly in enumerate(mask_polygons(mask, min_area=min_area)):
-                pts = [[round(100.0 * x / w, 4), round(100.0 * y / h, 4)] for x, y in poly.tolist()]
-                out.append({**base, "id": f"{task_key}_{c}_{k}", "type": "polygonlabels",
-                            "value": {"points": pts, "polygonlabels": [class_map[c]], "closed": True}})
-    return out
+    names = {c: class_map[c] for c in seg.classes if c in class_map}
+    return ls_regions(seg.label, names, seg.scores, control.name, to_name,
+                      "brush" if kind == "brushlabels" else "polygon", min_area, f"{task_key}_", {"readonly": False})
 
 
 def _segment(engine: InferenceEngine, rgb: np.ndarray, labels: list[int] | None, method: str,
@@ -335,9 +318,7 @@ async def predict(body: Annotated[PredictRequest, Body()], request: Request, eng
         kind = control.kind
         regs = await run_in_threadpool(regions, seg, control, control.to_name, class_map, kind,
                                        ls.min_polygon_area, str(task.id if task.id is not None else i))
-        scores = [r["score"] for r in regs if r.get("score") is not None]
-        results.append({"result": regs, "score": round(float(np.mean(scores)), 6) if scores else 0.0,
-                        "model_version": version})
+        results.append({"result": regs, "score": prediction_score(regs), "model_version": version})
         metrics.images_labelled.labels("labelstudio").inc()
     return JSONResponse({"results": results, "model_version": version})
 
