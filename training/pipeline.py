@@ -17,6 +17,10 @@ checkpoint.pth when interrupted):
 mIoU (when SegmentationClass/ exists): CAM and random-walk pseudo labels on the
 training images (the paper's "train" numbers), DeepLab on the evaluation list (val)
 and on the training images.
+
+`run_pipeline` walks the table `PipelineRun.stages()`: one method a stage, built on two
+shapes, `trained` (a trainer, skipped when its final weights are complete) and
+`per_image` (skipped when every image's output exists), each followed by its mIoU.
 """
 from __future__ import annotations
 
@@ -52,28 +56,44 @@ def _save_png(label: np.ndarray, path: Path) -> None:
     tmp.replace(path)  # a stage killed mid-write never leaves a truncated PNG behind
 
 
+def _write_pngs(todo: Sequence[tuple[str, Path]], out_dir: Path, label_of: Callable[[str, Path], np.ndarray],
+                on_image: OnImage) -> None:
+    """<out_dir>/<id>.png = label_of(id, image path) for every item of `todo`."""
+    for image_id, path in todo:
+        _save_png(label_of(image_id, path), out_dir / f"{image_id}.png")
+        if on_image is not None:
+            on_image(image_id)
+
+
+def _cams_and_image(cam_dir: Path, image_id: str, path: Path) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """(foreground classes, (K, H, W) CAMs from <cam_dir>/<id>.npy, (H, W, 3) image)."""
+    from training.evaluation.evaluate import load_cams
+
+    cam_file = cam_dir / f"{image_id}.npy"
+    if not cam_file.is_file():
+        raise FileNotFoundError(f"no CAM file {cam_file}")
+    classes, cams = load_cams(cam_file)
+    return classes, cams, load_rgb(path)
+
+
 def write_affinity_labels(items: Sequence[tuple[str, Path]], cam_dir: Path, out_dir: Path,
                           la_alpha: float = LA_ALPHA, ha_alpha: float = HA_ALPHA, crf: bool = True,
                           overwrite: bool = False, on_image: OnImage = None) -> dict[str, Any]:
     """<out_dir>/<id>.png AffinityNet labels from <cam_dir>/<id>.npy for (id, image path)."""
-    from training.evaluation.evaluate import load_cams
-
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = _todo(items, out_dir, ".png", overwrite)
     counts = np.zeros(3, np.int64)  # bg, fg, unknown pixels of the images written now
-    for image_id, path in todo:
-        cam_file = cam_dir / f"{image_id}.npy"
-        if not cam_file.is_file():
-            raise FileNotFoundError(f"no CAM file {cam_file}")
-        classes, cams = load_cams(cam_file)
-        rgb = load_rgb(path)
+
+    def label_of(image_id: str, path: Path) -> np.ndarray:
+        classes, cams, rgb = _cams_and_image(cam_dir, image_id, path)
         if classes and cams.shape[1:] != rgb.shape[:2]:
-            raise ValueError(f"{cam_file}: CAM size {cams.shape[1:]} differs from the image {rgb.shape[:2]}")
+            raise ValueError(f"{cam_dir / f'{image_id}.npy'}: CAM size {cams.shape[1:]} differs from the image "
+                             f"{rgb.shape[:2]}")
         lab = affinity_label_map(rgb, cams, classes, la_alpha, ha_alpha, crf=crf)
-        counts += [(lab == 0).sum(), ((lab > 0) & (lab < 255)).sum(), (lab == 255).sum()]
-        _save_png(lab, out_dir / f"{image_id}.png")
-        if on_image is not None:
-            on_image(image_id)
+        counts[:] += [(lab == 0).sum(), ((lab > 0) & (lab < 255)).sum(), (lab == 255).sum()]
+        return lab
+
+    _write_pngs(todo, out_dir, label_of, on_image)
     total = max(int(counts.sum()), 1)
     return {"written": len(todo), "skipped": len(items) - len(todo),
             "share": {"background": counts[0] / total, "foreground": counts[1] / total, "unknown": counts[2] / total}
@@ -94,18 +114,15 @@ def random_walk_dir(model: Any, items: Sequence[tuple[str, Path]], cam_dir: Path
                     on_image: OnImage = None) -> dict[str, Any]:
     """<out_dir>/<id>.png random-walk pseudo labels: AffinityNet features (torch) + the shared
     numpy random walk of <cam_dir>/<id>.npy."""
-    from training.evaluation.evaluate import load_cams
     from training.inference.segment import affinity_features
 
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = _todo(items, out_dir, ".png", overwrite)
     t_walk = 0.0
-    for image_id, path in todo:
-        cam_file = cam_dir / f"{image_id}.npy"
-        if not cam_file.is_file():
-            raise FileNotFoundError(f"no CAM file {cam_file}")
-        classes, cams = load_cams(cam_file)
-        rgb = load_rgb(path)
+
+    def label_of(image_id: str, path: Path) -> np.ndarray:
+        nonlocal t_walk
+        classes, cams, rgb = _cams_and_image(cam_dir, image_id, path)
         H, W = rgb.shape[:2]
         if not classes:
             cams = np.zeros((0, H, W), np.float32)
@@ -114,9 +131,9 @@ def random_walk_dir(model: Any, items: Sequence[tuple[str, Path]], cam_dir: Path
         lab = random_walk_labels(feat, cams, classes, (H, W), cfg.alpha, cfg.beta, cfg.logt, cfg.radius,
                                  dense=cfg.dense)
         t_walk += time.perf_counter() - t0
-        _save_png(lab, out_dir / f"{image_id}.png")
-        if on_image is not None:
-            on_image(image_id)
+        return lab
+
+    _write_pngs(todo, out_dir, label_of, on_image)
     return {"written": len(todo), "skipped": len(items) - len(todo),
             "walk_ms_per_image": round(1000 * t_walk / len(todo), 2) if todo else None}
 
@@ -129,10 +146,8 @@ def segment_dir(model: Any, items: Sequence[tuple[str, Path]], out_dir: Path, sc
 
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = _todo(items, out_dir, ".png", overwrite)
-    for image_id, path in todo:
-        _save_png(segment_label(model, load_rgb(path), scales, flip, crf, device), out_dir / f"{image_id}.png")
-        if on_image is not None:
-            on_image(image_id)
+    _write_pngs(todo, out_dir, lambda _id, path: segment_label(model, load_rgb(path), scales, flip, crf, device),
+                on_image)
     return {"written": len(todo), "skipped": len(items) - len(todo)}
 
 
@@ -205,201 +220,253 @@ def _val_list(cfg: PipelineConfig) -> Path | None:
 
 
 _DEFAULT_HOOKS = StageHooks()
+_REUSED = "skipped_stage"  # a stage answers {_REUSED: True} when its outputs are there from an earlier run
+
+
+class PipelineRun:
+    """One run directory: the data set, where each stage writes, and results.json (rewritten
+    after every stage and every mIoU, so an interrupted run keeps what it measured)."""
+
+    def __init__(self, cfg: PipelineConfig, hooks: StageHooks) -> None:
+        from training.data.datasets import build_dataset
+        from training.engine.affinity import AFFINITY_FINAL
+        from training.engine.deeplab import DEEPLAB_FINAL
+        from training.engine.recipes import default_recipe
+        from training.engine.state import SEAM_FINAL
+        from training.inference.cam import default_device
+
+        self.cfg, self.hooks, self.log = cfg, hooks, hooks.log
+        self.dir = Path(cfg.out)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.device = default_device(cfg.device)
+        self.results: dict[str, Any] = {"config": cfg.to_dict(), "stages": {}, "miou": {}, **self._earlier()}
+        self.ds = build_dataset(cfg.dataset, cfg.data, cfg.train_list, cfg.labels)
+        self.recipe = cfg.recipe or default_recipe(self.ds.kind)
+        self.deeplab_recipe = cfg.recipe or default_recipe(self.ds.kind, "deeplab")
+        self.results["recipe"] = {"seam": self.recipe, "affinity": self.recipe, "deeplab": self.deeplab_recipe}
+        self.class_names = list(self.ds.class_names)
+        self.train_items = list(zip(self.ds.ids, self.ds.paths, strict=True))
+        val_list = _val_list(cfg)
+        self.val_items = self._list_images(val_list) if val_list else []
+        self.seam_final = self.dir / "seam" / SEAM_FINAL
+        self.cam_dir = self.dir / "cams"
+        self.aff_label_dir = self.dir / "aff_labels"
+        self.aff_final = self.dir / "affinity" / AFFINITY_FINAL
+        self.rw_dir = self.dir / "rw"
+        self.deeplab_final = self.dir / "deeplab" / DEEPLAB_FINAL
+        self.seg_dir = self.dir / "segment"
+        self.init = cfg.weights or str(self.seam_final)  # AffinityNet and DeepLab start from SEAM without --weights
+
+    def _earlier(self) -> dict[str, Any]:
+        """The stages and mIoU an earlier run recorded in results.json."""
+        path = self.dir / "results.json"
+        if not path.is_file():
+            return {}
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            return {}
+        return {"stages": old.get("stages", {}), "miou": old.get("miou", {})}
+
+    def _list_images(self, list_file: Path) -> list[tuple[str, Path]]:
+        from seam.common.files import list_images
+
+        return list_images(list_file, self.ds.image_root)
+
+    def describe(self) -> str:
+        """The run's opening log line: data, backbone, device, recipes."""
+        cfg, recipe, dl_recipe = self.cfg, self.recipe, self.deeplab_recipe
+        return (f"pipeline on {len(self.train_items)} training images ({len(self.class_names) - 1} classes), "
+                f"{len(self.val_items)} evaluation images, backbone {cfg.backbone}, device {self.device}, "
+                f"run dir {self.dir}, recipe {recipe}{'' if dl_recipe == recipe else ' (DeepLab ' + dl_recipe + ')'}"
+                f"{'' if cfg.recipe else ' (default for ' + self.ds.kind + ' data)'}")
+
+    def save(self) -> None:
+        path = self.dir / "results.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.results, indent=2, default=str) + "\n")
+        tmp.replace(path)  # never a half-written results.json
+
+    def record(self, name: str, stage: Callable[[], dict[str, Any]]) -> None:
+        """Run `stage` and keep its answer (with its time) in results.json; a stage whose outputs
+        were all there keeps the earlier run's record, marked reused."""
+        t0 = time.time()
+        out = stage()
+        if out.pop(_REUSED, False):
+            out = {**self.results["stages"].get(name, {}), "reused": True}
+        else:
+            out["seconds"] = round(time.time() - t0, 1)
+        self.results["stages"][name] = out
+        self.save()
+
+    def miou(self, key: str, pred_dir: Path, ids: Sequence[str], **kw: Any) -> None:
+        """Score <pred_dir> against SegmentationClass/ on the `ids` that have ground truth."""
+        from training.evaluation.evaluate import evaluate
+
+        gt = self.ds.gt_dir
+        ids = [i for i in ids if (gt / f"{i}.png").is_file()] if gt is not None else []
+        if not ids:
+            return
+        r = evaluate(pred_dir, gt, ids, class_names=self.class_names, progress=False, **kw)
+        entry = {k: r[k] for k in ("miou", "mfn", "mfp", "num_images", "per_class")}
+        if "best_threshold" in r:
+            entry["best_threshold"] = r["best_threshold"]
+        self.results["miou"][key] = entry
+        self.save()
+        self.log(f"  mIoU {key}: {r['miou']:.2f}%" + (f" (background threshold {r['best_threshold']:.2f})"
+                                                       if "best_threshold" in r else ""))
+
+    # ----------------------------------------------------------------------- shared stage shapes
+
+    def trained(self, step: str, title: str, final: Path, start: str, trainer: Callable[..., dict[str, Any]],
+                config: Callable[..., Any], **settings: Any) -> dict[str, Any]:
+        """A training stage: skipped when `final` is complete, else resumed or started in its directory."""
+        if _final_done(final):
+            self.log(f"[{step}] {title}: {final} exists, skipped")
+            return {_REUSED: True}
+        self.log(f"[{step}] {start}")
+        cfg, out_dir = self.cfg, final.parent
+        tcfg = config(backbone=cfg.backbone, batch_size=cfg.batch_size, crop=cfg.crop, out=str(out_dir), seed=cfg.seed,
+                      device=cfg.device, workers=cfg.workers, amp=cfg.amp,
+                      resume=(out_dir / "checkpoint.pth").is_file(), **settings)
+        side = trainer(tcfg, on_progress=self.hooks.train_progress(title), log=self.log)
+        return {"weights": str(final), "training": side.get("training", {}), "final": side["metrics"]["final"]}
+
+    def per_image(self, title: str, items: Sequence[tuple[str, Path]], out_dir: Path, suffix: str,
+                  write: Callable[[int], dict[str, Any]]) -> dict[str, Any]:
+        """A per-image stage: skipped when every item has <out_dir>/<id><suffix>, else
+        `write(number of missing outputs)`."""
+        missing = len(_todo(items, out_dir, suffix, False))
+        if not missing:
+            self.log(f"{title}: all present, skipped")
+            return {_REUSED: True}
+        return write(missing)
+
+    # ----------------------------------------------------------------------- the stages
+
+    def seam(self) -> dict[str, Any]:
+        from training.engine.trainer import TrainConfig, train
+
+        cfg = self.cfg
+        return self.trained("1/6", "SEAM", self.seam_final, "SEAM training", train,
+                            partial(TrainConfig.from_recipe, self.recipe), data=cfg.data, dataset=cfg.dataset,
+                            train_list=cfg.train_list, labels=cfg.labels, weights=cfg.weights,
+                            epochs=cfg.seam_epochs, lr=cfg.seam_lr, evaluate=False)
+
+    def cams(self) -> dict[str, Any]:
+        """CAMs of the training images, given their image labels (as the authors' infer_SEAM)."""
+        self.cam_dir.mkdir(parents=True, exist_ok=True)
+        return self.per_image("[2/6] CAMs", self.train_items, self.cam_dir, ".npy", self._write_cams)
+
+    def _write_cams(self, n: int) -> dict[str, Any]:
+        from training.engine.cam_eval import write_cams
+        from training.models.registry import model_from_checkpoint
+
+        scales = self.cfg.cam_scales
+        self.log(f"[2/6] CAMs of {n} training images (scales {list(scales)}, flip)")
+        todo = [(i, p, self.ds.label_indices(i)) for i, p in _todo(self.train_items, self.cam_dir, ".npy", False)]
+        model, _ = model_from_checkpoint(self.seam_final, "seam")
+        write_cams(model, todo, self.cam_dir, scales, refined=True, device=self.device,
+                   on_image=self.hooks.image_progress("CAMs", n))
+        return {"written": n, "scales": list(scales)}
+
+    def score_cams(self) -> None:
+        self.miou("cam_train", self.cam_dir, self.ds.ids, kind="npy", curve=True)
+        if self.ds.gt_dir is not None and self.results["miou"].get("cam_train"):
+            self.miou("cam_train_default_threshold", self.cam_dir, self.ds.ids, kind="npy",
+                      threshold=DEFAULT_BG_THRESHOLD)
+
+    def aff_labels(self) -> dict[str, Any]:
+        cfg = self.cfg
+
+        def write(n: int) -> dict[str, Any]:
+            self.log(f"[3/6] AffinityNet labels (la {cfg.la_alpha:g}, ha {cfg.ha_alpha:g}, "
+                     f"{'dense CRF' if cfg.crf else 'no CRF'}) for {n} images")
+            return write_affinity_labels(self.train_items, self.cam_dir, self.aff_label_dir, cfg.la_alpha,
+                                         cfg.ha_alpha, cfg.crf, on_image=self.hooks.image_progress("aff labels", n))
+
+        return self.per_image("[3/6] AffinityNet labels", self.train_items, self.aff_label_dir, ".png", write)
+
+    def affinity(self) -> dict[str, Any]:
+        from training.engine.affinity import AffinityTrainConfig, train_affinity
+
+        cfg = self.cfg
+        return self.trained("4/6", "AffinityNet", self.aff_final, f"AffinityNet training (init {self.init})",
+                            train_affinity, partial(AffinityTrainConfig.from_recipe, self.recipe), data=cfg.data,
+                            labels=str(self.aff_label_dir), dataset=cfg.dataset, train_list=cfg.train_list,
+                            image_labels=cfg.labels, weights=self.init, epochs=cfg.aff_epochs, lr=cfg.aff_lr,
+                            radius=cfg.rw.radius)
+
+    def random_walk(self) -> dict[str, Any]:
+        rw = self.cfg.rw
+
+        def write(n: int) -> dict[str, Any]:
+            from training.models.registry import model_from_checkpoint
+
+            self.log(f"[5/6] random walk (alpha {rw.alpha:g}, beta {rw.beta:g}, logt {rw.logt}, "
+                     f"radius {rw.radius}, {'dense' if rw.dense else 'sparse'}) for {n} images")
+            model, _ = model_from_checkpoint(self.aff_final, "affinity")
+            write_classes(self.rw_dir, self.class_names)
+            out = random_walk_dir(model, self.train_items, self.cam_dir, self.rw_dir, rw, self.device,
+                                  on_image=self.hooks.image_progress("random walk", n))
+            return {**out, **asdict(rw)}
+
+        return self.per_image("[5/6] random walk", self.train_items, self.rw_dir, ".png", write)
+
+    def deeplab(self) -> dict[str, Any]:
+        """DeepLab on the random-walk labels: every image of the data root that has one (the training list)."""
+        from training.engine.deeplab import DeepLabTrainConfig, train_deeplab
+
+        cfg = self.cfg
+        return self.trained("6/6", "DeepLab", self.deeplab_final,
+                            f"DeepLab training on the random-walk labels (init {self.init})", train_deeplab,
+                            partial(DeepLabTrainConfig.from_recipe, self.deeplab_recipe),
+                            images=str(self.ds.image_root), labels=str(self.rw_dir),
+                            classes=",".join(self.class_names), weights=self.init, epochs=cfg.deeplab_epochs,
+                            lr=cfg.deeplab_lr)
+
+    def segment(self) -> dict[str, Any]:
+        """DeepLab predictions for the evaluation and the training images."""
+        cfg = self.cfg
+        items = list(dict.fromkeys(self.val_items + self.train_items))
+
+        def write(n: int) -> dict[str, Any]:
+            from training.models.registry import model_from_checkpoint
+
+            self.log(f"DeepLab predictions for {n} images (scales {list(cfg.seg_scales)}, flip"
+                     f"{', CRF' if cfg.seg_crf else ''})")
+            model, _ = model_from_checkpoint(self.deeplab_final, "deeplab")
+            return segment_dir(model, items, self.seg_dir, cfg.seg_scales, True, cfg.seg_crf, self.device,
+                               on_image=self.hooks.image_progress("segment", n))
+
+        return self.per_image("DeepLab predictions", items, self.seg_dir, ".png", write)
+
+    def stages(self) -> list[tuple[str, Callable[[], dict[str, Any]], tuple[Callable[[], None], ...]]]:
+        """(results.json name, the stage, the mIoU scored after it), in pipeline order."""
+        ids, val_ids = self.ds.ids, [i for i, _ in self.val_items]
+        return [
+            ("seam", self.seam, ()),
+            ("cams", self.cams, (self.score_cams,)),
+            ("aff_labels", self.aff_labels, ()),
+            ("affinity", self.affinity, ()),
+            ("rw", self.random_walk, (partial(self.miou, "rw_train", self.rw_dir, ids, kind="png"),)),
+            ("deeplab", self.deeplab, ()),
+            ("segment", self.segment, (partial(self.miou, "deeplab_train", self.seg_dir, ids, kind="png"),
+                                       partial(self.miou, "deeplab_val", self.seg_dir, val_ids, kind="png"))),
+        ]
 
 
 def run_pipeline(cfg: PipelineConfig, hooks: StageHooks = _DEFAULT_HOOKS) -> dict[str, Any]:
     """Run (or resume) every stage; returns and writes RUN_DIR/results.json."""
-    from seam.common.files import list_images
-    from training.data.datasets import build_dataset
-    from training.engine.affinity import AFFINITY_FINAL, AffinityTrainConfig, train_affinity
-    from training.engine.cam_eval import write_cams
-    from training.engine.deeplab import DEEPLAB_FINAL, DeepLabTrainConfig, train_deeplab
-    from training.engine.recipes import default_recipe
-    from training.engine.state import FINAL_NAME
-    from training.engine.trainer import TrainConfig, train
-    from training.evaluation.evaluate import evaluate
-    from training.inference.cam import default_device
-    from training.models.registry import model_from_checkpoint
-
-    log = hooks.log
-    run = Path(cfg.out)
-    run.mkdir(parents=True, exist_ok=True)
-    device = default_device(cfg.device)
-    results_path = run / "results.json"
-    results: dict[str, Any] = {"config": cfg.to_dict(), "stages": {}, "miou": {}}
-    if results_path.is_file():
-        try:
-            old = json.loads(results_path.read_text())
-            results["stages"] = old.get("stages", {})
-            results["miou"] = old.get("miou", {})
-        except json.JSONDecodeError:
-            pass
-
-    def save() -> None:
-        tmp = results_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=2, default=str) + "\n")
-        tmp.replace(results_path)
-
-    def stage(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        t0 = time.time()
-        out = fn()
-        if out.pop("skipped_stage", False):  # outputs from an earlier run: keep its record
-            out = {**results["stages"].get(name, {}), "reused": True}
-        else:
-            out["seconds"] = round(time.time() - t0, 1)
-        results["stages"][name] = out
-        save()
-        return out
-
-    ds = build_dataset(cfg.dataset, cfg.data, cfg.train_list, cfg.labels)
-    recipe = cfg.recipe or default_recipe(ds.kind)
-    dl_recipe = cfg.recipe or default_recipe(ds.kind, "deeplab")
-    results["recipe"] = {"seam": recipe, "affinity": recipe, "deeplab": dl_recipe}
-    class_names = list(ds.class_names)
-    train_items = list(zip(ds.ids, ds.paths, strict=True))
-    val_list = _val_list(cfg)
-    val_items = list_images(val_list, ds.image_root) if val_list else []
-    gt = ds.gt_dir
-    log(f"pipeline on {len(train_items)} training images ({len(class_names) - 1} classes), "
-        f"{len(val_items)} evaluation images, backbone {cfg.backbone}, device {device}, run dir {run}, "
-        f"recipe {recipe}{'' if dl_recipe == recipe else ' (DeepLab ' + dl_recipe + ')'}"
-        f"{'' if cfg.recipe else ' (default for ' + ds.kind + ' data)'}")
-
-    def miou(key: str, pred_dir: Path, ids: list[str], **kw: Any) -> None:
-        if gt is None or not ids:
-            return
-        ids = [i for i in ids if (gt / f"{i}.png").is_file()]
-        if not ids:
-            return
-        r = evaluate(pred_dir, gt, ids, class_names=class_names, progress=False, **kw)
-        entry = {"miou": r["miou"], "mfn": r["mfn"], "mfp": r["mfp"], "num_images": r["num_images"],
-                 "per_class": r["per_class"]}
-        if "best_threshold" in r:
-            entry["best_threshold"] = r["best_threshold"]
-        results["miou"][key] = entry
-        save()
-        log(f"  mIoU {key}: {r['miou']:.2f}%" + (f" (background threshold {r['best_threshold']:.2f})"
-                                                  if "best_threshold" in r else ""))
-
-    # 1. SEAM
-    seam_dir = run / "seam"
-    seam_final = seam_dir / FINAL_NAME
-
-    def train_stage(step: str, title: str, final: Path, start: str, trainer: Callable[..., dict[str, Any]],
-                    config: Callable[..., Any], **settings: Any) -> dict[str, Any]:
-        """A training stage: skipped when `final` is complete, else resumed or started in its directory."""
-        if _final_done(final):
-            log(f"[{step}] {title}: {final} exists, skipped")
-            return {"skipped_stage": True}
-        log(f"[{step}] {start}")
-        out_dir = final.parent
-        tcfg = config(backbone=cfg.backbone, batch_size=cfg.batch_size, crop=cfg.crop, out=str(out_dir), seed=cfg.seed,
-                      device=cfg.device, workers=cfg.workers, amp=cfg.amp,
-                      resume=(out_dir / "checkpoint.pth").is_file(), **settings)
-        side = trainer(tcfg, on_progress=hooks.train_progress(title), log=log)
-        return {"weights": str(final), "training": side.get("training", {}), "final": side["metrics"]["final"]}
-
-    stage("seam", lambda: train_stage(
-        "1/6", "SEAM", seam_final, "SEAM training", train, partial(TrainConfig.from_recipe, recipe), data=cfg.data,
-        dataset=cfg.dataset,
-        train_list=cfg.train_list, labels=cfg.labels, weights=cfg.weights, epochs=cfg.seam_epochs, lr=cfg.seam_lr,
-        evaluate=False))
-
-    # 2. CAMs of the training images (known image labels, as the authors' infer_SEAM)
-    cam_dir = run / "cams"
-
-    def do_cams() -> dict[str, Any]:
-        cam_dir.mkdir(parents=True, exist_ok=True)
-        todo = [(i, p, ds.label_indices(i)) for i, p in train_items if not (cam_dir / f"{i}.npy").is_file()]
-        if not todo:
-            log("[2/6] CAMs: all present, skipped")
-            return {"skipped_stage": True}
-        log(f"[2/6] CAMs of {len(todo)} training images (scales {list(cfg.cam_scales)}, flip)")
-        model, _ = model_from_checkpoint(seam_final, "seam")
-        write_cams(model, todo, cam_dir, cfg.cam_scales, refined=True, device=device,
-                   on_image=hooks.image_progress("CAMs", len(todo)))
-        return {"written": len(todo), "scales": list(cfg.cam_scales)}
-
-    stage("cams", do_cams)
-    miou("cam_train", cam_dir, ds.ids, kind="npy", curve=True)
-    if gt is not None and results["miou"].get("cam_train"):
-        miou("cam_train_default_threshold", cam_dir, ds.ids, kind="npy", threshold=DEFAULT_BG_THRESHOLD)
-
-    # 3. AffinityNet labels
-    aff_lab_dir = run / "aff_labels"
-
-    def do_aff_labels() -> dict[str, Any]:
-        todo = _todo(train_items, aff_lab_dir, ".png", False)
-        if not todo:
-            log("[3/6] AffinityNet labels: all present, skipped")
-            return {"skipped_stage": True}
-        log(f"[3/6] AffinityNet labels (la {cfg.la_alpha:g}, ha {cfg.ha_alpha:g}, "
-            f"{'dense CRF' if cfg.crf else 'no CRF'}) for {len(todo)} images")
-        return write_affinity_labels(train_items, cam_dir, aff_lab_dir, cfg.la_alpha, cfg.ha_alpha, cfg.crf,
-                                     on_image=hooks.image_progress("aff labels", len(todo)))
-
-    stage("aff_labels", do_aff_labels)
-
-    # 4. AffinityNet
-    aff_dir = run / "affinity"
-    aff_final = aff_dir / AFFINITY_FINAL
-    init = cfg.weights or str(seam_final)
-
-    stage("affinity", lambda: train_stage(
-        "4/6", "AffinityNet", aff_final, f"AffinityNet training (init {init})", train_affinity,
-        partial(AffinityTrainConfig.from_recipe, recipe),
-        data=cfg.data, labels=str(aff_lab_dir), dataset=cfg.dataset, train_list=cfg.train_list,
-        image_labels=cfg.labels, weights=init, epochs=cfg.aff_epochs, lr=cfg.aff_lr, radius=cfg.rw.radius))
-
-    # 5. random walk
-    rw_dir = run / "rw"
-
-    def do_rw() -> dict[str, Any]:
-        todo = _todo(train_items, rw_dir, ".png", False)
-        if not todo:
-            log("[5/6] random walk: all present, skipped")
-            return {"skipped_stage": True}
-        log(f"[5/6] random walk (alpha {cfg.rw.alpha:g}, beta {cfg.rw.beta:g}, logt {cfg.rw.logt}, "
-            f"radius {cfg.rw.radius}, {'dense' if cfg.rw.dense else 'sparse'}) for {len(todo)} images")
-        model, _ = model_from_checkpoint(aff_final, "affinity")
-        write_classes(rw_dir, class_names)
-        out = random_walk_dir(model, train_items, cam_dir, rw_dir, cfg.rw, device,
-                              on_image=hooks.image_progress("random walk", len(todo)))
-        return {**out, **asdict(cfg.rw)}
-
-    stage("rw", do_rw)
-    miou("rw_train", rw_dir, ds.ids, kind="png")
-
-    # 6. DeepLab on the random-walk labels, then segment train + eval images
-    dl_dir = run / "deeplab"
-    dl_final = dl_dir / DEEPLAB_FINAL
-
-    # every image of the data root with a random-walk label, i.e. the training list
-    stage("deeplab", lambda: train_stage(
-        "6/6", "DeepLab", dl_final, f"DeepLab training on the random-walk labels (init {init})", train_deeplab,
-        partial(DeepLabTrainConfig.from_recipe, dl_recipe), images=str(ds.image_root), labels=str(rw_dir),
-        classes=",".join(class_names),
-        weights=init, epochs=cfg.deeplab_epochs, lr=cfg.deeplab_lr))
-    seg_dir = run / "segment"
-
-    def do_segment() -> dict[str, Any]:
-        items = list(dict.fromkeys(val_items + train_items))
-        todo = _todo(items, seg_dir, ".png", False)
-        if not todo:
-            log("DeepLab predictions: all present, skipped")
-            return {"skipped_stage": True}
-        log(f"DeepLab predictions for {len(todo)} images (scales {list(cfg.seg_scales)}, flip"
-            f"{', CRF' if cfg.seg_crf else ''})")
-        model, _ = model_from_checkpoint(dl_final, "deeplab")
-        return segment_dir(model, items, seg_dir, cfg.seg_scales, True, cfg.seg_crf, device,
-                           on_image=hooks.image_progress("segment", len(todo)))
-
-    stage("segment", do_segment)
-    miou("deeplab_train", seg_dir, ds.ids, kind="png")
-    miou("deeplab_val", seg_dir, [i for i, _ in val_items], kind="png")
-    results["table"] = miou_table(results["miou"])
-    save()
-    return results
+    run = PipelineRun(cfg, hooks)
+    run.log(run.describe())
+    for name, stage, scores in run.stages():
+        run.record(name, stage)
+        for score in scores:
+            score()
+    run.results["table"] = miou_table(run.results["miou"])
+    run.save()
+    return run.results
 
 
 def miou_table(m: dict[str, Any]) -> list[dict[str, Any]]:

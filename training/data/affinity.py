@@ -20,6 +20,7 @@ from seam.common.image import Normalization
 from seam.common.random_walk import DEFAULT_RADIUS
 from training.data.augment import (
     AUTHORS_CROP,
+    RELEASE_JITTER,
     LabelledImageDataset,
     color_jitter,
     crop_with_label,
@@ -34,7 +35,7 @@ class AffinityDataError(ValueError):
 class AffinityAugmentConfig:
     crop: int = AUTHORS_CROP  # square crop side, a multiple of 8
     flip: bool = True
-    jitter: tuple[float, float, float, float] | None = (0.3, 0.3, 0.3, 0.1)
+    jitter: tuple[float, float, float, float] | None = RELEASE_JITTER
     radius: int = DEFAULT_RADIUS
     normalization: Normalization = Normalization()
 

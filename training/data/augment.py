@@ -26,6 +26,8 @@ from training.evaluation.evaluate import read_label_png
 
 AUTHORS_CROP = 448
 AUTHORS_RESIZE_LONG = (448, 768)
+# the release's ColorJitter strengths (brightness, contrast, saturation, hue), every stage that jitters
+RELEASE_JITTER: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.1)
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,7 @@ class AugmentConfig:
     crop: int = AUTHORS_CROP  # square crop side
     resize_long: tuple[int, int] | None = None  # None: the authors' [448, 768] scaled by crop/448
     flip: bool = True
-    jitter: tuple[float, float, float, float] | None = (0.3, 0.3, 0.3, 0.1)  # brightness, contrast, saturation, hue
+    jitter: tuple[float, float, float, float] | None = RELEASE_JITTER  # brightness, contrast, saturation, hue
     normalization: Normalization = Normalization()
 
     @property
@@ -52,10 +54,7 @@ def random_resize_long(img: Image.Image, lo: int, hi: int, rng: np.random.Genera
     """The authors' RandomResizeLong: long side to randint[lo, hi], aspect kept, bicubic."""
     target = int(rng.integers(lo, hi + 1))
     w, h = img.size
-    if w > h:
-        size = (target, max(1, round(h * target / w)))
-    else:
-        size = (max(1, round(w * target / h)), target)
+    size = (target, max(1, round(h * target / w))) if w > h else (max(1, round(w * target / h)), target)
     return img.resize(size, resample=Image.BICUBIC)
 
 

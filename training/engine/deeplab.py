@@ -1,6 +1,6 @@
 """DeepLab-LargeFOV retraining on pseudo labels (the last stage of the SEAM pipeline).
 
-Same loop as AffinityNet (`training.engine.affinity.run_stage`). Two recipes:
+Same loop as AffinityNet (`training.engine.stage.run_stage`). Two recipes:
 
 release - as the authors ran it (YudeWang/semantic-segmentation-codebase,
   experiment/seamv1-pseudovoc config.py + train.py, lib/net/deeplabv1.py,
@@ -40,11 +40,10 @@ from torch import nn
 
 from seam.common.classes import IGNORE_INDEX, VOC_CLASSES
 from seam.common.files import list_images
+from training.data.augment import RELEASE_JITTER
 from training.data.segmentation import SegAugmentConfig, SegmentationDataset
-from training.engine.affinity import Stage, StageConfig, files_fingerprint, labelled_items, train_stage
-from training.engine.loop import Progress
-from training.engine.recipes import recipe_report, with_recipe
-from training.engine.trainer import set_train_mode
+from training.engine.loop import Progress, set_train_mode
+from training.engine.stage import Stage, StageConfig, files_fingerprint, labelled_items, train_stage
 from training.models.deeplab import BN_MOMENTUM
 from training.models.registry import create_model
 
@@ -79,19 +78,12 @@ class DeepLabTrainConfig(StageConfig):
     loss_align_corners: bool = False  # the release upsamples logits with align_corners=True
     poly_plus_one: bool = False  # the release's poly divides by max_iter + 1
 
+    STAGE = "deeplab"
     SCHEDULE_FIELDS = (*StageConfig.SCHEDULE_FIELDS, "scale_min", "scale_max", "bn_mode", "max_iterations", "hsv")
 
     def __post_init__(self) -> None:
         if self.hsv is not None:
             self.hsv = tuple(int(v) for v in self.hsv)  # type: ignore[assignment]
-
-    @classmethod
-    def from_recipe(cls, recipe: str, **settings: Any) -> DeepLabTrainConfig:
-        """Recipe values (training.engine.recipes), then `settings` (None = not given)."""
-        return cls(recipe=recipe, **with_recipe("deeplab", recipe, settings))
-
-    def recipe_report(self) -> dict[str, Any]:
-        return recipe_report("deeplab", self.recipe, self.to_dict(), self.effective_momentum)
 
     def validate(self) -> None:
         super().validate()
@@ -187,7 +179,7 @@ def train_deeplab(cfg: DeepLabTrainConfig, on_progress: Callable[[Progress], Non
     def build() -> tuple[Stage, nn.Module, SegmentationDataset]:
         ids, paths, labels, class_names = deeplab_items(cfg)
         aug = SegAugmentConfig(crop=cfg.crop, scale_range=(cfg.scale_min, cfg.scale_max),
-                               jitter=(0.3, 0.3, 0.3, 0.1) if cfg.jitter else None, hsv=cfg.hsv)
+                               jitter=RELEASE_JITTER if cfg.jitter else None, hsv=cfg.hsv)
         dataset = SegmentationDataset(paths, labels, aug, cfg.seed)
         model = create_model("deeplab", cfg.backbone, len(class_names))
         authors = cfg.bn_mode == "authors"

@@ -1,10 +1,11 @@
 """The training-loop scaffolding shared by the SEAM trainer (`trainer.py`) and the
-AffinityNet / DeepLab stage loop (`affinity.run_stage`).
+AffinityNet / DeepLab stage loop (`stage.run_stage`).
 
-Device + DDP set-up, seeds and determinism, the run's log.csv (+ TensorBoard), exact
-`--resume` from RUN_DIR/checkpoint.pth, and the epoch/iteration loop: poly-scheduled
-SGD with AMP scaling, windowed loss logging, per-epoch history, `--max-minutes` /
-`stop_after` stops that leave a resumable checkpoint.
+Device + DDP set-up, seeds and determinism, the authors' frozen BatchNorm / conv1a / b2
+(with data-calibrated BN statistics for random initialisation), the run's log.csv
+(+ TensorBoard), exact `--resume` from RUN_DIR/checkpoint.pth, and the epoch/iteration
+loop: poly-scheduled SGD with AMP scaling, windowed loss logging, per-epoch history,
+`--max-minutes` / `stop_after` stops that leave a resumable checkpoint.
 """
 from __future__ import annotations
 
@@ -13,15 +14,18 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from seam.common.image import IMAGENET_MEAN, IMAGENET_STD
 from training.data.loader import make_loader
 from training.engine.schedule import PolySchedule
 from training.engine.state import (
@@ -34,6 +38,9 @@ from training.engine.state import (
     seed_everything,
 )
 from training.models.checkpoint import CheckpointError
+from training.models.resnet38 import freeze_batchnorm
+
+CALIBRATION_EPOCH = 1_000_000  # augmentation key of the BN calibration samples, never a training epoch
 
 
 class TrainingError(RuntimeError):
@@ -66,6 +73,13 @@ class Dist:
     def main(self) -> bool:
         return self.rank == 0
 
+    def parallel(self, module: nn.Module) -> nn.Module:
+        """`module` wrapped in DistributedDataParallel when there are several ranks."""
+        if self.world == 1:
+            return module
+        return nn.parallel.DistributedDataParallel(module, device_ids=[self.local_rank]
+                                                   if self.device.type == "cuda" else None)
+
 
 def init_distributed(device: str | None) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -81,6 +95,19 @@ def init_distributed(device: str | None) -> Dist:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if want_cuda else "gloo")
     return Dist(rank, world, local, dev)
+
+
+@contextmanager
+def distributed_session(device: str | None,
+                        log: Callable[[str], None] | None) -> Iterator[tuple[Dist, Callable[[str], None]]]:
+    """The ranks of one training call (DDP under torchrun, else this process) and the log
+    that speaks (`log`, default stderr) on rank 0 alone; the process group goes afterwards."""
+    d = init_distributed(device)
+    try:
+        yield d, (log or stderr_log) if d.main else (lambda _m: None)
+    finally:
+        if d.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def all_reduce_mean(values: list[float], d: Dist) -> list[float]:
@@ -116,6 +143,76 @@ def prepare(cfg: Any, d: Dist) -> tuple[bool, int]:
     amp = cuda if cfg.amp is None else (cfg.amp and cuda)
     workers = cfg.workers if cfg.workers is not None else (min(8, os.cpu_count() or 1) if cuda else 0)
     return amp, workers
+
+
+def set_train_mode(model: nn.Module) -> None:
+    """train() for dropout, then BN back to eval with frozen affine parameters."""
+    model.train()
+    freeze_batchnorm(model)
+
+
+def freeze_parameters(model: nn.Module, train_pcm: bool = True) -> list[str]:
+    """requires_grad=False for conv1a/b2* (the authors' not_training), every BN, and the PCM
+    layers when the PCM is not trained (--no-pcm). Returns the frozen names."""
+    frozen_prefixes = model.frozen_prefixes()
+    if not train_pcm:
+        frozen_prefixes = (*frozen_prefixes, "f8_3.", "f8_4.", "f9.")
+    freeze_batchnorm(model)
+    frozen = []
+    for name, p in model.named_parameters():
+        if name.startswith(frozen_prefixes):
+            p.requires_grad_(False)
+        if not p.requires_grad:
+            frozen.append(name)
+    return frozen
+
+
+@torch.no_grad()
+def calibrate_batchnorm(model: nn.Module, dataset: torch.utils.data.Dataset, batches: int, batch_size: int,
+                        device: torch.device, seed: int) -> int:
+    """Set every BN's running mean/var to statistics of `batches` augmented batches.
+
+    For random initialisation only: frozen BN (the authors' setting) is then a fixed,
+    data-calibrated standardisation, as ImageNet statistics are for the published
+    runs, instead of an identity that lets activations shrink ~6x per projection block.
+    `dataset[(index, epoch)]` must return the image tensor first. Uses no global RNG
+    (dropout off, fixed sample keys), so seeded runs stay exact. Returns the number of
+    images used.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    if not bns or batches <= 0:
+        return 0
+    was_training = model.training
+    model.eval()
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration batches
+        m.train()
+    order = np.random.default_rng([seed, 7]).permutation(len(dataset))
+    n = min(len(dataset), batches * batch_size)
+    for i in range(0, n, batch_size):
+        idx = order[i:i + batch_size]
+        x = torch.stack([dataset[(int(j), CALIBRATION_EPOCH)][0] for j in idx]).to(device)
+        model(x)
+    for m, mom in zip(bns, saved, strict=True):
+        m.momentum = mom
+        m.eval()
+    model.train(was_training)
+    freeze_batchnorm(model)
+    return n
+
+
+def calibrate_random_init(cfg: Any, model: nn.Module, dataset: torch.utils.data.Dataset, d: Dist,
+                          init_report: dict[str, Any], log: Callable[[str], None]) -> None:
+    """`calibrate_batchnorm` on a fresh run without --weights (cfg.bn_calibration batches,
+    default 10; 0 with --weights); the image count goes into `init_report`."""
+    batches = cfg.bn_calibration if cfg.bn_calibration is not None else (0 if cfg.weights else 10)
+    if not batches or cfg.resume:
+        return
+    n_cal = calibrate_batchnorm(model, dataset, batches, cfg.batch_size, d.device, cfg.seed)
+    log(f"random initialisation: frozen BN statistics calibrated on {n_cal} augmented images")
+    init_report["bn_calibration_images"] = n_cal
 
 
 def open_run_dir(cfg: Any, d: Dist) -> Path:
@@ -186,6 +283,33 @@ class RunLog:
                 self.tb.close()
 
 
+class LossWindow:
+    """The loss terms since the last log.csv row, and the throughput over them."""
+
+    def __init__(self, terms: Sequence[str]) -> None:
+        self.terms = tuple(terms)
+        self.images_per_s = 0.0
+        self._reset(time.time())
+
+    def _reset(self, now: float) -> None:
+        self.sums = dict.fromkeys(self.terms, 0.0)
+        self.n = 0
+        self.t0 = now  # when the window opened
+
+    def add(self, vals: Mapping[str, float]) -> None:
+        for k in self.terms:
+            self.sums[k] += vals[k]
+        self.n += 1
+
+    def flush(self, d: Dist, batch_size: int) -> dict[str, float]:
+        """The window's mean losses over every rank; opens the next window (at `t0`)."""
+        means = all_reduce_mean([self.sums[k] / self.n for k in self.terms], d)
+        now = time.time()
+        self.images_per_s = batch_size * self.n / max(now - self.t0, 1e-9)
+        self._reset(now)
+        return dict(zip(self.terms, means, strict=True))
+
+
 @dataclass
 class Run:
     """One optimisation run: the model, its optimiser state and where the loop stands."""
@@ -253,77 +377,98 @@ class Run:
         """The epochs from where the run stands; `step(batch, iteration)` returns the loss terms
         ("loss" is optimised). Returns why it stopped early (None: all epochs done)."""
         cfg, d = self.cfg, self.d
-        cuda = d.device.type == "cuda"
-        max_iter = self.max_iter
         self.t_start = time.time()
+        window = LossWindow(terms)
+        first_iteration = self.iteration
         stopped: str | None = None
-        done_here = 0
-        window = dict.fromkeys(terms, 0.0)
-        window_n, window_t, ips = 0, time.time(), 0.0
         for epoch in range(self.start_epoch, cfg.epochs):
             first = self.start_batch if epoch == self.start_epoch else 0
             loader = make_loader(dataset, cfg.batch_size, epoch, rank=d.rank, world=d.world, start_batch=first,
-                                 workers=workers, pin_memory=cuda)
+                                 workers=workers, pin_memory=d.device.type == "cuda")
             train_mode(self.model)
-            sums = dict.fromkeys(terms, 0.0)
-            n_in_epoch = 0
-            b = first - 1
-            for b, batch in enumerate(loader, start=first):
-                lr = self.sched.step(self.iteration)[0]
-                losses = step(batch, self.iteration)
-                self.opt.zero_grad(set_to_none=True)
-                self.scaler.scale(losses["loss"]).backward()
-                self.scaler.step(self.opt)
-                self.scaler.update()
-                self.iteration += 1
-                done_here += 1
-                n_in_epoch += 1
-                vals = {k: float(losses[k].detach()) for k in terms}
-                if not math.isfinite(vals["loss"]):
-                    raise TrainingError(f"loss is {vals['loss']} at iteration {self.iteration}; "
-                                        "lower --lr or disable --amp")
-                for k in terms:
-                    sums[k] += vals[k]
-                    window[k] += vals[k]
-                window_n += 1
-                if self.iteration % cfg.log_every == 0 or self.iteration == max_iter:
-                    avg = dict(zip(terms, all_reduce_mean([window[k] / window_n for k in terms], d), strict=True))
-                    now = time.time()
-                    ips = cfg.batch_size * window_n / max(now - window_t, 1e-9)
-                    logger.row(self.iteration, epoch, lr, avg, ips, self.elapsed_before + now - self.t_start)
-                    window = dict.fromkeys(terms, 0.0)
-                    window_n, window_t = 0, now
-                if on_progress is not None and d.main:
-                    on_progress(Progress(self.iteration, max_iter, epoch, cfg.epochs, vals, ips, lr))
-                over_time = cfg.max_minutes is not None and (time.time() - self.t_start) > cfg.max_minutes * 60
-                if d.world > 1:  # every rank must stop at the same step
-                    flag = torch.tensor([float(over_time)], device=d.device)
-                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                    over_time = bool(flag.item())
-                if over_time or (cfg.stop_after is not None and done_here >= cfg.stop_after):
-                    stopped = "max_minutes" if over_time else "stop_after"
-                    if b + 1 < self.ipe:
-                        self.checkpoint(epoch, b + 1)
-                    break
-                if self.iteration >= max_iter:  # an iteration cap inside the last epoch
-                    break
-            if n_in_epoch:
-                means = all_reduce_mean([sums[k] / n_in_epoch for k in terms], d)
-                if epoch == self.start_epoch and first > 0 and self.history and self.history[-1]["epoch"] == epoch:
-                    self.history.pop()  # a resumed partial epoch replaces its partial record
-                self.history.append({"epoch": epoch, "iterations": n_in_epoch + first,
-                                     **dict(zip(terms, means, strict=True))})
-                log(f"epoch {epoch + 1}/{cfg.epochs}: "
-                    + " ".join(f"{k} {v:.4f}" for k, v in zip(terms, means, strict=True)))
-            if stopped is None or b + 1 >= self.ipe:
+            stopped, batches, sums = self._epoch(epoch, first, loader, step, window, logger, on_progress,
+                                                 first_iteration)
+            if batches:
+                self._record_epoch(epoch, first, batches, sums, log)
+            if stopped is None or first + batches >= self.ipe:
                 self.checkpoint(epoch + 1, 0)
             if stopped:
-                log(f"stopped ({stopped}) at iteration {self.iteration}/{max_iter}; continue with --resume")
+                log(f"stopped ({stopped}) at iteration {self.iteration}/{self.max_iter}; continue with --resume")
                 break
-            if self.iteration >= max_iter:
+            if self.iteration >= self.max_iter:
                 break
         logger.close()
         return stopped
+
+    def _epoch(self, epoch: int, first: int, loader: Iterable[Any],
+               step: Callable[[Any, int], Mapping[str, torch.Tensor]], window: LossWindow, logger: RunLog,
+               on_progress: Callable[[Progress], None] | None,
+               first_iteration: int) -> tuple[str | None, int, dict[str, float]]:
+        """The batches of `epoch` from batch `first`. Returns (why it stopped early or None,
+        batches run, per-term loss sums over them)."""
+        cfg, d, max_iter = self.cfg, self.d, self.max_iter
+        sums = dict.fromkeys(window.terms, 0.0)
+        batches = 0
+        for batch in loader:
+            lr = self.sched.step(self.iteration)[0]
+            vals = self._optimise(step, batch, window.terms)
+            batches += 1
+            for k in window.terms:
+                sums[k] += vals[k]
+            window.add(vals)
+            if self.iteration % cfg.log_every == 0 or self.iteration == max_iter:
+                means = window.flush(d, cfg.batch_size)
+                logger.row(self.iteration, epoch, lr, means, window.images_per_s,
+                           self.elapsed_before + window.t0 - self.t_start)
+            if on_progress is not None and d.main:
+                on_progress(Progress(self.iteration, max_iter, epoch, cfg.epochs, vals, window.images_per_s, lr))
+            stopped = self._stop_reason(self.iteration - first_iteration)
+            if stopped:
+                if first + batches < self.ipe:  # mid-epoch: the end-of-epoch checkpoint will not be written
+                    self.checkpoint(epoch, first + batches)
+                return stopped, batches, sums
+            if self.iteration >= max_iter:  # an iteration cap inside the last epoch
+                break
+        return None, batches, sums
+
+    def _optimise(self, step: Callable[[Any, int], Mapping[str, torch.Tensor]], batch: Any,
+                  terms: Sequence[str]) -> dict[str, float]:
+        """One SGD step on `batch`; returns the loss terms as floats."""
+        losses = step(batch, self.iteration)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(losses["loss"]).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.iteration += 1
+        vals = {k: float(losses[k].detach()) for k in terms}
+        if not math.isfinite(vals["loss"]):
+            raise TrainingError(f"loss is {vals['loss']} at iteration {self.iteration}; lower --lr or disable --amp")
+        return vals
+
+    def _stop_reason(self, done_here: int) -> str | None:
+        """"max_minutes" or "stop_after" when this invocation must stop now, agreed by every rank."""
+        cfg, d = self.cfg, self.d
+        over_time = cfg.max_minutes is not None and (time.time() - self.t_start) > cfg.max_minutes * 60
+        if d.world > 1:  # every rank must stop at the same step
+            flag = torch.tensor([float(over_time)], device=d.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            over_time = bool(flag.item())
+        if over_time:
+            return "max_minutes"
+        if cfg.stop_after is not None and done_here >= cfg.stop_after:
+            return "stop_after"
+        return None
+
+    def _record_epoch(self, epoch: int, first: int, batches: int, sums: Mapping[str, float],
+                      log: Callable[[str], None]) -> None:
+        """Append the epoch's mean losses (over every rank) to the history and the log."""
+        terms = list(sums)
+        means = all_reduce_mean([sums[k] / batches for k in terms], self.d)
+        if epoch == self.start_epoch and first > 0 and self.history and self.history[-1]["epoch"] == epoch:
+            self.history.pop()  # a resumed partial epoch replaces its partial record
+        self.history.append({"epoch": epoch, "iterations": batches + first, **dict(zip(terms, means, strict=True))})
+        log(f"epoch {epoch + 1}/{self.cfg.epochs}: "
+            + " ".join(f"{k} {v:.4f}" for k, v in zip(terms, means, strict=True)))
 
     @property
     def seconds(self) -> float:
@@ -339,6 +484,24 @@ class Run:
                 "world_size": d.world, "device": d.device.type, "amp": amp,
                 "momentum": cfg.effective_momentum, "initialisation": self.init_report, "torch": torch.__version__}
 
+    def sidecar(self, kind: str, specifics: Mapping[str, Any], stopped: str | None, seconds: float,
+                amp: bool) -> dict[str, Any]:
+        """The final weights' JSON sidecar: `specifics` (class names, data set, ...) among what
+        every trainer records (input normalisation, config, recipe, training summary, losses)."""
+        cfg = self.cfg
+        return {
+            "kind": kind,
+            "backbone": cfg.backbone,
+            **specifics,
+            "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+            "dataset_fingerprint": self.fingerprint,
+            "config": cfg.to_dict(),
+            "recipe": cfg.recipe_report(),
+            "training": self.summary(stopped, seconds, amp),
+            "metrics": {"history": self.history, "final": self.history[-1] if self.history else None},
+        }
 
-__all__ = ["Dist", "Progress", "Run", "RunLog", "TrainingError", "all_reduce_mean", "check_resume", "gather_rng",
-           "init_distributed", "open_run_dir", "prepare", "stderr_log"]
+
+__all__ = ["CALIBRATION_EPOCH", "Dist", "Progress", "Run", "RunLog", "TrainingError", "all_reduce_mean",
+           "calibrate_batchnorm", "calibrate_random_init", "check_resume", "distributed_session", "freeze_parameters",
+           "gather_rng", "init_distributed", "open_run_dir", "prepare", "set_train_mode", "stderr_log"]

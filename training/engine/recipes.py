@@ -3,7 +3,8 @@
 A recipe is a set of config values (optimiser, schedule, data sizes, precision, the
 loss block's CAM normalisation). Explicit settings override it; the sidecar records the
 recipe's name, its values and every override, so a run says exactly how it differs
-from the published one.
+from the published one. `RecipeConfig` gives the three trainers' configs that behaviour
+(`from_recipe`, `recipe_report`, `effective_momentum`).
 
 release (SEAM `train_SEAM.py`, `train_aff.py`, `tool/torchutils.py`):
   - SGD through the release's `PolyOptimizer`, which calls `SGD(params, lr, weight_decay)`:
@@ -25,13 +26,14 @@ recipe is that run (training.engine.deeplab); `tuned` is our stage-loop default.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar, Self
 
+from training.data.augment import RELEASE_JITTER
 from training.engine.schedule import AUTHORS_MOMENTUM
 
 RECIPES = ("release", "tuned")
-RELEASE_JITTER = (0.3, 0.3, 0.3, 0.1)
 
 _SEAM_RELEASE: dict[str, Any] = {
     "batch_size": 8, "epochs": 8, "lr": 0.01, "weight_decay": 5e-4, "momentum": AUTHORS_MOMENTUM,
@@ -115,6 +117,39 @@ def recipe_report(stage: str, name: str, config: Mapping[str, Any], effective_mo
             "exact": not overrides}
 
 
+class RecipeConfig:
+    """The recipe side of a training config dataclass (SEAM, AffinityNet, DeepLab): built from
+    a recipe, reporting its departures from it. The dataclass has `recipe`, `momentum` and
+    `authors_momentum` fields; `STAGE` names its table in SETTINGS."""
+
+    STAGE: ClassVar[str]
+    # fields of the dataclass (annotations here only: `dataclass` does not collect a plain base's)
+    recipe: str
+    momentum: float
+    authors_momentum: bool
+
+    @classmethod
+    def from_recipe(cls, recipe: str, **settings: Any) -> Self:
+        """Recipe values, then `settings` (None = not given, the recipe's value stays)."""
+        return cls(recipe=recipe, **with_recipe(cls.STAGE, recipe, settings))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)  # type: ignore[call-overload]  # the subclass is a dataclass
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+    @property
+    def effective_momentum(self) -> float:
+        """The momentum SGD runs with: the release's slip (5e-4) when `authors_momentum` forces it."""
+        return AUTHORS_MOMENTUM if self.authors_momentum else self.momentum
+
+    def recipe_report(self) -> dict[str, Any]:
+        return recipe_report(self.STAGE, self.recipe, self.to_dict(), self.effective_momentum)
+
+    def validate_recipe(self) -> None:
+        if self.recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {self.recipe!r}; choose from {', '.join(RECIPES)}")
+
+
 def describe(stage: str, name: str, config: Mapping[str, Any], effective_momentum: float) -> str:
     """One log line: 'recipe release (exact)' or 'recipe tuned, overridden: epochs=60, crop=160'."""
     rep = recipe_report(stage, name, config, effective_momentum)
@@ -132,5 +167,5 @@ def describe(stage: str, name: str, config: Mapping[str, Any], effective_momentu
     return head + "; overridden: " + ", ".join(f"{k}={v}" for k, v in rep["overrides"].items())
 
 
-__all__ = ["DEFAULT_FOR_VOC", "DEFAULT_OTHER", "DEFAULT_OTHER_DEEPLAB", "RECIPES", "default_recipe", "describe",
-           "recipe_report", "recipe_settings", "with_recipe"]
+__all__ = ["DEFAULT_FOR_VOC", "DEFAULT_OTHER", "DEFAULT_OTHER_DEEPLAB", "RECIPES", "RELEASE_JITTER", "RecipeConfig",
+           "default_recipe", "describe", "recipe_report", "recipe_settings", "with_recipe"]

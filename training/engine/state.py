@@ -1,5 +1,6 @@
 """Run-directory files: the per-epoch resume checkpoint, the final bare state dict with
-its JSON sidecar, RNG state capture/restore, and `--weights` initialisation."""
+its JSON sidecar, RNG state capture/restore, and `--weights` initialisation (SEAM's
+`initialise_from`, the AffinityNet / DeepLab stages' `initialise_stage_from`)."""
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ from torch import nn
 from training.models.checkpoint import CheckpointError, load_weights, read_checkpoint, sidecar_path
 
 CHECKPOINT_NAME = "checkpoint.pth"
-FINAL_NAME = "seam_final.pth"
+SEAM_FINAL = "seam_final.pth"
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -74,8 +75,9 @@ def bare_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
-def save_final(run_dir: Path, model: nn.Module, sidecar: dict[str, Any]) -> Path:
-    path = run_dir / FINAL_NAME
+def save_final(run_dir: Path, model: nn.Module, sidecar: dict[str, Any], name: str = SEAM_FINAL) -> Path:
+    """RUN_DIR/<name>: the bare state dict, with its JSON sidecar beside it."""
+    path = run_dir / name
     atomic_torch_save(bare_state_dict(model), path)
     write_sidecar(path, sidecar)
     return path
@@ -101,17 +103,41 @@ def resolve_weights(path: str | Path) -> Path:
     """A weights file, or a previous run directory (its seam_final.pth, else checkpoint.pth)."""
     p = Path(path)
     if p.is_dir():
-        for name in (FINAL_NAME, CHECKPOINT_NAME):
+        for name in (SEAM_FINAL, CHECKPOINT_NAME):
             if (p / name).is_file():
                 return p / name
-        raise CheckpointError(f"--weights {p}: a directory without {FINAL_NAME} or {CHECKPOINT_NAME}")
+        raise CheckpointError(f"--weights {p}: a directory without {SEAM_FINAL} or {CHECKPOINT_NAME}")
     if not p.is_file():
         raise CheckpointError(f"--weights: file not found: {p}")
     return p
 
 
+def head_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """'fc8.', ...: the module prefixes of the layers the backbone's checkpoints lack."""
+    return tuple(f"{n}." for n, m in model.named_children() if m in model.new_modules())
+
+
+def _load_fitting(model: nn.Module, sd: dict[str, torch.Tensor], src: Path) -> tuple[list[str], list[str], list[str]]:
+    """Load `sd` strict=False, leaving out head keys whose shapes differ from the model's
+    (any other shape mismatch means the wrong backbone: an error).
+    Returns (head keys left out, unexpected keys, model keys left uninitialised)."""
+    own = model.state_dict()
+    head = head_prefixes(model)
+    left_out = []
+    for k, v in sd.items():
+        if k in own and own[k].shape != v.shape:
+            if not k.startswith(head):
+                raise CheckpointError(f"--weights {src}: {k} has shape {tuple(v.shape)} but the network expects "
+                                      f"{tuple(own[k].shape)}; is --backbone right?")
+            left_out.append(k)
+    sd = {k: v for k, v in sd.items() if k not in left_out}
+    unexpected = sorted(k for k in sd if k not in own)
+    missing = [k for k in load_weights(model, sd, strict=False) if not k.endswith("num_batches_tracked")]
+    return left_out, unexpected, missing
+
+
 def initialise_from(model: nn.Module, path: str | Path) -> dict[str, Any]:
-    """Load ImageNet `.params`, a torch state dict (authors' or ours) or a run dir, strict=False.
+    """SEAM: load ImageNet `.params`, a torch state dict (authors' or ours) or a run dir, strict=False.
 
     Keys of the new layers whose shapes differ (fc8 for another class count) are
     dropped and reported; any other shape mismatch is an error (wrong backbone).
@@ -120,22 +146,30 @@ def initialise_from(model: nn.Module, path: str | Path) -> dict[str, Any]:
     src = resolve_weights(path)
     sd, meta = read_checkpoint(src)
     own = model.state_dict()
-    new_prefixes = tuple(f"{n}." for n, m in model.named_children() if m in model.new_modules())
-    reinit = []
-    for k in list(sd):
-        if k in own and own[k].shape != sd[k].shape:
-            if k.startswith(new_prefixes):
-                reinit.append(f"{k} (checkpoint {tuple(sd[k].shape)}, model {tuple(own[k].shape)})")
-                del sd[k]
-            else:
-                raise CheckpointError(
-                    f"--weights {src}: {k} has shape {tuple(sd[k].shape)} but the network expects "
-                    f"{tuple(own[k].shape)}; is --backbone right?")
-    unexpected = sorted(k for k in sd if k not in own)
-    missing = load_weights(model, sd, strict=False)
-    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
-    return {"source": str(src), "format": meta.get("source", "torch"), "missing": missing,
-            "unexpected": unexpected, "reinitialised": reinit}
+    reinit, unexpected, missing = _load_fitting(model, sd, src)
+    return {"source": str(src), "format": meta.get("source", "torch"), "missing": missing, "unexpected": unexpected,
+            "reinitialised": [f"{k} (checkpoint {tuple(sd[k].shape)}, model {tuple(own[k].shape)})" for k in reinit]}
+
+
+def initialise_stage_from(model: nn.Module, path: str | Path, kind: str) -> dict[str, Any]:
+    """AffinityNet / DeepLab (`kind`): strict=False initialisation from ImageNet `.params`, a SEAM /
+    AffinityNet / DeepLab checkpoint or a run dir. Head layers are taken only from a checkpoint
+    of the same kind (a SEAM checkpoint gives the backbone); any other shape mismatch is an error.
+    Returns {"source", "format", "missing", "unexpected", "skipped_head"}."""
+    src = resolve_weights(path)
+    sd, meta = read_checkpoint(src)
+    if kind == "deeplab":
+        from training.models.deeplab import from_authors_state_dict, is_authors_state_dict
+
+        if is_authors_state_dict(sd):  # the authors' released deeplabv1: their key names
+            sd, meta = from_authors_state_dict(sd), {**meta, "kind": "deeplab", "source": "authors deeplabv1"}
+    skipped = []
+    if meta.get("kind") != kind:
+        skipped = sorted(k for k in sd if k.startswith(head_prefixes(model)))
+        sd = {k: v for k, v in sd.items() if k not in skipped}
+    mismatched, unexpected, missing = _load_fitting(model, sd, src)
+    return {"source": str(src), "format": meta.get("source", meta.get("kind", "torch")), "missing": missing,
+            "unexpected": unexpected, "skipped_head": skipped + mismatched}
 
 
 def summarise_keys(keys: list[str]) -> str:

@@ -11,7 +11,6 @@ TensorBoard events when tensorboard is importable.
 """
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import tempfile
 import time
@@ -20,14 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from seam.common.cam import DEFAULT_SCALES
-from seam.common.image import IMAGENET_MEAN, IMAGENET_STD
-from training.data.augment import AugmentConfig
+from training.data.augment import RELEASE_JITTER, AugmentConfig
 from training.data.datasets import (
     AugmentedDataset,
     DatasetError,
@@ -42,18 +38,20 @@ from training.engine.loop import (
     Run,
     RunLog,
     TrainingError,
+    calibrate_random_init,
     check_resume,
-    init_distributed,
+    distributed_session,
+    freeze_parameters,
     open_run_dir,
     prepare,
-    stderr_log,
+    set_train_mode,
 )
-from training.engine.recipes import RECIPES, describe, recipe_report, with_recipe
+from training.engine.recipes import RecipeConfig, describe
 from training.engine.schedule import AUTHORS_MOMENTUM, PolySchedule, make_optimizer
 from training.engine.siamese import SiameseConfig, sample_transform
 from training.engine.state import (
     CHECKPOINT_NAME,
-    FINAL_NAME,
+    SEAM_FINAL,
     initialise_from,
     save_final,
     summarise_keys,
@@ -61,14 +59,12 @@ from training.engine.state import (
 )
 from training.losses import LossSwitches, seam_losses
 from training.models.registry import backbone_config, create_model
-from training.models.resnet38 import freeze_batchnorm
 
 LOSS_TERMS = ("loss", "cls", "er", "ecr", "minpool")
-CALIBRATION_EPOCH = 1_000_000  # augmentation key of the BN calibration samples, never a training epoch
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(RecipeConfig):
     """Everything that defines a SEAM run; saved in every checkpoint and the sidecar.
     Defaults are the release recipe (VOC12, 4 GPUs of batch 2 = 8 global, momentum 5e-4,
     fp32); `TrainConfig.from_recipe("tuned", ...)` starts from another recipe
@@ -91,7 +87,7 @@ class TrainConfig:
     recipe: str = "release"  # release | tuned: what the values came from (sidecar, log)
     crop: int = 448
     resize_long: tuple[int, int] | None = None  # None: [448, 768] * crop / 448
-    jitter: tuple[float, float, float, float] | None = (0.3, 0.3, 0.3, 0.1)  # brightness, contrast, saturation, hue
+    jitter: tuple[float, float, float, float] | None = RELEASE_JITTER  # brightness, contrast, saturation, hue
     out: str = "runs/seam"
     seed: int = 0
     device: str | None = None  # None: cuda if available
@@ -115,6 +111,7 @@ class TrainConfig:
     resume: bool = False
     stop_after: int | None = None  # stop after this many iterations of this invocation (preemption drill)
 
+    STAGE = "seam"
     # fields that must agree between a checkpoint and a --resume
     SCHEDULE_FIELDS = ("backbone", "batch_size", "epochs", "lr", "weight_decay", "momentum", "authors_momentum",
                        "crop", "resize_long", "jitter", "seed", "er", "pcm", "ohem", "cam_norm", "transforms",
@@ -122,7 +119,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.jitter is True:
-            self.jitter = (0.3, 0.3, 0.3, 0.1)
+            self.jitter = RELEASE_JITTER
         elif self.jitter is False:
             self.jitter = None
         elif self.jitter is not None:
@@ -132,29 +129,12 @@ class TrainConfig:
         if self.resize_long is not None:
             self.resize_long = tuple(int(v) for v in self.resize_long)
 
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
-
-    @classmethod
-    def from_recipe(cls, recipe: str, **settings: Any) -> TrainConfig:
-        """Recipe values, then `settings` (None = not given, the recipe's value stays)."""
-        return cls(recipe=recipe, **with_recipe("seam", recipe, settings))
-
-    def recipe_report(self) -> dict[str, Any]:
-        return recipe_report("seam", self.recipe, self.to_dict(), self.effective_momentum)
-
     @property
     def switches(self) -> LossSwitches:
         return LossSwitches(er=self.er, pcm=self.pcm, ohem=self.ohem, norm=self.cam_norm)
 
-    @property
-    def effective_momentum(self) -> float:
-        return AUTHORS_MOMENTUM if self.authors_momentum else self.momentum
-
     def validate(self) -> None:
-        if self.recipe not in RECIPES:
-            raise ValueError(f"unknown recipe {self.recipe!r}; choose from {', '.join(RECIPES)}")
+        self.validate_recipe()
         self.switches  # noqa: B018 - validates cam_norm
         if self.batch_size < 1 or self.epochs < 1 or self.crop < 16:
             raise ValueError("batch size and epochs must be >= 1 and crop >= 16")
@@ -183,154 +163,45 @@ class SiameseStep(nn.Module):
         return out1, out2
 
 
-def set_train_mode(model: nn.Module) -> None:
-    """train() for dropout, then BN back to eval with frozen affine parameters."""
-    model.train()
-    freeze_batchnorm(model)
-
-
-def freeze_parameters(model: nn.Module, train_pcm: bool = True) -> list[str]:
-    """requires_grad=False for conv1a/b2* (the authors' not_training), every BN, and the PCM
-    layers when the PCM is not trained (--no-pcm). Returns the frozen names."""
-    frozen_prefixes = model.frozen_prefixes()
-    if not train_pcm:
-        frozen_prefixes = (*frozen_prefixes, "f8_3.", "f8_4.", "f9.")
-    freeze_batchnorm(model)
-    frozen = []
-    for name, p in model.named_parameters():
-        if name.startswith(frozen_prefixes):
-            p.requires_grad_(False)
-        if not p.requires_grad:
-            frozen.append(name)
-    return frozen
-
-
-@torch.no_grad()
-def calibrate_batchnorm(model: nn.Module, dataset: AugmentedDataset, batches: int, batch_size: int,
-                        device: torch.device, seed: int) -> int:
-    """Set every BN's running mean/var to statistics of `batches` augmented batches.
-
-    For random initialisation only: frozen BN (the authors' setting) is then a fixed,
-    data-calibrated standardisation, as ImageNet statistics are for the published
-    runs, instead of an identity that lets activations shrink ~6x per projection block.
-    Uses no global RNG (dropout off, fixed sample keys), so seeded runs stay exact.
-    Returns the number of images used.
-    """
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    if not bns or batches <= 0:
-        return 0
-    was_training = model.training
-    model.eval()
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the calibration batches
-        m.train()
-    order = np.random.default_rng([seed, 7]).permutation(len(dataset))
-    n = min(len(dataset), batches * batch_size)
-    for i in range(0, n, batch_size):
-        idx = order[i:i + batch_size]
-        x = torch.stack([dataset[(int(j), CALIBRATION_EPOCH)][0] for j in idx]).to(device)
-        model(x)
-    for m, mom in zip(bns, saved, strict=True):
-        m.momentum = mom
-        m.eval()
-    model.train(was_training)
-    freeze_batchnorm(model)
-    return n
-
-
 def train(cfg: TrainConfig, on_progress: Callable[[Progress], None] | None = None,
           log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train, save, evaluate. Returns the sidecar dict written beside seam_final.pth."""
     cfg.validate()
-    log = log or stderr_log
-    d = init_distributed(cfg.device)
     # process-wide torch settings the run changes, restored afterwards (library callers, tests)
     saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
              torch.get_num_threads())
-    try:
-        return _train(cfg, d, on_progress, log if d.main else (lambda _m: None))
-    finally:
-        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
-        torch.set_num_threads(saved[2])
-        if d.world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+    with distributed_session(cfg.device, log) as (d, say):
+        try:
+            return _train(cfg, d, on_progress, say)
+        finally:
+            torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+            torch.set_num_threads(saved[2])
 
 
-def _train(cfg: TrainConfig, d: Dist, on_progress, log) -> dict[str, Any]:
+def _train(cfg: TrainConfig, d: Dist, on_progress: Callable[[Progress], None] | None,
+           log: Callable[[str], None]) -> dict[str, Any]:
     run_dir = open_run_dir(cfg, d)
     amp, workers = prepare(cfg, d)
     log(describe("seam", cfg.recipe, cfg.to_dict(), cfg.effective_momentum))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)  # on a shared CPU, 1 thread often beats oversubscription
-    cuda = d.device.type == "cuda"
-
-    ds = build_dataset(cfg.dataset, cfg.data, cfg.train_list, cfg.labels, cfg.classes)
-    if len(ds) < cfg.batch_size:
-        raise DatasetError(f"{len(ds)} training images are fewer than one batch of {cfg.batch_size}")
+    ds, dataset = _training_data(cfg)
     fingerprint = ds.fingerprint()
-    aug = AugmentConfig(crop=cfg.crop, resize_long=cfg.resize_long, jitter=cfg.jitter)
-    dataset = AugmentedDataset(ds, aug, cfg.seed)
     ipe = iterations_per_epoch(len(ds), cfg.batch_size)
-    max_iter = ipe * cfg.epochs
-    switches = cfg.switches
-    scfg = SiameseConfig(ops=tuple(cfg.transforms), scale=cfg.siamese_scale)
-
     model = create_model("seam", cfg.backbone, ds.num_classes)
-    init_report: dict[str, Any] = {"source": None}
-    if cfg.weights and not cfg.resume:
-        init_report = initialise_from(model, cfg.weights)
-        log(f"initialised from {init_report['source']}")
-        if init_report["missing"]:
-            log(f"  uninitialised (random) keys: {summarise_keys(init_report['missing'])}")
-        if init_report["unexpected"]:
-            log(f"  ignored checkpoint keys: {summarise_keys(init_report['unexpected'])}")
-        for r in init_report["reinitialised"]:
-            log(f"  re-initialised for {ds.num_classes} classes: {r}")
-    elif not cfg.weights:
-        log("no --weights: training from random initialisation (the paper starts from ImageNet weights)")
-    frozen = freeze_parameters(model, train_pcm=switches.pcm)
+    init_report = _initialise(cfg, model, ds.num_classes, log)
+    frozen = freeze_parameters(model, train_pcm=cfg.switches.pcm)
     model.to(d.device)
-    calib = cfg.bn_calibration if cfg.bn_calibration is not None else (0 if cfg.weights else 10)
-    if calib and not cfg.resume:
-        n_cal = calibrate_batchnorm(model, dataset, calib, cfg.batch_size, d.device, cfg.seed)
-        log(f"random initialisation: frozen BN statistics calibrated on {n_cal} augmented images")
-        init_report["bn_calibration_images"] = n_cal
+    calibrate_random_init(cfg, model, dataset, d, init_report, log)
     opt = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.effective_momentum)
-    run = Run(cfg, d, run_dir, model, opt, PolySchedule(opt, max_iter), torch.amp.GradScaler("cuda", enabled=amp),
-              ipe, fingerprint, init_report, checkpoint_extra={"class_names": ds.class_names})
+    run = Run(cfg, d, run_dir, model, opt, PolySchedule(opt, ipe * cfg.epochs),
+              torch.amp.GradScaler("cuda", enabled=amp), ipe, fingerprint, init_report,
+              checkpoint_extra={"class_names": ds.class_names})
     if cfg.resume:
         run.resume(lambda ck: check_resume(ck, cfg, fingerprint, "the dataset fingerprint (ids + labels) changed"),
                    log)
-
-    log(f"{ds.kind} data {cfg.data}: {len(ds)} images, {ds.num_classes - 1} classes "
-        f"({', '.join(ds.foreground[:8])}{', ...' if ds.num_classes > 9 else ''}); "
-        f"{ipe} iterations/epoch x {cfg.epochs} epochs, global batch {cfg.batch_size} on {d.world} x {d.device.type}"
-        f"{' (AMP)' if amp else ''}; losses: cls{' + ER' if switches.er else ''}"
-        f"{' + ECR' + ('(OHEM)' if switches.ohem else '') if switches.pcm else ''}; "
-        f"{len(frozen)} frozen tensors, momentum {cfg.effective_momentum:g}")
-
-    net: nn.Module = SiameseStep(model)
-    if d.world > 1:
-        net = nn.parallel.DistributedDataParallel(net, device_ids=[d.local_rank] if cuda else None)
-
-    def step(batch, iteration: int) -> dict[str, torch.Tensor]:
-        img1, label, _ = batch
-        img1 = img1.to(d.device, non_blocking=True)
-        label = torch.cat([torch.ones(label.shape[0], 1), label], dim=1).to(d.device)  # (B, C), bg = 1
-        plan = None
-        img2 = None
-        if switches.siamese:
-            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + iteration)
-            plan = sample_transform(scfg, img1.shape[0], tuple(img1.shape[-2:]), gen)
-            img2 = plan.image(img1)
-        with torch.autocast(device_type=d.device.type, dtype=torch.float16, enabled=amp):
-            out1, out2 = net(img1, img2)
-        out1 = tuple(t.float() for t in out1)
-        out2 = tuple(t.float() for t in out2) if out2 is not None else None
-        return seam_losses(out1, out2, label, plan.map if plan else None, plan.mask if plan else None, switches)
-
+    log(_describe_run(cfg, d, ds, ipe, amp, len(frozen)))
+    step = siamese_step(cfg, d.parallel(SiameseStep(model)), d.device, amp)
     logger = RunLog(run_dir, LOSS_TERMS, d.main, tensorboard=True)
     stopped = run.train(dataset, workers, LOSS_TERMS, step, set_train_mode, logger, on_progress, log)
 
@@ -340,30 +211,102 @@ def _train(cfg: TrainConfig, d: Dist, on_progress, log) -> dict[str, Any]:
     return result  # no barrier: rank 0 alone evaluates, the others may leave
 
 
-def _finish(cfg, run: Run, ds: ImageLabelSet, stopped, seconds, amp, on_progress, log) -> dict[str, Any]:
-    d, model, history = run.d, run.model, run.history
-    sidecar: dict[str, Any] = {
-        "kind": "seam",
-        "backbone": cfg.backbone,
+def _training_data(cfg: TrainConfig) -> tuple[ImageLabelSet, AugmentedDataset]:
+    """The image-label set and its augmented view."""
+    ds = build_dataset(cfg.dataset, cfg.data, cfg.train_list, cfg.labels, cfg.classes)
+    if len(ds) < cfg.batch_size:
+        raise DatasetError(f"{len(ds)} training images are fewer than one batch of {cfg.batch_size}")
+    aug = AugmentConfig(crop=cfg.crop, resize_long=cfg.resize_long, jitter=cfg.jitter)
+    return ds, AugmentedDataset(ds, aug, cfg.seed)
+
+
+def _initialise(cfg: TrainConfig, model: nn.Module, num_classes: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """--weights into `model` on a fresh run; returns the sidecar's "initialisation" entry."""
+    if not cfg.weights:
+        log("no --weights: training from random initialisation (the paper starts from ImageNet weights)")
+        return {"source": None}
+    if cfg.resume:  # the checkpoint's own record replaces it in Run.resume
+        return {"source": None}
+    report = initialise_from(model, cfg.weights)
+    log(f"initialised from {report['source']}")
+    if report["missing"]:
+        log(f"  uninitialised (random) keys: {summarise_keys(report['missing'])}")
+    if report["unexpected"]:
+        log(f"  ignored checkpoint keys: {summarise_keys(report['unexpected'])}")
+    for r in report["reinitialised"]:
+        log(f"  re-initialised for {num_classes} classes: {r}")
+    return report
+
+
+def _describe_run(cfg: TrainConfig, d: Dist, ds: ImageLabelSet, ipe: int, amp: bool, n_frozen: int) -> str:
+    switches = cfg.switches
+    return (f"{ds.kind} data {cfg.data}: {len(ds)} images, {ds.num_classes - 1} classes "
+            f"({', '.join(ds.foreground[:8])}{', ...' if ds.num_classes > 9 else ''}); "
+            f"{ipe} iterations/epoch x {cfg.epochs} epochs, global batch {cfg.batch_size} on {d.world} x "
+            f"{d.device.type}{' (AMP)' if amp else ''}; losses: cls{' + ER' if switches.er else ''}"
+            f"{' + ECR' + ('(OHEM)' if switches.ohem else '') if switches.pcm else ''}; "
+            f"{n_frozen} frozen tensors, momentum {cfg.effective_momentum:g}")
+
+
+def siamese_step(cfg: TrainConfig, net: nn.Module, device: torch.device,
+                 amp: bool) -> Callable[[Any, int], dict[str, torch.Tensor]]:
+    """The loop's step: both branches through `net` (a SiameseStep), then the SEAM losses.
+    The second branch's transform is drawn from (seed, iteration) alone, so a resumed run repeats it."""
+    switches = cfg.switches
+    scfg = SiameseConfig(ops=tuple(cfg.transforms), scale=cfg.siamese_scale)
+
+    def step(batch: Any, iteration: int) -> dict[str, torch.Tensor]:
+        img1, label, _ = batch
+        img1 = img1.to(device, non_blocking=True)
+        label = torch.cat([torch.ones(label.shape[0], 1), label], dim=1).to(device)  # (B, C), bg = 1
+        plan = None
+        img2 = None
+        if switches.siamese:
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + iteration)
+            plan = sample_transform(scfg, img1.shape[0], tuple(img1.shape[-2:]), gen)
+            img2 = plan.image(img1)
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+            out1, out2 = net(img1, img2)
+        out1 = tuple(t.float() for t in out1)
+        out2 = tuple(t.float() for t in out2) if out2 is not None else None
+        return seam_losses(out1, out2, label, plan.map if plan else None, plan.mask if plan else None, switches)
+
+    return step
+
+
+def _finish(cfg: TrainConfig, run: Run, ds: ImageLabelSet, stopped: str | None, seconds: float, amp: bool,
+            on_progress: Callable[[Progress], None] | None, log: Callable[[str], None]) -> dict[str, Any]:
+    """Save seam_final.pth + .json, then score the CAM pseudo labels into the sidecar."""
+    sidecar = run.sidecar("seam", {
         "num_classes": ds.num_classes,
         "class_names": ds.class_names,
-        "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-        "dataset_fingerprint": run.fingerprint,
         "dataset": {"kind": ds.kind, "root": str(cfg.data), "num_images": len(ds), "source": ds.source,
                     "class_counts": ds.class_counts()},
-        "config": cfg.to_dict(),
-        "recipe": cfg.recipe_report(),
-        "training": run.summary(stopped, seconds, amp),
-        "metrics": {"history": history, "final": history[-1] if history else None},
-    }
-    final = save_final(run.run_dir, model, sidecar)
+    }, stopped, seconds, amp)
+    final = save_final(run.run_dir, run.model, sidecar)
     log(f"saved {final} (+ {final.with_suffix('.json').name})")
     if not cfg.evaluate:
         return sidecar
+    res = _score_cams(cfg, run, ds, on_progress, log)
+    if res is None:
+        return sidecar
+    sidecar["metrics"]["eval"] = res
+    write_sidecar(final, sidecar)
+    log(f"pseudo-label mIoU {res['miou']:.2f}% at background threshold {res['best_threshold']:.2f} "
+        f"(all-background {res['all_background_miou']:.2f}%), mFN {_fmt(res['mfn'])}, mFP {_fmt(res['mfp'])}")
+    return sidecar
+
+
+def _score_cams(cfg: TrainConfig, run: Run, ds: ImageLabelSet, on_progress: Callable[[Progress], None] | None,
+                log: Callable[[str], None]) -> dict[str, Any] | None:
+    """CAM pseudo-label mIoU on the evaluation list (None without ground truth); the CAMs
+    stay in RUN_DIR/cams with save_cams, else in a temporary directory."""
+    from training.engine.cam_eval import score_cams
+
     items = eval_items(ds, cfg.eval_list)
     if not items:
         log("no ground truth (SegmentationClass/<id>.png) for the evaluation list: skipping the mIoU")
-        return sidecar
+        return None
     cam_dir = run.run_dir / "cams" if cfg.save_cams else Path(tempfile.mkdtemp(prefix="seam_cams_"))
     n = len(items)
     done = [0]
@@ -377,28 +320,18 @@ def _finish(cfg, run: Run, ds: ImageLabelSet, stopped, seconds, amp, on_progress
         f"{'PCM-refined' if cfg.pcm else 'raw'} CAMs)")
     try:
         t0 = time.time()
-        res = _score(model, items, ds, cam_dir, cfg, d, on_image)
+        res = score_cams(run.model, items, ds.gt_dir, ds.class_names, cam_dir, cfg.eval_scales, refined=cfg.pcm,
+                         device=run.d.device, on_image=on_image)
         res["seconds"] = round(time.time() - t0, 1)
         res["list"] = cfg.eval_list or ds.source.get("list", "training list")
     finally:
         if not cfg.save_cams:
             shutil.rmtree(cam_dir, ignore_errors=True)
-    sidecar["metrics"]["eval"] = res
-    write_sidecar(final, sidecar)
-    log(f"pseudo-label mIoU {res['miou']:.2f}% at background threshold {res['best_threshold']:.2f} "
-        f"(all-background {res['all_background_miou']:.2f}%), mFN {_fmt(res['mfn'])}, mFP {_fmt(res['mfp'])}")
-    return sidecar
-
-
-def _score(model, items, ds, cam_dir, cfg, d, on_image):
-    from training.engine.cam_eval import score_cams
-
-    return score_cams(model, items, ds.gt_dir, ds.class_names, cam_dir, cfg.eval_scales, refined=cfg.pcm,
-                      device=d.device, on_image=on_image)
+    return res
 
 
 def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
-__all__ = ["CHECKPOINT_NAME", "FINAL_NAME", "Progress", "TrainConfig", "TrainingError", "train"]
+__all__ = ["CHECKPOINT_NAME", "SEAM_FINAL", "Progress", "TrainConfig", "TrainingError", "train"]

@@ -6,8 +6,11 @@ from typing import Any
 
 from torch import nn
 
+from seam.common.classes import VOC_CLASSES
 from training.models.checkpoint import infer_backbone_config, load_weights, read_checkpoint
 from training.models.resnet38 import ResNet38Config
+
+DEFAULT_NUM_CLASSES = len(VOC_CLASSES)  # background + VOC's 20: the published models' head
 
 BACKBONES: dict[str, ResNet38Config] = {
     "resnet38": ResNet38Config(),
@@ -72,7 +75,8 @@ def _constructors() -> dict[str, Any]:
     return ctors
 
 
-def create_model(kind: str, backbone: str | ResNet38Config = "resnet38", num_classes: int = 21) -> nn.Module:
+def create_model(kind: str, backbone: str | ResNet38Config = "resnet38",
+                 num_classes: int = DEFAULT_NUM_CLASSES) -> nn.Module:
     """kind: seam | affinity | deeplab. num_classes includes background."""
     cfg = backbone_config(backbone) if isinstance(backbone, str) else backbone
     ctors = _constructors()
@@ -93,7 +97,7 @@ def model_from_checkpoint(path: str | Path, kind: str = "seam") -> tuple[nn.Modu
         if is_authors_state_dict(sd):  # the authors' released deeplabv1 (seamv1-pseudovoc): their key names
             sd = from_authors_state_dict(sd)
     cfg = infer_backbone_config(sd)
-    num_classes = 21
+    num_classes = DEFAULT_NUM_CLASSES  # AffinityNet has no classifier to read it from
     for key in ("fc8.weight", "classifier.weight"):
         if key in sd:
             num_classes = sd[key].shape[0]
