@@ -89,6 +89,7 @@ batch 8, 8 epochs, crop 448, lr 0.01), which is what produced the paper's number
 give override the recipe; the run prints the recipe and stores it in the sidecar."""
     from training.data.datasets import DatasetError
     from training.engine.siamese import parse_transforms
+    from training.engine.state import SEAM_FINAL
     from training.engine.trainer import TrainConfig, TrainingError, train
     from training.models.checkpoint import CheckpointError
 
@@ -106,7 +107,7 @@ give override the recipe; the run prints the recipe and stores it in the sidecar
     ), jitter, no_jitter))
     result = _training.train_stage(train, cfg, "SEAM", (DatasetError, CheckpointError, TrainingError,
                                                         FileNotFoundError), progress=_seam_progress)
-    _training.print_weights(out, "seam_final.pth")
+    _training.print_weights(out, SEAM_FINAL)
     if _training.main_rank():
         _print_eval(result.get("metrics", {}).get("eval"))
 
