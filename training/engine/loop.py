@@ -370,7 +370,7 @@ class Run:
         if self.d.world > 1:
             dist.barrier()
 
-    def train(self, dataset: torch.utils.data.Dataset, workers: int, terms: Sequence[str],
+    def train(self, dataset: torch.utils.data.Dataset, *, workers: int, terms: Sequence[str],
               step: Callable[[Any, int], Mapping[str, torch.Tensor]], train_mode: Callable[[nn.Module], None],
               logger: RunLog, on_progress: Callable[[Progress], None] | None,
               log: Callable[[str], None]) -> str | None:

@@ -184,8 +184,9 @@ def run_stage(cfg: StageConfig, d: Dist, stage: Stage, model: nn.Module, dataset
         f"momentum {cfg.effective_momentum:g}")
     net = d.parallel(model)
     logger = loop.RunLog(run.run_dir, stage.loss_terms, d.main)
-    stopped = run.train(dataset, workers, stage.loss_terms, lambda batch, _it: stage.step(net, batch, d.device, amp),
-                        stage.train_mode, logger, on_progress, log)
+    stopped = run.train(dataset, workers=workers, terms=stage.loss_terms,
+                        step=lambda batch, _it: stage.step(net, batch, d.device, amp), train_mode=stage.train_mode,
+                        logger=logger, on_progress=on_progress, log=log)
     seconds = run.seconds
     if not d.main:
         return {}

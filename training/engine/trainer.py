@@ -203,7 +203,8 @@ def _train(cfg: TrainConfig, d: Dist, on_progress: Callable[[Progress], None] | 
     log(_describe_run(cfg, d, ds, ipe, amp, len(frozen)))
     step = siamese_step(cfg, d.parallel(SiameseStep(model)), d.device, amp)
     logger = RunLog(run_dir, LOSS_TERMS, d.main, tensorboard=True)
-    stopped = run.train(dataset, workers, LOSS_TERMS, step, set_train_mode, logger, on_progress, log)
+    stopped = run.train(dataset, workers=workers, terms=LOSS_TERMS, step=step, train_mode=set_train_mode,
+                        logger=logger, on_progress=on_progress, log=log)
 
     result: dict[str, Any] = {}
     if d.main:
