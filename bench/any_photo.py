@@ -24,7 +24,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.service.test_any_photo import photo, serve_demo  # noqa: E402  (the tests' photos and server)
+from tests.service.helpers import photo, serve_demo  # noqa: E402  (the tests' photos and server)
 
 
 class PeakRss:

@@ -1,7 +1,8 @@
 """The import layers, read from the source with `ast` (nothing is imported): the shared
 layer (`seam.common`, `seam.modelrepo`) imports neither side; training never imports the
 service; the service imports neither training nor torch; only the CLI sees everything.
-Imports inside functions count too: a lazy import is still an arrow between layers."""
+Imports inside functions count too: a lazy import is still an arrow between layers. And in
+tests/ and bench/, nothing imports a test module or a conftest.py."""
 from __future__ import annotations
 
 import ast
@@ -85,3 +86,15 @@ def test_service_imports_neither_training_nor_torch() -> None:
 
 def test_training_does_not_import_service() -> None:
     assert violations("training", ("training",)) == []
+
+
+def test_nothing_imports_a_test_module() -> None:
+    """Test modules hold tests and conftest.py files fixtures; what several of them (or a
+    benchmark) need lives in a helper module (tests/support.py, tests/<dir>/helpers.py, ...)."""
+    out = []
+    for path in _files("tests", "bench"):
+        for name in sorted(imports_of(path)):
+            parts = name.split(".")
+            if parts[0] == "tests" and any(p.startswith("test_") or p == "conftest" for p in parts[1:]):
+                out.append(f"{path.relative_to(REPO)} imports {name}")
+    assert out == []

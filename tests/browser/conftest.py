@@ -8,97 +8,29 @@ with the reason. Screenshots land in artifacts/screenshots/ (gitignored).
 """
 from __future__ import annotations
 
-import io
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
-import numpy as np
 import pytest
-from PIL import Image
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.browser.helpers import API_KEY, Server, chromium_path, start_web_server
+from tests.support import REPO, stop_process
+
 SCREENSHOTS = REPO / "artifacts" / "screenshots"
-API_KEY = "browser-test-key-0123456789"
-FAKE_DELAY_MS = 150  # per fake-engine call: job progress is visible while polling
-
-
-def chromium_path() -> str | None:
-    for cand in (os.environ.get("SEAM_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
-                 shutil.which("chromium-browser"), shutil.which("google-chrome")):
-        if cand and Path(cand).is_file():
-            return cand
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, url: str, proc: subprocess.Popen, log: Path) -> None:
-        self.url, self.proc, self.log = url, proc, log
-
-
-def _start_server(tmp: Path, **env_extra: str) -> Server:
-    """uvicorn --factory service.main:create_app, ready (models warmed) when this returns."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEAM_")}
-    env.update(SEAM_ENGINE="fake", SEAM_DATA_DIR=str(tmp / "data"), SEAM_MODELS_DIR=str(tmp / "models"),
-               SEAM_FAKE_DELAY_MS=str(FAKE_DELAY_MS), SEAM_CHUNK_SIZE="1", PYTHONUNBUFFERED="1", **env_extra)
-    log = tmp / "uvicorn.log"
-    last = ""
-    for _attempt in range(3):  # the free port may be taken between probing and binding
-        port = _free_port()
-        url = f"http://127.0.0.1:{port}"
-        with log.open("ab") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app", "--host", "127.0.0.1",
-                 "--port", str(port), "--log-level", "warning", "--no-access-log"],
-                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    return Server(url, proc, log)
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        _stop(proc)
-        last = log.read_text(errors="replace")[-3000:]
-    raise RuntimeError(f"the service did not become ready; log:\n{last}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = _start_server(tmp_path_factory.mktemp("web"))
+    srv = start_web_server(tmp_path_factory.mktemp("web"))
     yield srv
-    _stop(srv.proc)
+    stop_process(srv.proc)
 
 
 @pytest.fixture(scope="module")
 def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = _start_server(tmp_path_factory.mktemp("web-key"), SEAM_API_KEYS=API_KEY)
+    srv = start_web_server(tmp_path_factory.mktemp("web-key"), SEAM_API_KEYS=API_KEY)
     yield srv
-    _stop(srv.proc)
+    stop_process(srv.proc)
 
 
 @pytest.fixture(scope="module")
@@ -153,39 +85,3 @@ def screenshot() -> Callable[[object, str], Path]:
         return path
 
     return shot
-
-
-# --- test images ---------------------------------------------------------------------
-def demo_rgb(w: int = 192, h: int = 128, variant: int = 0, fail: bool = False) -> np.ndarray:
-    """Grey background, a red area whose redness ramps left to right (so the threshold
-    moves its edge), a green block ramping top to bottom, a small blue square (too small
-    to be predicted, but its CAM shows when ticked). fail: the fake engine's trigger pixel."""
-    rgb = np.full((h, w, 3), 90, np.uint8)
-    rw = int(w * (0.5 + 0.08 * variant))
-    ramp = np.linspace(70, 255, rw)
-    rgb[:, :rw, 0] = ramp[None, :].astype(np.uint8)
-    rgb[:, :rw, 1:] = 40
-    gy0, gy1, gx0 = int(h * 0.08), int(h * (0.6 + 0.1 * variant)), rw + 8
-    gramp = np.linspace(255, 80, gy1 - gy0)
-    rgb[gy0:gy1, gx0:w - 6, 1] = gramp[:, None].astype(np.uint8)
-    rgb[gy0:gy1, gx0:w - 6, [0, 2]] = 30
-    s = 18
-    by, bx = h - s - 6, w - s - 10
-    rgb[by:by + s, bx:bx + s] = (20, 30, 230)
-    if fail:
-        rgb[0, 0] = (1, 2, 3)
-    return rgb
-
-
-def png_bytes(rgb: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def zip_of(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
-    return buf.getvalue()

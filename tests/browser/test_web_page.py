@@ -14,9 +14,10 @@ import pytest
 from PIL import Image
 
 from service.encoding import coco_rle_decode
-from tests.browser.conftest import API_KEY, demo_rgb, png_bytes, zip_of
+from tests.browser.helpers import API_KEY, demo_rgb
+from tests.service.fakes import encode, zip_bytes
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]  # Chromium and a server process: seconds per test
 
 W, H = 192, 128
 FAKE_CLASSES = ["red", "green", "blue"]
@@ -62,7 +63,7 @@ def _server_overlays(url: str, image: bytes, endpoint: str) -> dict[str, np.ndar
 
 
 def test_image_view(server, page, screenshot, tmp_path):
-    image = png_bytes(demo_rgb(W, H))
+    image = encode(demo_rgb(W, H))
     path = tmp_path / "demo.png"
     path.write_bytes(image)
 
@@ -151,10 +152,10 @@ def test_image_view(server, page, screenshot, tmp_path):
 
 def test_jobs_view(server, page, screenshot, tmp_path):
     archive = tmp_path / "three.zip"
-    archive.write_bytes(zip_of({
-        "a.png": png_bytes(demo_rgb(W, H, 0)),
-        "b.png": png_bytes(demo_rgb(W, H, 1)),
-        "broken.png": png_bytes(demo_rgb(W, H, 2, fail=True)),  # the fake engine fails on it
+    archive.write_bytes(zip_bytes({
+        "a.png": encode(demo_rgb(W, H, 0)),
+        "b.png": encode(demo_rgb(W, H, 1)),
+        "broken.png": encode(demo_rgb(W, H, 2, fail=True)),  # the fake engine fails on it
     }))
     page.goto(server.url + "/")
     page.wait_for_selector("#job-method option[value=pcm]", state="attached")
@@ -203,7 +204,7 @@ def test_jobs_view(server, page, screenshot, tmp_path):
 
     # cancel a longer job while it runs
     many = tmp_path / "many.zip"
-    many.write_bytes(zip_of({f"img{i:02d}.png": png_bytes(demo_rgb(W, H, i % 3)) for i in range(40)}))
+    many.write_bytes(zip_bytes({f"img{i:02d}.png": encode(demo_rgb(W, H, i % 3)) for i in range(40)}))
     page.set_input_files("#job-archive", str(many))
     page.click("#job-submit")
     wait_js(page, f"document.querySelector('#jobs-body tr').dataset.job !== '{job_id}'")
@@ -238,7 +239,7 @@ def test_server_side_method(server, page, tmp_path):
     """Methods that are not a threshold of the CAMs (rw, deeplab) take the mask from
     POST /segment?format=json and paint its COCO RLEs. The fake engine has no rw: the
     page is told it has, and its rw requests are answered by the server's pcm."""
-    image = png_bytes(demo_rgb(W, H))
+    image = encode(demo_rgb(W, H))
     path = tmp_path / "demo.png"
     path.write_bytes(image)
     seen: list[bytes] = []

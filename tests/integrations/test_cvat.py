@@ -23,7 +23,8 @@ from scipy import ndimage
 
 from service.fake_engine import FakeEngine
 from service.integrations.cvat_function import SeamFunction, engine_segmenter
-from tests.integrations.conftest import LIVE_KEY, png_bytes, scene
+from tests.integrations.helpers import LIVE_KEY, scene
+from tests.service.fakes import encode
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZES = [(23, 37), (29, 51), (31, 17)]
@@ -192,7 +193,7 @@ def test_nuclio_handler_against_the_live_api(monkeypatch, live_api) -> None:
     ctx = NuclioContext()
     mod.init_context(ctx)
     rgb = scene(29, 51)
-    event = SimpleNamespace(body={"image": base64.b64encode(png_bytes(rgb)).decode(), "threshold": 0.0})
+    event = SimpleNamespace(body={"image": base64.b64encode(encode(rgb)).decode(), "threshold": 0.0})
     resp = mod.handler(ctx, event)
     assert resp.status_code == 200 and resp.content_type == "application/json"
     items = json.loads(resp.body)
@@ -217,7 +218,7 @@ def test_detect_route_errors(make_app) -> None:
     client = make_app()
     assert client.post("/cvat/detect", json={"image": "***"}).status_code == 422
     assert client.post("/cvat/detect", json={"image": base64.b64encode(b"nope").decode()}).status_code == 415
-    r = client.post("/cvat/detect", json={"image": base64.b64encode(png_bytes(scene(9, 9))).decode(),
+    r = client.post("/cvat/detect", json={"image": base64.b64encode(encode(scene(9, 9))).decode(),
                                           "labels": ["unicorn"]})
     assert r.status_code == 422 and r.json()["error"]["code"] == "unknown_class"
 

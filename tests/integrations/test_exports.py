@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 import zipfile
 
 import numpy as np
@@ -17,7 +16,9 @@ from PIL import Image
 
 from seam.common.palette import voc_palette
 from service.integrations.exports import cvat_mask_png, cvat_segmentation_zip
-from tests.integrations.conftest import png_bytes, scene
+from tests.integrations.helpers import scene
+from tests.service.fakes import encode
+from tests.support import wait_done
 
 SIZES = {"a": (23, 37), "sub/b": (29, 51), "c": (31, 17)}
 LS_CONFIG = """<View><Image name="image" value="$image"/>
@@ -34,7 +35,7 @@ def job_archive() -> tuple[bytes, dict[str, np.ndarray]]:
         for i, (iid, (h, w)) in enumerate(SIZES.items()):
             rgb = scene(h, w, seed=i)
             imgs[iid] = rgb
-            zf.writestr(f"{iid}.png", png_bytes(rgb))
+            zf.writestr(f"{iid}.png", encode(rgb))
     return buf.getvalue(), imgs
 
 
@@ -43,11 +44,7 @@ def run_job(client, **fields) -> tuple[str, zipfile.ZipFile, dict[str, np.ndarra
     r = client.post("/jobs", files={"archive": ("x.zip", data, "application/zip")}, data=fields)
     assert r.status_code == 202, r.text
     job_id = r.json()["id"]
-    deadline = time.time() + 30
-    while client.get(f"/jobs/{job_id}").json()["state"] in ("queued", "running"):
-        assert time.time() < deadline
-        time.sleep(0.05)
-    assert client.get(f"/jobs/{job_id}").json()["state"] == "succeeded"
+    assert wait_done(client, job_id, 30)["state"] == "succeeded"
     r = client.get(f"/jobs/{job_id}/results")
     assert r.status_code == 200
     return job_id, zipfile.ZipFile(io.BytesIO(r.content)), imgs

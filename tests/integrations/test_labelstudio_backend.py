@@ -13,7 +13,8 @@ from scipy import ndimage
 
 from service.fake_engine import FakeEngine
 from service.integrations.labelstudio import LabelStudioSettings
-from tests.integrations.conftest import LS_TOKEN, png_bytes, scene
+from tests.integrations.helpers import LS_TOKEN, scene
+from tests.service.fakes import encode
 
 CONFIG = """<View>
   <Image name="image" value="$image" zoom="true"/>
@@ -64,7 +65,7 @@ def serve_images(fake_ls, sizes=SIZES) -> list[np.ndarray]:
     imgs = []
     for i, (h, w) in enumerate(sizes):
         rgb = scene(h, w, seed=i)
-        fake_ls.files[f"/data/upload/1/img{i}.png"] = png_bytes(rgb)
+        fake_ls.files[f"/data/upload/1/img{i}.png"] = encode(rgb)
         imgs.append(rgb)
     return imgs
 
@@ -192,7 +193,7 @@ def test_redirect_to_another_host_is_refused(make_app, fake_ls, other_server) ->
 
 def test_redirect_to_an_extra_host_gets_no_token(make_app, fake_ls, other_server) -> None:
     rgb = scene(17, 19)
-    other_server.files["/bucket/a.png"] = png_bytes(rgb)
+    other_server.files["/bucket/a.png"] = encode(rgb)
     fake_ls.redirects["/tasks/5/presign/"] = other_server.url + "/bucket/a.png"
     host = other_server.url.split("//", 1)[1]
     # the other server wants token "other": without it (our Label Studio token is not sent there) it says 401
@@ -213,7 +214,7 @@ def test_private_address_refused_unless_allowed(make_app, fake_ls) -> None:
 
 def test_upload_limits_apply(make_app, fake_ls) -> None:
     rgb = np.random.default_rng(0).integers(0, 255, (64, 64, 3)).astype(np.uint8)
-    fake_ls.files["/data/upload/1/big.png"] = png_bytes(rgb)  # ~12 kB of noise
+    fake_ls.files["/data/upload/1/big.png"] = encode(rgb)  # ~12 kB of noise
     client = make_app(ls_settings(fake_ls), max_upload_mb=0.005)
     r = client.post("/labelstudio/predict", json=predict_body([ls_task(1, "/data/upload/1/big.png")]))
     assert r.status_code == 413, r.text

@@ -1,8 +1,6 @@
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -12,16 +10,12 @@ from service.core.config import Settings
 from service.main import create_app
 from tests.service.fakes import FakeEngine
 from tests.service.helpers import redis_client
-
-API_KEY = "k" * 24
+from tests.support import clear_seam_env, entered_clients
 
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """SEAM_* variables of the developer's shell must not leak into the tests."""
-    for k in list(os.environ):
-        if k.startswith("SEAM_"):
-            monkeypatch.delenv(k)
+    clear_seam_env(monkeypatch)
 
 
 @pytest.fixture
@@ -43,22 +37,9 @@ def make_settings(tmp_path: Path, allowed_root: Path) -> Callable[..., Settings]
 
 @pytest.fixture
 def make_client(make_settings) -> Iterator[Callable[..., TestClient]]:
-    stack = []
-
-    @contextmanager
-    def _noop():
-        yield
-
-    def make(engine: FakeEngine | None = None, **kw) -> TestClient:
-        app = create_app(make_settings(**kw), engine=engine or FakeEngine())
-        client = TestClient(app, raise_server_exceptions=False)
-        client.__enter__()
-        stack.append(client)
-        return client
-
-    yield make
-    for c in reversed(stack):
-        c.__exit__(None, None, None)
+    """make(engine=None, **settings) -> a started client of the app (the fake engine by default)."""
+    with entered_clients() as enter:
+        yield lambda engine=None, **kw: enter(create_app(make_settings(**kw), engine=engine or FakeEngine()))
 
 
 @pytest.fixture

@@ -1,9 +1,11 @@
-"""Test helpers: the deterministic fake engine and hand-made hostile inputs."""
+"""Test helpers: the deterministic fake engine (and one that holds images until released) and
+hand-made hostile inputs."""
 from __future__ import annotations
 
 import io
 import struct
 import tarfile
+import threading
 import zipfile
 import zlib
 
@@ -11,6 +13,22 @@ import numpy as np
 from PIL import Image
 
 from service.fake_engine import FAIL_PIXEL, FAKE_CLASSES, FakeEngine  # noqa: F401  (re-exported)
+
+
+class GatedEngine(FakeEngine):
+    """Holds every image until the test sets `gate` (at most `hold_s`): lets a test look at a
+    running job or keep requests in flight. `reached` is set once an image waits at the gate."""
+
+    def __init__(self, hold_s: float = 20.0, **kw) -> None:
+        super().__init__(**kw)
+        self.hold_s = hold_s
+        self.gate = threading.Event()
+        self.reached = threading.Event()
+
+    def segment(self, *a, **kw):
+        self.reached.set()
+        self.gate.wait(self.hold_s)
+        return super().segment(*a, **kw)
 
 
 def rgb_image(h: int = 48, w: int = 64, seed: int = 0) -> np.ndarray:
@@ -106,9 +124,10 @@ def zip_lying_sizes(real_size: int, declared: int = 100) -> bytes:
     return local + data + central + end
 
 
-def tar_bytes(members: dict[str, bytes], mode: str = "w:gz") -> bytes:
+def tar_bytes(members: dict[str, bytes], mode: str = "w:gz", **tarfile_kw) -> bytes:
+    """A tar of `members`; tarfile_kw go to tarfile.open (format=, encoding=)."""
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode=mode) as tf:
+    with tarfile.open(fileobj=buf, mode=mode, **tarfile_kw) as tf:
         for name, data in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)

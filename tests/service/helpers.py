@@ -1,25 +1,35 @@
-"""Helpers shared by the service tests: the error-shape check, Redis reachability, and the
-end-to-end stack of real processes (`seam serve`, `seam worker`) on loopback."""
+"""Helpers shared by the service tests: the error-shape check, Redis, waiting for a job, the
+end-to-end stack of real processes (`seam serve`, `seam worker`) on loopback, and the bundled
+demo model served under an address-space cap with photo-like test images (also used by
+bench/any_photo.py)."""
 from __future__ import annotations
 
 import io
 import os
+import resource
 import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-import httpx
 import numpy as np
 from PIL import Image
 
 from tests.service.fakes import FakeEngine, encode, rgb_image, zip_bytes
+from tests.support import (
+    REPO,
+    free_port,
+    log_tail,
+    seam_serve_argv,
+    service_env,
+    spawn,
+    start_server,
+    wait_ready,
+)
 
 
 def assert_error(r, status: int, code: str | None = None, contains: str | None = None) -> dict:
@@ -33,7 +43,9 @@ def assert_error(r, status: int, code: str | None = None, contains: str | None =
     return body["error"]
 
 
-REDIS_URL = "redis://127.0.0.1:6379/14"
+# --- Redis on loopback ----------------------------------------------------------------------
+REDIS_URL = "redis://127.0.0.1:6379/14"  # in-process tests (stores, the realtime path)
+REDIS_DB = 13  # the end-to-end stacks
 
 
 def redis_reachable() -> bool:
@@ -46,23 +58,42 @@ def redis_reachable() -> bool:
         return False
 
 
-REPO = Path(__file__).resolve().parents[2]
-REDIS_DB = 13
-
-
 def redis_client():
     import redis
 
     return redis.Redis.from_url(f"redis://127.0.0.1:6379/{REDIS_DB}", socket_connect_timeout=1)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def drop_keys(r, prefix: str) -> None:
+    """Delete a test's keys: everything under `prefix` and kombu's queue bindings for it."""
+    keys = list(r.scan_iter(f"{prefix}*")) + list(r.scan_iter(f"_kombu.binding.{prefix}*"))
+    if keys:
+        r.delete(*keys)
 
 
+# --- jobs ------------------------------------------------------------------------------------
+def make_archive(n: int) -> tuple[bytes, dict[str, np.ndarray]]:
+    imgs = {f"im{i:02d}": rgb_image(20 + i % 4, 28 + i % 3, seed=i) for i in range(n)}
+    return zip_bytes({f"{k}.png": encode(a) for k, a in imgs.items()}), imgs
+
+
+def check_results(client, job_id: str, imgs: dict[str, np.ndarray]) -> None:
+    r = client.get(f"/jobs/{job_id}/results")
+    assert r.status_code == 200
+    zf = zipfile.ZipFile(io.BytesIO(r.content))
+    pngs = [n for n in zf.namelist() if n.startswith("png/")]
+    assert len(pngs) == len(set(pngs)) == len(imgs)  # every image exactly once
+    engine = FakeEngine()
+    for iid, a in imgs.items():
+        got = np.asarray(Image.open(io.BytesIO(zf.read(f"png/{iid}.png"))))
+        assert np.array_equal(got, engine.segment(a).label), iid
+
+
+# --- the end-to-end stack ---------------------------------------------------------------------
 class Stack:
+    """`seam serve` and `seam worker` processes (fake engine) sharing a data directory and,
+    in celery mode, a Redis key prefix. The API keeps its port across restarts."""
+
     def __init__(self, tmp: Path, mode: str, **env: str) -> None:
         self.tmp = tmp
         self.mode = mode
@@ -70,8 +101,7 @@ class Stack:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.procs: list[subprocess.Popen] = []
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("SEAM_")}
-        self.env.update({
+        self.env = service_env(**{
             "PYTHONPATH": str(REPO), "SEAM_ENGINE": "fake", "SEAM_DATA_DIR": str(tmp / "data"),
             "SEAM_MODELS_DIR": str(tmp / "models"), "SEAM_KEY_PREFIX": self.prefix, "SEAM_CHUNK_SIZE": "4",
             "SEAM_FAKE_DELAY_MS": "20", "SEAM_TASK_SOFT_TIME_LIMIT_S": "5", "SEAM_TASK_TIME_LIMIT_S": "6",
@@ -81,34 +111,23 @@ class Stack:
             self.env["SEAM_BROKER_URL"] = f"redis://127.0.0.1:6379/{REDIS_DB}"
         self.env.update(env)
 
-    def _spawn(self, code: str, name: str, **env: str) -> subprocess.Popen:
-        log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 - the child process holds it
-        p = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env={**self.env, **env}, stdout=log,
-                             stderr=subprocess.STDOUT, start_new_session=True)
+    def _spawn(self, code: str, name: str) -> subprocess.Popen:
+        p = spawn([sys.executable, "-c", code], self.env, self.tmp / f"{name}.log", start_new_session=True)
         self.procs.append(p)
         return p
 
     def start_api(self) -> subprocess.Popen:
         p = self._spawn(f"from seam.cli.serve import serve; serve(host='127.0.0.1', port={self.port}, "
                         "log_level='warning')", "api")
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            assert p.poll() is None, self.logs("api")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return p
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError("API not ready:\n" + self.logs("api"))
+        wait_ready(self.url, p, self.tmp / "api.log", timeout=60, interval=0.2)
+        return p
 
     def start_worker(self, name: str) -> subprocess.Popen:
         return self._spawn(f"from seam.cli.worker import worker; worker(hostname='{name}@%h', "
                            "loglevel='warning')", name)
 
     def logs(self, name: str) -> str:
-        path = self.tmp / f"{name}.log"
-        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+        return log_tail(self.tmp / f"{name}.log")
 
     def kill(self, p: subprocess.Popen) -> None:
         """SIGKILL the whole process group: the worker's main process and its pool child."""
@@ -125,10 +144,7 @@ class Stack:
                 except (ProcessLookupError, subprocess.TimeoutExpired):
                     self.kill(p)
         if self.mode == "celery":
-            r = redis_client()
-            keys = list(r.scan_iter(f"{self.prefix}*")) + list(r.scan_iter(f"_kombu.binding.{self.prefix}*"))
-            if keys:
-                r.delete(*keys)
+            drop_keys(redis_client(), self.prefix)
 
 
 @contextmanager
@@ -140,31 +156,35 @@ def stack(tmp: Path, mode: str, **env: str) -> Iterator[Stack]:
         s.stop()
 
 
-def make_archive(n: int) -> tuple[bytes, dict[str, np.ndarray]]:
-    imgs = {f"im{i:02d}": rgb_image(20 + i % 4, 28 + i % 3, seed=i) for i in range(n)}
-    return zip_bytes({f"{k}.png": encode(a) for k, a in imgs.items()}), imgs
+# --- the bundled demo model under a memory cap (tests/service/test_any_photo.py, bench/any_photo.py) ---
+# Before the fix one 1024x1024 photo took the server to 23.6 GB; 3 GiB of address space
+# holds Python, onnxruntime, the demo model and a 12-megapixel photo's buffers.
+ADDRESS_SPACE = 3 << 30
 
 
-def wait_done(client: httpx.Client, job_id: str, timeout: float, until=None) -> dict:
-    deadline = time.time() + timeout
-    body = {}
-    while time.time() < deadline:
-        body = client.get(f"/jobs/{job_id}").json()
-        if until is not None and until(body):
-            return body
-        if until is None and body["state"] not in ("queued", "running"):
-            return body
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} not done in {timeout} s: {body}")
+def photo(h: int, w: int, seed: int = 0) -> bytes:
+    """A smooth JPEG with a few coloured blobs (compresses like a photo, not like noise)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.empty((h, w, 3), np.float32)
+    img[..., 0], img[..., 1], img[..., 2] = 90 + 60 * np.sin(xx / 97), 110 + 50 * np.cos(yy / 83), 120
+    for _ in range(4):
+        cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(0.05, 0.2) * min(h, w)
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 255, 3)
+    buf = io.BytesIO()
+    Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
 
 
-def check_results(client: httpx.Client, job_id: str, imgs: dict[str, np.ndarray]) -> None:
-    r = client.get(f"/jobs/{job_id}/results")
-    assert r.status_code == 200
-    zf = zipfile.ZipFile(io.BytesIO(r.content))
-    pngs = [n for n in zf.namelist() if n.startswith("png/")]
-    assert len(pngs) == len(set(pngs)) == len(imgs)  # every image exactly once
-    engine = FakeEngine()
-    for iid, a in imgs.items():
-        got = np.asarray(Image.open(io.BytesIO(zf.read(f"png/{iid}.png"))))
-        assert np.array_equal(got, engine.segment(a).label), iid
+def _cap() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
+
+
+def serve_demo(data_dir: Path, log: Path, cap: bool = True, **env_extra: str) -> tuple[str, subprocess.Popen]:
+    """`seam serve` over the repository's models/ (embedded mode) on a free port, ready;
+    under the address-space cap unless cap=False. (url, process)."""
+    env = service_env(**{"PYTHONPATH": str(REPO), "SEAM_MODELS_DIR": str(REPO / "models"),
+                         "SEAM_DATA_DIR": str(data_dir), "SEAM_THREADS": "2", "MALLOC_ARENA_MAX": "2",
+                         "OMP_NUM_THREADS": "2", **env_extra})
+    log.unlink(missing_ok=True)
+    return start_server(seam_serve_argv, env, log, timeout=120, preexec_fn=_cap if cap else None)

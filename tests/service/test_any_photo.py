@@ -4,13 +4,8 @@ test (MemoryError / a killed server) instead of the machine."""
 from __future__ import annotations
 
 import io
-import os
-import resource
-import subprocess
-import sys
 import time
 import zipfile
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -18,57 +13,10 @@ import psutil
 import pytest
 from PIL import Image
 
-from tests.service.helpers import free_port
+from tests.service.helpers import ADDRESS_SPACE, photo, serve_demo
+from tests.support import stop_process, wait_done
 
 pytestmark = pytest.mark.slow
-
-REPO = Path(__file__).resolve().parents[2]
-# Before the fix one 1024x1024 photo took the server to 23.6 GB; 3 GiB of address space
-# holds Python, onnxruntime, the demo model and a 12-megapixel photo's buffers.
-ADDRESS_SPACE = 3 << 30
-
-
-def photo(h: int, w: int, seed: int = 0) -> bytes:
-    """A smooth JPEG with a few coloured blobs (compresses like a photo, not like noise)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    img = np.empty((h, w, 3), np.float32)
-    img[..., 0], img[..., 1], img[..., 2] = 90 + 60 * np.sin(xx / 97), 110 + 50 * np.cos(yy / 83), 120
-    for _ in range(4):
-        cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(0.05, 0.2) * min(h, w)
-        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 255, 3)
-    buf = io.BytesIO()
-    Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
-    return buf.getvalue()
-
-
-def _cap() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
-
-
-def serve_demo(data_dir: Path, log: Path, cap: bool = True, **env_extra: str) -> tuple[str, subprocess.Popen]:
-    """`seam serve` over the repository's models/ (embedded mode) on a free port, ready;
-    under the address-space cap unless cap=False. (url, process)."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEAM_")}
-    env.update({"PYTHONPATH": str(REPO), "SEAM_MODELS_DIR": str(REPO / "models"), "SEAM_DATA_DIR": str(data_dir),
-                "SEAM_THREADS": "2", "MALLOC_ARENA_MAX": "2", "OMP_NUM_THREADS": "2", **env_extra})
-    with open(log, "wb") as out:  # the child keeps its own descriptor
-        proc = subprocess.Popen([sys.executable, "-m", "seam.cli", "serve", "--port", str(port)], cwd=REPO,
-                                env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_cap if cap else None)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("server exited: " + log.read_text())
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return url, proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("server not ready: " + log.read_text())
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +24,7 @@ def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("anyphoto")
     url, proc = serve_demo(tmp / "data", tmp / "serve.log", SEAM_MEMORY_BUDGET_MB="1024")
     yield url, proc, tmp
-    proc.terminate()
-    proc.wait(10)
+    stop_process(proc)
 
 
 def _post(url: str, path: str, data: bytes, **fields: str) -> httpx.Response:
@@ -112,12 +59,8 @@ def test_job_with_phone_photos(server):
                    data={"outputs": "png,npz"}, timeout=60)
     assert r.status_code == 202, r.text
     job = r.json()["id"]
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        st = httpx.get(f"{url}/jobs/{job}", timeout=10).json()
-        if st["state"] in ("succeeded", "failed", "cancelled"):
-            break
-        time.sleep(0.5)
+    with httpx.Client(base_url=url, timeout=10) as c:
+        st = wait_done(c, job, 300)
     assert st["state"] == "succeeded", st
     res = httpx.get(f"{url}/jobs/{job}/results", timeout=60)
     assert res.status_code == 200

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -11,9 +10,9 @@ from PIL import Image
 
 from seam.common.palette import voc_palette
 from service.encoding import coco_rle_decode
-from tests.service.conftest import API_KEY
 from tests.service.fakes import (
     FakeEngine,
+    GatedEngine,
     encode,
     jpeg_with_orientation,
     png_bytes,
@@ -22,6 +21,9 @@ from tests.service.fakes import (
     truncated_png,
 )
 from tests.service.helpers import assert_error
+from tests.support import wait_until
+
+API_KEY = "k" * 24
 
 
 def post_image(client, path="/segment", data: bytes | None = None, headers=None, **fields):
@@ -219,29 +221,27 @@ def test_not_found_and_method_errors(client):
     assert_error(client.get("/segment"), 405, "method_not_allowed")
 
 
-class SlowEngine(FakeEngine):
-    def __init__(self, delay: float) -> None:
-        super().__init__()
-        self.gate = threading.Event()
-        self.delay = delay
-
-    def segment(self, *a, **kw):
-        time.sleep(self.delay)
-        return super().segment(*a, **kw)
+def _concurrently(c, n: int, engine: GatedEngine, status: int, count: int) -> list:
+    """n requests at once; the engine is released once `count` of them were answered `status`."""
+    results: list = []
+    threads = [threading.Thread(target=lambda: results.append(post_image(c))) for _ in range(n)]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: sum(r.status_code == status for r in results) >= count, 20,
+                   what=lambda: f"{count} answers {status}: {[r.status_code for r in results]}")
+    finally:
+        engine.gate.set()
+        for t in threads:
+            t.join()
+    return results
 
 
 def test_backpressure_429_with_retry_after(make_client):
-    engine = SlowEngine(0.6)
+    engine = GatedEngine()
     c = make_client(engine=engine, max_inflight=1, max_waiting=1, wait_timeout_s=5, warmup=False)
-    results: list = []
-
-    def call():
-        results.append(post_image(c))
-    threads = [threading.Thread(target=call) for _ in range(5)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    # one in flight (held by the engine), one waiting for it, the other 3 refused at once
+    results = _concurrently(c, 5, engine, 429, 3)
     codes = sorted(r.status_code for r in results)
     assert codes.count(200) >= 2 and 429 in codes, codes
     rejected = [r for r in results if r.status_code == 429]
@@ -251,13 +251,10 @@ def test_backpressure_429_with_retry_after(make_client):
 
 
 def test_wait_timeout_503(make_client):
-    c = make_client(engine=SlowEngine(1.0), max_inflight=1, max_waiting=5, wait_timeout_s=0.2, warmup=False)
-    results: list = []
-    threads = [threading.Thread(target=lambda: results.append(post_image(c))) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    engine = GatedEngine()
+    c = make_client(engine=engine, max_inflight=1, max_waiting=5, wait_timeout_s=0.2, warmup=False)
+    # one in flight (held by the engine); the 2 others give up waiting after 0.2 s
+    results = _concurrently(c, 3, engine, 503, 2)
     codes = sorted(r.status_code for r in results)
     assert 200 in codes and 503 in codes, codes
     assert all(r.headers.get("retry-after") for r in results if r.status_code == 503)

@@ -14,6 +14,7 @@ from PIL import Image
 from tests.service.fakes import (
     FAIL_PIXEL,
     FakeEngine,
+    GatedEngine,
     encode,
     png_bytes,
     rgb_image,
@@ -25,6 +26,7 @@ from tests.service.fakes import (
     zip_with_symlink,
 )
 from tests.service.helpers import assert_error
+from tests.support import wait_done, wait_until
 
 
 def submit(client, archive: bytes, name: str = "images.zip", labels: bytes | None = None, **fields):
@@ -32,16 +34,6 @@ def submit(client, archive: bytes, name: str = "images.zip", labels: bytes | Non
     if labels is not None:
         files["labels"] = ("labels.csv", labels, "text/csv")
     return client.post("/jobs", files=files, data=fields)
-
-
-def wait_job(client, job_id: str, timeout: float = 30.0) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        body = client.get(f"/jobs/{job_id}").json()
-        if body["state"] not in ("queued", "running"):
-            return body
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish: {body}")
 
 
 def images(n: int, prefix: str = "img") -> dict[str, tuple[str, np.ndarray]]:
@@ -64,7 +56,7 @@ def test_zip_job_all_outputs(client):
     job = r.json()
     assert job["state"] in ("queued", "running", "succeeded") and job["total"] == 10
     assert r.headers["location"] == f"/jobs/{job['id']}"
-    done = wait_job(client, job["id"])
+    done = wait_done(client, job["id"])
     assert (done["state"], done["done"], done["failed"], done["progress"]) == ("succeeded", 10, 0, 1.0)
     assert done["started_at"] and done["finished_at"] and done["method"] == "cam" and done["threshold"] == 0.3
     zf = results_zip(client, job["id"])
@@ -94,7 +86,7 @@ def test_tar_job_with_labels_member_and_nested_dirs(client):
                "labels.csv": b"image,labels\na/x.png,blue\nc,green\n"}
     r = submit(client, tar_bytes(members), "imgs.tar.gz")
     assert r.status_code == 202, r.text
-    done = wait_job(client, r.json()["id"])
+    done = wait_done(client, r.json()["id"])
     assert done["state"] == "succeeded" and done["done"] == 3
     zf = results_zip(client, done["id"])
     ax = np.asarray(Image.open(io.BytesIO(zf.read("png/a/x.png"))))
@@ -106,7 +98,7 @@ def test_tar_job_with_labels_member_and_nested_dirs(client):
 def test_labels_field_json(client):
     a = rgb_image()
     r = submit(client, zip_bytes({"one.png": encode(a)}), labels=json.dumps({"one.png": ["blue"]}).encode())
-    done = wait_job(client, r.json()["id"])
+    done = wait_done(client, r.json()["id"])
     lab = client.get(f"/jobs/{done['id']}/results/png/one").content
     assert set(np.unique(np.asarray(Image.open(io.BytesIO(lab))))) <= {0, 3}
 
@@ -116,7 +108,7 @@ def test_failing_images_recorded_and_job_continues(client):
     bad[0, 0] = FAIL_PIXEL  # the fake engine raises on this image
     members = {"good1.png": png_bytes(), "broken.png": b"\x89PNG\r\n\x1a\n garbage", "notimage.jpg": b"hello",
                "engine_fail.png": encode(bad), "good2.png": png_bytes(seed=3)}
-    done = wait_job(client, submit(client, zip_bytes(members)).json()["id"])
+    done = wait_done(client, submit(client, zip_bytes(members)).json()["id"])
     assert done["state"] == "succeeded" and (done["done"], done["failed"]) == (2, 3)
     errors = {e["image"]: e["error"] for e in done["errors"]}
     assert set(errors) == {"broken", "notimage", "engine_fail"}
@@ -127,7 +119,7 @@ def test_failing_images_recorded_and_job_continues(client):
 
 
 def test_all_images_failing_fails_the_job(client):
-    done = wait_job(client, submit(client, zip_bytes({"a.png": b"\x89PNG\r\n\x1a\nxx"})).json()["id"])
+    done = wait_done(client, submit(client, zip_bytes({"a.png": b"\x89PNG\r\n\x1a\nxx"})).json()["id"])
     assert done["state"] == "failed" and done["error"]
 
 
@@ -140,10 +132,10 @@ def test_directory_job(client, allowed_root):
     os.symlink("/etc/hostname", d / "outside.png")  # a link out of the root is ignored
     r = client.post("/jobs", json={"directory": "batch", "outputs": ["png", "coco"], "labels": {"im0": ["blue"]}})
     assert r.status_code == 202, r.text
-    done = wait_job(client, r.json()["id"])
+    done = wait_done(client, r.json()["id"])
     assert (done["state"], done["total"], done["source"]) == ("succeeded", 3, "directory")
     r = client.post("/jobs", json={"directory": str(d), "recursive": True})
-    assert wait_job(client, r.json()["id"])["total"] == 4
+    assert wait_done(client, r.json()["id"])["total"] == 4
 
 
 @pytest.mark.parametrize("body,status,code,contains", [
@@ -235,30 +227,22 @@ def test_job_form_errors(client):
     assert_error(client.post("/jobs", content=b"{not json", headers={"content-type": "application/json"}), 422)
 
 
-class GatedEngine(FakeEngine):
-    """Blocks every image until released: lets a test look at a running job."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        import threading
-        self.gate = threading.Event()
-
-    def segment(self, *a, **kw):
-        self.gate.wait(20)
-        return super().segment(*a, **kw)
-
-
 def test_cancel_running_job_and_results_conflict(make_client):
     engine = GatedEngine()
     c = make_client(engine=engine, warmup=False, chunk_size=2)
+    executor = c.app.state.dispatcher
+    handled: list[int] = []  # chunks the executor is done with
+    run_chunk = executor.run_chunk
+    executor.run_chunk = lambda job_id, chunk, images: (run_chunk(job_id, chunk, images), handled.append(chunk))
     job = submit(c, zip_bytes({f"{i}.png": png_bytes(8, 8, seed=i) for i in range(8)})).json()
-    time.sleep(0.2)
+    wait_until(engine.reached.is_set, 20, what="an image of the job reached the engine")
     assert c.get(f"/jobs/{job['id']}").json()["state"] in ("queued", "running")
     assert_error(c.get(f"/jobs/{job['id']}/results"), 409, "job_not_finished")
     r = c.delete(f"/jobs/{job['id']}")
     assert r.status_code == 200 and r.json()["state"] == "cancelled"
     engine.gate.set()
-    time.sleep(0.5)
+    # the chunk in the engine finishes, the 3 others find the job cancelled
+    wait_until(lambda: len(handled) == 4, 20, what=lambda: f"chunks handled: {handled}")
     final = c.get(f"/jobs/{job['id']}").json()
     assert final["state"] == "cancelled" and final["done"] <= 2
     assert c.delete(f"/jobs/{job['id']}").json()["state"] == "cancelled"  # idempotent
@@ -290,7 +274,7 @@ def test_list_jobs_paginated(client):
 
 def test_job_ids_and_result_paths(client):
     job = submit(client, zip_bytes({"a.png": png_bytes(8, 8)})).json()
-    wait_job(client, job["id"])
+    wait_done(client, job["id"])
     assert_error(client.get("/jobs/" + "0" * 32), 404, "not_found")
     assert_error(client.get("/jobs/not-a-job"), 422)
     assert client.get("/jobs/..%2F..%2Fetc").status_code in (404, 422)
@@ -305,7 +289,7 @@ def test_job_ids_and_result_paths(client):
 def test_job_state_expires(make_client):
     c = make_client(job_ttl_s=60)
     job = submit(c, zip_bytes({"a.png": png_bytes(8, 8)})).json()
-    wait_job(c, job["id"])
+    wait_done(c, job["id"])
     store = c.app.state.store
     with store._tx() as db:  # the embedded store is SQLite: as if 60 s had passed
         db.execute("UPDATE jobs SET expires_at = 0 WHERE id = ?", (job["id"],))

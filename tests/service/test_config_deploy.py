@@ -69,7 +69,7 @@ def test_service_never_imports_torch():
 
 def test_cli_registers_serve_and_worker():
     text = (REPO / "seam" / "cli" / "__init__.py").read_text()
-    assert '(app, "serve", "serve", "serve")' in text and '(app, "worker", "worker", "worker")' in text
+    assert '"serve": "serve"' in text and '"worker": "worker"' in text  # COMMANDS[app]: name -> module
 
 
 # --- deployment files ---------------------------------------------------------------

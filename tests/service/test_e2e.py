@@ -13,7 +13,8 @@ import psutil
 import pytest
 
 from tests.service.fakes import encode
-from tests.service.helpers import check_results, make_archive, redis_client, stack, wait_done
+from tests.service.helpers import check_results, make_archive, redis_client, stack
+from tests.support import wait_done
 
 pytestmark = pytest.mark.slow
 

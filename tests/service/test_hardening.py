@@ -29,8 +29,9 @@ from service.core.security import owner_of
 from service.jobs import create as jc
 from service.jobs.store import MemoryJobStore, RedisJobStore, SqliteJobStore, StoreLockedError
 from service.main import create_app
-from tests.service.fakes import FakeEngine, encode, png_bytes, rgb_image, tar_bytes, zip_bomb, zip_bytes
-from tests.service.helpers import REDIS_URL, assert_error, redis_reachable
+from tests.service.fakes import FakeEngine, GatedEngine, encode, png_bytes, rgb_image, tar_bytes, zip_bomb, zip_bytes
+from tests.service.helpers import REDIS_URL, assert_error, drop_keys, redis_reachable
+from tests.support import entered_clients, wait_done, wait_until
 
 KEY_A = "a" * 24
 KEY_B = "b" * 24
@@ -55,9 +56,7 @@ def any_store(request, tmp_path):
         prefix = f"seamtest-{uuid.uuid4().hex[:8]}"
         s = RedisJobStore(REDIS_URL, prefix, 3600)
         yield s
-        keys = list(s.r.scan_iter(f"{prefix}:*"))
-        if keys:
-            s.r.delete(*keys)
+        drop_keys(s.r, f"{prefix}:")
 
 
 @pytest.fixture(params=["embedded", "redis-store"])
@@ -71,26 +70,19 @@ def mode(request) -> str:
 
 @pytest.fixture
 def app_client(make_settings):
-    made: list[tuple[TestClient, RedisJobStore | None, str]] = []
+    redis_stores: list[tuple[RedisJobStore, str]] = []
+    with entered_clients() as enter:
+        def make(mode: str = "embedded", engine=None, **kw) -> TestClient:
+            store = None
+            if mode == "redis-store":
+                prefix = f"seamtest-{uuid.uuid4().hex[:8]}"
+                store = RedisJobStore(REDIS_URL, prefix, 3600)
+                redis_stores.append((store, prefix))
+            return enter(create_app(make_settings(**kw), engine=engine or FakeEngine(), store=store))
 
-    def make(mode: str = "embedded", engine=None, **kw) -> TestClient:
-        store, prefix = None, ""
-        if mode == "redis-store":
-            prefix = f"seamtest-{uuid.uuid4().hex[:8]}"
-            store = RedisJobStore(REDIS_URL, prefix, 3600)
-        app = create_app(make_settings(**kw), engine=engine or FakeEngine(), store=store)
-        client = TestClient(app, raise_server_exceptions=False)
-        client.__enter__()
-        made.append((client, store, prefix))
-        return client
-
-    yield make
-    for client, store, prefix in reversed(made):
-        client.__exit__(None, None, None)
-        if store is not None:
-            keys = list(store.r.scan_iter(f"{prefix}:*"))
-            if keys:
-                store.r.delete(*keys)
+        yield make
+    for store, prefix in redis_stores:
+        drop_keys(store.r, f"{prefix}:")
 
 
 def post_job(c: TestClient, archive: bytes, key: str | None = None, **fields):
@@ -100,15 +92,7 @@ def post_job(c: TestClient, archive: bytes, key: str | None = None, **fields):
 
 
 def wait(c: TestClient, job_id: str, key: str | None = None, timeout: float = 30.0) -> dict:
-    headers = {"X-API-Key": key} if key else {}
-    deadline = time.time() + timeout
-    body: dict = {}
-    while time.time() < deadline:
-        body = c.get(f"/jobs/{job_id}", headers=headers).json()
-        if body.get("state") not in ("queued", "running"):
-            return body
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish: {body}")
+    return wait_done(c, job_id, timeout, headers={"X-API-Key": key} if key else None)
 
 
 # --- 1. SQLite job state ----------------------------------------------------------------
@@ -201,10 +185,8 @@ def test_restart_resumes_running_job(app_client, tmp_path):
     assert not (data / "jobs" / job_id / "tmp" / ".w-partial.tmp").exists()
     assert c.app.state.storage.job_ids() == [job_id]  # the never-created job's files were removed
     # its inputs are deleted once it has ended (outputs kept)
-    deadline = time.time() + 10
-    while (data / "jobs" / job_id / "inputs").exists() and time.time() < deadline:
-        time.sleep(0.05)
-    assert not (data / "jobs" / job_id / "inputs").exists() and len(list(out.iterdir())) == 9
+    wait_until(lambda: not (data / "jobs" / job_id / "inputs").exists(), 10, what="the inputs deleted")
+    assert len(list(out.iterdir())) == 9
 
 
 def test_jobs_survive_restart_of_the_app(app_client):
@@ -318,12 +300,7 @@ def test_valid_key_still_uploads(app_client):
 
 # --- 4. archive member names -----------------------------------------------------------------
 def _tar_latin1(name: str, data: bytes) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT, encoding="latin-1") as tf:
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        tf.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+    return tar_bytes({name: data}, "w", format=tarfile.USTAR_FORMAT, encoding="latin-1")
 
 
 def _zip_flagged_invalid_utf8() -> bytes:
@@ -423,19 +400,13 @@ def test_inputs_deleted_when_job_ends_outputs_kept(app_client, mode):
 
 
 def test_cancel_frees_inputs(app_client):
-    gate = threading.Event()
-
-    class Gated(FakeEngine):
-        def segment(self, *a, **kw):
-            gate.wait(20)
-            return super().segment(*a, **kw)
-
-    c = app_client(engine=Gated(), warmup=False)
+    engine = GatedEngine()
+    c = app_client(engine=engine, warmup=False)
     job = post_job(c, zip_bytes({f"{i}.png": png_bytes(8, 8, seed=i) for i in range(6)})).json()
     assert c.app.state.storage.inputs_dir(job["id"]).exists()
     assert c.delete(f"/jobs/{job['id']}").json()["state"] == "cancelled"
     assert not c.app.state.storage.inputs_dir(job["id"]).exists()
-    gate.set()
+    engine.gate.set()
 
 
 def test_sweeper_frees_inputs_of_ended_jobs(tmp_path):
@@ -479,14 +450,8 @@ def test_reservations_are_atomic(any_store):
 
 
 def test_ten_concurrent_submissions_against_a_limit_of_three(app_client, mode):
-    gate = threading.Event()
-
-    class Gated(FakeEngine):
-        def segment(self, *a, **kw):
-            gate.wait(30)
-            return super().segment(*a, **kw)
-
-    c = app_client(mode, engine=Gated(), warmup=False, max_active_jobs=3)
+    engine = GatedEngine(hold_s=30)
+    c = app_client(mode, engine=engine, warmup=False, max_active_jobs=3)
     archive = zip_bytes({f"{i}.png": png_bytes(16, 16, seed=i) for i in range(40)})
     barrier = threading.Barrier(10)
 
@@ -504,7 +469,7 @@ def test_ten_concurrent_submissions_against_a_limit_of_three(app_client, mode):
                 assert r.json()["error"]["code"] == "queue_full"
         assert len(c.app.state.storage.job_ids()) == 3  # the refused ones left nothing behind
     finally:
-        gate.set()
+        engine.gate.set()
 
 
 def test_label_tables_and_json_bodies_are_capped(app_client, allowed_root):

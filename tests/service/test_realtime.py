@@ -19,10 +19,10 @@ from service.main import create_app
 from service.realtime.compute import run_requests
 from service.realtime.messages import Keys, Reply, SyncRequest
 from service.realtime.server import RealtimeServer
-from service.worker.heartbeat import WorkerHeartbeat, live_workers
+from service.worker.heartbeat import WorkerHeartbeat, live_workers, worker_key
 from tests.service.fakes import FAIL_PIXEL, FakeEngine, encode, png_bytes, rgb_image, zip_bytes
-
-REDIS_URL = "redis://127.0.0.1:6379/14"
+from tests.service.helpers import REDIS_URL, drop_keys, redis_reachable
+from tests.support import wait_done, wait_until
 
 
 class BatchCountingEngine(FakeEngine):
@@ -37,17 +37,6 @@ class BatchCountingEngine(FakeEngine):
     def cam_many(self, rgbs, labels, **kw):
         self.batches.append(("cam", len(rgbs)))
         return super().cam_many(rgbs, labels, **kw)
-
-
-def _redis():
-    import redis
-
-    try:
-        r = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=0.5)
-        r.ping()
-        return r
-    except Exception:
-        pytest.skip("no Redis on 127.0.0.1:6379 (`redis-server --daemonize yes`)")
 
 
 # --- computation -------------------------------------------------------------------
@@ -93,12 +82,14 @@ def test_reply_round_trip():
 # --- the worker side: batching window -------------------------------------------------
 @pytest.fixture
 def rkeys():
-    r = _redis()
+    import redis
+
+    if not redis_reachable():
+        pytest.skip("no Redis on 127.0.0.1:6379 (`redis-server --daemonize yes`)")
+    r = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=0.5)
     prefix = f"seamrt-{uuid.uuid4().hex[:8]}"
     yield r, prefix
-    keys = list(r.scan_iter(f"{prefix}*")) + list(r.scan_iter(f"_kombu.binding.{prefix}*"))
-    if keys:
-        r.delete(*keys)
+    drop_keys(r, prefix)
 
 
 def _enqueue(r, keys: Keys, req: SyncRequest, data: bytes) -> str:
@@ -130,7 +121,7 @@ def test_window_collects_late_arrivals(rkeys):
     _enqueue(r, keys, req, png_bytes(seed=3))
     threading.Timer(0.1, lambda: _enqueue(r, keys, req, png_bytes(seed=4))).start()
     assert srv.serve() == 1
-    time.sleep(0.25)
+    wait_until(lambda: r.llen(keys.pending) == 1, 10, what="the late request enqueued")
     assert srv.serve() == 1 and engine.batches == []  # two rounds of one: no batch call at all
 
     # up to max_batch at once; a request whose API gave up (key gone) is skipped
@@ -148,8 +139,9 @@ def test_heartbeat_expires(rkeys):
     hb.beat()
     (w,) = live_workers(r, prefix)
     assert w["node"] == "w@h" and w["queues"] == ["q"] and w["ready"]
-    time.sleep(0.7)  # 3 missed beats
-    assert live_workers(r, prefix) == [] and not r.smembers(f"{prefix}:workers")
+    assert 0 < r.pttl(worker_key(prefix, hb.wid)) <= 600  # gone after 3 missed beats (Redis' TTL), ...
+    wait_until(lambda: live_workers(r, prefix) == [], 10, what="the worker expired")  # ... not beating: it expires
+    assert not r.smembers(f"{prefix}:workers")
 
 
 # --- the API side, against a stand-in worker --------------------------------------------
@@ -276,10 +268,7 @@ def test_deadline_504_and_queue_full_429(broker_client, rkeys):
 def test_job_results_use_the_classes_of_submission(client):
     archive = zip_bytes({"a.png": png_bytes(seed=1), "b.png": png_bytes(seed=2)})
     job = client.post("/jobs", files={"archive": ("a.zip", archive)}, data={"outputs": "png,coco"}).json()
-    deadline = time.time() + 20
-    while client.get(f"/jobs/{job['id']}").json()["state"] in ("queued", "running"):
-        assert time.time() < deadline
-        time.sleep(0.05)
+    wait_done(client, job["id"], 20)
     manifest = client.app.state.storage.read_manifest(job["id"])
     assert manifest["classes"] == ["red", "green", "blue"] and manifest["models"][0]["name"] == "fake"
     client.app.state.holder.set(FakeEngine(classes=("cat", "dog", "cow")), warm=False)  # another model now

@@ -10,7 +10,8 @@ import time
 import httpx
 import pytest
 
-from tests.service.helpers import check_results, make_archive, stack, wait_done
+from tests.service.helpers import check_results, make_archive, stack
+from tests.support import wait_done
 
 pytestmark = pytest.mark.slow
 

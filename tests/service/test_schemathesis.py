@@ -16,6 +16,8 @@ from service.core.config import Settings
 from service.main import create_app
 from tests.service.fakes import FakeEngine
 
+pytestmark = pytest.mark.slow  # ~12 generated cases x 2 per operation: seconds in all
+
 API_KEY = "fuzz-key-" + "k" * 16
 
 _tmp = Path(tempfile.mkdtemp(prefix="seam-fuzz-"))

@@ -1,6 +1,8 @@
-"""Small data sets the training tests share."""
+"""What the training tests share: small data sets, and MXNet `.params` files written byte by
+byte (independently of training.models.mxnet_params, the reader under test)."""
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -24,3 +26,47 @@ def tiny_set(root: Path, n: int = 4, size: int = 64) -> tuple[Path, Path]:
         label_to_pil(label).save(lab_dir / f"im{i}.png")
     (lab_dir / "classes.txt").write_text("background\na\nb\n")
     return img_dir, lab_dir
+
+
+def _ndarray_v2(arr: np.ndarray) -> bytes:
+    flag = {np.float32: 0, np.float64: 1, np.float16: 2}[arr.dtype.type]
+    out = struct.pack("<Ii", 0xF993FAC9, 0)  # V2 magic, dense storage
+    out += struct.pack("<I", arr.ndim) + struct.pack(f"<{arr.ndim}q", *arr.shape)
+    out += struct.pack("<iii", 1, 0, flag)  # cpu(1), dev 0, dtype
+    return out + arr.astype(arr.dtype.newbyteorder("<")).tobytes()
+
+
+def _ndarray_legacy(arr: np.ndarray) -> bytes:
+    out = struct.pack("<I", arr.ndim) + struct.pack(f"<{arr.ndim}I", *arr.shape)
+    return out + struct.pack("<iii", 1, 0, 0) + arr.astype("<f4").tobytes()
+
+
+def write_params(path: Path, named: dict[str, np.ndarray], legacy: bool = False) -> None:
+    """An MXNet NDArray-list file (V2 arrays, or the legacy format) of `named` arrays."""
+    enc = _ndarray_legacy if legacy else _ndarray_v2
+    buf = struct.pack("<QQQ", 0x112, 0, len(named))
+    buf += b"".join(enc(a) for a in named.values())
+    buf += struct.pack("<Q", len(named))
+    for n in named:
+        b = n.encode()
+        buf += struct.pack("<Q", len(b)) + b
+    path.write_bytes(buf)
+
+
+def torch_to_mxnet(key: str) -> str:
+    """Our inverse of the published conversion (a torch state-dict key -> an MXNet .params
+    name), written separately from the reader."""
+    if key == "conv1a.weight":
+        return "arg:conv1a_weight"
+    if key.startswith("bn7."):
+        suffix = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
+                  "running_var": "moving_var"}[key[4:]]
+        return f"{'aux' if 'moving' in suffix else 'arg'}:bn7_{suffix}"
+    block, layer, param = key.split(".")
+    stage, _, idx = block[1:].partition("_")
+    letter = "a" if not idx else f"b{idx}"
+    kind, branch = layer.split("_", 1)
+    if kind == "conv":
+        return f"arg:res{stage}{letter}_{branch}_weight"
+    suffix = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_var"}[param]
+    return f"{'aux' if 'moving' in suffix else 'arg'}:bn{stage}{letter}_{branch}_{suffix}"

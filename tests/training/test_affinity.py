@@ -164,6 +164,7 @@ def test_model_keys_equal_official(official_keys):
     assert {k: list(v.shape) for k, v in sd.items()} == official_keys["affinitynet"]
 
 
+@pytest.mark.slow  # a full-size ResNet-38 state dict saved and loaded: seconds per case
 @pytest.mark.parametrize("prefix", ["", "module."])
 def test_official_affinitynet_state_dict_loads_strict(tmp_path, official_keys, prefix):
     g = torch.Generator().manual_seed(0)

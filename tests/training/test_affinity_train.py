@@ -36,6 +36,7 @@ def _fake_cams(root, info, cam_dir):
         np.save(cam_dir / f"{i}.npy", d)
 
 
+@pytest.mark.slow  # trains AffinityNet twice (resume) and runs the random walk
 def test_labels_train_resume_and_rw(tmp_path, synth):
     root, info = synth
     cam_dir = tmp_path / "cams"

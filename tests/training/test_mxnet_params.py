@@ -1,54 +1,12 @@
-"""MXNet `.params` files written here byte by byte (independently of the reader) and read back."""
-import struct
-
+"""MXNet `.params` files written byte by byte (tests/training/helpers.py, independently of the
+reader) and read back."""
 import numpy as np
 import pytest
 
+from tests.training.helpers import torch_to_mxnet, write_params
 from training.models.checkpoint import load_weights, read_checkpoint
 from training.models.mxnet_params import ParamsFormatError, mxnet_to_torch_name, read_params
 from training.models.registry import create_model
-
-
-def _ndarray_v2(arr: np.ndarray) -> bytes:
-    flag = {np.float32: 0, np.float64: 1, np.float16: 2}[arr.dtype.type]
-    out = struct.pack("<Ii", 0xF993FAC9, 0)  # V2 magic, dense storage
-    out += struct.pack("<I", arr.ndim) + struct.pack(f"<{arr.ndim}q", *arr.shape)
-    out += struct.pack("<iii", 1, 0, flag)  # cpu(1), dev 0, dtype
-    return out + arr.astype(arr.dtype.newbyteorder("<")).tobytes()
-
-
-def _ndarray_legacy(arr: np.ndarray) -> bytes:
-    out = struct.pack("<I", arr.ndim) + struct.pack(f"<{arr.ndim}I", *arr.shape)
-    return out + struct.pack("<iii", 1, 0, 0) + arr.astype("<f4").tobytes()
-
-
-def _write_params(path, named: dict, legacy: bool = False) -> None:
-    enc = _ndarray_legacy if legacy else _ndarray_v2
-    buf = struct.pack("<QQQ", 0x112, 0, len(named))
-    buf += b"".join(enc(a) for a in named.values())
-    buf += struct.pack("<Q", len(named))
-    for n in named:
-        b = n.encode()
-        buf += struct.pack("<Q", len(b)) + b
-    path.write_bytes(buf)
-
-
-def _torch_to_mxnet(key: str) -> str:
-    """Our inverse of the published conversion, written separately from the reader."""
-    if key == "conv1a.weight":
-        return "arg:conv1a_weight"
-    if key.startswith("bn7."):
-        suffix = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
-                  "running_var": "moving_var"}[key[4:]]
-        return f"{'aux' if 'moving' in suffix else 'arg'}:bn7_{suffix}"
-    block, layer, param = key.split(".")
-    stage, _, idx = block[1:].partition("_")
-    letter = "a" if not idx else f"b{idx}"
-    kind, branch = layer.split("_", 1)
-    if kind == "conv":
-        return f"arg:res{stage}{letter}_{branch}_weight"
-    suffix = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_var"}[param]
-    return f"{'aux' if 'moving' in suffix else 'arg'}:bn{stage}{letter}_{branch}_{suffix}"
 
 
 @pytest.mark.parametrize("legacy", [False, True])
@@ -62,10 +20,10 @@ def test_params_roundtrip_into_backbone(tmp_path, legacy):
             continue
         arr = rng.standard_normal(tuple(v.shape)).astype(np.float32)
         expected[k] = arr
-        named[_torch_to_mxnet(k)] = arr
+        named[torch_to_mxnet(k)] = arr
     named["arg:linear1000_weight"] = rng.standard_normal((1000, 4)).astype(np.float32)
     path = tmp_path / "ilsvrc-cls_rnn-38_1.params"
-    _write_params(path, named, legacy=legacy)
+    write_params(path, named, legacy=legacy)
 
     raw = read_params(path)
     assert "res2a_branch1_weight" in raw and raw["res2a_branch1_weight"].dtype == np.float32
@@ -88,7 +46,7 @@ def test_published_name_examples():
 
 def test_truncated_params_rejected(tmp_path):
     path = tmp_path / "x.params"
-    _write_params(path, {"arg:conv1a_weight": np.ones((2, 3, 3, 3), np.float32)})
+    write_params(path, {"arg:conv1a_weight": np.ones((2, 3, 3, 3), np.float32)})
     path.write_bytes(path.read_bytes()[:40])
     with pytest.raises(ParamsFormatError):
         read_params(path)

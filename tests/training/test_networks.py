@@ -26,6 +26,7 @@ def test_model_keys_equal_official(official_keys):
     assert {k: list(v.shape) for k, v in sd.items()} == official_keys["seam"]
 
 
+@pytest.mark.slow  # a full-size ResNet-38 state dict saved and loaded: seconds per case
 @pytest.mark.parametrize("with_nbt,prefix", [(True, ""), (False, ""), (True, "module."), (False, "module.")])
 def test_official_state_dict_loads_strict(tmp_path, official_keys, with_nbt, prefix):
     sd = _random_official_sd(official_keys["seam"], with_nbt, prefix)
@@ -38,6 +39,7 @@ def test_official_state_dict_loads_strict(tmp_path, official_keys, with_nbt, pre
         assert torch.equal(loaded[k], sd[prefix + k])
 
 
+@pytest.mark.slow  # a full-size state dict and two full-size networks
 def test_bad_checkpoints_are_refused(tmp_path, official_keys):
     sd = _random_official_sd(official_keys["seam"], True)
     sd["fc8.weight"] = torch.zeros(21, 100, 1, 1)

@@ -18,6 +18,7 @@ def data(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # trains and runs every stage of the pipeline
 def test_pipeline_runs_every_stage_and_skips_finished_ones(tmp_path, data):
     pytest.importorskip("pydensecrf")
     cfg = PipelineConfig(data=str(data), out=str(tmp_path / "run"), backbone="resnet38_small", batch_size=4,

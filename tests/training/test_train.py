@@ -8,6 +8,7 @@ import torch
 from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
+from tests.training.helpers import torch_to_mxnet, write_params
 from training.data.synth import generate
 from training.engine.state import seed_everything
 from training.engine.trainer import TrainConfig, train
@@ -40,6 +41,7 @@ def _assert_same(a, b):
     assert not diff, f"{len(diff)} tensors differ, first {diff[:3]}"
 
 
+@pytest.mark.slow  # three short training runs
 def test_resume_reaches_the_uninterrupted_weights(tiny_synth, tmp_path):
     whole = train(_cfg(tiny_synth, tmp_path / "whole"))
     assert whole["training"]["completed"] and whole["training"]["iterations"] == 4
@@ -183,14 +185,12 @@ def test_cli_reports_user_errors(tmp_path):
 
 
 def test_imagenet_params_initialisation_reports_the_new_layers(tiny_synth, tmp_path):
-    from tests.training.test_mxnet_params import _torch_to_mxnet, _write_params
-
     src = create_model("seam", "resnet38_small", 21)
-    named = {_torch_to_mxnet(k): v.numpy().copy() for k, v in src.state_dict().items()
+    named = {torch_to_mxnet(k): v.numpy().copy() for k, v in src.state_dict().items()
              if not k.endswith("num_batches_tracked") and k.split(".")[0] not in ("fc8", "f8_3", "f8_4", "f9")}
     named["arg:linear1000_weight"] = np.zeros((1000, 4), np.float32)
     params = tmp_path / "ilsvrc-cls_rnn-38_1.params"
-    _write_params(params, named)
+    write_params(params, named)
     logs = []
     side = train(_cfg(tiny_synth, tmp_path / "inet", epochs=1, weights=str(params)), log=logs.append)
     init = side["training"]["initialisation"]

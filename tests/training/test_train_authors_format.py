@@ -4,11 +4,14 @@ ResNet-38 on two tiny images (the slow test of this folder, ~20-40 s on 2 CPU co
 import json
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from training.models.seam import SEAM
+
+pytestmark = pytest.mark.slow  # a real ResNet-38 iteration
 
 
 def _tiny_voc(root):

@@ -165,7 +165,7 @@ def _release_train_mode(model):  # network/resnet38d.py Net.train()
             layer.weight.requires_grad = False
 
 
-def _release_indices_of_pairs(radius, size):  # tool/pyutils.get_indices_of_pairs
+def _release_search_dist(radius):  # the same loop opens both release functions below
     search_dist = []
     for x in range(1, radius):
         search_dist.append((0, x))
@@ -173,6 +173,11 @@ def _release_indices_of_pairs(radius, size):  # tool/pyutils.get_indices_of_pair
         for x in range(-radius + 1, radius):
             if x * x + y * y < radius * radius:
                 search_dist.append((y, x))
+    return search_dist
+
+
+def _release_indices_of_pairs(radius, size):  # tool/pyutils.get_indices_of_pairs
+    search_dist = _release_search_dist(radius)
     radius_floor = radius - 1
     full_indices = np.reshape(np.arange(0, size[0] * size[1], dtype=np.int64), (size[0], size[1]))
     cropped_height = size[0] - radius_floor
@@ -197,13 +202,7 @@ def _release_aff(x, radius=5):  # the tail of resnet38_aff.Net.forward, to_dense
 
 
 def _release_affinity_labels(label, radius=5):  # torchutils.ExtractAffinityLabelInRadius.__call__
-    search_dist = []
-    for x in range(1, radius):
-        search_dist.append((0, x))
-    for y in range(1, radius):
-        for x in range(-radius + 1, radius):
-            if x * x + y * y < radius * radius:
-                search_dist.append((y, x))
+    search_dist = _release_search_dist(radius)
     radius_floor = radius - 1
     crop_height = label.shape[0] - radius_floor
     crop_width = label.shape[1] - 2 * radius_floor
