@@ -93,3 +93,17 @@ class EngineHolder:
         if self.loading or self.error is None:
             raise ApiError(503, "not_ready", "models are still loading; retry shortly", {"Retry-After": "5"})
         raise ApiError(503, "not_ready", f"no model is loaded: {self.error}", {"Retry-After": "30"})
+
+
+def resolve_method(engine: InferenceEngine, wanted: str | None, name: str = "method") -> str:
+    """`wanted`, else the best method the loaded models offer. 422 naming `name` (the field or
+    setting it came from) when the models cannot run it; 503 when they offer none."""
+    available = engine.methods()
+    if not available:
+        raise ApiError(503, "not_ready", "the loaded model repository offers no segmentation method")
+    if wanted is None:
+        return available[0]
+    if wanted not in available:
+        raise ApiError(422, "method_unavailable", f"{name} {wanted!r} is not available with the loaded models; "
+                                                  f"available: {', '.join(available)}")
+    return wanted

@@ -7,13 +7,21 @@ at once with 429/503 and `Retry-After`, never by growing a queue.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.core.errors import ApiError, error_response
+
+if TYPE_CHECKING:
+    from service.core.metrics import Metrics
+
+T = TypeVar("T")
 
 
 def too_large(limit: int) -> ApiError:
@@ -119,3 +127,20 @@ class InflightLimiter:
         finally:
             self.inflight -= 1
             self._sem.release()
+
+
+async def run_limited(limiter: InflightLimiter, metrics: Metrics, op: str, method: str,
+                      fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` in a worker thread inside one of the limiter's in-flight slots, timed per
+    (op, method); a refusal for lack of a slot is counted."""
+    try:
+        async with limiter.slot():
+            t0 = time.perf_counter()
+            try:
+                return await run_in_threadpool(fn, *args)
+            finally:
+                metrics.inference_latency.labels(op, method).observe(time.perf_counter() - t0)
+    except ApiError as exc:
+        if exc.status_code in (429, 503) and exc.code in ("too_many_requests", "unavailable"):
+            metrics.rejected.labels("busy" if exc.status_code == 429 else "wait_timeout").inc()
+        raise

@@ -25,7 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from seam.common.labelling import cvat_nuclio_mask, mask_polygons
 from service.api.deps import EngineDep, LimiterDep, MetricsDep, SettingsDep, require_api_key
+from service.core.engine import resolve_method
 from service.core.errors import ApiError
+from service.core.limits import run_limited
 from service.engine.base import SegmentResult
 from service.inputs import decode_image
 from service.schemas import MethodName
@@ -77,12 +79,11 @@ def _decode_b64(s: str) -> bytes:
                          "in docker/cvat-nuclio (docs/cvat.md).")
 async def detect(body: Annotated[DetectRequest, Body()], engine: EngineDep, settings: SettingsDep,
                  limiter: LimiterDep, metrics: MetricsDep) -> list[dict]:
-    from service.api.routes.inference import _compute, resolve_method
     from service.inputs import resolve_or_422
 
     names = engine.foreground_classes()
     labels = resolve_or_422(body.labels, names) if body.labels else None
-    method = resolve_method(body.method, engine)
+    method = resolve_method(engine, body.method)
     data = _decode_b64(body.image)
 
     def work() -> list[dict]:
@@ -94,7 +95,7 @@ async def detect(body: Annotated[DetectRequest, Body()], engine: EngineDep, sett
             raise ApiError(status, "unprocessable_image", f"the model cannot process this image: {exc}") from None
         return cvat_shapes(seg, names, body.threshold)
 
-    shapes = await _compute(limiter, metrics, "cvat", method, work)
+    shapes = await run_limited(limiter, metrics, "cvat", method, work)
     metrics.images_labelled.labels("cvat").inc()
     return shapes
 

@@ -31,7 +31,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.deps import EngineDep, LimiterDep, MetricsDep, SettingsDep, require_api_key
+from service.core.engine import resolve_method
 from service.core.errors import ApiError
+from service.core.limits import run_limited
 from service.engine.base import InferenceEngine, SegmentResult
 from service.inputs import decode_image
 from service.integrations.exports import ls_regions, prediction_score
@@ -170,18 +172,6 @@ def model_version(engine: InferenceEngine, method: str) -> str:
     return f"seam-wsss:{name}:{method}"
 
 
-def _method(engine: InferenceEngine, wanted: str | None) -> str:
-    available = engine.methods()
-    if not available:
-        raise ApiError(503, "not_ready", "the loaded model repository offers no segmentation method")
-    if wanted is None:
-        return available[0]
-    if wanted not in available:
-        raise ApiError(422, "method_unavailable", f"SEAM_LABELSTUDIO_METHOD={wanted!r} is not available; "
-                                                  f"available: {', '.join(available)}")
-    return wanted
-
-
 def policy_for(ls: LabelStudioSettings, max_bytes: int) -> FetchPolicy:
     if not ls.url:
         raise ApiError(503, "labelstudio_not_configured", "set SEAM_LABELSTUDIO_URL (and SEAM_LABELSTUDIO_API_KEY) "
@@ -265,7 +255,6 @@ def _segment(engine: InferenceEngine, rgb: np.ndarray, labels: list[int] | None,
                          "`labelstudio` output instead (docs/labelstudio.md).")
 async def predict(body: Annotated[PredictRequest, Body()], request: Request, engine: EngineDep,
                   settings: SettingsDep, ls: LsSettingsDep, limiter: LimiterDep, metrics: MetricsDep) -> JSONResponse:
-    from service.api.routes.inference import _compute  # the API's bounded in-flight slots
 
     if len(body.tasks) > ls.max_tasks:
         raise ApiError(413, "too_many_tasks", f"{len(body.tasks)} tasks in one request; the limit is {ls.max_tasks}")
@@ -282,7 +271,7 @@ async def predict(body: Annotated[PredictRequest, Body()], request: Request, eng
                                                   f"({', '.join(classes)}); name labels like the classes or add "
                                                   "predicted_values=\"class\" to them")
     data_key = cfg.images[control.to_name]
-    method = _method(engine, ls.method)
+    method = resolve_method(engine, ls.method, "SEAM_LABELSTUDIO_METHOD")
     policy = policy_for(ls, settings.max_upload_bytes)
     # every URL is checked before anything is fetched: one forbidden task refuses the request
     urls: list[str] = []
@@ -314,7 +303,7 @@ async def predict(body: Annotated[PredictRequest, Body()], request: Request, eng
             rgb = decode_image(data, settings.max_pixels)
             return _segment(engine, rgb, labels, method, ls.threshold)
 
-        seg = await _compute(limiter, metrics, "labelstudio", method, work)
+        seg = await run_limited(limiter, metrics, "labelstudio", method, work)
         kind = control.kind
         regs = await run_in_threadpool(regions, seg, control, control.to_name, class_map, kind,
                                        ls.min_polygon_area, str(task.id if task.id is not None else i))
@@ -334,7 +323,7 @@ async def setup(body: Annotated[SetupRequest, Body()], engine: EngineDep, ls: Ls
         if not control.class_map(engine.foreground_classes()):
             raise ApiError(422, "no_matching_labels", f"no label of <{control.name}> matches a model class "
                                                       f"({', '.join(engine.foreground_classes())})")
-    return {"model_version": model_version(engine, _method(engine, ls.method))}
+    return {"model_version": model_version(engine, resolve_method(engine, ls.method, "SEAM_LABELSTUDIO_METHOD"))}
 
 
 TRAIN_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED", "START_TRAINING")
@@ -364,7 +353,7 @@ async def ls_metrics() -> dict:
 
 @router.get("/versions", summary="Label Studio ML backend: model versions.")
 async def versions(engine: EngineDep, ls: LsSettingsDep) -> dict:
-    return {"versions": [model_version(engine, _method(engine, ls.method))]}
+    return {"versions": [model_version(engine, resolve_method(engine, ls.method, "SEAM_LABELSTUDIO_METHOD"))]}
 
 
 # --- a finished job's outputs as a Label Studio import file, with the project's tag names -------
@@ -382,13 +371,13 @@ def export_labelstudio(job_id: Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")], 
                        data_key: Annotated[str, Query(min_length=1, max_length=200)] = "image",
                        region: Literal["brush", "polygon"] = "brush") -> Response:
     from service.api.deps import require_api_key as principal_of
-    from service.api.routes.jobs import _snapshot_or_404
     from service.integrations.exports import job_labelstudio_tasks
+    from service.jobs.access import visible_snapshot
 
     settings = request.app.state.settings
     principal = principal_of(settings, request.headers.get("x-api-key"))
     store, storage = request.app.state.store, request.app.state.storage
-    snap = _snapshot_or_404(store, job_id, principal)
+    snap = visible_snapshot(store, job_id, principal)
     if snap.active:
         raise ApiError(409, "job_not_finished", f"job is {snap.state}; export once it has "
                                                 "finished", {"Retry-After": "5"})

@@ -18,6 +18,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 
 from service.core.config import Settings
+from service.core.engine import resolve_method
 from service.core.errors import ApiError, describe_validation
 from service.engine.base import InferenceEngine
 from service.jobs import create as jc
@@ -180,7 +181,6 @@ def form_options(form: FormData) -> JobOptions:
 
 
 def check_method(options: JobOptions, engine: InferenceEngine) -> None:
-    available = engine.methods()
-    if options.method is not None and options.method not in available:
-        raise ApiError(422, "method_unavailable", f"method {options.method!r} is not available with the loaded "
-                                                  f"models; available: {', '.join(available)}")
+    """A job may leave the method to the workers' models; one it names must be runnable now."""
+    if options.method is not None:
+        resolve_method(engine, options.method)

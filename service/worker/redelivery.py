@@ -46,10 +46,10 @@ def _on_received(request: Any = None, **_: Any) -> None:
         return
     try:
         from service.core.config import get_settings
-        from service.worker.tasks import _redis
+        from service.worker.tasks import shared_redis
 
         s = get_settings()
-        _redis().hset(inflight_key(s.key_prefix), request.id,
+        shared_redis().hset(inflight_key(s.key_prefix), request.id,
                       json.dumps({"node": request.hostname, "ts": time.time()}))
     except Exception:  # noqa: BLE001 - bookkeeping must never lose a task
         log.warning("could not record chunk %s as in flight", getattr(request, "id", "?"), exc_info=True)
@@ -61,9 +61,9 @@ def _on_postrun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
         return
     try:
         from service.core.config import get_settings
-        from service.worker.tasks import _redis
+        from service.worker.tasks import shared_redis
 
-        _redis().hdel(inflight_key(get_settings().key_prefix), task_id)
+        shared_redis().hdel(inflight_key(get_settings().key_prefix), task_id)
     except Exception:  # noqa: BLE001
         pass
 

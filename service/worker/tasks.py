@@ -84,7 +84,7 @@ def _stop_process(**_: Any) -> None:
 def _start_process() -> None:
     settings = get_settings()
     _shared["started_at"] = time.time()
-    _shared["heartbeat"] = WorkerHeartbeat(_redis(), settings.key_prefix, _node(), settings.worker_heartbeat_s,
+    _shared["heartbeat"] = WorkerHeartbeat(shared_redis(), settings.key_prefix, _node(), settings.worker_heartbeat_s,
                                            _heartbeat_payload).start()
     _holder.load(lambda: build_engine(settings), warm=settings.warmup)
     _shared["heartbeat"].beat()  # ready at once, not one period later
@@ -113,7 +113,7 @@ def _heartbeat_payload() -> dict:
     return out
 
 
-def _redis() -> Any:
+def shared_redis() -> Any:
     if "redis" not in _shared:
         import redis
 
@@ -130,7 +130,7 @@ def _engine():
 def realtime() -> RealtimeServer:
     if "realtime" not in _shared:
         s = get_settings()
-        _shared["realtime"] = RealtimeServer(_redis(), s.key_prefix, _engine, _node(), s.max_pixels, s.max_batch,
+        _shared["realtime"] = RealtimeServer(shared_redis(), s.key_prefix, _engine, _node(), s.max_pixels, s.max_batch,
                                              s.batch_window_ms / 1000.0)
     return _shared["realtime"]
 

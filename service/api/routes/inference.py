@@ -10,10 +10,11 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response
-from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import EngineDep, LimiterDep, MetricsDep, SettingsDep
+from service.core.engine import resolve_method
 from service.core.errors import ApiError
+from service.core.limits import run_limited
 from service.engine.base import InferenceEngine, MemoryBudgetError
 from service.inputs import check_pixels, image_size, parse_labels, sniff_image
 from service.realtime.compute import engine_error, reply_error, run_requests
@@ -41,35 +42,8 @@ MaxSideField = Annotated[int | None, Form(ge=8, le=16384, description=(
     "largest max_side that fits."))]
 
 
-def resolve_method(method: str | None, engine: InferenceEngine) -> str:
-    available = engine.methods()
-    if not available:
-        raise ApiError(503, "not_ready", "the loaded model repository offers no segmentation method")
-    if method is None:
-        return available[0]
-    if method not in available:
-        raise ApiError(422, "method_unavailable",
-                       f"method {method!r} is not available with the loaded models; available: {', '.join(available)}")
-    return method
-
-
 async def _read(image: UploadFile) -> bytes:
     return await image.read()
-
-
-async def _compute(limiter, metrics, op: str, method: str, fn, *args):
-    """Run `fn(*args)` in a worker thread inside a bounded in-flight slot."""
-    try:
-        async with limiter.slot():
-            t0 = time.perf_counter()
-            try:
-                return await run_in_threadpool(fn, *args)
-            finally:
-                metrics.inference_latency.labels(op, method).observe(time.perf_counter() - t0)
-    except ApiError as exc:
-        if exc.status_code in (429, 503) and exc.code in ("too_many_requests", "unavailable"):
-            metrics.rejected.labels("busy" if exc.status_code == 429 else "wait_timeout").inc()
-        raise
 
 
 def _precheck(data: bytes, max_pixels: int) -> None:
@@ -102,7 +76,7 @@ async def _run(request: Request, engine: InferenceEngine, settings, limiter, met
         def work() -> Reply:
             return run_requests(engine, names, [(req, data)], settings.max_pixels)[0]
 
-        reply = await _compute(limiter, metrics, op, method, work)
+        reply = await run_limited(limiter, metrics, op, method, work)
     if reply.status >= 400:
         raise reply_error(reply)
     return Response(reply.body, media_type=reply.media_type, headers=reply.headers)
@@ -139,7 +113,7 @@ async def segment(
 ) -> Response:
     data = await _read(image)
     label_idx = parse_labels(labels, engine.foreground_classes())
-    method_name = resolve_method(method, engine)
+    method_name = resolve_method(engine, method)
     req = SyncRequest(op="segment", fmt=fmt, labels=label_idx, method=method_name, threshold=threshold,
                       max_side=max_side)
     resp = await _run(request, engine, settings, limiter, metrics, "segment", method_name, req, data)

@@ -16,7 +16,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
 from service.api.deps import DispatcherDep, EngineDep, HolderDep, PrincipalDep, SettingsDep, StorageDep, StoreDep
 from service.core.errors import ApiError
-from service.core.security import Principal
+from service.jobs.access import visible_snapshot
 from service.jobs.results import result_extras
 from service.jobs.store import JobSnapshot
 from service.jobs.submit import JobServices, submit
@@ -47,13 +47,6 @@ def to_public(s: JobSnapshot) -> JobPublic:
         source=s.source, created_at=_ts(s.created_at), started_at=_ts(s.started_at), finished_at=_ts(s.finished_at),
         expires_at=_ts(s.expires_at), error=s.error, errors=[JobImageError(image=i, error=e) for i, e in s.errors],
         links=JobLinks(self=f"/jobs/{s.id}", results=f"/jobs/{s.id}/results"))
-
-
-def _snapshot_or_404(store, job_id: str, principal: Principal, errors_limit: int | None = None) -> JobSnapshot:
-    snap = store.snapshot(job_id) if errors_limit is None else store.snapshot(job_id, errors_limit=errors_limit)
-    if snap is None or not principal.may_see(snap.owner):  # someone else's job looks like no job
-        raise ApiError(404, "not_found", f"no job {job_id} (unknown or expired)")
-    return snap
 
 
 _JOB_BODY = {
@@ -103,7 +96,7 @@ def list_jobs(store: StoreDep, principal: PrincipalDep, offset: Annotated[int, Q
 
 @router.get("/jobs/{job_id}", response_model=JobPublic, summary="Job status.", responses=_E)
 def get_job(job_id: JobId, store: StoreDep, principal: PrincipalDep) -> JobPublic:
-    return to_public(_snapshot_or_404(store, job_id, principal))
+    return to_public(visible_snapshot(store, job_id, principal))
 
 
 @router.delete("/jobs/{job_id}", response_model=JobPublic, summary="Cancel a job.",
@@ -111,12 +104,12 @@ def get_job(job_id: JobId, store: StoreDep, principal: PrincipalDep) -> JobPubli
                            "The job's inputs are deleted once it has stopped; its outputs are kept until the TTL.",
                responses=_E)
 def cancel_job(job_id: JobId, store: StoreDep, storage: StorageDep, principal: PrincipalDep) -> JobPublic:
-    _snapshot_or_404(store, job_id, principal)
+    visible_snapshot(store, job_id, principal)
     if store.cancel(job_id) and storage.job_dir(job_id).is_dir():
         # Nothing new starts on a cancelled job; an image in progress that loses its
         # input is recorded failed, which is moot for a cancelled job.
         storage.delete_inputs(job_id)
-    return to_public(_snapshot_or_404(store, job_id, principal))
+    return to_public(visible_snapshot(store, job_id, principal))
 
 
 @router.get("/jobs/{job_id}/results", summary="All outputs as a zip (streamed).", response_class=StreamingResponse,
@@ -126,7 +119,7 @@ def cancel_job(job_id: JobId, store: StoreDep, storage: StorageDep, principal: P
                        **_E})
 def job_results(job_id: JobId, store: StoreDep, storage: StorageDep, holder: HolderDep,
                 principal: PrincipalDep) -> StreamingResponse:
-    snap = _snapshot_or_404(store, job_id, principal)
+    snap = visible_snapshot(store, job_id, principal)
     if snap.active:
         raise ApiError(409, "job_not_finished", f"job is {snap.state} ({snap.done + snap.failed}/{snap.total}); "
                                                 "results are available once it has finished", {"Retry-After": "5"})
@@ -138,7 +131,7 @@ def job_results(job_id: JobId, store: StoreDep, storage: StorageDep, holder: Hol
     if names is None:  # a job from before class names were recorded
         names = holder.get().foreground_classes()
     extra = {"job.json": to_public(snap).model_dump_json(indent=1).encode()}
-    full = _snapshot_or_404(store, job_id, principal, errors_limit=1_000_000)
+    full = visible_snapshot(store, job_id, principal, errors_limit=1_000_000)
     extra["errors.json"] = json.dumps([{"image": i, "error": e} for i, e in full.errors], indent=1).encode()
     extra.update(result_extras(storage, job_id, manifest, names, snap.options.get("outputs", [])))
     return StreamingResponse(storage.stream_results_zip(job_id, extra), media_type="application/zip",
@@ -154,7 +147,7 @@ def job_results(job_id: JobId, store: StoreDep, storage: StorageDep, holder: Hol
                              "description": "The file."}, **_E})
 def job_result_file(job_id: JobId, kind: OutputKind, name: str, store: StoreDep, storage: StorageDep,
                     principal: PrincipalDep) -> FileResponse:
-    _snapshot_or_404(store, job_id, principal)
+    visible_snapshot(store, job_id, principal)
     path = storage.resolve_output(job_id, kind, name)
     if path is None:
         raise ApiError(404, "not_found", f"no {kind} output named {name[:200]!r} in job {job_id}")
