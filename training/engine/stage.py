@@ -20,12 +20,12 @@ from torch import nn
 
 from training.data.loader import iterations_per_epoch
 from training.engine import loop
+from training.engine.config import RunConfig
 from training.engine.loop import Dist, Progress, Run
-from training.engine.recipes import RecipeConfig, describe
+from training.engine.recipes import describe
 from training.engine.schedule import PolySchedule, make_optimizer
 from training.engine.state import initialise_stage_from, save_final, summarise_keys
 from training.models.checkpoint import CheckpointError
-from training.models.registry import backbone_config
 
 Log = Callable[[str], None]
 # (net, batch, device, amp) -> {"loss": tensor, other terms: tensors}
@@ -33,41 +33,18 @@ StageStep = Callable[[nn.Module, Sequence[torch.Tensor], torch.device, bool], di
 
 
 @dataclass
-class StageConfig(RecipeConfig):
+class StageConfig(RunConfig):
     """Settings shared by the AffinityNet and DeepLab trainers (saved in every checkpoint);
     the subclasses add their data, `recipe` and `STAGE`."""
 
-    weights: str | None = None  # ImageNet .params, a state dict (authors' or ours), or a run dir
-    backbone: str = "resnet38"
-    batch_size: int = 8  # global batch (per rank = batch / world size)
-    epochs: int = 8
-    lr: float = 0.01
-    weight_decay: float = 5e-4
-    momentum: float = 0.9
-    authors_momentum: bool = False  # True: momentum 5e-4, what the release really ran with
-    crop: int = 448
     jitter: bool = True
     out: str = "runs/affinity"
-    seed: int = 0
-    device: str | None = None  # None: cuda if available
-    workers: int | None = None  # None: 0 on CPU, min(8, cores) on CUDA
-    max_minutes: float | None = None  # stop (checkpoint + final weights) after this wall time
-    amp: bool | None = None  # None: on for CUDA
-    deterministic: bool = True
-    log_every: int = 10
-    resume: bool = False
-    stop_after: int | None = None  # stop after this many iterations of this invocation
-    bn_calibration: int | None = None  # batches to calibrate frozen BN statistics; None: 10 without --weights, else 0
 
     SCHEDULE_FIELDS = ("backbone", "batch_size", "epochs", "lr", "weight_decay", "momentum", "authors_momentum",
                        "crop", "jitter", "seed")
 
     def validate(self) -> None:
-        if self.batch_size < 1 or self.epochs < 1:
-            raise ValueError("batch size and epochs must be >= 1")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        backbone_config(self.backbone)
+        self.validate_schedule()
 
 
 @dataclass

@@ -32,6 +32,7 @@ from training.data.datasets import (
     eval_items,
 )
 from training.data.loader import iterations_per_epoch
+from training.engine.config import RunConfig
 from training.engine.loop import (
     Dist,
     Progress,
@@ -46,7 +47,7 @@ from training.engine.loop import (
     prepare,
     set_train_mode,
 )
-from training.engine.recipes import RecipeConfig, describe
+from training.engine.recipes import describe
 from training.engine.schedule import AUTHORS_MOMENTUM, PolySchedule, make_optimizer
 from training.engine.siamese import SiameseConfig, sample_transform
 from training.engine.state import (
@@ -58,13 +59,13 @@ from training.engine.state import (
     write_sidecar,
 )
 from training.losses import LossSwitches, seam_losses
-from training.models.registry import backbone_config, create_model
+from training.models.registry import create_model
 
 LOSS_TERMS = ("loss", "cls", "er", "ecr", "minpool")
 
 
 @dataclass
-class TrainConfig(RecipeConfig):
+class TrainConfig(RunConfig):
     """Everything that defines a SEAM run; saved in every checkpoint and the sidecar.
     Defaults are the release recipe (VOC12, 4 GPUs of batch 2 = 8 global, momentum 5e-4,
     fp32); `TrainConfig.from_recipe("tuned", ...)` starts from another recipe
@@ -76,24 +77,12 @@ class TrainConfig(RecipeConfig):
     train_list: str | None = None  # None: the data set's default list (VOC: the authors' train_aug.txt)
     labels: str | None = None  # None: the data set's default (VOC: the authors' cls_labels.npy)
     classes: str | None = None  # folder sets: class names (comma list or classes.txt)
-    weights: str | None = None  # ImageNet .params, a state dict, or a run dir; None = random init
-    backbone: str = "resnet38"
-    batch_size: int = 8  # global batch (per rank = batch / world size)
-    epochs: int = 8
-    lr: float = 0.01
-    weight_decay: float = 5e-4
     momentum: float = AUTHORS_MOMENTUM  # the release's effective momentum (its positional slip); tuned: 0.9
-    authors_momentum: bool = False  # True: force momentum 5e-4 whatever `momentum` says
     recipe: str = "release"  # release | tuned: what the values came from (sidecar, log)
-    crop: int = 448
     resize_long: tuple[int, int] | None = None  # None: [448, 768] * crop / 448
     jitter: tuple[float, float, float, float] | None = RELEASE_JITTER  # brightness, contrast, saturation, hue
     out: str = "runs/seam"
-    seed: int = 0
-    device: str | None = None  # None: cuda if available
-    workers: int | None = None  # None: 0 on CPU, min(8, cores) on CUDA
     threads: int | None = None  # torch intra-op CPU threads; None: torch's default (all cores)
-    max_minutes: float | None = None  # stop (checkpoint + final weights) after this wall time
     amp: bool | None = False  # None: on for CUDA; the release ran fp32
     er: bool = True  # equivariant regularisation (Table 1)
     pcm: bool = True  # PCM trained by ECR (+ min pooling)
@@ -101,15 +90,10 @@ class TrainConfig(RecipeConfig):
     cam_norm: str = "minmax"  # max_norm of the loss block: the release's min-max, or "peak" (max only)
     transforms: tuple[str, ...] = ("rescale",)  # Table 3: rescale, flip, rotate, translate
     siamese_scale: float = 0.3
-    deterministic: bool = True
     evaluate: bool = True  # CAM pseudo-label mIoU after training when ground truth exists
     eval_list: str | None = None  # None: the training list (the paper scores VOC train)
     eval_scales: tuple[float, ...] = DEFAULT_SCALES
     save_cams: bool = False  # keep the evaluation CAMs in RUN_DIR/cams
-    log_every: int = 10
-    bn_calibration: int | None = None  # batches to calibrate frozen BN statistics; None: 10 without --weights, else 0
-    resume: bool = False
-    stop_after: int | None = None  # stop after this many iterations of this invocation (preemption drill)
 
     STAGE = "seam"
     # fields that must agree between a checkpoint and a --resume
@@ -136,11 +120,9 @@ class TrainConfig(RecipeConfig):
     def validate(self) -> None:
         self.validate_recipe()
         self.switches  # noqa: B018 - validates cam_norm
-        if self.batch_size < 1 or self.epochs < 1 or self.crop < 16:
-            raise ValueError("batch size and epochs must be >= 1 and crop >= 16")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        backbone_config(self.backbone)
+        self.validate_schedule()
+        if self.crop < 16:
+            raise ValueError(f"crop must be >= 16, got {self.crop}")
         if self.jitter is not None and (len(self.jitter) != 4 or any(v < 0 for v in self.jitter)
                                         or self.jitter[3] > 0.5):
             raise ValueError(f"jitter takes 4 non-negative strengths (hue <= 0.5), got {self.jitter}")
