@@ -260,7 +260,7 @@ def test_four_parameter_groups():
 
 
 def test_seam_groups_exclude_frozen_layers():
-    from training.engine.trainer import freeze_parameters
+    from training.engine.loop import freeze_parameters
 
     model = create_model("seam", "resnet38_small", 6)
     freeze_parameters(model)

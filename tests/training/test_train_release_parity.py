@@ -22,10 +22,11 @@ from torch import nn
 
 from seam.common.affinity_labels import pair_labels
 from training.engine.affinity import AffinityTrainConfig, affinity_loss
+from training.engine.loop import freeze_parameters, set_train_mode
 from training.engine.recipes import recipe_settings
 from training.engine.schedule import PolySchedule, make_optimizer
 from training.engine.siamese import SiameseConfig, sample_transform
-from training.engine.trainer import SiameseStep, TrainConfig, freeze_parameters, set_train_mode
+from training.engine.trainer import SiameseStep, TrainConfig
 from training.losses import LossSwitches, seam_losses
 from training.models.affinity import pair_affinity
 from training.models.registry import create_model
