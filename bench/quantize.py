@@ -176,10 +176,11 @@ def _time_pass(fp32: Path, int8: Path, timed: np.ndarray, input_name: str, round
     """One network pass on each graph, interleaved, its CAM error, and the matmul peaks
     measured just before and after."""
     from bench.hardware import conv_macs, matmul_peak
-    from training.export.quantize import _session, compare_outputs
+    from seam.modelrepo.runtime import cpu_session
+    from training.export.quantize import compare_outputs
 
     peak_before = matmul_peak(threads)
-    sess = {"fp32": _session(fp32, threads), "int8": _session(int8, threads)}
+    sess = {"fp32": cpu_session(fp32, threads), "int8": cpu_session(int8, threads)}
     times = interleaved_times(sess, timed, input_name, rounds)
     peak_after = matmul_peak(threads)
     del sess

@@ -127,6 +127,11 @@ def session_options(threads: int) -> ort.SessionOptions:
     return so
 
 
+def cpu_session(path: str | Path, threads: int | None = None) -> ort.InferenceSession:
+    """A CPU session as the engine makes them (export checks, calibration, benches)."""
+    return create_session(path, RuntimeConfig(threads=threads or default_threads()))[0]
+
+
 def create_session(path: str | Path, runtime: RuntimeConfig) -> tuple[ort.InferenceSession, str]:
     """(session, provider it actually runs on)."""
     provider_options = [

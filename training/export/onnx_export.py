@@ -45,7 +45,7 @@ from seam.modelrepo.manifest import (
     file_sha256,
 )
 from seam.modelrepo.pcm import run_pcm
-from seam.modelrepo.runtime import RuntimeConfig, create_session, default_threads
+from seam.modelrepo.runtime import cpu_session
 from training.export.quantize import DEFAULT_CALIBRATION_N, QuantizeError, apply_precision, check_precision_args
 from training.export.specs import SPECS, ExportSpec, PcmGraph
 from training.models.checkpoint import CheckpointError
@@ -270,9 +270,7 @@ def check_pcm_parity(net: nn.Module, onnx_path: Path, pcm_path: Path,
                      shapes: Sequence[tuple[int, int, int, int]], threads: int | None = None) -> float:
     """Max |blocked onnxruntime PCM - the release's dense PCM (eager torch)| over `shapes`,
     with a block budget small enough to cut every shape into several blocks."""
-    cfg = RuntimeConfig(threads=threads or default_threads())
-    sess, _ = create_session(onnx_path, cfg)
-    pcm_sess, _ = create_session(pcm_path, cfg)
+    sess, pcm_sess = cpu_session(onnx_path, threads), cpu_session(pcm_path, threads)
     gen = torch.Generator().manual_seed(2)
     worst = 0.0
     for shape in shapes:
@@ -314,7 +312,7 @@ def check_parity(
     """Max |onnxruntime - eager torch| per output over `shapes` (random inputs, fixed seed),
     using the engine's CPU session settings (graph optimisation ALL). The reference is
     the network's own forward (`spec.reference`), not the export graph."""
-    sess, _ = create_session(onnx_path, RuntimeConfig(threads=threads or default_threads()))
+    sess = cpu_session(onnx_path, threads)
     gen = torch.Generator().manual_seed(1)
     diffs = dict.fromkeys(spec.outputs, 0.0)
     for shape in shapes:

@@ -233,14 +233,6 @@ class OutputError:
     rel_mean: float
 
 
-def _session(path: str | Path, threads: int | None, providers: Sequence[str] = ("CPUExecutionProvider",)):
-    import onnxruntime as ort
-
-    from seam.modelrepo.runtime import default_threads, session_options
-
-    return ort.InferenceSession(str(path), session_options(threads or default_threads()), providers=list(providers))
-
-
 def compare_outputs(
     ref_path: str | Path,
     test_path: str | Path,
@@ -250,7 +242,9 @@ def compare_outputs(
 ) -> dict[str, OutputError]:
     """Per output: the difference between two graphs on the same inputs (engine session
     settings, so the int8 graph is measured as it will run, QDQ fused into QLinearConv)."""
-    ref, test = _session(ref_path, threads), _session(test_path, threads)
+    from seam.modelrepo.runtime import cpu_session
+
+    ref, test = cpu_session(ref_path, threads), cpu_session(test_path, threads)
     names = [o.name for o in ref.get_outputs()]
     acc: dict[str, list[tuple[float, float, float]]] = {n: [] for n in names}
     for x in batches:
@@ -635,7 +629,9 @@ def fingerprint(paths: Sequence[str | Path]) -> str:
 
 def time_pass(path: str | Path, x: np.ndarray, input_name: str, threads: int | None, reps: int = 3) -> float:
     """Fastest of `reps` runs (after one warm-up) in seconds: the least disturbed by other load."""
-    sess = _session(path, threads)
+    from seam.modelrepo.runtime import cpu_session
+
+    sess = cpu_session(path, threads)
     sess.run(None, {input_name: x})
     best = float("inf")
     for _ in range(reps):
