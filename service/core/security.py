@@ -60,13 +60,6 @@ def _unauthorized(given: str | None) -> ApiError:
                     {"WWW-Authenticate": "ApiKey"})
 
 
-def check_api_key(given: str | None, accepted: Sequence[str]) -> None:
-    if not accepted:
-        return
-    if not key_matches(given, accepted):
-        raise _unauthorized(given)
-
-
 def authenticate(given: str | None, keys: Sequence[str], admin_keys: Sequence[str]) -> Principal:
     """The caller behind `given`, or 401. No keys configured: an anonymous admin."""
     if not keys and not admin_keys:

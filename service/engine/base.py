@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from seam.common.cam import CamResult
 
-Method = Literal["cam", "pcm", "rw", "deeplab"]
 METHODS: tuple[str, ...] = ("cam", "pcm", "rw", "deeplab")
 
 

@@ -42,7 +42,6 @@ from service.integrations.ls_config import Control, LabelConfig, LabelConfigErro
 
 log = logging.getLogger("seam.service")
 PREFIX = "/labelstudio"
-PREDICT_TIMEOUT_S = 100  # Label Studio's ML_TIMEOUT_PREDICT default
 
 
 class LabelStudioSettings(BaseSettings):
