@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.service.helpers import photo, serve_demo  # noqa: E402  (the tests' photos and server)
+from tests.support import stop_process  # noqa: E402
 
 
 class PeakRss:
@@ -55,7 +56,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="seam-bench-any-photo-"))
+    tmp_dir = tempfile.TemporaryDirectory(prefix="seam-bench-any-photo-")  # removed at exit
+    tmp = Path(tmp_dir.name)
     url, proc = serve_demo(tmp / "data", tmp / "serve.log", cap=False, SEAM_MODELS_DIR=args.models_dir,
                            SEAM_THREADS=str(args.threads))
     try:
@@ -79,8 +81,7 @@ def main() -> None:
         for size, nbytes, t, g in rows:
             print(f"{size:>10} {nbytes / 1024:9.0f} {t:9.3f} {t / t_base:7.2f} {g:20.1f} {g / g_base:7.2f}")
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop_process(proc)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ device; on a CPU whose threads a single image already keeps busy it can be below
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import time
 from pathlib import Path
@@ -39,21 +38,10 @@ def scenes(n: int, h: int, w: int) -> list[np.ndarray]:
     return out
 
 
-def png(a: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(a).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def best_of(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+def seconds(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -80,6 +68,7 @@ def main() -> None:
         engine = OnnxEngine(args.models_dir, providers=args.providers, threads=args.threads)
     if not hasattr(engine, "segment_many"):
         sys.exit("this engine has no segment_many: nothing to compare")
+    from service.encoding import png_rgb
     from service.realtime.compute import run_requests
     from service.realtime.messages import SyncRequest
 
@@ -87,7 +76,7 @@ def main() -> None:
     imgs = scenes(args.images, h, w)
     names = engine.foreground_classes()
     req = SyncRequest(op="segment", fmt="png", method=method)
-    items = [(req, png(a)) for a in imgs]
+    items = [(req, png_rgb(a)) for a in imgs]
     B = args.batch
 
     def one_by_one() -> None:
@@ -111,8 +100,8 @@ def main() -> None:
     ):
         t1 = tb = float("inf")
         for _ in range(args.repeat):  # alternate so drift hurts both alike
-            t1 = min(t1, best_of(f1, 1))
-            tb = min(tb, best_of(fb, 1))
+            t1 = min(t1, seconds(f1))
+            tb = min(tb, seconds(fb))
         rows.append((level, len(imgs) / t1, len(imgs) / tb))
 
     m = engine.models()[0]

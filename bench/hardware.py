@@ -39,10 +39,8 @@ def conv_macs(onnx_path: str | Path, input_shape: tuple[int, ...]) -> int:
             y = shapes.get(n.output[0])
             if not w or not y or 0 in y:
                 raise ValueError(f"{n.name}: shape not inferred (weights {w}, output {y})")
-            group = next((a.i for a in n.attribute if a.name == "group"), 1)
             # weights (C_out, C_in / group, kH, kW): each output element costs prod(w[1:]) MACs
             total += int(np.prod(y)) * int(np.prod(w[1:]))
-            del group  # already folded into w[1]
         elif n.op_type in ("MatMul", "Gemm"):
             a, y = shapes.get(n.input[0]), shapes.get(n.output[0])
             if a and y and 0 not in a and 0 not in y:
@@ -100,11 +98,9 @@ def matmul_peak(threads: int, n: int = 2048, reps: int = 5) -> dict[str, float]:
 def time_network(onnx_path: str | Path, inputs: list[np.ndarray], threads: int, reps: int = 2) -> float:
     """Seconds for one run over every input (each input's best of `reps` after a warm-up),
     with the engine's session settings: the network alone, no pre/post-processing."""
-    import onnxruntime as ort
+    from seam.modelrepo.runtime import cpu_session
 
-    from seam.modelrepo.runtime import session_options
-
-    sess = ort.InferenceSession(str(onnx_path), session_options(threads), providers=["CPUExecutionProvider"])
+    sess = cpu_session(onnx_path, threads)
     name = sess.get_inputs()[0].name
     total = 0.0
     for x in inputs:

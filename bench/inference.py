@@ -137,18 +137,14 @@ def _parse_args() -> argparse.Namespace:
 def _network(args: argparse.Namespace, tmp: Path) -> tuple[nn.Module, Path, str]:
     """(the eager SEAM network, its checkpoint file, the backbone's name): the given
     checkpoint, or seeded random weights saved under `tmp`."""
-    import torch
-
-    from training.models.registry import create_model, model_from_checkpoint
+    from tests.training.checkpoints import make_checkpoint
+    from training.models.registry import model_from_checkpoint
 
     if args.checkpoint:
         net, meta = model_from_checkpoint(args.checkpoint, "seam")
         return net, args.checkpoint, meta.get("backbone", "?")
-    torch.manual_seed(0)
-    net = create_model("seam", args.backbone, 21).eval()
     ckpt = tmp / "seam_random.pth"
-    torch.save({"model": net.state_dict()}, ckpt)
-    return net, ckpt, args.backbone
+    return make_checkpoint(ckpt, "seam", args.backbone, 21), ckpt, args.backbone
 
 
 def _images(args: argparse.Namespace, rng: np.random.Generator) -> list[np.ndarray]:

@@ -107,9 +107,7 @@ def _parse_args() -> argparse.Namespace:
 
 def _checkpoint(args: argparse.Namespace, tmp: Path) -> Path:
     """--checkpoint, else random weights saved under `tmp` (resnet38: the authors' keys)."""
-    import torch
-
-    from training.models.registry import create_model
+    from tests.training.checkpoints import make_checkpoint
 
     if args.checkpoint:
         return args.checkpoint
@@ -117,10 +115,8 @@ def _checkpoint(args: argparse.Namespace, tmp: Path) -> Path:
         ckpt = tmp / "resnet38_SEAM.pth"
         authors_resnet38_checkpoint(ckpt, args.keys)
         return ckpt
-    torch.manual_seed(0)
-    net = create_model("seam", args.backbone, 21).eval()
     ckpt = tmp / "seam_random.pth"
-    torch.save({"model": net.state_dict()}, ckpt)
+    make_checkpoint(ckpt, "seam", args.backbone, 21)
     return ckpt
 
 
@@ -211,14 +207,19 @@ def _print_pass(p: dict, threads: int, rounds: int) -> None:
 
 
 def _int8_model_dir(fp32_dir: Path, int8: Path, tmp: Path) -> Path:
-    """A copy of the fp32 model directory with the int8 graph and a manifest to match."""
+    """A copy of the fp32 model directory with the int8 graph and a manifest to match. The fp32
+    graph's files (`model.onnx` and, for large weights, `model.onnx.data`) are replaced by the
+    int8 graph's own: quantize_model writes a `.data` file exactly when the fp32 graph has one,
+    and the int8 graph must not read its weights out of the fp32 one's."""
     from seam.modelrepo.manifest import Manifest, file_sha256, load_model_dir
 
     int8_dir = tmp / "models_int8" / "int8"
-    shutil.copytree(fp32_dir, int8_dir)
+    shutil.copytree(fp32_dir, int8_dir, ignore=shutil.ignore_patterns(f"{int8.name}*"))
+    for f in int8.parent.glob(f"{int8.name}*"):
+        shutil.copy2(f, int8_dir / f.name)
     data = load_model_dir(fp32_dir).model_dump()
-    shutil.copy2(int8, int8_dir / int8.name)
     data["onnx"]["sha256"] = file_sha256(int8_dir / int8.name)
+    data["onnx"]["external_data"] = {f.name: file_sha256(f) for f in int8_dir.glob(f"{int8.name}.data")}
     (int8_dir / "manifest.json").write_text(Manifest.model_validate(data).to_json())
     return int8_dir
 

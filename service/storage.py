@@ -80,6 +80,7 @@ class Storage:
         self.root = Path(data_dir)
         self.jobs_root = self.root / "jobs"
         self._lock = threading.Lock()
+        self._usage: tuple[float, int] | None = None  # (when, bytes) of the last usage walk
 
     def ensure(self) -> None:
         self.jobs_root.mkdir(parents=True, exist_ok=True)
@@ -204,7 +205,7 @@ class Storage:
         what they really use); cached for `max_age_s` because a walk costs a syscall per file."""
         now = time.monotonic()
         with self._lock:
-            cached = getattr(self, "_usage", None)
+            cached = self._usage
             if cached is not None and now - cached[0] < max_age_s:
                 return cached[1]
         total = 0

@@ -99,7 +99,7 @@ def _build(engine: str, checkpoint: Path | None, model_dir: Path | None, device:
             fail("--checkpoint is required with --engine torch")
         from training.inference.cam import default_device, torch_runner
         from training.models.checkpoint import CheckpointError
-        from training.models.registry import model_from_checkpoint
+        from training.models.registry import model_from_checkpoint, train_long_side
 
         try:
             net, meta = model_from_checkpoint(checkpoint, "seam")
@@ -107,8 +107,6 @@ def _build(engine: str, checkpoint: Path | None, model_dir: Path | None, device:
             fail(str(exc))
         foreground = _foreground_names(meta, net.num_classes)
         runner = torch_runner(net, default_device(device), refined=cfg.refined)
-        from training.models.registry import train_long_side
-
         side = train_long_side(meta.get("config") or {})[1] if max_side is None else max_side or None
 
         def torch_cams(rgb, labels):

@@ -137,10 +137,9 @@ def label_argmax(scores: np.ndarray, classes: Sequence[int], out_hw: tuple[int, 
         return lut[np.argmax(scores, axis=0)]
     ry, rx = resize_matrices(scores.shape[1:], [(tuple(out_hw), False)])
     out = np.empty(out_hw, np.uint8)
-    x = scores.astype(np.float32, copy=False)
+    x = scores.astype(np.float32, copy=False)  # once, not per strip
     for r in range(0, out_hw[0], STRIP_ROWS):
-        strip = np.einsum("Hh,chw,Ww->cHW", ry[r:r + STRIP_ROWS], x, rx, optimize=True)
-        out[r:r + STRIP_ROWS] = lut[np.argmax(strip, axis=0)]
+        out[r:r + STRIP_ROWS] = lut[np.argmax(apply_resize(x, ry[r:r + STRIP_ROWS], rx), axis=0)]
     return out
 
 

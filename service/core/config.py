@@ -23,7 +23,7 @@ def default_data_dir() -> Path:
     return Path(root) / "seam"
 
 
-def _split_csv(value: object) -> object:
+def split_csv(value: object) -> object:
     if isinstance(value, str):
         return [v.strip() for v in value.split(",") if v.strip()]
     return value
@@ -121,7 +121,7 @@ class Settings(BaseSettings):
     @field_validator("api_keys", "admin_api_keys", "cors_origins", mode="before")
     @classmethod
     def _csv(cls, v: object) -> object:
-        return _split_csv(v)
+        return split_csv(v)
 
     @field_validator("api_keys", "admin_api_keys")
     @classmethod

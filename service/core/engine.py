@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -50,7 +49,6 @@ class EngineHolder:
         self.engine: InferenceEngine | None = None
         self.error: str | None = None
         self.loading = False
-        self.loaded_at: float | None = None
         self._lock = threading.Lock()
         self._done = threading.Event()
 
@@ -61,7 +59,7 @@ class EngineHolder:
     def set(self, engine: InferenceEngine, warm: bool = True) -> None:
         if warm:
             warm_up(engine)
-        self.engine, self.error, self.loaded_at = engine, None, time.time()
+        self.engine, self.error = engine, None
         self._done.set()
 
     def load(self, build: Callable[[], InferenceEngine], warm: bool = True) -> None:

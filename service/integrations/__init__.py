@@ -2,7 +2,13 @@
 pre-annotation files both tools import."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from fastapi import FastAPI
+
+from service.core.errors import ApiError
+from service.engine.base import InferenceEngine, MemoryBudgetError, SegmentResult
+from service.inputs import decode_image
 
 
 def install(app: FastAPI) -> None:
@@ -12,3 +18,15 @@ def install(app: FastAPI) -> None:
 
     labelstudio.install(app)
     cvat.install(app)
+
+
+def segment_upload(engine: InferenceEngine, data: bytes, max_pixels: int, labels: Sequence[int] | None,
+                   method: str, threshold: float | None = None) -> SegmentResult:
+    """Decode one image the tool sent and segment it; the engine refusing it is a 413 (over
+    its memory budget) or a 422."""
+    rgb = decode_image(data, max_pixels)
+    try:
+        return engine.segment(rgb, labels, method=method, threshold=threshold)
+    except ValueError as exc:
+        status = 413 if isinstance(exc, MemoryBudgetError) else 422
+        raise ApiError(status, "unprocessable_image", f"the model cannot process this image: {exc}") from None

@@ -29,7 +29,8 @@ from service.core.engine import resolve_method
 from service.core.errors import ApiError
 from service.core.limits import run_limited
 from service.engine.base import SegmentResult
-from service.inputs import decode_image
+from service.inputs import resolve_or_422
+from service.integrations import segment_upload
 from service.schemas import MethodName
 
 
@@ -79,21 +80,13 @@ def _decode_b64(s: str) -> bytes:
                          "in docker/cvat-nuclio (docs/cvat.md).")
 async def detect(body: Annotated[DetectRequest, Body()], engine: EngineDep, settings: SettingsDep,
                  limiter: LimiterDep, metrics: MetricsDep) -> list[dict]:
-    from service.inputs import resolve_or_422
-
     names = engine.foreground_classes()
     labels = resolve_or_422(body.labels, names) if body.labels else None
     method = resolve_method(engine, body.method)
     data = _decode_b64(body.image)
 
     def work() -> list[dict]:
-        rgb = decode_image(data, settings.max_pixels)
-        try:
-            seg = engine.segment(rgb, labels, method=method)
-        except ValueError as exc:
-            status = 413 if type(exc).__name__ == "MemoryBudgetError" else 422
-            raise ApiError(status, "unprocessable_image", f"the model cannot process this image: {exc}") from None
-        return cvat_shapes(seg, names, body.threshold)
+        return cvat_shapes(segment_upload(engine, data, settings.max_pixels, labels, method), names, body.threshold)
 
     shapes = await run_limited(limiter, metrics, "cvat", method, work)
     metrics.images_labelled.labels("cvat").inc()

@@ -6,14 +6,14 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Literal
 from urllib.parse import quote
 
 import numpy as np
-from PIL import Image
 
 from seam.common.classes import IGNORE_INDEX
+from seam.common.encoders import encode_png_label
 from seam.common.labelling import ls_rle_encode, mask_polygons
 from seam.common.palette import voc_palette
 
@@ -100,24 +100,24 @@ def cvat_mask_png(label: np.ndarray, n_classes: int) -> bytes:
     lab = np.asarray(label)
     if lab.ndim != 2:
         raise ValueError(f"label map must be 2-D, got {lab.shape}")
-    lab = np.where((lab == IGNORE_INDEX) | (lab > n_classes), 0, lab).astype(np.uint8)
-    img = Image.fromarray(lab, mode="P")
-    img.putpalette(voc_palette()[:256].astype(np.uint8).ravel().tolist())
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
+    return encode_png_label(np.where((lab == IGNORE_INDEX) | (lab > n_classes), 0, lab).astype(np.uint8))
 
 
 def cvat_segmentation_zip(items: Iterable[tuple[str, np.ndarray]], names: Sequence[str]) -> bytes:
     """(image id, label map) pairs -> the zip CVAT imports as "Segmentation mask 1.1"
     (image id = the image's path without extension, as CVAT names frames)."""
+    return _segmentation_zip(((iid, cvat_mask_png(label, len(names))) for iid, label in items), names)
+
+
+def _segmentation_zip(pngs: Iterable[tuple[str, bytes]], names: Sequence[str]) -> bytes:
+    """labelmap.txt, SegmentationClass/<image id>.png (stored: PNGs are compressed already) and
+    the ImageSets list, from (image id, SegmentationClass PNG) pairs."""
     buf = io.BytesIO()
     ids: list[str] = []
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("labelmap.txt", cvat_labelmap(names))
-        for iid, label in items:
-            zf.writestr(f"SegmentationClass/{iid}.png", cvat_mask_png(label, len(names)),
-                        compress_type=zipfile.ZIP_STORED)
+        for iid, png in pngs:
+            zf.writestr(f"SegmentationClass/{iid}.png", png, compress_type=zipfile.ZIP_STORED)
             ids.append(iid)
         zf.writestr("ImageSets/Segmentation/default.txt", "".join(f"{i}\n" for i in ids))
     return buf.getvalue()
@@ -177,20 +177,16 @@ def job_labelstudio_tasks(storage, job_id: str, manifest: dict, prefix: str, fro
 
 def job_cvat_zip(storage, job_id: str, manifest: dict, names: Sequence[str]) -> bytes:
     """The "Segmentation mask 1.1" zip of a finished job, from its per-image `cvat` PNGs."""
-    buf = io.BytesIO()
-    ids: list[str] = []
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("labelmap.txt", cvat_labelmap(names))
+
+    def pngs() -> Iterator[tuple[str, bytes]]:
         for iid in sorted(manifest["images"]):
-            path = storage.output_path(job_id, "cvat", iid)
             try:
-                data = path.read_bytes()
+                png = storage.output_path(job_id, "cvat", iid).read_bytes()
             except OSError:
-                continue
-            zf.writestr(f"SegmentationClass/{iid}.png", data, compress_type=zipfile.ZIP_STORED)
-            ids.append(iid)
-        zf.writestr("ImageSets/Segmentation/default.txt", "".join(f"{i}\n" for i in ids))
-    return buf.getvalue()
+                continue  # failed image: no mask
+            yield iid, png
+
+    return _segmentation_zip(pngs(), names)
 
 
 def job_extras(storage, job_id: str, manifest: dict, names: Sequence[str], kinds: Sequence[str]) -> dict[str, bytes]:

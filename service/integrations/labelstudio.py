@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 
-import numpy as np
 from fastapi import APIRouter, Body, Depends, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
@@ -31,14 +30,17 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.deps import EngineDep, LimiterDep, MetricsDep, SettingsDep, require_api_key
+from service.core.config import split_csv
 from service.core.engine import resolve_method
 from service.core.errors import ApiError
 from service.core.limits import run_limited
 from service.engine.base import InferenceEngine, SegmentResult
-from service.inputs import decode_image
-from service.integrations.exports import ls_regions, prediction_score
+from service.inputs import parse_label_tokens
+from service.integrations import segment_upload
+from service.integrations.exports import job_labelstudio_tasks, ls_regions, prediction_score
 from service.integrations.fetch import FetchFailed, FetchPolicy, UrlRefused
 from service.integrations.ls_config import Control, LabelConfig, LabelConfigError, parse_label_config
+from service.jobs.access import visible_snapshot
 
 log = logging.getLogger("seam.service")
 PREFIX = "/labelstudio"
@@ -70,9 +72,7 @@ class LabelStudioSettings(BaseSettings):
     @field_validator("extra_hosts", mode="before")
     @classmethod
     def _csv(cls, v: object) -> object:
-        if isinstance(v, str):
-            return [t.strip() for t in v.split(",") if t.strip()]
-        return v
+        return split_csv(v)
 
     @field_validator("url")
     @classmethod
@@ -184,7 +184,7 @@ def _tokens(value: object) -> list[str] | None:
     if value is None:
         return None
     if isinstance(value, str):
-        toks = [t.strip() for t in value.replace(";", ",").split(",") if t.strip()]
+        toks = parse_label_tokens(value) or []
     elif isinstance(value, list) and all(isinstance(t, str) for t in value):
         toks = [t.strip() for t in value if t.strip()]
     else:
@@ -238,15 +238,6 @@ def regions(seg: SegmentResult, control: Control, to_name: str, class_map: dict[
                       "brush" if kind == "brushlabels" else "polygon", min_area, f"{task_key}_", {"readonly": False})
 
 
-def _segment(engine: InferenceEngine, rgb: np.ndarray, labels: list[int] | None, method: str,
-             threshold: float | None) -> SegmentResult:
-    try:
-        return engine.segment(rgb, labels, method=method, threshold=threshold)
-    except ValueError as exc:
-        status = 413 if type(exc).__name__ == "MemoryBudgetError" else 422
-        raise ApiError(status, "unprocessable_image", f"the model cannot process this image: {exc}") from None
-
-
 # --- routes ---------------------------------------------------------------------------------
 @router.post("/predict", summary="Label Studio ML backend: predictions for tasks.",
              description="One `{result, score, model_version}` per task, in order. Label Studio waits at most 100 s "
@@ -297,12 +288,8 @@ async def predict(body: Annotated[PredictRequest, Body()], request: Request, eng
         except FetchFailed as exc:
             status = 413 if exc.status == 413 else 502
             raise ApiError(status, "image_fetch_failed", f"task {task.id}: {exc}") from None
-
-        def work(data: bytes = data, labels: list[int] | None = labels) -> SegmentResult:
-            rgb = decode_image(data, settings.max_pixels)
-            return _segment(engine, rgb, labels, method, ls.threshold)
-
-        seg = await run_limited(limiter, metrics, "labelstudio", method, work)
+        seg = await run_limited(limiter, metrics, "labelstudio", method, segment_upload, engine, data,
+                                settings.max_pixels, labels, method, ls.threshold)
         kind = control.kind
         regs = await run_in_threadpool(regions, seg, control, control.to_name, class_map, kind,
                                        ls.min_polygon_area, str(task.id if task.id is not None else i))
@@ -369,12 +356,8 @@ def export_labelstudio(job_id: Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")], 
                        to_name: Annotated[str, Query(min_length=1, max_length=200)] = "image",
                        data_key: Annotated[str, Query(min_length=1, max_length=200)] = "image",
                        region: Literal["brush", "polygon"] = "brush") -> Response:
-    from service.api.deps import require_api_key as principal_of
-    from service.integrations.exports import job_labelstudio_tasks
-    from service.jobs.access import visible_snapshot
-
     settings = request.app.state.settings
-    principal = principal_of(settings, request.headers.get("x-api-key"))
+    principal = require_api_key(settings, request.headers.get("x-api-key"))
     store, storage = request.app.state.store, request.app.state.storage
     snap = visible_snapshot(store, job_id, principal)
     if snap.active:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from service.core.errors import ApiError
 from service.core.security import Principal
-from service.jobs.store import JobSnapshot, JobStore
+from service.jobs.store import MAX_ERRORS_SHOWN, JobSnapshot, JobStore
 
 
 def visible_snapshot(store: JobStore, job_id: str, principal: Principal,
-                     errors_limit: int | None = None) -> JobSnapshot:
+                     errors_limit: int = MAX_ERRORS_SHOWN) -> JobSnapshot:
     """The job's snapshot, or 404 when it is unknown, expired or someone else's."""
-    snap = store.snapshot(job_id) if errors_limit is None else store.snapshot(job_id, errors_limit=errors_limit)
+    snap = store.snapshot(job_id, errors_limit=errors_limit)
     if snap is None or not principal.may_see(snap.owner):
         raise ApiError(404, "not_found", f"no job {job_id} (unknown or expired)")
     return snap

@@ -69,6 +69,8 @@ def free_finished_inputs(store: JobStore, storage: Storage, job_ids: Sequence[st
     """Delete the inputs of every job that has ended (or whose state has expired)."""
     freed = []
     for job_id in job_ids if job_ids is not None else storage.job_ids():
+        if not (storage.inputs_dir(job_id).exists() or storage.tmp_dir(job_id).exists()):
+            continue  # freed already (or never had any): no need to ask the job store
         if store.state(job_id) in ACTIVE_STATES:
             continue
         if storage.delete_inputs(job_id):

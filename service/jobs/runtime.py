@@ -4,7 +4,7 @@ threads, the Celery chunk task and the synchronous-request path of the workers.
 One place builds the job store and the chunk context, waits for (or loads) the
 engine, records the unfinished images of a chunk that is given up, and applies the
 retry policy; `service.jobs.dispatch` (embedded), `service.worker.tasks` (Celery) and
-`service.realtime.worker` only call into it.
+`service.realtime.server` only call into it.
 """
 from __future__ import annotations
 

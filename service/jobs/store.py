@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ACTIVE_STATES: tuple[str, ...] = ("queued", "running")
-FINAL_STATES: tuple[str, ...] = ("succeeded", "failed", "cancelled")
 MAX_ERRORS_SHOWN = 100
 RESERVATION_TTL_S = 3600  # longest a submission may take between reserving a slot and creating the job
 

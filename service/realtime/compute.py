@@ -19,8 +19,7 @@ from seam.common.cam import CamResult
 from service import encoding as enc
 from service.batching import batches, cam_batch, segment_batch
 from service.core.errors import ApiError
-from service.engine import base as engine_base
-from service.engine.base import InferenceEngine, SegmentResult
+from service.engine.base import InferenceEngine, MemoryBudgetError, SegmentResult
 from service.inputs import decode_image
 from service.outputs import cam_json, segment_json
 from service.realtime.messages import Reply, SyncRequest
@@ -32,10 +31,8 @@ def engine_error(exc: BaseException) -> ApiError | None:
     """The client-facing error for an engine failure; None = a server-side fault (500)."""
     if isinstance(exc, ApiError):
         return exc
-    budget = getattr(engine_base, "MemoryBudgetError", None)
-    if budget is not None and isinstance(exc, budget):
-        est = getattr(exc, "estimate", None)
-        return ApiError(413, "image_too_large", str(exc), details=est.as_dict() if est is not None else None)
+    if isinstance(exc, MemoryBudgetError):
+        return ApiError(413, "image_too_large", str(exc), details=exc.estimate.as_dict())
     if isinstance(exc, ValueError):  # the engine refuses this input
         return ApiError(422, "unprocessable_image", f"the model cannot process this image: {exc}")
     return None

@@ -31,9 +31,15 @@ class RemoteModels:
     labelling-tool integrations; called from a worker thread of the event loop, as
     `run_in_threadpool` runs it). The HTTP endpoints use the realtime client directly."""
 
+    # what of a worker's heartbeat payload this engine serves (the rest, e.g. its timestamp, changes every beat)
+    ADVERTISED = ("classes", "methods", "models")
+
     def __init__(self, info: dict, submit: Callable[[SyncRequest, bytes], Awaitable[Reply]] | None = None) -> None:
         self.info = info
         self.submit = submit
+
+    def same_models(self, other: RemoteModels) -> bool:
+        return all(self.info.get(k) == other.info.get(k) for k in self.ADVERTISED)
 
     def models(self) -> list[ModelInfo]:
         return [ModelInfo(name=m.get("name", "?"), kind=m.get("kind", "?"), backbone=m.get("backbone", "?"),

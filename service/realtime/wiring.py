@@ -50,7 +50,7 @@ class BrokerSide:
         current = self.holder.engine
         if remote is not None:
             remote.submit = self.client.submit
-        if remote is not None and (not isinstance(current, RemoteModels) or current.info != remote.info):
+        if remote is not None and (not isinstance(current, RemoteModels) or not current.same_models(remote)):
             self.holder.set(remote, warm=False)  # type: ignore[arg-type]  (metadata only: no inference here)
             self.holder.loading = False
 

@@ -24,11 +24,10 @@ from typing import Any
 
 from celery.signals import task_postrun, task_received
 
+from service.jobs.dispatch import TASK_NAME as CHUNK_TASK
 from service.worker.heartbeat import MISSED_BEATS, live_workers
 
 log = logging.getLogger("seam.worker")
-
-CHUNK_TASK = "seam.process_chunk"
 
 
 def inflight_key(prefix: str) -> str:

@@ -145,12 +145,8 @@ def _between_batches() -> None:
 
 
 def context() -> ChunkContext:
-    if "context" not in _shared:
-        s = get_settings()
-        from service.jobs.store import RedisJobStore
-
-        store = RedisJobStore(s.broker_url or "", s.key_prefix, s.job_ttl_s)
-        _shared["context"] = build_context(s, _engine, store=store, between=_between_batches)
+    if "context" not in _shared:  # the job store is the broker's Redis (service.jobs.runtime.make_store)
+        _shared["context"] = build_context(get_settings(), _engine, between=_between_batches)
     return _shared["context"]
 
 

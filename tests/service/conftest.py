@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from service.core.config import Settings
 from service.main import create_app
 from tests.service.fakes import FakeEngine
-from tests.service.helpers import redis_client
+from tests.service.helpers import redis_reachable
 from tests.support import clear_seam_env, entered_clients
 
 
@@ -50,7 +50,5 @@ def client(make_client) -> TestClient:
 @pytest.fixture(scope="module")
 def redis_ok() -> None:
     """Skips the end-to-end tests that need Redis when none is running on loopback."""
-    try:
-        redis_client().ping()
-    except Exception:
+    if not redis_reachable():
         pytest.skip("no Redis on 127.0.0.1:6379 (`redis-server --daemonize yes`)")

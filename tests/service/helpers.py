@@ -111,20 +111,19 @@ class Stack:
             self.env["SEAM_BROKER_URL"] = f"redis://127.0.0.1:6379/{REDIS_DB}"
         self.env.update(env)
 
-    def _spawn(self, code: str, name: str) -> subprocess.Popen:
-        p = spawn([sys.executable, "-c", code], self.env, self.tmp / f"{name}.log", start_new_session=True)
+    def _spawn(self, argv: list[str], name: str) -> subprocess.Popen:
+        p = spawn(argv, self.env, self.tmp / f"{name}.log", start_new_session=True)
         self.procs.append(p)
         return p
 
     def start_api(self) -> subprocess.Popen:
-        p = self._spawn(f"from seam.cli.serve import serve; serve(host='127.0.0.1', port={self.port}, "
-                        "log_level='warning')", "api")
+        p = self._spawn([*seam_serve_argv(self.port), "--log-level", "warning"], "api")
         wait_ready(self.url, p, self.tmp / "api.log", timeout=60, interval=0.2)
         return p
 
     def start_worker(self, name: str) -> subprocess.Popen:
-        return self._spawn(f"from seam.cli.worker import worker; worker(hostname='{name}@%h', "
-                           "loglevel='warning')", name)
+        return self._spawn([sys.executable, "-m", "seam.cli", "worker", "--hostname", f"{name}@%h",
+                            "--loglevel", "warning"], name)
 
     def logs(self, name: str) -> str:
         return log_tail(self.tmp / f"{name}.log")

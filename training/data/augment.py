@@ -40,14 +40,16 @@ class AugmentConfig:
 
     @property
     def resize_range(self) -> tuple[int, int]:
-        if self.resize_long is not None:
-            lo, hi = self.resize_long
-        else:
-            f = self.crop / AUTHORS_CROP
-            lo, hi = round(AUTHORS_RESIZE_LONG[0] * f), round(AUTHORS_RESIZE_LONG[1] * f)
+        lo, hi = self.resize_long if self.resize_long is not None else release_resize_range(self.crop)
         if not 0 < lo <= hi:
             raise ValueError(f"resize range must satisfy 0 < min <= max, got [{lo}, {hi}]")
         return lo, hi
+
+
+def release_resize_range(crop: int) -> tuple[int, int]:
+    """The authors' random long side [448, 768], scaled by crop / 448."""
+    f = crop / AUTHORS_CROP
+    return round(AUTHORS_RESIZE_LONG[0] * f), round(AUTHORS_RESIZE_LONG[1] * f)
 
 
 def random_resize_long(img: Image.Image, lo: int, hi: int, rng: np.random.Generator) -> Image.Image:

@@ -99,22 +99,19 @@ def with_recipe(stage: str, name: str, overrides: Mapping[str, Any]) -> dict[str
     return out
 
 
-def _same(a: Any, b: Any) -> bool:
-    norm = (lambda v: list(v) if isinstance(v, (list, tuple)) else v)  # noqa: E731
-    return norm(a) == norm(b)
+def _listed(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The values with tuples as lists (JSON's view, so that (1, 2) and [1, 2] compare equal)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
 
 
 def recipe_report(stage: str, name: str, config: Mapping[str, Any], effective_momentum: float) -> dict[str, Any]:
     """The sidecar's "recipe" entry: name, the recipe's values, and the config's departures."""
-    base = recipe_settings(stage, name)
-    got = dict(config)
-    got["momentum"] = effective_momentum
+    base = _listed(recipe_settings(stage, name))
+    got = _listed({**config, "momentum": effective_momentum})
     # an iteration-counted recipe derives its epochs from the data size: not a departure
     derived = {"epochs"} if base.get("max_iterations") else set()
-    overrides = {k: got[k] for k, v in base.items() if k in got and k not in derived and not _same(got[k], v)}
-    return {"name": name, "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in base.items()},
-            "overrides": {k: (list(v) if isinstance(v, tuple) else v) for k, v in overrides.items()},
-            "exact": not overrides}
+    overrides = {k: got[k] for k, v in base.items() if k in got and k not in derived and got[k] != v}
+    return {"name": name, "settings": base, "overrides": overrides, "exact": not overrides}
 
 
 class RecipeConfig:
@@ -134,8 +131,7 @@ class RecipeConfig:
         return cls(recipe=recipe, **with_recipe(cls.STAGE, recipe, settings))
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)  # type: ignore[call-overload]  # the subclass is a dataclass
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+        return _listed(dataclasses.asdict(self))  # type: ignore[call-overload]  # the subclass is a dataclass
 
     @property
     def effective_momentum(self) -> float:
@@ -150,10 +146,10 @@ class RecipeConfig:
             raise ValueError(f"unknown recipe {self.recipe!r}; choose from {', '.join(RECIPES)}")
 
 
-def describe(stage: str, name: str, config: Mapping[str, Any], effective_momentum: float) -> str:
+def describe(cfg: RecipeConfig) -> str:
     """One log line: 'recipe release (exact)' or 'recipe tuned, overridden: epochs=60, crop=160'."""
-    rep = recipe_report(stage, name, config, effective_momentum)
-    s = rep["settings"]
+    rep = cfg.recipe_report()
+    name, s = rep["name"], rep["settings"]
     length = f"{s['max_iterations']} iterations" if s.get("max_iterations") else f"{s['epochs']} epochs"
     head = (f"recipe {name}: SGD momentum {s['momentum']:g}, weight decay {s['weight_decay']:g} per group, "
             f"poly 0.9, lr {s['lr']:g}, batch {s['batch_size']}, {length}, crop {s['crop']}, "

@@ -128,7 +128,7 @@ def start_run(cfg: StageConfig, d: Dist, stage: Stage, model: nn.Module, dataset
     """Initialise, freeze and place `model`, build its optimiser and schedule, resume when asked.
     Returns (the run, the frozen parameter names)."""
     run_dir = loop.open_run_dir(cfg, d)
-    log(describe(stage.kind, cfg.recipe, cfg.to_dict(), cfg.effective_momentum))
+    log(describe(cfg))
     if len(dataset) < cfg.batch_size:
         raise loop.TrainingError(f"{len(dataset)} training images are fewer than one batch of {cfg.batch_size}")
     ipe = iterations_per_epoch(len(dataset), cfg.batch_size)
@@ -140,7 +140,7 @@ def start_run(cfg: StageConfig, d: Dist, stage: Stage, model: nn.Module, dataset
     opt = stage_optimizer(cfg, stage, model)
     if getattr(cfg, "max_iterations", None):  # iteration-counted runs: enough epochs to reach the cap
         cfg.epochs = -(-cfg.max_iterations // ipe)
-        max_iter = min(max_iter, ipe * cfg.epochs, cfg.max_iterations)
+        max_iter = min(max_iter, cfg.max_iterations)  # ipe * the new epochs is >= the cap
     extra = {"kind": stage.kind,
              **({"class_names": stage.sidecar["class_names"]} if "class_names" in stage.sidecar else {})}
     run = Run(cfg, d, run_dir, model, opt, PolySchedule(opt, max_iter + stage.poly_extra),

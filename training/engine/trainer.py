@@ -164,7 +164,7 @@ def _train(cfg: TrainConfig, d: Dist, on_progress: Callable[[Progress], None] | 
            log: Callable[[str], None]) -> dict[str, Any]:
     run_dir = open_run_dir(cfg, d)
     amp, workers = prepare(cfg, d)
-    log(describe("seam", cfg.recipe, cfg.to_dict(), cfg.effective_momentum))
+    log(describe(cfg))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)  # on a shared CPU, 1 thread often beats oversubscription
     ds, dataset = _training_data(cfg)

@@ -35,18 +35,24 @@ class ImageResult:
     gt: np.ndarray  # (H, W) label map
 
 
-def run_images(checkpoint: str | Path, root: Path, ids: Sequence[str], scales: Sequence[float] = DEFAULT_SCALES,
-               device: str = "cpu") -> tuple[list[ImageResult], list[str]]:
-    """Multi-scale + flip PCM CAMs of every class for each image. Returns (results, class names)."""
+def load_seam(checkpoint: str | Path) -> tuple[Any, int, list[str]]:
+    """(SEAM network, number of foreground classes, class names) of a checkpoint."""
+    from training.models.registry import DEFAULT_NUM_CLASSES, model_from_checkpoint
+
+    model, meta = model_from_checkpoint(checkpoint, "seam")
+    num_fg = int(meta.get("num_classes", DEFAULT_NUM_CLASSES)) - 1
+    names = list(meta.get("class_names") or ["background", *(f"class{c}" for c in range(num_fg))])
+    return model, num_fg, names
+
+
+def run_images(model: Any, num_fg: int, root: Path, ids: Sequence[str], scales: Sequence[float] = DEFAULT_SCALES,
+               device: str = "cpu") -> list[ImageResult]:
+    """Multi-scale + flip PCM CAMs of all `num_fg` classes for each image (`model` from `load_seam`)."""
     from seam.common.cam import MultiScaleConfig, multiscale_cam
     from seam.common.image import load_rgb
     from training.evaluation.evaluate import read_label_png
     from training.inference.cam import torch_runner
-    from training.models.registry import model_from_checkpoint
 
-    model, meta = model_from_checkpoint(checkpoint, "seam")
-    num_fg = int(meta.get("num_classes", 21)) - 1
-    names = list(meta.get("class_names") or ["background", *(f"class{c}" for c in range(num_fg))])
     runner = torch_runner(model, device)
     cfg = MultiScaleConfig(scales=tuple(scales), flip=True, refined=True)
     out = []
@@ -55,7 +61,7 @@ def run_images(checkpoint: str | Path, root: Path, ids: Sequence[str], scales: S
         res = multiscale_cam(load_rgb(root / "JPEGImages" / f"{i}.jpg"), runner, list(range(num_fg)), cfg)
         true = {int(c) - 1 for c in np.unique(gt) if 0 < c < 255}
         out.append(ImageResult(true, res.scores, res.cams, gt))
-    return out, names
+    return out
 
 
 def score(results: Sequence[ImageResult], class_names: Sequence[str], cls_threshold: float,
@@ -113,11 +119,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     scales = tuple(float(v) for v in args.scales.split(","))
     report: dict[str, Any] = {"checkpoint": str(args.checkpoint), "scales": list(scales)}
     threshold = args.cls_threshold if args.cls_threshold is not None else DEFAULT_CLS_THRESHOLD
+    model, num_fg, names = load_seam(args.checkpoint)  # once, for the tuning and the test images
     if args.tune_data is not None and args.cls_threshold is None:
-        tune, names = run_images(args.checkpoint, args.tune_data, _ids(args.tune_data, args.tune_list), scales)
+        tune = run_images(model, num_fg, args.tune_data, _ids(args.tune_data, args.tune_list), scales)
         threshold, rows = choose_threshold(tune, names, bg_threshold=args.bg_threshold)
         report["tuning"] = {"data": str(args.tune_data), "list": args.tune_list, "chosen": threshold, "grid": rows}
-    test, names = run_images(args.checkpoint, args.data, _ids(args.data, args.list), scales)
+    test = run_images(model, num_fg, args.data, _ids(args.data, args.list), scales)
     report["class_names"] = names
     report["default"] = score(test, names, DEFAULT_CLS_THRESHOLD, args.bg_threshold)
     report["chosen"] = score(test, names, threshold, args.bg_threshold)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -46,10 +46,19 @@ from seam.modelrepo.manifest import (
 )
 from seam.modelrepo.pcm import run_pcm
 from seam.modelrepo.runtime import cpu_session
-from training.export.quantize import DEFAULT_CALIBRATION_N, QuantizeError, apply_precision, check_precision_args
+from training.export.quantize import (
+    DEFAULT_CALIBRATION_N,
+    EXTERNAL_DATA_BYTES,
+    QuantizeError,
+    apply_precision,
+    check_precision_args,
+)
 from training.export.specs import SPECS, ExportSpec, PcmGraph
 from training.models.checkpoint import CheckpointError
 from training.models.registry import model_from_checkpoint, train_long_side, working_set_bytes_per_pixel
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +67,6 @@ PCM_FILE = "pcm.onnx"
 DATA_FILE = "model.onnx.data"
 IR_VERSION = 10  # onnxruntime 1.31 refuses onnx 1.23's default IR 14
 DEFAULT_OPSET = 18
-EXTERNAL_DATA_BYTES = 100 << 20  # weights above this go to model.onnx.data (ResNet-38: 421 MB)
 TRACE_SHAPE = (2, 3, 67, 93)  # batch >= 2 and odd H, W: no 0/1 specialisation
 CHECK_SHAPES: tuple[tuple[int, int, int, int], ...] = ((1, 3, 37, 61), (1, 3, 200, 133), (2, 3, 96, 96))
 DEFAULT_ATOL = 1e-4
@@ -137,10 +145,12 @@ def _write_graphs(graph: nn.Module, spec: ExportSpec, tmp: Path, opset: int, ext
 def _parity_within(graph: nn.Module, spec: ExportSpec, tmp: Path, check_shapes: Sequence[tuple[int, int, int, int]],
                    threads: int | None, atol: float) -> dict[str, float]:
     """Max |onnxruntime - eager torch| per output (SEAM: cam_rv through the PCM graph too);
-    ExportError beyond `atol`."""
-    diffs, worst = check_parity(graph, spec, tmp / ONNX_FILE, check_shapes, threads)
+    ExportError beyond `atol`. One session on model.onnx serves both checks."""
+    sess = cpu_session(tmp / ONNX_FILE, threads)
+    diffs, worst = check_parity(graph, spec, tmp / ONNX_FILE, check_shapes, threads, session=sess)
     if spec.kind == "seam":
-        diffs["cam_rv"] = check_pcm_parity(graph.net, tmp / ONNX_FILE, tmp / PCM_FILE, check_shapes, threads)
+        diffs["cam_rv"] = check_pcm_parity(graph.net, tmp / ONNX_FILE, tmp / PCM_FILE, check_shapes, threads,
+                                           session=sess)
         worst = max(worst, diffs["cam_rv"])
     if not worst <= atol:  # NaN-safe
         raise ExportError(
@@ -229,10 +239,7 @@ def _export_onnx(graph: nn.Module, spec: ExportSpec, path: Path, opset: int, ext
             )
         except Exception as exc:
             raise ExportError(f"torch.onnx.export failed for {spec.kind}: {exc}") from exc
-    proto = program.model_proto
-    proto.ir_version = IR_VERSION
-    del proto.metadata_props[:]  # exporter internals; provenance lives in the manifest
-    proto.producer_name = "seam-wsss"
+    proto = _finish_proto(program.model_proto)
     if external:
         onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=DATA_FILE, size_threshold=1024)
@@ -259,18 +266,26 @@ def _export_pcm(path: Path, opset: int) -> None:
             )
         except Exception as exc:
             raise ExportError(f"torch.onnx.export failed for the PCM block graph: {exc}") from exc
-    proto = program.model_proto
+    onnx.save_model(_finish_proto(program.model_proto), str(path))
+
+
+def _finish_proto(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The IR version onnxruntime accepts, our producer name, no exporter metadata (provenance
+    lives in the manifest)."""
     proto.ir_version = IR_VERSION
     del proto.metadata_props[:]
     proto.producer_name = "seam-wsss"
-    onnx.save_model(proto, str(path))
+    return proto
 
 
 def check_pcm_parity(net: nn.Module, onnx_path: Path, pcm_path: Path,
-                     shapes: Sequence[tuple[int, int, int, int]], threads: int | None = None) -> float:
+                     shapes: Sequence[tuple[int, int, int, int]], threads: int | None = None,
+                     session: ort.InferenceSession | None = None) -> float:
     """Max |blocked onnxruntime PCM - the release's dense PCM (eager torch)| over `shapes`,
-    with a block budget small enough to cut every shape into several blocks."""
-    sess, pcm_sess = cpu_session(onnx_path, threads), cpu_session(pcm_path, threads)
+    with a block budget small enough to cut every shape into several blocks. `session`: one
+    already open on `onnx_path`."""
+    sess = session or cpu_session(onnx_path, threads)
+    pcm_sess = cpu_session(pcm_path, threads)
     gen = torch.Generator().manual_seed(2)
     worst = 0.0
     for shape in shapes:
@@ -308,11 +323,13 @@ def check_parity(
     onnx_path: Path,
     shapes: Sequence[tuple[int, int, int, int]],
     threads: int | None = None,
+    session: ort.InferenceSession | None = None,
 ) -> tuple[dict[str, float], float]:
     """Max |onnxruntime - eager torch| per output over `shapes` (random inputs, fixed seed),
     using the engine's CPU session settings (graph optimisation ALL). The reference is
-    the network's own forward (`spec.reference`), not the export graph."""
-    sess = cpu_session(onnx_path, threads)
+    the network's own forward (`spec.reference`), not the export graph. `session`: one
+    already open on `onnx_path`."""
+    sess = session or cpu_session(onnx_path, threads)
     gen = torch.Generator().manual_seed(1)
     diffs = dict.fromkeys(spec.outputs, 0.0)
     for shape in shapes:

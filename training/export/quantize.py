@@ -40,7 +40,7 @@ import numpy as np
 import onnx
 
 from seam.common.cam import working_size
-from seam.common.files import list_images
+from seam.common.files import file_sha256, list_images
 from seam.common.image import Normalization, load_rgb, resize_rgb, scaled_size
 from seam.modelrepo.precision import PRECISIONS
 
@@ -59,7 +59,7 @@ DEFAULT_CALIBRATION_N = 48  # demo model: mIoU -0.33 with 48 images, -0.58 with 
 # less accurate (bench/quantize.py --op-types; numbers in docs/models.md).
 DEFAULT_OP_TYPES: tuple[str, ...] = ("Conv", "Relu")
 DEFAULT_CALIBRATION_SIDE = 512  # long side of calibration inputs after scaling (memory, time)
-EXTERNAL_DATA_BYTES = 100 << 20  # as the fp32 export: larger weights go to <file>.data
+EXTERNAL_DATA_BYTES = 100 << 20  # weights above this go to <file>.data, fp32 export (ResNet-38: 421 MB) included
 
 
 class QuantizeError(RuntimeError):
@@ -242,13 +242,32 @@ def compare_outputs(
 ) -> dict[str, OutputError]:
     """Per output: the difference between two graphs on the same inputs (engine session
     settings, so the int8 graph is measured as it will run, QDQ fused into QLinearConv)."""
+    return _compare_to(reference_outputs(ref_path, batches, input_name, threads), test_path, batches, input_name,
+                       threads)
+
+
+def reference_outputs(path: str | Path, batches: Sequence[np.ndarray], input_name: str,
+                      threads: int | None = None) -> dict[str, list[np.ndarray]]:
+    """{output name: its value for each batch} of the graph at `path` (engine CPU session):
+    computed once, compared with every candidate."""
     from seam.modelrepo.runtime import cpu_session
 
-    ref, test = cpu_session(ref_path, threads), cpu_session(test_path, threads)
-    names = [o.name for o in ref.get_outputs()]
+    sess = cpu_session(path, threads)
+    names = [o.name for o in sess.get_outputs()]
+    runs = [sess.run(names, {input_name: x}) for x in batches]
+    return {n: [r[i] for r in runs] for i, n in enumerate(names)}
+
+
+def _compare_to(reference: dict[str, list[np.ndarray]], test_path: str | Path, batches: Sequence[np.ndarray],
+                input_name: str, threads: int | None) -> dict[str, OutputError]:
+    """`compare_outputs` against precomputed reference outputs."""
+    from seam.modelrepo.runtime import cpu_session
+
+    test = cpu_session(test_path, threads)
+    names = list(reference)
     acc: dict[str, list[tuple[float, float, float]]] = {n: [] for n in names}
-    for x in batches:
-        a = ref.run(names, {input_name: x})
+    for k, x in enumerate(batches):
+        a = [reference[n][k] for n in names]
         b = test.run(names, {input_name: x})
         for n, r, t in zip(names, a, b, strict=True):
             r = r.astype(np.float64)
@@ -458,8 +477,9 @@ def _calibrate_timed(job: _Int8Job, batches: Sequence[np.ndarray], methods: Sequ
 
 
 def _trial(job: _Int8Job, cand: Path, ranges, method: str, eval_batches: Sequence[np.ndarray],
-           threads: int | None) -> MethodTrial:
-    """Quantize with one method's ranges into `cand` and measure it against fp32."""
+           reference: dict[str, list[np.ndarray]], threads: int | None) -> MethodTrial:
+    """Quantize with one method's ranges into `cand` and measure it against fp32 (`reference`:
+    the fp32 graph's outputs on `eval_batches`)."""
     cand.parent.mkdir()
     t0 = time.perf_counter()
     try:
@@ -467,7 +487,7 @@ def _trial(job: _Int8Job, cand: Path, ranges, method: str, eval_batches: Sequenc
     except Exception as exc:
         raise QuantizeError(f"quantization ({method}) failed: {exc}") from exc
     seconds = time.perf_counter() - t0
-    return MethodTrial(method, compare_outputs(job.fp32_path, cand, eval_batches, job.input_name, threads), seconds)
+    return MethodTrial(method, _compare_to(reference, cand, eval_batches, job.input_name, threads), seconds)
 
 
 def _best_method(job: _Int8Job, ranges: dict, methods: Sequence[str], out_name: str,
@@ -476,9 +496,10 @@ def _best_method(job: _Int8Job, ranges: dict, methods: Sequence[str], out_name: 
     """Every method's trial, the method whose `score_output` error is smallest and its graph."""
     trials: list[MethodTrial] = []
     best: tuple[float, str, Path] | None = None
+    reference = reference_outputs(job.fp32_path, eval_batches, job.input_name, threads)  # fp32 once, not per method
     for i, method in enumerate(methods):
         cand = job.work_dir / f"cand{i}" / out_name
-        trial = _trial(job, cand, ranges[method], method, eval_batches, threads)
+        trial = _trial(job, cand, ranges[method], method, eval_batches, reference, threads)
         trials.append(trial)
         score = trial.errors[score_output].rel_max
         log.info("int8 %s: %s rel max %.4f, rel mean %.5f (%.1f s)", method, score_output, score,
@@ -623,7 +644,7 @@ def fingerprint(paths: Sequence[str | Path]) -> str:
     for p in paths:
         p = Path(p)
         h.update(p.name.encode() + b"\0")
-        h.update(hashlib.sha256(p.read_bytes()).digest())
+        h.update(bytes.fromhex(file_sha256(p)))
     return h.hexdigest()
 
 
@@ -651,8 +672,6 @@ def _model_scales(manifest: Manifest) -> tuple[float, ...]:
 
 def _replace_graph(model_dir: Path, new: Path, name: str) -> dict[str, str]:
     """Move `new` (+ its .data) over model_dir/name (+ .data); {external file: sha256}."""
-    from seam.modelrepo.manifest import file_sha256
-
     old_data = model_dir / (name + ".data")
     if old_data.exists():
         old_data.unlink()
@@ -771,7 +790,7 @@ def apply_precision(
     `min_speedup`, int8 that is not that much faster than fp32 on this machine is
     refused. fp16 is meant for CUDA workers; its error is measured on CPU, its speed is
     not (CPUs have no fast fp16)."""
-    from seam.modelrepo.manifest import Manifest, file_sha256
+    from seam.modelrepo.manifest import Manifest
 
     model_dir = Path(model_dir)
     graph = model_dir / manifest.onnx.file

@@ -7,6 +7,7 @@ from typing import Any
 from torch import nn
 
 from seam.common.classes import VOC_CLASSES
+from training.data.augment import AUTHORS_CROP, release_resize_range
 from training.models.checkpoint import infer_backbone_config, load_weights, read_checkpoint
 from training.models.resnet38 import ResNet38Config
 
@@ -37,8 +38,7 @@ def train_long_side(config: Any) -> tuple[int, int]:
     rl = config.get("resize_long")
     if isinstance(rl, (list, tuple)) and len(rl) == 2:
         return int(rl[0]), int(rl[1])
-    crop = int(config.get("crop") or 448)
-    return round(448 * crop / 448), round(768 * crop / 448)
+    return release_resize_range(int(config.get("crop") or AUTHORS_CROP))
 
 
 def backbone_config(name: str) -> ResNet38Config:
@@ -91,11 +91,10 @@ def model_from_checkpoint(path: str | Path, kind: str = "seam") -> tuple[nn.Modu
     """Build the network a checkpoint describes (backbone and class count read from its
     weights) and load it strictly. Returns (model in eval mode, metadata)."""
     sd, meta = read_checkpoint(path)
-    if kind == "deeplab":
-        from training.models.deeplab import from_authors_state_dict, is_authors_state_dict
+    if kind == "deeplab":  # the authors' released deeplabv1 (seamv1-pseudovoc): their key names -> ours
+        from training.models.deeplab import from_authors_state_dict
 
-        if is_authors_state_dict(sd):  # the authors' released deeplabv1 (seamv1-pseudovoc): their key names
-            sd = from_authors_state_dict(sd)
+        sd = from_authors_state_dict(sd)
     cfg = infer_backbone_config(sd)
     num_classes = DEFAULT_NUM_CLASSES  # AffinityNet has no classifier to read it from
     for key in ("fc8.weight", "classifier.weight"):

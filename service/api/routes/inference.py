@@ -46,17 +46,28 @@ async def _read(image: UploadFile) -> bytes:
     return await image.read()
 
 
-def _precheck(data: bytes, max_pixels: int) -> None:
-    """What the header tells (not an image, too many pixels), before a worker is bothered."""
+def _precheck(data: bytes, max_pixels: int) -> tuple[int, int]:
+    """What the header tells (not an image, too many pixels), before a worker is bothered;
+    the image's (width, height)."""
     if not data:
         raise ApiError(422, "invalid_image", "the image file is empty")
     if sniff_image(data[:16]) is None:
         raise ApiError(415, "unsupported_media_type", "the upload is not a supported image (by its content)")
-    check_pixels(*image_size(data), max_pixels)
+    w, h = image_size(data)
+    check_pixels(w, h, max_pixels)
+    return w, h
 
 
-async def _run(request: Request, engine: InferenceEngine, settings, limiter, metrics, op: str, method: str,
+def _engine_method(req: SyncRequest) -> str:
+    """The method the engine runs for `req` (the metrics label, the memory estimate's method)."""
+    if req.op == "segment":
+        return req.method or ""
+    return "pcm" if req.refined else "cam"
+
+
+async def _run(request: Request, engine: InferenceEngine, settings, limiter, metrics, op: str,
                req: SyncRequest, data: bytes) -> Response:
+    method = _engine_method(req)
     side = getattr(request.app.state, "broker_side", None)
     if side is not None and side.client is not None:  # the workers compute it
         _precheck(data, settings.max_pixels)
@@ -87,11 +98,9 @@ def _admit(engine: InferenceEngine, req: SyncRequest, data: bytes, max_pixels: i
     estimate = getattr(engine, "estimate", None)
     if estimate is None:
         return
-    _precheck(data, max_pixels)
-    w, h = image_size(data)
-    method = req.method if req.op == "segment" else ("pcm" if req.refined else "cam")
+    w, h = _precheck(data, max_pixels)
     try:
-        est = estimate((h, w), method=method, labels=req.labels, max_side=req.max_side)
+        est = estimate((h, w), method=_engine_method(req), labels=req.labels, max_side=req.max_side)
     except ValueError as exc:  # e.g. max_side out of the model's range
         raise ApiError(422, "unprocessable_image", f"the model cannot process this image: {exc}") from None
     if not est.fits:
@@ -116,7 +125,7 @@ async def segment(
     method_name = resolve_method(engine, method)
     req = SyncRequest(op="segment", fmt=fmt, labels=label_idx, method=method_name, threshold=threshold,
                       max_side=max_side)
-    resp = await _run(request, engine, settings, limiter, metrics, "segment", method_name, req, data)
+    resp = await _run(request, engine, settings, limiter, metrics, "segment", req, data)
     metrics.images_labelled.labels("segment").inc()
     return resp
 
@@ -127,8 +136,7 @@ async def _cam(request: Request, engine: InferenceEngine, settings, limiter, met
     data = await _read(image)
     label_idx = parse_labels(labels, engine.foreground_classes())
     req = SyncRequest(op="cam", fmt=fmt, labels=label_idx, threshold=threshold, refined=refined, max_side=max_side)
-    resp = await _run(request, engine, settings, limiter, metrics, "cam_refined" if refined else "cam",
-                      "pcm" if refined else "cam", req, data)
+    resp = await _run(request, engine, settings, limiter, metrics, "cam_refined" if refined else "cam", req, data)
     metrics.images_labelled.labels("cam/refined" if refined else "cam").inc()
     return resp
 
