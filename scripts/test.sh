@@ -5,11 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
-# A stock Debian/Ubuntu python refuses pip installs outside a virtual environment (PEP 668,
-# "externally managed"): there, use (and create) the project's .venv. Inside a venv, or with a
-# python that is not externally managed (CI's), the given python is used as it is.
-if [ -z "${VIRTUAL_ENV:-}" ] && $PY -c 'import os, sys, sysconfig
-sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")) else 1)'; then
+# Never install into an interpreter outside a virtual environment (a system or pyenv python,
+# CI's included): outside one, create (once) and use the project's .venv. A python that is
+# itself a venv's (sys.prefix != sys.base_prefix) is used as it is.
+if ! $PY -c 'import sys; sys.exit(0 if sys.prefix != sys.base_prefix else 1)'; then
   [ -x .venv/bin/python ] || $PY -m venv .venv
   PY=.venv/bin/python
 fi
@@ -17,8 +16,8 @@ fi
 $PY -m pip install -q torch==2.13.0
 $PY -m pip install -q -e '.[all]'
 
-# End-to-end tests talk to a real Redis on loopback.
-if ! redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then
+# End-to-end tests talk to a real Redis: SEAM_TEST_REDIS_URL (tests/support.py), else one on loopback.
+if [ -z "${SEAM_TEST_REDIS_URL:-}" ] && ! redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then
   if command -v redis-server >/dev/null; then
     redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no
   else

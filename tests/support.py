@@ -22,6 +22,15 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
 
+# The one Redis setting of the test suite: a server URL without a database number; tests pick
+# their databases on it (redis_url). Default: a Redis on loopback, as scripts/test.sh starts.
+REDIS_SERVER = os.environ.get("SEAM_TEST_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/")
+
+
+def redis_url(db: int) -> str:
+    """The test Redis server's database `db` as a redis:// URL."""
+    return f"{REDIS_SERVER}/{db}"
+
 
 def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02,
                what: str | Callable[[], str] | None = None) -> T:

@@ -15,6 +15,16 @@ _ABS_PATH = re.compile(r"(?<![\w.~/-])/(?:home|root|tmp|var|srv|data|mnt|opt|usr
                        r"(?:/[^\s'\"]*)?")
 
 
+def _root_pattern(path: str) -> re.Pattern[str]:
+    """Where `path` appears as a path, never inside a word or a longer path: an absolute root
+    ends at a separator or a non-path character; a relative one (`models`) only counts with a
+    separator after it (`models/x.onnx`), since alone it is also a plain word ("the loaded
+    models")."""
+    path = path.rstrip("/")
+    end = r"(?=/)" if not path.startswith("/") else r"(?![\w.~-])"
+    return re.compile(r"(?<![\w.~/-])" + re.escape(path) + end)
+
+
 def redact(text: str, roots: Iterable[tuple[str, str]] = ()) -> str:
     """`text` without what it should not tell a client: absolute paths (the configured
     `roots`, (path, placeholder) pairs, first, then any under the usual top-level folders),
@@ -22,7 +32,7 @@ def redact(text: str, roots: Iterable[tuple[str, str]] = ()) -> str:
     out = text.encode("utf-8", "backslashreplace").decode("utf-8")
     for path, placeholder in sorted(roots, key=lambda r: -len(r[0])):
         if path and path != "/":
-            out = out.replace(path, placeholder)
+            out = _root_pattern(path).sub(placeholder, out)
     out = _URL.sub("<url>", out)
     out = _CONNECTING.sub(lambda m: f"{m.group(1)} <host>", out)
     out = _HOST_PORT.sub("<host>", out)

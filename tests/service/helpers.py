@@ -24,6 +24,7 @@ from tests.support import (
     REPO,
     free_port,
     log_tail,
+    redis_url,
     seam_serve_argv,
     service_env,
     spawn,
@@ -44,8 +45,8 @@ def assert_error(r, status: int, code: str | None = None, contains: str | None =
 
 
 # --- Redis on loopback ----------------------------------------------------------------------
-REDIS_URL = "redis://127.0.0.1:6379/14"  # in-process tests (stores, the realtime path)
 REDIS_DB = 13  # the end-to-end stacks
+REDIS_URL = redis_url(14)  # in-process tests (stores, the realtime path)
 
 
 def redis_reachable() -> bool:
@@ -61,7 +62,7 @@ def redis_reachable() -> bool:
 def redis_client():
     import redis
 
-    return redis.Redis.from_url(f"redis://127.0.0.1:6379/{REDIS_DB}", socket_connect_timeout=1)
+    return redis.Redis.from_url(redis_url(REDIS_DB), socket_connect_timeout=1)
 
 
 def drop_keys(r, prefix: str) -> None:
@@ -108,7 +109,7 @@ class Stack:
             "SEAM_VISIBILITY_TIMEOUT_S": "8",
         })
         if mode == "celery":
-            self.env["SEAM_BROKER_URL"] = f"redis://127.0.0.1:6379/{REDIS_DB}"
+            self.env["SEAM_BROKER_URL"] = redis_url(REDIS_DB)
         self.env.update(env)
 
     def _spawn(self, argv: list[str], name: str) -> subprocess.Popen:

@@ -12,6 +12,7 @@ import yaml
 from pydantic import ValidationError
 
 from service.core.config import Settings
+from tests.support import redis_url
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -19,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_settings_from_env(monkeypatch, tmp_path):
     monkeypatch.setenv("SEAM_API_KEYS", "a" * 16 + ", " + "b" * 20)
     monkeypatch.setenv("SEAM_CORS_ORIGINS", "https://a.example,https://b.example")
-    monkeypatch.setenv("SEAM_BROKER_URL", "redis://127.0.0.1:6379/3")
+    monkeypatch.setenv("SEAM_BROKER_URL", redis_url(3))
     monkeypatch.setenv("SEAM_MAX_PIXELS", "1000")
     monkeypatch.setenv("SEAM_DATA_DIR", str(tmp_path))
     s = Settings()
