@@ -7,7 +7,8 @@ checkpoint.pth when interrupted):
 
     seam/        seam_final.pth + .json           (training.engine.trainer)
     cams/        <id>.npy  {fg class: HxW}        training images, known image labels
-    aff_labels/  <id>.png  0 / c+1 / 255          (seam.common.affinity_labels)
+    aff_labels/  <id>.npz  la / ha CRF posteriors, <id>.png their labels 0 / c+1 / 255
+                                                  (seam.common.affinity_labels)
     affinity/    affinity_final.pth + .json
     rw/          <id>.png  random-walk pseudo labels (+ classes.txt)
     deeplab/     deeplab_final.pth + .json
@@ -34,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from seam.common.affinity_labels import HA_ALPHA, LA_ALPHA, affinity_label_map
+from seam.common.affinity_labels import HA_ALPHA, LA_ALPHA, affinity_scores, scores_label_map, write_scores
 from seam.common.cam import DEFAULT_BG_THRESHOLD, DEFAULT_SCALES
 from seam.common.image import load_rgb
 from seam.common.palette import label_to_pil
@@ -79,7 +80,9 @@ def _cams_and_image(cam_dir: Path, image_id: str, path: Path) -> tuple[list[int]
 def write_affinity_labels(items: Sequence[tuple[str, Path]], cam_dir: Path, out_dir: Path,
                           la_alpha: float = LA_ALPHA, ha_alpha: float = HA_ALPHA, crf: bool = True,
                           overwrite: bool = False, on_image: OnImage = None) -> dict[str, Any]:
-    """<out_dir>/<id>.png AffinityNet labels from <cam_dir>/<id>.npy for (id, image path)."""
+    """AffinityNet labels from <cam_dir>/<id>.npy for (id, image path): <out_dir>/<id>.npz, the la / ha
+    posteriors the training reduces to stride 8 as the release, and <out_dir>/<id>.png, their
+    per-pixel labels (written last: it marks the image done)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = _todo(items, out_dir, ".png", overwrite)
     counts = np.zeros(3, np.int64)  # bg, fg, unknown pixels of the images written now
@@ -89,7 +92,9 @@ def write_affinity_labels(items: Sequence[tuple[str, Path]], cam_dir: Path, out_
         if classes and cams.shape[1:] != rgb.shape[:2]:
             raise ValueError(f"{cam_dir / f'{image_id}.npy'}: CAM size {cams.shape[1:]} differs from the image "
                              f"{rgb.shape[:2]}")
-        lab = affinity_label_map(rgb, cams, classes, la_alpha, ha_alpha, crf=crf)
+        la, ha = affinity_scores(rgb, cams, classes, la_alpha, ha_alpha, crf=crf)
+        write_scores(out_dir / f"{image_id}.npz", la, ha, classes)
+        lab = scores_label_map(la, ha, classes)
         counts[:] += [(lab == 0).sum(), ((lab > 0) & (lab < 255)).sum(), (lab == 255).sum()]
         return lab
 

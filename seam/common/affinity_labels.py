@@ -7,20 +7,23 @@ only confident background survives). At training time they crop both, average-po
 by 8 and set label = argmax(la); where argmax(la) is background -> 255 (unknown);
 where argmax(ha) is background -> 0.
 
-We store one uint8 PNG per image instead of two float dicts, the same rule applied
-per pixel to the posteriors' argmaxes:
+We store both per image: <id>.npz with the two posteriors (float32, channel 0 =
+background, channel i+1 = the image's i-th class; `write_scores` / `read_scores`),
+which the training crops and reduces exactly as the release (`stride_labels_from_scores`:
+average-pool by 8, argmax, combine; zero-score blocks of crop padding -> 255), and
+<id>.png, the same rule applied per pixel to the posteriors' argmaxes, for viewing and
+for label sets that come without scores:
 
     0     argmax(ha) == background                 (confident background)
     c+1   argmax(la) == c+1 and argmax(ha) != bg    (confident foreground class c)
     255   argmax(la) == bg and argmax(ha) != bg     (unknown)
 
-`stride_labels` then reproduces the pool-then-argmax at stride 8 on these hard labels:
-in each 8x8 block, la votes are [n0 + n255, n1, ..., nC] and ha votes are
+`stride_labels` reduces such hard labels to stride 8 by voting (for PNG-only label
+sets): in each 8x8 block, la votes are [n0 + n255, n1, ..., nC] and ha votes are
 [n0, everything else], ties going to background as np.argmax does; blocks made only
-of crop padding are 255. With one foreground class in a block this is the release's
-rule on one-hot posteriors; where several meet, merging ha's foreground votes makes
-"background" slightly rarer (a conservative choice). `stride_labels_from_scores`
-keeps the release's exact rule for the authors' float la/ha dicts.
+of crop padding are 255. It is not the release's rule where soft posteriors or
+several classes meet in a block (0.3 % of cells on synthetic posteriors differ), which
+is why the training reads the scores when they are there.
 
 Pairs (`pair_labels`) are the release's `ExtractAffinityLabelInRadius`: for the
 source window and offsets of `seam.common.random_walk.source_windows`,
@@ -30,6 +33,7 @@ different classes, both valid (valid = label < 255).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -49,29 +53,59 @@ def combine_la_ha(la: np.ndarray, ha: np.ndarray) -> np.ndarray:
     return out
 
 
-def affinity_label_map(rgb: np.ndarray, cams: np.ndarray, classes: Sequence[int],
-                       la_alpha: float = LA_ALPHA, ha_alpha: float = HA_ALPHA, crf: bool = True) -> np.ndarray:
-    """One image's stored AffinityNet label (H, W) uint8 from its fg CAMs (K, H, W).
+def class_table(classes: Sequence[int]) -> np.ndarray:
+    """Channel index -> stored label: 0 -> 0, i -> classes[i-1] + 1, IGNORE -> IGNORE (uint8, 256)."""
+    lut = np.arange(256, dtype=np.uint8)
+    lut[1:len(classes) + 1] = [int(c) + 1 for c in classes]
+    return lut
 
-    crf=False skips the dense CRF (argmax of the raw scores), for tests and for
-    machines without pydensecrf.
-    """
-    H, W = rgb.shape[:2]
+
+def affinity_scores(rgb: np.ndarray, cams: np.ndarray, classes: Sequence[int], la_alpha: float = LA_ALPHA,
+                    ha_alpha: float = HA_ALPHA, crf: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The release's la and ha posteriors (K+1, H, W) float32 of one image from its fg CAMs
+    (K, H, W): dense CRF on [(1 - max CAM)^alpha, CAMs]. crf=False keeps the raw scores
+    (tests, machines without pydensecrf). No classes: background 1 everywhere."""
     cams = np.asarray(cams, dtype=np.float32)
     if len(classes) == 0:
-        return np.zeros((H, W), np.uint8)
-    lut = np.asarray([0, *[int(c) + 1 for c in classes]], dtype=np.uint8)
+        ones = np.ones((1, *rgb.shape[:2]), np.float32)
+        return ones, ones.copy()
     if crf:
         from seam.common.crf import crf_affinity_labels
 
-        la = crf_affinity_labels(rgb, cams, classes, la_alpha).argmax(axis=0)
-        ha = crf_affinity_labels(rgb, cams, classes, ha_alpha).argmax(axis=0)
-    else:
-        from seam.common.cam import background_score
+        return (crf_affinity_labels(rgb, cams, classes, la_alpha).astype(np.float32),
+                crf_affinity_labels(rgb, cams, classes, ha_alpha).astype(np.float32))
+    from seam.common.cam import background_score
 
-        la = np.concatenate([background_score(cams, la_alpha)[None], cams]).argmax(axis=0)
-        ha = np.concatenate([background_score(cams, ha_alpha)[None], cams]).argmax(axis=0)
-    return combine_la_ha(lut[la], lut[ha])
+    return (np.concatenate([background_score(cams, la_alpha)[None], cams]),
+            np.concatenate([background_score(cams, ha_alpha)[None], cams]))
+
+
+def scores_label_map(la: np.ndarray, ha: np.ndarray, classes: Sequence[int]) -> np.ndarray:
+    """The per-pixel label rule on la / ha posteriors -> stored-format (H, W) uint8."""
+    return class_table(classes)[combine_la_ha(la.argmax(axis=0), ha.argmax(axis=0))]
+
+
+def affinity_label_map(rgb: np.ndarray, cams: np.ndarray, classes: Sequence[int],
+                       la_alpha: float = LA_ALPHA, ha_alpha: float = HA_ALPHA, crf: bool = True) -> np.ndarray:
+    """One image's stored AffinityNet label (H, W) uint8 from its fg CAMs (K, H, W)."""
+    return scores_label_map(*affinity_scores(rgb, cams, classes, la_alpha, ha_alpha, crf), classes)
+
+
+def write_scores(path: Path, la: np.ndarray, ha: np.ndarray, classes: Sequence[int]) -> None:
+    """<id>.npz: la, ha (K+1, H, W) float32 and the classes of their channels 1..K."""
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez_compressed(tmp, la=la.astype(np.float32), ha=ha.astype(np.float32),
+                        classes=np.asarray(classes, np.int64))
+    tmp.replace(path)
+
+
+def read_scores(path: Path) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """(la, ha, classes) as `write_scores` stored them."""
+    with np.load(path) as z:
+        la, ha, classes = z["la"], z["ha"], [int(c) for c in z["classes"]]
+    if la.shape != ha.shape or la.ndim != 3 or la.shape[0] != len(classes) + 1:
+        raise ValueError(f"{path}: la {la.shape} / ha {ha.shape} do not fit {len(classes)} classes")
+    return la, ha, classes
 
 
 def stride_labels(label: np.ndarray, stride: int = OUTPUT_STRIDE) -> np.ndarray:
@@ -106,7 +140,7 @@ def stride_labels(label: np.ndarray, stride: int = OUTPUT_STRIDE) -> np.ndarray:
 def stride_labels_from_scores(la: np.ndarray, ha: np.ndarray, stride: int = OUTPUT_STRIDE) -> np.ndarray:
     """The release's rule on float posteriors (C, H, W) (channel 0 = bg, zero in crop
     padding): average-pool by `stride`, argmax, combine; all-zero blocks -> 255.
-    Channel indices are returned as labels (map them through the class table)."""
+    Channel indices are returned as labels (map them through `class_table`)."""
     def pool(x: np.ndarray) -> np.ndarray:
         c, H, W = x.shape
         return x.reshape(c, H // stride, stride, W // stride, stride).mean(axis=(2, 4))

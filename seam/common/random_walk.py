@@ -214,6 +214,7 @@ def random_walk_labels(
     full: bool = False,
 ) -> np.ndarray:
     """Pseudo label of one image: (H, W) uint8, 0 = background, c+1 = foreground class c.
+    `radius` shrinks on grids under 2 * radius + 1 cells (`walk_radius`), as the release.
 
     feat: (D, h, w) AffinityNet feature map of the image zero-padded (after
       normalisation) to multiples of 8, i.e. h = ceil(H/8), w = ceil(W/8).
@@ -228,9 +229,17 @@ def random_walk_labels(
         return np.zeros((H, W), np.uint8)
     h, w = feat.shape[1:]
     grid = pooled_cams(cams, (h, w), alpha)
-    aff = affinity_from_features(feat, radius, full=full)
+    aff = affinity_from_features(feat, walk_radius(h, w, radius), full=full)
     scores = random_walk_scores(grid, aff, beta, logt, dense=dense)
     return upsample_argmax(scores, (H, W), classes)
+
+
+def walk_radius(h: int, w: int, radius: int = DEFAULT_RADIUS) -> int:
+    """The pair radius the release's AffinityNet uses on an h x w grid: `radius`, shrunk to
+    (min(h, w) - 1) // 2 when the grid's short side has fewer than 2 * radius + 1 cells
+    (resnet38_aff.Net.forward), so that pairs still fit. 0 leaves only the identity."""
+    short = min(h, w)
+    return (short - 1) // 2 if short < 2 * radius + 1 else radius
 
 
 def grid_size(n: int, stride: int = OUTPUT_STRIDE) -> int:

@@ -75,7 +75,10 @@ class SEAM(ResNet38):
         self.f8_3 = nn.Conv2d(fc["conv4"], 64, 1, bias=False)
         self.f8_4 = nn.Conv2d(fc["conv5"], 128, 1, bias=False)
         self.f9 = nn.Conv2d(3 + 64 + 128, 192, 1, bias=False)
-        for m in (self.fc8, self.f8_3, self.f8_4):
+        # the release's initialisation (network/resnet38_SEAM.py): fc8 xavier-uniform, the PCM's
+        # f8_3 / f8_4 kaiming-normal, f9 xavier-uniform with gain 4
+        nn.init.xavier_uniform_(self.fc8.weight)
+        for m in (self.f8_3, self.f8_4):
             nn.init.kaiming_normal_(m.weight)
         nn.init.xavier_uniform_(self.f9.weight, gain=4)
 
