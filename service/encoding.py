@@ -57,10 +57,13 @@ def coco_categories(names: Sequence[str]) -> list[dict]:
     return [{"id": i + 1, "name": n, "supercategory": "object"} for i, n in enumerate(names)]
 
 
-def cams_npz(res: CamResult, names: Sequence[str]) -> bytes:
-    """`seam.common.encoders.encode_cams_npz` layout: "classes" (K,), "cams" (K, H, W)
-    float32, "class_names" (K,); loads with allow_pickle=False."""
-    return shared.encode_cams_npz(res.classes, res.cams, class_names=[names[c] for c in res.classes])
+def cams_npz(res: CamResult, names: Sequence[str], dtype: shared.CamDtype = "float32",
+             image_size: tuple[int, int] | None = None) -> bytes:
+    """`seam.common.encoders.encode_cams_npz` layout: "classes" (K,), "cams" (K, H, W) C-ordered
+    float32 (or float16, or uint8 = value / 255), "class_names" (K,), and "image_size" [h, w]
+    when the maps are at the working size; loads with allow_pickle=False."""
+    return shared.encode_cams_npz(res.classes, res.cams, dtype, class_names=[names[c] for c in res.classes],
+                                  image_size=image_size)
 
 
 def b64_png(rgb: np.ndarray) -> str:
@@ -101,12 +104,15 @@ def coco_rle_decode(rle: dict) -> np.ndarray:
 
 
 def merge_coco(docs: Sequence[dict], description: str, names: Sequence[str]) -> bytes:
-    """One COCO document from per-image ones (`{"image": ..., "annotations": [...]}`), renumbered."""
+    """One COCO document from per-image ones (`{"image": ..., "annotations": [...]}`): image ids as
+    the per-image files have them (a file without one, from an older job, gets its rank), annotation
+    ids renumbered to be unique."""
     images, annotations = [], []
     for n, doc in enumerate(docs, start=1):
-        images.append({**doc["image"], "id": n})
+        image_id = doc["image"].get("id") or n
+        images.append({**doc["image"], "id": image_id})
         for a in doc["annotations"]:
-            annotations.append({**a, "id": len(annotations) + 1, "image_id": n})
+            annotations.append({**a, "id": len(annotations) + 1, "image_id": image_id})
     return json.dumps({"info": {"description": description}, "images": images,
                        "annotations": annotations, "categories": coco_categories(names)}).encode()
 

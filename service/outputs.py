@@ -48,15 +48,17 @@ def cam_json(rgb: np.ndarray, res: CamResult, names: Sequence[str], refined: boo
             "scores": score_table(res.scores, names)}
 
 
-def coco_image_doc(seg: SegmentResult, names: Sequence[str], image_id: str, file_name: str) -> dict:
-    """The per-image COCO record a job writes; merged into one coco.json on download."""
+def coco_image_doc(seg: SegmentResult, names: Sequence[str], image_id: str, file_name: str,
+                   coco_id: int = 0) -> dict:
+    """The per-image COCO record a job writes, with the job's `coco_id` for the image (the id it
+    has in the merged coco.json, service.jobs.results.coco_image_ids)."""
     h, w = seg.label.shape
-    return {"image": {"file_name": file_name, "width": int(w), "height": int(h), "seam_id": image_id},
-            "annotations": enc.coco_annotations(seg.label, names, seg.scores)}
+    return {"image": {"id": coco_id, "file_name": file_name, "width": int(w), "height": int(h), "seam_id": image_id},
+            "annotations": enc.coco_annotations(seg.label, names, seg.scores, image_id=coco_id)}
 
 
 def job_outputs(engine, rgb: np.ndarray, seg: SegmentResult, labels: list[int] | None, kinds: Sequence[str],
-                names: Sequence[str], image_id: str, file_name: str) -> dict[str, bytes]:
+                names: Sequence[str], image_id: str, file_name: str, coco_id: int = 0) -> dict[str, bytes]:
     """Every requested output of one segmented image, as bytes keyed by output kind."""
     out: dict[str, bytes] = {}
     if "png" in kinds:
@@ -64,7 +66,7 @@ def job_outputs(engine, rgb: np.ndarray, seg: SegmentResult, labels: list[int] |
     if "overlay" in kinds:
         out["overlay"] = enc.png_rgb(enc.mask_overlay(rgb, seg.label))
     if "coco" in kinds:
-        out["coco"] = enc.dumps(coco_image_doc(seg, names, image_id, file_name))
+        out["coco"] = enc.dumps(coco_image_doc(seg, names, image_id, file_name, coco_id))
     if "npz" in kinds:
         cams = seg.cams
         if cams is None:

@@ -24,6 +24,7 @@ from PIL import Image
 from seam.common.image import ImageDecodeError, load_rgb
 from service.batching import batches, segment_batch
 from service.engine.base import InferenceEngine
+from service.jobs.results import coco_image_ids
 from service.jobs.store import ACTIVE_STATES, JobStore
 from service.outputs import job_outputs
 from service.storage import Storage
@@ -183,6 +184,7 @@ def _process_batch(ctx: ChunkContext, rep: ChunkReport, job: _Job, batch: list[t
         except Exception as exc:  # noqa: BLE001 - a bad image must not stop the job
             _image_failed(ctx, rep, job.id, img, exc)
     opts = job.manifest["options"]
+    coco_ids = coco_image_ids(job.manifest) if "coco" in job.kinds else {}
     segs = segment_batch(job.engine, [rgb for _, rgb in loaded], [job.labels.get(img) for img, _ in loaded],
                          method=opts.get("method"), threshold=opts.get("threshold"), max_side=opts.get("max_side"))
     for (img, rgb), seg in zip(loaded, segs, strict=True):
@@ -190,7 +192,7 @@ def _process_batch(ctx: ChunkContext, rep: ChunkReport, job: _Job, batch: list[t
             if isinstance(seg, Exception):
                 raise seg
             files = job_outputs(job.engine, rgb, seg, job.labels.get(img), job.kinds, job.names, img,
-                                job.manifest["images"][img])
+                                job.manifest["images"][img], coco_ids.get(img, 0))
         except TRANSIENT:
             raise
         except Exception as exc:  # noqa: BLE001

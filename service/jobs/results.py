@@ -9,6 +9,13 @@ from service.integrations import exports
 from service.storage import Storage
 
 
+def coco_image_ids(manifest: dict) -> dict[str, int]:
+    """The COCO `image_id` of each image of a job: its 1-based rank in image-id order. Fixed at
+    submission, so a per-image file written by any worker and the merged coco.json agree, whichever
+    images failed."""
+    return {iid: n for n, iid in enumerate(sorted(manifest["images"]), start=1)}
+
+
 def coco_docs(storage: Storage, job_id: str, manifest: dict) -> list[dict]:
     """The per-image COCO documents, in image-id order; images without one (failed) are left out."""
     docs = []
