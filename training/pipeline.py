@@ -173,26 +173,29 @@ class PipelineConfig:
     eval_list: str | None = None  # DeepLab evaluation list; None: the set's val.txt when present
     weights: str | None = None  # ImageNet init for SEAM (and AffinityNet / DeepLab); None = random init
     backbone: str = "resnet38"
-    batch_size: int = 8
-    crop: int = 448
-    seam_epochs: int = 8
-    seam_lr: float = 0.01
+    # training settings: None = the stage's recipe value (SEAM / AffinityNet batch 8, 8 epochs, lr 0.01;
+    # DeepLab batch 10, 20000 iterations, lr 1e-3 under release); a value = an override of every stage
+    # (batch_size, crop) or of one (the epochs, the lrs), recorded as such in the sidecars
+    batch_size: int | None = None
+    crop: int | None = None
+    seam_epochs: int | None = None
+    seam_lr: float | None = None
     cam_scales: tuple[float, ...] = DEFAULT_SCALES
     la_alpha: float = LA_ALPHA
     ha_alpha: float = HA_ALPHA
     crf: bool = True  # dense CRF for the AffinityNet labels (needs pydensecrf2)
-    aff_epochs: int = 8
-    aff_lr: float = 0.01  # see AffinityTrainConfig
+    aff_epochs: int | None = None
+    aff_lr: float | None = None
     rw: RandomWalkConfig = field(default_factory=RandomWalkConfig)
-    deeplab_epochs: int = 20
-    deeplab_lr: float = 1e-3
+    deeplab_epochs: int | None = None  # given: this many epochs instead of the recipe's iteration count
+    deeplab_lr: float | None = None
     seg_scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # = inference.segment.DEFAULT_SEG_SCALES
-    seg_crf: bool = False  # the authors' test protocol has it on (1 iteration); off here: pydensecrf2 is optional
+    seg_crf: bool = True  # the authors' test protocol: dense CRF, 1 iteration, bilateral sxy 32 (needs pydensecrf2)
     recipe: str | None = None  # release | tuned for every training stage; None: release (DeepLab off VOC: tuned)
     seed: int = 0
     device: str | None = None
     workers: int | None = None
-    amp: bool | None = None
+    amp: bool | None = None  # None: each stage's recipe decides (release: fp32)
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
@@ -261,6 +264,8 @@ class PipelineRun:
         self.deeplab_final = self.dir / "deeplab" / DEEPLAB_FINAL
         self.seg_dir = self.dir / "segment"
         self.init = cfg.weights or str(self.seam_final)  # AffinityNet and DeepLab start from SEAM without --weights
+        self.finals = {"seam": self.seam_final, "affinity": self.aff_final, "deeplab": self.deeplab_final}
+        self._configs: dict[str, Any] = {}
 
     def _earlier(self) -> dict[str, Any]:
         """The stages and mIoU an earlier run recorded in results.json."""
@@ -323,19 +328,65 @@ class PipelineRun:
 
     # ----------------------------------------------------------------------- shared stage shapes
 
-    def trained(self, step: str, title: str, final: Path, start: str, trainer: Callable[..., dict[str, Any]],
-                config: Callable[..., Any], **settings: Any) -> dict[str, Any]:
-        """A training stage: skipped when `final` is complete, else resumed or started in its directory."""
+    def stage_config(self, name: str) -> Any:
+        """The training config of stage `name` (seam | affinity | deeplab): its recipe's values,
+        then the pipeline's given settings (None = not given). Built once, before any stage runs."""
+        if name not in self._configs:
+            self._configs[name] = self._build_config(name)
+        return self._configs[name]
+
+    def _build_config(self, name: str) -> Any:
+        from training.engine.affinity import AffinityTrainConfig
+        from training.engine.deeplab import DeepLabTrainConfig
+        from training.engine.trainer import TrainConfig
+
+        cfg, final = self.cfg, self.finals[name]
+        common = {"backbone": cfg.backbone, "batch_size": cfg.batch_size, "crop": cfg.crop, "out": str(final.parent),
+                  "seed": cfg.seed, "device": cfg.device, "workers": cfg.workers, "amp": cfg.amp,
+                  "resume": (final.parent / "checkpoint.pth").is_file()}
+        if name == "seam":
+            return TrainConfig.from_recipe(self.recipe, data=cfg.data, dataset=cfg.dataset, train_list=cfg.train_list,
+                                           labels=cfg.labels, weights=cfg.weights, epochs=cfg.seam_epochs,
+                                           lr=cfg.seam_lr, evaluate=False, **common)
+        if name == "affinity":
+            return AffinityTrainConfig.from_recipe(self.recipe, data=cfg.data, labels=str(self.aff_label_dir),
+                                                   dataset=cfg.dataset, train_list=cfg.train_list,
+                                                   image_labels=cfg.labels, weights=self.init, epochs=cfg.aff_epochs,
+                                                   lr=cfg.aff_lr, radius=cfg.rw.radius, **common)
+        return DeepLabTrainConfig.from_recipe(self.deeplab_recipe, images=str(self.ds.image_root),
+                                              labels=str(self.rw_dir), classes=",".join(self.class_names),
+                                              weights=self.init, epochs=cfg.deeplab_epochs, lr=cfg.deeplab_lr,
+                                              **common)
+
+    def plan(self) -> dict[str, Any]:
+        """Every training stage's recipe report (values and the settings given over them), logged
+        before anything runs and kept in results.json."""
+        from training.engine.recipes import describe
+
+        out = {}
+        for name, title in (("seam", "SEAM"), ("affinity", "AffinityNet"), ("deeplab", "DeepLab")):
+            tcfg = self.stage_config(name)
+            out[name] = tcfg.recipe_report()
+            self.log(f"  {title}: {describe(tcfg)}")
+            if name == "deeplab" and tcfg.max_iterations is None and out[name]["settings"].get("max_iterations"):
+                self.log(f"  DeepLab: {tcfg.epochs} epochs as given, instead of the recipe's "
+                         f"{out[name]['settings']['max_iterations']} iterations")
+        self.log(f"  DeepLab test: scales {list(self.cfg.seg_scales)}, flip, "
+                 + ("dense CRF (1 iteration, bilateral sxy 32), as the authors' test" if self.cfg.seg_crf
+                    else "no CRF (the authors' test has it)"))
+        return out
+
+    def trained(self, step: str, title: str, name: str, start: str,
+                trainer: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+        """A training stage: skipped when its final weights are complete, else resumed or started."""
+        tcfg, final = self.stage_config(name), self.finals[name]
         if _final_done(final):
             self.log(f"[{step}] {title}: {final} exists, skipped")
             return {_REUSED: True}
         self.log(f"[{step}] {start}")
-        cfg, out_dir = self.cfg, final.parent
-        tcfg = config(backbone=cfg.backbone, batch_size=cfg.batch_size, crop=cfg.crop, out=str(out_dir), seed=cfg.seed,
-                      device=cfg.device, workers=cfg.workers, amp=cfg.amp,
-                      resume=(out_dir / "checkpoint.pth").is_file(), **settings)
         side = trainer(tcfg, on_progress=self.hooks.train_progress(title), log=self.log)
-        return {"weights": str(final), "training": side.get("training", {}), "final": side["metrics"]["final"]}
+        return {"weights": str(final), "training": side.get("training", {}), "final": side["metrics"]["final"],
+                "recipe": side.get("recipe")}
 
     def per_image(self, title: str, items: Sequence[tuple[str, Path]], out_dir: Path, suffix: str,
                   write: Callable[[int], dict[str, Any]]) -> dict[str, Any]:
@@ -350,13 +401,9 @@ class PipelineRun:
     # ----------------------------------------------------------------------- the stages
 
     def seam(self) -> dict[str, Any]:
-        from training.engine.trainer import TrainConfig, train
+        from training.engine.trainer import train
 
-        cfg = self.cfg
-        return self.trained("1/6", "SEAM", self.seam_final, "SEAM training", train,
-                            partial(TrainConfig.from_recipe, self.recipe), data=cfg.data, dataset=cfg.dataset,
-                            train_list=cfg.train_list, labels=cfg.labels, weights=cfg.weights,
-                            epochs=cfg.seam_epochs, lr=cfg.seam_lr, evaluate=False)
+        return self.trained("1/6", "SEAM", "seam", "SEAM training", train)
 
     def cams(self) -> dict[str, Any]:
         """CAMs of the training images, given their image labels (as the authors' infer_SEAM)."""
@@ -393,14 +440,10 @@ class PipelineRun:
         return self.per_image("[3/6] AffinityNet labels", self.train_items, self.aff_label_dir, ".png", write)
 
     def affinity(self) -> dict[str, Any]:
-        from training.engine.affinity import AffinityTrainConfig, train_affinity
+        from training.engine.affinity import train_affinity
 
-        cfg = self.cfg
-        return self.trained("4/6", "AffinityNet", self.aff_final, f"AffinityNet training (init {self.init})",
-                            train_affinity, partial(AffinityTrainConfig.from_recipe, self.recipe), data=cfg.data,
-                            labels=str(self.aff_label_dir), dataset=cfg.dataset, train_list=cfg.train_list,
-                            image_labels=cfg.labels, weights=self.init, epochs=cfg.aff_epochs, lr=cfg.aff_lr,
-                            radius=cfg.rw.radius)
+        return self.trained("4/6", "AffinityNet", "affinity", f"AffinityNet training (init {self.init})",
+                            train_affinity)
 
     def random_walk(self) -> dict[str, Any]:
         rw = self.cfg.rw
@@ -420,15 +463,10 @@ class PipelineRun:
 
     def deeplab(self) -> dict[str, Any]:
         """DeepLab on the random-walk labels: every image of the data root that has one (the training list)."""
-        from training.engine.deeplab import DeepLabTrainConfig, train_deeplab
+        from training.engine.deeplab import train_deeplab
 
-        cfg = self.cfg
-        return self.trained("6/6", "DeepLab", self.deeplab_final,
-                            f"DeepLab training on the random-walk labels (init {self.init})", train_deeplab,
-                            partial(DeepLabTrainConfig.from_recipe, self.deeplab_recipe),
-                            images=str(self.ds.image_root), labels=str(self.rw_dir),
-                            classes=",".join(self.class_names), weights=self.init, epochs=cfg.deeplab_epochs,
-                            lr=cfg.deeplab_lr)
+        return self.trained("6/6", "DeepLab", "deeplab",
+                            f"DeepLab training on the random-walk labels (init {self.init})", train_deeplab)
 
     def segment(self) -> dict[str, Any]:
         """DeepLab predictions for the evaluation and the training images."""
@@ -465,6 +503,7 @@ def run_pipeline(cfg: PipelineConfig, hooks: StageHooks = _DEFAULT_HOOKS) -> dic
     """Run (or resume) every stage; returns and writes RUN_DIR/results.json."""
     run = PipelineRun(cfg, hooks)
     run.log(run.describe())
+    run.results["plan"] = run.plan()
     for name, stage, scores in run.stages():
         run.record(name, stage)
         for score in scores:

@@ -20,14 +20,14 @@ RECIPE_HELP = ("release: the published runs exactly (SGD momentum 5e-4 from the 
                "Explicit options override it.")
 Recipe = Annotated[str | None, typer.Option(help=RECIPE_HELP)]
 # recipe-governed options: None = "the recipe's value"
-REpochs = Annotated[int | None, typer.Option(help="Epochs [recipe: 8].")]
-RBatch = Annotated[int | None, typer.Option(help="Global batch size (per GPU = batch / world size) [recipe: 8].")]
-RLr = Annotated[float | None, typer.Option(help="Base learning rate, new layers 10x [recipe: 0.01].")]
-RWeightDecay = Annotated[float | None, typer.Option(help="Weight decay on weights, not biases [recipe: 5e-4].")]
-RMomentum = Annotated[float | None, typer.Option(help="SGD momentum [recipe: release 5e-4, tuned 0.9].")]
-RCrop = Annotated[int | None, typer.Option(help="Square training crop [recipe: 448].")]
-RAmp = Annotated[bool | None, typer.Option("--amp/--no-amp", help="Mixed precision [recipe: release off, tuned on with "
-                                                                  "CUDA].")]
+REpochs = Annotated[int | None, typer.Option(help="Epochs (recipe: 8).")]
+RBatch = Annotated[int | None, typer.Option(help="Global batch size (per GPU = batch / world size) (recipe: 8).")]
+RLr = Annotated[float | None, typer.Option(help="Base learning rate, new layers 10x (recipe: 0.01).")]
+RWeightDecay = Annotated[float | None, typer.Option(help="Weight decay on weights, not biases (recipe: 5e-4).")]
+RMomentum = Annotated[float | None, typer.Option(help="SGD momentum (recipe: release 5e-4, tuned 0.9).")]
+RCrop = Annotated[int | None, typer.Option(help="Square training crop (recipe: 448).")]
+RAmp = Annotated[bool | None, typer.Option("--amp/--no-amp", help="Mixed precision (recipe: release off, tuned on with "
+                                                                  "CUDA).")]
 NoJitter = Annotated[bool, typer.Option("--no-jitter", help="No colour jitter.")]
 Out = Annotated[Path, typer.Option(help="Run directory.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue from RUN_DIR/checkpoint.pth exactly.")]
@@ -35,7 +35,6 @@ Seed = Annotated[int, typer.Option(help="Random seed.")]
 Device = Annotated[str | None, typer.Option(help="torch device (default: cuda if available).")]
 Workers = Annotated[int | None, typer.Option(help="Data loader workers (default 0 on CPU, up to 8 on CUDA).")]
 MaxMinutes = Annotated[float | None, typer.Option(help="Stop after this many minutes (checkpoint + weights saved).")]
-Amp = Annotated[bool | None, typer.Option("--amp/--no-amp", help="Mixed precision (default: on with CUDA).")]
 Deterministic = Annotated[bool, typer.Option("--deterministic/--no-deterministic", help="Deterministic algorithms "
                                                                                         "where torch has them.")]
 LogEvery = Annotated[int, typer.Option(help="Iterations per log.csv row.")]

@@ -18,11 +18,13 @@ TrainList = Annotated[Path | None, typer.Option(help="Training image list (defau
 Labels = Annotated[Path | None, typer.Option(help="Image-level labels (default: the data set's).")]
 EvalList = Annotated[Path | None, typer.Option(
     help="DeepLab evaluation list (default ImageSets/Segmentation/val.txt).")]
-Batch = Annotated[int, typer.Option(help="Global batch size of every training stage.")]
-Crop = Annotated[int, typer.Option(help="Training crop of every stage (multiple of 8).")]
-SeamEpochs = Annotated[int, typer.Option(help="SEAM epochs.")]
-AffEpochs = Annotated[int, typer.Option(help="AffinityNet epochs.")]
-DeeplabEpochs = Annotated[int, typer.Option(help="DeepLab epochs.")]
+Batch = Annotated[int | None, typer.Option(
+    help="Global batch size of every training stage (recipe: SEAM / AffinityNet 8; DeepLab release 10, tuned 8).")]
+Crop = Annotated[int | None, typer.Option(help="Training crop of every stage, a multiple of 8 (recipe: 448).")]
+SeamEpochs = Annotated[int | None, typer.Option(help="SEAM epochs (recipe: 8).")]
+AffEpochs = Annotated[int | None, typer.Option(help="AffinityNet epochs (recipe: 8).")]
+DeeplabEpochs = Annotated[int | None, typer.Option(
+    help="DeepLab epochs, instead of the recipe's length (recipe: release 20000 iterations, tuned 20 epochs).")]
 CamScales = Annotated[str, typer.Option(help="CAM inference scales.")]
 NoCrf = Annotated[bool, typer.Option("--no-crf", help="AffinityNet labels without the dense CRF.")]
 Alpha = Annotated[float, typer.Option(help="Random walk: background power.")]
@@ -30,9 +32,12 @@ Beta = Annotated[float, typer.Option(help="Random walk: affinity power.")]
 Logt = Annotated[int, typer.Option(help="Random walk: 2^logt steps.")]
 SegScales = Annotated[str, typer.Option(help="DeepLab test scales (the authors' test protocol).")]
 Recipe = Annotated[str | None, typer.Option(
-    help="Training recipe of every stage: release (the published runs) or tuned. Default: release for VOC data, "
-    "tuned otherwise.")]
-SegCrf = Annotated[bool, typer.Option("--seg-crf", help="Dense CRF on the DeepLab predictions.")]
+    help="Training recipe of every stage: release (the published runs: SEAM and AffinityNet batch 8, 8 epochs; "
+    "DeepLab batch 10, 20000 iterations, BN statistics per 5 images; fp32) or tuned. Default: release, except "
+    "DeepLab off VOC data (tuned). Options given override it.")]
+SegCrf = Annotated[bool, typer.Option(
+    "--seg-crf/--no-seg-crf", help="Dense CRF on the DeepLab predictions: the authors' test protocol (1 iteration, "
+    "bilateral sxy 32).")]
 Workers = Annotated[int | None, typer.Option(help="Data loader workers.")]
 
 
@@ -45,11 +50,11 @@ def pipeline(
     train_list: TrainList = None,
     labels: Labels = None,
     eval_list: EvalList = None,
-    batch_size: Batch = 8,
-    crop: Crop = 448,
-    seam_epochs: SeamEpochs = 8,
-    aff_epochs: AffEpochs = 8,
-    deeplab_epochs: DeeplabEpochs = 20,
+    batch_size: Batch = None,
+    crop: Crop = None,
+    seam_epochs: SeamEpochs = None,
+    aff_epochs: AffEpochs = None,
+    deeplab_epochs: DeeplabEpochs = None,
     cam_scales: CamScales = "0.5,1.0,1.5,2.0",
     no_crf: NoCrf = False,
     alpha: Alpha = 6.0,
@@ -57,15 +62,17 @@ def pipeline(
     logt: Logt = 6,
     seg_scales: SegScales = "0.5,0.75,1.0,1.25,1.5,1.75",
     recipe: Recipe = None,
-    seg_crf: SegCrf = False,
+    seg_crf: SegCrf = True,
     seed: opt.Seed = 0,
     device: opt.Device = None,
     workers: Workers = None,
-    amp: opt.Amp = None,
+    amp: opt.RAmp = None,
 ) -> None:
     """The whole weakly supervised pipeline; each stage is skipped when its outputs exist and
-    trainers resume from their checkpoints. Prints the mIoU after each stage when ground truth
-    exists and writes everything to RUN_DIR/results.json."""
+    trainers resume from their checkpoints. Every training stage runs its recipe (release on VOC:
+    the published settings) unless an option is given; the run prints each stage's settings and
+    overrides first. Prints the mIoU after each stage when ground truth exists and writes
+    everything to RUN_DIR/results.json."""
     from training.data.datasets import DatasetError
     from training.engine.trainer import TrainingError
     from training.models.checkpoint import CheckpointError
@@ -78,7 +85,7 @@ def pipeline(
         cam_scales=parse_floats(cam_scales), crf=not no_crf,
         rw=RandomWalkConfig(alpha=alpha, beta=beta, logt=logt), seg_scales=parse_floats(seg_scales),
         seg_crf=seg_crf, seed=seed, device=device, workers=workers, amp=amp, recipe=recipe)
-    if crop % 8:
+    if crop is not None and crop % 8:
         fail(f"--crop must be a multiple of 8, got {crop}")
     try:
         with progress_bar() as bar:

@@ -21,7 +21,7 @@ Weights = Annotated[Path | None, typer.Option(
 ResizeRange = Annotated[str | None, typer.Option(
     help="Random long side MIN,MAX (default 448,768 scaled by crop/448).")]
 Jitter = Annotated[str | None, typer.Option(
-    help="ColorJitter brightness,contrast,saturation,hue [recipe: 0.3,0.3,0.3,0.1].")]
+    help="ColorJitter brightness,contrast,saturation,hue (recipe: 0.3,0.3,0.3,0.1).")]
 Seed = Annotated[int, typer.Option(help="Random seed (data order, augmentation, init, dropout).")]
 Threads = Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice, all cores).")]
 NoEr = Annotated[bool, typer.Option("--no-er", help="Table 1: no equivariant regularisation.")]
@@ -29,7 +29,7 @@ NoPcm = Annotated[bool, typer.Option("--no-pcm", help="Table 1: no PCM / ECR (wi
 NoOhem = Annotated[bool, typer.Option("--no-ohem", help="Table 1: plain mean instead of OHEM on ECR.")]
 Transform = Annotated[str, typer.Option(
     help="Table 3: siamese transform(s), e.g. rescale or rescale,flip (rotate, translate).")]
-SiameseScale = Annotated[float | None, typer.Option(help="Rescale factor of the second branch [recipe: 0.3].")]
+SiameseScale = Annotated[float | None, typer.Option(help="Rescale factor of the second branch (recipe: 0.3).")]
 EvalList = Annotated[Path | None, typer.Option(help="Images to score pseudo labels on (default: the training list).")]
 EvalScales = Annotated[str, typer.Option(help="CAM scales for the evaluation.")]
 NoEval = Annotated[bool, typer.Option("--no-eval", help="Skip the pseudo-label evaluation.")]

@@ -23,8 +23,8 @@ ImageLabels = Annotated[Path | None, typer.Option(help="The data set's image-lev
 Weights = Annotated[Path | None, typer.Option(
     help="Initial weights: ImageNet .params, SEAM / AffinityNet checkpoint or run dir.")]
 Lr = Annotated[float | None, typer.Option(
-    help="Base learning rate, new layers 10x [recipe: 0.01, SEAM's train_aff.py; psa's 0.1 is another release].")]
-Crop = Annotated[int | None, typer.Option(help="Square training crop, multiple of 8 [recipe: 448].")]
+    help="Base learning rate, new layers 10x (recipe: 0.01, SEAM's train_aff.py; psa's 0.1 is another release).")]
+Crop = Annotated[int | None, typer.Option(help="Square training crop, multiple of 8 (recipe: 448).")]
 Radius = Annotated[int, typer.Option(help="Pair radius on the stride-8 grid.")]
 NoFlip = Annotated[bool, typer.Option("--no-flip", help="No horizontal flip.")]
 

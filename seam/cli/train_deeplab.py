@@ -20,15 +20,20 @@ Weights = Annotated[Path | None, typer.Option(
 Backbone = Annotated[str, typer.Option(help="resnet38 or resnet38_small (CPU).")]
 Recipe = Annotated[str | None, typer.Option(
     help="release: the authors' DeepLab run (semantic-segmentation-codebase seamv1-pseudovoc: batch 10, "
-    "20000 iterations, every BN on batch statistics, HSV jitter, all convs trained). tuned: batch 8, "
+    "20000 iterations, every BN on batch statistics of 5 images, HSV jitter, all convs trained). tuned: batch 8, "
     "20 epochs, frozen backbone BN, head BN trained. Default: release for VOC images, tuned otherwise.")]
-Batch = Annotated[int | None, typer.Option(help="Global batch size [recipe: release 10, tuned 8].")]
-Epochs = Annotated[int | None, typer.Option(help="Epochs [recipe: tuned 20; release counts iterations].")]
-Iterations = Annotated[int | None, typer.Option(help="Stop after this many iterations [recipe: release 20000].")]
-Lr = Annotated[float | None, typer.Option(help="Base learning rate, head 10x [recipe: 1e-3].")]
-Momentum = Annotated[float | None, typer.Option(help="SGD momentum [recipe: 0.9].")]
+Batch = Annotated[int | None, typer.Option(help="Global batch size (recipe: release 10, tuned 8).")]
+Epochs = Annotated[int | None, typer.Option(
+    help="Epochs (recipe: tuned 20; release counts 20000 iterations, which given epochs replace).")]
+Iterations = Annotated[int | None, typer.Option(
+    help="Stop after this many iterations; wins over --epochs (recipe: release 20000).")]
+BnGroup = Annotated[int | None, typer.Option(
+    help="BN batch statistics per this many images of each device's batch, running statistics from the first "
+    "group: the release's 2 GPUs x 5 on one device (recipe: release 5, tuned off).")]
+Lr = Annotated[float | None, typer.Option(help="Base learning rate, head 10x (recipe: 1e-3).")]
+Momentum = Annotated[float | None, typer.Option(help="SGD momentum (recipe: 0.9).")]
 Crop = Annotated[int | None, typer.Option(
-    help="Square training crop, image padded with 0, labels with 255 [recipe: 448].")]
+    help="Square training crop, image padded with 0, labels with 255 (recipe: 448).")]
 ScaleRange = Annotated[str, typer.Option(help="Random rescale MIN,MAX.")]
 Jitter = Annotated[bool, typer.Option("--jitter", help="Colour jitter.")]
 
@@ -44,6 +49,7 @@ def train_deeplab(
     batch_size: Batch = None,
     epochs: Epochs = None,
     iterations: Iterations = None,
+    bn_group: BnGroup = None,
     lr: Lr = None,
     weight_decay: opt.RWeightDecay = None,
     momentum: Momentum = None,
@@ -75,7 +81,7 @@ def train_deeplab(
     cfg = _training.build_config(lambda: DeepLabTrainConfig.from_recipe(
         recipe, images=str(images), labels=str(labels), image_root=_training.path_str(image_root), classes=classes,
         weights=_training.path_str(weights), backbone=backbone, batch_size=batch_size, epochs=epochs,
-        max_iterations=iterations, lr=lr, weight_decay=weight_decay, momentum=momentum, crop=crop,
+        max_iterations=iterations, bn_group=bn_group, lr=lr, weight_decay=weight_decay, momentum=momentum, crop=crop,
         scale_min=lo_hi[0], scale_max=lo_hi[1], jitter=jitter or None, out=str(out), seed=seed, device=device,
         workers=workers, max_minutes=max_minutes, amp=amp, deterministic=deterministic, log_every=max(1, log_every),
         resume=resume, stop_after=stop_after))

@@ -10,7 +10,12 @@ release - as the authors ran it (YudeWang/semantic-segmentation-codebase,
     cls_conv bias x20 without decay. Only convs are in the optimiser: no BN weight or bias
     is ever updated.
   - lr = 1e-3 * (1 - itr / (20000 + 1)) ** 0.9, 20000 iterations at batch 10 (2 GPUs x 5,
-    plain BN: statistics per GPU).
+    plain BN under DataParallel: statistics per GPU, i.e. over 5 images, running statistics
+    kept from the first GPU's). `bn_group` 5 gives the same statistics on one device: every
+    training-mode BN normalises each group of 5 consecutive images of the device's batch by
+    that group's statistics, and only the first group updates the running statistics. Under
+    DDP the group applies to each rank's share (torchrun with 2 processes x 5 images is the
+    authors' layout exactly; DDP broadcasts rank 0's running statistics).
   - BN: their train.py never calls net.train() / net.eval(), so the backbone's freezing
     `train()` override never runs: every BN (backbone and head) normalises with batch
     statistics and updates its running statistics with momentum 3e-4; conv1a and b2*
@@ -73,13 +78,24 @@ class DeepLabTrainConfig(StageConfig):
     out: str = "runs/deeplab"
     recipe: str = "tuned"  # release | tuned
     bn_mode: str = "frozen"  # frozen (backbone BN frozen, head BN trained) | authors (batch statistics, no BN updated)
+    bn_group: int | None = None  # batch statistics per this many images of a device's batch (the release: 5)
     max_iterations: int | None = None  # stop after this many iterations (the release counts 20000)
     hsv: tuple[int, int, int] | None = None  # HSV shift ranges (OpenCV units), the release's (10, 10, 10)
     loss_align_corners: bool = False  # the release upsamples logits with align_corners=True
     poly_plus_one: bool = False  # the release's poly divides by max_iter + 1
 
     STAGE = "deeplab"
-    SCHEDULE_FIELDS = (*StageConfig.SCHEDULE_FIELDS, "scale_min", "scale_max", "bn_mode", "max_iterations", "hsv")
+    SCHEDULE_FIELDS = (*StageConfig.SCHEDULE_FIELDS, "scale_min", "scale_max", "bn_mode", "bn_group", "max_iterations",
+                       "hsv")
+
+    @classmethod
+    def from_recipe(cls, recipe: str, **settings: Any) -> DeepLabTrainConfig:
+        """As RecipeConfig.from_recipe; explicit `epochs` without `max_iterations` also drop the
+        recipe's iteration count (the release's 20000), so that the epochs given are the run."""
+        cfg = super().from_recipe(recipe, **settings)
+        if settings.get("epochs") is not None and settings.get("max_iterations") is None:
+            cfg.max_iterations = None
+        return cfg
 
     def __post_init__(self) -> None:
         if self.hsv is not None:
@@ -89,6 +105,8 @@ class DeepLabTrainConfig(StageConfig):
         super().validate()
         if self.bn_mode not in ("frozen", "authors"):
             raise ValueError(f"bn_mode is frozen or authors, got {self.bn_mode!r}")
+        if self.bn_group is not None and self.bn_group < 1:
+            raise ValueError(f"bn_group must be >= 1, got {self.bn_group}")
         if self.max_iterations is not None and self.max_iterations < 1:
             raise ValueError("max_iterations must be >= 1")
         SegAugmentConfig(crop=self.crop, scale_range=(self.scale_min, self.scale_max))
@@ -148,6 +166,35 @@ def deeplab_step(net: nn.Module, batch: Sequence[torch.Tensor], device: torch.de
     return {"loss": segmentation_loss(logits, target, align_corners)}
 
 
+class GroupBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training-mode statistics are taken per `group` consecutive images of
+    the batch, as plain BN on len(batch) / group devices under DataParallel; the running
+    statistics follow the first group only (DataParallel keeps the first device's). Same
+    parameters and buffers as BatchNorm2d, so checkpoints do not change. Eval mode is plain BN."""
+
+    group: int
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or x.shape[0] <= self.group:
+            return super().forward(x)
+        head, *rest = x.split(self.group)
+        out = [super().forward(head)]  # updates the running statistics
+        out += [F.batch_norm(c, None, None, self.weight, self.bias, True, 0.0, self.eps) for c in rest]
+        return torch.cat(out)
+
+
+def group_batchnorm(model: nn.Module, group: int | None) -> nn.Module:
+    """Every BatchNorm2d of `model` becomes a GroupBatchNorm2d over `group` images (in place;
+    None leaves the model as it is). Returns the model."""
+    if group is None:
+        return model
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.__class__ = GroupBatchNorm2d
+            m.group = group
+    return model
+
+
 def authors_train_mode(model: nn.Module) -> None:
     """The release's state during training: nn.Module.train() for everything (dropout on,
     every BN on batch statistics, running statistics updated with momentum 3e-4), no BN
@@ -181,7 +228,7 @@ def train_deeplab(cfg: DeepLabTrainConfig, on_progress: Callable[[Progress], Non
         aug = SegAugmentConfig(crop=cfg.crop, scale_range=(cfg.scale_min, cfg.scale_max),
                                jitter=RELEASE_JITTER if cfg.jitter else None, hsv=cfg.hsv)
         dataset = SegmentationDataset(paths, labels, aug, cfg.seed)
-        model = create_model("deeplab", cfg.backbone, len(class_names))
+        model = group_batchnorm(create_model("deeplab", cfg.backbone, len(class_names)), cfg.bn_group)
         authors = cfg.bn_mode == "authors"
         head_bn = [] if authors else [p for m in (model.bn_fc6, model.bn_fc7) for p in m.parameters()]
 
@@ -201,4 +248,5 @@ def train_deeplab(cfg: DeepLabTrainConfig, on_progress: Callable[[Progress], Non
     return train_stage(cfg, build, on_progress, log)
 
 
-__all__ = ["DEEPLAB_FINAL", "DeepLabTrainConfig", "segmentation_loss", "train_deeplab"]
+__all__ = ["DEEPLAB_FINAL", "DeepLabTrainConfig", "GroupBatchNorm2d", "group_batchnorm", "segmentation_loss",
+           "train_deeplab"]

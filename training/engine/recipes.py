@@ -48,15 +48,17 @@ _TUNED = {"momentum": 0.9, "amp": None}  # amp None: on with CUDA
 
 # seamv1-pseudovoc (config.py): TRAIN_LR 0.001, TRAIN_MOMENTUM 0.9, TRAIN_WEIGHT_DECAY 0.0005,
 # TRAIN_BN_MOM 0.0003, TRAIN_POWER 0.9, TRAIN_BATCHES 10, TRAIN_ITERATION 20000,
-# DATA_RANDOMCROP 448, DATA_RANDOMSCALE [0.5, 1.5], DATA_RANDOM_H/S/V 10, DATA_RANDOMFLIP 0.5
+# DATA_RANDOMCROP 448, DATA_RANDOMSCALE [0.5, 1.5], DATA_RANDOM_H/S/V 10, DATA_RANDOMFLIP 0.5, GPUS 2
+# (plain BN under DataParallel: each BN saw 5 images; bn_group 5 gives those statistics on one device)
 _DEEPLAB: dict[str, dict[str, Any]] = {
     "release": {"batch_size": 10, "max_iterations": 20000, "epochs": 10_000, "lr": 1e-3, "weight_decay": 5e-4,
                 "momentum": 0.9, "crop": 448, "scale_min": 0.5, "scale_max": 1.5, "jitter": False,
-                "hsv": (10, 10, 10), "bn_mode": "authors", "loss_align_corners": True, "poly_plus_one": True,
-                "amp": False},
+                "hsv": (10, 10, 10), "bn_mode": "authors", "bn_group": 5, "loss_align_corners": True,
+                "poly_plus_one": True, "amp": False},
     "tuned": {"batch_size": 8, "max_iterations": None, "epochs": 20, "lr": 1e-3, "weight_decay": 5e-4,
               "momentum": 0.9, "crop": 448, "scale_min": 0.5, "scale_max": 1.5, "jitter": False, "hsv": None,
-              "bn_mode": "frozen", "loss_align_corners": False, "poly_plus_one": False, "amp": None},
+              "bn_mode": "frozen", "bn_group": None, "loss_align_corners": False, "poly_plus_one": False,
+              "amp": None},
 }
 
 SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
@@ -108,8 +110,9 @@ def recipe_report(stage: str, name: str, config: Mapping[str, Any], effective_mo
     """The sidecar's "recipe" entry: name, the recipe's values, and the config's departures."""
     base = _listed(recipe_settings(stage, name))
     got = _listed({**config, "momentum": effective_momentum})
-    # an iteration-counted recipe derives its epochs from the data size: not a departure
-    derived = {"epochs"} if base.get("max_iterations") else set()
+    # an iteration-counted run derives its epochs from the data size: not a departure (an
+    # explicit epoch count drops the iteration cap, and then both are)
+    derived = {"epochs"} if base.get("max_iterations") and got.get("max_iterations") else set()
     overrides = {k: got[k] for k, v in base.items() if k in got and k not in derived and got[k] != v}
     return {"name": name, "settings": base, "overrides": overrides, "exact": not overrides}
 
@@ -155,7 +158,7 @@ def describe(cfg: RecipeConfig) -> str:
             f"poly 0.9, lr {s['lr']:g}, batch {s['batch_size']}, {length}, crop {s['crop']}, "
             f"{'fp32' if s['amp'] is False else 'AMP on CUDA'}")
     if "bn_mode" in s:
-        head += f", BN {s['bn_mode']}"
+        head += f", BN {s['bn_mode']}" + (f" (statistics per {s['bn_group']} images)" if s.get("bn_group") else "")
     if "cam_norm" in s:
         head += f", max_norm {s['cam_norm']}"
     if not rep["overrides"]:
