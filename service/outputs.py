@@ -78,7 +78,7 @@ def job_outputs(engine, rgb: np.ndarray, seg: SegmentResult, labels: list[int] |
         from service.integrations import exports
 
         if "labelstudio" in kinds:
-            out["labelstudio"] = exports.ls_image_doc(seg.label, names, seg.scores, file_name)
+            out["labelstudio"] = exports.ls_image_doc(seg.label, names, seg.scores, file_name, method=seg.method)
         if "cvat" in kinds:
             out["cvat"] = exports.cvat_mask_png(seg.label, len(names))
     return out

@@ -124,10 +124,17 @@ def _segmentation_zip(pngs: Iterable[tuple[str, bytes]], names: Sequence[str]) -
 
 
 # --- job outputs (per image, written by the workers) and their merged files ---------------------
+def ls_model_version(model: str, method: str) -> str:
+    """The model_version of our predictions, live (/labelstudio/predict) and batch (job exports)
+    alike: Label Studio skips tasks that already hold a prediction of the backend's version."""
+    return f"seam-wsss:{model}:{method}"
+
+
 def ls_image_doc(label: np.ndarray, names: Sequence[str], scores: Sequence[float], file_name: str,
-                 min_area: int = 4) -> bytes:
+                 min_area: int = 4, method: str | None = None) -> bytes:
     """The per-image `labelstudio` job output: brush RLE and polygons (pixel corners) of each
-    class, so the tasks file can be assembled at download with either region type."""
+    class, so the tasks file can be assembled at download with either region type; `method`:
+    the segmentation method that made it (the tasks' model_version)."""
     h, w = label.shape
     classes = []
     for c in range(len(names)):
@@ -138,40 +145,49 @@ def ls_image_doc(label: np.ndarray, names: Sequence[str], scores: Sequence[float
                         "score": round(float(scores[c]), 6) if c < len(scores) else None,
                         "rle": ls_rle_encode(mask),
                         "polygons": [p.ravel().astype(int).tolist() for p in mask_polygons(mask, min_area=min_area)]})
-    return json.dumps({"file_name": file_name, "width": int(w), "height": int(h), "classes": classes},
-                      separators=(",", ":")).encode()
+    return json.dumps({"file_name": file_name, "width": int(w), "height": int(h), "method": method,
+                       "classes": classes}, separators=(",", ":")).encode()
 
 
 def ls_task_from_doc(doc: dict, url: str, from_name: str, to_name: str, data_key: str,
-                     region: Literal["brush", "polygon"], model_version: str, id_prefix: str = "r") -> dict:
+                     region: Literal["brush", "polygon"], model_version: str, id_prefix: str = "r",
+                     labels: Mapping[int, str] | None = None) -> dict:
+    """`labels`: class index -> the project's label value (classes without one are left out);
+    None: regions carry the model's class names."""
     w, h = doc["width"], doc["height"]
     regions = []
     for cl in doc["classes"]:
+        name = cl["name"] if labels is None else labels.get(cl["index"])
+        if name is None:
+            continue
         base = _region_base(from_name, to_name, w, h, cl["score"])
         rid = f"{id_prefix}{cl['index']}"
         if region == "brush":
-            regions.append(_brush_region(base, rid, cl["rle"], cl["name"]))
+            regions.append(_brush_region(base, rid, cl["rle"], name))
         else:
-            regions += _polygon_regions(base, rid, cl["polygons"], cl["name"], w, h)
+            regions += _polygon_regions(base, rid, cl["polygons"], name, w, h)
     return ls_task(url, regions, model_version, data_key)
 
 
 def job_labelstudio_tasks(storage, job_id: str, manifest: dict, prefix: str, from_name: str = "tag",
                           to_name: str = "image", data_key: str = "image",
-                          region: Literal["brush", "polygon"] = "brush") -> bytes:
-    """labelstudio_tasks.json of a finished job: one task per image with a finished output."""
+                          region: Literal["brush", "polygon"] = "brush",
+                          labels: Mapping[int, str] | None = None) -> bytes:
+    """labelstudio_tasks.json of a finished job: one task per image with a finished output.
+    model_version as the live backend's (`seam-wsss:<model>:<method>`)."""
     models = manifest.get("models") or []
-    version = "seam-wsss:" + ",".join(m.get("name", "?") for m in models) if models else "seam-wsss"
-    if manifest.get("options", {}).get("method"):
-        version += ":" + manifest["options"]["method"]
+    model = (models[0].get("name") or "model") if models else "model"
+    asked = (manifest.get("options") or {}).get("method")
     tasks = []
     for n, (iid, rel) in enumerate(sorted(manifest["images"].items())):
         try:
             doc = json.loads(storage.output_path(job_id, "labelstudio", iid).read_bytes())
         except (OSError, ValueError):
             continue  # failed or missing image: no task
+        # outputs written before the method was recorded: the method asked for, else unknown
+        version = ls_model_version(model, doc.get("method") or asked or "unknown")
         tasks.append(ls_task_from_doc(doc, image_url(prefix, rel), from_name, to_name, data_key, region, version,
-                                      id_prefix=f"i{n}r"))
+                                      id_prefix=f"i{n}r", labels=labels))
     return ls_tasks_json(tasks)
 
 

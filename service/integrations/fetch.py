@@ -12,19 +12,38 @@ an open proxy into its own network (SSRF). So:
   connect; TLS still verifies the certificate for the host name);
 - redirects are followed by hand, each hop checked the same way;
 - the body is streamed and cut at the upload limit.
+
+Label Studio's tokens: a legacy token is sent as `Authorization: Token <key>`; a personal
+access token (a JWT refresh token) is not accepted by Label Studio's API as it is: it is
+exchanged at `<Label Studio>/api/token/refresh/` for a short-lived access token (5 minutes by
+default), sent as `Bearer`, cached per process and exchanged again before it expires or when
+Label Studio answers 401.
 """
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import ipaddress
+import json
 import socket
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 from urllib.parse import quote, urljoin, urlsplit
 
 import httpx
 
 _CLOUD_SCHEMES = ("s3:", "gs:", "azure-blob:", "azure-spi:")
 _REDIRECTS = (301, 302, 303, 307, 308)
+# Label Studio's /data/upload answers 406 to a bare `image/*` (its content negotiation knows no
+# image renderer); the wildcard fallback gets the file, and other servers still prefer an image.
+ACCEPT = "image/*, */*;q=0.8"
+TOKEN_REFRESH_PATH = "/api/token/refresh/"
+# an access token this close to its expiry is exchanged again before use (clock skew, slow fetch)
+TOKEN_MARGIN_S = 30.0
 
 
 class UrlRefused(ValueError):
@@ -55,7 +74,12 @@ class Origin:
 
     @classmethod
     def of(cls, url: str) -> Origin:
-        parts = urlsplit(url)
+        if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
+            raise UrlRefused("the URL contains control characters")
+        try:
+            parts = urlsplit(url)
+        except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+            raise UrlRefused(f"malformed URL: {exc}") from None
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https"):
             raise UrlRefused(f"scheme {parts.scheme or '(none)'!r} is not allowed (only http and https)")
@@ -67,10 +91,68 @@ class Origin:
             port = parts.port or (443 if scheme == "https" else 80)
         except ValueError as exc:
             raise UrlRefused(f"bad port: {exc}") from None
+        try:  # what httpx would refuse when sending must be refused here, before anything is fetched
+            httpx.URL(url)
+        except httpx.InvalidURL as exc:
+            raise UrlRefused(f"malformed URL: {exc}") from None
         return cls(scheme, parts.hostname.lower().rstrip("."), port)
 
     def netloc(self) -> str:
         return f"{self.host}:{self.port}"
+
+
+TokenKind = Literal["legacy", "access", "refresh"]
+
+
+def _jwt_payload(token: str) -> dict | None:
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def token_kind(token: str) -> TokenKind:
+    """A Label Studio token's kind: JWTs say so in their payload (`token_type`); anything else
+    is a legacy token. Personal access tokens are refresh tokens."""
+    payload = _jwt_payload(token)
+    if payload is None:
+        return "legacy"
+    return "refresh" if payload.get("token_type") == "refresh" else "access"
+
+
+class AccessTokens:
+    """Access tokens obtained for personal access tokens, per (Label Studio URL, token digest),
+    until shortly before their `exp`. Shared by the threads of one process."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
+        self._lock = threading.Lock()
+        self._clock = clock
+
+    def get(self, key: tuple[str, str]) -> str | None:
+        with self._lock:
+            hit = self._tokens.get(key)
+        if hit and self._clock() < hit[1] - TOKEN_MARGIN_S:
+            return hit[0]
+        return None
+
+    def put(self, key: tuple[str, str], token: str) -> None:
+        exp = (_jwt_payload(token) or {}).get("exp")
+        # without an exp claim the token is used once (for this fetch) and exchanged next time
+        expires = float(exp) if isinstance(exp, int | float) else 0.0
+        with self._lock:
+            self._tokens[key] = (token, expires)
+
+    def drop(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            self._tokens.pop(key, None)
+
+
+ACCESS_TOKENS = AccessTokens()
 
 
 @dataclass
@@ -86,6 +168,7 @@ class FetchPolicy:
     timeout_s: float = 20.0
     max_redirects: int = 3
     resolver: Resolver = field(default=system_resolver, repr=False)
+    tokens: AccessTokens = field(default=ACCESS_TOKENS, repr=False)
 
     def __post_init__(self) -> None:
         self.base = Origin.of(self.base_url)
@@ -153,61 +236,120 @@ class FetchPolicy:
         return origin, addrs[0]
 
     # --- fetching ------------------------------------------------------------------
-    def _auth(self) -> dict[str, str]:
-        if not self.api_key:
-            return {}
-        # Label Studio's personal access tokens are JWTs (Bearer); legacy tokens use "Token"
-        scheme = "Bearer" if self.api_key.count(".") == 2 else "Token"
-        return {"Authorization": f"{scheme} {self.api_key}"}
-
     def fetch(self, url: str, client: httpx.Client | None = None) -> bytes:
         """GET `url` (already made absolute) within the policy; returns the body."""
         own = client is None
         client = client or httpx.Client(timeout=self.timeout_s, follow_redirects=False, trust_env=False)
         try:
-            for _hop in range(self.max_redirects + 1):
+            hops = 0
+            renewed = False
+            while True:
                 origin, addr = self.check(url)
-                resp = self._send(client, url, origin, addr)
+                auth = self._auth(client) if self.is_base(origin) else {}
+                resp = self._send(client, "GET", url, origin, addr, auth)
                 try:
+                    if resp.status_code == 401 and not renewed and self._exchanges():
+                        # the cached access token was revoked or expired early: one fresh exchange
+                        self.tokens.drop(self._token_key())
+                        renewed = True
+                        continue
                     if resp.status_code in _REDIRECTS:
                         loc = resp.headers.get("location")
                         if not loc:
                             raise FetchFailed(f"redirect without a Location from {origin.netloc()}", resp.status_code)
+                        hops += 1
+                        if hops > self.max_redirects:
+                            raise FetchFailed(f"more than {self.max_redirects} redirects fetching the image")
                         url = urljoin(url, loc)
                         continue
                     if resp.status_code != 200:
                         raise FetchFailed(f"Label Studio answered HTTP {resp.status_code} for the image "
-                                          f"({_short(url)})", resp.status_code)
+                                          f"({_short(url)}){_hint(resp.status_code)}", resp.status_code)
                     return self._read_limited(resp)
                 finally:
                     resp.close()
-            raise FetchFailed(f"more than {self.max_redirects} redirects fetching the image")
         except httpx.HTTPError as exc:
             raise FetchFailed(f"could not fetch the image from {urlsplit(url).netloc}: {exc}") from None
         finally:
             if own:
                 client.close()
 
-    def _send(self, client: httpx.Client, url: str, origin: Origin, addr: str) -> httpx.Response:
-        u = httpx.URL(url)
-        default = 443 if origin.scheme == "https" else 80
-        headers = {"Host": origin.host if origin.port == default else origin.netloc(), "Accept": "image/*"}
-        if self.is_base(origin):
-            headers.update(self._auth())
-        ext = {"sni_hostname": origin.host} if origin.scheme == "https" else {}
-        req = client.build_request("GET", u.copy_with(host=addr), headers=headers, extensions=ext)
-        return client.send(req, stream=True)
+    def _exchanges(self) -> bool:
+        return bool(self.api_key) and token_kind(self.api_key or "") == "refresh"
 
-    def _read_limited(self, resp: httpx.Response) -> bytes:
+    def _token_key(self) -> tuple[str, str]:
+        return self.base_url, hashlib.sha256((self.api_key or "").encode()).hexdigest()
+
+    def _auth(self, client: httpx.Client) -> dict[str, str]:
+        if not self.api_key:
+            return {}
+        kind = token_kind(self.api_key)
+        if kind == "legacy":
+            return {"Authorization": f"Token {self.api_key}"}
+        if kind == "access":
+            return {"Authorization": f"Bearer {self.api_key}"}
+        return {"Authorization": f"Bearer {self.access_token(client)}"}
+
+    def access_token(self, client: httpx.Client) -> str:
+        """An access token for the personal access token `api_key`: the cached one while it is
+        valid, else a new one from Label Studio's /api/token/refresh/."""
+        key = self._token_key()
+        cached = self.tokens.get(key)
+        if cached:
+            return cached
+        url = self.base_url + TOKEN_REFRESH_PATH
+        origin, addr = self.check(url)
+        resp = self._send(client, "POST", url, origin, addr, {"Content-Type": "application/json"},
+                          json.dumps({"refresh": self.api_key}).encode())
+        try:
+            if resp.status_code != 200:
+                raise FetchFailed(f"Label Studio answered HTTP {resp.status_code} exchanging the personal access "
+                                  f"token at {TOKEN_REFRESH_PATH}: the token is revoked, expired or from another "
+                                  "Label Studio (SEAM_LABELSTUDIO_API_KEY)", resp.status_code)
+            body = self._read_limited(resp, 64 * 1024)
+        finally:
+            resp.close()
+        try:
+            access = json.loads(body)["access"]
+        except (ValueError, KeyError, TypeError):
+            access = None
+        if not isinstance(access, str) or not access:
+            raise FetchFailed(f"Label Studio's {TOKEN_REFRESH_PATH} answer has no access token")
+        self.tokens.put(key, access)
+        return access
+
+    def _send(self, client: httpx.Client, method: Literal["GET", "POST"], url: str, origin: Origin, addr: str,
+              extra: dict[str, str], body: bytes | None = None) -> httpx.Response:
+        default = 443 if origin.scheme == "https" else 80
+        headers = {"Host": origin.host if origin.port == default else origin.netloc(), "Accept": ACCEPT, **extra}
+        ext = {"sni_hostname": origin.host} if origin.scheme == "https" else {}
+        try:
+            req = client.build_request(method, httpx.URL(url).copy_with(host=addr), headers=headers, content=body,
+                                       extensions=ext)
+            return client.send(req, stream=True)
+        except httpx.InvalidURL as exc:
+            # httpx builds the redirect request from Location even when not following it: a
+            # Location such as data:... or one with control characters fails here
+            raise UrlRefused(f"invalid URL (or redirect target) from {origin.netloc()}: {exc}") from None
+
+    def _read_limited(self, resp: httpx.Response, limit: int | None = None) -> bytes:
+        cap = self.max_bytes if limit is None else limit
         declared = resp.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > self.max_bytes:
-            raise FetchFailed(f"the image is {declared} bytes, over the limit of {self.max_bytes}", 413)
+        if declared and declared.isdigit() and int(declared) > cap:
+            raise FetchFailed(f"the image is {declared} bytes, over the limit of {cap}", 413)
         buf = bytearray()
         for chunk in resp.iter_bytes():
             buf += chunk
-            if len(buf) > self.max_bytes:
-                raise FetchFailed(f"the image is larger than the limit of {self.max_bytes} bytes", 413)
+            if len(buf) > cap:
+                raise FetchFailed(f"the image is larger than the limit of {cap} bytes", 413)
         return bytes(buf)
+
+
+def _hint(status: int) -> str:
+    if status == 401:
+        return ": the token (SEAM_LABELSTUDIO_API_KEY) is missing, wrong, or a legacy token that the organisation " \
+               "has disabled"
+    return ""
 
 
 def _short(url: str, n: int = 120) -> str:

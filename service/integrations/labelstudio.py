@@ -8,6 +8,10 @@ Studio's `ml/api_connector.py` calls it (URL joined with the route name):
     POST /labelstudio/webhook  {action, project, ...} -> 201 {"result": null, "status": "ok"} (no training)
     GET  /labelstudio/health, /labelstudio/ -> {"status": "UP", "model_class"}; GET /labelstudio/metrics -> {}
 
+Health is DOWN (503, with the reason) while the model loads and while the backend cannot fetch
+task images (no SEAM_LABELSTUDIO_URL or no token): Label Studio then refuses to connect the
+backend instead of "retrieving" predictions that never arrive.
+
 Every predicted class becomes one `brushlabels` region (Label Studio's own RLE) or, with
 `SEAM_LABELSTUDIO_REGION=polygon` (or a config with only PolygonLabels), `polygonlabels` regions.
 Images come only from `SEAM_LABELSTUDIO_URL` (see `fetch.py`). Label Studio sends only HTTP
@@ -37,7 +41,7 @@ from service.core.limits import run_limited
 from service.engine.base import InferenceEngine, SegmentResult
 from service.inputs import parse_label_tokens
 from service.integrations import segment_upload
-from service.integrations.exports import job_labelstudio_tasks, ls_regions, prediction_score
+from service.integrations.exports import job_labelstudio_tasks, ls_model_version, ls_regions, prediction_score
 from service.integrations.fetch import FetchFailed, FetchPolicy, UrlRefused
 from service.integrations.ls_config import Control, LabelConfig, LabelConfigError, parse_label_config
 from service.jobs.access import visible_snapshot
@@ -52,8 +56,11 @@ class LabelStudioSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SEAM_LABELSTUDIO_", extra="ignore", validate_default=True)
 
     url: str | None = Field(None, description="Label Studio's URL (e.g. http://labelstudio:8080); images are "
-                                              "fetched from it only. Unset: /labelstudio/predict answers 503.")
-    api_key: SecretStr | None = Field(None, description="Label Studio access token, sent only to `url`.")
+                                              "fetched from it only. Unset: /labelstudio/health is DOWN and "
+                                              "/labelstudio/predict answers 503.")
+    api_key: SecretStr | None = Field(None, description="Label Studio token, sent only to `url`: a legacy token, "
+                                                        "or a personal access token (exchanged for access tokens "
+                                                        "at /api/token/refresh/).")
     allow_private: bool = Field(False, description="Allow Label Studio (and extra hosts) on private/loopback "
                                                    "addresses.")
     extra_hosts: Annotated[list[str], NoDecode] = Field(
@@ -167,17 +174,33 @@ def install(app: FastAPI) -> None:
 # --- helpers --------------------------------------------------------------------------------
 def model_version(engine: InferenceEngine, method: str) -> str:
     models = engine.models()
-    name = models[0].name if models else "model"
-    return f"seam-wsss:{name}:{method}"
+    return ls_model_version(models[0].name if models else "model", method)
+
+
+def fetch_problem(ls: LabelStudioSettings) -> str | None:
+    """Why this backend cannot fetch task images from Label Studio, or None."""
+    if not ls.url:
+        return ("SEAM_LABELSTUDIO_URL is not set: the backend cannot fetch task images from Label Studio "
+                "(set it to Label Studio's URL as seam reaches it, and SEAM_LABELSTUDIO_API_KEY)")
+    if not ls.api_key or not ls.api_key.get_secret_value().strip():
+        return ("SEAM_LABELSTUDIO_API_KEY is not set: Label Studio serves task images only to authenticated "
+                "requests (set a legacy token or a personal access token)")
+    return None
 
 
 def policy_for(ls: LabelStudioSettings, max_bytes: int) -> FetchPolicy:
-    if not ls.url:
-        raise ApiError(503, "labelstudio_not_configured", "set SEAM_LABELSTUDIO_URL (and SEAM_LABELSTUDIO_API_KEY) "
-                                                          "so the backend can fetch task images from Label Studio")
-    return FetchPolicy(base_url=ls.url, api_key=ls.api_key.get_secret_value() if ls.api_key else None,
+    problem = fetch_problem(ls)
+    if problem:
+        raise ApiError(503, "labelstudio_not_configured", problem)
+    assert ls.url is not None and ls.api_key is not None  # fetch_problem said so
+    return FetchPolicy(base_url=ls.url, api_key=ls.api_key.get_secret_value().strip(),
                        allow_private=ls.allow_private, extra_hosts=ls.extra_hosts, max_bytes=max_bytes,
                        timeout_s=ls.fetch_timeout_s)
+
+
+def task_ref(task: LsTask, i: int) -> str:
+    """How messages name a task: Label Studio's id, else its position in the request."""
+    return f"task {task.id}" if task.id is not None else f"task #{i}"
 
 
 def _tokens(value: object) -> list[str] | None:
@@ -268,14 +291,14 @@ async def predict(body: Annotated[PredictRequest, Body()], request: Request, eng
     for i, task in enumerate(body.tasks):
         raw = task.data.get(data_key)
         if not isinstance(raw, str):
-            raise ApiError(422, "missing_image", f"task {task.id if task.id is not None else i}: data.{data_key} "
+            raise ApiError(422, "missing_image", f"{task_ref(task, i)}: data.{data_key} "
                                                  "(the <Image> value of the labelling config) is missing")
         try:
             url = policy.absolute(raw, task.id)
             await run_in_threadpool(policy.check, url)
         except UrlRefused as exc:
-            log.warning("labelstudio: refused image URL of task %s: %s", task.id, exc)
-            raise ApiError(422, "forbidden_image_url", f"task {task.id}: image URL refused: {exc}") from None
+            log.warning("labelstudio: refused image URL of %s: %s", task_ref(task, i), exc)
+            raise ApiError(422, "forbidden_image_url", f"{task_ref(task, i)}: image URL refused: {exc}") from None
         urls.append(url)
     version = model_version(engine, method)
     results = []
@@ -283,11 +306,11 @@ async def predict(body: Annotated[PredictRequest, Body()], request: Request, eng
         labels, _source = image_labels(task, cfg, control, classes, ls.labels_field)
         try:
             data = await run_in_threadpool(policy.fetch, url)
-        except UrlRefused as exc:  # a redirect to somewhere not allowed
-            raise ApiError(422, "forbidden_image_url", f"task {task.id}: image URL refused: {exc}") from None
+        except UrlRefused as exc:  # a redirect to somewhere not allowed, or to no valid URL at all
+            raise ApiError(422, "forbidden_image_url", f"{task_ref(task, i)}: image URL refused: {exc}") from None
         except FetchFailed as exc:
             status = 413 if exc.status == 413 else 502
-            raise ApiError(status, "image_fetch_failed", f"task {task.id}: {exc}") from None
+            raise ApiError(status, "image_fetch_failed", f"{task_ref(task, i)}: {exc}") from None
         seg = await run_limited(limiter, metrics, "labelstudio", method, segment_upload, engine, data,
                                 settings.max_pixels, labels, method, ls.threshold)
         kind = control.kind
@@ -300,6 +323,9 @@ async def predict(body: Annotated[PredictRequest, Body()], request: Request, eng
 
 @router.post("/setup", summary="Label Studio ML backend: project set-up.")
 async def setup(body: Annotated[SetupRequest, Body()], engine: EngineDep, ls: LsSettingsDep) -> dict:
+    problem = fetch_problem(ls)
+    if problem:
+        raise ApiError(503, "labelstudio_not_configured", problem)
     if body.schema_:
         try:
             cfg = parse_label_config(body.schema_)
@@ -324,11 +350,14 @@ async def webhook(body: Annotated[dict[str, Any], Body()]) -> JSONResponse:
 
 @router.get("/health", summary="Label Studio ML backend: health.")
 @router.get("/", include_in_schema=False)
-async def health(request: Request) -> JSONResponse:
+async def health(request: Request, ls: LsSettingsDep) -> JSONResponse:
     holder = request.app.state.holder
-    if holder.engine is None:
-        return JSONResponse({"status": "DOWN", "model_class": "SeamWSSS", "error": holder.error or "loading"},
-                            status_code=503)
+    problem = fetch_problem(ls)
+    if holder.engine is None or problem:
+        reason = problem or holder.error or "loading"
+        if problem:  # Label Studio shows only the status code: the reason is in the body and in our log
+            log.warning("labelstudio: health is DOWN: %s", reason)
+        return JSONResponse({"status": "DOWN", "model_class": "SeamWSSS", "error": reason}, status_code=503)
     return JSONResponse({"status": "UP", "model_class": "SeamWSSS"})
 
 
@@ -344,18 +373,41 @@ async def versions(engine: EngineDep, ls: LsSettingsDep) -> dict:
 
 # --- a finished job's outputs as a Label Studio import file, with the project's tag names -------
 jobs_router = APIRouter(tags=["jobs"])
+JobId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
+UrlPrefix = Annotated[str | None, Query(max_length=2048, pattern=r"^(https?://|/)")]
+TagName = Annotated[str, Query(min_length=1, max_length=200)]
+EXPORT_DESCRIPTION = ("Requires the `labelstudio` output. Import the file in Label Studio (Import -> Upload files). "
+                      "With the project's `label_config`, regions carry its label values (`predicted_values` "
+                      "mapping) and its tag names; without it, `from_name`/`to_name`/`data_key` name the tags and "
+                      "regions carry the model's class names.")
+
+
+class ExportRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    label_config: str = Field(..., min_length=1, max_length=1_000_000,
+                              description="The project's labelling config (XML), as Label Studio's "
+                                          "GET /api/projects/<id> returns it.")
+    image_url_prefix: str | None = Field(None, max_length=2048, pattern=r"^(https?://|/)")
+    region: Literal["auto", "brush", "polygon"] = "auto"
 
 
 @jobs_router.get("/jobs/{job_id}/export/labelstudio", summary="A job's Label Studio tasks-with-predictions JSON.",
-                 description="Requires the `labelstudio` output. Import the file in Label Studio (Import -> Upload "
-                             "files); `from_name`/`to_name`/`data_key` must match the project's labelling config.")
-def export_labelstudio(job_id: Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")], request: Request,
-                       image_url_prefix: Annotated[str | None,
-                                                   Query(max_length=2048, pattern=r"^(https?://|/)")] = None,
-                       from_name: Annotated[str, Query(min_length=1, max_length=200)] = "tag",
-                       to_name: Annotated[str, Query(min_length=1, max_length=200)] = "image",
-                       data_key: Annotated[str, Query(min_length=1, max_length=200)] = "image",
-                       region: Literal["brush", "polygon"] = "brush") -> Response:
+                 description=EXPORT_DESCRIPTION)
+def export_labelstudio(job_id: JobId, request: Request, image_url_prefix: UrlPrefix = None,
+                       label_config: Annotated[str | None, Query(max_length=100_000)] = None,
+                       from_name: TagName = "tag", to_name: TagName = "image", data_key: TagName = "image",
+                       region: Literal["auto", "brush", "polygon"] = "auto") -> Response:
+    return _export(job_id, request, image_url_prefix, label_config, from_name, to_name, data_key, region)
+
+
+@jobs_router.post("/jobs/{job_id}/export/labelstudio", summary="A job's Label Studio tasks, for a labelling config.",
+                  description=EXPORT_DESCRIPTION + " POST: the config in a JSON body (long configs).")
+def export_labelstudio_for_config(job_id: JobId, request: Request, body: Annotated[ExportRequest, Body()]) -> Response:
+    return _export(job_id, request, body.image_url_prefix, body.label_config, "tag", "image", "image", body.region)
+
+
+def _export(job_id: str, request: Request, image_url_prefix: str | None, label_config: str | None, from_name: str,
+            to_name: str, data_key: str, region: Literal["auto", "brush", "polygon"]) -> Response:
     settings = request.app.state.settings
     principal = require_api_key(settings, request.headers.get("x-api-key"))
     store, storage = request.app.state.store, request.app.state.storage
@@ -370,6 +422,24 @@ def export_labelstudio(job_id: Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")], 
     except FileNotFoundError:
         raise ApiError(404, "not_found", f"the files of job {job_id} are gone") from None
     prefix = image_url_prefix or snap.options.get("image_url_prefix")
-    body = job_labelstudio_tasks(storage, job_id, manifest, prefix, from_name, to_name, data_key, region)
+    if not prefix:
+        raise ApiError(422, "missing_image_url_prefix", "give image_url_prefix: the URL under which Label Studio "
+                                                        "serves the job's images (see docs/labelstudio.md)")
+    labels: dict[int, str] | None = None
+    kind: Literal["brush", "polygon"] = "polygon" if region == "polygon" else "brush"
+    if label_config is not None:
+        try:
+            cfg = parse_label_config(label_config)
+            control = cfg.pick(region)
+        except LabelConfigError as exc:
+            raise ApiError(422, "invalid_label_config", str(exc)) from None
+        classes = manifest.get("classes") or []
+        labels = control.class_map(classes)
+        if not labels:
+            raise ApiError(422, "no_matching_labels", f"no label of <{control.name}> matches a class of the job's "
+                                                      f"model ({', '.join(classes)}); add predicted_values")
+        from_name, to_name, data_key = control.name, control.to_name, cfg.images[control.to_name]
+        kind = "brush" if control.kind == "brushlabels" else "polygon"
+    body = job_labelstudio_tasks(storage, job_id, manifest, prefix, from_name, to_name, data_key, kind, labels)
     return Response(body, media_type="application/json",
                     headers={"Content-Disposition": f'attachment; filename="labelstudio-{job_id}.json"'})
