@@ -70,3 +70,18 @@ def torch_to_mxnet(key: str) -> str:
         return f"arg:res{stage}{letter}_{branch}_weight"
     suffix = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_var"}[param]
     return f"{'aux' if 'moving' in suffix else 'arg'}:bn{stage}{letter}_{branch}_{suffix}"
+
+
+def voc_layout(root: Path, n: int = 12, size: int = 64, seed: int = 1) -> tuple[Path, Path, Path]:
+    """A synthetic set in the PASCAL VOC layout (detected as `voc`: JPEGImages/, ImageSets/,
+    SegmentationClass/, no classes.txt beside them): returns (data root, cls_labels.npy with
+    20-class vectors, training list). The five synthetic classes sit at VOC's indices 0..4."""
+    from training.data.synth import generate
+
+    info = generate(root, n=n, seed=seed, size=size)
+    info.classes_file.unlink()
+    five = np.load(info.cls_labels, allow_pickle=True).item()
+    info.cls_labels.unlink()
+    labels = root.parent / f"{root.name}_cls_labels.npy"
+    np.save(labels, {k: np.pad(np.asarray(v, np.float32), (0, 20 - len(v))) for k, v in five.items()})
+    return root, labels, info.train_list
