@@ -15,6 +15,7 @@ import numpy as np
 
 from seam.common.cam import DEFAULT_BG_THRESHOLD, CamResult, cams_to_label
 from service.engine.base import METHODS, ModelInfo, SegmentResult
+from service.engine.cancel import check_wanted
 
 FAKE_CLASSES: tuple[str, ...] = ("red", "green", "blue")
 FAIL_PIXEL = (1, 2, 3)  # an image whose top-left pixel is exactly this makes the engine raise
@@ -22,6 +23,14 @@ FAIL_PIXEL = (1, 2, 3)  # an image whose top-left pixel is exactly this makes th
 
 class FakeEngineError(RuntimeError):
     pass
+
+
+def _passes(seconds: float, step_s: float = 0.05) -> None:
+    """The simulated compute time, in passes like a real engine's (each asks whether it is still wanted)."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        check_wanted()
+        time.sleep(min(step_s, left))
 
 
 def _box_blur(x: np.ndarray, r: int) -> np.ndarray:
@@ -68,7 +77,7 @@ class FakeEngine:
         if tuple(int(v) for v in rgb[0, 0]) == FAIL_PIXEL:
             raise FakeEngineError("fake engine failure (trigger pixel)")
         if self.delay_s and not getattr(self._batch, "active", False):
-            time.sleep(self.delay_s)
+            _passes(self.delay_s)
         H, W = rgb.shape[:2]
         n = len(self._classes)
         x = rgb.astype(np.float32) / 255.0
@@ -102,7 +111,7 @@ class FakeEngine:
         if len(rgbs) != len(labels):
             raise ValueError(f"{len(rgbs)} images but {len(labels)} label lists")
         if self.delay_s:
-            time.sleep(self.delay_s)
+            _passes(self.delay_s)
         self._batch.active = True
         try:  # like a real batch, one failing image fails the whole call
             return [fn(rgb, lb, **kw) for rgb, lb in zip(rgbs, labels, strict=True)]

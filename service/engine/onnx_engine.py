@@ -46,6 +46,7 @@ from seam.modelrepo.manifest import MANIFEST_NAME, MODEL_KINDS, Manifest, Manife
 from seam.modelrepo.pcm import run_pcm
 from seam.modelrepo.runtime import CPU, RuntimeConfig, create_session, resolve_runtime, warm_up
 from service.engine.base import METHODS, MemoryBudgetError, MemoryEstimate, ModelInfo, SegmentResult
+from service.engine.cancel import check_wanted
 
 log = logging.getLogger(__name__)
 
@@ -404,6 +405,7 @@ class OnnxEngine:
         return out  # type: ignore[return-value]
 
     def _run(self, m: LoadedModel, batch: np.ndarray, outputs: Sequence[str] | None = None) -> list[np.ndarray]:
+        check_wanted()  # each pass: a synchronous request whose client has gone stops here
         with self._gate:
             return m.session.run(list(outputs or m.manifest.onnx.outputs), {m.manifest.input.name: batch})
 

@@ -98,13 +98,12 @@ class CeleryDispatcher(Dispatcher):
     mode = "celery"
 
     def __init__(self, settings: Settings) -> None:
-        import redis
-
+        from service.core.redisconn import sync_redis
         from service.worker.celery_app import create_celery
 
         self.settings = settings
         self.celery = create_celery(settings)
-        self.redis = redis.Redis.from_url(settings.broker_url, socket_timeout=5, socket_connect_timeout=3)
+        self.redis = sync_redis(settings.broker_url or "")
 
     def submit(self, job_id: str, chunks: list[list[str]]) -> None:
         with self.celery.producer_or_acquire() as producer:

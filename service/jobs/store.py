@@ -403,10 +403,9 @@ class RedisJobStore(JobStore):
 
     def __init__(self, url: str, prefix: str, ttl_s: int, client: object | None = None) -> None:
         super().__init__(ttl_s)
-        import redis
+        from service.core.redisconn import sync_redis
 
-        self.r = client or redis.Redis.from_url(url, decode_responses=True, socket_timeout=10,
-                                                socket_connect_timeout=5, health_check_interval=30)
+        self.r = client or sync_redis(url, decode_responses=True)
         self.p = prefix
         self._transition_s = self.r.register_script(_TRANSITION)
         self._done_s = self.r.register_script(_ADD_DONE)

@@ -3,8 +3,9 @@
 submit(): refuse at once when no live worker consumes the realtime queue (503) or the
 queue is full (429, `Retry-After`); else store the upload under an expiring key, queue
 its id, ring the realtime Celery queue and wait for the reply until the deadline
-(SEAM_REQUEST_TIMEOUT_S, then 504). On every exit the request key is deleted, so a
-request whose client has gone is never computed late.
+(SEAM_REQUEST_TIMEOUT_S, then 504). On every exit, the client hanging up included, the
+request key is deleted: the worker checks it before and while computing (between engine
+passes), so a request nobody waits for any more stops costing the worker.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -25,11 +27,16 @@ log = logging.getLogger("seam.service")
 
 
 class RealtimeClient:
-    def __init__(self, settings: Settings, fleet: FleetView, celery: Any, client: Any) -> None:
+    GONE_POLL_S = 0.25  # how often a waiting request checks that its client is still connected
+
+    def __init__(self, settings: Settings, fleet: FleetView, celery: Any, client: Any,
+                 blocking: Any = None) -> None:
         self.settings = settings
         self.fleet = fleet
         self.celery = celery
-        self.r = client  # redis.asyncio client (bytes responses, no socket timeout: BLPOP blocks)
+        self.r = client  # redis.asyncio client for plain commands (bytes responses, short read timeout)
+        # ... and one whose read timeout outlasts the reply's BLPOP (service.core.redisconn)
+        self.blocking = blocking if blocking is not None else client
         self.keys = Keys(settings.key_prefix)
         self.queue = settings.realtime_queue_name
         self.waiting = 0  # requests of this process waiting for a worker
@@ -37,7 +44,10 @@ class RealtimeClient:
     def _busy(self, why: str) -> ApiError:
         return ApiError(429, "too_many_requests", f"server busy: {why}; retry later", {"Retry-After": "1"})
 
-    async def submit(self, req: SyncRequest, data: bytes) -> Reply:
+    async def submit(self, req: SyncRequest, data: bytes,
+                     gone: Callable[[], Awaitable[bool]] | None = None) -> Reply:
+        """The worker's reply; `gone`: whether the HTTP client has hung up (then 499, and the
+        request is withdrawn from the worker)."""
         s = self.settings
         problem = self.fleet.problem(self.queue)
         if problem:
@@ -69,9 +79,7 @@ class RealtimeClient:
                 log.warning("could not queue a synchronous request: %s", exc)
                 raise ApiError(503, "unavailable", "the broker did not accept the request; retry later",
                                {"Retry-After": "10"}) from None
-            left = deadline - loop.time()
-            got = await asyncio.wait_for(self.r.blpop([self.keys.reply(rid)], timeout=max(left, 0.01)),
-                                         timeout=left + 5)
+            got = await self._wait_reply(rid, deadline - loop.time(), gone)
             if got is None:
                 raise ApiError(504, "timeout", f"no worker answered within {s.request_timeout_s:g} s "
                                                "(SEAM_REQUEST_TIMEOUT_S): the workers are busy or stuck; retry later",
@@ -85,10 +93,32 @@ class RealtimeClient:
             with contextlib.suppress(Exception):  # it expires anyway
                 await self.r.delete(self.keys.request(rid))
 
+    async def _wait_reply(self, rid: str, left: float, gone: Callable[[], Awaitable[bool]] | None) -> Any:
+        """BLPOP of the reply until the deadline (None when it passed), given up early when the client has gone."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + left + 5  # Redis answers None at the deadline itself; this guards a stuck socket
+        pop = asyncio.ensure_future(self.blocking.blpop([self.keys.reply(rid)], timeout=max(left, 0.01)))
+        try:
+            while True:
+                wait = end - loop.time()
+                if wait <= 0:
+                    raise TimeoutError
+                done, _ = await asyncio.wait({pop}, timeout=wait if gone is None else min(wait, self.GONE_POLL_S))
+                if done:
+                    return pop.result()
+                if gone is not None and await gone():
+                    raise ApiError(499, "client_closed_request", "the client closed the connection")
+        finally:
+            if not pop.done():
+                pop.cancel()
+                with contextlib.suppress(BaseException):
+                    await pop
+
     def _ring(self, rid: str) -> None:
         """Wake a worker: one message per request on the realtime queue (it expires with the deadline)."""
         self.celery.send_task(REALTIME_TASK, args=[rid], queue=self.queue, expires=self.settings.request_timeout_s)
 
     async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.r.aclose()
+        for c in {id(self.r): self.r, id(self.blocking): self.blocking}.values():
+            with contextlib.suppress(Exception):
+                await c.aclose()

@@ -10,7 +10,8 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from urllib.parse import quote
 
 import numpy as np
@@ -20,6 +21,7 @@ from service import encoding as enc
 from service.batching import batches, cam_batch, segment_batch
 from service.core.errors import ApiError
 from service.engine.base import InferenceEngine, MemoryBudgetError, SegmentResult
+from service.engine.cancel import Abandoned, keep_going
 from service.inputs import decode_image
 from service.outputs import cam_json, segment_json
 from service.realtime.messages import Reply, SyncRequest
@@ -31,6 +33,8 @@ def engine_error(exc: BaseException) -> ApiError | None:
     """The client-facing error for an engine failure; None = a server-side fault (500)."""
     if isinstance(exc, ApiError):
         return exc
+    if isinstance(exc, Abandoned):  # nobody reads this answer; nginx's code for it
+        return ApiError(499, "client_closed_request", "the client gave up the request")
     if isinstance(exc, MemoryBudgetError):
         return ApiError(413, "image_too_large", str(exc), details=exc.estimate.as_dict())
     if isinstance(exc, ValueError):  # the engine refuses this input
@@ -98,8 +102,11 @@ def render_cam(req: SyncRequest, rgb: np.ndarray, res: CamResult, names: Sequenc
 
 
 def run_requests(engine: InferenceEngine, names: Sequence[str], items: Sequence[tuple[SyncRequest, bytes]],
-                 max_pixels: int, max_batch: int = 1) -> list[Reply]:
-    """One Reply per (request, image bytes), in order."""
+                 max_pixels: int, max_batch: int = 1,
+                 wanted: Callable[[Sequence[int]], Sequence[bool]] | None = None) -> list[Reply]:
+    """One Reply per (request, image bytes), in order. `wanted(indices)`: whether anyone still
+    waits for each of those requests; checked before each engine batch and, through
+    `service.engine.cancel`, between the engine's passes (requests given up answer 499)."""
     replies: list[Reply | None] = [None] * len(items)
     decoded: list[tuple[int, SyncRequest, np.ndarray]] = []
     for i, (req, data) in enumerate(items):
@@ -108,15 +115,26 @@ def run_requests(engine: InferenceEngine, names: Sequence[str], items: Sequence[
         except Exception as exc:  # noqa: BLE001 - 413/415/422 for this request only
             replies[i] = error_reply(exc)
     for group in batches(decoded, lambda t: (t[1].batch_key(), t[2].shape), max_batch):
+        if wanted is not None:
+            alive = wanted([i for i, _, _ in group])
+            for (i, _, _), ok in zip(group, alive, strict=True):
+                if not ok:
+                    replies[i] = error_reply(Abandoned())
+            group = [t for t, ok in zip(group, alive, strict=True) if ok]
+            if not group:
+                continue
+        idx = [i for i, _, _ in group]
+        guard = nullcontext() if wanted is None else keep_going(lambda idx=idx: any(wanted(idx)))
         req0 = group[0][1]
         rgbs = [rgb for _, _, rgb in group]
         labels = [req.labels for _, req, _ in group]
         results: Sequence[object]
-        if req0.op == "segment":
-            results = segment_batch(engine, rgbs, labels, method=req0.method, threshold=req0.threshold,
-                                    max_side=req0.max_side)
-        else:
-            results = cam_batch(engine, rgbs, labels, refined=req0.refined, max_side=req0.max_side)
+        with guard:
+            if req0.op == "segment":
+                results = segment_batch(engine, rgbs, labels, method=req0.method, threshold=req0.threshold,
+                                        max_side=req0.max_side)
+            else:
+                results = cam_batch(engine, rgbs, labels, refined=req0.refined, max_side=req0.max_side)
         for (i, req, rgb), res in zip(group, results, strict=True):
             try:
                 if isinstance(res, Exception):

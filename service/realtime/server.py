@@ -4,7 +4,11 @@ Called by the realtime Celery task (each message on the realtime queue wakes a w
 up; whichever worker is free first takes every pending request, up to max_batch per
 round) and between the batches of a job chunk, so a long chunk does not hold
 synchronous requests back. Requests are claimed with LPOP, so each runs once; one
-whose API gave up (its key expired or was deleted) is skipped.
+whose API gave up (its key expired or was deleted) is skipped. The request key stays
+(without the image bytes) while the worker computes: the API deletes it when its client
+hangs up or its deadline passes, and the worker checks it before each engine batch and
+between the engine's passes (`service.engine.cancel`), so an abandoned request stops
+costing the worker within one pass.
 
 Dynamic batching: after the first request is taken, more are awaited for up to
 SEAM_BATCH_WINDOW_MS (or until max_batch are in hand); same-size requests with the
@@ -71,11 +75,18 @@ class RealtimeServer:
             served += self.run(ids)
         return served
 
+    def wanted(self, ids: Sequence[str]) -> list[bool]:
+        """Whether the API still waits for each of these requests (their keys exist)."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for rid in ids:
+                pipe.exists(self.keys.request(rid))
+            return [bool(n) for n in pipe.execute()]
+
     def run(self, ids: Sequence[str]) -> int:
         with self.r.pipeline(transaction=False) as pipe:
             for rid in ids:
                 pipe.hgetall(self.keys.request(rid))
-                pipe.delete(self.keys.request(rid))
+                pipe.hdel(self.keys.request(rid), "image")  # the bytes are in hand; the key stays as "still wanted"
             raw = pipe.execute()[0::2]
         live: list[tuple[str, SyncRequest, bytes]] = []
         early: dict[str, Reply] = {}
@@ -93,7 +104,7 @@ class RealtimeServer:
                 engine = self.engine()
                 names = engine.foreground_classes()
                 out = run_requests(engine, names, [(req, data) for _, req, data in live], self.max_pixels,
-                                   self.max_batch)
+                                   self.max_batch, wanted=lambda idx: self.wanted([live[i][0] for i in idx]))
             except Exception as exc:  # noqa: BLE001 - e.g. the engine failed to load: answer, do not hang
                 err = error_reply(exc)
                 if err.status == 500:
@@ -105,6 +116,9 @@ class RealtimeServer:
             self.batch_sizes.append(len(live))
         with self.r.pipeline(transaction=False) as pipe:
             for rid, rep in replies.items():
+                pipe.delete(self.keys.request(rid))
+                if rep.status == 499:  # nobody waits for it
+                    continue
                 rep.headers.setdefault("X-Seam-Worker", self.node)
                 pipe.rpush(self.keys.reply(rid), rep.encode())
                 pipe.expire(self.keys.reply(rid), REPLY_TTL_S)

@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.core.config import Settings
 from service.core.engine import EngineHolder
+from service.core.redisconn import async_redis, sync_redis
 from service.realtime.client import RealtimeClient
 from service.realtime.fleet import FleetView, RemoteModels
 
@@ -20,14 +21,11 @@ log = logging.getLogger("seam.service")
 
 class BrokerSide:
     def __init__(self, settings: Settings, holder: EngineHolder, celery: Any = None) -> None:
-        import redis
-        import redis.asyncio as aredis
-
         self.settings = settings
         self.holder = holder
         self.period_s = float(settings.worker_heartbeat_s)  # the cache period of the fleet view
         url = settings.broker_url or ""
-        self._sync = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=3)
+        self._sync = sync_redis(url)
         queues = [settings.queue_name]
         if settings.sync_on_workers:
             queues.insert(0, settings.realtime_queue_name)
@@ -38,8 +36,9 @@ class BrokerSide:
                 from service.worker.celery_app import create_celery
 
                 celery = create_celery(settings)
-            self.client = RealtimeClient(settings, self.fleet, celery,
-                                         aredis.Redis.from_url(url, socket_connect_timeout=3))
+            # Two clients: commands fail fast on a dead broker; the reply's BLPOP blocks up to the deadline.
+            self.client = RealtimeClient(settings, self.fleet, celery, async_redis(url),
+                                         async_redis(url, longest_block_s=settings.request_timeout_s))
         self._task: asyncio.Task | None = None
 
     def refresh(self) -> None:

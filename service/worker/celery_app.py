@@ -12,6 +12,7 @@ from functools import lru_cache
 from celery import Celery
 
 from service.core.config import Settings, get_settings
+from service.core.redisconn import COMMAND_TIMEOUT_S, CONNECT_TIMEOUT_S, kombu_transport_options
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -23,8 +24,9 @@ def create_celery(settings: Settings) -> Celery:
     # `vt` old; sweep for them every vt/10 s (kombu's default sweep is ~100 s).
     # priority: BRPOP lists the realtime queue first, so a free worker takes synchronous
     # requests before batch chunks (kombu's default round-robin would alternate).
-    transport = {"visibility_timeout": vt, "unacked_restore_interval": max(1, min(60, vt // 10)),
-                 "unacked_restore_throttle": 1, "queue_order_strategy": "priority"}
+    transport = {**kombu_transport_options(), "visibility_timeout": vt,
+                 "unacked_restore_interval": max(1, min(60, vt // 10)), "unacked_restore_throttle": 1,
+                 "queue_order_strategy": "priority"}
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -35,6 +37,8 @@ def create_celery(settings: Settings) -> Celery:
         broker_transport_options=transport,
         result_backend=settings.broker_url,
         result_backend_transport_options={"visibility_timeout": vt},
+        redis_socket_timeout=COMMAND_TIMEOUT_S,  # the result backend's own client (Celery's default: 120 s)
+        redis_socket_connect_timeout=CONNECT_TIMEOUT_S,
         task_ignore_result=True,  # state lives in the job store, masks on disk
         result_expires=settings.job_ttl_s,
         task_time_limit=settings.task_time_limit_s,

@@ -25,6 +25,7 @@ from celery.signals import (
 
 from service.core.config import get_settings
 from service.core.engine import EngineHolder, build_engine
+from service.core.redisconn import sync_redis
 from service.jobs.dispatch import TASK_NAME
 from service.jobs.processing import ChunkContext
 from service.jobs.runtime import attempt_chunk, build_context, engine_getter, give_up
@@ -115,10 +116,9 @@ def _heartbeat_payload() -> dict:
 
 def shared_redis() -> Any:
     if "redis" not in _shared:
-        import redis
-
-        _shared["redis"] = redis.Redis.from_url(get_settings().broker_url or "", socket_timeout=10,
-                                                socket_connect_timeout=5, health_check_interval=30)
+        s = get_settings()
+        # The realtime server's BLPOP waits up to the batching window.
+        _shared["redis"] = sync_redis(s.broker_url or "", longest_block_s=s.batch_window_ms / 1000.0)
     return _shared["redis"]
 
 

@@ -278,3 +278,58 @@ def test_job_results_use_the_classes_of_submission(client):
 
     cats = [c["name"] for c in json.loads(zf.read("coco.json"))["categories"]]
     assert cats == ["red", "green", "blue"]
+
+
+# --- Redis timeouts, abandoned requests ------------------------------------------------------
+def test_every_redis_client_reads_longer_than_it_blocks(broker_client, tmp_path):
+    from service.core.redisconn import COMMAND_TIMEOUT_S
+    from service.jobs.store import RedisJobStore
+
+    def timeouts(client) -> tuple[float | None, float | None]:
+        kw = client.connection_pool.connection_kwargs
+        return kw.get("socket_timeout"), kw.get("socket_connect_timeout")
+
+    bc, _ = broker_client(request_timeout_s=60)
+    side = bc.app.state.broker_side
+    # redis-py's async default (5 s) cut the reply's BLPOP short: 503 after 5 s for slow requests
+    read, connect = timeouts(side.client.blocking)
+    assert read is not None and read > 60 and connect
+    for client in (side.client.r, side._sync, RedisJobStore(REDIS_URL, "seamrt-x", 60).r,
+                   bc.app.state.dispatcher.redis):
+        read, connect = timeouts(client)
+        assert read == COMMAND_TIMEOUT_S and connect, client
+
+
+def test_abandoned_request_stops_costing_the_worker(rkeys):
+    r, prefix = rkeys
+    keys = Keys(prefix)
+    srv = RealtimeServer(r, prefix, lambda: FakeEngine(delay_ms=5000), "test@node", 10**7, max_batch=4, window_s=0)
+    rid = _enqueue(r, keys, SyncRequest(op="segment", fmt="png"), png_bytes(seed=1))
+    threading.Timer(0.3, lambda: r.delete(keys.request(rid))).start()  # what the API does when its client hangs up
+    t0 = time.monotonic()
+    assert srv.serve() == 1
+    assert time.monotonic() - t0 < 2  # not the engine's 5 s
+    assert not r.exists(keys.reply(rid)) and not r.exists(keys.request(rid))
+
+
+def test_client_hangup_withdraws_the_request(broker_client, rkeys):
+    r, prefix = rkeys
+    bc, standin = broker_client(request_timeout_s=30)
+    standin.serving = False  # alive, busy elsewhere
+    client = bc.app.state.broker_side.client
+    hung_up = time.monotonic() + 0.5
+
+    async def gone() -> bool:
+        return time.monotonic() > hung_up
+
+    async def call():
+        from service.core.errors import ApiError
+
+        try:
+            await client.submit(SyncRequest(op="segment", fmt="png"), png_bytes(), gone=gone)
+        except ApiError as exc:
+            return exc.status_code
+    t0 = time.monotonic()
+    assert bc.portal.call(call) == 499
+    assert time.monotonic() - t0 < 2  # not the 30 s deadline
+    assert not list(r.scan_iter(f"{prefix}:rt:req:*"))  # withdrawn: a worker taking its id skips it

@@ -73,7 +73,7 @@ async def _run(request: Request, engine: InferenceEngine, settings, limiter, met
         _precheck(data, settings.max_pixels)
         t0 = time.perf_counter()
         try:
-            reply = await side.client.submit(req, data)
+            reply = await side.client.submit(req, data, gone=request.is_disconnected)
         except ApiError as exc:
             if exc.status_code in (429, 503, 504):
                 metrics.rejected.labels({429: "busy", 503: "no_worker", 504: "timeout"}[exc.status_code]).inc()
