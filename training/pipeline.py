@@ -67,12 +67,12 @@ def _write_pngs(todo: Sequence[tuple[str, Path]], out_dir: Path, label_of: Calla
 
 
 def _cams_and_image(cam_dir: Path, image_id: str, path: Path) -> tuple[list[int], np.ndarray, np.ndarray]:
-    """(foreground classes, (K, H, W) CAMs from <cam_dir>/<id>.npy, (H, W, 3) image)."""
-    from training.evaluation.evaluate import load_cams
+    """(foreground classes, (K, H, W) CAMs from <cam_dir>/<id>.npz or .npy, (H, W, 3) image)."""
+    from training.evaluation.evaluate import find_cam_file, load_cams
 
-    cam_file = cam_dir / f"{image_id}.npy"
-    if not cam_file.is_file():
-        raise FileNotFoundError(f"no CAM file {cam_file}")
+    cam_file = find_cam_file(cam_dir, image_id)
+    if cam_file is None:
+        raise FileNotFoundError(f"no CAM file {cam_dir / image_id}.npz or .npy")
     classes, cams = load_cams(cam_file)
     return classes, cams, load_rgb(path)
 

@@ -13,8 +13,10 @@ app = typer.Typer(
     help="Weakly supervised semantic segmentation: SEAM CAMs, AffinityNet random walk, DeepLab; train, export, serve.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
+    # help texts are plain text: with rich markup, "{id: [classes]}" would lose "[classes]"
+    rich_markup_mode=None,
 )
-train_app = typer.Typer(help="Train SEAM, AffinityNet or DeepLab.", no_args_is_help=True)
+train_app = typer.Typer(help="Train SEAM, AffinityNet or DeepLab.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(train_app, name="train")
 
 # command name -> "module:function" under seam.cli; a bare name is both

@@ -1,6 +1,8 @@
 """Helpers shared by CLI commands: errors and progress bars."""
 from __future__ import annotations
 
+from typing import NoReturn
+
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -8,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 console = Console(stderr=True)
 
 
-def fail(message: str, code: int = 2) -> None:
+def fail(message: str, code: int = 2) -> NoReturn:
     """Print a one-line error and exit; CLI commands never show tracebacks for user errors."""
     console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code)

@@ -11,7 +11,8 @@ from seam.cli._util import console, fail, progress_bar
 
 def rw(
     affinity: Annotated[Path, typer.Option("--affinity", help="AffinityNet checkpoint (authors' or ours).")],
-    cams: Annotated[Path, typer.Option("--cams", help="CAM directory <id>.npy ({fg class: HxW}, from seam cam).")],
+    cams: Annotated[Path, typer.Option("--cams", help="CAM directory from seam cam: <id>.npz, or the authors' "
+                                                      "<id>.npy.")],
     images: Annotated[Path, typer.Option("--images", help="Image directory or list file.")],
     out: Annotated[Path, typer.Option("--out", help="Output directory for <id>.png pseudo labels.")],
     alpha: Annotated[float, typer.Option(help="Background channel (1 - max CAM)^alpha.")] = 6.0,
@@ -27,6 +28,7 @@ def rw(
     """Random walk as the authors' infer_aff: T = column-normalised A^beta (+ I) over pairs within
     the radius, CAMs pooled to stride 8 and propagated 2^logt steps, upsampled, argmax."""
     from seam.common.files import list_images
+    from training.evaluation.evaluate import find_cam_file
     from training.inference.cam import default_device
     from training.models.checkpoint import CheckpointError
     from training.models.registry import model_from_checkpoint
@@ -39,7 +41,7 @@ def rw(
     except FileNotFoundError as exc:
         fail(str(exc))
         return
-    with_cams = [(i, p) for i, p in items if (cams / f"{i}.npy").is_file()]
+    with_cams = [(i, p) for i, p in items if find_cam_file(cams, i) is not None]
     if not with_cams:
         fail(f"none of the {len(items)} images has a CAM file in {cams}")
     if len(with_cams) < len(items):

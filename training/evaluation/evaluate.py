@@ -47,6 +47,16 @@ def read_label_png(path: str | Path) -> np.ndarray:
     return idx.astype(np.uint8)
 
 
+def find_cam_file(cam_dir: str | Path, image_id: str) -> Path | None:
+    """`<cam_dir>/<id>.npz` (seam cam's default, no pickle), else `<id>.npy` (the authors' format,
+    `seam cam --authors-npy`); None when neither exists."""
+    for suffix in (".npz", ".npy"):
+        path = Path(cam_dir) / f"{image_id}{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
 def load_cams(path: str | Path) -> tuple[list[int], np.ndarray]:
     """(foreground classes, (K, H, W) float32 CAMs) from `<id>.npy` or `<id>.npz`.
 
