@@ -1,13 +1,20 @@
 """The /labelstudio ML-backend routes, driven with payloads shaped like Label Studio's
 (`label_studio/ml/api_connector.py`: make_predictions, setup, webhook), against a fake Label
-Studio on loopback. Masks are decoded with label_studio_sdk's own brush decoder."""
+Studio on loopback (that answers as Label Studio 1.23.2 does: 406 to `Accept: image/*`, personal
+access tokens only through /api/token/refresh/). Masks are decoded with label_studio_sdk's own
+brush decoder."""
 from __future__ import annotations
 
 import base64
+import io
+import json
+import time
+import zipfile
 
 import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import decode_rle
+from label_studio_sdk.label_interface import LabelInterface
 from matplotlib.path import Path as MplPath
 from scipy import ndimage
 
@@ -15,6 +22,7 @@ from service.fake_engine import FakeEngine
 from service.integrations.labelstudio import LabelStudioSettings
 from tests.integrations.helpers import LS_TOKEN, scene
 from tests.service.fakes import encode
+from tests.support import wait_done
 
 CONFIG = """<View>
   <Image name="image" value="$image" zoom="true"/>
@@ -282,3 +290,155 @@ def test_basic_auth_password_is_an_api_key(make_app, fake_ls) -> None:
     assert client.get("/labelstudio/health", headers={"Authorization": f"Basic {good}"}).status_code == 200
     # the translation is limited to /labelstudio: Basic auth is no key for the rest of the API
     assert client.get("/models", headers={"Authorization": f"Basic {good}"}).status_code == 401
+
+
+# --- what the real Label Studio 1.23 does (tests/integrations/test_labelstudio_real.py runs it) ------
+def test_image_requests_accept_what_label_studio_serves(make_app, fake_ls) -> None:
+    """Label Studio's /data/upload answers 406 to `Accept: image/*` alone (the fake does too)."""
+    serve_images(fake_ls, SIZES[:1])
+    client = make_app(ls_settings(fake_ls))
+    r = client.post("/labelstudio/predict", json=predict_body([ls_task(1, "/data/upload/1/img0.png")]))
+    assert r.status_code == 200, r.text
+    assert "*/*" in fake_ls.requests[0][1]["accept"]
+
+
+def test_personal_access_token_is_exchanged_cached_and_renewed(make_app, fake_ls, monkeypatch) -> None:
+    from service.integrations import fetch
+
+    serve_images(fake_ls, SIZES[:1])
+    client = make_app(ls_settings(fake_ls, api_key=fake_ls.pat))
+    body = predict_body([ls_task(1, "/data/upload/1/img0.png")])
+    for _ in range(2):
+        r = client.post("/labelstudio/predict", json=body)
+        assert r.status_code == 200, r.text
+    assert fake_ls.exchanges == 1  # the access token is reused while valid
+    sent = {h["authorization"] for _, h in fake_ls.requests}
+    assert len(sent) == 1 and sent != {f"Bearer {fake_ls.pat}"} and next(iter(sent))[7:] in fake_ls.issued
+    # near its expiry (5 minutes in Label Studio) it is exchanged again before use
+    later = time.time() + fake_ls.access_ttl
+    monkeypatch.setattr(fetch.ACCESS_TOKENS, "_clock", lambda: later)
+    assert client.post("/labelstudio/predict", json=body).status_code == 200
+    assert fake_ls.exchanges == 2
+    monkeypatch.undo()
+    # revoked (Label Studio answers 401): one fresh exchange and the fetch is retried
+    fake_ls.issued.clear()
+    r = client.post("/labelstudio/predict", json=body)
+    assert r.status_code == 200, r.text
+    assert fake_ls.exchanges == 3
+
+
+def test_a_refused_personal_access_token_names_the_task_and_the_exchange(make_app, fake_ls) -> None:
+    from tests.integrations.helpers import fake_jwt
+
+    serve_images(fake_ls, SIZES[:1])
+    client = make_app(ls_settings(fake_ls, api_key=fake_jwt("refresh", time.time() + 3600, "other")))
+    r = client.post("/labelstudio/predict", json=predict_body([ls_task(4, "/data/upload/1/img0.png")]))
+    assert r.status_code == 502
+    msg = r.json()["error"]["message"]
+    assert "task 4" in msg and "/api/token/refresh/" in msg and "401" in msg
+    assert fake_ls.requests == []  # no image request went out without a token
+
+
+@pytest.mark.parametrize("kind", ["redirect_to_data", "nul_byte", "bad_ipv6", "redirect_to_bad_ipv6"])
+def test_url_errors_are_422_naming_the_task(make_app, fake_ls, kind: str) -> None:
+    serve_images(fake_ls, SIZES[:1])
+    fake_ls.redirects["/data/upload/1/to-data.png"] = "data:image/png;base64,iVBORw0KGgo="
+    fake_ls.redirects["/data/upload/1/to-odd.png"] = "http://[::1/x.png"
+    url = {"redirect_to_data": "/data/upload/1/to-data.png", "nul_byte": "/data/upload/1/a\x00b.png",
+           "bad_ipv6": "http://[::1/x.png", "redirect_to_bad_ipv6": "/data/upload/1/to-odd.png"}[kind]
+    client = make_app(ls_settings(fake_ls))
+    r = client.post("/labelstudio/predict", json=predict_body([ls_task(7, url)]))
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "forbidden_image_url" and "task 7" in r.json()["error"]["message"]
+
+
+def test_url_errors_keep_the_connection_alive(tmp_path) -> None:
+    """The 4xx answer keeps the HTTP/1.1 connection: the next request on the same socket is served."""
+    import socket
+
+    from service.core.config import Settings
+    from service.main import create_app
+    from tests.integrations.helpers import FakeLabelStudio
+    from tests.support import serve_in_thread
+
+    fake = FakeLabelStudio()
+    fake.files["/data/upload/1/img0.png"] = encode(scene(20, 30))
+    app = create_app(Settings(data_dir=tmp_path / "d", engine="fake", warmup=False, models_dir=tmp_path / "m"),
+                     engine=FakeEngine())
+    app.state.labelstudio_settings = ls_settings(fake)
+    try:
+        with serve_in_thread(app) as url, socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as s:
+            s.settimeout(20)
+            reader = s.makefile("rb")
+
+            def ask(image: str) -> tuple[int, bytes]:
+                body = json.dumps(predict_body([ls_task(3, image)])).encode()
+                s.sendall(b"POST /labelstudio/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: %d\r\n\r\n" % len(body) + body)
+                status = int(reader.readline().split()[1])
+                headers = {}
+                while (line := reader.readline().strip()):
+                    k, _, v = line.decode().partition(":")
+                    headers[k.lower()] = v.strip()
+                assert headers.get("connection", "").lower() != "close"
+                return status, reader.read(int(headers["content-length"]))
+
+            status, text = ask("/data/upload/1/a\x00b.png")
+            assert status == 422 and b"task 3" in text
+            status, text = ask("/data/upload/1/img0.png")  # same socket
+            assert status == 200, text
+    finally:
+        fake.close()
+
+
+@pytest.mark.parametrize("missing", ["url", "api_key"])
+def test_health_and_setup_are_down_while_images_cannot_be_fetched(make_app, fake_ls, missing: str) -> None:
+    client = make_app(ls_settings(fake_ls, **{missing: None}))
+    r = client.get("/labelstudio/health")
+    assert r.status_code == 503 and r.json()["status"] == "DOWN"
+    assert f"SEAM_LABELSTUDIO_{missing.upper()}" in r.json()["error"]
+    r = client.post("/labelstudio/setup", json={"project": "1.1", "schema": CONFIG})
+    assert r.status_code == 503 and f"SEAM_LABELSTUDIO_{missing.upper()}" in r.json()["error"]["message"]
+    r = client.post("/labelstudio/predict", json=predict_body([ls_task(1, "/data/upload/1/img0.png")]))
+    assert r.status_code == 503
+
+
+def test_job_export_regions_carry_the_configs_label_values(make_app) -> None:
+    client = make_app(None)
+    buf = io.BytesIO()
+    imgs = {"a": scene(23, 37, 0), "b": scene(29, 51, 1)}
+    with zipfile.ZipFile(buf, "w") as zf:
+        for iid, rgb in imgs.items():
+            zf.writestr(f"{iid}.png", encode(rgb))
+    r = client.post("/jobs", files={"archive": ("x.zip", buf.getvalue(), "application/zip")},
+                    data={"outputs": "labelstudio", "image_url_prefix": "/data/local-files/?d=p/"})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    assert wait_done(client, job_id, 30)["state"] == "succeeded"
+    by_get = client.get(f"/jobs/{job_id}/export/labelstudio", params={"label_config": CONFIG})
+    by_post = client.post(f"/jobs/{job_id}/export/labelstudio", json={"label_config": CONFIG})
+    assert by_get.status_code == 200 and by_get.json() == by_post.json(), by_post.text
+    li = LabelInterface(CONFIG)
+    method = FakeEngine().methods()[0]
+    labels_seen = set()
+    for task in by_get.json():
+        iid = task["data"]["image"].rsplit("/", 1)[1].split(".")[0]
+        seg = FakeEngine().segment(imgs[iid], None, method=method)
+        h, w = imgs[iid].shape[:2]
+        pred = task["predictions"][0]
+        assert pred["model_version"] == f"seam-wsss:fake:{method}"
+        assert li.validate_prediction(pred, return_errors=True) == []
+        for reg in pred["result"]:
+            assert reg["from_name"] == "tag" and reg["type"] == "brushlabels"
+            label = reg["value"]["brushlabels"][0]
+            c = {"Red thing": 0, "Blue thing": 2}[label]
+            labels_seen.add(label)
+            assert np.array_equal(decode_rle(reg["value"]["rle"]).reshape(h, w, 4)[:, :, 3] == 255, seg.label == c + 1)
+    assert labels_seen == {"Red thing", "Blue thing"}
+    # the config's polygon tag, asked for by region
+    r = client.post(f"/jobs/{job_id}/export/labelstudio", json={"label_config": CONFIG, "region": "polygon"})
+    assert {g["from_name"] for t in r.json() for g in t["predictions"][0]["result"]} == {"poly"}
+    nomatch = ('<View><Image name="i" value="$image"/><BrushLabels name="b" toName="i"><Label value="Cat"/>'
+               '</BrushLabels></View>')
+    r = client.post(f"/jobs/{job_id}/export/labelstudio", json={"label_config": nomatch})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "no_matching_labels"
