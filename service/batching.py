@@ -58,8 +58,8 @@ def segment_batch(engine: InferenceEngine, rgbs: Sequence[np.ndarray], labels: S
 
 
 def cam_batch(engine: InferenceEngine, rgbs: Sequence[np.ndarray], labels: Sequence[Sequence[int] | None],
-              refined: bool = True, max_side: int | None = None) -> list[CamResult | Exception]:
-    kw = {"refined": refined, **_kwargs(max_side=max_side)}
+              refined: bool = True, max_side: int | None = None, size: str = "image") -> list[CamResult | Exception]:
+    kw = {"refined": refined, **_kwargs(max_side=max_side, size=None if size == "image" else size)}
     return _run(getattr(engine, "cam_many", None), engine.cam, rgbs, labels, kw)
 
 

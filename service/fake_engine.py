@@ -13,12 +13,21 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from seam.common.cam import DEFAULT_BG_THRESHOLD, CamResult, cams_to_label
-from service.engine.base import METHODS, ModelInfo, SegmentResult
+from seam.common.cam import (
+    DEFAULT_BG_THRESHOLD,
+    CamResult,
+    cams_to_label,
+    nonempty_classes,
+    predict_classes,
+    present_classes,
+)
+from service.engine.base import METHODS, MapSize, ModelInfo, SegmentResult
 from service.engine.cancel import check_wanted
 
 FAKE_CLASSES: tuple[str, ...] = ("red", "green", "blue")
 FAIL_PIXEL = (1, 2, 3)  # an image whose top-left pixel is exactly this makes the engine raise
+FAKE_CLS_THRESHOLD = 0.5  # the fake model's "manifest" class threshold
+FAKE_DESCRIPTION = "test engine: which colour channel dominates (red, green, blue); not a model"
 
 
 class FakeEngineError(RuntimeError):
@@ -59,7 +68,8 @@ class FakeEngine:
     # --- protocol -------------------------------------------------------------
     def models(self) -> list[ModelInfo]:
         return [ModelInfo(name="fake", kind="seam", backbone="numpy", classes=list(self._classes),
-                          provider="fake", manifest={"engine": "fake"})]
+                          provider="fake", manifest={"engine": "fake"}, description=FAKE_DESCRIPTION,
+                          cls_threshold=FAKE_CLS_THRESHOLD, bg_threshold=DEFAULT_BG_THRESHOLD)]
 
     def foreground_classes(self) -> list[str]:
         return list(self._classes)
@@ -69,8 +79,9 @@ class FakeEngine:
 
     def cam(self, rgb: np.ndarray, labels: Sequence[int] | None = None, refined: bool = True,
             scales: Sequence[float] | None = None, flip: bool | None = None,
-            max_side: int | None = None) -> CamResult:
-        # max_side is accepted and ignored: the fake engine always works at the image's size
+            max_side: int | None = None, size: MapSize = "image") -> CamResult:
+        # max_side is accepted and ignored: the fake engine always works at the image's size,
+        # so its working size (size="working") is the image's too
         self.calls += 1
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise ValueError(f"expected (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
@@ -89,8 +100,9 @@ class FakeEngine:
         scores = np.clip((dom > 0.2).mean(axis=(1, 2)) * 4.0, 0.0, 1.0).astype(np.float32)
         if labels is not None:
             classes = sorted(int(c) for c in labels)
-        else:
-            classes = [int(c) for c in np.flatnonzero(scores >= 0.5)]
+        else:  # the real engines' rule: predicted, and something to show
+            predicted = predict_classes(scores, FAKE_CLS_THRESHOLD)
+            classes = nonempty_classes(predicted, maps[predicted])
         raw = maps[classes] if classes else np.zeros((0, H, W), np.float32)
         hi = raw.max(axis=(1, 2), keepdims=True) if classes else np.ones((0, 1, 1), np.float32)
         cams = (raw / np.maximum(hi, 1e-5)).astype(np.float32)
@@ -104,7 +116,8 @@ class FakeEngine:
         res = self.cam(rgb, labels, refined=method != "cam")
         thr = DEFAULT_BG_THRESHOLD if threshold is None else threshold
         label = cams_to_label(res.cams, res.classes, thr)
-        return SegmentResult(label=label, classes=res.classes, scores=res.scores, method=method, cams=res)
+        return SegmentResult(label=label, classes=present_classes(label, res.classes), scores=res.scores,
+                             method=method, cams=res)
 
     # --- the batch API (an idealised accelerator: a batch costs one image's delay) ------
     def _many(self, fn, rgbs: Sequence[np.ndarray], labels: Sequence[Sequence[int] | None], **kw) -> list:
@@ -124,5 +137,5 @@ class FakeEngine:
         return self._many(self.segment, rgbs, labels, method=method, threshold=threshold, crf=crf)
 
     def cam_many(self, rgbs: Sequence[np.ndarray], labels: Sequence[Sequence[int] | None], refined: bool = True,
-                 max_side: int | None = None) -> list[CamResult]:
+                 max_side: int | None = None, size: MapSize = "image") -> list[CamResult]:
         return self._many(self.cam, rgbs, labels, refined=refined)

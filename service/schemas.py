@@ -45,6 +45,7 @@ class ModelPublic(BaseModel):
     backbone: str
     classes: list[str]
     provider: str
+    description: str | None = Field(None, description="What the model knows (its manifest's description).")
 
 
 class ModelsResponse(BaseModel):
@@ -52,6 +53,12 @@ class ModelsResponse(BaseModel):
     classes: list[str] = Field(description="Foreground classes; label value = index + 1, 0 = background.")
     methods: list[str] = Field(description="Available methods, best first (the default is the first).")
     default_method: str | None
+    description: str | None = Field(None, description=(
+        "What the segmenting model knows (its domain): an image from outside it still gets the closest of its "
+        "classes."))
+    class_threshold: float | None = Field(None, description=(
+        "Without labels, a class is predicted present when its score reaches this (and its map is not all zero)."))
+    default_threshold: float | None = Field(None, description="The model's default background threshold.")
 
 
 class Rle(BaseModel):

@@ -88,19 +88,51 @@ def stride_size(n: int, stride: int = OUTPUT_STRIDE) -> int:
     return n
 
 
-def max_norm(maps: np.ndarray, eps: float = 1e-5) -> np.ndarray:
-    """Per-channel relu(x) / (max + eps) over (..., C, H, W)."""
-    x = np.maximum(maps, 0)
-    return x / (x.max(axis=(-2, -1), keepdims=True) + eps)
+def release_min_max(summed: np.ndarray) -> np.ndarray:
+    """The authors' final step of infer_SEAM, quirks included: clip at 0, then per class
+    `(x - min - 1e-5) / (max - min + 1e-5)` after zeroing values below `min + 1e-5`.
 
-
-def normalize_cams(summed: np.ndarray) -> np.ndarray:
-    """The authors' final step: clip at 0, then per class min-max with their 1e-5 offsets."""
+    Not in [0, 1]: the zeroed pixels come out negative (-1.0 everywhere for an all-zero
+    map). Only for files that must equal the release's `.npy` (`CamResult.as_dict`);
+    everything else uses `normalize_cams`."""
     x = np.maximum(summed, 0).astype(np.float32)
     lo = x.min(axis=(-2, -1), keepdims=True)
     hi = x.max(axis=(-2, -1), keepdims=True)
     x[x < lo + 1e-5] = 0
     return (x - lo - 1e-5) / (hi - lo + 1e-5)
+
+
+def normalize_cams(summed: np.ndarray) -> np.ndarray:
+    """Per-class maps in [0, 1]: the release's min-max (`release_min_max`) clipped at 0, so
+    every value the release gives in [0, 1] is unchanged (and so is every label map
+    thresholded at >= 0), while an all-zero map stays all zero instead of becoming -1."""
+    return np.clip(release_min_max(summed), 0.0, 1.0)
+
+
+def predict_classes(scores: np.ndarray, threshold: float) -> list[int]:
+    """Foreground classes predicted present: sigmoid(GAP score) >= threshold (ascending).
+
+    The one rule behind the service, the jobs and `seam cam`; the threshold is the model's
+    (manifest `cam.cls_threshold`) unless a caller overrides it; above 1 nothing is predicted."""
+    return [int(c) for c in np.flatnonzero(np.asarray(scores).reshape(-1) >= threshold)]
+
+
+def nonempty_classes(classes: Sequence[int], cams: np.ndarray) -> list[int]:
+    """The classes of `cams` (K, H, W) whose map is not all zero: a predicted class with
+    nothing to show is not reported present."""
+    if len(classes) == 0:
+        return []
+    peak = cams.reshape(cams.shape[0], -1).max(axis=1)
+    return [int(c) for c, p in zip(classes, peak, strict=True) if p > 0]
+
+
+def present_classes(label: np.ndarray, classes: Sequence[int]) -> list[int]:
+    """The classes of `classes` that label at least one pixel of `label` (value c + 1):
+    what a segmentation reports, so its class list and its mask agree."""
+    if len(classes) == 0:
+        return []
+    counts = np.bincount(np.asarray(label, np.uint8).ravel(), minlength=256)
+    return [int(c) for c in classes if counts[int(c) + 1] > 0]
 
 
 def background_score(cams: np.ndarray, alpha: float) -> np.ndarray:
@@ -172,8 +204,14 @@ class CamResult:
     raw: np.ndarray | None = field(default=None, repr=False)
 
     def as_dict(self) -> dict[int, np.ndarray]:
-        """The authors' `.npy` format: {fg class index: HxW float32}."""
-        return {int(c): self.cams[i].astype(np.float32) for i, c in enumerate(self.classes)}
+        """The authors' `.npy` format: {fg class index: HxW float32}, with the release's exact
+        values (`release_min_max` of the summed maps, negatives included) for parity with
+        infer_SEAM's files; `cams` holds the same maps clipped to [0, 1]."""
+        if self.raw is None or self.raw.shape[0] != len(self.classes):
+            return {int(c): self.cams[i].astype(np.float32) for i, c in enumerate(self.classes)}
+        raw = self.raw if self.raw.shape[1:] == self.cams.shape[1:] else resize_bilinear(self.raw, self.cams.shape[1:])
+        maps = release_min_max(raw)
+        return {int(c): maps[i] for i, c in enumerate(self.classes)}
 
     def at_size(self, hw: tuple[int, int]) -> CamResult:
         """The maps bilinearly resized to `hw` (align_corners=False); self when already that size.
@@ -207,7 +245,8 @@ def multiscale_cam(
 
     The flipped and unflipped pass of a scale go through the runner as one batch of 2.
     `labels`: foreground indices known present (pseudo-label generation); None =
-    predict them from the classification scores.
+    predict them from the classification scores (`predict_classes`), keeping those whose
+    map is not all zero.
     """
     return multiscale_cam_batch([rgb], runner, [labels], config)[0]
 
@@ -257,10 +296,12 @@ def multiscale_cam_batch(
     out = []
     for total, ssum, lab in zip(totals, score_sum, labels, strict=True):
         scores = (ssum / n_pass).astype(np.float32)
-        if lab is None:
-            classes = [int(c) for c in np.flatnonzero(scores >= config.cls_threshold)]
-        else:
-            classes = sorted(int(c) for c in lab)
+        classes = predict_classes(scores, config.cls_threshold) if lab is None else sorted(int(c) for c in lab)
         raw = total[classes] if classes else np.zeros((0, H, W), np.float32)
-        out.append(CamResult(classes=classes, cams=normalize_cams(raw), scores=scores, raw=raw))
+        cams = normalize_cams(raw)
+        if lab is None:  # a predicted class whose map is all zero is not present
+            shown = set(nonempty_classes(classes, cams))
+            keep = [i for i, c in enumerate(classes) if c in shown]
+            classes, raw, cams = [classes[i] for i in keep], raw[keep], cams[keep]
+        out.append(CamResult(classes=classes, cams=cams, scores=scores, raw=raw))
     return out

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -106,37 +106,59 @@ def coco_annotations(
     return anns
 
 
+CamDtype = Literal["float32", "float16", "uint8"]
+CAM_DTYPES: tuple[str, ...] = ("float32", "float16", "uint8")
+
+
+def quantize_cams(cams: np.ndarray, dtype: CamDtype = "float32") -> np.ndarray:
+    """[0, 1] maps in a storage dtype: float32/float16 as they are, uint8 as round(255 x)
+    (a step of 1/255, below any threshold a slider can show); always C-ordered, since
+    readers that are not numpy (the web page) cannot all transpose Fortran-ordered data."""
+    cams = np.asarray(cams)
+    if dtype == "uint8":
+        out = np.rint(np.clip(cams, 0.0, 1.0) * 255.0).astype(np.uint8)
+    elif dtype in ("float32", "float16"):
+        out = cams.astype(dtype)
+    else:
+        raise ValueError(f"unknown CAM dtype {dtype!r}; use one of {', '.join(CAM_DTYPES)}")
+    return np.ascontiguousarray(out)
+
+
 def encode_cams_npz(
-    classes: Sequence[int], cams: np.ndarray, float16: bool = False, class_names: Sequence[str] | None = None
+    classes: Sequence[int], cams: np.ndarray, dtype: CamDtype = "float32", class_names: Sequence[str] | None = None,
+    image_size: tuple[int, int] | None = None,
 ) -> bytes:
-    """Compressed .npz with "classes" (K,) int64, "cams" (K, H, W) and optionally "class_names"."""
+    """Compressed .npz with "classes" (K,) int64, "cams" (K, H, W) C-ordered in `dtype` (uint8:
+    value / 255), optionally "class_names" (K,) and "image_size" [height, width] of the image
+    the maps belong to (when they are at a smaller working size)."""
     cams = np.asarray(cams)
     classes_arr = np.asarray(list(classes), dtype=np.int64)
     if cams.ndim != 3 or cams.shape[0] != classes_arr.shape[0]:
         raise ValueError(f"{classes_arr.shape[0]} classes but CAM array of shape {cams.shape}")
-    arrays: dict[str, np.ndarray] = {
-        "classes": classes_arr,
-        "cams": cams.astype(np.float16 if float16 else np.float32),
-    }
+    arrays: dict[str, np.ndarray] = {"classes": classes_arr, "cams": quantize_cams(cams, dtype)}
     if class_names is not None:
         if len(class_names) != classes_arr.shape[0]:
             raise ValueError(f"{len(class_names)} class names for {classes_arr.shape[0]} classes")
         arrays["class_names"] = np.asarray([str(n) for n in class_names], dtype=np.str_)  # unicode, no pickle
+    if image_size is not None:
+        arrays["image_size"] = np.asarray([int(v) for v in image_size], dtype=np.int64)
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     return buf.getvalue()
 
 
 def decode_cams_npz(data: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """(classes (K,) int64, cams (K, H, W) float32) from `encode_cams_npz` output; never unpickles."""
+    """(classes (K,) int64, cams (K, H, W) float32 in [0, 1]) from `encode_cams_npz` output
+    (uint8 maps divided by 255); never unpickles."""
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             if "classes" not in z or "cams" not in z:
                 raise ValueError("CAM archive needs arrays 'classes' and 'cams'")
             classes = np.asarray(z["classes"]).astype(np.int64).reshape(-1)
-            cams = np.asarray(z["cams"], dtype=np.float32)
+            stored = np.asarray(z["cams"])
     except (OSError, EOFError) as exc:  # not a zip / truncated
         raise ValueError(f"not a CAM .npz archive: {exc}") from exc
+    cams = stored.astype(np.float32) / 255.0 if stored.dtype == np.uint8 else stored.astype(np.float32)
     if cams.ndim != 3 or cams.shape[0] != classes.shape[0]:
         raise ValueError(f"{classes.shape[0]} classes but CAM array of shape {cams.shape}")
     return classes, cams

@@ -188,6 +188,9 @@ class Manifest(_Strict):
     kind: ModelKind
     backbone: str
     class_names: tuple[str, ...] = Field(description="background first, then the foreground classes")
+    description: str | None = Field(None, max_length=1000, description=(
+        "what the model knows (its domain and classes), shown by GET /models and the web page so that an "
+        "image from outside it is not read as one of its classes unawares; absent in older manifests"))
     input: InputSpec = InputSpec()
     output_stride: int = OUTPUT_STRIDE
     onnx: OnnxFile

@@ -8,18 +8,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
 from seam.common.cam import CamResult
 
 METHODS: tuple[str, ...] = ("cam", "pcm", "rw", "deeplab")
+# where CAMs come back: at the image's size, or at the size the passes ran at (no upsampling)
+MapSize = Literal["image", "working"]
+MAP_SIZES: tuple[str, ...] = ("image", "working")
 
 
 @dataclass
 class SegmentResult:
-    """label: (H, W) uint8, 0 = background, c+1 = foreground class c; the input's size."""
+    """label: (H, W) uint8, 0 = background, c+1 = foreground class c; the input's size.
+    classes: the foreground classes the label shows (each labels at least one pixel)."""
 
     label: np.ndarray
     classes: list[int]
@@ -76,6 +80,9 @@ class ModelInfo:
     classes: list[str]  # foreground class names
     provider: str
     manifest: dict = field(default_factory=dict, repr=False)
+    description: str | None = None  # what the model knows (manifest `description`), for users
+    cls_threshold: float | None = None  # score from which a class is predicted present (seam)
+    bg_threshold: float | None = None  # default background threshold (seam)
 
 
 class InferenceEngine(Protocol):
@@ -95,8 +102,11 @@ class InferenceEngine(Protocol):
         scales: Sequence[float] | None = None,
         flip: bool | None = None,
         max_side: int | None = None,
+        size: MapSize = "image",
     ) -> CamResult:
-        """Maps at the image's size; the passes run at most at `max_side` on the long side."""
+        """Maps in [0, 1] at the image's size (size="working": at the size the passes ran at);
+        the passes run at most at `max_side` on the long side. labels=None: the engine's
+        `seam.common.cam.predict_classes`, classes with an all-zero map dropped."""
         ...
 
     def segment(

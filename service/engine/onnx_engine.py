@@ -35,6 +35,7 @@ from seam.common.cam import (
     cams_to_label,
     label_argmax,
     multiscale_cam_batch,
+    present_classes,
     resize_bilinear,
     resize_matrices,
     stride_size,
@@ -45,7 +46,7 @@ from seam.common.pcm_blocks import PCM_BLOCK_BYTES, pcm_peak_bytes
 from seam.modelrepo.manifest import MANIFEST_NAME, MODEL_KINDS, Manifest, ManifestError, load_model_dir
 from seam.modelrepo.pcm import run_pcm
 from seam.modelrepo.runtime import CPU, RuntimeConfig, create_session, resolve_runtime, warm_up
-from service.engine.base import METHODS, MemoryBudgetError, MemoryEstimate, ModelInfo, SegmentResult
+from service.engine.base import MAP_SIZES, METHODS, MapSize, MemoryBudgetError, MemoryEstimate, ModelInfo, SegmentResult
 from service.engine.cancel import check_wanted
 
 log = logging.getLogger(__name__)
@@ -71,10 +72,12 @@ class LoadedModel:
         return Normalization(tuple(self.manifest.input.mean), tuple(self.manifest.input.std))
 
     def info(self) -> ModelInfo:
+        cam = self.manifest.cam
         return ModelInfo(
             name=self.name, kind=self.manifest.kind, backbone=self.manifest.backbone,
             classes=self.manifest.foreground, provider=self.provider,
-            manifest=self.manifest.model_dump(mode="json"),
+            manifest=self.manifest.model_dump(mode="json"), description=self.manifest.description,
+            cls_threshold=cam.cls_threshold if cam else None, bg_threshold=cam.bg_threshold if cam else None,
         )
 
 
@@ -187,16 +190,20 @@ class OnnxEngine:
         flip: bool | None = None,
         cls_threshold: float | None = None,
         max_side: int | None = None,
+        size: MapSize = "image",
     ) -> CamResult:
-        """Multi-scale (+ flip) CAMs of one (H, W, 3) uint8 image, as the authors' infer_SEAM.
+        """Multi-scale (+ flip) CAMs of one (H, W, 3) uint8 image, as the authors' infer_SEAM,
+        each map in [0, 1].
 
         labels: foreground indices known present (their CAMs are returned); None =
-        the classes whose averaged sigmoid score reaches cls_threshold.
+        `predict_classes` at cls_threshold (default: the manifest's), less those whose map is all zero.
         refined: PCM maps (cam_rv) rather than the raw CAM (the PCM only runs when True).
         max_side: the passes run on the image resized to this long side when it is longer
-        (default: the server's or the manifest's working side); maps are at the image's size.
+        (default: the server's or the manifest's working side).
+        size: "image" = maps at the image's size; "working" = at the size the passes ran at
+        (no upsampling: what a client that draws them smaller needs).
         """
-        return self.cam_many([rgb], [labels], refined, scales, flip, cls_threshold, max_side)[0]
+        return self.cam_many([rgb], [labels], refined, scales, flip, cls_threshold, max_side, size)[0]
 
     def cam_many(
         self,
@@ -207,10 +214,15 @@ class OnnxEngine:
         flip: bool | None = None,
         cls_threshold: float | None = None,
         max_side: int | None = None,
+        size: MapSize = "image",
     ) -> list[CamResult]:
         """`cam` of several images; those of one size run as one onnxruntime batch per scale."""
+        if size not in MAP_SIZES:
+            raise ValueError(f"size must be one of {', '.join(MAP_SIZES)}, got {size!r}")
         rgbs = [_check_rgb(r) for r in rgbs]
         works = self._cams_working(rgbs, labels, refined, scales, flip, cls_threshold, max_side)
+        if size == "working":
+            return works
         return [w.at_size(r.shape[:2]) for w, r in zip(works, rgbs, strict=True)]
 
     def segment(
@@ -264,7 +276,9 @@ class OnnxEngine:
                 label = self._crf_label(seam, small, probs, res.classes, (H, W))
             else:
                 label = cams_to_label(res.cams, res.classes, thr, out_hw=(H, W))
-            out.append(SegmentResult(label=label, classes=res.classes, scores=res.scores, method=method, cams=res))
+            # the classes reported are those the mask shows (a threshold can leave one empty)
+            out.append(SegmentResult(label=label, classes=present_classes(label, res.classes), scores=res.scores,
+                                     method=method, cams=res))
         return out
 
     def estimate(
@@ -534,8 +548,7 @@ class OnnxEngine:
             probs = dense_crf(small, probs, **m.manifest.crf.kwargs())
         label = label_argmax(probs, range(probs.shape[0] - 1), (H, W))
         scores = probs[1:].reshape(probs.shape[0] - 1, -1).max(axis=1).astype(np.float32)
-        present = [int(c) - 1 for c in np.flatnonzero(np.bincount(label.ravel(), minlength=probs.shape[0])) if c > 0]
-        classes = keep if keep is not None else present
+        classes = present_classes(label, keep if keep is not None else range(probs.shape[0] - 1))
         return SegmentResult(label=label, classes=classes, scores=scores, method="deeplab")
 
     def _check_classes(self) -> None:

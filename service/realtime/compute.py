@@ -17,6 +17,7 @@ from urllib.parse import quote
 import numpy as np
 
 from seam.common.cam import CamResult
+from seam.common.image import resize_rgb
 from service import encoding as enc
 from service.batching import batches, cam_batch, segment_batch
 from service.core.errors import ApiError
@@ -92,9 +93,14 @@ def segment_result_from(data: bytes) -> SegmentResult:
 
 def render_cam(req: SyncRequest, rgb: np.ndarray, res: CamResult, names: Sequence[str]) -> Reply:
     headers = {"X-Seam-Classes": classes_header(names, res.classes)}
+    image_hw = rgb.shape[:2]
+    if res.cams.shape[1:] != image_hw:  # size=working: overlays and stats at the maps' size
+        headers["X-Seam-Image-Size"] = f"{image_hw[1]}x{image_hw[0]}"
+        rgb = resize_rgb(rgb, res.cams.shape[1:])
     if req.fmt == "npz":
         headers["Content-Disposition"] = 'attachment; filename="cams.npz"'
-        return Reply(body=enc.cams_npz(res, names), media_type="application/octet-stream", headers=headers)
+        return Reply(body=enc.cams_npz(res, names, req.dtype, image_hw if req.size == "working" else None),
+                     media_type="application/octet-stream", headers=headers)
     if req.fmt == "png":
         return Reply(body=enc.png_rgb(enc.tile_overlays(rgb, res.cams)), media_type="image/png", headers=headers)
     return Reply(body=json_bytes(cam_json(rgb, res, names, req.refined, req.threshold)),
@@ -134,7 +140,8 @@ def run_requests(engine: InferenceEngine, names: Sequence[str], items: Sequence[
                 results = segment_batch(engine, rgbs, labels, method=req0.method, threshold=req0.threshold,
                                         max_side=req0.max_side)
             else:
-                results = cam_batch(engine, rgbs, labels, refined=req0.refined, max_side=req0.max_side)
+                results = cam_batch(engine, rgbs, labels, refined=req0.refined, max_side=req0.max_side,
+                                    size=req0.size)
         for (i, req, rgb), res in zip(group, results, strict=True):
             try:
                 if isinstance(res, Exception):

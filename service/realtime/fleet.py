@@ -44,7 +44,9 @@ class RemoteModels:
     def models(self) -> list[ModelInfo]:
         return [ModelInfo(name=m.get("name", "?"), kind=m.get("kind", "?"), backbone=m.get("backbone", "?"),
                           classes=list(m.get("classes") or []), provider=m.get("provider", "?"),
-                          manifest={"onnx": {"sha256": m.get("sha256")}} if m.get("sha256") else {})
+                          manifest={"onnx": {"sha256": m.get("sha256")}} if m.get("sha256") else {},
+                          description=m.get("description"), cls_threshold=m.get("cls_threshold"),
+                          bg_threshold=m.get("bg_threshold"))
                 for m in self.info.get("models") or []]
 
     def foreground_classes(self) -> list[str]:

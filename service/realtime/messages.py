@@ -28,12 +28,14 @@ class SyncRequest(BaseModel):
     threshold: float | None = None
     refined: bool = False  # cam: PCM-refined maps
     max_side: int | None = None
+    size: Literal["image", "working"] = "image"  # cam: maps at the image's size or the working size
+    dtype: Literal["float32", "float16", "uint8"] = "float32"  # cam npz: how the maps are stored
 
     def batch_key(self) -> tuple:
         """Requests with equal keys (and equal image sizes) can share one engine batch."""
         if self.op == "segment":
             return ("segment", self.method, self.threshold, self.max_side)
-        return ("cam", self.refined, self.max_side)
+        return ("cam", self.refined, self.max_side, self.size)
 
 
 @dataclass

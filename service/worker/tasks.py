@@ -109,7 +109,9 @@ def _heartbeat_payload() -> dict:
         out["classes"] = engine.foreground_classes()
         out["methods"] = engine.methods()
         out["models"] = [{"name": m.name, "kind": m.kind, "backbone": m.backbone, "classes": m.classes,
-                          "provider": m.provider, "sha256": (m.manifest.get("onnx") or {}).get("sha256")}
+                          "provider": m.provider, "sha256": (m.manifest.get("onnx") or {}).get("sha256"),
+                          "description": m.description, "cls_threshold": m.cls_threshold,
+                          "bg_threshold": m.bg_threshold}
                          for m in engine.models()]
     return out
 

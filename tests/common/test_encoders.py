@@ -75,14 +75,15 @@ def test_npz_round_trip():
     rng = np.random.default_rng(1)
     cams = rng.random((3, 11, 13)).astype(np.float32)
     for f16, tol in ((False, 0.0), (True, 1e-3)):
-        data = encode_cams_npz([0, 4, 19], cams, float16=f16, class_names=["aeroplane", "bus", "tvmonitor"])
+        data = encode_cams_npz([0, 4, 19], cams, dtype="float16" if f16 else "float32",
+                               class_names=["aeroplane", "bus", "tvmonitor"])
         classes, out = decode_cams_npz(data)
         assert classes.tolist() == [0, 4, 19] and out.dtype == np.float32 and out.shape == cams.shape
         np.testing.assert_allclose(out, cams, atol=tol, rtol=0)
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             assert z["cams"].dtype == (np.float16 if f16 else np.float32)
             assert z["class_names"].tolist() == ["aeroplane", "bus", "tvmonitor"]
-    assert len(encode_cams_npz([0], cams[:1], float16=True)) < len(encode_cams_npz([0], cams[:1]))
+    assert len(encode_cams_npz([0], cams[:1], dtype="float16")) < len(encode_cams_npz([0], cams[:1]))
     empty_classes, empty = decode_cams_npz(encode_cams_npz([], np.zeros((0, 4, 4), np.float32)))
     assert empty_classes.size == 0 and empty.shape == (0, 4, 4)
 

@@ -132,31 +132,42 @@ async def segment(
 
 async def _cam(request: Request, engine: InferenceEngine, settings, limiter, metrics, image: UploadFile,
                labels: str | None, threshold: float | None, fmt: str, refined: bool,
-               max_side: int | None = None) -> Response:
+               max_side: int | None = None, size: str = "image", dtype: str = "float32") -> Response:
     data = await _read(image)
     label_idx = parse_labels(labels, engine.foreground_classes())
-    req = SyncRequest(op="cam", fmt=fmt, labels=label_idx, threshold=threshold, refined=refined, max_side=max_side)
+    req = SyncRequest(op="cam", fmt=fmt, labels=label_idx, threshold=threshold, refined=refined, max_side=max_side,
+                      size=size, dtype=dtype)
     resp = await _run(request, engine, settings, limiter, metrics, "cam_refined" if refined else "cam", req, data)
     metrics.images_labelled.labels("cam/refined" if refined else "cam").inc()
     return resp
 
 
-_CAM_DESC = ("`format=npz`: one float32 HxW array per class (keys: class names; `__classes__`, `__scores__`), "
-             "loads with allow_pickle=False. `format=png`: heat-map overlays, one tile per class side by side "
-             "(X-Seam-Classes names them in order). `format=json`: per-class min/max/mean, area above the threshold "
-             "and base64 PNG overlays.")
+_CAM_DESC = ("Every map lies in [0, 1]. Without `labels`, the classes are those the model predicts (score >= its "
+             "class threshold, GET /models) whose map is not all zero. "
+             "`format=npz`: `classes` (K,), `cams` (K, H, W) C-ordered in `dtype`, `class_names` (K,), plus "
+             "`image_size` [h, w] with `size=working`; loads with allow_pickle=False. `format=png`: heat-map "
+             "overlays, one tile per class side by side (X-Seam-Classes names them in order). `format=json`: "
+             "per-class min/max/mean, area above the threshold and base64 PNG overlays. `size=working` returns the "
+             "maps at the size the passes ran at (no upsampling; X-Seam-Image-Size gives the image's size when it "
+             "differs), which is what a client drawing them on screen needs.")
 _CAM_RESPONSES = {200: {"model": CamResponse, "description": "npz, PNG or JSON.",
                         "content": {"image/png": _BINARY, "application/octet-stream": _BINARY}}, **_ERRORS}
 CamFormat = Annotated[Literal["npz", "png", "json"], Form(alias="format", description="npz, png or json.")]
+CamSize = Annotated[Literal["image", "working"], Form(description=(
+    "image: maps at the image's size; working: at the size the model's passes ran at (the image's long side "
+    "capped at max_side), far smaller for photos."))]
+CamDtype = Annotated[Literal["float32", "float16", "uint8"], Form(description=(
+    "npz only: float32, float16, or uint8 = round(255 * value) (divide by 255 to read)."))]
 
 
 @router.post("/cam", response_model=None, summary="Raw class activation maps.", description=_CAM_DESC,
              responses=_CAM_RESPONSES)
 async def cam(request: Request, engine: EngineDep, settings: SettingsDep, limiter: LimiterDep, metrics: MetricsDep,
               image: ImageFile, labels: LabelsField = None, threshold: ThresholdField = None,
-              fmt: CamFormat = "npz", max_side: MaxSideField = None) -> Response:
+              fmt: CamFormat = "npz", max_side: MaxSideField = None, size: CamSize = "image",
+              dtype: CamDtype = "float32") -> Response:
     return await _cam(request, engine, settings, limiter, metrics, image, labels, threshold, fmt, refined=False,
-                      max_side=max_side)
+                      max_side=max_side, size=size, dtype=dtype)
 
 
 @router.post("/cam/refined", response_model=None, summary="PCM-refined class activation maps.",
@@ -164,6 +175,7 @@ async def cam(request: Request, engine: EngineDep, settings: SettingsDep, limite
 async def cam_refined(request: Request, engine: EngineDep, settings: SettingsDep, limiter: LimiterDep,
                       metrics: MetricsDep, image: ImageFile, labels: LabelsField = None,
                       threshold: ThresholdField = None, fmt: CamFormat = "npz",
-                      max_side: MaxSideField = None) -> Response:
+                      max_side: MaxSideField = None, size: CamSize = "image",
+                      dtype: CamDtype = "float32") -> Response:
     return await _cam(request, engine, settings, limiter, metrics, image, labels, threshold, fmt, refined=True,
-                      max_side=max_side)
+                      max_side=max_side, size=size, dtype=dtype)
