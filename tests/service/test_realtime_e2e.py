@@ -5,6 +5,8 @@ cache period and the synchronous endpoints answer 503 at once."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
 import time
 
@@ -12,7 +14,7 @@ import httpx
 import pytest
 
 from tests.service.fakes import png_bytes
-from tests.service.helpers import Stack
+from tests.service.helpers import Stack, redis_client
 from tests.support import wait_until
 
 pytestmark = pytest.mark.slow
@@ -87,5 +89,43 @@ def test_segment_on_worker_equals_embedded_and_worker_death(tmp_path, redis_ok):
             assert r.status_code == 503 and r.json()["error"]["code"] == "no_worker" and r.headers["retry-after"]
             assert time.monotonic() - t1 < 2
         print(f"\n/readyz not ready {took:.1f} s after SIGKILL of the only worker (heartbeat 1 s)")
+    finally:
+        s.stop()
+
+
+def test_slow_worker_computation_200_and_deadline_504(tmp_path, redis_ok):  # noqa: F811
+    """A worker computing longer than redis-py's default 5 s read timeout is still answered
+    200; past SEAM_REQUEST_TIMEOUT_S the answer is 504, and the worker drops the abandoned
+    request instead of finishing it (no reply is ever pushed for it)."""
+    data = png_bytes(32, 40, seed=3)
+    delay_s = 7.0  # the fake engine's compute time per request: longer than 5 s
+    s = ApiEnvStack(tmp_path, "celery", SEAM_WORKER_HEARTBEAT_S="1", SEAM_FAKE_DELAY_MS=str(int(delay_s * 1000)),
+                    SEAM_WARMUP="false", SEAM_TASK_SOFT_TIME_LIMIT_S="30", SEAM_TASK_TIME_LIMIT_S="40",
+                    SEAM_VISIBILITY_TIMEOUT_S="90")
+    r_keys = redis_client()
+    try:
+        s.start_worker("slow")
+        api = s.start_api_with(SEAM_REQUEST_TIMEOUT_S="30")
+        with httpx.Client(base_url=s.url, timeout=60) as c:
+            wait_until(lambda: c.get("/readyz").status_code == 200, 30, 0.2, what="the worker never became ready")
+            t0 = time.monotonic()
+            r = c.post("/segment", files={"image": ("a.png", data)})
+            took = time.monotonic() - t0
+            assert r.status_code == 200, r.text  # was 503 "Timeout reading from <host>" after 5 s
+            assert took >= delay_s
+        os.killpg(api.pid, signal.SIGTERM)
+        api.wait(10)
+        s.start_api_with(SEAM_REQUEST_TIMEOUT_S="2")
+        with httpx.Client(base_url=s.url, timeout=60) as c:
+            wait_until(lambda: c.get("/readyz").status_code == 200, 30, 0.2, what="the worker never became ready")
+            t0 = time.monotonic()
+            r = c.post("/segment", files={"image": ("a.png", data)})
+            timed_out = time.monotonic() - t0
+            assert r.status_code == 504 and r.json()["error"]["code"] == "timeout", r.text
+            assert 2 <= timed_out < 4
+        time.sleep(delay_s + 1 - timed_out)  # past the moment the worker would have finished it
+        assert not list(r_keys.scan_iter(f"{s.prefix}:rt:*")), "the worker finished a request nobody waited for"
+        print(f"\nbroker mode: a {delay_s:g} s worker computation answered 200 in {took:.1f} s; "
+              f"504 after {timed_out:.1f} s (deadline 2 s), the abandoned computation dropped")
     finally:
         s.stop()
