@@ -93,16 +93,16 @@ def test_pipeline_sidecars_record_recipe_and_overrides(voc, tmp_path):
     out = tmp_path / "run"
     r = CliRunner().invoke(app, [
         "pipeline", "--data", str(data), "--out", str(out), "--labels", str(labels), "--train-list", str(train_list),
-        "--backbone", "resnet38_small", "--crop", "64", "--batch-size", "4", "--seam-epochs", "1", "--aff-epochs", "1",
+        "--backbone", "resnet38_small", "--crop", "80", "--batch-size", "4", "--seam-epochs", "1", "--aff-epochs", "1",
         "--deeplab-epochs", "1", "--cam-scales", "1.0", "--seg-scales", "1.0", "--device", "cpu"])
     assert r.exit_code == 0, r.output
     dl = json.loads((out / "deeplab" / "deeplab_final.json").read_text())
     assert dl["recipe"]["name"] == "release" and dl["recipe"]["settings"]["batch_size"] == 10
     assert dl["recipe"]["settings"]["max_iterations"] == 20000
-    assert dl["recipe"]["overrides"] == {"batch_size": 4, "crop": 64, "epochs": 1, "max_iterations": None}
+    assert dl["recipe"]["overrides"] == {"batch_size": 4, "crop": 80, "epochs": 1, "max_iterations": None}
     assert dl["config"]["bn_group"] == 5 and dl["config"]["amp"] is False
     seam = json.loads((out / "seam" / "seam_final.json").read_text())
-    assert seam["recipe"]["overrides"] == {"batch_size": 4, "crop": 64, "epochs": 1}
+    assert seam["recipe"]["overrides"] == {"batch_size": 4, "crop": 80, "epochs": 1}
     res = json.loads((out / "results.json").read_text())
     assert res["plan"]["deeplab"] == dl["recipe"] and res["stages"]["deeplab"]["recipe"] == dl["recipe"]
     assert len(list((out / "aff_labels").glob("*.npz"))) == len(list((out / "aff_labels").glob("*.png"))) > 0
