@@ -192,11 +192,40 @@ def heatmap_overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.
     return _blend(rgb, jet(cam), alpha)
 
 
-def mask_overlay(rgb: np.ndarray, label: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """(H, W, 3) uint8: VOC colours blended over foreground pixels; background and 255 left as is."""
+MASK_ALPHA = 0.6  # tint of a mask overlay: strong enough to show over a subject of the class's own colour
+OUTLINE_PER_PIXELS = 300  # outline radius: 1 pixel per this many pixels of the long side (at least 1)
+
+
+def outline_radius(hw: tuple[int, ...]) -> int:
+    """Outline half-width for an overlay of size `hw`: thin on small images, still visible on a
+    4000-pixel photo shown as a thumbnail."""
+    return max(1, max(int(v) for v in hw[:2]) // OUTLINE_PER_PIXELS)
+
+
+def mask_edges(label: np.ndarray, radius: int | None = None) -> np.ndarray:
+    """(H, W) bool: foreground pixels within `radius` (square neighbourhood, the image's own
+    border not counting) of a pixel with another label."""
+    from scipy.ndimage import maximum_filter, minimum_filter
+
+    label = np.asarray(label, np.uint8)
+    size = 2 * (outline_radius(label.shape) if radius is None else int(radius)) + 1
+    fg = (label != 0) & (label != IGNORE_INDEX)
+    return fg & (maximum_filter(label, size, mode="nearest") != minimum_filter(label, size, mode="nearest"))
+
+
+def mask_overlay(rgb: np.ndarray, label: np.ndarray, alpha: float = MASK_ALPHA, outline: bool = True) -> np.ndarray:
+    """(H, W, 3) uint8: VOC colours blended over foreground pixels (background and 255 left as
+    is) and, with `outline`, each region's edge drawn white over dark pixels and black over
+    light ones, so a mask shows even where its colour matches the subject (a dark-red disc
+    mask over a red disc)."""
     label = np.asarray(label)
     rgb = _check_rgb(rgb, label.shape)
     out = rgb.astype(np.uint8, copy=True)
     fg = (label != 0) & (label != IGNORE_INDEX)
     out[fg] = _blend(rgb[fg], voc_palette()[label[fg].astype(np.uint8)], alpha)
+    if outline:
+        edge = mask_edges(label)
+        px = rgb[edge].astype(np.int32)
+        luma = (299 * px[:, 0] + 587 * px[:, 1] + 114 * px[:, 2]) // 1000
+        out[edge] = np.where(luma < 128, 255, 0).astype(np.uint8)[:, None]
     return out

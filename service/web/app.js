@@ -1,6 +1,7 @@
 /* SEAM segmentation page. Plain JavaScript, no build step, no dependencies.
  *
- * Image view: the raw and the PCM-refined CAMs are fetched once as npz (float32), the
+ * Image view: the raw and the PCM-refined CAMs are fetched once as npz (float32, at the
+ * model's working size, resampled here to the drawn size: at most 1024 px a side), the
  * heat maps are drawn here, and the mask is recomputed here on every slider move with
  * the server's rule  label = argmax([threshold, cam_1 .. cam_K])  (ties -> the first,
  * threshold cast to float32 like numpy does), so re-thresholding needs no new upload.
@@ -61,7 +62,9 @@ function init() {
 // A read-only hook for the browser tests (and curious users): the current label map.
 window.seamPage = {
   labelMap: () => (img.label ? Array.from(img.label) : null),
-  size: () => ({ width: img.w, height: img.h }),
+  size: () => ({ width: img.w, height: img.h }), // the drawn grid (the image's size up to 1024 px a side)
+  imageSize: () => ({ width: img.imageW, height: img.imageH }),
+  timing: () => img.timing, // {totalMs, serverMs, bytes} of the last computation
   maskSource: () => img.labelSource || null,
   classes: () => (img.refined ? img.refined.classes.slice() : null),
 };

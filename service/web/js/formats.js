@@ -57,7 +57,8 @@ export async function zipRead(buf, entry) {
   throw new Error(`unsupported zip compression ${entry.method} (${entry.name})`);
 }
 
-/** A .npy array: {dtype, shape, data (typed array)}. Little-endian, C order only. */
+/** A .npy array: {dtype, shape, data (typed array, C order)}. Little-endian; a
+ *  Fortran-ordered array (numpy writes one for a transposed view) is reordered here. */
 export function parseNpy(u8) {
   if (u8[0] !== 0x93 || String.fromCharCode(...u8.subarray(1, 6)) !== 'NUMPY') throw new Error('not a .npy array');
   const dv = new DataView(u8.buffer, u8.byteOffset, u8.byteLength);
@@ -66,7 +67,7 @@ export function parseNpy(u8) {
   const hlen = major === 1 ? dv.getUint16(8, true) : dv.getUint32(8, true);
   const header = new TextDecoder('latin1').decode(u8.subarray(hstart, hstart + hlen));
   const descr = (/'descr':\s*'([^']+)'/.exec(header) || [])[1];
-  if (/'fortran_order':\s*True/.test(header)) throw new Error('Fortran-ordered arrays are not supported');
+  const fortran = /'fortran_order':\s*True/.test(header);
   const shape = ((/'shape':\s*\(([^)]*)\)/.exec(header) || [])[1] || '')
     .split(',').map((s) => s.trim()).filter(Boolean).map(Number);
   const count = shape.reduce((a, b) => a * b, 1);
@@ -75,7 +76,25 @@ export function parseNpy(u8) {
                   '|u1': Uint8Array, '<u2': Uint16Array, '<i2': Int16Array, '|b1': Uint8Array };
   const T = types[descr];
   if (!T) throw new Error(`unsupported npy dtype ${descr}`);
-  return { dtype: descr, shape, data: new T(body.buffer, 0, count) };
+  const data = new T(body.buffer, 0, count);
+  return { dtype: descr, shape, data: fortran && shape.length > 1 ? fortranToC(data, shape) : data };
+}
+
+/** The same array in C (row-major) order from Fortran (column-major) order. */
+export function fortranToC(data, shape) {
+  const out = new data.constructor(data.length);
+  const n = shape.length;
+  const fStride = new Array(n);
+  fStride[0] = 1;
+  for (let d = 1; d < n; d++) fStride[d] = fStride[d - 1] * shape[d - 1];
+  const idx = new Array(n).fill(0);
+  for (let i = 0; i < data.length; i++) { // i walks C order; idx is its multi-index
+    let f = 0;
+    for (let d = 0; d < n; d++) f += idx[d] * fStride[d];
+    out[i] = data[f];
+    for (let d = n - 1; d >= 0; d--) { if (++idx[d] < shape[d]) break; idx[d] = 0; }
+  }
+  return out;
 }
 
 /** IEEE half -> float. */
@@ -87,11 +106,15 @@ export function halfToFloat(h) {
 }
 export const toFloat32 = (a) => (a.dtype === '<f2' ? Float32Array.from(a.data, halfToFloat)
   : a.data instanceof Float32Array ? a.data : Float32Array.from(a.data));
+/** CAM values: uint8 maps are quantised (value / 255, seam.common.encoders.quantize_cams). */
+export const camValues = (a) => (a.dtype === '|u1' ? Float32Array.from(a.data, (v) => v / 255) : toFloat32(a));
 
-/** The service's CAM npz -> {classes: [fg index], cams: [Float32Array (H*W)], scores, w, h}.
- *  Layout of seam.common.encoders.encode_cams_npz: "classes" (K,) int, "cams" (K, H, W)
- *  float32/16 (+ "class_names"); also reads the older one-array-per-class-name layout
- *  ("__classes__", "__scores__", one (H, W) array per class name). */
+/** The service's CAM npz -> {classes: [fg index], cams: [Float32Array (H*W)], scores, w, h,
+ *  imageW, imageH}. Layout of seam.common.encoders.encode_cams_npz: "classes" (K,) int,
+ *  "cams" (K, H, W) float32/16 or uint8 (+ "class_names", and "image_size" [h, w] when the
+ *  maps are at the working size: imageW/imageH, else the maps' own size); also reads the
+ *  older one-array-per-class-name layout ("__classes__", "__scores__", one (H, W) array per
+ *  class name). */
 export async function parseCamNpz(buf, classNames) {
   const arrays = {};
   for (const entry of zipEntries(buf)) {
@@ -108,7 +131,7 @@ export async function parseCamNpz(buf, classNames) {
   if (arrays.cams) {
     const [k, hh, ww] = arrays.cams.shape;
     if (k !== classes.length) throw new Error(`CAM npz: ${classes.length} classes but ${k} maps`);
-    const all = toFloat32(arrays.cams);
+    const all = camValues(arrays.cams);
     h = hh; w = ww;
     for (let i = 0; i < k; i++) cams.push(all.subarray(i * h * w, (i + 1) * h * w));
   } else {
@@ -116,11 +139,13 @@ export async function parseCamNpz(buf, classNames) {
       const a = arrays[classNames[c]];
       if (!a) throw new Error(`CAM npz lacks the map of class ${classNames[c]}`);
       [h, w] = a.shape;
-      cams.push(toFloat32(a));
+      cams.push(camValues(a));
     }
   }
   const scores = arrays.__scores__ || arrays.scores;
-  return { classes, cams, scores: scores ? Float32Array.from(scores.data) : new Float32Array(0), w, h };
+  const size = arrays.image_size ? Array.from(arrays.image_size.data, Number) : [h, w];
+  return { classes, cams, scores: scores ? Float32Array.from(scores.data) : new Float32Array(0), w, h,
+           imageH: size[0], imageW: size[1] };
 }
 
 /** COCO compressed RLE string -> counts (service.encoding.rle_from_string). */

@@ -1,15 +1,21 @@
-// Image view: CAMs fetched once as npz, masks recomputed on every slider move, /segment for rw and deeplab.
+// Image view: CAMs fetched once as npz at the working size, masks recomputed on every slider move,
+// /segment for rw and deeplab.
 import { api, clearError, saveBlob, say, showError } from './api.js';
 import { $, el } from './dom.js';
 import { paintRle, parseCamNpz } from './formats.js';
 import { loadModels, models } from './models.js';
 import { rgbCss, VOC } from './palette.js';
-import { camsToLabel, decodeImage, heatmapImage, maskOverlay, putImage } from './pixels.js';
+import {
+  camsToLabel, decodeImage, displaySize, heatmapImage, maskOverlay, putImage, resizeBilinear, resizeLabel,
+} from './pixels.js';
 
 export const CLIENT_METHODS = { cam: 'raw', pcm: 'refined' }; // methods re-thresholded in the browser
+// Longest side the page draws results at. The maps come at the model's working size (small),
+// are resampled here to this grid, and downloads still come from the server at full size.
+export const DISPLAY_SIDE = 1024;
 
-export const img = { file: null, w: 0, h: 0, rgba: null, raw: null, refined: null, label: null, serverLabel: null,
-              serverKey: '', labelsSent: null, busy: false, seq: 0 };
+export const img = { file: null, w: 0, h: 0, imageW: 0, imageH: 0, rgba: null, raw: null, refined: null, label: null,
+              serverLabel: null, serverKey: '', labelsSent: null, busy: false, seq: 0, timing: null };
 export let renderQueued = false;
 export let serverTimer = null;
 export let serverAbort = null;
@@ -20,18 +26,40 @@ export function checkedClasses() {
 
 export function threshold() { return Number($('#threshold').value); }
 
+/** Forget and hide the shown results: a new image, or an error, never shows under the
+ *  previous image's heat maps and mask. */
+export function clearImageResults() {
+  Object.assign(img, { w: 0, h: 0, imageW: 0, imageH: 0, rgba: null, raw: null, refined: null, label: null,
+                       labelSource: null, serverLabel: null, serverKey: '', timing: null });
+  clearTimeout(serverTimer);
+  if (serverAbort) serverAbort.abort();
+  $('#image-results').hidden = true;
+  $('#cam-rows').replaceChildren();
+  $('#legend').replaceChildren();
+  $('#mask-method-note').textContent = '';
+  for (const c of [$('#canvas-image'), $('#canvas-mask')]) { c.width = 0; c.height = 0; }
+}
+
+/** Working-size maps of a parsed npz resampled to the page's w x h grid. */
+function toDisplay(parsed, w, h) {
+  const cams = parsed.cams.map((c) => resizeBilinear(c, parsed.w, parsed.h, w, h));
+  return { ...parsed, cams, w, h };
+}
+
 export async function computeImage() {
   clearError();
   const file = img.file;
   if (!file) { showError('Choose an image first.'); $('#image-input').focus(); return; }
   if (!models.loaded && !(await loadModels())) return;
   const seq = ++img.seq;
+  clearImageResults();
   const labels = checkedClasses();
   const form = () => {
     const f = new FormData();
     f.append('image', file, file.name);
     if (labels.length) f.append('labels', labels.join(','));
     f.append('format', 'npz');
+    f.append('size', 'working'); // no full-resolution float32 maps: a photo's would be tens of MB
     return f;
   };
   const button = $('#image-submit');
@@ -43,34 +71,34 @@ export async function computeImage() {
       api('/cam', { method: 'POST', body: form() }).then((r) => r.arrayBuffer()),
       api('/cam/refined', { method: 'POST', body: form() }).then((r) => r.arrayBuffer()),
     ]);
+    const tServer = performance.now();
     const [raw, refined] = await Promise.all([parseCamNpz(rawBuf, models.classes), parseCamNpz(refBuf, models.classes)]);
     if (seq !== img.seq) return; // a newer run started
-    let w = refined.w || raw.w, h = refined.h || raw.h;
-    if (!w || !h) { // no class at all: the size comes from the browser's decoding
+    let iw = refined.imageW || raw.imageW, ih = refined.imageH || raw.imageH;
+    if (!iw || !ih) { // an old server without the image's size and no map: ask the browser
       const bmp = await createImageBitmap(file, { imageOrientation: 'from-image' }).catch(() => null);
       if (!bmp) throw new Error(`No class found in ${file.name}, and this browser cannot display it.`);
-      w = bmp.width; h = bmp.height;
+      iw = bmp.width; ih = bmp.height;
       if (bmp.close) bmp.close();
     }
-    const pixels = await decodeImage(file, w, h);
+    const [w, h] = displaySize(iw, ih, DISPLAY_SIDE);
+    const pixels = await decodeImage(file, w, h, iw, ih);
     if (seq !== img.seq) return;
-    img.w = w;
-    img.h = h;
-    img.rgba = pixels.rgba;
-    img.raw = raw;
-    img.refined = refined;
-    img.labelsSent = labels;
-    img.label = null;
-    img.serverLabel = null;
-    img.serverKey = '';
+    Object.assign(img, { w, h, imageW: iw, imageH: ih, rgba: pixels.rgba, raw: toDisplay(raw, w, h),
+                         refined: toDisplay(refined, w, h), labelsSent: labels, label: null, serverLabel: null,
+                         serverKey: '' });
     renderImageResults(pixels.decoded);
     const ms = Math.round(performance.now() - t0);
+    img.timing = { totalMs: ms, serverMs: Math.round(tServer - t0), bytes: rawBuf.byteLength + refBuf.byteLength };
     const names = refined.classes.map((c) => models.classes[c]);
+    const shown = w === iw ? '' : ` (shown at ${w}×${h}; downloads are ${iw}×${ih})`;
+    const cls = models.classThreshold == null ? '' : ` ${models.classThreshold}`;
     say(names.length
-      ? `CAMs of ${file.name} ready in ${ms} ms: ${names.join(', ')}. Move the threshold slider to re-threshold the mask.`
-      : `No class found in ${file.name} (none scored above 0.5). Tick the classes you expect and compute again.`);
+      ? `CAMs of ${file.name} ready in ${ms} ms: ${names.join(', ')}${shown}. Move the threshold slider to re-threshold the mask.`
+      : `No class found in ${file.name} (none scored${cls ? ` at least${cls}` : ' high enough'} with a non-empty map). ` +
+        'Tick the classes you expect and compute again.');
   } catch (e) {
-    if (seq === img.seq) showError(e);
+    if (seq === img.seq) { clearImageResults(); showError(e); }
     say('');
   } finally {
     if (seq === img.seq) button.disabled = false;
@@ -106,7 +134,8 @@ export function renderImageResults(decoded) {
     rows.append(el('div', { class: 'cam-row' }, head,
       figure('raw', rk >= 0 ? raw.cams[rk] : null), figure('refined', ref.cams[k])));
   });
-  scheduleMask();
+  $('#threshold-value').textContent = threshold().toFixed(2);
+  renderMask(); // now, not on the next frame: the results are complete when computeImage returns
 }
 
 export function scheduleMask() {
@@ -161,8 +190,10 @@ export async function serverMask(method, thr) {
   say(`Asking the server for the ${method} mask…`);
   try {
     const j = await (await api('/segment', { method: 'POST', body: segmentForm(method, thr, 'json'), signal: serverAbort.signal })).json();
-    const label = new Uint8Array(j.width * j.height);
-    for (const c of j.classes) paintRle(label, j.width, j.height, c.rle, c.label);
+    if (!img.refined) return; // cleared meanwhile
+    const full = new Uint8Array(j.width * j.height);
+    for (const c of j.classes) paintRle(full, j.width, j.height, c.rle, c.label);
+    const label = resizeLabel(full, j.width, j.height, img.w, img.h);
     img.serverLabel = label;
     img.serverKey = key;
     img.label = label;
@@ -213,6 +244,8 @@ export async function download(format) {
 export function setImageFile(file) {
   if (!file) return;
   if (file.type && !file.type.startsWith('image/')) {
+    img.seq++; // a request still running for the previous image must not draw
+    clearImageResults();
     showError(`${file.name} is not an image.`);
     return;
   }

@@ -24,6 +24,16 @@ export async function submitJob(ev) {
   const outputs = Array.from(document.querySelectorAll('#job-form input[name="outputs"]:checked'), (i) => i.value);
   if (!outputs.length) { showError('Pick at least one output.'); return; }
   f.append('outputs', outputs.join(','));
+  if (outputs.includes('labelstudio')) {
+    const prefix = $('#job-prefix').value.trim();
+    if (!/^(https?:\/\/|\/)/.test(prefix)) {
+      showError('The Label Studio output needs an image URL prefix starting with http://, https:// or / ' +
+        '(how Label Studio reaches the images, e.g. /data/local-files/?d=photos/).');
+      $('#job-prefix').focus();
+      return;
+    }
+    f.append('image_url_prefix', prefix);
+  }
   const button = $('#job-submit');
   button.disabled = true;
   say(`Uploading ${archive.name}…`);
@@ -32,6 +42,7 @@ export async function submitJob(ev) {
     say(`Job ${short(job.id)} submitted: ${job.total} images.`);
     jobs.announced.set(job.id, job.state);
     $('#job-form').reset();
+    syncPrefixField();
     await refreshJobs();
   } catch (e) { showError(e); say(''); } finally { button.disabled = false; }
 }
@@ -220,8 +231,16 @@ export function closeGallery() {
   $('#gallery').hidden = true;
 }
 
+/** The image URL prefix is asked for only while the Label Studio output is ticked. */
+export function syncPrefixField() {
+  const on = document.querySelector('#job-form input[name="outputs"][value="labelstudio"]').checked;
+  $('#job-prefix-field').hidden = !on;
+  $('#job-prefix').required = on;
+}
+
 export function initJobsView() {
   $('#job-form').addEventListener('submit', submitJob);
+  document.querySelector('#job-form input[name="outputs"][value="labelstudio"]').addEventListener('change', syncPrefixField);
   $('#jobs-refresh').addEventListener('click', refreshJobs);
   $('#gallery-close').addEventListener('click', () => {
     const id = jobs.gallery && jobs.gallery.id;

@@ -4,7 +4,8 @@ import { $, el } from './dom.js';
 import { img } from './image-view.js';
 import { rgbCss, VOC } from './palette.js';
 
-export const models = { classes: [], methods: [], defaultMethod: null, loaded: false };
+export const models = { classes: [], methods: [], defaultMethod: null, classThreshold: null, description: null,
+                         loaded: false };
 
 export async function loadModels() {
   try {
@@ -12,6 +13,9 @@ export async function loadModels() {
     models.classes = m.classes || [];
     models.methods = m.methods || [];
     models.defaultMethod = m.default_method || models.methods[0] || null;
+    models.classThreshold = typeof m.class_threshold === 'number' ? m.class_threshold : null;
+    models.description = m.description || null;
+    renderDescription((m.models || []).map((x) => x.name));
     const thr = Number(m.default_threshold);
     if (!models.loaded && m.default_threshold != null && thr >= 0 && thr <= 1 && !img.refined) {
       $('#threshold').value = String(thr); // the model's own default, when the API says it
@@ -28,6 +32,16 @@ export async function loadModels() {
     showError(e);
     return false;
   }
+}
+
+/** What the model knows, so that a photo from outside its domain is not read as one of its
+ *  classes unawares (a cat is not a "ring"). */
+export function renderDescription(names) {
+  const who = names.length ? names.join(', ') : 'The model';
+  const knows = `It knows only these classes: ${models.classes.join(', ')}; any other image still gets the closest of them.`;
+  $('#model-description').textContent = models.description
+    ? `${who}: ${models.description}. ${knows}`
+    : `${who} does not describe what it was trained on. ${knows}`;
 }
 
 export function renderClassList() {
