@@ -42,7 +42,7 @@ _CORRUPT = (zipfile.BadZipFile, tarfile.TarError, EOFError, ValueError, NotImple
 class Extracted:
     images: list[str] = field(default_factory=list)  # relative posix paths under dest
     labels_file: str | None = None
-    skipped: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # members not extracted -> why (listed in errors.json)
     total_bytes: int = 0
 
 
@@ -77,17 +77,19 @@ def safe_member_path(name: str) -> str:
     return rel
 
 
-def _wanted(rel: str) -> str | None:
-    """'image', 'labels' or None (ignored)."""
+def _wanted(rel: str) -> tuple[str | None, str]:
+    """('image' | 'labels', '') or (None, why the member is skipped)."""
     parts = rel.split("/")
-    if any(p.startswith(".") or p == "__MACOSX" for p in parts):
-        return None
+    if any(p == "__MACOSX" for p in parts):
+        return None, "macOS resource-fork metadata"
+    if any(p.startswith(".") for p in parts):
+        return None, "hidden file"
     name = parts[-1].lower()
     if name in LABEL_FILE_NAMES:
-        return "labels"
+        return "labels", ""
     if Path(name).suffix in IMAGE_EXTENSIONS:
-        return "image"
-    return None
+        return "image", ""
+    return None, f"not an image by its extension (accepted: {', '.join(IMAGE_EXTENSIONS)})"
 
 
 class _Extractor:
@@ -118,9 +120,9 @@ class _Extractor:
         if rel in self.seen:
             raise _refuse(f"archive member {original!r} appears twice")
         self.seen.add(rel)
-        kind = _wanted(rel)
+        kind, why = _wanted(rel)
         if kind is None:
-            self.out.skipped.append(rel)
+            self.out.skipped[rel] = why
             return None
         if kind == "labels":
             if self.out.labels_file is not None:

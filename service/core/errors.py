@@ -51,7 +51,11 @@ def error_response(status: int, code: str, message: str, headers: Mapping[str, s
 
 def server_roots(request: Request) -> list[tuple[str, str]]:
     """The configured folders, as they may appear in messages, and their placeholders."""
-    settings = getattr(request.app.state, "settings", None)
+    return settings_roots(getattr(request.app.state, "settings", None))
+
+
+def settings_roots(settings: object) -> list[tuple[str, str]]:
+    """`server_roots` of these settings (also used for job errors, recorded outside any request)."""
     roots: list[tuple[str, str]] = []
     for attr, placeholder in (("data_dir", "<data>"), ("allowed_root", "<allowed_root>"), ("models_dir", "<models>")):
         path = getattr(settings, attr, None)

@@ -109,7 +109,9 @@ def quota_left(storage: Storage, settings: Settings) -> int | None:
 
 
 def prepare_upload_job(storage: Storage, settings: Settings, job_id: str, archive: IO[bytes],
-                       labels_data: bytes | None, names: Sequence[str]) -> tuple[dict[str, str], dict[str, list[int]]]:
+                       labels_data: bytes | None, names: Sequence[str]
+                       ) -> tuple[dict[str, str], dict[str, list[int]], dict[str, str]]:
+    """(images by id, labels by image id, archive members skipped -> why)."""
     archive.seek(0, 2)
     uploaded = archive.tell()
     archive.seek(0)
@@ -122,7 +124,7 @@ def prepare_upload_job(storage: Storage, settings: Settings, job_id: str, archiv
         table.update(load_labels_file(dest / ex.labels_file, names))
     if labels_data:
         table.update(parse_label_bytes(labels_data, names, storage.tmp_dir(job_id), settings.max_labels_bytes))
-    return images, match_labels(table, images)
+    return images, match_labels(table, images), ex.skipped
 
 
 def prepare_directory_job(settings: Settings, directory: str, recursive: bool,
@@ -172,7 +174,7 @@ def prepare_directory_job(settings: Settings, directory: str, recursive: bool,
 def write_manifest(storage: Storage, job_id: str, options: dict, images: dict[str, str],
                    labels: dict[str, list[int]], source: str, source_dir: Path | None,
                    chunk_size: int | None = None, classes: Sequence[str] | None = None,
-                   models: list[dict] | None = None) -> None:
+                   models: list[dict] | None = None, skipped: dict[str, str] | None = None) -> None:
     # chunk_size: a resumed job is cut into the same chunks (delivery counts are per chunk).
     # classes/models: the label set and model identities at submission; outputs and downloads
     # use them, never whatever model is loaded later.
@@ -180,6 +182,7 @@ def write_manifest(storage: Storage, job_id: str, options: dict, images: dict[st
         "id": job_id, "created_at": time.time(), "options": options, "source": source,
         "source_dir": str(source_dir) if source_dir else None, "images": images, "labels": labels,
         "chunk_size": chunk_size, "classes": list(classes) if classes is not None else None, "models": models or [],
+        "skipped": skipped or {},
     })
 
 

@@ -14,7 +14,7 @@ on is retried alone, so it fails alone); cancellation is checked between batches
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from PIL import Image
 
 from seam.common.image import ImageDecodeError, load_rgb
 from service.batching import batches, segment_batch
+from service.core.redact import redact
 from service.engine.base import InferenceEngine
 from service.jobs.results import coco_image_ids
 from service.jobs.store import ACTIVE_STATES, JobStore
@@ -62,6 +63,11 @@ class ChunkContext:
     max_batch: int = 1  # same-size images of a chunk run as one engine batch of at most this many
     retry: Any = None  # service.jobs.runtime.RetryPolicy (typed loosely: runtime imports this module)
     between: Callable[[], None] | None = None  # called between batches (workers serve sync requests there)
+    roots: Sequence[tuple[str, str]] = ()  # folders replaced in recorded errors (service.core.errors.settings_roots)
+
+    def public(self, reason: str) -> str:
+        """An error as recorded for the job's owner: no server paths, addresses or hosts (as HTTP errors)."""
+        return redact(reason, self.roots)
 
 
 @dataclass
@@ -83,6 +89,7 @@ def describe(exc: BaseException) -> str:
 def fail_unfinished(ctx: ChunkContext, job_id: str, images: list[str], kinds: list[str], reason: str) -> int:
     """Record every image of the chunk that is not complete as failed; returns how many."""
     done = ctx.store.done_images(job_id)
+    reason = ctx.public(reason)
     n = 0
     for img in images:
         if img in done:
@@ -209,7 +216,7 @@ def _process_batch(ctx: ChunkContext, rep: ChunkReport, job: _Job, batch: list[t
 
 def _image_failed(ctx: ChunkContext, rep: ChunkReport, job_id: str, img: str, exc: BaseException) -> None:
     log.info("job %s image %s failed: %s", job_id, img, describe(exc))
-    ctx.store.record_failed(job_id, img, describe(exc))
+    ctx.store.record_failed(job_id, img, ctx.public(describe(exc)))
     rep.failed += 1
 
 

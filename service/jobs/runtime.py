@@ -15,6 +15,7 @@ from pathlib import Path
 
 from service.core.config import Settings
 from service.core.engine import EngineHolder
+from service.core.errors import settings_roots
 from service.engine.base import InferenceEngine
 from service.jobs.processing import TRANSIENT, ChunkContext, TransientError, describe, fail_unfinished, process_chunk
 from service.jobs.store import JobStore, RedisJobStore, SqliteJobStore
@@ -65,7 +66,7 @@ def build_context(settings: Settings, engine: Callable[[], InferenceEngine], sto
     return ChunkContext(
         store=store or make_store(settings), storage=storage or Storage(settings.data_dir), engine=engine,
         max_pixels=settings.max_pixels, max_deliveries=settings.max_deliveries, max_batch=settings.max_batch,
-        retry=RetryPolicy(settings.max_retries), between=between)
+        retry=RetryPolicy(settings.max_retries), between=between, roots=settings_roots(settings))
 
 
 def give_up(ctx: ChunkContext, job_id: str, images: list[str], reason: str) -> None:

@@ -9,7 +9,7 @@ removes the job's files."""
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -19,7 +19,8 @@ from starlette.requests import Request
 
 from service.core.config import Settings
 from service.core.engine import resolve_method
-from service.core.errors import ApiError, describe_validation
+from service.core.errors import ApiError, describe_validation, settings_roots
+from service.core.redact import redact
 from service.engine.base import InferenceEngine
 from service.jobs import create as jc
 from service.jobs import lifecycle
@@ -52,6 +53,7 @@ class _Prepared:
     table: dict[str, list[int]]
     source: str
     source_dir: Path | None
+    skipped: dict[str, str] = field(default_factory=dict)  # archive members not extracted -> why
 
 
 async def submit(request: Request, svc: JobServices, owner: str | None) -> JobSnapshot:
@@ -77,7 +79,8 @@ async def submit(request: Request, svc: JobServices, owner: str | None) -> JobSn
     try:
         await run_in_threadpool(svc.dispatcher.submit, job_id, chunks)
     except Exception as exc:  # broker down
-        await run_in_threadpool(svc.store.fail, job_id, f"could not queue the job: {exc}")
+        await run_in_threadpool(svc.store.fail, job_id,
+                                redact(f"could not queue the job: {exc}", settings_roots(svc.settings)))
         raise ApiError(503, "unavailable", f"could not queue the job: {exc}", {"Retry-After": "10"}) from None
     return snap
 
@@ -97,7 +100,7 @@ def _record(svc: JobServices, job_id: str, p: _Prepared, owner: str | None) -> t
     names = svc.engine.foreground_classes()
     opts = p.options.model_dump(mode="json")
     jc.write_manifest(svc.storage, job_id, opts, p.images, p.table, p.source, p.source_dir,
-                      svc.settings.chunk_size, classes=names, models=model_refs(svc.engine))
+                      svc.settings.chunk_size, classes=names, models=model_refs(svc.engine), skipped=p.skipped)
     ids = sorted(p.images)
     chunks = jc.chunked(ids, svc.settings.chunk_size)
     return svc.store.create(job_id, len(ids), len(chunks), opts, p.source, owner), chunks
@@ -112,11 +115,11 @@ async def _from_form(request: Request, svc: JobServices, job_id: str) -> _Prepar
         if not isinstance(archive, UploadFile):
             raise ApiError(422, "validation_error", "field 'archive' is required (a zip or tar of images)")
         labels_data = await _labels_upload(form.get("labels"), svc.settings.max_labels_bytes)
-        images, table = await run_in_threadpool(jc.prepare_upload_job, svc.storage, svc.settings, job_id,
-                                                archive.file, labels_data, svc.engine.foreground_classes())
+        images, table, skipped = await run_in_threadpool(jc.prepare_upload_job, svc.storage, svc.settings, job_id,
+                                                         archive.file, labels_data, svc.engine.foreground_classes())
     finally:
         await form.close()
-    return _Prepared(options, images, table, "upload", None)
+    return _Prepared(options, images, table, "upload", None, skipped)
 
 
 async def _labels_upload(labels: UploadFile | str | None, cap: int) -> bytes | None:

@@ -147,3 +147,12 @@ def tar_with_link(kind: str = "sym", name: str = "evil.png", target: str = "/etc
         info.linkname = target
         tf.addfile(info)
     return buf.getvalue()
+
+
+def lying_jpeg(h: int = 6000, w: int = 6000, progressive: bool = False) -> bytes:
+    """A small 120x90 JPEG whose frame header (SOF0/SOF2) claims h x w."""
+    buf = io.BytesIO()
+    Image.fromarray(rgb_image(90, 120, seed=5)).save(buf, "JPEG", quality=50, progressive=progressive)
+    data = buf.getvalue()
+    i = data.find(b"\xff\xc2" if progressive else b"\xff\xc0")
+    return data[:i + 5] + h.to_bytes(2, "big") + w.to_bytes(2, "big") + data[i + 9:]

@@ -16,6 +16,7 @@ from tests.service.fakes import (
     FakeEngine,
     GatedEngine,
     encode,
+    lying_jpeg,
     png_bytes,
     rgb_image,
     tar_bytes,
@@ -72,7 +73,8 @@ def test_zip_job_all_outputs(client):
     coco = json.loads(zf.read("coco.json"))
     assert len(coco["images"]) == 10 and [c["name"] for c in coco["categories"]] == ["red", "green", "blue"]
     assert len({a["id"] for a in coco["annotations"]}) == len(coco["annotations"]) > 0
-    assert "labelmap.txt" in names and json.loads(zf.read("errors.json")) == []
+    assert "labelmap.txt" in names
+    assert [e.get("file") for e in json.loads(zf.read("errors.json"))] == ["readme.txt"]  # listed, as skipped
     # one file
     r = client.get(f"/jobs/{job['id']}/results/png/img003")
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
@@ -314,3 +316,22 @@ def test_job_store_down_is_503_not_500(make_settings, tmp_path):
         r = c.get("/readyz")
         assert r.status_code == 503 and not r.json()["checks"]["job_store"]["ok"]
         assert c.get("/metrics").status_code == 200  # the job gauges are skipped, the rest scraped
+
+
+def test_job_errors_carry_no_server_paths_and_list_skipped_members(client):
+    members = {"a.png": png_bytes(), "b.jpg": b"plain text, not a JPEG", "liar.jpg": lying_jpeg(),
+               "notes.txt": b"not an image", "__MACOSX/._a.png": b"junk"}
+    done = wait_done(client, submit(client, zip_bytes(members)).json()["id"])
+    assert (done["done"], done["failed"]) == (1, 2)
+    data_dir = str(client.app.state.settings.data_dir)
+    zf = results_zip(client, done["id"])
+    for text in (json.dumps(done), zf.read("errors.json").decode(), zf.read("job.json").decode()):
+        assert data_dir not in text and "BufferedReader" not in text and "/inputs/" not in text, text
+    errors = {e["image"]: e["error"] for e in done["errors"]}
+    assert "not a supported image format" in errors["b"]
+    assert "6000x6000" in errors["liar"]  # decoded, it would be a 6000x6000 mask of invented grey
+    listed = json.loads(zf.read("errors.json"))
+    assert {e["image"] for e in listed if "image" in e} == {"b", "liar"}
+    skipped = {e["file"]: e["skipped"] for e in listed if "file" in e}
+    assert set(skipped) == {"notes.txt", "__MACOSX/._a.png"}
+    assert "not an image" in skipped["notes.txt"] and "macOS" in skipped["__MACOSX/._a.png"]

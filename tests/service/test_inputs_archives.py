@@ -6,12 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from service.archives import extract_archive, safe_member_path
 from service.core.errors import ApiError
 from service.encoding import coco_rle, coco_rle_decode
 from service.inputs import decode_image, sniff_archive, sniff_image
-from tests.service.fakes import encode, png_bytes, png_header_bomb, rgb_image, tar_bytes, zip_bytes
+from tests.service.fakes import encode, lying_jpeg, png_bytes, png_header_bomb, rgb_image, tar_bytes, zip_bytes
 
 
 def test_sniffing_ignores_names():
@@ -33,6 +34,36 @@ def test_pixel_limit_before_decoding():
         decode_image(png_header_bomb(5_000, 5_000), max_pixels=10**7)
     assert e.value.status_code == 413 and "5000x5000" in e.value.message
     assert decode_image(png_bytes(10, 12), 1000).shape == (10, 12, 3)
+
+
+def test_jpeg_decoding_invents_no_pixels(client):
+    # Pillow decodes a JPEG whose scans end early by filling the rest with grey (libjpeg only
+    # warns): a 120x90 file claiming 6000x6000 came back 200 with a 6000x6000 mask.
+    for liar in (lying_jpeg(), lying_jpeg(progressive=True), lying_jpeg(1200, 900)):
+        with pytest.raises(ApiError) as e:
+            decode_image(liar, max_pixels=10**8)
+        assert e.value.status_code == 422 and e.value.code == "invalid_image", e.value.message
+        r = client.post("/segment", files={"image": ("a.jpg", liar)})
+        assert r.status_code == 422 and "truncated file or lying header" in r.json()["error"]["message"], r.text
+    real = encode(rgb_image(90, 120, seed=5), "JPEG")
+    with pytest.raises(ApiError) as e:
+        decode_image(real[:len(real) // 2], max_pixels=10**8)  # truncated: refused as before
+    assert e.value.status_code == 422
+    # what real encoders write still decodes: flat colour at quality 1 (the fewest bits per block),
+    # progressive, no chroma subsampling, optimised Huffman tables, greyscale
+    flat = np.full((600, 800, 3), 40, np.uint8)
+    for img, kw in ((flat, {"quality": 1}), (flat, {"quality": 1, "progressive": True}),
+                    (flat, {"quality": 1, "optimize": True}), (rgb_image(64, 64), {"subsampling": 0}),
+                    (flat[..., 0], {"quality": 1})):
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, "JPEG", **kw)
+        assert decode_image(buf.getvalue(), max_pixels=10**8).shape[:2] == img.shape[:2]
+    assert client.post("/segment", files={"image": ("a.jpg", real)}).status_code == 200
+
+
+def test_empty_image_is_422(client):
+    r = client.post("/segment", files={"image": ("a.png", b"")})
+    assert r.status_code == 422 and r.json()["error"] == {"code": "invalid_image", "message": "the image file is empty"}
 
 
 @pytest.mark.parametrize("name,ok", [

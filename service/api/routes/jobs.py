@@ -132,7 +132,10 @@ def job_results(job_id: JobId, store: StoreDep, storage: StorageDep, holder: Hol
         names = holder.get().foreground_classes()
     extra = {"job.json": to_public(snap).model_dump_json(indent=1).encode()}
     full = visible_snapshot(store, job_id, principal, errors_limit=1_000_000)
-    extra["errors.json"] = json.dumps([{"image": i, "error": e} for i, e in full.errors], indent=1).encode()
+    # failed images, then the archive members that were never images (skipped at submission)
+    listed = [{"image": i, "error": e} for i, e in full.errors]
+    listed += [{"file": f, "skipped": why} for f, why in sorted((manifest.get("skipped") or {}).items())]
+    extra["errors.json"] = json.dumps(listed, indent=1).encode()
     extra.update(result_extras(storage, job_id, manifest, names, snap.options.get("outputs", [])))
     return StreamingResponse(storage.stream_results_zip(job_id, extra), media_type="application/zip",
                              headers={"Content-Disposition": f'attachment; filename="seam-{job_id}.zip"'})
