@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
@@ -30,6 +31,23 @@ REDIS_SERVER = os.environ.get("SEAM_TEST_REDIS_URL", "redis://127.0.0.1:6379").r
 def redis_url(db: int) -> str:
     """The test Redis server's database `db` as a redis:// URL."""
     return f"{REDIS_SERVER}/{db}"
+
+
+def shapes_photo(h: int, w: int, seed: int = 0, one_class: bool = False) -> np.ndarray:
+    """(h, w, 3) uint8 picture in the bundled demo model's domain: a red disc (and, unless
+    `one_class`, a blue triangle) on a smooth, lightly noisy background, as a photo compresses."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(100, 150, w, dtype=np.float32)[None, :, None] + np.linspace(0, 20, h)[:, None, None]
+    bg = np.clip(ramp + rng.normal(0, 4, (h, w, 3)), 0, 255).astype(np.uint8)
+    img = Image.fromarray(bg)
+    d = ImageDraw.Draw(img)
+    r = min(h, w) // 5
+    d.ellipse([w // 5, h // 5, w // 5 + 2 * r, h // 5 + 2 * r], fill=(220, 40, 40))
+    if not one_class:
+        d.polygon([(w * 3 // 5, h * 4 // 5), (w * 9 // 10, h * 4 // 5), (w * 3 // 4, h // 3)], fill=(40, 60, 220))
+    return np.asarray(img)
 
 
 def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02,

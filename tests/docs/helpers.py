@@ -12,10 +12,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from tests.support import REPO
+from tests.support import REPO, shapes_photo
 
 DOC_FILES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 SHELL_LANGS = ("bash", "sh", "shell", "console")
@@ -62,15 +61,7 @@ def blocks(doc: Path) -> list[Block]:
 
 
 def _shapes(h: int, w: int, seed: int) -> Image.Image:
-    """A picture in the bundled model's domain: a disc and a triangle on a textured background."""
-    rng = np.random.default_rng(seed)
-    bg = rng.integers(90, 160, (h, w, 3), dtype=np.uint8)
-    img = Image.fromarray(bg)
-    d = ImageDraw.Draw(img)
-    r = min(h, w) // 5
-    d.ellipse([w // 5, h // 5, w // 5 + 2 * r, h // 5 + 2 * r], fill=(220, 40, 40))
-    d.polygon([(w * 3 // 5, h * 4 // 5), (w * 9 // 10, h * 4 // 5), (w * 3 // 4, h // 3)], fill=(40, 60, 220))
-    return img
+    return Image.fromarray(shapes_photo(h, w, seed))
 
 
 def _jpeg(img: Image.Image) -> bytes:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import base64
 import importlib.util
+import io
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,6 +27,7 @@ from service.fake_engine import FakeEngine
 from service.integrations.cvat_function import SeamFunction, engine_segmenter
 from tests.integrations.helpers import LIVE_KEY, scene
 from tests.service.fakes import encode
+from tests.support import serve_in_thread, shapes_photo, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZES = [(23, 37), (29, 51), (31, 17)]
@@ -236,3 +239,97 @@ def test_function_yaml_lists_the_classes() -> None:
     shipped = yaml.safe_load((ROOT / "docker/cvat-nuclio/function.yaml").read_text())
     manifest = json.loads((ROOT / "models/seam-demo/manifest.json").read_text())
     assert [s["name"] for s in json.loads(shipped["metadata"]["annotations"]["spec"])] == manifest["class_names"][1:]
+
+
+# --- the bundled model on photo-like frames: non-square, one class, 4000x3000 ----------------
+DEMO_FRAMES = {"landscape": (300, 451, False), "portrait": (451, 300, False), "one-class": (240, 320, True),
+               "12mp": (3000, 4000, False)}  # (h, w, one class)
+
+
+@pytest.fixture(scope="module")
+def demo_frames() -> dict[str, np.ndarray]:
+    return {k: shapes_photo(h, w, seed=i, one_class=one) for i, (k, (h, w, one)) in enumerate(DEMO_FRAMES.items())}
+
+
+@pytest.fixture(scope="module")
+def demo_engine():
+    from service.engine.onnx_engine import OnnxEngine
+
+    return OnnxEngine.from_model_dir(ROOT / "models" / "seam-demo")
+
+
+@pytest.fixture(scope="module")
+def demo_api(tmp_path_factory) -> Iterator[str]:
+    """The app with the bundled model (API key LIVE_KEY) on loopback, once its engine is ready."""
+    import httpx
+
+    from service.core.config import Settings
+    from service.main import create_app
+
+    tmp = tmp_path_factory.mktemp("cvatdemo")
+    settings = Settings(data_dir=tmp / "data", models_dir=ROOT / "models", api_keys=[LIVE_KEY], threads=1)
+    with serve_in_thread(create_app(settings)) as url:
+        wait_until(lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 200, timeout=120)
+        yield url
+
+
+@pytest.mark.slow
+def test_nuclio_handler_with_the_demo_model(monkeypatch, demo_api, demo_frames, demo_engine) -> None:
+    """CVAT's request (a JPEG frame, base64) through the handler to the API: every mask decodes
+    at the frame's size to the engine's own segmentation of the same decoded frame."""
+    monkeypatch.setenv("SEAM_URL", demo_api)
+    monkeypatch.setenv("SEAM_API_KEY", LIVE_KEY)
+    mod = _load_handler()
+    ctx = NuclioContext()
+    mod.init_context(ctx)
+    names = demo_engine.foreground_classes()
+    for key, rgb in demo_frames.items():
+        jpeg = encode(rgb, "JPEG", quality=92)
+        frame = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
+        resp = mod.handler(ctx, SimpleNamespace(body={"image": base64.b64encode(jpeg).decode(), "threshold": 0.0}))
+        assert resp.status_code == 200, (key, resp.body[:300])
+        items = json.loads(resp.body)
+        seg = demo_engine.segment(frame)
+        expected = {names[c]: seg.label == c + 1 for c in seg.classes if (seg.label == c + 1).any()}
+        assert sorted(i["label"] for i in items) == sorted(expected), key
+        assert expected, f"{key}: the demo model finds nothing in its own domain"
+        h, w = frame.shape[:2]
+        for item in items:
+            assert np.array_equal(decode_nuclio_mask(item["mask"], h, w), expected[item["label"]]), key
+            pts = np.asarray(item["points"]).reshape(-1, 2)
+            assert (pts >= 0).all() and (pts[:, 0] < w).all() and (pts[:, 1] < h).all(), key
+
+
+@pytest.mark.slow
+def test_cvat_sdk_function_with_the_demo_model(monkeypatch, demo_frames, demo_engine) -> None:
+    """The cvat-sdk function (in-process engine, what `cvat-cli task auto-annotate` runs) through
+    cvat-sdk's driver: masks at each frame's size; a labels file with one class gives one shape."""
+    frames = list(demo_frames.values())
+    fn = SeamFunction(engine_segmenter(demo_engine), demo_engine.foreground_classes(),
+                      labels_by_frame={"img2": [0]})  # the one-class frame: "disc"
+    shapes, _ = run_driver(monkeypatch, fn, frames)
+    by_frame: dict[int, dict[int, np.ndarray]] = {}
+    for s in shapes:
+        h, w = frames[s.frame].shape[:2]
+        by_frame.setdefault(s.frame, {})[s.label_id - 100] = decode_mask(s.points, image_width=w, image_height=h)
+    assert sorted(by_frame) == list(range(len(frames)))
+    assert list(by_frame[2]) == [0]
+    for f, rgb in enumerate(frames):
+        seg = demo_engine.segment(rgb, [0] if f == 2 else None)
+        expected = {c: seg.label == c + 1 for c in seg.classes if (seg.label == c + 1).any()}
+        assert by_frame[f].keys() == expected.keys(), f
+        for c, mask in expected.items():
+            assert np.array_equal(by_frame[f][c], mask), (f, c)
+
+
+@pytest.mark.slow
+def test_cvat_sdk_function_over_http_on_non_square_frames(monkeypatch, demo_api, demo_frames, demo_engine) -> None:
+    """The same function in HTTP mode (`-p url=...`), loaded by cvat-cli's loader."""
+    fn = FunctionLoader("service.integrations.cvat_function", None, {"url": demo_api, "api_key": LIVE_KEY}).load()
+    frames = [demo_frames["landscape"], demo_frames["portrait"]]
+    shapes, _ = run_driver(monkeypatch, fn, frames)
+    assert {s.frame for s in shapes} == {0, 1}
+    for s in shapes:
+        h, w = frames[s.frame].shape[:2]
+        expected = demo_engine.segment(frames[s.frame]).label == s.label_id - 100 + 1
+        assert np.array_equal(decode_mask(s.points, image_width=w, image_height=h), expected)
