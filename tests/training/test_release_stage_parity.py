@@ -283,7 +283,7 @@ def test_deeplab_step_equals_seamv1_pseudovoc():
         torch.testing.assert_close(got[k], v.detach(), rtol=1e-4, atol=1e-7, msg=k)
     before = _deeplab_authors_sd(base)
     for k in (k for k in ref_sd if k.endswith(("running_mean", "running_var"))):  # momentum 3e-4: compare the moves
-        torch.testing.assert_close(got[k] - before[k], ref_sd[k] - before[k], rtol=1e-3, atol=1e-9, msg=k)
+        torch.testing.assert_close(got[k] - before[k], ref_sd[k] - before[k], rtol=1e-3, atol=2e-7, msg=k)
     moved = {k: (got[k] - v).abs().max().item() for k, v in before.items()}
     assert moved["backbone.conv1a.weight"] > 0 and moved["cls_conv.bias"] > 0  # every conv trains
     assert moved["bn_fov.weight"] == 0 and moved["backbone.bn7.running_mean"] > 0  # BN: statistics only
