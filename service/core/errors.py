@@ -79,6 +79,10 @@ def describe_validation(errors: Sequence[Mapping]) -> str:
         msg = str(e.get("msg", "invalid"))
         if e.get("type") == "missing":
             msgs.append(f"field '{where}' is required")
+        elif e.get("type") == "json_invalid":
+            ctx = e.get("ctx") or {}
+            at = f" (at character {where})" if where.isdigit() else ""
+            msgs.append(f"the body is not valid JSON: {ctx.get('error', msg)}{at}")
         else:
             msgs.append(f"field '{where}': {msg}")
     more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
@@ -100,6 +104,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
+            # FastAPI's own JSON body parsing: malformed JSON is its 422, so too-deep JSON is ours
+            # (as for JSON label tables and /jobs bodies, parsed by pydantic)
+            return error_response(422, "validation_error", "the JSON body is nested too deeply")
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         if exc.status_code == 413:

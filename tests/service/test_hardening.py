@@ -539,3 +539,38 @@ def test_redact():
     assert redact("redis://:secret@broker:6379/0 down") == "<url> down"
     assert redact("file /home/u/a.png and multipart/form-data") == "file <path> and multipart/form-data"
     assert redact("labels of 'img:3' unknown class 'cat'") == "labels of 'img:3' unknown class 'cat'"
+
+
+def _table_status(row_start: str) -> int:
+    """The status the hostile-input table of docs/service.md gives for the row starting with `row_start`."""
+    from tests.support import REPO
+
+    text = (REPO / "docs" / "service.md").read_text()
+    table = text[text.index("### Hostile inputs"):]
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 2 and cells[0].startswith(row_start):
+            return int(cells[1][:3])
+    raise AssertionError(f"no row {row_start!r} in the hostile-input table")
+
+
+def test_hostile_input_table_matches_the_answers(app_client):
+    from tests.service.fakes import lying_jpeg, zip_lying_sizes
+
+    c = app_client(max_archive_bytes=1 << 20)
+    deep = b'{"tasks": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    observed = {
+        "empty (zero-byte) image": [c.post("/segment", files={"image": ("a.png", b"")})],
+        "image whose header claims more pixels": [c.post("/segment", files={"image": ("a.jpg", lying_jpeg())})],
+        "not an image": [c.post("/segment", files={"image": ("a.png", b"hello")})],
+        "lying zip header": [post_job(c, zip_lying_sizes(4 << 20, declared=100))],
+        "zip bomb": [post_job(c, zip_bomb(3 << 20))],
+        "deeply nested JSON": [c.post(path, content=deep, headers={"content-type": "application/json"})
+                               for path in ("/jobs", "/labelstudio/predict", "/cvat/detect")],
+    }
+    for row, answers in observed.items():
+        want = _table_status(row)
+        for r in answers:
+            assert_error(r, want)
+    assert "corrupt" in observed["lying zip header"][0].json()["error"]["message"]
+    assert c.app.state.storage.job_ids() == []
