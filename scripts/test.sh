@@ -31,6 +31,19 @@ if ! command -v chromium >/dev/null; then
   (apt-get update -q && apt-get install -y -q chromium) >/dev/null 2>&1 || echo "warning: chromium not installed; browser tests will fail" >&2
 fi
 
+# The Label Studio end-to-end test runs the real server, pinned, from a venv of its own (it pins
+# numpy and Django versions that must not replace ours), made once and kept in the cache. The
+# marker is written last, so an interrupted install is redone. tests/integrations/labelstudio_real.py
+# reads the same SEAM_LS_VENV.
+LS_VERSION=1.23.2
+export SEAM_LS_VENV=${SEAM_LS_VENV:-$HOME/.cache/seam-ls-venv}
+if [ "$(cat "$SEAM_LS_VENV/.seam-ready" 2>/dev/null)" != "label-studio==$LS_VERSION" ]; then
+  rm -rf "$SEAM_LS_VENV"
+  $PY -m venv "$SEAM_LS_VENV"
+  "$SEAM_LS_VENV/bin/python" -m pip install -q "label-studio==$LS_VERSION"
+  echo "label-studio==$LS_VERSION" > "$SEAM_LS_VENV/.seam-ready"
+fi
+
 # Lint first: a style slip fails in seconds, not after the suite.
 $PY -m ruff check .
 

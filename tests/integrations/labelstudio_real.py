@@ -3,8 +3,8 @@ environment (it pins numpy and Django versions of its own, so never in ours), st
 loopback with a throwaway data directory, and the few REST calls the test makes as a user
 would in its web UI.
 
-The venv is made by scripts/test.sh (`SEAM_LS_VENV`, default ~/.cache/seam-ls-venv).
-Not a test module: test_labelstudio_real.py imports from here.
+The venv is made by scripts/test.sh, which pins the version (`SEAM_LS_VENV`, default
+~/.cache/seam-ls-venv). Not a test module: test_labelstudio_real.py imports from here.
 """
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ import httpx
 
 from tests.support import free_port, log_tail, wait_until
 
-LS_VERSION = "1.23.2"
 # read at import: the integration tests' autouse fixture clears SEAM_* from the environment
 LS_VENV = Path(os.environ.get("SEAM_LS_VENV") or Path.home() / ".cache" / "seam-ls-venv")
 LS_VENV_REQUIRED = "SEAM_LS_VENV" in os.environ  # set by scripts/test.sh, which makes the venv

@@ -198,7 +198,7 @@ def test_a_jobs_labelstudio_export_imports_with_labelled_regions(ls: LabelStudio
                                                        "path": str(ls.files_root / "photos")})
         assert r.status_code == 201, r.text
         config = api.get(f"/api/projects/{project}").json()["label_config"]
-        r = httpx.post(f"{seam}/jobs/{job}/export/labelstudio", headers=key, json={"label_config": config})
+        r = httpx.get(f"{seam}/jobs/{job}/export/labelstudio", headers=key, params={"label_config": config})
         assert r.status_code == 200, r.text
         r = api.post(f"/api/projects/{project}/import", content=r.content, headers={"Content-Type": "application/json"})
         assert r.status_code == 201, r.text
