@@ -1,15 +1,18 @@
 """What the browser tests share: the server's API key, the demo image, where Chromium is,
-and the app under uvicorn with the fake engine (tests.support.start_server)."""
+the app under uvicorn with the fake engine or the bundled demo model
+(tests.support.start_server), and reading the page's state and canvases."""
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
 
-from tests.support import service_env, start_server, uvicorn_argv
+from tests.support import REPO, service_env, start_server, uvicorn_argv
 
 API_KEY = "browser-test-key-0123456789"
 FAKE_DELAY_MS = 150  # per fake-engine call: job progress is visible while polling
@@ -36,6 +39,42 @@ def start_web_server(tmp: Path, **env_extra: str) -> Server:
     log = tmp / "uvicorn.log"
     url, proc = start_server(uvicorn_argv, env, log, timeout=30)
     return Server(url, proc, log)
+
+
+def start_demo_model_server(tmp: Path) -> Server:
+    """The same app with the real onnxruntime engine over the bundled model (models/seam-demo)."""
+    env = service_env(SEAM_ENGINE="onnx", SEAM_DATA_DIR=str(tmp / "data"), SEAM_MODELS_DIR=str(REPO / "models"),
+                      PYTHONUNBUFFERED="1")
+    log = tmp / "uvicorn.log"
+    url, proc = start_server(uvicorn_argv, env, log, timeout=60)
+    return Server(url, proc, log)
+
+
+def wait_js(page, expr: str, arg=None, timeout: float = 15.0) -> None:
+    """page.wait_for_function polls with eval(), which the page's CSP forbids (kept on in
+    these tests on purpose): poll page.evaluate (CDP, not subject to CSP) instead."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expr, arg):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {expr}")
+        page.wait_for_timeout(50)
+
+
+def label_map(page) -> np.ndarray:
+    """The page's current mask as drawn: (height, width) of its drawing grid."""
+    size = page.evaluate("seamPage.size()")
+    return np.asarray(page.evaluate("seamPage.labelMap()"), np.uint8).reshape(size["height"], size["width"])
+
+
+def canvas_rgb(page, selector: str) -> np.ndarray:
+    """The pixels a canvas shows, (height, width, 3) uint8."""
+    got = page.evaluate("""(sel) => {
+        const c = document.querySelector(sel);
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        return {w: c.width, h: c.height, b64: btoa(Array.from(d, (v) => String.fromCharCode(v)).join(''))};
+    }""", selector)
+    data = np.frombuffer(base64.b64decode(got["b64"]), np.uint8)
+    return data.reshape(got["h"], got["w"], 4)[..., :3]
 
 
 def demo_rgb(w: int = 192, h: int = 128, variant: int = 0, fail: bool = False) -> np.ndarray:

@@ -5,7 +5,6 @@ import base64
 import io
 import json
 import re
-import time
 import zipfile
 
 import httpx
@@ -14,36 +13,13 @@ import pytest
 from PIL import Image
 
 from service.encoding import coco_rle_decode
-from tests.browser.helpers import API_KEY, demo_rgb
+from tests.browser.helpers import API_KEY, canvas_rgb, demo_rgb, label_map, wait_js
 from tests.service.fakes import encode, zip_bytes
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]  # Chromium and a server process: seconds per test
 
 W, H = 192, 128
 FAKE_CLASSES = ["red", "green", "blue"]
-
-
-def wait_js(page, expr: str, arg=None, timeout: float = 15.0) -> None:
-    """page.wait_for_function polls with eval(), which the page's CSP forbids (kept on in
-    these tests on purpose): poll page.evaluate (CDP, not subject to CSP) instead."""
-    deadline = time.monotonic() + timeout
-    while not page.evaluate(expr, arg):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {expr}")
-        page.wait_for_timeout(50)
-
-
-def _label_map(page) -> np.ndarray:
-    size = page.evaluate("seamPage.size()")
-    return np.asarray(page.evaluate("seamPage.labelMap()"), np.uint8).reshape(size["height"], size["width"])
-
-
-def _canvas_rgb(page, selector: str) -> np.ndarray:
-    data = page.evaluate("""(sel) => {
-        const c = document.querySelector(sel);
-        return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data);
-    }""", selector)
-    return np.asarray(data, np.uint8).reshape(H, W, 4)[..., :3]
 
 
 def _download(page, selector: str) -> tuple[str, bytes]:
@@ -88,18 +64,18 @@ def test_image_view(server, page, screenshot, tmp_path):
     for endpoint, kind in (("/cam", "raw"), ("/cam/refined", "refined")):
         ref = _server_overlays(server.url, image, endpoint)
         for name in ("red", "green"):
-            got = _canvas_rgb(page, f'#cam-rows canvas[data-class="{name}"][data-kind="{kind}"]')
+            got = canvas_rgb(page, f'#cam-rows canvas[data-class="{name}"][data-kind="{kind}"]')
             assert np.array_equal(got, ref[name]), (kind, name, np.abs(got.astype(int) - ref[name]).max())
 
     # default threshold: the browser's mask equals the server's PNG, downloaded via the button
     assert page.input_value("#threshold") == "0.26"
-    before = _label_map(page)
+    before = label_map(page)
     name, png = _download(page, "#download-png")
     assert name == "demo-pcm-t0.26-mask.png"
     server_label = np.asarray(Image.open(io.BytesIO(png)))
     assert server_label.shape == (H, W)
     np.testing.assert_array_equal(before, server_label)
-    mask_before = _canvas_rgb(page, "#canvas-mask")
+    mask_before = canvas_rgb(page, "#canvas-mask")
     screenshot(page, "02-image-results")
 
     # keyboard on the slider: 20 steps right -> 0.46; re-thresholded without a new upload
@@ -111,9 +87,9 @@ def test_image_view(server, page, screenshot, tmp_path):
     wait_js(page, "seamPage.maskSource() && seamPage.maskSource().threshold === 0.46")
     assert page.locator("#threshold-value").inner_text() == "0.46"
     assert not [u for u in requests if "/cam" in u or "/segment" in u], requests
-    after = _label_map(page)
+    after = label_map(page)
     assert (after > 0).sum() < (before > 0).sum()  # a higher threshold: less foreground
-    assert not np.array_equal(_canvas_rgb(page, "#canvas-mask"), mask_before)
+    assert not np.array_equal(canvas_rgb(page, "#canvas-mask"), mask_before)
     screenshot(page, "03-image-threshold-0.46")
 
     # downloads at the new threshold match the browser's mask: PNG and COCO RLE JSON
@@ -134,7 +110,7 @@ def test_image_view(server, page, screenshot, tmp_path):
     wait_js(page, "seamPage.maskSource().method === 'cam'")
     r = httpx.post(f"{server.url}/segment", files={"image": ("demo.png", image, "image/png")},
                    data={"method": "cam", "threshold": "0.46", "labels": "red,green"}, timeout=30)
-    np.testing.assert_array_equal(_label_map(page), np.asarray(Image.open(io.BytesIO(r.content))))
+    np.testing.assert_array_equal(label_map(page), np.asarray(Image.open(io.BytesIO(r.content))))
 
     # drag and drop with a class picked by hand: only that class is computed
     page.check("#class-list input[value=blue]")
@@ -266,11 +242,11 @@ def test_server_side_method(server, page, tmp_path):
     page.wait_for_selector("#mask-method option[value=rw]", state="attached")
     page.set_input_files("#image-input", str(path))
     wait_js(page, "seamPage.maskSource() !== null")
-    client_side = _label_map(page)
+    client_side = label_map(page)
     page.select_option("#mask-method", "rw")
     wait_js(page, "seamPage.maskSource().method === 'rw'")
     assert seen and b'name="method"\r\n\r\nrw\r\n' in seen[-1] and b"name=\"format\"\r\n\r\njson" in seen[-1]
-    np.testing.assert_array_equal(_label_map(page), client_side)  # RLEs painted = the pcm mask
+    np.testing.assert_array_equal(label_map(page), client_side)  # RLEs painted = the pcm mask
     assert "computed by the server" in page.locator("#mask-method-note").inner_text()
     # the slider asks the server again (debounced) for such methods
     page.focus("#threshold")
