@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from service import integrations
@@ -65,6 +67,7 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
     metrics.add_jobs_collector(lambda: _job_stats(app))
     _install_error_handlers(app)
     _install_routes(app)
+    _install_openapi_models(app, jobs.OPENAPI_MODELS)
     _install_middleware(app, settings, metrics)
     return app
 
@@ -132,6 +135,25 @@ def _install_routes(app: FastAPI) -> None:
     app.include_router(inference.router, dependencies=protected)
     app.include_router(jobs.router, dependencies=protected)
     app.include_router(web.router)  # the web page (/ and /static/...); public: it asks for the key itself
+
+
+def _install_openapi_models(app: FastAPI, models: Sequence[type[BaseModel]]) -> None:
+    """Put `models` (and the models they use) into the schema's components, so that hand-written
+    request bodies can `$ref` them (an unresolvable $ref made Schemathesis skip the JSON body of
+    POST /jobs)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = build()  # FastAPI's own, cached
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in models:
+            js = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            for name, sub in js.pop("$defs", {}).items():
+                components.setdefault(name, sub)
+            components.setdefault(model.__name__, js)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _install_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:

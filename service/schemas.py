@@ -127,9 +127,9 @@ class JobOptions(BaseModel):
     @field_validator("outputs", mode="before")
     @classmethod
     def _unique(cls, v: object) -> object:
-        if not isinstance(v, list):
-            return v
-        return list(dict.fromkeys(OUTPUT_ALIASES.get(k, k) if isinstance(k, str) else k for k in v))
+        if not isinstance(v, list) or not all(isinstance(k, str) for k in v):
+            return v  # not a list of names: the field's own validation says what is wrong (never a TypeError here)
+        return list(dict.fromkeys(OUTPUT_ALIASES.get(k, k) for k in v))
 
     @model_validator(mode="after")
     def _prefix_for_labelstudio(self) -> JobOptions:

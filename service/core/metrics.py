@@ -6,12 +6,15 @@ pending work (queue depth), work done (images labelled), failures.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator
+from functools import lru_cache
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+from starlette.routing import Mount, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("seam.service")
@@ -92,10 +95,50 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = route_template(scope)
             if template != "/metrics":
                 self.metrics.request_latency.labels(scope["method"], template, str(status)).observe(
                     time.perf_counter() - start)
             if status >= 400:
                 self.metrics.http_errors.labels(template, str(status)).inc()
+
+
+def route_template(scope: Scope) -> str:
+    """The route template a request was for, also when a middleware answered it before routing
+    (401 from the API-key check, 413 from the body limit): those never set scope["route"].
+    Mounted apps count under their mount path."""
+    route = scope.get("route")
+    if route is not None and getattr(route, "path", None):
+        return route.path
+    return _template_of(getattr(scope.get("app"), "routes", None) or [], scope.get("method", ""),
+                        scope.get("path", "")) or "unmatched"
+
+
+def _template_of(routes: list, method: str, path: str) -> str | None:
+    """The template of the route (included routers flattened) matching path and method, else one
+    matching the path only (a 405), else None."""
+    try:  # FastAPI >= 0.16x keeps included routers as routes of their own: flatten them
+        from fastapi.routing import iter_route_contexts
+
+        candidates = [(c.path, c.original_route) for c in iter_route_contexts(routes)]
+    except ImportError:
+        candidates = [(getattr(r, "path", None), r) for r in routes]
+    path_only = None
+    for template, route in candidates:
+        if not template:
+            continue
+        if isinstance(route, Mount):
+            if path == template or path.startswith(template.rstrip("/") + "/"):
+                return template
+            continue
+        if _regex(template).match(path):
+            methods = getattr(route, "methods", None)
+            if not methods or method in methods:
+                return template
+            path_only = path_only or template
+    return path_only
+
+
+@lru_cache(maxsize=512)
+def _regex(template: str) -> re.Pattern[str]:
+    return compile_path(template)[0]

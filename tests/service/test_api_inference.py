@@ -216,6 +216,23 @@ def test_metrics_content(client):
     assert "seam_inference_duration_seconds_bucket" in text
 
 
+def test_metrics_route_of_requests_answered_before_routing(make_client):
+    # 401s (API-key middleware) and 413s (body limit) never reach the router: they were all
+    # counted under route="unmatched", the included routers' (/labelstudio, /cvat) included
+    c = make_client(api_keys=[API_KEY], max_upload_mb=0.01)
+    assert c.post("/labelstudio/predict", json={"tasks": []}).status_code == 401
+    assert c.post("/labelstudio/predict", json={"tasks": []}, auth=("x", "not-the-key")).status_code == 401
+    assert c.post("/cvat/detect", json={"image": ""}).status_code == 401
+    assert c.post("/segment", files={"image": ("a.png", b"x" * 20_000)},
+                  headers={"X-API-Key": API_KEY}).status_code == 413
+    assert c.get("/nope", headers={"X-API-Key": API_KEY}).status_code == 404
+    text = c.get("/metrics", headers={"X-API-Key": API_KEY}).text
+    assert 'seam_http_errors_total{route="/labelstudio/predict",status="401"} 2.0' in text
+    assert 'seam_http_errors_total{route="/cvat/detect",status="401"} 1.0' in text
+    assert 'seam_http_errors_total{route="/segment",status="413"} 1.0' in text
+    assert 'seam_http_errors_total{route="unmatched",status="404"} 1.0' in text  # no such route: still bounded
+
+
 def test_not_found_and_method_errors(client):
     assert_error(client.get("/nope"), 404, "not_found")
     assert_error(client.get("/segment"), 405, "method_not_allowed")

@@ -21,6 +21,7 @@ from service.jobs.results import result_extras
 from service.jobs.store import JobSnapshot
 from service.jobs.submit import JobServices, submit
 from service.schemas import (
+    DirectoryJobRequest,
     ErrorResponse,
     JobImageError,
     JobLinks,
@@ -30,6 +31,9 @@ from service.schemas import (
 )
 
 router = APIRouter(tags=["jobs"])
+# Models the hand-written request body below refers to: FastAPI only adds the models of the
+# parameters it parses itself to components.schemas (service.main registers these).
+OPENAPI_MODELS = (DirectoryJobRequest,)
 
 JobId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{32}$", description="Job id (32 hex digits).")]
 _E = {code: {"model": ErrorResponse} for code in (401, 404, 408, 409, 413, 415, 422, 429, 503, 507)}
