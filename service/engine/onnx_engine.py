@@ -467,7 +467,7 @@ class OnnxEngine:
     def _random_walk(self, rgb: np.ndarray, res: CamResult, crf: bool, out_hw: tuple[int, int]) -> np.ndarray:
         """AffinityNet random walk of the PCM CAMs (the authors' infer_aff) at the working size
         (`rgb` and `res` share it), optionally + dense CRF; labels at `out_hw`."""
-        from seam.common.random_walk import affinity_from_features, pooled_cams, random_walk_scores
+        from seam.common.random_walk import affinity_from_features, pooled_cams, random_walk_scores, walk_radius
 
         h0, w0 = rgb.shape[:2]
         if not res.classes:
@@ -477,7 +477,9 @@ class OnnxEngine:
         assert rw is not None  # guaranteed by the manifest schema for affinity models
         feat = self._affinity_features(aff_model, rgb)
         grid = pooled_cams(res.cams, feat.shape[1:], rw.alpha)
-        scores = random_walk_scores(grid, affinity_from_features(feat, rw.radius), rw.beta, rw.logt)
+        # the release shrinks the pair radius on grids too small for it (seam.common.random_walk)
+        radius = walk_radius(feat.shape[1], feat.shape[2], rw.radius)
+        scores = random_walk_scores(grid, affinity_from_features(feat, radius), rw.beta, rw.logt)
         h, w = scores.shape[1:]
         # the authors' upsampling: to the padded grid * 8, cropped to the image
         up = resize_bilinear(scores, (h * 8, w * 8))[:, :h0, :w0]
