@@ -20,6 +20,29 @@ _IMAGE_MAGIC: tuple[tuple[bytes, str], ...] = (
 IMAGE_TYPES = ("png", "jpeg", "gif", "bmp", "tiff", "webp")
 
 
+# ISO base media (HEIF) brands: iPhone photos (HEIC) and AVIF. Pillow cannot decode them; named
+# in the 415 so the client knows to convert, rather than "not an image".
+_HEIF_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"heim": "HEIC", b"heis": "HEIC", b"hevc": "HEIC",
+                b"hevx": "HEIC", b"mif1": "HEIF", b"msf1": "HEIF", b"avif": "AVIF", b"avis": "AVIF"}
+
+
+def unsupported_image_format(head: bytes) -> str | None:
+    """The name of an image format we recognise but do not decode (HEIC/HEIF/AVIF), or None."""
+    if head[4:8] == b"ftyp":
+        return _HEIF_BRANDS.get(head[8:12])
+    return None
+
+
+def not_an_image(head: bytes) -> ApiError:
+    """The 415 for bytes that are not a supported image, naming the format when we know it."""
+    known = unsupported_image_format(head)
+    if known:
+        return ApiError(415, "unsupported_media_type", f"{known} images are not supported: convert the photo to "
+                                                       f"JPEG or PNG (accepted: {', '.join(IMAGE_TYPES)})")
+    return ApiError(415, "unsupported_media_type",
+                    f"the upload is not a supported image (by its content; accepted: {', '.join(IMAGE_TYPES)})")
+
+
 def sniff_image(head: bytes) -> str | None:
     """Image type from the first bytes, or None. Never trusts names or Content-Type."""
     for magic, kind in _IMAGE_MAGIC:
@@ -66,8 +89,7 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
         raise ApiError(422, "invalid_image", "the image file is empty")
     kind = sniff_image(data[:16])
     if kind is None:
-        raise ApiError(415, "unsupported_media_type",
-                       f"the upload is not a supported image (by its content; accepted: {', '.join(IMAGE_TYPES)})")
+        raise not_an_image(data[:16])
     w, h = image_size(data)
     check_pixels(w, h, max_pixels)
     try:

@@ -574,3 +574,29 @@ def test_hostile_input_table_matches_the_answers(app_client):
             assert_error(r, want)
     assert "corrupt" in observed["lying zip header"][0].json()["error"]["message"]
     assert c.app.state.storage.job_ids() == []
+
+
+def test_chunked_upload_past_the_limit_is_413_and_nothing_kept(app_client):
+    # No Content-Length: httpx sends a generator body with Transfer-Encoding: chunked, so only
+    # the running count of the body middleware can stop it.
+    c = app_client(max_job_upload_mb=1, max_upload_mb=1)
+    archive = zip_bytes({f"im{i}.bmp": np.random.default_rng(i).integers(0, 255, (300, 300, 3), np.uint8).tobytes()
+                         for i in range(12)})
+    assert len(archive) > 2 << 20
+    head = b"--B\r\nContent-Disposition: form-data; name=\"archive\"; filename=\"a.zip\"\r\n\r\n"
+    sent = []
+
+    def body():
+        for part in (head, *(archive[i:i + 65536] for i in range(0, len(archive), 65536)), b"\r\n--B--\r\n"):
+            sent.append(len(part))
+            yield part
+
+    r = c.post("/jobs", content=body(), headers={"content-type": "multipart/form-data; boundary=B"})
+    assert_error(r, 413, "too_large")
+    assert sent  # went through the generator (chunked), no Content-Length
+    assert c.app.state.storage.job_ids() == [] and c.get("/jobs").json()["total"] == 0
+    data = c.app.state.settings.data_dir
+    assert not [p for p in data.rglob("*") if p.is_file() and not p.name.startswith("jobs.sqlite3")]
+    r = c.post("/segment", content=(b"\x89PNG" + bytes(65536) for _ in range(40)),
+               headers={"content-type": "multipart/form-data; boundary=B"})
+    assert_error(r, 413, "too_large")

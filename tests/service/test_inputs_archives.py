@@ -105,3 +105,19 @@ def test_rle_matches_pycocotools():
         ref = mask_api.encode(np.asfortranarray(m.astype(np.uint8)))
         assert ours["counts"] == ref["counts"].decode()
         assert np.array_equal(coco_rle_decode(ours), m)
+
+
+def test_heic_photo_is_415_naming_the_format(client):
+    pillow_heif = pytest.importorskip("pillow_heif")  # the dev extra installs it
+    from tests.service.helpers import photo
+
+    rgb = np.asarray(Image.open(io.BytesIO(photo(300, 400, seed=2))).convert("RGB"))
+    buf = io.BytesIO()
+    pillow_heif.from_pillow(Image.fromarray(rgb)).save(buf, quality=80)  # what an iPhone sends
+    heic = buf.getvalue()
+    for path in ("/segment", "/cam"):
+        r = client.post(path, files={"image": ("IMG_0001.HEIC", heic)})
+        assert r.status_code == 415 and "HEIC images are not supported" in r.json()["error"]["message"], r.text
+    with pytest.raises(ApiError) as e:
+        decode_image(heic, 10**8)
+    assert e.value.status_code == 415 and "HEIC" in e.value.message

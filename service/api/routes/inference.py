@@ -16,7 +16,7 @@ from service.core.engine import resolve_method
 from service.core.errors import ApiError
 from service.core.limits import run_limited
 from service.engine.base import InferenceEngine, MemoryBudgetError
-from service.inputs import check_pixels, image_size, parse_labels, sniff_image
+from service.inputs import check_pixels, image_size, not_an_image, parse_labels, sniff_image
 from service.realtime.compute import engine_error, reply_error, run_requests
 from service.realtime.messages import Reply, SyncRequest
 from service.schemas import CamResponse, ErrorResponse, MethodName, SegmentResponse
@@ -52,7 +52,7 @@ def _precheck(data: bytes, max_pixels: int) -> tuple[int, int]:
     if not data:
         raise ApiError(422, "invalid_image", "the image file is empty")
     if sniff_image(data[:16]) is None:
-        raise ApiError(415, "unsupported_media_type", "the upload is not a supported image (by its content)")
+        raise not_an_image(data[:16])
     w, h = image_size(data)
     check_pixels(w, h, max_pixels)
     return w, h
