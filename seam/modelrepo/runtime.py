@@ -63,7 +63,9 @@ def select_providers(requested: str = "auto") -> list[str]:
     chosen: list[str] = []
     for tok in tokens:
         name = _ALIASES.get(tok.lower(), tok)
-        if name not in available:
+        # CUDA is a provider we know even where this build lacks it (the CPU onnxruntime package):
+        # then it is dropped or refused below like an unusable GPU, not called unknown.
+        if name not in available and name != CUDA:
             raise ValueError(f"unknown provider {tok!r}; choose from auto, cpu, cuda or {', '.join(available)}")
         if name == CUDA and not cuda_ok:
             continue
