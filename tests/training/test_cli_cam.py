@@ -25,7 +25,8 @@ def test_synth_cam_eval_end_to_end(tmp_path):
     out = tmp_path / "cam"
     lst = data / "ImageSets" / "Segmentation" / "train.txt"
     r = runner.invoke(app, ["cam", "--checkpoint", str(ckpt), "--images", str(lst), "--out", str(out),
-                            "--labels", str(data / "cls_labels.npy"), "--scales", "0.5,1.0", "--save-png"])
+                            "--labels", str(data / "cls_labels.npy"), "--scales", "0.5,1.0", "--save-png",
+                            "--authors-npy"])  # the release's pickled dicts; the npz default: tests/cli
     assert r.exit_code == 0, r.output
     ids = lst.read_text().split()
     labels = np.load(data / "cls_labels.npy", allow_pickle=True).item()
