@@ -19,7 +19,7 @@ NUM_FG = 6
 
 @pytest.fixture(scope="module")
 def net() -> torch.nn.Module:
-    torch.manual_seed(0)
+    torch.manual_seed(1)  # a random network whose refined maps are non-zero for every tested class
     return create_model("seam", "resnet38_small", NUM_FG + 1).eval()
 
 
