@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from service.core.config import Settings
 from service.core.errors import ApiError
 from service.realtime.fleet import FleetView
-from service.realtime.messages import REALTIME_TASK, Keys, Reply, SyncRequest
+from service.realtime.messages import REALTIME_BUDGET_S, REALTIME_TASK, Keys, Reply, SyncRequest
 
 log = logging.getLogger("seam.service")
 
@@ -116,7 +116,11 @@ class RealtimeClient:
 
     def _ring(self, rid: str) -> None:
         """Wake a worker: one message per request on the realtime queue (it expires with the deadline)."""
-        self.celery.send_task(REALTIME_TASK, args=[rid], queue=self.queue, expires=self.settings.request_timeout_s)
+        # Its own time limits, not the chunk task's defaults (SEAM_TASK_*_TIME_LIMIT_S, sized for a
+        # chunk of a job): a wake-up serves for up to REALTIME_BUDGET_S, each request up to its deadline.
+        soft = self.settings.request_timeout_s + REALTIME_BUDGET_S + 5
+        self.celery.send_task(REALTIME_TASK, args=[rid], queue=self.queue, expires=self.settings.request_timeout_s,
+                              soft_time_limit=soft, time_limit=soft + 10)
 
     async def close(self) -> None:
         for c in {id(self.r): self.r, id(self.blocking): self.blocking}.values():

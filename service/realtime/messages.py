@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 REALTIME_TASK = "seam.realtime"
+REALTIME_BUDGET_S = 30.0  # one wake-up of a worker serves pending requests at most this long
 REPLY_TTL_S = 60  # a reply nobody collects (the API gave up) disappears after this
 
 

@@ -25,14 +25,14 @@ from pydantic import ValidationError
 
 from service.engine.base import InferenceEngine
 from service.realtime.compute import error_reply, run_requests
-from service.realtime.messages import REPLY_TTL_S, Keys, Reply, SyncRequest
+from service.realtime.messages import REALTIME_BUDGET_S, REPLY_TTL_S, Keys, Reply, SyncRequest
 
 log = logging.getLogger("seam.worker")
 
 
 class RealtimeServer:
     def __init__(self, client: Any, prefix: str, engine: Callable[[], InferenceEngine], node: str, max_pixels: int,
-                 max_batch: int, window_s: float, budget_s: float = 30.0) -> None:
+                 max_batch: int, window_s: float, budget_s: float = REALTIME_BUDGET_S) -> None:
         self.r = client  # sync redis client, bytes responses
         self.keys = Keys(prefix)
         self.engine = engine

@@ -100,8 +100,9 @@ def test_slow_worker_computation_200_and_deadline_504(tmp_path, redis_ok):  # no
     data = png_bytes(32, 40, seed=3)
     delay_s = 7.0  # the fake engine's compute time per request: longer than 5 s
     s = ApiEnvStack(tmp_path, "celery", SEAM_WORKER_HEARTBEAT_S="1", SEAM_FAKE_DELAY_MS=str(int(delay_s * 1000)),
-                    SEAM_WARMUP="false", SEAM_TASK_SOFT_TIME_LIMIT_S="30", SEAM_TASK_TIME_LIMIT_S="40",
-                    SEAM_VISIBILITY_TIMEOUT_S="90")
+                    SEAM_WARMUP="false",
+                    # chunk limits below the computation: the realtime task carries its own (was a 500)
+                    SEAM_TASK_SOFT_TIME_LIMIT_S="5", SEAM_TASK_TIME_LIMIT_S="6", SEAM_VISIBILITY_TIMEOUT_S="30")
     r_keys = redis_client()
     try:
         s.start_worker("slow")
