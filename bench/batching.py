@@ -7,7 +7,7 @@
 Two levels, each run one-by-one and batched over the same images, alternating and
 repeated (the best repeat is kept, so a noisy neighbour hurts both alike):
 * engine:  `segment` per image vs `segment_many` in batches of --batch;
-* service: `service.realtime.compute.run_requests` (decode + engine + PNG encoding, what
+* service: `seam.service.realtime.compute.run_requests` (decode + engine + PNG encoding, what
   a worker does for a round of synchronous requests) with max_batch 1 vs --batch.
 The ratio batched/one-by-one is what dynamic batching (SEAM_MAX_BATCH) buys on this
 device; on a CPU whose threads a single image already keeps busy it can be below 1.
@@ -59,18 +59,18 @@ def main() -> None:
     h, w = (int(v) for v in args.size.lower().split("x"))
 
     if args.engine == "fake":
-        from service.fake_engine import FakeEngine
+        from seam.service.fake_engine import FakeEngine
 
         engine = FakeEngine(delay_ms=20)
     else:
-        from service.engine.onnx_engine import OnnxEngine
+        from seam.service.engine.onnx_engine import OnnxEngine
 
         engine = OnnxEngine(args.models_dir, providers=args.providers, threads=args.threads)
     if not hasattr(engine, "segment_many"):
         sys.exit("this engine has no segment_many: nothing to compare")
-    from service.encoding import png_rgb
-    from service.realtime.compute import run_requests
-    from service.realtime.messages import SyncRequest
+    from seam.service.encoding import png_rgb
+    from seam.service.realtime.compute import run_requests
+    from seam.service.realtime.messages import SyncRequest
 
     method = args.method or engine.methods()[0]
     imgs = scenes(args.images, h, w)

@@ -137,8 +137,9 @@ def _parse_args() -> argparse.Namespace:
 def _network(args: argparse.Namespace, tmp: Path) -> tuple[nn.Module, Path, str]:
     """(the eager SEAM network, its checkpoint file, the backbone's name): the given
     checkpoint, or seeded random weights saved under `tmp`."""
+    from seam.training.models.registry import model_from_checkpoint
+
     from tests.training.checkpoints import make_checkpoint
-    from training.models.registry import model_from_checkpoint
 
     if args.checkpoint:
         net, meta = model_from_checkpoint(args.checkpoint, "seam")
@@ -193,11 +194,11 @@ def main() -> None:
     args = _parse_args()
 
     import torch
+    from seam.service.engine.onnx_engine import OnnxEngine
+    from seam.training.export import export_model
 
     from seam.modelrepo.runtime import default_threads
-    from service.engine.onnx_engine import OnnxEngine
     from tests.training.authors_cam import authors_infer_seam
-    from training.export import export_model
 
     threads = args.threads or default_threads()
     torch.set_num_threads(threads)

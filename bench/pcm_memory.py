@@ -22,9 +22,9 @@ import numpy as np
 
 def _child(args: argparse.Namespace) -> None:
     import psutil
+    from seam.service.engine.onnx_engine import OnnxEngine
 
     from seam.common.image import Normalization, resize_rgb, scaled_size
-    from service.engine.onnx_engine import OnnxEngine
 
     eng = OnnxEngine.from_model_dir(args.model, providers="cpu", threads=args.threads, max_side=16384,
                                     memory_budget=1 << 40)

@@ -124,9 +124,10 @@ def _inputs(args: argparse.Namespace, mf: Manifest) -> tuple[list[np.ndarray], l
                                                               tuple[float, ...]]:
     """(calibration batches, held-out evaluation batches, the timed input, the calibration
     scales), preprocessed as the engine does."""
+    from seam.training.export.quantize import calibration_batches, calibration_paths, preprocess
+
     from bench.inference import synthetic_images
     from seam.common.image import Normalization, load_rgb, resize_rgb
-    from training.export.quantize import calibration_batches, calibration_paths, preprocess
 
     norm = Normalization(tuple(mf.input.mean), tuple(mf.input.std))
     h, w = (int(v) for v in args.size.lower().split("x"))
@@ -152,7 +153,7 @@ def _quantize(args: argparse.Namespace, fp32: Path, int8: Path, cal: list[np.nda
               input_name: str, scales: tuple[float, ...], threads: int) -> dict:
     """int8 copy of `fp32` at `int8`; prints each calibration method's CAM error and
     returns the record of the run."""
-    from training.export.quantize import quantize_model
+    from seam.training.export.quantize import quantize_model
 
     t0 = time.perf_counter()
     q = quantize_model(fp32, int8, cal, input_name, methods=args.methods.split(","), eval_batches=ev,
@@ -171,9 +172,10 @@ def _quantize(args: argparse.Namespace, fp32: Path, int8: Path, cal: list[np.nda
 def _time_pass(fp32: Path, int8: Path, timed: np.ndarray, input_name: str, rounds: int, threads: int) -> dict:
     """One network pass on each graph, interleaved, its CAM error, and the matmul peaks
     measured just before and after."""
+    from seam.training.export.quantize import compare_outputs
+
     from bench.hardware import conv_macs, matmul_peak
     from seam.modelrepo.runtime import cpu_session
-    from training.export.quantize import compare_outputs
 
     peak_before = matmul_peak(threads)
     sess = {"fp32": cpu_session(fp32, threads), "int8": cpu_session(int8, threads)}
@@ -226,7 +228,7 @@ def _int8_model_dir(fp32_dir: Path, int8: Path, tmp: Path) -> Path:
 
 def _miou(args: argparse.Namespace, mf: Manifest, fp32_dir: Path, int8_dir: Path, threads: int) -> dict:
     """Whole-engine pseudo labels of both model directories on --miou's train list; prints them."""
-    from service.engine.onnx_engine import OnnxEngine
+    from seam.service.engine.onnx_engine import OnnxEngine
 
     listing = (args.miou / "ImageSets" / "Segmentation" / "train.txt").read_text()
     ids = [ln.split()[0] for ln in listing.split("\n") if ln.strip()][: args.miou_n]
@@ -257,9 +259,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
 
     import torch
+    from seam.training.export import export_model
 
     from seam.modelrepo.runtime import default_threads
-    from training.export import export_model
 
     threads = args.threads or default_threads()
     torch.set_num_threads(threads)

@@ -66,11 +66,11 @@ def main() -> None:
     args = ap.parse_args()
 
     from fastapi.testclient import TestClient
+    from seam.service.core.config import Settings
+    from seam.service.core.engine import build_engine
+    from seam.service.main import create_app
 
     from seam.common.image import load_rgb
-    from service.core.config import Settings
-    from service.core.engine import build_engine
-    from service.main import create_app
 
     h, w = (int(v) for v in args.size.lower().split("x"))
     data = args.image.read_bytes() if args.image else synthetic_png(h, w)

@@ -16,10 +16,10 @@ import statistics
 import time
 
 import numpy as np
+from seam.service.engine.onnx_engine import OnnxEngine
+from seam.training.data.synth import IGNORE_INDEX, SYNTH_CLASSES, render_image
 
 from seam.common.metrics import ConfusionMeter, scores_from_confusion
-from service.engine.onnx_engine import OnnxEngine
-from training.data.synth import IGNORE_INDEX, SYNTH_CLASSES, render_image
 
 
 def main() -> None:

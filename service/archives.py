@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from seam.service.core.errors import ApiError
+from seam.service.inputs import sniff_archive
+
 from seam.common.files import IMAGE_EXTENSIONS, LABEL_FILE_NAMES
-from service.core.errors import ApiError
-from service.inputs import sniff_archive
 
 _CHUNK = 1 << 20
 _BAD_CHARS = re.compile(r"[\x00-\x1f\x7f]")

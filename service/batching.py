@@ -14,9 +14,9 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
+from seam.service.engine.base import InferenceEngine, SegmentResult
 
 from seam.common.cam import CamResult
-from service.engine.base import InferenceEngine, SegmentResult
 
 log = logging.getLogger("seam.service")
 

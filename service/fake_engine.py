@@ -12,6 +12,8 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
+from seam.service.engine.base import METHODS, MapSize, ModelInfo, SegmentResult
+from seam.service.engine.cancel import check_wanted
 
 from seam.common.cam import (
     DEFAULT_BG_THRESHOLD,
@@ -21,8 +23,6 @@ from seam.common.cam import (
     predict_classes,
     present_classes,
 )
-from service.engine.base import METHODS, MapSize, ModelInfo, SegmentResult
-from service.engine.cancel import check_wanted
 
 FAKE_CLASSES: tuple[str, ...] = ("red", "green", "blue")
 FAIL_PIXEL = (1, 2, 3)  # an image whose top-left pixel is exactly this makes the engine raise

@@ -8,10 +8,10 @@ from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
+from seam.service.core.errors import ApiError
 
 from seam.common.classes import resolve_labels
 from seam.common.image import ImageDecodeError, load_rgb
-from service.core.errors import ApiError
 
 _IMAGE_MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpeg"), (b"GIF87a", "gif"), (b"GIF89a", "gif"),

@@ -1,6 +1,6 @@
 """The FastAPI app factory.
 
-    uvicorn --factory service.main:create_app          (what `seam serve` runs)
+    uvicorn --factory seam.service.main:create_app          (what `seam serve` runs)
 
 `create_app(settings=None, engine=None, store=None, dispatcher=None)`: tests inject a
 fake engine and settings; production reads `SEAM_*` and loads the engine in the
@@ -17,25 +17,24 @@ from typing import Any
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from pydantic import BaseModel
+from seam.service import integrations
+from seam.service.api.deps import require_api_key
+from seam.service.api.routes import health, inference, jobs, models, web
+from seam.service.core.config import Settings, get_settings
+from seam.service.core.engine import EngineHolder, build_engine
+from seam.service.core.errors import error_response, install_error_handlers
+from seam.service.core.limits import BodyLimitMiddleware, InflightLimiter
+from seam.service.core.metrics import Metrics, MetricsMiddleware
+from seam.service.core.security import ApiKeyMiddleware
+from seam.service.engine.base import InferenceEngine
+from seam.service.jobs import lifecycle
+from seam.service.jobs.dispatch import CeleryDispatcher, Dispatcher, EmbeddedDispatcher
+from seam.service.jobs.processing import TRANSIENT
+from seam.service.jobs.runtime import build_context, engine_getter, make_store
+from seam.service.jobs.store import JobStore
+from seam.service.realtime.wiring import BrokerSide
+from seam.service.storage import Storage
 from starlette.concurrency import run_in_threadpool
-
-from service import integrations
-from service.api.deps import require_api_key
-from service.api.routes import health, inference, jobs, models, web
-from service.core.config import Settings, get_settings
-from service.core.engine import EngineHolder, build_engine
-from service.core.errors import error_response, install_error_handlers
-from service.core.limits import BodyLimitMiddleware, InflightLimiter
-from service.core.metrics import Metrics, MetricsMiddleware
-from service.core.security import ApiKeyMiddleware
-from service.engine.base import InferenceEngine
-from service.jobs import lifecycle
-from service.jobs.dispatch import CeleryDispatcher, Dispatcher, EmbeddedDispatcher
-from service.jobs.processing import TRANSIENT
-from service.jobs.runtime import build_context, engine_getter, make_store
-from service.jobs.store import JobStore
-from service.realtime.wiring import BrokerSide
-from service.storage import Storage
 
 log = logging.getLogger("seam.service")
 
@@ -188,8 +187,8 @@ def _job_stats(app: FastAPI) -> dict:
 
 async def _requeue_forever(dispatcher: CeleryDispatcher, settings: Settings) -> None:
     """Celery mode: chunks held by worker hosts whose heartbeat stopped go back to the queue
-    (service.worker.redelivery) instead of waiting for the visibility timeout."""
-    from service.worker.redelivery import requeue_orphans
+    (seam.service.worker.redelivery) instead of waiting for the visibility timeout."""
+    from seam.service.worker.redelivery import requeue_orphans
 
     while True:
         await asyncio.sleep(settings.worker_heartbeat_s)

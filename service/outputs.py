@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from seam.service import encoding as enc
+from seam.service.engine.base import SegmentResult
 
 from seam.common.cam import DEFAULT_BG_THRESHOLD, CamResult
-from service import encoding as enc
-from service.engine.base import SegmentResult
 
 
 def score_table(scores: np.ndarray, names: Sequence[str]) -> dict[str, float]:
@@ -51,7 +51,7 @@ def cam_json(rgb: np.ndarray, res: CamResult, names: Sequence[str], refined: boo
 def coco_image_doc(seg: SegmentResult, names: Sequence[str], image_id: str, file_name: str,
                    coco_id: int = 0) -> dict:
     """The per-image COCO record a job writes, with the job's `coco_id` for the image (the id it
-    has in the merged coco.json, service.jobs.results.coco_image_ids)."""
+    has in the merged coco.json, seam.service.jobs.results.coco_image_ids)."""
     h, w = seg.label.shape
     return {"image": {"id": coco_id, "file_name": file_name, "width": int(w), "height": int(h), "seam_id": image_id},
             "annotations": enc.coco_annotations(seg.label, names, seg.scores, image_id=coco_id)}
@@ -75,7 +75,7 @@ def job_outputs(engine, rgb: np.ndarray, seg: SegmentResult, labels: list[int] |
             cams = cams.at_size(rgb.shape[:2])
         out["npz"] = enc.cams_npz(cams, names)
     if "labelstudio" in kinds or "cvat" in kinds:  # pre-annotation files for the labelling tools
-        from service.integrations import exports
+        from seam.service.integrations import exports
 
         if "labelstudio" in kinds:
             out["labelstudio"] = exports.ls_image_doc(seg.label, names, seg.scores, file_name, method=seg.method)

@@ -23,6 +23,20 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
 
+# Folders of the repository that install under the seam namespace (setup.py), by their package.
+NAMESPACED = {"service": "seam.service", "training": "seam.training"}
+
+
+def module_name(path: Path) -> str:
+    """The importable name of a source file of the repository: `service/main.py` ->
+    `seam.service.main`, `seam/common/cam.py` -> `seam.common.cam`, `tests/x.py` -> `tests.x`."""
+    parts = list(path.resolve().relative_to(REPO).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    if parts and parts[0] in NAMESPACED:
+        parts[0] = NAMESPACED[parts[0]]
+    return ".".join(parts)
+
 # The one Redis setting of the test suite: a server URL without a database number; tests pick
 # their databases on it (redis_url). Default: a Redis on loopback, as scripts/test.sh starts.
 REDIS_SERVER = os.environ.get("SEAM_TEST_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/")
@@ -153,7 +167,7 @@ def start_server(argv: Callable[[int], Sequence[str]], env: dict[str, str], log:
 
 def uvicorn_argv(port: int) -> list[str]:
     """The app factory under uvicorn (what the container runs); configured by SEAM_* variables."""
-    return [sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app", "--host", "127.0.0.1",
+    return [sys.executable, "-m", "uvicorn", "--factory", "seam.service.main:create_app", "--host", "127.0.0.1",
             "--port", str(port), "--log-level", "warning", "--no-access-log"]
 
 

@@ -8,24 +8,21 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.support import NAMESPACED, REPO, module_name
 
 SHARED = ("seam/common", "seam/modelrepo")
 # Forbidden targets per layer: a module name equal to one of them or below it.
 RULES: dict[str, tuple[str, ...]] = {
-    "shared": ("training", "service", "seam.cli", "torch", "torchvision"),
-    "training": ("service", "seam.cli"),
-    "service": ("training", "seam.cli", "torch", "torchvision"),
+    "shared": ("seam.training", "seam.service", "seam.cli", "torch", "torchvision"),
+    "training": ("seam.service", "seam.cli"),
+    "service": ("seam.training", "seam.cli", "torch", "torchvision"),
 }
+# The folders' bare names exist only in a checkout: installed, they are seam.service / seam.training.
+GENERIC = tuple(NAMESPACED)
 
 
 def _files(*roots: str) -> list[Path]:
     return sorted(p for r in roots if (REPO / r).is_dir() for p in (REPO / r).rglob("*.py"))
-
-
-def _module(path: Path) -> str:
-    parts = list(path.relative_to(REPO).with_suffix("").parts)
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def imports_of(path: Path, package: str | None = None) -> set[str]:
@@ -33,7 +30,7 @@ def imports_of(path: Path, package: str | None = None) -> set[str]:
     by default the one `path` lies in)."""
     tree = ast.parse(path.read_text(), filename=str(path))
     if package is None:
-        package = _module(path) if path.name == "__init__.py" else _module(path).rpartition(".")[0]
+        package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -45,7 +42,7 @@ def imports_of(path: Path, package: str | None = None) -> set[str]:
             else:
                 mod = node.module or ""
             found.add(mod)
-            found.update(f"{mod}.{a.name}" for a in node.names)  # `from service import engine`
+            found.update(f"{mod}.{a.name}" for a in node.names)  # `from seam.service import engine`
     return found
 
 
@@ -65,9 +62,9 @@ def violations(layer: str, roots: tuple[str, ...]) -> list[str]:
 def test_the_checker_sees_arrows(tmp_path: Path) -> None:
     """The checker itself: a lazy import, a relative import and a `from pkg import mod` are all arrows."""
     probe = tmp_path / "probe.py"
-    probe.write_text("from . import cam\nfrom service import engine\n\ndef f():\n    import torch.nn\n")
+    probe.write_text("from . import cam\nfrom seam.service import engine\n\ndef f():\n    import torch.nn\n")
     names = imports_of(probe, package="seam.common")
-    assert {"seam.common.cam", "service.engine", "torch.nn"} <= names
+    assert {"seam.common.cam", "seam.service.engine", "torch.nn"} <= names
     assert _hits("torch.nn", RULES["shared"]) and not _hits("torchmetrics_like", ("torch",))
 
 
@@ -86,6 +83,14 @@ def test_service_imports_neither_training_nor_torch() -> None:
 
 def test_training_does_not_import_service() -> None:
     assert violations("training", ("training",)) == []
+
+
+def test_no_import_of_the_folders_bare_names() -> None:
+    """`import service` works in a checkout but not once installed: every import names seam.service."""
+    roots = ("seam", "service", "training", "tests", "bench", "scripts")
+    out = [f"{p.relative_to(REPO)} imports {n}"
+           for p in _files(*roots) for n in sorted(imports_of(p)) if _hits(n, GENERIC)]
+    assert out == []
 
 
 def test_nothing_imports_a_test_module() -> None:

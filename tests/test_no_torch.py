@@ -5,25 +5,21 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.support import REPO, module_name
+
 # Every module of the torch-free layers, found in the source tree: a module added, renamed or
 # moved is checked without anyone editing a list, and a removed one is never silently skipped.
 TORCH_FREE_ROOTS = ("service", "seam/common", "seam/modelrepo")
 # These must be among them (the app, the workers, the engine and the model contract): the test
 # fails when one is missing rather than checking less than it says.
-REQUIRED = ["service.main", "service.worker.tasks", "service.worker.celery_app", "service.engine.onnx_engine",
-            "seam.modelrepo.manifest", "seam.modelrepo.runtime", "seam.modelrepo.pcm"]
+REQUIRED = ["seam.service.main", "seam.service.worker.tasks", "seam.service.worker.celery_app",
+            "seam.service.engine.onnx_engine", "seam.modelrepo.manifest", "seam.modelrepo.runtime",
+            "seam.modelrepo.pcm"]
 
 
 def torch_free_modules() -> list[str]:
-    out = []
-    for root in TORCH_FREE_ROOTS:
-        for path in sorted((REPO / root).rglob("*.py")):
-            parts = list(path.relative_to(REPO).with_suffix("").parts)
-            out.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
-    return out
+    return [module_name(path) for root in TORCH_FREE_ROOTS for path in sorted((REPO / root).rglob("*.py"))]
 
 
 def test_module_list_is_current():
@@ -58,7 +54,7 @@ def test_engine_runs_without_torch(tmp_path):
         import numpy as np
         sys.path.insert(0, {str(REPO)!r})
         from tests.service.onnx_models import write_model
-        from service.engine.onnx_engine import OnnxEngine
+        from seam.service.engine.onnx_engine import OnnxEngine
         write_model(Path({str(tmp_path)!r}), "m")
         eng = OnnxEngine(Path({str(tmp_path)!r}), threads=1)
         rgb = np.zeros((20, 30, 3), np.uint8)

@@ -5,7 +5,7 @@
 Run directory (every stage skipped when its outputs exist, trainers resumed from their
 checkpoint.pth when interrupted):
 
-    seam/        seam_final.pth + .json           (training.engine.trainer)
+    seam/        seam_final.pth + .json           (seam.training.engine.trainer)
     cams/        <id>.npy  {fg class: HxW}        training images, known image labels
     aff_labels/  <id>.npz  la / ha CRF posteriors, <id>.png their labels 0 / c+1 / 255
                                                   (seam.common.affinity_labels)
@@ -68,7 +68,7 @@ def _write_pngs(todo: Sequence[tuple[str, Path]], out_dir: Path, label_of: Calla
 
 def _cams_and_image(cam_dir: Path, image_id: str, path: Path) -> tuple[list[int], np.ndarray, np.ndarray]:
     """(foreground classes, (K, H, W) CAMs from <cam_dir>/<id>.npz or .npy, (H, W, 3) image)."""
-    from training.evaluation.evaluate import find_cam_file, load_cams
+    from seam.training.evaluation.evaluate import find_cam_file, load_cams
 
     cam_file = find_cam_file(cam_dir, image_id)
     if cam_file is None:
@@ -119,7 +119,7 @@ def random_walk_dir(model: Any, items: Sequence[tuple[str, Path]], cam_dir: Path
                     on_image: OnImage = None) -> dict[str, Any]:
     """<out_dir>/<id>.png random-walk pseudo labels: AffinityNet features (torch) + the shared
     numpy random walk of <cam_dir>/<id>.npy."""
-    from training.inference.segment import affinity_features
+    from seam.training.inference.segment import affinity_features
 
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = _todo(items, out_dir, ".png", overwrite)
@@ -147,7 +147,7 @@ def segment_dir(model: Any, items: Sequence[tuple[str, Path]], out_dir: Path, sc
                 flip: bool = True, crf: bool = False, device: str = "cpu", overwrite: bool = False,
                 on_image: OnImage = None) -> dict[str, Any]:
     """<out_dir>/<id>.png DeepLab predictions."""
-    from training.inference.segment import segment_label
+    from seam.training.inference.segment import segment_label
 
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = _todo(items, out_dir, ".png", overwrite)
@@ -236,12 +236,12 @@ class PipelineRun:
     after every stage and every mIoU, so an interrupted run keeps what it measured)."""
 
     def __init__(self, cfg: PipelineConfig, hooks: StageHooks) -> None:
-        from training.data.datasets import build_dataset
-        from training.engine.affinity import AFFINITY_FINAL
-        from training.engine.deeplab import DEEPLAB_FINAL
-        from training.engine.recipes import default_recipe
-        from training.engine.state import SEAM_FINAL
-        from training.inference.cam import default_device
+        from seam.training.data.datasets import build_dataset
+        from seam.training.engine.affinity import AFFINITY_FINAL
+        from seam.training.engine.deeplab import DEEPLAB_FINAL
+        from seam.training.engine.recipes import default_recipe
+        from seam.training.engine.state import SEAM_FINAL
+        from seam.training.inference.cam import default_device
 
         self.cfg, self.hooks, self.log = cfg, hooks, hooks.log
         self.dir = Path(cfg.out)
@@ -311,7 +311,7 @@ class PipelineRun:
 
     def miou(self, key: str, pred_dir: Path, ids: Sequence[str], **kw: Any) -> None:
         """Score <pred_dir> against SegmentationClass/ on the `ids` that have ground truth."""
-        from training.evaluation.evaluate import evaluate
+        from seam.training.evaluation.evaluate import evaluate
 
         gt = self.ds.gt_dir
         ids = [i for i in ids if (gt / f"{i}.png").is_file()] if gt is not None else []
@@ -336,9 +336,9 @@ class PipelineRun:
         return self._configs[name]
 
     def _build_config(self, name: str) -> Any:
-        from training.engine.affinity import AffinityTrainConfig
-        from training.engine.deeplab import DeepLabTrainConfig
-        from training.engine.trainer import TrainConfig
+        from seam.training.engine.affinity import AffinityTrainConfig
+        from seam.training.engine.deeplab import DeepLabTrainConfig
+        from seam.training.engine.trainer import TrainConfig
 
         cfg, final = self.cfg, self.finals[name]
         common = {"backbone": cfg.backbone, "batch_size": cfg.batch_size, "crop": cfg.crop, "out": str(final.parent),
@@ -361,7 +361,7 @@ class PipelineRun:
     def plan(self) -> dict[str, Any]:
         """Every training stage's recipe report (values and the settings given over them), logged
         before anything runs and kept in results.json."""
-        from training.engine.recipes import describe
+        from seam.training.engine.recipes import describe
 
         out = {}
         for name, title in (("seam", "SEAM"), ("affinity", "AffinityNet"), ("deeplab", "DeepLab")):
@@ -401,7 +401,7 @@ class PipelineRun:
     # ----------------------------------------------------------------------- the stages
 
     def seam(self) -> dict[str, Any]:
-        from training.engine.trainer import train
+        from seam.training.engine.trainer import train
 
         return self.trained("1/6", "SEAM", "seam", "SEAM training", train)
 
@@ -411,8 +411,8 @@ class PipelineRun:
         return self.per_image("[2/6] CAMs", self.train_items, self.cam_dir, ".npy", self._write_cams)
 
     def _write_cams(self, n: int) -> dict[str, Any]:
-        from training.engine.cam_eval import write_cams
-        from training.models.registry import model_from_checkpoint
+        from seam.training.engine.cam_eval import write_cams
+        from seam.training.models.registry import model_from_checkpoint
 
         scales = self.cfg.cam_scales
         self.log(f"[2/6] CAMs of {n} training images (scales {list(scales)}, flip)")
@@ -440,7 +440,7 @@ class PipelineRun:
         return self.per_image("[3/6] AffinityNet labels", self.train_items, self.aff_label_dir, ".png", write)
 
     def affinity(self) -> dict[str, Any]:
-        from training.engine.affinity import train_affinity
+        from seam.training.engine.affinity import train_affinity
 
         return self.trained("4/6", "AffinityNet", "affinity", f"AffinityNet training (init {self.init})",
                             train_affinity)
@@ -449,7 +449,7 @@ class PipelineRun:
         rw = self.cfg.rw
 
         def write(n: int) -> dict[str, Any]:
-            from training.models.registry import model_from_checkpoint
+            from seam.training.models.registry import model_from_checkpoint
 
             self.log(f"[5/6] random walk (alpha {rw.alpha:g}, beta {rw.beta:g}, logt {rw.logt}, "
                      f"radius {rw.radius}, {'dense' if rw.dense else 'sparse'}) for {n} images")
@@ -463,7 +463,7 @@ class PipelineRun:
 
     def deeplab(self) -> dict[str, Any]:
         """DeepLab on the random-walk labels: every image of the data root that has one (the training list)."""
-        from training.engine.deeplab import train_deeplab
+        from seam.training.engine.deeplab import train_deeplab
 
         return self.trained("6/6", "DeepLab", "deeplab",
                             f"DeepLab training on the random-walk labels (init {self.init})", train_deeplab)
@@ -474,7 +474,7 @@ class PipelineRun:
         items = list(dict.fromkeys(self.val_items + self.train_items))
 
         def write(n: int) -> dict[str, Any]:
-            from training.models.registry import model_from_checkpoint
+            from seam.training.models.registry import model_from_checkpoint
 
             self.log(f"DeepLab predictions for {n} images (scales {list(cfg.seg_scales)}, flip"
                      f"{', CRF' if cfg.seg_crf else ''})")

@@ -24,8 +24,8 @@ def main_rank() -> bool:
 
 def dataset_recipe(recipe: str | None, dataset: str, data: Path) -> str:
     """--recipe, else the default for the data set kind (given, or detected from the layout)."""
-    from training.data.datasets import detect_dataset_kind
-    from training.engine.recipes import default_recipe
+    from seam.training.data.datasets import detect_dataset_kind
+    from seam.training.engine.recipes import default_recipe
 
     if recipe is not None:
         return recipe

@@ -135,9 +135,9 @@ def _build(engine: str, checkpoint: Path | None, model_dir: Path | None, device:
     from seam.common.image import resize_rgb
 
     if engine == "torch":
-        from training.inference.cam import default_device, torch_runner
-        from training.models.checkpoint import CheckpointError
-        from training.models.registry import model_from_checkpoint, train_long_side
+        from seam.training.inference.cam import default_device, torch_runner
+        from seam.training.models.checkpoint import CheckpointError
+        from seam.training.models.registry import model_from_checkpoint, train_long_side
 
         try:
             net, meta = model_from_checkpoint(checkpoint, "seam")
@@ -153,7 +153,7 @@ def _build(engine: str, checkpoint: Path | None, model_dir: Path | None, device:
 
         return torch_cams, foreground
     if engine == "onnx":
-        from service.engine.onnx_engine import OnnxEngine
+        from seam.service.engine.onnx_engine import OnnxEngine
 
         try:
             eng = OnnxEngine.from_model_dir(model_dir)

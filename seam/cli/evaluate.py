@@ -36,8 +36,8 @@ def evaluate(
     (GT 255 ignored, IoU over all classes incl. background) plus the paper's m_FN / m_FP."""
     from rich.console import Console
 
-    from training.evaluation.evaluate import evaluate as run_evaluation
-    from training.evaluation.evaluate import plot_curve
+    from seam.training.evaluation.evaluate import evaluate as run_evaluation
+    from seam.training.evaluation.evaluate import plot_curve
 
     if plot is not None and not curve:
         fail("--plot draws the threshold curve; add --curve")

@@ -39,7 +39,7 @@ def export(
     odd sizes, and write the model directory atomically (nothing is written on failure)."""
     import logging
 
-    from training.export import ExportError, export_model
+    from seam.training.export import ExportError, export_model
 
     logging.basicConfig(level=logging.WARNING)
     if opset < 18:

@@ -73,10 +73,10 @@ def pipeline(
     the published settings) unless an option is given; the run prints each stage's settings and
     overrides first. Prints the mIoU after each stage when ground truth exists and writes
     everything to RUN_DIR/results.json."""
-    from training.data.datasets import DatasetError
-    from training.engine.trainer import TrainingError
-    from training.models.checkpoint import CheckpointError
-    from training.pipeline import PipelineConfig, RandomWalkConfig, run_pipeline
+    from seam.training.data.datasets import DatasetError
+    from seam.training.engine.trainer import TrainingError
+    from seam.training.models.checkpoint import CheckpointError
+    from seam.training.pipeline import PipelineConfig, RandomWalkConfig, run_pipeline
 
     cfg = PipelineConfig(
         data=str(data), out=str(out), dataset=dataset, train_list=path_str(train_list), labels=path_str(labels),
@@ -102,7 +102,7 @@ def pipeline(
 
 def _hooks(bar: Any) -> Any:
     """The stages' log, training progress and per-image progress, all on one rich progress display."""
-    from training.pipeline import StageHooks
+    from seam.training.pipeline import StageHooks
 
     def images(name: str, n: int):
         task = bar.add_task(name, total=n, status="")

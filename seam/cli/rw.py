@@ -28,11 +28,11 @@ def rw(
     """Random walk as the authors' infer_aff: T = column-normalised A^beta (+ I) over pairs within
     the radius, CAMs pooled to stride 8 and propagated 2^logt steps, upsampled, argmax."""
     from seam.common.files import list_images
-    from training.evaluation.evaluate import find_cam_file
-    from training.inference.cam import default_device
-    from training.models.checkpoint import CheckpointError
-    from training.models.registry import model_from_checkpoint
-    from training.pipeline import RandomWalkConfig, random_walk_dir, write_classes
+    from seam.training.evaluation.evaluate import find_cam_file
+    from seam.training.inference.cam import default_device
+    from seam.training.models.checkpoint import CheckpointError
+    from seam.training.models.registry import model_from_checkpoint
+    from seam.training.pipeline import RandomWalkConfig, random_walk_dir, write_classes
 
     if not cams.is_dir():
         fail(f"CAM directory not found: {cams}")

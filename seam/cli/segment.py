@@ -26,10 +26,10 @@ def segment(
     """Multi-scale + flip DeepLab inference as the authors' test protocol: logits upsampled to
     the image and averaged over passes, softmax, dense CRF (--no-crf to skip), argmax."""
     from seam.common.files import list_images
-    from training.inference.cam import default_device
-    from training.models.checkpoint import CheckpointError
-    from training.models.registry import model_from_checkpoint
-    from training.pipeline import segment_dir
+    from seam.training.inference.cam import default_device
+    from seam.training.models.checkpoint import CheckpointError
+    from seam.training.models.registry import model_from_checkpoint
+    from seam.training.pipeline import segment_dir
 
     scale_tuple = parse_floats(scales)
     try:

@@ -21,7 +21,7 @@ def apply_overrides(**values: object) -> None:
 def load_settings():
     from pydantic import ValidationError
 
-    from service.core.config import Settings, get_settings
+    from seam.service.core.config import Settings, get_settings
 
     get_settings.cache_clear()
     try:
@@ -58,7 +58,7 @@ def serve(
 
     import uvicorn
 
-    from service.main import create_app
+    from seam.service.main import create_app
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     typer.echo(f"seam serve: {settings.mode} mode, models {settings.models_dir}, data {settings.data_dir}, "

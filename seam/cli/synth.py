@@ -19,7 +19,7 @@ def synth(
 ) -> None:
     """Synthetic VOC-style data: five shape/texture/colour classes, context that co-occurs
     with classes (over-activation bait) and occluded objects (under-activation)."""
-    from training.data.synth import generate
+    from seam.training.data.synth import generate
 
     if n < 1:
         fail(f"--n must be at least 1, got {n}")

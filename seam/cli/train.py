@@ -87,11 +87,11 @@ exactly as the authors' published runs (SGD momentum 5e-4 from their optimiser's
 batch 8, 8 epochs, crop 448, lr 0.01), which is what produced the paper's numbers; other data gets it too, because \
 `tuned` (momentum 0.9, AMP on CUDA) measured no better on the synthetic ablation (docs/training.md). Options you \
 give override the recipe; the run prints the recipe and stores it in the sidecar."""
-    from training.data.datasets import DatasetError
-    from training.engine.siamese import parse_transforms
-    from training.engine.state import SEAM_FINAL
-    from training.engine.trainer import TrainConfig, TrainingError, train
-    from training.models.checkpoint import CheckpointError
+    from seam.training.data.datasets import DatasetError
+    from seam.training.engine.siamese import parse_transforms
+    from seam.training.engine.state import SEAM_FINAL
+    from seam.training.engine.trainer import TrainConfig, TrainingError, train
+    from seam.training.models.checkpoint import CheckpointError
 
     path = _training.path_str
     cfg = _training.build_config(lambda: _with_jitter(TrainConfig.from_recipe(

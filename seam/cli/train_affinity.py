@@ -68,11 +68,11 @@ BN/conv1a/b2, poly lr. Writes RUN_DIR/affinity_final.pth + .json.
 
     Default recipe: `release` (SEAM's train_aff.py: lr 0.01, momentum 5e-4, fp32); `--recipe tuned`: momentum 0.9, \
 AMP on CUDA. Options you give override it."""
-    from training.data.datasets import DatasetError
-    from training.engine.affinity import AFFINITY_FINAL, AffinityTrainConfig
-    from training.engine.affinity import train_affinity as run
-    from training.engine.trainer import TrainingError
-    from training.models.checkpoint import CheckpointError
+    from seam.training.data.datasets import DatasetError
+    from seam.training.engine.affinity import AFFINITY_FINAL, AffinityTrainConfig
+    from seam.training.engine.affinity import train_affinity as run
+    from seam.training.engine.trainer import TrainingError
+    from seam.training.models.checkpoint import CheckpointError
 
     recipe = _training.dataset_recipe(recipe, dataset, data)
     path = _training.path_str
@@ -97,8 +97,8 @@ AMP on CUDA. Options you give override it."""
 def _write_labels(dataset: str, data: Path, train_list: str | None, image_labels: str | None, cams: Path,
                   labels: Path, la_alpha: float, ha_alpha: float, crf: bool) -> None:
     """--cams: the AffinityNet labels the training needs, written before it starts (existing ones kept)."""
-    from training.data.datasets import build_dataset
-    from training.pipeline import write_affinity_labels
+    from seam.training.data.datasets import build_dataset
+    from seam.training.pipeline import write_affinity_labels
 
     ds = build_dataset(dataset, data, train_list, image_labels, check_images=False)
     with progress_bar() as bar:

@@ -34,7 +34,7 @@ def worker(
     settings = load_settings()
     if settings.mode != "celery":
         fail("seam worker needs a broker: set SEAM_BROKER_URL=redis://host:6379/0 or pass --broker-url")
-    from service.worker.celery_app import celery_app
+    from seam.service.worker.celery_app import celery_app
 
     roles = {"realtime": settings.realtime_queue_name, "chunks": settings.queue_name}
     wanted = [q.strip() for q in queues.split(",") if q.strip()]

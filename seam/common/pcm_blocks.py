@@ -1,5 +1,5 @@
 """How the PCM's (hw x hw) affinity is cut into column blocks, shared by the torch path
-(`training.models.seam.pcm`) and the engine (`seam.modelrepo.pcm`).
+(`seam.training.models.seam.pcm`) and the engine (`seam.modelrepo.pcm`).
 
 Column j of the release's affinity needs only column j's own sum, so blocks of columns
 are independent and exact; the block width bounds memory at batch * hw * block * 4 bytes

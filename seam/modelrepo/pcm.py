@@ -2,7 +2,7 @@
 
 The SEAM graph stops at the PCM's inputs (`pcm_n`, `pcm_g`); the exported `pcm.onnx`
 computes a block of output columns from all pixels and those columns' embeddings
-(`training.models.seam.pcm_block`); `seam.common.pcm_blocks` says why that is exact.
+(`seam.training.models.seam.pcm_block`); `seam.common.pcm_blocks` says why that is exact.
 """
 from __future__ import annotations
 

@@ -5,16 +5,15 @@ from typing import Annotated
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
-
-from service.core.config import Settings
-from service.core.engine import EngineHolder
-from service.core.limits import InflightLimiter
-from service.core.metrics import Metrics
-from service.core.security import API_KEY_HEADER, Principal, authenticate
-from service.engine.base import InferenceEngine
-from service.jobs.dispatch import Dispatcher
-from service.jobs.store import JobStore
-from service.storage import Storage
+from seam.service.core.config import Settings
+from seam.service.core.engine import EngineHolder
+from seam.service.core.limits import InflightLimiter
+from seam.service.core.metrics import Metrics
+from seam.service.core.security import API_KEY_HEADER, Principal, authenticate
+from seam.service.engine.base import InferenceEngine
+from seam.service.jobs.dispatch import Dispatcher
+from seam.service.jobs.store import JobStore
+from seam.service.storage import Storage
 
 api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False,
                               description="Required when the server is configured with SEAM_API_KEYS.")

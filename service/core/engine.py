@@ -12,20 +12,19 @@ import threading
 from collections.abc import Callable
 
 import numpy as np
-
-from service.core.config import Settings
-from service.core.errors import ApiError
-from service.engine.base import InferenceEngine
+from seam.service.core.config import Settings
+from seam.service.core.errors import ApiError
+from seam.service.engine.base import InferenceEngine
 
 log = logging.getLogger("seam.service")
 
 
 def build_engine(settings: Settings) -> InferenceEngine:
     if settings.engine == "fake":
-        from service.fake_engine import FakeEngine
+        from seam.service.fake_engine import FakeEngine
 
         return FakeEngine(delay_ms=settings.fake_delay_ms)
-    from service.engine.onnx_engine import OnnxEngine
+    from seam.service.engine.onnx_engine import OnnxEngine
 
     return OnnxEngine(settings.models_dir, providers=settings.providers, threads=settings.threads,
                       max_side=settings.max_side, memory_budget=settings.memory_budget_mb << 20)

@@ -13,9 +13,8 @@ from collections.abc import Mapping, Sequence
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from seam.service.core.redact import redact
 from starlette.exceptions import HTTPException
-
-from service.core.redact import redact
 
 log = logging.getLogger("seam.service")
 

@@ -12,14 +12,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from seam.service.core.errors import ApiError, error_response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.core.errors import ApiError, error_response
-
 if TYPE_CHECKING:
-    from service.core.metrics import Metrics
+    from seam.service.core.metrics import Metrics
 
 T = TypeVar("T")
 

@@ -7,7 +7,7 @@ server internals out of error messages.
 * `ApiKeyMiddleware` checks the key of requests that carry a body *before* a byte of
   it is read (FastAPI parses form bodies before running dependencies), so an
   unauthenticated client cannot make the server spool uploads.
-* Messages sent to clients go through `service.core.redact.redact`.
+* Messages sent to clients go through `seam.service.core.redact.redact`.
 """
 from __future__ import annotations
 
@@ -16,10 +16,9 @@ import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from seam.service.core.errors import ApiError, error_response
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
-
-from service.core.errors import ApiError, error_response
 
 API_KEY_HEADER = "X-API-Key"
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})

@@ -27,6 +27,16 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from seam.service.engine.base import (
+    MAP_SIZES,
+    METHODS,
+    MapSize,
+    MemoryBudgetError,
+    MemoryEstimate,
+    ModelInfo,
+    SegmentResult,
+)
+from seam.service.engine.cancel import check_wanted
 
 from seam.common.cam import (
     CamResult,
@@ -46,8 +56,6 @@ from seam.common.pcm_blocks import PCM_BLOCK_BYTES, pcm_peak_bytes
 from seam.modelrepo.manifest import MANIFEST_NAME, MODEL_KINDS, Manifest, ManifestError, load_model_dir
 from seam.modelrepo.pcm import run_pcm
 from seam.modelrepo.runtime import CPU, RuntimeConfig, create_session, resolve_runtime, warm_up
-from service.engine.base import MAP_SIZES, METHODS, MapSize, MemoryBudgetError, MemoryEstimate, ModelInfo, SegmentResult
-from service.engine.cancel import check_wanted
 
 log = logging.getLogger(__name__)
 

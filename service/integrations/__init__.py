@@ -5,16 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fastapi import FastAPI
-
-from service.core.errors import ApiError
-from service.engine.base import InferenceEngine, MemoryBudgetError, SegmentResult
-from service.inputs import decode_image
+from seam.service.core.errors import ApiError
+from seam.service.engine.base import InferenceEngine, MemoryBudgetError, SegmentResult
+from seam.service.inputs import decode_image
 
 
 def install(app: FastAPI) -> None:
     """Routes of both tools; call after the app's other middleware (Label Studio's Basic-auth
     translation must run before the API-key check)."""
-    from service.integrations import cvat, labelstudio
+    from seam.service.integrations import cvat, labelstudio
 
     labelstudio.install(app)
     cvat.install(app)

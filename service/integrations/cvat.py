@@ -6,7 +6,7 @@ list of `{"label", "confidence", "type": "mask", "points", "mask"}` (`mask`: the
 0/255 crop of the inclusive bbox followed by xtl, ytl, xbr, ybr; `points`: a contour). The
 nuclio handler (`docker/cvat-nuclio/main.py`, stdlib only) forwards the body to
 `POST /cvat/detect`, which answers exactly that list, so the function needs no model and no
-packages. `python -m service.integrations.cvat function-yaml` writes its function.yaml with
+packages. `python -m seam.service.integrations.cvat function-yaml` writes its function.yaml with
 the loaded model's classes.
 """
 from __future__ import annotations
@@ -22,16 +22,16 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, Body, Depends, FastAPI
 from pydantic import BaseModel, ConfigDict, Field
+from seam.service.api.deps import EngineDep, LimiterDep, MetricsDep, SettingsDep, require_api_key
+from seam.service.core.engine import resolve_method
+from seam.service.core.errors import ApiError
+from seam.service.core.limits import run_limited
+from seam.service.engine.base import SegmentResult
+from seam.service.inputs import resolve_or_422
+from seam.service.integrations import segment_upload
+from seam.service.schemas import MethodName
 
 from seam.common.labelling import cvat_nuclio_mask, mask_polygons
-from service.api.deps import EngineDep, LimiterDep, MetricsDep, SettingsDep, require_api_key
-from service.core.engine import resolve_method
-from service.core.errors import ApiError
-from service.core.limits import run_limited
-from service.engine.base import SegmentResult
-from service.inputs import resolve_or_422
-from service.integrations import segment_upload
-from service.schemas import MethodName
 
 
 class DetectRequest(BaseModel):
@@ -145,13 +145,13 @@ def _classes_from(models_dir: str | None, url: str | None, api_key: str | None) 
         r = httpx.get(url.rstrip("/") + "/models", headers={"X-API-Key": api_key} if api_key else {}, timeout=30)
         r.raise_for_status()
         return list(r.json()["classes"])
-    from service.engine.onnx_engine import OnnxEngine
+    from seam.service.engine.onnx_engine import OnnxEngine
 
     return OnnxEngine(models_dir or "models").foreground_classes()
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m service.integrations.cvat")
+    p = argparse.ArgumentParser(prog="python -m seam.service.integrations.cvat")
     sub = p.add_subparsers(dest="cmd", required=True)
     fy = sub.add_parser("function-yaml", help="print the nuclio function.yaml for the model's classes")
     fy.add_argument("--seam-url", required=True, help="the seam API as the nuclio container reaches it")

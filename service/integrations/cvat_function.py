@@ -1,7 +1,7 @@
 """A cvat-sdk auto-annotation function (`cvat_sdk.auto_annotation` detection function).
 
     cvat-cli --server-host https://cvat.example --auth user task auto-annotate 42 \\
-        --function-module service.integrations.cvat_function \\
+        --function-module seam.service.integrations.cvat_function \\
         -p url=str:http://seam:8000 -p api_key=str:$SEAM_KEY [--conv-mask-to-poly] [--conf-threshold 0.5]
 
 Parameters (`-p name=type:value`, all optional): `url` + `api_key` (use a running seam API),
@@ -81,8 +81,7 @@ def http_segmenter(url: str, api_key: str | None, classes: Sequence[str], method
     import io
 
     import httpx
-
-    from service.encoding import coco_rle_decode
+    from seam.service.encoding import coco_rle_decode
 
     headers = {"X-API-Key": api_key} if api_key else {}
     endpoint = url.rstrip("/") + "/segment"
@@ -133,7 +132,7 @@ def create(url: str | None = None, api_key: str | None = None, models_dir: str =
         classes = list(r.json()["classes"])
         seg = http_segmenter(url, api_key, classes, method, threshold)
     else:
-        from service.engine.onnx_engine import OnnxEngine
+        from seam.service.engine.onnx_engine import OnnxEngine
 
         engine = OnnxEngine(models_dir)
         classes = engine.foreground_classes()

@@ -30,21 +30,20 @@ from fastapi import APIRouter, Body, Depends, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from seam.service.api.deps import EngineDep, LimiterDep, MetricsDep, SettingsDep, require_api_key
+from seam.service.core.config import split_csv
+from seam.service.core.engine import resolve_method
+from seam.service.core.errors import ApiError
+from seam.service.core.limits import run_limited
+from seam.service.engine.base import InferenceEngine, SegmentResult
+from seam.service.inputs import parse_label_tokens
+from seam.service.integrations import segment_upload
+from seam.service.integrations.exports import job_labelstudio_tasks, ls_model_version, ls_regions, prediction_score
+from seam.service.integrations.fetch import FetchFailed, FetchPolicy, UrlRefused
+from seam.service.integrations.ls_config import Control, LabelConfig, LabelConfigError, parse_label_config
+from seam.service.jobs.access import visible_snapshot
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
-
-from service.api.deps import EngineDep, LimiterDep, MetricsDep, SettingsDep, require_api_key
-from service.core.config import split_csv
-from service.core.engine import resolve_method
-from service.core.errors import ApiError
-from service.core.limits import run_limited
-from service.engine.base import InferenceEngine, SegmentResult
-from service.inputs import parse_label_tokens
-from service.integrations import segment_upload
-from service.integrations.exports import job_labelstudio_tasks, ls_model_version, ls_regions, prediction_score
-from service.integrations.fetch import FetchFailed, FetchPolicy, UrlRefused
-from service.integrations.ls_config import Control, LabelConfig, LabelConfigError, parse_label_config
-from service.jobs.access import visible_snapshot
 
 log = logging.getLogger("seam.service")
 PREFIX = "/labelstudio"

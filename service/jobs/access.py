@@ -2,9 +2,9 @@
 like a job that does not exist, so job ids leak nothing."""
 from __future__ import annotations
 
-from service.core.errors import ApiError
-from service.core.security import Principal
-from service.jobs.store import MAX_ERRORS_SHOWN, JobSnapshot, JobStore
+from seam.service.core.errors import ApiError
+from seam.service.core.security import Principal
+from seam.service.jobs.store import MAX_ERRORS_SHOWN, JobSnapshot, JobStore
 
 
 def visible_snapshot(store: JobStore, job_id: str, principal: Principal,

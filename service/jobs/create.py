@@ -10,13 +10,14 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import IO
 
+from seam.service.archives import check_name, extract_archive
+from seam.service.core.config import Settings
+from seam.service.core.errors import ApiError
+from seam.service.inputs import resolve_or_422
+from seam.service.storage import Storage
+
 from seam.common.classes import resolve_labels
 from seam.common.files import IMAGE_EXTENSIONS, read_label_table
-from service.archives import check_name, extract_archive
-from service.core.config import Settings
-from service.core.errors import ApiError
-from service.inputs import resolve_or_422
-from service.storage import Storage
 
 
 def image_id(rel: str) -> str:

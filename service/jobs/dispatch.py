@@ -1,5 +1,5 @@
 """Getting chunks to whoever processes them: an in-process thread pool (embedded
-mode) or Celery workers over Redis. Both run `service.jobs.runtime.attempt_chunk`
+mode) or Celery workers over Redis. Both run `seam.service.jobs.runtime.attempt_chunk`
 (process_chunk + the retry policy + recording a given-up chunk)."""
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import queue
 import threading
 from abc import ABC, abstractmethod
 
-from service.core.config import Settings
-from service.jobs.processing import ChunkContext
-from service.jobs.runtime import attempt_chunk
+from seam.service.core.config import Settings
+from seam.service.jobs.processing import ChunkContext
+from seam.service.jobs.runtime import attempt_chunk
 
 log = logging.getLogger("seam.service")
 
@@ -98,8 +98,8 @@ class CeleryDispatcher(Dispatcher):
     mode = "celery"
 
     def __init__(self, settings: Settings) -> None:
-        from service.core.redisconn import sync_redis
-        from service.worker.celery_app import create_celery
+        from seam.service.core.redisconn import sync_redis
+        from seam.service.worker.celery_app import create_celery
 
         self.settings = settings
         self.celery = create_celery(settings)

@@ -2,7 +2,7 @@
 `seam serve` (embedded mode), freeing their inputs once they end, the TTL sweep and
 the data-directory quota.
 
-Called by the API process (`service.main`): at start-up (`resume_embedded`) and from
+Called by the API process (`seam.service.main`): at start-up (`resume_embedded`) and from
 its periodic sweeper (`sweep`).
 """
 from __future__ import annotations
@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
-from service.core.config import Settings
-from service.core.errors import ApiError
-from service.jobs.create import chunked
-from service.jobs.store import ACTIVE_STATES, JobStore, SqliteJobStore
-from service.storage import Storage
+from seam.service.core.config import Settings
+from seam.service.core.errors import ApiError
+from seam.service.jobs.create import chunked
+from seam.service.jobs.store import ACTIVE_STATES, JobStore, SqliteJobStore
+from seam.service.storage import Storage
 
 log = logging.getLogger("seam.service")
 

@@ -8,7 +8,7 @@ on it, e.g. an image that OOM-kills the process) is given up: its unfinished ima
 are recorded failed and the job moves on.
 
 Same-size images of a chunk (size read from the header, EXIF orientation applied) run
-as engine batches of at most `max_batch` (`service.batching`: an image the batch fails
+as engine batches of at most `max_batch` (`seam.service.batching`: an image the batch fails
 on is retried alone, so it fails alone); cancellation is checked between batches.
 """
 from __future__ import annotations
@@ -20,15 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
+from seam.service.batching import batches, segment_batch
+from seam.service.core.redact import redact
+from seam.service.engine.base import InferenceEngine
+from seam.service.jobs.results import coco_image_ids
+from seam.service.jobs.store import ACTIVE_STATES, JobStore
+from seam.service.outputs import job_outputs
+from seam.service.storage import Storage
 
 from seam.common.image import ImageDecodeError, load_rgb
-from service.batching import batches, segment_batch
-from service.core.redact import redact
-from service.engine.base import InferenceEngine
-from service.jobs.results import coco_image_ids
-from service.jobs.store import ACTIVE_STATES, JobStore
-from service.outputs import job_outputs
-from service.storage import Storage
 
 log = logging.getLogger("seam.service")
 
@@ -53,7 +53,7 @@ TRANSIENT = transient_exceptions()
 
 @dataclass
 class ChunkContext:
-    """What processing a chunk needs; built once per process by `service.jobs.runtime.build_context`."""
+    """What processing a chunk needs; built once per process by `seam.service.jobs.runtime.build_context`."""
 
     store: JobStore
     storage: Storage
@@ -61,9 +61,9 @@ class ChunkContext:
     max_pixels: int
     max_deliveries: int
     max_batch: int = 1  # same-size images of a chunk run as one engine batch of at most this many
-    retry: Any = None  # service.jobs.runtime.RetryPolicy (typed loosely: runtime imports this module)
+    retry: Any = None  # seam.service.jobs.runtime.RetryPolicy (typed loosely: runtime imports this module)
     between: Callable[[], None] | None = None  # called between batches (workers serve sync requests there)
-    roots: Sequence[tuple[str, str]] = ()  # folders replaced in recorded errors (service.core.errors.settings_roots)
+    roots: Sequence[tuple[str, str]] = ()  # folders redacted in recorded errors (core.errors.settings_roots)
 
     def public(self, reason: str) -> str:
         """An error as recorded for the job's owner: no server paths, addresses or hosts (as HTTP errors)."""

@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from service.encoding import merge_coco
-from service.integrations import exports
-from service.storage import Storage
+from seam.service.encoding import merge_coco
+from seam.service.integrations import exports
+from seam.service.storage import Storage
 
 
 def coco_image_ids(manifest: dict) -> dict[str, int]:

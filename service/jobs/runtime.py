@@ -3,8 +3,8 @@ threads, the Celery chunk task and the synchronous-request path of the workers.
 
 One place builds the job store and the chunk context, waits for (or loads) the
 engine, records the unfinished images of a chunk that is given up, and applies the
-retry policy; `service.jobs.dispatch` (embedded), `service.worker.tasks` (Celery) and
-`service.realtime.server` only call into it.
+retry policy; `seam.service.jobs.dispatch` (embedded), `seam.service.worker.tasks` (Celery) and
+`seam.service.realtime.server` only call into it.
 """
 from __future__ import annotations
 
@@ -13,13 +13,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.core.config import Settings
-from service.core.engine import EngineHolder
-from service.core.errors import settings_roots
-from service.engine.base import InferenceEngine
-from service.jobs.processing import TRANSIENT, ChunkContext, TransientError, describe, fail_unfinished, process_chunk
-from service.jobs.store import JobStore, RedisJobStore, SqliteJobStore
-from service.storage import Storage
+from seam.service.core.config import Settings
+from seam.service.core.engine import EngineHolder
+from seam.service.core.errors import settings_roots
+from seam.service.engine.base import InferenceEngine
+from seam.service.jobs.processing import (
+    TRANSIENT,
+    ChunkContext,
+    TransientError,
+    describe,
+    fail_unfinished,
+    process_chunk,
+)
+from seam.service.jobs.store import JobStore, RedisJobStore, SqliteJobStore
+from seam.service.storage import Storage
 
 log = logging.getLogger("seam.service")
 

@@ -403,7 +403,7 @@ class RedisJobStore(JobStore):
 
     def __init__(self, url: str, prefix: str, ttl_s: int, client: object | None = None) -> None:
         super().__init__(ttl_s)
-        from service.core.redisconn import sync_redis
+        from seam.service.core.redisconn import sync_redis
 
         self.r = client or sync_redis(url, decode_responses=True)
         self.p = prefix

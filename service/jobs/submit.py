@@ -13,22 +13,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import ValidationError
+from seam.service.core.config import Settings
+from seam.service.core.engine import resolve_method
+from seam.service.core.errors import ApiError, describe_validation, settings_roots
+from seam.service.core.redact import redact
+from seam.service.engine.base import InferenceEngine
+from seam.service.jobs import create as jc
+from seam.service.jobs import lifecycle
+from seam.service.jobs.dispatch import Dispatcher
+from seam.service.jobs.store import JobSnapshot, JobStore
+from seam.service.outputs import model_refs
+from seam.service.schemas import DirectoryJobRequest, JobOptions
+from seam.service.storage import Storage
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
-
-from service.core.config import Settings
-from service.core.engine import resolve_method
-from service.core.errors import ApiError, describe_validation, settings_roots
-from service.core.redact import redact
-from service.engine.base import InferenceEngine
-from service.jobs import create as jc
-from service.jobs import lifecycle
-from service.jobs.dispatch import Dispatcher
-from service.jobs.store import JobSnapshot, JobStore
-from service.outputs import model_refs
-from service.schemas import DirectoryJobRequest, JobOptions
-from service.storage import Storage
 
 FORM_CONTENT_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 _OPTION_FIELDS = ("method", "threshold", "max_side", "outputs", "image_url_prefix")

@@ -16,12 +16,11 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from seam.service.core.config import Settings
+from seam.service.core.errors import ApiError
+from seam.service.realtime.fleet import FleetView
+from seam.service.realtime.messages import REALTIME_BUDGET_S, REALTIME_TASK, Keys, Reply, SyncRequest
 from starlette.concurrency import run_in_threadpool
-
-from service.core.config import Settings
-from service.core.errors import ApiError
-from service.realtime.fleet import FleetView
-from service.realtime.messages import REALTIME_BUDGET_S, REALTIME_TASK, Keys, Reply, SyncRequest
 
 log = logging.getLogger("seam.service")
 
@@ -35,7 +34,7 @@ class RealtimeClient:
         self.fleet = fleet
         self.celery = celery
         self.r = client  # redis.asyncio client for plain commands (bytes responses, short read timeout)
-        # ... and one whose read timeout outlasts the reply's BLPOP (service.core.redisconn)
+        # ... and one whose read timeout outlasts the reply's BLPOP (seam.service.core.redisconn)
         self.blocking = blocking if blocking is not None else client
         self.keys = Keys(settings.key_prefix)
         self.queue = settings.realtime_queue_name

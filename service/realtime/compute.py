@@ -15,17 +15,17 @@ from contextlib import nullcontext
 from urllib.parse import quote
 
 import numpy as np
+from seam.service import encoding as enc
+from seam.service.batching import batches, cam_batch, segment_batch
+from seam.service.core.errors import ApiError
+from seam.service.engine.base import InferenceEngine, MemoryBudgetError, SegmentResult
+from seam.service.engine.cancel import Abandoned, keep_going
+from seam.service.inputs import decode_image
+from seam.service.outputs import cam_json, segment_json
+from seam.service.realtime.messages import Reply, SyncRequest
 
 from seam.common.cam import CamResult
 from seam.common.image import resize_rgb
-from service import encoding as enc
-from service.batching import batches, cam_batch, segment_batch
-from service.core.errors import ApiError
-from service.engine.base import InferenceEngine, MemoryBudgetError, SegmentResult
-from service.engine.cancel import Abandoned, keep_going
-from service.inputs import decode_image
-from service.outputs import cam_json, segment_json
-from service.realtime.messages import Reply, SyncRequest
 
 log = logging.getLogger("seam.service")
 
@@ -112,7 +112,7 @@ def run_requests(engine: InferenceEngine, names: Sequence[str], items: Sequence[
                  wanted: Callable[[Sequence[int]], Sequence[bool]] | None = None) -> list[Reply]:
     """One Reply per (request, image bytes), in order. `wanted(indices)`: whether anyone still
     waits for each of those requests; checked before each engine batch and, through
-    `service.engine.cancel`, between the engine's passes (requests given up answer 499)."""
+    `seam.service.engine.cancel`, between the engine's passes (requests given up answer 499)."""
     replies: list[Reply | None] = [None] * len(items)
     decoded: list[tuple[int, SyncRequest, np.ndarray]] = []
     for i, (req, data) in enumerate(items):

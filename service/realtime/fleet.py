@@ -17,10 +17,9 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-
-from service.engine.base import ModelInfo, SegmentResult
-from service.realtime.messages import Reply, SyncRequest
-from service.worker.heartbeat import live_workers
+from seam.service.engine.base import ModelInfo, SegmentResult
+from seam.service.realtime.messages import Reply, SyncRequest
+from seam.service.worker.heartbeat import live_workers
 
 log = logging.getLogger("seam.service")
 
@@ -58,8 +57,7 @@ class RemoteModels:
     def segment(self, rgb: np.ndarray, labels: Sequence[int] | None = None, method: str | None = None,
                 threshold: float | None = None, crf: bool = False, max_side: int | None = None) -> SegmentResult:
         from anyio import from_thread
-
-        from service.realtime.compute import reply_error, segment_result_from
+        from seam.service.realtime.compute import reply_error, segment_result_from
 
         if self.submit is None:
             raise RuntimeError("this API process has no engine: inference runs on the workers")

@@ -7,7 +7,7 @@ synchronous requests back. Requests are claimed with LPOP, so each runs once; on
 whose API gave up (its key expired or was deleted) is skipped. The request key stays
 (without the image bytes) while the worker computes: the API deletes it when its client
 hangs up or its deadline passes, and the worker checks it before each engine batch and
-between the engine's passes (`service.engine.cancel`), so an abandoned request stops
+between the engine's passes (`seam.service.engine.cancel`), so an abandoned request stops
 costing the worker within one pass.
 
 Dynamic batching: after the first request is taken, more are awaited for up to
@@ -22,10 +22,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydantic import ValidationError
-
-from service.engine.base import InferenceEngine
-from service.realtime.compute import error_reply, run_requests
-from service.realtime.messages import REALTIME_BUDGET_S, REPLY_TTL_S, Keys, Reply, SyncRequest
+from seam.service.engine.base import InferenceEngine
+from seam.service.realtime.compute import error_reply, run_requests
+from seam.service.realtime.messages import REALTIME_BUDGET_S, REPLY_TTL_S, Keys, Reply, SyncRequest
 
 log = logging.getLogger("seam.worker")
 

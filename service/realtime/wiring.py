@@ -8,13 +8,12 @@ import contextlib
 import logging
 from typing import Any
 
+from seam.service.core.config import Settings
+from seam.service.core.engine import EngineHolder
+from seam.service.core.redisconn import async_redis, sync_redis
+from seam.service.realtime.client import RealtimeClient
+from seam.service.realtime.fleet import FleetView, RemoteModels
 from starlette.concurrency import run_in_threadpool
-
-from service.core.config import Settings
-from service.core.engine import EngineHolder
-from service.core.redisconn import async_redis, sync_redis
-from service.realtime.client import RealtimeClient
-from service.realtime.fleet import FleetView, RemoteModels
 
 log = logging.getLogger("seam.service")
 
@@ -33,7 +32,7 @@ class BrokerSide:
         self.client: RealtimeClient | None = None
         if settings.sync_on_workers:
             if celery is None:
-                from service.worker.celery_app import create_celery
+                from seam.service.worker.celery_app import create_celery
 
                 celery = create_celery(settings)
             # Two clients: commands fail fast on a dead broker; the reply's BLPOP blocks up to the deadline.

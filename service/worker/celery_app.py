@@ -1,6 +1,6 @@
 """The one module that creates the Celery app.
 
-    celery -A service.worker.celery_app worker --pool prefork -c 1 -Q <prefix>.realtime,<prefix>.chunks
+    celery -A seam.service.worker.celery_app worker --pool prefork -c 1 -Q <prefix>.realtime,<prefix>.chunks
 
 (`seam worker` does exactly that.) One process per GPU: the engine is created in
 each pool process after the fork (`worker_process_init`), never inherited across it.
@@ -10,15 +10,15 @@ from __future__ import annotations
 from functools import lru_cache
 
 from celery import Celery
-
-from service.core.config import Settings, get_settings
-from service.core.redisconn import COMMAND_TIMEOUT_S, CONNECT_TIMEOUT_S, kombu_transport_options
+from seam.service.core.config import Settings, get_settings
+from seam.service.core.redisconn import COMMAND_TIMEOUT_S, CONNECT_TIMEOUT_S, kombu_transport_options
 
 
 def create_celery(settings: Settings) -> Celery:
     if not settings.broker_url:
         raise ValueError("SEAM_BROKER_URL is not set: Celery mode needs a redis:// broker")
-    app = Celery("seam", broker=settings.broker_url, include=["service.worker.tasks", "service.worker.redelivery"])
+    app = Celery("seam", broker=settings.broker_url,
+                 include=["seam.service.worker.tasks", "seam.service.worker.redelivery"])
     vt = settings.visibility_timeout  # above the hard time limit, else a slow chunk runs twice
     # Messages of a worker that died (SIGKILL, OOM, lost host) come back once they are
     # `vt` old; sweep for them every vt/10 s (kombu's default sweep is ~100 s).
@@ -63,7 +63,7 @@ def _process_app() -> Celery:
 
 def __getattr__(name: str) -> Celery:
     """`app` / `celery_app`, created from the settings on first use, not at import: importing
-    this module reads no environment (`celery -A service.worker.celery_app` finds `app`)."""
+    this module reads no environment (`celery -A seam.service.worker.celery_app` finds `app`)."""
     if name in ("app", "celery_app"):
         return _process_app()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

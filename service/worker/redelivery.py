@@ -10,7 +10,7 @@ Here, each worker records the chunks it has received in `<prefix>:inflight`
 (task id -> node, time), and the API process (`requeue_orphans`, every
 SEAM_WORKER_HEARTBEAT_S) restores, through kombu's own `QoS.restore_by_tag`, the
 unacknowledged chunk messages of nodes that no longer have a live heartbeat
-(`service.worker.heartbeat`, expiring after 3 beats). The chunk runs again on another
+(`seam.service.worker.heartbeat`, expiring after 3 beats). The chunk runs again on another
 worker; outputs already written are kept and skipped (process_chunk is idempotent).
 A node that was only cut off and comes back may finish the chunk too: the result is
 the same files, and the delivery count of that chunk goes up by one.
@@ -23,9 +23,8 @@ import time
 from typing import Any
 
 from celery.signals import task_postrun, task_received
-
-from service.jobs.dispatch import TASK_NAME as CHUNK_TASK
-from service.worker.heartbeat import MISSED_BEATS, live_workers
+from seam.service.jobs.dispatch import TASK_NAME as CHUNK_TASK
+from seam.service.worker.heartbeat import MISSED_BEATS, live_workers
 
 log = logging.getLogger("seam.worker")
 
@@ -44,8 +43,8 @@ def _on_received(request: Any = None, **_: Any) -> None:
     if request is None or getattr(request, "name", None) != CHUNK_TASK:
         return
     try:
-        from service.core.config import get_settings
-        from service.worker.tasks import shared_redis
+        from seam.service.core.config import get_settings
+        from seam.service.worker.tasks import shared_redis
 
         s = get_settings()
         shared_redis().hset(inflight_key(s.key_prefix), request.id,
@@ -59,8 +58,8 @@ def _on_postrun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
     if task_id is None or getattr(task, "name", None) != CHUNK_TASK:
         return
     try:
-        from service.core.config import get_settings
-        from service.worker.tasks import shared_redis
+        from seam.service.core.config import get_settings
+        from seam.service.worker.tasks import shared_redis
 
         shared_redis().hdel(inflight_key(get_settings().key_prefix), task_id)
     except Exception:  # noqa: BLE001

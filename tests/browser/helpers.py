@@ -32,7 +32,7 @@ class Server:
 
 
 def start_web_server(tmp: Path, **env_extra: str) -> Server:
-    """uvicorn --factory service.main:create_app (embedded mode, SEAM_ENGINE=fake, chunks of one
+    """uvicorn --factory seam.service.main:create_app (embedded mode, SEAM_ENGINE=fake, chunks of one
     image), ready (models warmed) when this returns."""
     env = service_env(SEAM_ENGINE="fake", SEAM_DATA_DIR=str(tmp / "data"), SEAM_MODELS_DIR=str(tmp / "models"),
                       SEAM_FAKE_DELAY_MS=str(FAKE_DELAY_MS), SEAM_CHUNK_SIZE="1", PYTHONUNBUFFERED="1", **env_extra)

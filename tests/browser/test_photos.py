@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 from PIL import Image
 from scipy import ndimage
+from seam.service.schemas import OutputKind
 
 from seam.common.encoders import mask_edges, mask_overlay
-from service.schemas import OutputKind
 from tests.browser.helpers import Server, canvas_rgb, label_map, start_demo_model_server, wait_js
 from tests.photos import DEMO_CLASSES, Shape, demo_photo
 from tests.service.fakes import encode, zip_bytes

@@ -11,8 +11,8 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from seam.service.encoding import coco_rle_decode
 
-from service.encoding import coco_rle_decode
 from tests.browser.helpers import API_KEY, canvas_rgb, demo_rgb, label_map, wait_js
 from tests.service.fakes import encode, zip_bytes
 

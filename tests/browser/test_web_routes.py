@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-
-from service.api.routes import web
-from service.core.config import Settings
-from service.fake_engine import FakeEngine
-from service.main import create_app
+from seam.service.api.routes import web
+from seam.service.core.config import Settings
+from seam.service.fake_engine import FakeEngine
+from seam.service.main import create_app
 
 WEB = Path(web.__file__).resolve().parents[2] / "web"
 KEY = "route-test-key-0123456789"

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from seam.service.engine.onnx_engine import OnnxEngine
 from typer.testing import CliRunner
 
 from seam.cli import app
-from service.engine.onnx_engine import OnnxEngine
 from tests.support import REPO
 
 DEMO = REPO / "models" / "seam-demo"
@@ -107,7 +107,7 @@ def test_engine_choice_errors(tmp_path, images, args, message):
 
 def test_seam_eval_reads_the_default_npz(tmp_path, images):
     """The default output feeds `seam eval` (and `seam rw`, which finds files the same way)."""
-    from training.evaluation.evaluate import find_cam_file, load_cams
+    from seam.training.evaluation.evaluate import find_cam_file, load_cams
 
     out = tmp_path / "out"
     run("--model", str(DEMO), "--images", str(images), "--out", str(out), "--labels", str(_labels(tmp_path, images)),

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from seam.service.core.config import Settings
+from seam.service.fake_engine import FakeEngine
+from seam.service.integrations.labelstudio import LabelStudioSettings
+from seam.service.main import create_app
 
-from service.core.config import Settings
-from service.fake_engine import FakeEngine
-from service.integrations.labelstudio import LabelStudioSettings
-from service.main import create_app
 from tests.integrations.helpers import LIVE_KEY, FakeLabelStudio
 from tests.support import clear_seam_env, entered_clients, serve_in_thread
 

@@ -22,9 +22,9 @@ from cvat_sdk.masks import decode_mask
 from matplotlib.path import Path as MplPath
 from PIL import Image
 from scipy import ndimage
+from seam.service.fake_engine import FakeEngine
+from seam.service.integrations.cvat_function import SeamFunction, engine_segmenter
 
-from service.fake_engine import FakeEngine
-from service.integrations.cvat_function import SeamFunction, engine_segmenter
 from tests.integrations.helpers import LIVE_KEY, scene
 from tests.service.fakes import encode
 from tests.support import serve_in_thread, shapes_photo, wait_until
@@ -147,7 +147,7 @@ def test_frame_labels_file_sets_image_level_labels(monkeypatch, tmp_path) -> Non
 
 def test_cvat_cli_loader_and_http_mode(monkeypatch, live_api) -> None:
     """cvat-cli's own FunctionLoader builds the function from `-p` parameters; it calls our API."""
-    fn = FunctionLoader("service.integrations.cvat_function", None, {"url": live_api, "api_key": LIVE_KEY}).load()
+    fn = FunctionLoader("seam.service.integrations.cvat_function", None, {"url": live_api, "api_key": LIVE_KEY}).load()
     assert [lab.name for lab in fn.spec.labels] == FakeEngine().foreground_classes()
     images = [scene(h, w, seed=i) for i, (h, w) in enumerate(SIZES[:2])]
     shapes, _ = run_driver(monkeypatch, fn, images)
@@ -228,8 +228,7 @@ def test_detect_route_errors(make_app) -> None:
 
 def test_function_yaml_lists_the_classes() -> None:
     import yaml
-
-    from service.integrations.cvat import function_yaml
+    from seam.service.integrations.cvat import function_yaml
 
     doc = yaml.safe_load(function_yaml(["cat", 'odd "name"'], "http://seam:8000"))
     assert doc["metadata"]["annotations"]["type"] == "detector"
@@ -253,7 +252,7 @@ def demo_frames() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def demo_engine():
-    from service.engine.onnx_engine import OnnxEngine
+    from seam.service.engine.onnx_engine import OnnxEngine
 
     return OnnxEngine.from_model_dir(ROOT / "models" / "seam-demo")
 
@@ -262,9 +261,8 @@ def demo_engine():
 def demo_api(tmp_path_factory) -> Iterator[str]:
     """The app with the bundled model (API key LIVE_KEY) on loopback, once its engine is ready."""
     import httpx
-
-    from service.core.config import Settings
-    from service.main import create_app
+    from seam.service.core.config import Settings
+    from seam.service.main import create_app
 
     tmp = tmp_path_factory.mktemp("cvatdemo")
     settings = Settings(data_dir=tmp / "data", models_dir=ROOT / "models", api_keys=[LIVE_KEY], threads=1)
@@ -325,7 +323,7 @@ def test_cvat_sdk_function_with_the_demo_model(monkeypatch, demo_frames, demo_en
 @pytest.mark.slow
 def test_cvat_sdk_function_over_http_on_non_square_frames(monkeypatch, demo_api, demo_frames, demo_engine) -> None:
     """The same function in HTTP mode (`-p url=...`), loaded by cvat-cli's loader."""
-    fn = FunctionLoader("service.integrations.cvat_function", None, {"url": demo_api, "api_key": LIVE_KEY}).load()
+    fn = FunctionLoader("seam.service.integrations.cvat_function", None, {"url": demo_api, "api_key": LIVE_KEY}).load()
     frames = [demo_frames["landscape"], demo_frames["portrait"]]
     shapes, _ = run_driver(monkeypatch, fn, frames)
     assert {s.frame for s in shapes} == {0, 1}

@@ -13,9 +13,9 @@ from label_studio_sdk.converter.brush import decode_rle
 from label_studio_sdk.label_interface import LabelInterface
 from label_studio_sdk.types import ImportApiRequest, PredictionRequest
 from PIL import Image
+from seam.service.integrations.exports import cvat_mask_png, cvat_segmentation_zip
 
 from seam.common.palette import voc_palette
-from service.integrations.exports import cvat_mask_png, cvat_segmentation_zip
 from tests.integrations.helpers import scene
 from tests.service.fakes import encode
 from tests.support import wait_done

@@ -17,9 +17,9 @@ from label_studio_sdk.converter.brush import decode_rle
 from label_studio_sdk.label_interface import LabelInterface
 from matplotlib.path import Path as MplPath
 from scipy import ndimage
+from seam.service.fake_engine import FakeEngine
+from seam.service.integrations.labelstudio import LabelStudioSettings
 
-from service.fake_engine import FakeEngine
-from service.integrations.labelstudio import LabelStudioSettings
 from tests.integrations.helpers import LS_TOKEN, scene
 from tests.service.fakes import encode
 from tests.support import wait_done
@@ -170,7 +170,7 @@ def test_forbidden_host_is_refused_and_nothing_is_fetched(make_app, fake_ls) -> 
     assert r.status_code == 422
     err = r.json()["error"]
     assert err["code"] == "forbidden_image_url"
-    # host names may be redacted from client messages (service.core.redact); the reason is not
+    # host names may be redacted from client messages (seam.service.core.redact); the reason is not
     assert "task 2" in err["message"] and "is not the configured Label Studio" in err["message"]
     assert fake_ls.requests == []  # not even the allowed task's image
 
@@ -303,7 +303,7 @@ def test_image_requests_accept_what_label_studio_serves(make_app, fake_ls) -> No
 
 
 def test_personal_access_token_is_exchanged_cached_and_renewed(make_app, fake_ls, monkeypatch) -> None:
-    from service.integrations import fetch
+    from seam.service.integrations import fetch
 
     serve_images(fake_ls, SIZES[:1])
     client = make_app(ls_settings(fake_ls, api_key=fake_ls.pat))
@@ -356,8 +356,9 @@ def test_url_errors_keep_the_connection_alive(tmp_path) -> None:
     """The 4xx answer keeps the HTTP/1.1 connection: the next request on the same socket is served."""
     import socket
 
-    from service.core.config import Settings
-    from service.main import create_app
+    from seam.service.core.config import Settings
+    from seam.service.main import create_app
+
     from tests.integrations.helpers import FakeLabelStudio
     from tests.support import serve_in_thread
 

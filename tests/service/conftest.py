@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from seam.service.core.config import Settings
+from seam.service.main import create_app
 
-from service.core.config import Settings
-from service.main import create_app
 from tests.service.fakes import FakeEngine
 from tests.service.helpers import redis_reachable
 from tests.support import clear_seam_env, entered_clients

@@ -11,8 +11,7 @@ import zlib
 
 import numpy as np
 from PIL import Image
-
-from service.fake_engine import FAIL_PIXEL, FAKE_CLASSES, FakeEngine  # noqa: F401  (re-exported)
+from seam.service.fake_engine import FAIL_PIXEL, FAKE_CLASSES, FakeEngine  # noqa: F401  (re-exported)
 
 
 class GatedEngine(FakeEngine):

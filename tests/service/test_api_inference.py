@@ -7,9 +7,9 @@ import threading
 import numpy as np
 import pytest
 from PIL import Image
+from seam.service.encoding import coco_rle_decode
 
 from seam.common.palette import voc_palette
-from service.encoding import coco_rle_decode
 from tests.service.fakes import (
     FakeEngine,
     GatedEngine,
@@ -281,8 +281,7 @@ def test_not_ready_without_models(make_settings):
     """The real engine over an empty model repository: liveness fine, readiness 503,
     inference 503 with a message; never a 500."""
     from fastapi.testclient import TestClient
-
-    from service.main import create_app
+    from seam.service.main import create_app
 
     app = create_app(make_settings(engine="onnx"))
     with TestClient(app, raise_server_exceptions=False) as c:

@@ -304,9 +304,8 @@ def test_job_state_expires(make_client):
 
 def test_job_store_down_is_503_not_500(make_settings, tmp_path):
     from fastapi.testclient import TestClient
-
-    from service.jobs.store import RedisJobStore
-    from service.main import create_app
+    from seam.service.jobs.store import RedisJobStore
+    from seam.service.main import create_app
 
     dead = RedisJobStore("redis://127.0.0.1:1/0", "seamdead", 3600)  # nothing listens on port 1
     app = create_app(make_settings(), engine=FakeEngine(), store=dead)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 from pydantic import ValidationError
+from seam.service.core.config import Settings
 
-from service.core.config import Settings
 from tests.support import redis_url
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,11 +54,12 @@ def test_settings_refuse_bad_values(kw, match):
 def test_service_never_imports_torch():
     code = (
         "import sys\n"
-        "import service.main, service.worker.tasks, service.jobs.dispatch, seam.cli.serve, seam.cli.worker\n"
-        "from service.core.config import Settings\n"
+        "import seam.service.main, seam.service.worker.tasks, seam.service.jobs.dispatch\n"
+        "import seam.cli.serve, seam.cli.worker\n"
+        "from seam.service.core.config import Settings\n"
         "from fastapi.testclient import TestClient\n"
         "import tempfile\n"
-        "app = service.main.create_app(Settings(engine='fake', data_dir=tempfile.mkdtemp()))\n"
+        "app = seam.service.main.create_app(Settings(engine='fake', data_dir=tempfile.mkdtemp()))\n"
         "with TestClient(app) as c:\n"
         "    assert c.get('/healthz').status_code == 200\n"
         "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'training')))\n"

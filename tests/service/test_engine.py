@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from seam.service.engine.base import MemoryBudgetError
+from seam.service.engine.onnx_engine import OnnxEngine
 
 from seam.common.cam import MultiScaleConfig, cams_to_label, multiscale_cam
 from seam.common.image import Normalization
 from seam.modelrepo import runtime
 from seam.modelrepo.manifest import ManifestError, read_manifest
-from service.engine.base import MemoryBudgetError
-from service.engine.onnx_engine import OnnxEngine
 from tests.service.onnx_models import FG, write_model
 
 

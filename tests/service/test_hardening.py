@@ -23,12 +23,12 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from seam.service.core.redact import redact
+from seam.service.core.security import owner_of
+from seam.service.jobs import create as jc
+from seam.service.jobs.store import MemoryJobStore, RedisJobStore, SqliteJobStore, StoreLockedError
+from seam.service.main import create_app
 
-from service.core.redact import redact
-from service.core.security import owner_of
-from service.jobs import create as jc
-from service.jobs.store import MemoryJobStore, RedisJobStore, SqliteJobStore, StoreLockedError
-from service.main import create_app
 from tests.service.fakes import FakeEngine, GatedEngine, encode, png_bytes, rgb_image, tar_bytes, zip_bomb, zip_bytes
 from tests.service.helpers import REDIS_URL, assert_error, drop_keys, redis_reachable
 from tests.support import entered_clients, wait_done, wait_until
@@ -118,7 +118,7 @@ def test_sqlite_store_survives_reopen(tmp_path):
 def test_sqlite_store_has_one_writer_process(tmp_path):
     path = tmp_path / "jobs.sqlite3"
     s = SqliteJobStore(path, 3600)
-    code = ("import sys; from service.jobs.store import SqliteJobStore, StoreLockedError\n"
+    code = ("import sys; from seam.service.jobs.store import SqliteJobStore, StoreLockedError\n"
             f"try:\n    SqliteJobStore({str(path)!r}, 60)\nexcept StoreLockedError as e:\n    print('LOCKED', e); "
             "sys.exit(3)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
@@ -135,8 +135,8 @@ def _crashed_job(data: Path, n: int, done: int, chunk_size: int = 2) -> tuple[st
     """The data directory as a SIGKILLed `seam serve` leaves it: a running job whose first
     `done` images are recorded done, plus one more whose outputs were written but not yet
     recorded, and a partial write in tmp/."""
-    from service.encoding import png_label
-    from service.storage import Storage
+    from seam.service.encoding import png_label
+    from seam.service.storage import Storage
 
     storage = Storage(data)
     storage.ensure()
@@ -410,8 +410,8 @@ def test_cancel_frees_inputs(app_client):
 
 
 def test_sweeper_frees_inputs_of_ended_jobs(tmp_path):
-    from service.jobs.lifecycle import free_finished_inputs
-    from service.storage import Storage
+    from seam.service.jobs.lifecycle import free_finished_inputs
+    from seam.service.storage import Storage
 
     storage = Storage(tmp_path)
     storage.ensure()

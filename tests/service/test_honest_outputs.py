@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from seam.service.engine.onnx_engine import OnnxEngine
 
 from seam.common.encoders import decode_cams_npz
 from seam.modelrepo.manifest import read_manifest
-from service.engine.onnx_engine import OnnxEngine
 from tests.photos import Shape, demo_photo
 from tests.service.fakes import encode
 from tests.support import REPO

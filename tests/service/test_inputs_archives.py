@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from seam.service.archives import extract_archive, safe_member_path
+from seam.service.core.errors import ApiError
+from seam.service.encoding import coco_rle, coco_rle_decode
+from seam.service.inputs import decode_image, sniff_archive, sniff_image
 
-from service.archives import extract_archive, safe_member_path
-from service.core.errors import ApiError
-from service.encoding import coco_rle, coco_rle_decode
-from service.inputs import decode_image, sniff_archive, sniff_image
 from tests.service.fakes import encode, lying_jpeg, png_bytes, png_header_bomb, rgb_image, tar_bytes, zip_bytes
 
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from seam.service.jobs.dispatch import EmbeddedDispatcher
+from seam.service.jobs.processing import ChunkContext, TransientError, process_chunk
+from seam.service.jobs.runtime import RetryPolicy, attempt_chunk
+from seam.service.jobs.store import MemoryJobStore, RedisJobStore, SqliteJobStore
+from seam.service.storage import Storage
 
-from service.jobs.dispatch import EmbeddedDispatcher
-from service.jobs.processing import ChunkContext, TransientError, process_chunk
-from service.jobs.runtime import RetryPolicy, attempt_chunk
-from service.jobs.store import MemoryJobStore, RedisJobStore, SqliteJobStore
-from service.storage import Storage
 from tests.service.fakes import FAIL_PIXEL, FAKE_CLASSES, FakeEngine, rgb_image
 from tests.service.helpers import REDIS_URL, redis_reachable
 

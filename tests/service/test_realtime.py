@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from seam.service.main import create_app
+from seam.service.realtime.compute import run_requests
+from seam.service.realtime.messages import Keys, Reply, SyncRequest
+from seam.service.realtime.server import RealtimeServer
+from seam.service.worker.heartbeat import WorkerHeartbeat, live_workers, worker_key
 
-from service.main import create_app
-from service.realtime.compute import run_requests
-from service.realtime.messages import Keys, Reply, SyncRequest
-from service.realtime.server import RealtimeServer
-from service.worker.heartbeat import WorkerHeartbeat, live_workers, worker_key
 from tests.service.fakes import FAIL_PIXEL, FakeEngine, encode, png_bytes, rgb_image, zip_bytes
 from tests.service.helpers import REDIS_URL, drop_keys, redis_reachable
 from tests.support import wait_done, wait_until
@@ -282,8 +282,8 @@ def test_job_results_use_the_classes_of_submission(client):
 
 # --- Redis timeouts, abandoned requests ------------------------------------------------------
 def test_every_redis_client_reads_longer_than_it_blocks(broker_client, tmp_path):
-    from service.core.redisconn import COMMAND_TIMEOUT_S
-    from service.jobs.store import RedisJobStore
+    from seam.service.core.redisconn import COMMAND_TIMEOUT_S
+    from seam.service.jobs.store import RedisJobStore
 
     def timeouts(client) -> tuple[float | None, float | None]:
         kw = client.connection_pool.connection_kwargs
@@ -323,7 +323,7 @@ def test_client_hangup_withdraws_the_request(broker_client, rkeys):
         return time.monotonic() > hung_up
 
     async def call():
-        from service.core.errors import ApiError
+        from seam.service.core.errors import ApiError
 
         try:
             await client.submit(SyncRequest(op="segment", fmt="png"), png_bytes(), gone=gone)

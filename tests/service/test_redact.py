@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service.core.redact import redact
+from seam.service.core.redact import redact
+
 from tests.service.fakes import FakeEngine, png_bytes
 from tests.service.helpers import assert_error
 

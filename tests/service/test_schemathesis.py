@@ -13,10 +13,10 @@ import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, settings
+from seam.service.core.config import Settings
+from seam.service.integrations.labelstudio import LabelStudioSettings
+from seam.service.main import create_app
 
-from service.core.config import Settings
-from service.integrations.labelstudio import LabelStudioSettings
-from service.main import create_app
 from tests.service.fakes import FakeEngine
 
 pytestmark = pytest.mark.slow  # ~12 generated cases x 2 per operation: seconds in all

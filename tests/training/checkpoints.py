@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from training.models.registry import create_model
+from seam.training.models.registry import create_model
 
 CLASSES = ["background", "circle", "square", "triangle"]
 

@@ -1,5 +1,5 @@
 """What the training tests share: small data sets, and MXNet `.params` files written byte by
-byte (independently of training.models.mxnet_params, the reader under test)."""
+byte (independently of seam.training.models.mxnet_params, the reader under test)."""
 from __future__ import annotations
 
 import struct
@@ -76,7 +76,7 @@ def voc_layout(root: Path, n: int = 12, size: int = 64, seed: int = 1) -> tuple[
     """A synthetic set in the PASCAL VOC layout (detected as `voc`: JPEGImages/, ImageSets/,
     SegmentationClass/, no classes.txt beside them): returns (data root, cls_labels.npy with
     20-class vectors, training list). The five synthetic classes sit at VOC's indices 0..4."""
-    from training.data.synth import generate
+    from seam.training.data.synth import generate
 
     info = generate(root, n=n, seed=seed, size=size)
     info.classes_file.unlink()

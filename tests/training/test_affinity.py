@@ -2,6 +2,11 @@
 import numpy as np
 import pytest
 import torch
+from seam.training.data.affinity import AffinityAugmentConfig, augment_pair
+from seam.training.engine.affinity import affinity_loss
+from seam.training.models.affinity import AffinityNet, pair_affinity
+from seam.training.models.checkpoint import load_weights
+from seam.training.models.registry import create_model, model_from_checkpoint
 
 from seam.common.affinity_labels import (
     PAD,
@@ -12,11 +17,6 @@ from seam.common.affinity_labels import (
     stride_labels_from_scores,
 )
 from seam.common.random_walk import pair_affinities, pair_offsets
-from training.data.affinity import AffinityAugmentConfig, augment_pair
-from training.engine.affinity import affinity_loss
-from training.models.affinity import AffinityNet, pair_affinity
-from training.models.checkpoint import load_weights
-from training.models.registry import create_model, model_from_checkpoint
 
 
 def _pairs_bruteforce(label8, radius):

@@ -2,14 +2,14 @@
 import numpy as np
 import pytest
 import torch
+from seam.training.data.synth import generate
+from seam.training.engine.affinity import AFFINITY_FINAL, AffinityTrainConfig, train_affinity
+from seam.training.models.checkpoint import CheckpointError
+from seam.training.pipeline import write_affinity_labels
 from typer.testing import CliRunner
 
 from seam.cli import app
 from seam.common.palette import label_to_pil
-from training.data.synth import generate
-from training.engine.affinity import AFFINITY_FINAL, AffinityTrainConfig, train_affinity
-from training.models.checkpoint import CheckpointError
-from training.pipeline import write_affinity_labels
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +21,9 @@ def synth(tmp_path_factory):
 
 def _fake_cams(root, info, cam_dir):
     """CAMs from the ground truth, blurred: enough to make labels of every kind."""
+    from seam.training.evaluation.evaluate import read_label_png
+
     from seam.common.cam import resize_bilinear
-    from training.evaluation.evaluate import read_label_png
 
     cam_dir.mkdir(parents=True, exist_ok=True)
     for i in info.train_ids:
@@ -82,7 +83,7 @@ def test_labels_train_resume_and_rw(tmp_path, synth):
     res = CliRunner().invoke(app, ["rw", "--affinity", str(final), "--cams", str(cam_dir),
                                    "--images", str(info.image_dir), "--out", str(dense), "--dense"])
     assert res.exit_code == 0, res.output
-    from training.evaluation.evaluate import read_label_png
+    from seam.training.evaluation.evaluate import read_label_png
 
     same = np.mean([(read_label_png(p) == read_label_png(dense / p.name)).mean() for p in pngs])
     assert same >= 0.999

@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from seam.training.inference.cam import torch_runner
+from seam.training.models.registry import create_model
 
 from seam.common.cam import MultiScaleConfig, multiscale_cam
 from tests.training.authors_cam import authors_infer_seam
-from training.inference.cam import torch_runner
-from training.models.registry import create_model
 
 SCALES = (0.5, 1.0, 1.5, 2.0)
 NUM_FG = 6

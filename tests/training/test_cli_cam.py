@@ -3,10 +3,10 @@ import json
 
 import numpy as np
 import torch
+from seam.training.models.registry import create_model
 from typer.testing import CliRunner
 
 from seam.cli import app
-from training.models.registry import create_model
 
 runner = CliRunner()
 

@@ -4,10 +4,8 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-
-from seam.common.classes import VOC_CLASSES
-from training.data.augment import AugmentConfig, augment, color_jitter, random_crop, random_resize_long
-from training.data.datasets import (
+from seam.training.data.augment import AugmentConfig, augment, color_jitter, random_crop, random_resize_long
+from seam.training.data.datasets import (
     AugmentedDataset,
     DatasetError,
     build_dataset,
@@ -18,8 +16,10 @@ from training.data.datasets import (
     load_voc,
     shared_voc12_dir,
 )
-from training.data.loader import EpochBatchSampler, make_loader
-from training.data.synth import generate
+from seam.training.data.loader import EpochBatchSampler, make_loader
+from seam.training.data.synth import generate
+
+from seam.common.classes import VOC_CLASSES
 
 
 @pytest.fixture(scope="module")

@@ -5,16 +5,16 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from seam.training.data.segmentation import SegAugmentConfig, SegmentationDataset, seg_augment
+from seam.training.engine.deeplab import DEEPLAB_FINAL, DeepLabTrainConfig, segmentation_loss, train_deeplab
+from seam.training.inference.segment import segment_label, segment_probs
+from seam.training.models.checkpoint import CheckpointError
+from seam.training.models.deeplab import DeepLabLargeFOV
+from seam.training.models.registry import create_model, model_from_checkpoint
 
 from seam.common.classes import IGNORE_INDEX
 from seam.common.palette import label_to_pil
 from tests.training.helpers import tiny_set
-from training.data.segmentation import SegAugmentConfig, SegmentationDataset, seg_augment
-from training.engine.deeplab import DEEPLAB_FINAL, DeepLabTrainConfig, segmentation_loss, train_deeplab
-from training.inference.segment import segment_label, segment_probs
-from training.models.checkpoint import CheckpointError
-from training.models.deeplab import DeepLabLargeFOV
-from training.models.registry import create_model, model_from_checkpoint
 
 NORM_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 NORM_STD = np.array([0.229, 0.224, 0.225], np.float32)

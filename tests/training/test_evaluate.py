@@ -1,4 +1,4 @@
-"""training.evaluation.evaluate and `seam eval` on tiny directories written here."""
+"""seam.training.evaluation.evaluate and `seam eval` on tiny directories written here."""
 from __future__ import annotations
 
 import json
@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from seam.training.evaluation.evaluate import CURVE_THRESHOLDS, evaluate, plot_curve
 from typer.testing import CliRunner
 
 from seam.cli import app
 from seam.common.palette import label_to_pil
-from training.evaluation.evaluate import CURVE_THRESHOLDS, evaluate, plot_curve
 
 NAMES = ("background", "a", "b", "c")
 C = len(NAMES)

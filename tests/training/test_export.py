@@ -8,16 +8,16 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from seam.service.engine.onnx_engine import OnnxEngine
+from seam.training.export import ExportError, export_model, onnx_export
+from seam.training.export.specs import SPECS
+from seam.training.models.registry import _constructors
 from typer.testing import CliRunner
 
 from seam.cli import app
 from seam.modelrepo.manifest import file_sha256, load_model_dir
 from seam.modelrepo.runtime import RuntimeConfig, create_session
-from service.engine.onnx_engine import OnnxEngine
 from tests.training.checkpoints import CLASSES, authors_resnet38_state_dict, make_checkpoint
-from training.export import ExportError, export_model, onnx_export
-from training.export.specs import SPECS
-from training.models.registry import _constructors
 
 SHAPES = [(1, 3, 37, 61), (2, 3, 200, 133)]
 # Every test here exports through torch.onnx (dynamo): seconds each, so out of the fast loop;
@@ -91,7 +91,7 @@ def test_blocked_torch_pcm_equals_dense(exported):
         dense = net.forward_stride8(x)[1].detach()
     old = pcm_blocks.PCM_BLOCK_BYTES
     try:
-        import training.models.seam as seam_mod
+        import seam.training.models.seam as seam_mod
 
         seam_mod.block_columns = lambda hw, b: 7  # many ragged blocks
         with torch.no_grad():

@@ -10,17 +10,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from seam.service.engine.onnx_engine import OnnxEngine
+from seam.training.evaluation.evaluate import load_cams
+from seam.training.export import export_model
+from seam.training.inference.cam import torch_runner
 from typer.testing import CliRunner
 
 from seam.cli import app
 from seam.common.cam import MultiScaleConfig, multiscale_cam
 from seam.common.image import Normalization
 from seam.common.random_walk import random_walk_labels
-from service.engine.onnx_engine import OnnxEngine
 from tests.training.checkpoints import CLASSES, make_checkpoint
-from training.evaluation.evaluate import load_cams
-from training.export import export_model
-from training.inference.cam import torch_runner
 
 SIZES = [(37, 61), (200, 133), (45, 29)]
 # Every test here exports through torch.onnx (dynamo): seconds each, so out of the fast loop;

@@ -5,11 +5,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-from training.engine.schedule import AUTHORS_MOMENTUM, LR_MULTS, PolySchedule, make_optimizer, param_groups, poly_factor
-from training.engine.siamese import SiameseConfig, parse_transforms, sample_transform
-from training.losses import (
+from seam.training.engine.schedule import (
+    AUTHORS_MOMENTUM,
+    LR_MULTS,
+    PolySchedule,
+    make_optimizer,
+    param_groups,
+    poly_factor,
+)
+from seam.training.engine.siamese import SiameseConfig, parse_transforms, sample_transform
+from seam.training.losses import (
     LossSwitches,
     classification_loss,
     ecr_loss,
@@ -22,7 +27,8 @@ from training.losses import (
     seam_losses,
     with_background,
 )
-from training.models.registry import create_model
+from seam.training.models.registry import create_model
+from torch import nn
 
 
 def test_max_norm_by_hand():
@@ -260,7 +266,7 @@ def test_four_parameter_groups():
 
 
 def test_seam_groups_exclude_frozen_layers():
-    from training.engine.loop import freeze_parameters
+    from seam.training.engine.loop import freeze_parameters
 
     model = create_model("seam", "resnet38_small", 6)
     freeze_parameters(model)

@@ -2,11 +2,11 @@
 reader) and read back."""
 import numpy as np
 import pytest
+from seam.training.models.checkpoint import load_weights, read_checkpoint
+from seam.training.models.mxnet_params import ParamsFormatError, mxnet_to_torch_name, read_params
+from seam.training.models.registry import create_model
 
 from tests.training.helpers import torch_to_mxnet, write_params
-from training.models.checkpoint import load_weights, read_checkpoint
-from training.models.mxnet_params import ParamsFormatError, mxnet_to_torch_name, read_params
-from training.models.registry import create_model
 
 
 @pytest.mark.parametrize("legacy", [False, True])

@@ -2,10 +2,9 @@
 import numpy as np
 import pytest
 import torch
-
-from training.models.checkpoint import CheckpointError, infer_backbone_config, load_weights, read_checkpoint
-from training.models.registry import BACKBONES, create_model, model_from_checkpoint
-from training.models.seam import SEAM, pcm, pcm_normalize
+from seam.training.models.checkpoint import CheckpointError, infer_backbone_config, load_weights, read_checkpoint
+from seam.training.models.registry import BACKBONES, create_model, model_from_checkpoint
+from seam.training.models.seam import SEAM, pcm, pcm_normalize
 
 
 def _random_official_sd(keys: dict, with_nbt: bool, prefix: str = "") -> dict:

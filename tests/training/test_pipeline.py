@@ -2,11 +2,11 @@
 import json
 
 import pytest
+from seam.training.data.synth import generate
+from seam.training.pipeline import PipelineConfig, StageHooks, run_pipeline
 from typer.testing import CliRunner
 
 from seam.cli import app
-from training.data.synth import generate
-from training.pipeline import PipelineConfig, StageHooks, run_pipeline
 
 STAGES = ("seam", "cams", "aff_labels", "affinity", "rw", "deeplab", "segment")
 

@@ -5,11 +5,11 @@ import json
 import re
 
 import pytest
+from seam.training.pipeline import PipelineConfig, PipelineRun, StageHooks
 from typer.testing import CliRunner
 
 from seam.cli import app
 from tests.training.helpers import voc_layout
-from training.pipeline import PipelineConfig, PipelineRun, StageHooks
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_given_options_win_and_are_reported(voc, tmp_path):
 
 def test_cli_passes_no_defaults_over_the_recipe(voc, tmp_path, monkeypatch):
     """The CLI's own defaults are 'not given' (None), never values that would override the recipe."""
-    import training.pipeline
+    import seam.training.pipeline
 
     seen = {}
 
@@ -62,7 +62,7 @@ def test_cli_passes_no_defaults_over_the_recipe(voc, tmp_path, monkeypatch):
         seen["cfg"] = cfg
         return {}
 
-    monkeypatch.setattr(training.pipeline, "run_pipeline", fake_run)
+    monkeypatch.setattr(seam.training.pipeline, "run_pipeline", fake_run)
     data, labels, train_list = voc
     r = CliRunner().invoke(app, ["pipeline", "--data", str(data), "--out", str(tmp_path / "r"), "--labels",
                                  str(labels), "--train-list", str(train_list)])

@@ -12,11 +12,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
+from seam.training.export import quantize as Q
 
 from bench.hardware import conv_macs
 from seam.common.image import Normalization
 from seam.modelrepo.precision import PrecisionInfo
-from training.export import quantize as Q
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -278,13 +278,13 @@ def test_export_int8_and_fp16_model_dirs(tmp_path):
     """`seam export --quantize int8 --calibration DIR` / fp16: the manifest records
     the precision and calibration, the sha256 match the new graph, the engine runs it and
     its CAMs stay close to the fp32 export's."""
+    from seam.service.engine.onnx_engine import OnnxEngine
+    from seam.training.export import export_model
     from typer.testing import CliRunner
 
     from seam.cli import app
     from seam.modelrepo.manifest import file_sha256, load_model_dir
-    from service.engine.onnx_engine import OnnxEngine
     from tests.training.checkpoints import CLASSES, make_checkpoint
-    from training.export import export_model
 
     ckpt = tmp_path / "seam.pth"
     make_checkpoint(ckpt, sidecar={"class_names": CLASSES})

@@ -89,7 +89,7 @@ def _is_kaiming_normal(w: torch.Tensor) -> bool:
 def test_new_layers_start_as_the_release_initialises_them():
     """resnet38_SEAM.py: fc8 xavier-uniform, f8_3 / f8_4 kaiming-normal, f9 xavier-uniform gain 4;
     resnet38_aff.py: f8_3 / f8_4 / f8_5 kaiming-normal, f9 xavier-uniform gain 4."""
-    from training.models.registry import create_model
+    from seam.training.models.registry import create_model
 
     torch.manual_seed(0)
     seam = create_model("seam", "resnet38", NUM)  # the full network: fc8 is 4096 -> 21
@@ -106,8 +106,8 @@ def test_new_layers_start_as_the_release_initialises_them():
 def test_cam_stage_equals_infer_seam_on_an_authors_checkpoint(tmp_path):
     """The pipeline's CAM stage (write_cams, refined maps, scales 0.5-2.0 + flips) on a random
     checkpoint in the authors' format, against infer_SEAM run on the oracle's forward pass."""
-    from training.engine.cam_eval import write_cams
-    from training.models.registry import create_model, model_from_checkpoint
+    from seam.training.engine.cam_eval import write_cams
+    from seam.training.models.registry import create_model, model_from_checkpoint
 
     torch.manual_seed(0)
     net = _calibrated(create_model("seam", "resnet38_small", NUM), torch.randn(2, 3, 48, 48))
@@ -144,9 +144,10 @@ def _posteriors(rng: np.random.Generator, k: int, hw: tuple[int, int], sharp: fl
 def test_affinity_training_labels_are_the_release_rule_on_pooled_posteriors(tmp_path):
     """VOC12AffDataset: crop, pool the la / ha posteriors by 8, argmax, combine, then the pairs.
     Crop = image size and no flip / jitter, so both sides see the same crop."""
+    from seam.training.data.affinity import AffinityAugmentConfig, AffinityDataset
+
     from seam.common.affinity_labels import scores_label_map, stride_labels, write_scores
     from seam.common.palette import label_to_pil
-    from training.data.affinity import AffinityAugmentConfig, AffinityDataset
 
     rng = np.random.default_rng(0)
     hw, classes = (96, 88), [3, 11]
@@ -207,7 +208,7 @@ def test_random_walk_equals_infer_aff(hw):
 # --------------------------------------------------------------------------- DeepLab (seamv1-pseudovoc)
 
 def _deeplab(num_classes: int = 5) -> torch.nn.Module:
-    from training.models.registry import create_model
+    from seam.training.models.registry import create_model
 
     torch.manual_seed(0)
     return _calibrated(create_model("deeplab", "resnet38_small", num_classes), torch.randn(4, 3, 40, 40))
@@ -236,14 +237,14 @@ def _release_deeplab_step(sd: dict[str, torch.Tensor], img, target, lr: float, m
 
 
 def _our_deeplab_step(model, img, target, bn_group):
-    from training.engine.deeplab import (
+    from seam.training.engine.deeplab import (
         DeepLabTrainConfig,
         authors_train_mode,
         deeplab_step,
         group_batchnorm,
     )
-    from training.engine.schedule import PolySchedule
-    from training.engine.stage import Stage, freeze, stage_optimizer
+    from seam.training.engine.schedule import PolySchedule
+    from seam.training.engine.stage import Stage, freeze, stage_optimizer
 
     cfg = DeepLabTrainConfig.from_recipe("release", bn_group=bn_group)
     group_batchnorm(model, cfg.bn_group)
@@ -300,8 +301,8 @@ def test_deeplab_prediction_equals_the_authors_test_protocol(tmp_path, crf):
     on a random checkpoint in the authors' deeplabv1 format. Without the CRF (the pipeline's old
     default) the prediction is not the protocol's."""
     pytest.importorskip("pydensecrf")
-    from training.inference.segment import DEFAULT_SEG_SCALES, segment_label, segment_probs
-    from training.models.registry import model_from_checkpoint
+    from seam.training.inference.segment import DEFAULT_SEG_SCALES, segment_label, segment_probs
+    from seam.training.models.registry import model_from_checkpoint
 
     sd = _deeplab_authors_sd(_deeplab())
     torch.save(sd, tmp_path / "authors.pth")

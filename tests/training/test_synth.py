@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
+from seam.training.data.synth import SYNTH_CLASSES, generate
 from typer.testing import CliRunner
 
 from seam.cli import app
 from seam.common.files import load_label_file
-from training.data.synth import SYNTH_CLASSES, generate
 
 N, SIZE = 24, 64
 

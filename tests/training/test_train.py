@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
+from seam.training.data.synth import generate
+from seam.training.engine.state import seed_everything
+from seam.training.engine.trainer import TrainConfig, train
+from seam.training.models.checkpoint import CheckpointError, read_checkpoint
+from seam.training.models.registry import create_model, model_from_checkpoint
 from typer.testing import CliRunner
 
 from tests.training.helpers import torch_to_mxnet, write_params
-from training.data.synth import generate
-from training.engine.state import seed_everything
-from training.engine.trainer import TrainConfig, train
-from training.models.checkpoint import CheckpointError, read_checkpoint
-from training.models.registry import create_model, model_from_checkpoint
 
 
 @pytest.fixture(scope="module")

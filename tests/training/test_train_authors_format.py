@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from seam.training.models.seam import SEAM
 from typer.testing import CliRunner
-
-from training.models.seam import SEAM
 
 pytestmark = pytest.mark.slow  # a real ResNet-38 iteration
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from seam.training.engine.cam_eval import release_raw_cam
 
 from seam.common.cam import normalize_cams
 from seam.common.image import Normalization
-from training.engine.cam_eval import release_raw_cam
 
 
 def _runner(seed=0, C=5):
@@ -66,7 +66,7 @@ def test_release_raw_cam_without_labels_is_empty():
 
 
 def test_class_prediction_scores_by_hand():
-    from training.evaluation.class_prediction import ImageResult, choose_threshold, score
+    from seam.training.evaluation.class_prediction import ImageResult, choose_threshold, score
 
     names = ["background", "a", "b"]
     gt1 = np.zeros((4, 4), np.uint8)

@@ -4,8 +4,8 @@ The reference side is `tests/training/release_oracles.py`: independent implement
 what the release computes - train_SEAM.py's loss block (with max_norm, the adaptive min
 pooling term and max_onehot), train_aff.py's loss, the pair affinities and pair labels of
 resnet38_aff / ExtractAffinityLabelInRadius, the PolyOptimizer as it ran (momentum 5e-4),
-get_parameter_groups and the networks' train(). Our code (training.losses,
-training.engine.*) must give the same losses, the same input gradients and, for one
+get_parameter_groups and the networks' train(). Our code (seam.training.losses,
+seam.training.engine.*) must give the same losses, the same input gradients and, for one
 recipe step, the same weights.
 """
 import copy
@@ -14,19 +14,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from seam.training.engine.affinity import AffinityTrainConfig, affinity_loss
+from seam.training.engine.loop import freeze_parameters, set_train_mode
+from seam.training.engine.recipes import recipe_settings
+from seam.training.engine.schedule import PolySchedule, make_optimizer
+from seam.training.engine.siamese import SiameseConfig, sample_transform
+from seam.training.engine.trainer import SiameseStep, TrainConfig
+from seam.training.losses import LossSwitches, seam_losses
+from seam.training.models.affinity import pair_affinity
+from seam.training.models.registry import create_model
 from torch import nn
 
 from seam.common.affinity_labels import pair_labels
 from tests.training import release_oracles as rel
-from training.engine.affinity import AffinityTrainConfig, affinity_loss
-from training.engine.loop import freeze_parameters, set_train_mode
-from training.engine.recipes import recipe_settings
-from training.engine.schedule import PolySchedule, make_optimizer
-from training.engine.siamese import SiameseConfig, sample_transform
-from training.engine.trainer import SiameseStep, TrainConfig
-from training.losses import LossSwitches, seam_losses
-from training.models.affinity import pair_affinity
-from training.models.registry import create_model
 
 TOL = 1e-5
 

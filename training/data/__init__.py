@@ -2,5 +2,5 @@
 synthetic VOC-layout sets), the authors' augmentation (`augment`), deterministic
 batching (`loader`), the synthetic generator (`synth`).
 
-Nothing is imported here so that `training.data.synth` stays torch-free.
+Nothing is imported here so that `seam.training.data.synth` stays torch-free.
 """

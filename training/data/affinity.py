@@ -19,6 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from seam.training.data.augment import (
+    AUTHORS_CROP,
+    RELEASE_JITTER,
+    LabelledImageDataset,
+    color_jitter,
+    crop_with_label,
+    random_crop,
+)
 
 from seam.common.affinity_labels import (
     class_table,
@@ -30,14 +38,6 @@ from seam.common.affinity_labels import (
 from seam.common.cam import OUTPUT_STRIDE
 from seam.common.image import Normalization
 from seam.common.random_walk import DEFAULT_RADIUS
-from training.data.augment import (
-    AUTHORS_CROP,
-    RELEASE_JITTER,
-    LabelledImageDataset,
-    color_jitter,
-    crop_with_label,
-    random_crop,
-)
 
 
 class AffinityDataError(ValueError):

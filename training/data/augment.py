@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageEnhance
+from seam.training.evaluation.evaluate import read_label_png
 
 from seam.common.image import ImageDecodeError, Normalization, open_image
-from training.evaluation.evaluate import read_label_png
 
 AUTHORS_CROP = 448
 AUTHORS_RESIZE_LONG = (448, 768)

@@ -1,5 +1,5 @@
 """Image-level labelled training sets: VOC12 (+SBD train_aug), a generic image folder,
-and the synthetic VOC-layout sets of `training.data.synth`.
+and the synthetic VOC-layout sets of `seam.training.data.synth`.
 
 Each builder returns an `ImageLabelSet` (ids, image paths, multi-hot labels, class
 names with background first, where ground truth lives). `AugmentedDataset` turns
@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from seam.training.data.augment import AugmentConfig, augment
 
 from seam.common.classes import IGNORE_INDEX, VOC_CLASSES
 from seam.common.files import IMAGE_EXTENSIONS, LABEL_FILE_NAMES, list_images, load_label_file, read_label_table
 from seam.common.image import ImageDecodeError, open_image
-from training.data.augment import AugmentConfig, augment
 
 DATASET_KINDS = ("auto", "voc", "folder", "synth")
 GT_DIRNAME = "SegmentationClass"
@@ -334,7 +334,7 @@ def eval_items(ds: ImageLabelSet, eval_list: str | Path | None) -> list[tuple[st
         if i in ds.label_table:
             lab = ds.label_indices(i)
         else:
-            from training.evaluation.evaluate import read_label_png
+            from seam.training.evaluation.evaluate import read_label_png
 
             g = read_label_png(gt)
             lab = sorted(int(c) - 1 for c in np.unique(g) if 0 < c < ds.num_classes and c != IGNORE_INDEX)

@@ -12,9 +12,8 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
+from seam.training.data.datasets import AugmentedDataset
 from torch.utils.data import DataLoader, Sampler
-
-from training.data.datasets import AugmentedDataset
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:

@@ -16,15 +16,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
-
-from seam.common.classes import IGNORE_INDEX
-from seam.common.image import Normalization
-from training.data.augment import (
+from seam.training.data.augment import (
     AUTHORS_CROP,
     LabelledImageDataset,
     color_jitter,
     crop_with_label,
 )
+
+from seam.common.classes import IGNORE_INDEX
+from seam.common.image import Normalization
 
 
 class SegmentationDataError(ValueError):

@@ -18,16 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from seam.training.data.affinity import AffinityAugmentConfig, AffinityDataset
+from seam.training.data.augment import RELEASE_JITTER
+from seam.training.engine.loop import Progress
+from seam.training.engine.schedule import AUTHORS_MOMENTUM
+from seam.training.engine.stage import Stage, StageConfig, StageStep, files_fingerprint, labelled_items, train_stage
+from seam.training.models.affinity import pair_affinity
+from seam.training.models.registry import create_model
 from torch import nn
 
 from seam.common.random_walk import DEFAULT_RADIUS
-from training.data.affinity import AffinityAugmentConfig, AffinityDataset
-from training.data.augment import RELEASE_JITTER
-from training.engine.loop import Progress
-from training.engine.schedule import AUTHORS_MOMENTUM
-from training.engine.stage import Stage, StageConfig, StageStep, files_fingerprint, labelled_items, train_stage
-from training.models.affinity import pair_affinity
-from training.models.registry import create_model
 
 EPS = 1e-5
 AFFINITY_FINAL = "affinity_final.pth"
@@ -67,7 +67,7 @@ class AffinityTrainConfig(StageConfig):
     flip: bool = True
     momentum: float = AUTHORS_MOMENTUM  # the release's effective momentum; tuned: 0.9
     amp: bool | None = False  # the release ran fp32; None: on with CUDA
-    recipe: str = "release"  # release | tuned (training.engine.recipes)
+    recipe: str = "release"  # release | tuned (seam.training.engine.recipes)
 
     STAGE = "affinity"
     SCHEDULE_FIELDS = (*StageConfig.SCHEDULE_FIELDS, "radius", "flip")
@@ -80,7 +80,7 @@ class AffinityTrainConfig(StageConfig):
 
 def affinity_items(cfg: AffinityTrainConfig) -> tuple[list[str], list[Path], list[Path], list[str]]:
     """(ids, image paths, label paths, class names) of the training images that have labels."""
-    from training.data.datasets import DatasetError, build_dataset
+    from seam.training.data.datasets import DatasetError, build_dataset
 
     label_dir = Path(cfg.labels)
     if not label_dir.is_dir():

@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from seam.training.evaluation.evaluate import evaluate, read_label_png
+from seam.training.inference.cam import torch_runner
 
 from seam.common.cam import DEFAULT_SCALES, MultiScaleConfig, multiscale_cam, resize_matrices
 from seam.common.image import Normalization, load_rgb, resize_rgb, scaled_size
 from seam.common.metrics import ConfusionMeter
-from training.evaluation.evaluate import evaluate, read_label_png
-from training.inference.cam import torch_runner
 
 EPS = 1e-5
 _DEFAULT_NORMALIZATION = Normalization()

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from training.engine.recipes import RecipeConfig
-from training.models.registry import backbone_config
+from seam.training.engine.recipes import RecipeConfig
+from seam.training.models.registry import backbone_config
 
 
 @dataclass

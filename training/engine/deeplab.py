@@ -1,6 +1,6 @@
 """DeepLab-LargeFOV retraining on pseudo labels (the last stage of the SEAM pipeline).
 
-Same loop as AffinityNet (`training.engine.stage.run_stage`). Two recipes:
+Same loop as AffinityNet (`seam.training.engine.stage.run_stage`). Two recipes:
 
 release - as the authors ran it (YudeWang/semantic-segmentation-codebase,
   experiment/seamv1-pseudovoc config.py + train.py, lib/net/deeplabv1.py,
@@ -41,16 +41,16 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from seam.training.data.augment import RELEASE_JITTER
+from seam.training.data.segmentation import SegAugmentConfig, SegmentationDataset
+from seam.training.engine.loop import Progress, set_train_mode
+from seam.training.engine.stage import Stage, StageConfig, files_fingerprint, labelled_items, train_stage
+from seam.training.models.deeplab import BN_MOMENTUM
+from seam.training.models.registry import create_model
 from torch import nn
 
 from seam.common.classes import IGNORE_INDEX, VOC_CLASSES
 from seam.common.files import list_images
-from training.data.augment import RELEASE_JITTER
-from training.data.segmentation import SegAugmentConfig, SegmentationDataset
-from training.engine.loop import Progress, set_train_mode
-from training.engine.stage import Stage, StageConfig, files_fingerprint, labelled_items, train_stage
-from training.models.deeplab import BN_MOMENTUM
-from training.models.registry import create_model
 
 DEEPLAB_FINAL = "deeplab_final.pth"
 
@@ -115,7 +115,7 @@ class DeepLabTrainConfig(StageConfig):
 def resolve_class_names(classes: str | None, search: Sequence[Path]) -> list[str]:
     """Class names, background first: `classes` (comma list or classes.txt), else the first
     classes.txt in `search`, else VOC."""
-    from training.data.datasets import read_class_names
+    from seam.training.data.datasets import read_class_names
 
     if classes:
         if Path(classes).is_file():

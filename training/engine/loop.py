@@ -23,12 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
-
-from seam.common.image import IMAGENET_MEAN, IMAGENET_STD
-from training.data.loader import make_loader
-from training.engine.schedule import PolySchedule
-from training.engine.state import (
+from seam.training.data.loader import make_loader
+from seam.training.engine.schedule import PolySchedule
+from seam.training.engine.state import (
     CHECKPOINT_NAME,
     atomic_torch_save,
     bare_state_dict,
@@ -37,8 +34,11 @@ from training.engine.state import (
     restore_rng,
     seed_everything,
 )
-from training.models.checkpoint import CheckpointError
-from training.models.resnet38 import freeze_batchnorm
+from seam.training.models.checkpoint import CheckpointError
+from seam.training.models.resnet38 import freeze_batchnorm
+from torch import nn
+
+from seam.common.image import IMAGENET_MEAN, IMAGENET_STD
 
 CALIBRATION_EPOCH = 1_000_000  # augmentation key of the BN calibration samples, never a training epoch
 

@@ -16,16 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from seam.training.data.loader import iterations_per_epoch
+from seam.training.engine import loop
+from seam.training.engine.config import RunConfig
+from seam.training.engine.loop import Dist, Progress, Run
+from seam.training.engine.recipes import describe
+from seam.training.engine.schedule import PolySchedule, make_optimizer
+from seam.training.engine.state import initialise_stage_from, save_final, summarise_keys
+from seam.training.models.checkpoint import CheckpointError
 from torch import nn
-
-from training.data.loader import iterations_per_epoch
-from training.engine import loop
-from training.engine.config import RunConfig
-from training.engine.loop import Dist, Progress, Run
-from training.engine.recipes import describe
-from training.engine.schedule import PolySchedule, make_optimizer
-from training.engine.state import initialise_stage_from, save_final, summarise_keys
-from training.models.checkpoint import CheckpointError
 
 Log = Callable[[str], None]
 # (net, batch, device, amp) -> {"loss": tensor, other terms: tensors}

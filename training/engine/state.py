@@ -11,9 +11,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from seam.training.models.checkpoint import CheckpointError, load_weights, read_checkpoint, sidecar_path
 from torch import nn
-
-from training.models.checkpoint import CheckpointError, load_weights, read_checkpoint, sidecar_path
 
 CHECKPOINT_NAME = "checkpoint.pth"
 SEAM_FINAL = "seam_final.pth"
@@ -159,7 +158,7 @@ def initialise_stage_from(model: nn.Module, path: str | Path, kind: str) -> dict
     src = resolve_weights(path)
     sd, meta = read_checkpoint(src)
     if kind == "deeplab":
-        from training.models.deeplab import from_authors_state_dict, is_authors_state_dict
+        from seam.training.models.deeplab import from_authors_state_dict, is_authors_state_dict
 
         if is_authors_state_dict(sd):  # the authors' released deeplabv1: their key names
             sd, meta = from_authors_state_dict(sd), {**meta, "kind": "deeplab", "source": "authors deeplabv1"}

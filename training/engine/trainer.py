@@ -1,7 +1,7 @@
 """SEAM training (the authors' train_SEAM.py), single process or DDP under torchrun.
 
 One step: img2 = A(img1) (scale 0.3 by default); (cam1, rv1) = net(img1),
-(cam2, rv2) = net(img2); loss = cls + ER + ECR (training.losses.seam_losses).
+(cam2, rv2) = net(img2); loss = cls + ER + ECR (seam.training.losses.seam_losses).
 BN frozen, conv1a/b2* frozen, four parameter groups with poly decay, SGD.
 
 Run directory: checkpoint.pth (each epoch, and when stopped early; exact --resume),
@@ -20,20 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-
-from seam.common.cam import DEFAULT_SCALES
-from training.data.augment import RELEASE_JITTER, AugmentConfig
-from training.data.datasets import (
+from seam.training.data.augment import RELEASE_JITTER, AugmentConfig
+from seam.training.data.datasets import (
     AugmentedDataset,
     DatasetError,
     ImageLabelSet,
     build_dataset,
     eval_items,
 )
-from training.data.loader import iterations_per_epoch
-from training.engine.config import RunConfig
-from training.engine.loop import (
+from seam.training.data.loader import iterations_per_epoch
+from seam.training.engine.config import RunConfig
+from seam.training.engine.loop import (
     Dist,
     Progress,
     Run,
@@ -47,10 +44,10 @@ from training.engine.loop import (
     prepare,
     set_train_mode,
 )
-from training.engine.recipes import describe
-from training.engine.schedule import AUTHORS_MOMENTUM, PolySchedule, make_optimizer
-from training.engine.siamese import SiameseConfig, sample_transform
-from training.engine.state import (
+from seam.training.engine.recipes import describe
+from seam.training.engine.schedule import AUTHORS_MOMENTUM, PolySchedule, make_optimizer
+from seam.training.engine.siamese import SiameseConfig, sample_transform
+from seam.training.engine.state import (
     CHECKPOINT_NAME,
     SEAM_FINAL,
     initialise_from,
@@ -58,8 +55,11 @@ from training.engine.state import (
     summarise_keys,
     write_sidecar,
 )
-from training.losses import LossSwitches, seam_losses
-from training.models.registry import create_model
+from seam.training.losses import LossSwitches, seam_losses
+from seam.training.models.registry import create_model
+from torch import nn
+
+from seam.common.cam import DEFAULT_SCALES
 
 LOSS_TERMS = ("loss", "cls", "er", "ecr", "minpool")
 
@@ -69,7 +69,7 @@ class TrainConfig(RunConfig):
     """Everything that defines a SEAM run; saved in every checkpoint and the sidecar.
     Defaults are the release recipe (VOC12, 4 GPUs of batch 2 = 8 global, momentum 5e-4,
     fp32); `TrainConfig.from_recipe("tuned", ...)` starts from another recipe
-    (training.engine.recipes). `recipe` names the recipe the values came from; the
+    (seam.training.engine.recipes). `recipe` names the recipe the values came from; the
     sidecar lists every value that departs from it."""
 
     data: str = "data/VOC2012"  # root with JPEGImages/ (and SegmentationClass/ for evaluation)
@@ -284,7 +284,7 @@ def _score_cams(cfg: TrainConfig, run: Run, ds: ImageLabelSet, on_progress: Call
                 log: Callable[[str], None]) -> dict[str, Any] | None:
     """CAM pseudo-label mIoU on the evaluation list (None without ground truth); the CAMs
     stay in RUN_DIR/cams with save_cams, else in a temporary directory."""
-    from training.engine.cam_eval import score_cams
+    from seam.training.engine.cam_eval import score_cams
 
     items = eval_items(ds, cfg.eval_list)
     if not items:

@@ -2,7 +2,7 @@
 (sigmoid of the GAP score >= cls_threshold, averaged over the multi-scale passes) and the
 mask argmax([bg_threshold, CAMs of the predicted classes]).
 
-    python -m training.evaluation.class_prediction --checkpoint runs/demo-v2/seam_final.pth \\
+    python -m seam.training.evaluation.class_prediction --checkpoint runs/demo-v2/seam_final.pth \\
         --data /tmp/synth_fresh --list ImageSets/Segmentation/train.txt --tune-data /tmp/synth --tune-list val.txt
 
 Per image the CAMs of every class are computed once (the normalisation is per class, so a
@@ -37,7 +37,7 @@ class ImageResult:
 
 def load_seam(checkpoint: str | Path) -> tuple[Any, int, list[str]]:
     """(SEAM network, number of foreground classes, class names) of a checkpoint."""
-    from training.models.registry import DEFAULT_NUM_CLASSES, model_from_checkpoint
+    from seam.training.models.registry import DEFAULT_NUM_CLASSES, model_from_checkpoint
 
     model, meta = model_from_checkpoint(checkpoint, "seam")
     num_fg = int(meta.get("num_classes", DEFAULT_NUM_CLASSES)) - 1
@@ -48,10 +48,11 @@ def load_seam(checkpoint: str | Path) -> tuple[Any, int, list[str]]:
 def run_images(model: Any, num_fg: int, root: Path, ids: Sequence[str], scales: Sequence[float] = DEFAULT_SCALES,
                device: str = "cpu") -> list[ImageResult]:
     """Multi-scale + flip PCM CAMs of all `num_fg` classes for each image (`model` from `load_seam`)."""
+    from seam.training.evaluation.evaluate import read_label_png
+    from seam.training.inference.cam import torch_runner
+
     from seam.common.cam import MultiScaleConfig, multiscale_cam
     from seam.common.image import load_rgb
-    from training.evaluation.evaluate import read_label_png
-    from training.inference.cam import torch_runner
 
     runner = torch_runner(model, device)
     cfg = MultiScaleConfig(scales=tuple(scales), flip=True, refined=True)

@@ -1,4 +1,4 @@
 """ONNX export of trained networks into the model repository (`models/NAME/`)."""
-from training.export.onnx_export import ExportError, ExportResult, check_parity, export_model
+from seam.training.export.onnx_export import ExportError, ExportResult, check_parity, export_model
 
 __all__ = ["ExportError", "ExportResult", "check_parity", "export_model"]

@@ -23,6 +23,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 import torch
+from seam.training.export.quantize import (
+    DEFAULT_CALIBRATION_N,
+    EXTERNAL_DATA_BYTES,
+    QuantizeError,
+    apply_precision,
+    check_precision_args,
+)
+from seam.training.export.specs import SPECS, ExportSpec, PcmGraph
+from seam.training.models.checkpoint import CheckpointError
+from seam.training.models.registry import model_from_checkpoint, train_long_side, working_set_bytes_per_pixel
 from torch import nn
 
 from seam.common.cam import DEFAULT_BG_THRESHOLD, DEFAULT_CLS_THRESHOLD, DEFAULT_SCALES
@@ -46,16 +56,6 @@ from seam.modelrepo.manifest import (
 )
 from seam.modelrepo.pcm import run_pcm
 from seam.modelrepo.runtime import cpu_session
-from training.export.quantize import (
-    DEFAULT_CALIBRATION_N,
-    EXTERNAL_DATA_BYTES,
-    QuantizeError,
-    apply_precision,
-    check_precision_args,
-)
-from training.export.specs import SPECS, ExportSpec, PcmGraph
-from training.models.checkpoint import CheckpointError
-from training.models.registry import model_from_checkpoint, train_long_side, working_set_bytes_per_pixel
 
 if TYPE_CHECKING:
     import onnxruntime as ort

@@ -3,7 +3,7 @@ and its output names. The graphs stop at the output stride: every upsampling,
 flip and aggregation happens in the shared numpy code (`seam.common.cam`), so the
 service and the torch path post-process identically.
 
-A kind is exportable when its network module exists (`training.models.registry`
+A kind is exportable when its network module exists (`seam.training.models.registry`
 imports them lazily); its contract is checked at export time (output count, rank,
 channels, stride-8 size) before the onnxruntime parity check.
 """
@@ -13,11 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from seam.training.models.seam import pcm_block, pcm_features
 from torch import nn
 
 from seam.common.cam import stride_size
 from seam.modelrepo.manifest import KIND_OUTPUTS
-from training.models.seam import pcm_block, pcm_features
 
 
 def _seam_outputs(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -53,7 +53,7 @@ class SeamGraph(nn.Module):
 
 class PcmGraph(nn.Module):
     """One column block of the PCM: pcm_n (B, C, N), pcm_g (B, D, N), pcm_q (B, D, M) ->
-    cam_rv (B, C, M), where pcm_q holds columns of pcm_g (`training.models.seam.pcm_block`)."""
+    cam_rv (B, C, M), where pcm_q holds columns of pcm_g (`seam.training.models.seam.pcm_block`)."""
 
     def forward(self, pcm_n: torch.Tensor, pcm_g: torch.Tensor, pcm_q: torch.Tensor) -> torch.Tensor:
         return pcm_block(pcm_n, pcm_g, pcm_q)

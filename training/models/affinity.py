@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seam.common.random_walk import DEFAULT_RADIUS, source_windows
-from training.models.resnet38 import ResNet38, ResNet38Config
+from seam.training.models.resnet38 import ResNet38, ResNet38Config
 
 FEATURE_DIM = 448  # 64 + 128 + 256
 

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from training.models.mxnet_params import convert_params, read_params
-from training.models.resnet38 import ResNet38Config
+from seam.training.models.mxnet_params import convert_params, read_params
+from seam.training.models.resnet38 import ResNet38Config
 
 
 class CheckpointError(ValueError):

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.models.resnet38 import ResNet38, ResNet38Config
+from seam.training.models.resnet38 import ResNet38, ResNet38Config
 
 HEAD_CHANNELS = 512
 DILATION = 12

@@ -7,9 +7,9 @@ from typing import Any
 from torch import nn
 
 from seam.common.classes import VOC_CLASSES
-from training.data.augment import AUTHORS_CROP, release_resize_range
-from training.models.checkpoint import infer_backbone_config, load_weights, read_checkpoint
-from training.models.resnet38 import ResNet38Config
+from seam.training.data.augment import AUTHORS_CROP, release_resize_range
+from seam.training.models.checkpoint import infer_backbone_config, load_weights, read_checkpoint
+from seam.training.models.resnet38 import ResNet38Config
 
 DEFAULT_NUM_CLASSES = len(VOC_CLASSES)  # background + VOC's 20: the published models' head
 
@@ -57,17 +57,17 @@ def backbone_name(cfg: ResNet38Config) -> str:
 
 def _constructors() -> dict[str, Any]:
     # imported lazily so that adding a head never slows `import training`
-    from training.models.seam import SEAM
+    from seam.training.models.seam import SEAM
 
     ctors: dict[str, Any] = {"seam": SEAM}
     try:
-        from training.models.affinity import AffinityNet
+        from seam.training.models.affinity import AffinityNet
 
         ctors["affinity"] = AffinityNet
     except ImportError:
         pass
     try:
-        from training.models.deeplab import DeepLabLargeFOV
+        from seam.training.models.deeplab import DeepLabLargeFOV
 
         ctors["deeplab"] = DeepLabLargeFOV
     except ImportError:
@@ -92,7 +92,7 @@ def model_from_checkpoint(path: str | Path, kind: str = "seam") -> tuple[nn.Modu
     weights) and load it strictly. Returns (model in eval mode, metadata)."""
     sd, meta = read_checkpoint(path)
     if kind == "deeplab":  # the authors' released deeplabv1 (seamv1-pseudovoc): their key names -> ours
-        from training.models.deeplab import from_authors_state_dict
+        from seam.training.models.deeplab import from_authors_state_dict
 
         sd = from_authors_state_dict(sd)
     cfg = infer_backbone_config(sd)

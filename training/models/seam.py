@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seam.common.pcm_blocks import block_columns
-from training.models.resnet38 import ResNet38, ResNet38Config
+from seam.training.models.resnet38 import ResNet38, ResNet38Config
 
 
 def pcm_normalize(cam: torch.Tensor) -> torch.Tensor:

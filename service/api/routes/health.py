@@ -4,13 +4,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from seam.service.api.deps import SettingsDep, api_key_header
+from seam.service.core.errors import server_roots
+from seam.service.core.redact import redact
+from seam.service.core.security import authenticate
+from seam.service.schemas import Check, ErrorDetail, Health, Readiness
 from starlette.concurrency import run_in_threadpool
-
-from service.api.deps import SettingsDep, api_key_header
-from service.core.errors import server_roots
-from service.core.redact import redact
-from service.core.security import authenticate
-from service.schemas import Check, ErrorDetail, Health, Readiness
 
 router = APIRouter(tags=["health"])
 

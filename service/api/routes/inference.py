@@ -1,7 +1,7 @@
 """Synchronous inference on one uploaded image: /segment, /cam, /cam/refined.
 
 Computed by this process's engine (embedded mode, SEAM_SYNC_INFERENCE=api) or by the
-workers over the realtime queue (broker mode); `service.realtime.compute` renders the
+workers over the realtime queue (broker mode); `seam.service.realtime.compute` renders the
 answer either way, so both paths give byte-identical responses."""
 from __future__ import annotations
 
@@ -10,16 +10,15 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response
-
-from service.api.deps import EngineDep, LimiterDep, MetricsDep, SettingsDep
-from service.core.engine import resolve_method
-from service.core.errors import ApiError
-from service.core.limits import run_limited
-from service.engine.base import InferenceEngine, MemoryBudgetError
-from service.inputs import check_pixels, image_size, not_an_image, parse_labels, sniff_image
-from service.realtime.compute import engine_error, reply_error, run_requests
-from service.realtime.messages import Reply, SyncRequest
-from service.schemas import CamResponse, ErrorResponse, MethodName, SegmentResponse
+from seam.service.api.deps import EngineDep, LimiterDep, MetricsDep, SettingsDep
+from seam.service.core.engine import resolve_method
+from seam.service.core.errors import ApiError
+from seam.service.core.limits import run_limited
+from seam.service.engine.base import InferenceEngine, MemoryBudgetError
+from seam.service.inputs import check_pixels, image_size, not_an_image, parse_labels, sniff_image
+from seam.service.realtime.compute import engine_error, reply_error, run_requests
+from seam.service.realtime.messages import Reply, SyncRequest
+from seam.service.schemas import CamResponse, ErrorResponse, MethodName, SegmentResponse
 
 router = APIRouter(tags=["inference"])
 

@@ -3,7 +3,7 @@ the embedded executor or Celery workers.
 
 A job belongs to the API key that created it: other keys get 404 for it (as for an
 unknown id) unless they are admin keys. Submission itself (quota, reservation, reading the
-body, creating and queueing) is `service.jobs.submit`."""
+body, creating and queueing) is `seam.service.jobs.submit`."""
 from __future__ import annotations
 
 import json
@@ -13,14 +13,13 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
-
-from service.api.deps import DispatcherDep, EngineDep, HolderDep, PrincipalDep, SettingsDep, StorageDep, StoreDep
-from service.core.errors import ApiError
-from service.jobs.access import visible_snapshot
-from service.jobs.results import result_extras
-from service.jobs.store import JobSnapshot
-from service.jobs.submit import JobServices, submit
-from service.schemas import (
+from seam.service.api.deps import DispatcherDep, EngineDep, HolderDep, PrincipalDep, SettingsDep, StorageDep, StoreDep
+from seam.service.core.errors import ApiError
+from seam.service.jobs.access import visible_snapshot
+from seam.service.jobs.results import result_extras
+from seam.service.jobs.store import JobSnapshot
+from seam.service.jobs.submit import JobServices, submit
+from seam.service.schemas import (
     DirectoryJobRequest,
     ErrorResponse,
     JobImageError,
@@ -32,7 +31,7 @@ from service.schemas import (
 
 router = APIRouter(tags=["jobs"])
 # Models the hand-written request body below refers to: FastAPI only adds the models of the
-# parameters it parses itself to components.schemas (service.main registers these).
+# parameters it parses itself to components.schemas (seam.service.main registers these).
 OPENAPI_MODELS = (DirectoryJobRequest,)
 
 JobId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{32}$", description="Job id (32 hex digits).")]

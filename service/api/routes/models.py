@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-
-from service.api.deps import EngineDep
-from service.schemas import ErrorResponse, ModelPublic, ModelsResponse
+from seam.service.api.deps import EngineDep
+from seam.service.schemas import ErrorResponse, ModelPublic, ModelsResponse
 
 router = APIRouter(tags=["models"])
 

@@ -24,8 +24,7 @@ from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-
-from service.core.errors import ApiError
+from seam.service.core.errors import ApiError
 
 WEB_DIR = Path(__file__).parents[2] / "web"
 INDEX = "index.html"
