@@ -5,7 +5,7 @@ of epochs on the same images, then scores multi-scale CAM pseudo labels on the
 training images (the paper's protocol: image labels known, background threshold swept
 0.00..0.59, best mIoU reported) with m_FN / m_FP (eq. 13-14) along the sweep. Raw-CAM
 rows are scored as the authors score raw CAMs (psa's infer_cls: relu per pass, divide
-by the max), PCM rows as infer_SEAM (seam.training.engine.cam_eval).
+by the max), PCM rows as infer_SEAM (seam.training.trainers.cam_eval).
 
     python bench/ablation.py --out runs/ablation                    # baseline vs SEAM
     python bench/ablation.py --rows baseline,er,er+pcm,seam          # all Table 1 rows
@@ -15,7 +15,7 @@ by the max), PCM rows as infer_SEAM (seam.training.engine.cam_eval).
 Rows: baseline (--no-er --no-pcm: one branch, raw CAM), er (--no-pcm: siamese + ER,
 raw CAM), er+pcm (--no-ohem), seam (everything; PCM-refined CAM), seam-peak (SEAM
 with the pre-fix max_norm that divides by the max only). Recipes
-(seam.training.engine.recipes): the optimiser and precision come from the recipe; the data
+(seam.training.trainers.recipes): the optimiser and precision come from the recipe; the data
 sizes (crop, resize range, jitter, epochs) are this script's, so the rows differ only
 in what the recipe changes (momentum 5e-4 vs 0.9 on CPU).
 """
@@ -64,7 +64,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from seam.training.data.synth import generate
-    from seam.training.engine.trainer import TrainConfig, train
+    from seam.training.trainers.trainer import TrainConfig, train
 
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = [r for r in rows if r not in ROWS]

@@ -67,7 +67,7 @@ def main() -> None:
 
     from fastapi.testclient import TestClient
     from seam.service.core.config import Settings
-    from seam.service.core.engine import build_engine
+    from seam.service.core.engine_holder import build_engine
     from seam.service.main import create_app
 
     from seam.common.image import load_rgb

@@ -21,7 +21,7 @@ from seam.service import integrations
 from seam.service.api.deps import require_api_key
 from seam.service.api.routes import health, inference, jobs, models, web
 from seam.service.core.config import Settings, get_settings
-from seam.service.core.engine import EngineHolder, build_engine
+from seam.service.core.engine_holder import EngineHolder, build_engine
 from seam.service.core.errors import error_response, install_error_handlers
 from seam.service.core.limits import BodyLimitMiddleware, InflightLimiter
 from seam.service.core.metrics import Metrics, MetricsMiddleware
@@ -29,8 +29,8 @@ from seam.service.core.security import ApiKeyMiddleware
 from seam.service.engine.base import InferenceEngine
 from seam.service.jobs import lifecycle
 from seam.service.jobs.dispatch import CeleryDispatcher, Dispatcher, EmbeddedDispatcher
+from seam.service.jobs.execution import build_context, engine_getter, make_store
 from seam.service.jobs.processing import TRANSIENT
-from seam.service.jobs.runtime import build_context, engine_getter, make_store
 from seam.service.jobs.store import JobStore
 from seam.service.realtime.wiring import BrokerSide
 from seam.service.storage import Storage

@@ -5,7 +5,7 @@
 Run directory (every stage skipped when its outputs exist, trainers resumed from their
 checkpoint.pth when interrupted):
 
-    seam/        seam_final.pth + .json           (seam.training.engine.trainer)
+    seam/        seam_final.pth + .json           (seam.training.trainers.trainer)
     cams/        <id>.npy  {fg class: HxW}        training images, known image labels
     aff_labels/  <id>.npz  la / ha CRF posteriors, <id>.png their labels 0 / c+1 / 255
                                                   (seam.common.affinity_labels)
@@ -237,11 +237,11 @@ class PipelineRun:
 
     def __init__(self, cfg: PipelineConfig, hooks: StageHooks) -> None:
         from seam.training.data.datasets import build_dataset
-        from seam.training.engine.affinity import AFFINITY_FINAL
-        from seam.training.engine.deeplab import DEEPLAB_FINAL
-        from seam.training.engine.recipes import default_recipe
-        from seam.training.engine.state import SEAM_FINAL
         from seam.training.inference.cam import default_device
+        from seam.training.trainers.affinity import AFFINITY_FINAL
+        from seam.training.trainers.deeplab import DEEPLAB_FINAL
+        from seam.training.trainers.recipes import default_recipe
+        from seam.training.trainers.state import SEAM_FINAL
 
         self.cfg, self.hooks, self.log = cfg, hooks, hooks.log
         self.dir = Path(cfg.out)
@@ -336,9 +336,9 @@ class PipelineRun:
         return self._configs[name]
 
     def _build_config(self, name: str) -> Any:
-        from seam.training.engine.affinity import AffinityTrainConfig
-        from seam.training.engine.deeplab import DeepLabTrainConfig
-        from seam.training.engine.trainer import TrainConfig
+        from seam.training.trainers.affinity import AffinityTrainConfig
+        from seam.training.trainers.deeplab import DeepLabTrainConfig
+        from seam.training.trainers.trainer import TrainConfig
 
         cfg, final = self.cfg, self.finals[name]
         common = {"backbone": cfg.backbone, "batch_size": cfg.batch_size, "crop": cfg.crop, "out": str(final.parent),
@@ -361,7 +361,7 @@ class PipelineRun:
     def plan(self) -> dict[str, Any]:
         """Every training stage's recipe report (values and the settings given over them), logged
         before anything runs and kept in results.json."""
-        from seam.training.engine.recipes import describe
+        from seam.training.trainers.recipes import describe
 
         out = {}
         for name, title in (("seam", "SEAM"), ("affinity", "AffinityNet"), ("deeplab", "DeepLab")):
@@ -401,7 +401,7 @@ class PipelineRun:
     # ----------------------------------------------------------------------- the stages
 
     def seam(self) -> dict[str, Any]:
-        from seam.training.engine.trainer import train
+        from seam.training.trainers.trainer import train
 
         return self.trained("1/6", "SEAM", "seam", "SEAM training", train)
 
@@ -411,8 +411,8 @@ class PipelineRun:
         return self.per_image("[2/6] CAMs", self.train_items, self.cam_dir, ".npy", self._write_cams)
 
     def _write_cams(self, n: int) -> dict[str, Any]:
-        from seam.training.engine.cam_eval import write_cams
         from seam.training.models.registry import model_from_checkpoint
+        from seam.training.trainers.cam_eval import write_cams
 
         scales = self.cfg.cam_scales
         self.log(f"[2/6] CAMs of {n} training images (scales {list(scales)}, flip)")
@@ -440,7 +440,7 @@ class PipelineRun:
         return self.per_image("[3/6] AffinityNet labels", self.train_items, self.aff_label_dir, ".png", write)
 
     def affinity(self) -> dict[str, Any]:
-        from seam.training.engine.affinity import train_affinity
+        from seam.training.trainers.affinity import train_affinity
 
         return self.trained("4/6", "AffinityNet", "affinity", f"AffinityNet training (init {self.init})",
                             train_affinity)
@@ -463,7 +463,7 @@ class PipelineRun:
 
     def deeplab(self) -> dict[str, Any]:
         """DeepLab on the random-walk labels: every image of the data root that has one (the training list)."""
-        from seam.training.engine.deeplab import train_deeplab
+        from seam.training.trainers.deeplab import train_deeplab
 
         return self.trained("6/6", "DeepLab", "deeplab",
                             f"DeepLab training on the random-walk labels (init {self.init})", train_deeplab)

@@ -25,7 +25,7 @@ def main_rank() -> bool:
 def dataset_recipe(recipe: str | None, dataset: str, data: Path) -> str:
     """--recipe, else the default for the data set kind (given, or detected from the layout)."""
     from seam.training.data.datasets import detect_dataset_kind
-    from seam.training.engine.recipes import default_recipe
+    from seam.training.trainers.recipes import default_recipe
 
     if recipe is not None:
         return recipe

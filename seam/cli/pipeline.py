@@ -74,9 +74,9 @@ def pipeline(
     overrides first. Prints the mIoU after each stage when ground truth exists and writes
     everything to RUN_DIR/results.json."""
     from seam.training.data.datasets import DatasetError
-    from seam.training.engine.trainer import TrainingError
     from seam.training.models.checkpoint import CheckpointError
     from seam.training.pipeline import PipelineConfig, RandomWalkConfig, run_pipeline
+    from seam.training.trainers.trainer import TrainingError
 
     cfg = PipelineConfig(
         data=str(data), out=str(out), dataset=dataset, train_list=path_str(train_list), labels=path_str(labels),

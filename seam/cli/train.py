@@ -88,10 +88,10 @@ batch 8, 8 epochs, crop 448, lr 0.01), which is what produced the paper's number
 `tuned` (momentum 0.9, AMP on CUDA) measured no better on the synthetic ablation (docs/training.md). Options you \
 give override the recipe; the run prints the recipe and stores it in the sidecar."""
     from seam.training.data.datasets import DatasetError
-    from seam.training.engine.siamese import parse_transforms
-    from seam.training.engine.state import SEAM_FINAL
-    from seam.training.engine.trainer import TrainConfig, TrainingError, train
     from seam.training.models.checkpoint import CheckpointError
+    from seam.training.trainers.siamese import parse_transforms
+    from seam.training.trainers.state import SEAM_FINAL
+    from seam.training.trainers.trainer import TrainConfig, TrainingError, train
 
     path = _training.path_str
     cfg = _training.build_config(lambda: _with_jitter(TrainConfig.from_recipe(

@@ -69,10 +69,10 @@ BN/conv1a/b2, poly lr. Writes RUN_DIR/affinity_final.pth + .json.
     Default recipe: `release` (SEAM's train_aff.py: lr 0.01, momentum 5e-4, fp32); `--recipe tuned`: momentum 0.9, \
 AMP on CUDA. Options you give override it."""
     from seam.training.data.datasets import DatasetError
-    from seam.training.engine.affinity import AFFINITY_FINAL, AffinityTrainConfig
-    from seam.training.engine.affinity import train_affinity as run
-    from seam.training.engine.trainer import TrainingError
     from seam.training.models.checkpoint import CheckpointError
+    from seam.training.trainers.affinity import AFFINITY_FINAL, AffinityTrainConfig
+    from seam.training.trainers.affinity import train_affinity as run
+    from seam.training.trainers.trainer import TrainingError
 
     recipe = _training.dataset_recipe(recipe, dataset, data)
     path = _training.path_str

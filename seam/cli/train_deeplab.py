@@ -69,10 +69,10 @@ def train_deeplab(
 ) -> None:
     """Train DeepLab-LargeFOV: random scale 0.5-1.5, flip, crop (255-padded labels), SGD poly,
     cross-entropy ignoring 255. Writes RUN_DIR/deeplab_final.pth + .json."""
-    from seam.training.engine.deeplab import DEEPLAB_FINAL, DeepLabDataError, DeepLabTrainConfig
-    from seam.training.engine.deeplab import train_deeplab as run
-    from seam.training.engine.trainer import TrainingError
     from seam.training.models.checkpoint import CheckpointError
+    from seam.training.trainers.deeplab import DEEPLAB_FINAL, DeepLabDataError, DeepLabTrainConfig
+    from seam.training.trainers.deeplab import train_deeplab as run
+    from seam.training.trainers.trainer import TrainingError
 
     lo_hi = parse_floats(scale_range)
     if len(lo_hi) != 2:
@@ -93,7 +93,7 @@ def train_deeplab(
 def _default_recipe(images: Path) -> str:
     """release when the images are a VOC layout's JPEGImages (directly or through a list), else tuned."""
     from seam.training.data.datasets import detect_dataset_kind
-    from seam.training.engine.recipes import default_recipe
+    from seam.training.trainers.recipes import default_recipe
 
     root = images if images.is_dir() else images.parent
     for cand in (root, root.parent, root.parent.parent, root.parent.parent.parent):

@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 from seam.service.core.config import Settings
-from seam.service.core.engine import EngineHolder
+from seam.service.core.engine_holder import EngineHolder
 from seam.service.core.limits import InflightLimiter
 from seam.service.core.metrics import Metrics
 from seam.service.core.security import API_KEY_HEADER, Principal, authenticate

@@ -23,7 +23,7 @@ import numpy as np
 from fastapi import APIRouter, Body, Depends, FastAPI
 from pydantic import BaseModel, ConfigDict, Field
 from seam.service.api.deps import EngineDep, LimiterDep, MetricsDep, SettingsDep, require_api_key
-from seam.service.core.engine import resolve_method
+from seam.service.core.engine_holder import resolve_method
 from seam.service.core.errors import ApiError
 from seam.service.core.limits import run_limited
 from seam.service.engine.base import SegmentResult

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from seam.service.api.deps import EngineDep, LimiterDep, MetricsDep, SettingsDep, require_api_key
 from seam.service.core.config import split_csv
-from seam.service.core.engine import resolve_method
+from seam.service.core.engine_holder import resolve_method
 from seam.service.core.errors import ApiError
 from seam.service.core.limits import run_limited
 from seam.service.engine.base import InferenceEngine, SegmentResult

@@ -1,5 +1,5 @@
 """Getting chunks to whoever processes them: an in-process thread pool (embedded
-mode) or Celery workers over Redis. Both run `seam.service.jobs.runtime.attempt_chunk`
+mode) or Celery workers over Redis. Both run `seam.service.jobs.execution.attempt_chunk`
 (process_chunk + the retry policy + recording a given-up chunk)."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import threading
 from abc import ABC, abstractmethod
 
 from seam.service.core.config import Settings
+from seam.service.jobs.execution import attempt_chunk
 from seam.service.jobs.processing import ChunkContext
-from seam.service.jobs.runtime import attempt_chunk
 
 log = logging.getLogger("seam.service")
 

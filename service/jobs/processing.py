@@ -53,7 +53,7 @@ TRANSIENT = transient_exceptions()
 
 @dataclass
 class ChunkContext:
-    """What processing a chunk needs; built once per process by `seam.service.jobs.runtime.build_context`."""
+    """What processing a chunk needs; built once per process by `seam.service.jobs.execution.build_context`."""
 
     store: JobStore
     storage: Storage
@@ -61,7 +61,7 @@ class ChunkContext:
     max_pixels: int
     max_deliveries: int
     max_batch: int = 1  # same-size images of a chunk run as one engine batch of at most this many
-    retry: Any = None  # seam.service.jobs.runtime.RetryPolicy (typed loosely: runtime imports this module)
+    retry: Any = None  # seam.service.jobs.execution.RetryPolicy (typed loosely: runtime imports this module)
     between: Callable[[], None] | None = None  # called between batches (workers serve sync requests there)
     roots: Sequence[tuple[str, str]] = ()  # folders redacted in recorded errors (core.errors.settings_roots)
 

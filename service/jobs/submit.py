@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 from seam.service.core.config import Settings
-from seam.service.core.engine import resolve_method
+from seam.service.core.engine_holder import resolve_method
 from seam.service.core.errors import ApiError, describe_validation, settings_roots
 from seam.service.core.redact import redact
 from seam.service.engine.base import InferenceEngine

@@ -9,7 +9,7 @@ import logging
 from typing import Any
 
 from seam.service.core.config import Settings
-from seam.service.core.engine import EngineHolder
+from seam.service.core.engine_holder import EngineHolder
 from seam.service.core.redisconn import async_redis, sync_redis
 from seam.service.realtime.client import RealtimeClient
 from seam.service.realtime.fleet import FleetView, RemoteModels

@@ -1,4 +1,4 @@
-"""Celery tasks: thin wrappers over the shared job runtime (`seam.service.jobs.runtime`) and
+"""Celery tasks: thin wrappers over the shared job runtime (`seam.service.jobs.execution`) and
 the synchronous-request server (`seam.service.realtime.server`).
 
 Per pool process (after the fork, never inherited across it): one engine, one chunk
@@ -23,11 +23,11 @@ from celery.signals import (
     worker_shutdown,
 )
 from seam.service.core.config import get_settings
-from seam.service.core.engine import EngineHolder, build_engine
+from seam.service.core.engine_holder import EngineHolder, build_engine
 from seam.service.core.redisconn import sync_redis
 from seam.service.jobs.dispatch import TASK_NAME
+from seam.service.jobs.execution import attempt_chunk, build_context, engine_getter, give_up
 from seam.service.jobs.processing import ChunkContext
-from seam.service.jobs.runtime import attempt_chunk, build_context, engine_getter, give_up
 from seam.service.realtime.messages import REALTIME_TASK
 from seam.service.realtime.server import RealtimeServer
 from seam.service.worker.heartbeat import WorkerHeartbeat
@@ -146,7 +146,7 @@ def _between_batches() -> None:
 
 
 def context() -> ChunkContext:
-    if "context" not in _shared:  # the job store is the broker's Redis (seam.service.jobs.runtime.make_store)
+    if "context" not in _shared:  # the job store is the broker's Redis (seam.service.jobs.execution.make_store)
         _shared["context"] = build_context(get_settings(), _engine, between=_between_batches)
     return _shared["context"]
 
@@ -155,7 +155,7 @@ class ChunkTask(Task):
     acks_late = True
     reject_on_worker_lost = True
     ignore_result = True
-    max_retries = None  # the shared RetryPolicy decides (seam.service.jobs.runtime.attempt_chunk)
+    max_retries = None  # the shared RetryPolicy decides (seam.service.jobs.execution.attempt_chunk)
 
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
         # A bug outside attempt_chunk, or (called by the main process) the hard time limit

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 from seam.service.jobs.dispatch import EmbeddedDispatcher
+from seam.service.jobs.execution import RetryPolicy, attempt_chunk
 from seam.service.jobs.processing import ChunkContext, TransientError, process_chunk
-from seam.service.jobs.runtime import RetryPolicy, attempt_chunk
 from seam.service.jobs.store import MemoryJobStore, RedisJobStore, SqliteJobStore
 from seam.service.storage import Storage
 

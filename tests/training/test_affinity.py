@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 from seam.training.data.affinity import AffinityAugmentConfig, augment_pair
-from seam.training.engine.affinity import affinity_loss
 from seam.training.models.affinity import AffinityNet, pair_affinity
 from seam.training.models.checkpoint import load_weights
 from seam.training.models.registry import create_model, model_from_checkpoint
+from seam.training.trainers.affinity import affinity_loss
 
 from seam.common.affinity_labels import (
     PAD,

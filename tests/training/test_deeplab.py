@@ -6,11 +6,11 @@ import pytest
 import torch
 from PIL import Image
 from seam.training.data.segmentation import SegAugmentConfig, SegmentationDataset, seg_augment
-from seam.training.engine.deeplab import DEEPLAB_FINAL, DeepLabTrainConfig, segmentation_loss, train_deeplab
 from seam.training.inference.segment import segment_label, segment_probs
 from seam.training.models.checkpoint import CheckpointError
 from seam.training.models.deeplab import DeepLabLargeFOV
 from seam.training.models.registry import create_model, model_from_checkpoint
+from seam.training.trainers.deeplab import DEEPLAB_FINAL, DeepLabTrainConfig, segmentation_loss, train_deeplab
 
 from seam.common.classes import IGNORE_INDEX
 from seam.common.palette import label_to_pil

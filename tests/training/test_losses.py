@@ -5,15 +5,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from seam.training.engine.schedule import (
-    AUTHORS_MOMENTUM,
-    LR_MULTS,
-    PolySchedule,
-    make_optimizer,
-    param_groups,
-    poly_factor,
-)
-from seam.training.engine.siamese import SiameseConfig, parse_transforms, sample_transform
 from seam.training.losses import (
     LossSwitches,
     classification_loss,
@@ -28,6 +19,15 @@ from seam.training.losses import (
     with_background,
 )
 from seam.training.models.registry import create_model
+from seam.training.trainers.schedule import (
+    AUTHORS_MOMENTUM,
+    LR_MULTS,
+    PolySchedule,
+    make_optimizer,
+    param_groups,
+    poly_factor,
+)
+from seam.training.trainers.siamese import SiameseConfig, parse_transforms, sample_transform
 from torch import nn
 
 
@@ -266,7 +266,7 @@ def test_four_parameter_groups():
 
 
 def test_seam_groups_exclude_frozen_layers():
-    from seam.training.engine.loop import freeze_parameters
+    from seam.training.trainers.loop import freeze_parameters
 
     model = create_model("seam", "resnet38_small", 6)
     freeze_parameters(model)

@@ -106,8 +106,8 @@ def test_new_layers_start_as_the_release_initialises_them():
 def test_cam_stage_equals_infer_seam_on_an_authors_checkpoint(tmp_path):
     """The pipeline's CAM stage (write_cams, refined maps, scales 0.5-2.0 + flips) on a random
     checkpoint in the authors' format, against infer_SEAM run on the oracle's forward pass."""
-    from seam.training.engine.cam_eval import write_cams
     from seam.training.models.registry import create_model, model_from_checkpoint
+    from seam.training.trainers.cam_eval import write_cams
 
     torch.manual_seed(0)
     net = _calibrated(create_model("seam", "resnet38_small", NUM), torch.randn(2, 3, 48, 48))
@@ -237,14 +237,14 @@ def _release_deeplab_step(sd: dict[str, torch.Tensor], img, target, lr: float, m
 
 
 def _our_deeplab_step(model, img, target, bn_group):
-    from seam.training.engine.deeplab import (
+    from seam.training.trainers.deeplab import (
         DeepLabTrainConfig,
         authors_train_mode,
         deeplab_step,
         group_batchnorm,
     )
-    from seam.training.engine.schedule import PolySchedule
-    from seam.training.engine.stage import Stage, freeze, stage_optimizer
+    from seam.training.trainers.schedule import PolySchedule
+    from seam.training.trainers.stage import Stage, freeze, stage_optimizer
 
     cfg = DeepLabTrainConfig.from_recipe("release", bn_group=bn_group)
     group_batchnorm(model, cfg.bn_group)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from seam.training.engine.cam_eval import release_raw_cam
+from seam.training.trainers.cam_eval import release_raw_cam
 
 from seam.common.cam import normalize_cams
 from seam.common.image import Normalization

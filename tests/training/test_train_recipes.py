@@ -7,15 +7,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from seam.training.data.synth import generate
-from seam.training.engine.affinity import AffinityTrainConfig
-from seam.training.engine.deeplab import DEEPLAB_FINAL, DeepLabTrainConfig, train_deeplab
-from seam.training.engine.recipes import default_recipe, recipe_settings
-from seam.training.engine.schedule import AUTHORS_MOMENTUM
-from seam.training.engine.trainer import TrainConfig
 from seam.training.inference.segment import DEFAULT_SEG_SCALES, SEG_CRF, segment_probs
 from seam.training.models.deeplab import DeepLabLargeFOV, from_authors_state_dict, is_authors_state_dict
 from seam.training.models.registry import create_model
 from seam.training.pipeline import PipelineConfig
+from seam.training.trainers.affinity import AffinityTrainConfig
+from seam.training.trainers.deeplab import DEEPLAB_FINAL, DeepLabTrainConfig, train_deeplab
+from seam.training.trainers.recipes import default_recipe, recipe_settings
+from seam.training.trainers.schedule import AUTHORS_MOMENTUM
+from seam.training.trainers.trainer import TrainConfig
 from typer.testing import CliRunner
 
 from tests.training.helpers import tiny_set

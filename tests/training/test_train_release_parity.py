@@ -5,7 +5,7 @@ what the release computes - train_SEAM.py's loss block (with max_norm, the adapt
 pooling term and max_onehot), train_aff.py's loss, the pair affinities and pair labels of
 resnet38_aff / ExtractAffinityLabelInRadius, the PolyOptimizer as it ran (momentum 5e-4),
 get_parameter_groups and the networks' train(). Our code (seam.training.losses,
-seam.training.engine.*) must give the same losses, the same input gradients and, for one
+seam.training.trainers.*) must give the same losses, the same input gradients and, for one
 recipe step, the same weights.
 """
 import copy
@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from seam.training.engine.affinity import AffinityTrainConfig, affinity_loss
-from seam.training.engine.loop import freeze_parameters, set_train_mode
-from seam.training.engine.recipes import recipe_settings
-from seam.training.engine.schedule import PolySchedule, make_optimizer
-from seam.training.engine.siamese import SiameseConfig, sample_transform
-from seam.training.engine.trainer import SiameseStep, TrainConfig
 from seam.training.losses import LossSwitches, seam_losses
 from seam.training.models.affinity import pair_affinity
 from seam.training.models.registry import create_model
+from seam.training.trainers.affinity import AffinityTrainConfig, affinity_loss
+from seam.training.trainers.loop import freeze_parameters, set_train_mode
+from seam.training.trainers.recipes import recipe_settings
+from seam.training.trainers.schedule import PolySchedule, make_optimizer
+from seam.training.trainers.siamese import SiameseConfig, sample_transform
+from seam.training.trainers.trainer import SiameseStep, TrainConfig
 from torch import nn
 
 from seam.common.affinity_labels import pair_labels

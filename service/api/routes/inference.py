@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response
 from seam.service.api.deps import EngineDep, LimiterDep, MetricsDep, SettingsDep
-from seam.service.core.engine import resolve_method
+from seam.service.core.engine_holder import resolve_method
 from seam.service.core.errors import ApiError
 from seam.service.core.limits import run_limited
 from seam.service.engine.base import InferenceEngine, MemoryBudgetError

@@ -24,8 +24,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from seam.training.data.loader import make_loader
-from seam.training.engine.schedule import PolySchedule
-from seam.training.engine.state import (
+from seam.training.models.checkpoint import CheckpointError
+from seam.training.models.resnet38 import freeze_batchnorm
+from seam.training.trainers.schedule import PolySchedule
+from seam.training.trainers.state import (
     CHECKPOINT_NAME,
     atomic_torch_save,
     bare_state_dict,
@@ -34,8 +36,6 @@ from seam.training.engine.state import (
     restore_rng,
     seed_everything,
 )
-from seam.training.models.checkpoint import CheckpointError
-from seam.training.models.resnet38 import freeze_batchnorm
 from torch import nn
 
 from seam.common.image import IMAGENET_MEAN, IMAGENET_STD

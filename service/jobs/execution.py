@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seam.service.core.config import Settings
-from seam.service.core.engine import EngineHolder
+from seam.service.core.engine_holder import EngineHolder
 from seam.service.core.errors import settings_roots
 from seam.service.engine.base import InferenceEngine
 from seam.service.jobs.processing import (

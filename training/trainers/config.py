@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from seam.training.engine.recipes import RecipeConfig
 from seam.training.models.registry import backbone_config
+from seam.training.trainers.recipes import RecipeConfig
 
 
 @dataclass

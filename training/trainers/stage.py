@@ -17,13 +17,13 @@ from typing import Any
 
 import torch
 from seam.training.data.loader import iterations_per_epoch
-from seam.training.engine import loop
-from seam.training.engine.config import RunConfig
-from seam.training.engine.loop import Dist, Progress, Run
-from seam.training.engine.recipes import describe
-from seam.training.engine.schedule import PolySchedule, make_optimizer
-from seam.training.engine.state import initialise_stage_from, save_final, summarise_keys
 from seam.training.models.checkpoint import CheckpointError
+from seam.training.trainers import loop
+from seam.training.trainers.config import RunConfig
+from seam.training.trainers.loop import Dist, Progress, Run
+from seam.training.trainers.recipes import describe
+from seam.training.trainers.schedule import PolySchedule, make_optimizer
+from seam.training.trainers.state import initialise_stage_from, save_final, summarise_keys
 from torch import nn
 
 Log = Callable[[str], None]

@@ -29,8 +29,10 @@ from seam.training.data.datasets import (
     eval_items,
 )
 from seam.training.data.loader import iterations_per_epoch
-from seam.training.engine.config import RunConfig
-from seam.training.engine.loop import (
+from seam.training.losses import LossSwitches, seam_losses
+from seam.training.models.registry import create_model
+from seam.training.trainers.config import RunConfig
+from seam.training.trainers.loop import (
     Dist,
     Progress,
     Run,
@@ -44,10 +46,10 @@ from seam.training.engine.loop import (
     prepare,
     set_train_mode,
 )
-from seam.training.engine.recipes import describe
-from seam.training.engine.schedule import AUTHORS_MOMENTUM, PolySchedule, make_optimizer
-from seam.training.engine.siamese import SiameseConfig, sample_transform
-from seam.training.engine.state import (
+from seam.training.trainers.recipes import describe
+from seam.training.trainers.schedule import AUTHORS_MOMENTUM, PolySchedule, make_optimizer
+from seam.training.trainers.siamese import SiameseConfig, sample_transform
+from seam.training.trainers.state import (
     CHECKPOINT_NAME,
     SEAM_FINAL,
     initialise_from,
@@ -55,8 +57,6 @@ from seam.training.engine.state import (
     summarise_keys,
     write_sidecar,
 )
-from seam.training.losses import LossSwitches, seam_losses
-from seam.training.models.registry import create_model
 from torch import nn
 
 from seam.common.cam import DEFAULT_SCALES
@@ -69,7 +69,7 @@ class TrainConfig(RunConfig):
     """Everything that defines a SEAM run; saved in every checkpoint and the sidecar.
     Defaults are the release recipe (VOC12, 4 GPUs of batch 2 = 8 global, momentum 5e-4,
     fp32); `TrainConfig.from_recipe("tuned", ...)` starts from another recipe
-    (seam.training.engine.recipes). `recipe` names the recipe the values came from; the
+    (seam.training.trainers.recipes). `recipe` names the recipe the values came from; the
     sidecar lists every value that departs from it."""
 
     data: str = "data/VOC2012"  # root with JPEGImages/ (and SegmentationClass/ for evaluation)
@@ -284,7 +284,7 @@ def _score_cams(cfg: TrainConfig, run: Run, ds: ImageLabelSet, on_progress: Call
                 log: Callable[[str], None]) -> dict[str, Any] | None:
     """CAM pseudo-label mIoU on the evaluation list (None without ground truth); the CAMs
     stay in RUN_DIR/cams with save_cams, else in a temporary directory."""
-    from seam.training.engine.cam_eval import score_cams
+    from seam.training.trainers.cam_eval import score_cams
 
     items = eval_items(ds, cfg.eval_list)
     if not items:

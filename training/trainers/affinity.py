@@ -20,11 +20,11 @@ from typing import Any
 import torch
 from seam.training.data.affinity import AffinityAugmentConfig, AffinityDataset
 from seam.training.data.augment import RELEASE_JITTER
-from seam.training.engine.loop import Progress
-from seam.training.engine.schedule import AUTHORS_MOMENTUM
-from seam.training.engine.stage import Stage, StageConfig, StageStep, files_fingerprint, labelled_items, train_stage
 from seam.training.models.affinity import pair_affinity
 from seam.training.models.registry import create_model
+from seam.training.trainers.loop import Progress
+from seam.training.trainers.schedule import AUTHORS_MOMENTUM
+from seam.training.trainers.stage import Stage, StageConfig, StageStep, files_fingerprint, labelled_items, train_stage
 from torch import nn
 
 from seam.common.random_walk import DEFAULT_RADIUS
@@ -67,7 +67,7 @@ class AffinityTrainConfig(StageConfig):
     flip: bool = True
     momentum: float = AUTHORS_MOMENTUM  # the release's effective momentum; tuned: 0.9
     amp: bool | None = False  # the release ran fp32; None: on with CUDA
-    recipe: str = "release"  # release | tuned (seam.training.engine.recipes)
+    recipe: str = "release"  # release | tuned (seam.training.trainers.recipes)
 
     STAGE = "affinity"
     SCHEDULE_FIELDS = (*StageConfig.SCHEDULE_FIELDS, "radius", "flip")

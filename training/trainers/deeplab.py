@@ -1,6 +1,6 @@
 """DeepLab-LargeFOV retraining on pseudo labels (the last stage of the SEAM pipeline).
 
-Same loop as AffinityNet (`seam.training.engine.stage.run_stage`). Two recipes:
+Same loop as AffinityNet (`seam.training.trainers.stage.run_stage`). Two recipes:
 
 release - as the authors ran it (YudeWang/semantic-segmentation-codebase,
   experiment/seamv1-pseudovoc config.py + train.py, lib/net/deeplabv1.py,
@@ -43,10 +43,10 @@ import torch
 import torch.nn.functional as F
 from seam.training.data.augment import RELEASE_JITTER
 from seam.training.data.segmentation import SegAugmentConfig, SegmentationDataset
-from seam.training.engine.loop import Progress, set_train_mode
-from seam.training.engine.stage import Stage, StageConfig, files_fingerprint, labelled_items, train_stage
 from seam.training.models.deeplab import BN_MOMENTUM
 from seam.training.models.registry import create_model
+from seam.training.trainers.loop import Progress, set_train_mode
+from seam.training.trainers.stage import Stage, StageConfig, files_fingerprint, labelled_items, train_stage
 from torch import nn
 
 from seam.common.classes import IGNORE_INDEX, VOC_CLASSES

@@ -22,7 +22,7 @@ tuned: the same except momentum 0.9 (what the code meant) and AMP on CUDA (not m
 
 DeepLab (the last stage) was run by the authors in another code base,
 YudeWang/semantic-segmentation-codebase, experiment/seamv1-pseudovoc: its `release`
-recipe is that run (seam.training.engine.deeplab); `tuned` is our stage-loop default.
+recipe is that run (seam.training.trainers.deeplab); `tuned` is our stage-loop default.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar, Self
 
 from seam.training.data.augment import RELEASE_JITTER
-from seam.training.engine.schedule import AUTHORS_MOMENTUM
+from seam.training.trainers.schedule import AUTHORS_MOMENTUM
 
 RECIPES = ("release", "tuned")
 
