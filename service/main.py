@@ -31,7 +31,7 @@ from seam.service.jobs import lifecycle
 from seam.service.jobs.dispatch import CeleryDispatcher, Dispatcher, EmbeddedDispatcher
 from seam.service.jobs.execution import build_context, engine_getter, make_store
 from seam.service.jobs.processing import TRANSIENT
-from seam.service.jobs.store import JobStore
+from seam.service.jobs.stores.base import JobStore
 from seam.service.realtime.wiring import BrokerSide
 from seam.service.storage import Storage
 from starlette.concurrency import run_in_threadpool

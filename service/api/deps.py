@@ -12,7 +12,7 @@ from seam.service.core.metrics import Metrics
 from seam.service.core.security import API_KEY_HEADER, Principal, authenticate
 from seam.service.engine.base import InferenceEngine
 from seam.service.jobs.dispatch import Dispatcher
-from seam.service.jobs.store import JobStore
+from seam.service.jobs.stores.base import JobStore
 from seam.service.storage import Storage
 
 api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False,

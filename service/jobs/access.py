@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from seam.service.core.errors import ApiError
 from seam.service.core.security import Principal
-from seam.service.jobs.store import MAX_ERRORS_SHOWN, JobSnapshot, JobStore
+from seam.service.jobs.stores.base import MAX_ERRORS_SHOWN, JobSnapshot, JobStore
 
 
 def visible_snapshot(store: JobStore, job_id: str, principal: Principal,

@@ -25,7 +25,9 @@ from seam.service.jobs.processing import (
     fail_unfinished,
     process_chunk,
 )
-from seam.service.jobs.store import JobStore, RedisJobStore, SqliteJobStore
+from seam.service.jobs.stores.base import JobStore
+from seam.service.jobs.stores.redis import RedisJobStore
+from seam.service.jobs.stores.sqlite import SqliteJobStore
 from seam.service.storage import Storage
 
 log = logging.getLogger("seam.service")

@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 from seam.service.core.config import Settings
 from seam.service.core.errors import ApiError
 from seam.service.jobs.create import chunked
-from seam.service.jobs.store import ACTIVE_STATES, JobStore, SqliteJobStore
+from seam.service.jobs.stores.base import ACTIVE_STATES, JobStore
+from seam.service.jobs.stores.sqlite import SqliteJobStore
 from seam.service.storage import Storage
 
 log = logging.getLogger("seam.service")

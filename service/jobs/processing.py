@@ -24,7 +24,7 @@ from seam.service.batching import batches, segment_batch
 from seam.service.core.redact import redact
 from seam.service.engine.base import InferenceEngine
 from seam.service.jobs.results import coco_image_ids
-from seam.service.jobs.store import ACTIVE_STATES, JobStore
+from seam.service.jobs.stores.base import ACTIVE_STATES, JobStore
 from seam.service.outputs import job_outputs
 from seam.service.storage import Storage
 

@@ -21,7 +21,7 @@ from seam.service.engine.base import InferenceEngine
 from seam.service.jobs import create as jc
 from seam.service.jobs import lifecycle
 from seam.service.jobs.dispatch import Dispatcher
-from seam.service.jobs.store import JobSnapshot, JobStore
+from seam.service.jobs.stores.base import JobSnapshot, JobStore
 from seam.service.outputs import model_refs
 from seam.service.schemas import DirectoryJobRequest, JobOptions
 from seam.service.storage import Storage

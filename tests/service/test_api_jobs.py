@@ -304,7 +304,7 @@ def test_job_state_expires(make_client):
 
 def test_job_store_down_is_503_not_500(make_settings, tmp_path):
     from fastapi.testclient import TestClient
-    from seam.service.jobs.store import RedisJobStore
+    from seam.service.jobs.stores.redis import RedisJobStore
     from seam.service.main import create_app
 
     dead = RedisJobStore("redis://127.0.0.1:1/0", "seamdead", 3600)  # nothing listens on port 1

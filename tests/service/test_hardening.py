@@ -26,9 +26,11 @@ from PIL import Image
 from seam.service.core.redact import redact
 from seam.service.core.security import owner_of
 from seam.service.jobs import create as jc
-from seam.service.jobs.store import MemoryJobStore, RedisJobStore, SqliteJobStore, StoreLockedError
+from seam.service.jobs.stores.redis import RedisJobStore
+from seam.service.jobs.stores.sqlite import SqliteJobStore, StoreLockedError
 from seam.service.main import create_app
 
+from tests.service.fake_store import MemoryJobStore
 from tests.service.fakes import FakeEngine, GatedEngine, encode, png_bytes, rgb_image, tar_bytes, zip_bomb, zip_bytes
 from tests.service.helpers import REDIS_URL, assert_error, drop_keys, redis_reachable
 from tests.support import entered_clients, wait_done, wait_until
@@ -118,7 +120,7 @@ def test_sqlite_store_survives_reopen(tmp_path):
 def test_sqlite_store_has_one_writer_process(tmp_path):
     path = tmp_path / "jobs.sqlite3"
     s = SqliteJobStore(path, 3600)
-    code = ("import sys; from seam.service.jobs.store import SqliteJobStore, StoreLockedError\n"
+    code = ("import sys; from seam.service.jobs.stores.sqlite import SqliteJobStore, StoreLockedError\n"
             f"try:\n    SqliteJobStore({str(path)!r}, 60)\nexcept StoreLockedError as e:\n    print('LOCKED', e); "
             "sys.exit(3)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,

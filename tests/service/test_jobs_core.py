@@ -12,9 +12,11 @@ from PIL import Image
 from seam.service.jobs.dispatch import EmbeddedDispatcher
 from seam.service.jobs.execution import RetryPolicy, attempt_chunk
 from seam.service.jobs.processing import ChunkContext, TransientError, process_chunk
-from seam.service.jobs.store import MemoryJobStore, RedisJobStore, SqliteJobStore
+from seam.service.jobs.stores.redis import RedisJobStore
+from seam.service.jobs.stores.sqlite import SqliteJobStore
 from seam.service.storage import Storage
 
+from tests.service.fake_store import MemoryJobStore
 from tests.service.fakes import FAIL_PIXEL, FAKE_CLASSES, FakeEngine, rgb_image
 from tests.service.helpers import REDIS_URL, redis_reachable
 

@@ -283,7 +283,7 @@ def test_job_results_use_the_classes_of_submission(client):
 # --- Redis timeouts, abandoned requests ------------------------------------------------------
 def test_every_redis_client_reads_longer_than_it_blocks(broker_client, tmp_path):
     from seam.service.core.redisconn import COMMAND_TIMEOUT_S
-    from seam.service.jobs.store import RedisJobStore
+    from seam.service.jobs.stores.redis import RedisJobStore
 
     def timeouts(client) -> tuple[float | None, float | None]:
         kw = client.connection_pool.connection_kwargs

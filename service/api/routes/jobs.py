@@ -17,7 +17,7 @@ from seam.service.api.deps import DispatcherDep, EngineDep, HolderDep, Principal
 from seam.service.core.errors import ApiError
 from seam.service.jobs.access import visible_snapshot
 from seam.service.jobs.results import result_extras
-from seam.service.jobs.store import JobSnapshot
+from seam.service.jobs.stores.base import JobSnapshot
 from seam.service.jobs.submit import JobServices, submit
 from seam.service.schemas import (
     DirectoryJobRequest,
