@@ -6,6 +6,7 @@ tests/ and bench/, nothing imports a test module or a conftest.py."""
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 from tests.support import NAMESPACED, REPO, module_name
@@ -103,3 +104,96 @@ def test_nothing_imports_a_test_module() -> None:
             if parts[0] == "tests" and any(p.startswith("test_") or p == "conftest" for p in parts[1:]):
                 out.append(f"{path.relative_to(REPO)} imports {name}")
     assert out == []
+
+
+# --- floors inside training/ -------------------------------------------------------------
+# Bottom first. A subpackage (or top-level module) of seam.training imports only its own
+# modules and those of lower floors; the names of one floor are siblings that do not import
+# each other. data holds what every stage reads (data sets, augmentation, label PNGs),
+# models the networks, evaluation scores what inference writes, trainers and export both
+# start from models, the pipeline chains them all.
+TRAINING_FLOORS: tuple[tuple[str, ...], ...] = (
+    ("data",), ("models",), ("losses", "inference"), ("evaluation",), ("trainers", "export"), ("pipeline",),
+)
+
+
+def _floor_of(module: str, package: str, floors: tuple[tuple[str, ...], ...]) -> tuple[int, str] | None:
+    """(floor index, unit name) of `module` inside `package`; None outside it or for the package itself."""
+    if not module.startswith(package + "."):
+        return None
+    unit = module[len(package) + 1:].split(".")[0]
+    for level, names in enumerate(floors):
+        if unit in names:
+            return level, unit
+    raise AssertionError(f"{module}: {unit!r} is on no floor of {package}; add it to the floors table")
+
+
+def floor_violations(files: list[Path], package: str, floors: tuple[tuple[str, ...], ...]) -> list[str]:
+    """Imports from a unit of `package` to a sibling on its floor or to a unit on a higher floor."""
+    out = []
+    for path in files:
+        here = _floor_of(module_name(path), package, floors)
+        if here is None:
+            continue
+        targets = {t for t in (_floor_of(n, package, floors) for n in imports_of(path)) if t is not None}
+        out += [f"{path.relative_to(REPO)} ({here[1]}) imports {unit}"
+                for level, unit in sorted(targets) if unit != here[1] and level >= here[0]]
+    return out
+
+
+def module_cycles(files: list[Path]) -> list[list[str]]:
+    """Import cycles between the modules of `files` (lazy imports count), one list per cycle."""
+    names = {module_name(p): p for p in files}
+    graph = {m: sorted(n for n in imports_of(p) if n in names and n != m) for m, p in names.items()}
+    order: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(m: str) -> None:  # Tarjan's strongly connected components
+        order[m] = low[m] = len(order)
+        stack.append(m)
+        for n in graph[m]:
+            if n not in order:
+                visit(n)
+                low[m] = min(low[m], low[n])
+            elif n in stack:
+                low[m] = min(low[m], order[n])
+        if low[m] == order[m]:
+            comp = [stack.pop()]
+            while comp[-1] != m:
+                comp.append(stack.pop())
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    for m in graph:
+        if m not in order:
+            visit(m)
+    return cycles
+
+
+def test_the_floor_checker_sees_up_going_imports(tmp_path: Path, monkeypatch) -> None:
+    """A data module importing evaluation (the loop the issue named), a sibling import on one
+    floor and a two-module cycle are all reported; a down-going import is not."""
+    pkg = tmp_path / "training"
+    for unit in ("data", "evaluation", "trainers", "export"):
+        (pkg / unit).mkdir(parents=True)
+    (pkg / "data" / "augment.py").write_text("from seam.training.evaluation.evaluate import read_label_png\n")
+    (pkg / "evaluation" / "evaluate.py").write_text("from seam.training.data import augment\n")
+    (pkg / "trainers" / "loop.py").write_text("def f():\n    from seam.training.export import specs\n")
+    (pkg / "export" / "specs.py").write_text("import numpy\n")
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    monkeypatch.setattr(sys.modules["tests.support"], "REPO", tmp_path)
+    files = sorted(pkg.rglob("*.py"))
+    found = floor_violations(files, "seam.training", TRAINING_FLOORS)
+    assert found == ["training/data/augment.py (data) imports evaluation",
+                     "training/trainers/loop.py (trainers) imports export"]
+    assert module_cycles(files) == [["seam.training.data.augment", "seam.training.evaluation.evaluate"]]
+
+
+def test_training_floors() -> None:
+    assert floor_violations(_files("training"), "seam.training", TRAINING_FLOORS) == []
+
+
+def test_no_import_cycles_in_training() -> None:
+    assert module_cycles(_files("training")) == []

@@ -21,7 +21,7 @@ def synth(tmp_path_factory):
 
 def _fake_cams(root, info, cam_dir):
     """CAMs from the ground truth, blurred: enough to make labels of every kind."""
-    from seam.training.evaluation.evaluate import read_label_png
+    from seam.training.data.label_png import read_label_png
 
     from seam.common.cam import resize_bilinear
 
@@ -83,7 +83,7 @@ def test_labels_train_resume_and_rw(tmp_path, synth):
     res = CliRunner().invoke(app, ["rw", "--affinity", str(final), "--cams", str(cam_dir),
                                    "--images", str(info.image_dir), "--out", str(dense), "--dense"])
     assert res.exit_code == 0, res.output
-    from seam.training.evaluation.evaluate import read_label_png
+    from seam.training.data.label_png import read_label_png
 
     same = np.mean([(read_label_png(p) == read_label_png(dense / p.name)).mean() for p in pngs])
     assert same >= 0.999

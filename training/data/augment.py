@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageEnhance
-from seam.training.evaluation.evaluate import read_label_png
+from seam.training.data.label_png import read_label_png
 
 from seam.common.image import ImageDecodeError, Normalization, open_image
 

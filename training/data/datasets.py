@@ -334,7 +334,7 @@ def eval_items(ds: ImageLabelSet, eval_list: str | Path | None) -> list[tuple[st
         if i in ds.label_table:
             lab = ds.label_indices(i)
         else:
-            from seam.training.evaluation.evaluate import read_label_png
+            from seam.training.data.label_png import read_label_png
 
             g = read_label_png(gt)
             lab = sorted(int(c) - 1 for c in np.unique(g) if 0 < c < ds.num_classes and c != IGNORE_INDEX)

@@ -48,7 +48,7 @@ def load_seam(checkpoint: str | Path) -> tuple[Any, int, list[str]]:
 def run_images(model: Any, num_fg: int, root: Path, ids: Sequence[str], scales: Sequence[float] = DEFAULT_SCALES,
                device: str = "cpu") -> list[ImageResult]:
     """Multi-scale + flip PCM CAMs of all `num_fg` classes for each image (`model` from `load_seam`)."""
-    from seam.training.evaluation.evaluate import read_label_png
+    from seam.training.data.label_png import read_label_png
     from seam.training.inference.cam import torch_runner
 
     from seam.common.cam import MultiScaleConfig, multiscale_cam

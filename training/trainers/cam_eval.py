@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from seam.training.evaluation.evaluate import evaluate, read_label_png
+from seam.training.data.label_png import read_label_png
+from seam.training.evaluation.evaluate import evaluate
 from seam.training.inference.cam import torch_runner
 
 from seam.common.cam import DEFAULT_SCALES, MultiScaleConfig, multiscale_cam, resize_matrices
