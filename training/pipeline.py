@@ -38,6 +38,7 @@ import numpy as np
 from seam.common.affinity_labels import HA_ALPHA, LA_ALPHA, affinity_scores, scores_label_map, write_scores
 from seam.common.cam import DEFAULT_BG_THRESHOLD, DEFAULT_SCALES
 from seam.common.image import load_rgb
+from seam.common.options import parse_floats, setting
 from seam.common.palette import label_to_pil
 from seam.common.random_walk import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_LOGT, DEFAULT_RADIUS, random_walk_labels
 
@@ -107,11 +108,12 @@ def write_affinity_labels(items: Sequence[tuple[str, Path]], cam_dir: Path, out_
 
 @dataclass(frozen=True)
 class RandomWalkConfig:
-    alpha: float = DEFAULT_ALPHA
-    beta: float = DEFAULT_BETA
-    logt: int = DEFAULT_LOGT
-    radius: int = DEFAULT_RADIUS
-    dense: bool = False  # the authors' dense T^(2^logt) (slow; for comparison)
+    alpha: float = setting(DEFAULT_ALPHA, help="Random walk: background channel (1 - max CAM)^alpha.")
+    beta: float = setting(DEFAULT_BETA, help="Random walk: affinities raised to beta.")
+    logt: int = setting(DEFAULT_LOGT, help="Random walk: walk length 2^logt.")
+    radius: int = setting(DEFAULT_RADIUS, help="Random walk: affinity radius on the stride-8 grid.")
+    dense: bool = setting(False, help=(
+        "Random walk: the authors' dense T^(2^logt) instead of sparse propagation (slow; for comparison)."))
 
 
 def random_walk_dir(model: Any, items: Sequence[tuple[str, Path]], cam_dir: Path, out_dir: Path,
@@ -165,37 +167,49 @@ def write_classes(out_dir: Path, class_names: Sequence[str]) -> None:
 
 @dataclass
 class PipelineConfig:
-    data: str
-    out: str
-    dataset: str = "auto"
-    train_list: str | None = None
-    labels: str | None = None  # image-level labels (data set default when None)
-    eval_list: str | None = None  # DeepLab evaluation list; None: the set's val.txt when present
-    weights: str | None = None  # ImageNet init for SEAM (and AffinityNet / DeepLab); None = random init
-    backbone: str = "resnet38"
+    data: str = setting(path=True, help="Data root: VOC (JPEGImages/), a synth set, or an image folder.")
+    out: str = setting(path=True, help="Run directory (one sub-directory per stage, results.json).")
+    dataset: str = setting("auto", help="voc | folder | synth | auto.")
+    train_list: str | None = setting(None, path=True, help="Training image list (default: the data set's).")
+    labels: str | None = setting(None, path=True, help="Image-level labels (default: the data set's).")
+    eval_list: str | None = setting(None, path=True, help=(
+        "DeepLab evaluation list (default ImageSets/Segmentation/val.txt, when present)."))
+    weights: str | None = setting(None, path=True, help=(
+        "ImageNet weights for SEAM (and AffinityNet / DeepLab, else they start from SEAM)."))  # None = random init
+    backbone: str = setting("resnet38", help="resnet38 (the paper) or resnet38_small (CPU).")
     # training settings: None = the stage's recipe value (SEAM / AffinityNet batch 8, 8 epochs, lr 0.01;
     # DeepLab batch 10, 20000 iterations, lr 1e-3 under release); a value = an override of every stage
     # (batch_size, crop) or of one (the epochs, the lrs), recorded as such in the sidecars
-    batch_size: int | None = None
-    crop: int | None = None
-    seam_epochs: int | None = None
-    seam_lr: float | None = None
-    cam_scales: tuple[float, ...] = DEFAULT_SCALES
-    la_alpha: float = LA_ALPHA
-    ha_alpha: float = HA_ALPHA
-    crf: bool = True  # dense CRF for the AffinityNet labels (needs pydensecrf2)
-    aff_epochs: int | None = None
-    aff_lr: float | None = None
-    rw: RandomWalkConfig = field(default_factory=RandomWalkConfig)
-    deeplab_epochs: int | None = None  # given: this many epochs instead of the recipe's iteration count
-    deeplab_lr: float | None = None
-    seg_scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # = inference.segment.DEFAULT_SEG_SCALES
-    seg_crf: bool = True  # the authors' test protocol: dense CRF, 1 iteration, bilateral sxy 32 (needs pydensecrf2)
-    recipe: str | None = None  # release | tuned for every training stage; None: release (DeepLab off VOC: tuned)
-    seed: int = 0
-    device: str | None = None
-    workers: int | None = None
-    amp: bool | None = None  # None: each stage's recipe decides (release: fp32)
+    batch_size: int | None = setting(None, recipe=True, help=(
+        "Global batch size of every training stage (recipe: SEAM / AffinityNet 8; DeepLab release 10, tuned 8)."))
+    crop: int | None = setting(None, recipe=True, help=(
+        "Training crop of every stage, a multiple of 8 (recipe: 448)."))
+    seam_epochs: int | None = setting(None, recipe=True, help="SEAM epochs (recipe: 8).")
+    seam_lr: float | None = setting(None, recipe=True, help="SEAM base learning rate (recipe: 0.01).")
+    cam_scales: tuple[float, ...] = setting(DEFAULT_SCALES, parse=parse_floats, help="CAM inference scales.")
+    la_alpha: float = setting(LA_ALPHA, help="AffinityNet labels: confident-foreground power (la).")
+    ha_alpha: float = setting(HA_ALPHA, help="AffinityNet labels: confident-background power (ha).")
+    crf: bool = setting(True, flag=None, off="--no-crf", help=(
+        "AffinityNet labels without the dense CRF."))  # the CRF needs pydensecrf2
+    aff_epochs: int | None = setting(None, recipe=True, help="AffinityNet epochs (recipe: 8).")
+    aff_lr: float | None = setting(None, recipe=True, help="AffinityNet base learning rate (recipe: 0.01).")
+    rw: RandomWalkConfig = field(default_factory=RandomWalkConfig)  # its fields are options of their own
+    deeplab_epochs: int | None = setting(None, recipe=True, help=(
+        "DeepLab epochs, instead of the recipe's length (recipe: release 20000 iterations, tuned 20 epochs)."))
+    deeplab_lr: float | None = setting(None, recipe=True, help="DeepLab base learning rate (recipe: 1e-3).")
+    seg_scales: tuple[float, ...] = setting(  # = inference.segment.DEFAULT_SEG_SCALES
+        (0.5, 0.75, 1.0, 1.25, 1.5, 1.75), parse=parse_floats, help="DeepLab test scales (the authors' test protocol).")
+    seg_crf: bool = setting(True, help=(
+        "Dense CRF on the DeepLab predictions: the authors' test protocol (1 iteration, bilateral sxy 32)."))
+    recipe: str | None = setting(None, recipe=True, help=(
+        "Training recipe of every stage: release (the published runs: SEAM and AffinityNet batch 8, 8 epochs; "
+        "DeepLab batch 10, 20000 iterations, BN statistics per 5 images; fp32) or tuned. Default: release, except "
+        "DeepLab off VOC data (tuned). Options given override it."))
+    seed: int = setting(0, help="Random seed.")
+    device: str | None = setting(None, help="torch device (default: cuda if available).")
+    workers: int | None = setting(None, help="Data loader workers.")
+    amp: bool | None = setting(None, recipe=True, help=(
+        "Mixed precision (recipe: release off, tuned on with CUDA)."))  # None: each stage's recipe decides
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))

@@ -13,23 +13,22 @@ C = TypeVar("C")
 ProgressFactory = Callable[[Any, str], Callable[[Any], None]]
 
 
-def path_str(p: Path | None) -> str | None:
-    return None if p is None else str(p)
-
-
 def main_rank() -> bool:
     """Rank 0 of a torchrun launch, or a single process."""
     return os.environ.get("RANK", "0") == "0"
 
 
-def dataset_recipe(recipe: str | None, dataset: str, data: Path) -> str:
-    """--recipe, else the default for the data set kind (given, or detected from the layout)."""
+def dataset_recipe(given: dict[str, Any], stage: str) -> str:
+    """--recipe (taken out of `given`), else the default for the data set kind (given, or
+    detected from the layout)."""
     from seam.training.data.datasets import detect_dataset_kind
     from seam.training.trainers.recipes import default_recipe
 
+    recipe = given.pop("recipe")
     if recipe is not None:
         return recipe
-    return default_recipe(dataset if dataset != "auto" else detect_dataset_kind(data))
+    dataset = given["dataset"]
+    return default_recipe(dataset if dataset != "auto" else detect_dataset_kind(Path(given["data"])), stage)
 
 
 def build_config(make: Callable[[], C]) -> C:
@@ -41,6 +40,11 @@ def build_config(make: Callable[[], C]) -> C:
     except ValueError as exc:
         fail(str(exc))
     return cfg
+
+
+def recipe_config(config: Callable[..., C], given: dict[str, Any], recipe: str) -> C:
+    """`config.from_recipe(recipe, **given)`, validated: the options given override the recipe."""
+    return build_config(lambda: config.from_recipe(recipe, **given))  # type: ignore[attr-defined]
 
 
 def train_progress(bar: Any, name: str) -> Callable[[Any], None]:
@@ -74,8 +78,9 @@ def train_stage(run: Callable[..., Any], cfg: Any, name: str, errors: tuple[type
         fail(str(exc))
 
 
-def print_weights(out: Path, final: str) -> None:
+def print_weights(out: str | Path, final: str) -> None:
     """The closing line, once per launch (rank 0 under torchrun)."""
     if not main_rank():
         return
+    out = Path(out)
     console.print(f"weights: {out / final}  sidecar: {(out / final).with_suffix('.json')}")

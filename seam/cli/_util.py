@@ -7,6 +7,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from seam.common import options
+
 console = Console(stderr=True)
 
 
@@ -25,10 +27,8 @@ def progress_bar() -> Progress:
 
 
 def parse_floats(text: str) -> tuple[float, ...]:
+    """seam.common.options.parse_floats, its error a usage error of the option."""
     try:
-        vals = tuple(float(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise typer.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
-    if not vals:
-        raise typer.BadParameter("expected at least one number")
-    return vals
+        return options.parse_floats(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None

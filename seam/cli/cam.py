@@ -8,10 +8,12 @@ from typing import Annotated
 import numpy as np
 import typer
 
+from seam.cli._app import app
 from seam.cli._util import fail, parse_floats, progress_bar
 from seam.common.cam import DEFAULT_BG_THRESHOLD, DEFAULT_CLS_THRESHOLD
 
 
+@app.command("cam")
 def cam(
     images: Annotated[Path, typer.Option(help="Image directory or list file (ids or VOC-style paths).")],
     out: Annotated[Path, typer.Option(help="Output directory for <id>.npz (<id>.npy with --authors-npy) and "

@@ -7,10 +7,12 @@ from typing import Annotated, Any
 
 import typer
 
+from seam.cli._app import app
 from seam.cli._util import fail
 from seam.common.classes import VOC_CLASSES
 
 
+@app.command("eval")
 def evaluate(
     pred: Annotated[Path, typer.Option("--pred", help="Directory of predictions: <id>.png label maps or <id>.npy/.npz "
                                                       "CAMs.")],

@@ -6,9 +6,11 @@ from typing import Annotated
 
 import typer
 
+from seam.cli._app import app
 from seam.cli._util import console, fail
 
 
+@app.command("export")
 def export(
     checkpoint: Annotated[Path, typer.Option(help="Checkpoint: ours (+ <ckpt>.json sidecar) or the authors' state "
                                                   "dict.")],

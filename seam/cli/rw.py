@@ -2,25 +2,28 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from seam.cli._app import app, config_command
 from seam.cli._util import console, fail, progress_bar
 
 
+def _config() -> type:
+    from seam.training.pipeline import RandomWalkConfig
+
+    return RandomWalkConfig
+
+
+@config_command(app, "rw", _config)
 def rw(
+    given: dict[str, Any],
     affinity: Annotated[Path, typer.Option("--affinity", help="AffinityNet checkpoint (authors' or ours).")],
     cams: Annotated[Path, typer.Option("--cams", help="CAM directory from seam cam: <id>.npz, or the authors' "
                                                       "<id>.npy.")],
     images: Annotated[Path, typer.Option("--images", help="Image directory or list file.")],
     out: Annotated[Path, typer.Option("--out", help="Output directory for <id>.png pseudo labels.")],
-    alpha: Annotated[float, typer.Option(help="Background channel (1 - max CAM)^alpha.")] = 6.0,
-    beta: Annotated[float, typer.Option(help="Affinities raised to beta.")] = 8.0,
-    logt: Annotated[int, typer.Option(help="Walk length 2^logt.")] = 6,
-    radius: Annotated[int, typer.Option(help="Affinity radius on the stride-8 grid.")] = 5,
-    dense: Annotated[bool, typer.Option("--dense", help="The authors' dense T^(2^logt) instead of sparse propagation "
-                                                        "(slow).")] = False,
     image_root: Annotated[Path | None, typer.Option(help="Where list-file entries live.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute labels that already exist.")] = False,
     device: Annotated[str | None, typer.Option(help="torch device for the AffinityNet features.")] = None,
@@ -53,7 +56,7 @@ def rw(
         return
     if meta.get("class_names"):
         write_classes(out, meta["class_names"])
-    cfg = RandomWalkConfig(alpha=alpha, beta=beta, logt=logt, radius=radius, dense=dense)
+    cfg = RandomWalkConfig(**given)
     try:
         with progress_bar() as bar:
             task = bar.add_task("random walk", total=len(with_cams), status="")

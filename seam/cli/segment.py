@@ -6,9 +6,11 @@ from typing import Annotated
 
 import typer
 
+from seam.cli._app import app
 from seam.cli._util import console, fail, parse_floats, progress_bar
 
 
+@app.command("segment")
 def segment(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="DeepLab checkpoint (deeplab_final.pth).")],
     images: Annotated[Path, typer.Option("--images", help="Image directory or list file.")],

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from seam.cli._app import app
 from seam.cli._util import fail
 
 
@@ -31,6 +32,7 @@ def load_settings():
         fail(f"invalid settings: {msgs or exc}")
 
 
+@app.command("serve")
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0 to expose it).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,

@@ -6,9 +6,11 @@ from typing import Annotated
 
 import typer
 
+from seam.cli._app import app
 from seam.cli._util import console, fail, progress_bar
 
 
+@app.command("synth")
 def synth(
     out: Annotated[Path, typer.Option("--out", help="Dataset root to write (JPEGImages, SegmentationClass, ImageSets, "
                                                     "cls_labels.npy).")],

@@ -6,10 +6,12 @@ from typing import Annotated
 
 import typer
 
+from seam.cli._app import app
 from seam.cli._util import fail
 from seam.cli.serve import apply_overrides, load_settings
 
 
+@app.command("worker")
 def worker(
     broker_url: Annotated[str | None, typer.Option(help="redis:// URL [SEAM_BROKER_URL] (required).")] = None,
     models_dir: Annotated[Path | None, typer.Option(help="Model repository [SEAM_MODELS_DIR].")] = None,

@@ -6,16 +6,13 @@ list of `{"label", "confidence", "type": "mask", "points", "mask"}` (`mask`: the
 0/255 crop of the inclusive bbox followed by xtl, ytl, xbr, ybr; `points`: a contour). The
 nuclio handler (`docker/cvat-nuclio/main.py`, stdlib only) forwards the body to
 `POST /cvat/detect`, which answers exactly that list, so the function needs no model and no
-packages. `python -m seam.service.integrations.cvat function-yaml` writes its function.yaml with
-the loaded model's classes.
+packages. `seam cvat function-yaml` writes its function.yaml with the loaded model's classes.
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
 import json
-import sys
 from collections.abc import Sequence
 from typing import Annotated
 
@@ -138,7 +135,8 @@ spec:
 """
 
 
-def _classes_from(models_dir: str | None, url: str | None, api_key: str | None) -> list[str]:
+def model_classes(models_dir: str | None, url: str | None, api_key: str | None) -> list[str]:
+    """The foreground classes of a running API's model (`url`), else of the model repository's."""
     if url:
         import httpx
 
@@ -148,23 +146,3 @@ def _classes_from(models_dir: str | None, url: str | None, api_key: str | None) 
     from seam.service.engine.onnx_engine import OnnxEngine
 
     return OnnxEngine(models_dir or "models").foreground_classes()
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m seam.service.integrations.cvat")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    fy = sub.add_parser("function-yaml", help="print the nuclio function.yaml for the model's classes")
-    fy.add_argument("--seam-url", required=True, help="the seam API as the nuclio container reaches it")
-    fy.add_argument("--models-dir", default=None, help="read the classes from this model repository")
-    fy.add_argument("--from-url", default=None, help="read the classes from a running seam API instead")
-    fy.add_argument("--api-key", default=None)
-    fy.add_argument("--name", default="seam-wsss")
-    a = p.parse_args(argv)
-    classes = _classes_from(a.models_dir, a.from_url, a.api_key)
-    sys.stdout.write(function_yaml(classes, a.seam_url, a.name))
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
-

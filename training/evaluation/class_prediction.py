@@ -2,7 +2,7 @@
 (sigmoid of the GAP score >= cls_threshold, averaged over the multi-scale passes) and the
 mask argmax([bg_threshold, CAMs of the predicted classes]).
 
-    python -m seam.training.evaluation.class_prediction --checkpoint runs/demo-v2/seam_final.pth \\
+    seam class-prediction --checkpoint runs/demo-v2/seam_final.pth \\
         --data /tmp/synth_fresh --list ImageSets/Segmentation/train.txt --tune-data /tmp/synth --tune-list val.txt
 
 Per image the CAMs of every class are computed once (the normalisation is per class, so a
@@ -12,8 +12,6 @@ without rerunning the network. `--tune-*`: choose cls_threshold on another image
 """
 from __future__ import annotations
 
-import argparse
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ import numpy as np
 
 from seam.common.cam import DEFAULT_BG_THRESHOLD, DEFAULT_CLS_THRESHOLD, DEFAULT_SCALES, cams_to_label
 from seam.common.metrics import ConfusionMeter
+from seam.common.options import parse_floats, setting
 
 CLS_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 .. 0.95
 
@@ -105,40 +104,37 @@ def _ids(root: Path, list_file: str) -> list[str]:
     return p.read_text().split()
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", required=True)
-    ap.add_argument("--data", type=Path, required=True, help="a `seam synth` / VOC-layout root with SegmentationClass/")
-    ap.add_argument("--list", default="ImageSets/Segmentation/train.txt")
-    ap.add_argument("--tune-data", type=Path, default=None)
-    ap.add_argument("--tune-list", default="val.txt")
-    ap.add_argument("--cls-threshold", type=float, default=None, help=f"default: tuned, else {DEFAULT_CLS_THRESHOLD}")
-    ap.add_argument("--bg-threshold", type=float, default=DEFAULT_BG_THRESHOLD)
-    ap.add_argument("--scales", default=",".join(str(s) for s in DEFAULT_SCALES))
-    ap.add_argument("--out", type=Path, default=None, help="write the report as JSON")
-    args = ap.parse_args(argv)
-    scales = tuple(float(v) for v in args.scales.split(","))
-    report: dict[str, Any] = {"checkpoint": str(args.checkpoint), "scales": list(scales)}
-    threshold = args.cls_threshold if args.cls_threshold is not None else DEFAULT_CLS_THRESHOLD
-    model, num_fg, names = load_seam(args.checkpoint)  # once, for the tuning and the test images
-    if args.tune_data is not None and args.cls_threshold is None:
-        tune = run_images(model, num_fg, args.tune_data, _ids(args.tune_data, args.tune_list), scales)
-        threshold, rows = choose_threshold(tune, names, bg_threshold=args.bg_threshold)
-        report["tuning"] = {"data": str(args.tune_data), "list": args.tune_list, "chosen": threshold, "grid": rows}
-    test = run_images(model, num_fg, args.data, _ids(args.data, args.list), scales)
+@dataclass
+class ClassPredictionConfig:
+    checkpoint: str = setting(path=True, help="SEAM checkpoint (ours or the authors' state dict).")
+    data: str = setting(path=True, help="A `seam synth` / VOC-layout root with SegmentationClass/: the images "
+                                        "reported on.")
+    list_file: str = setting("ImageSets/Segmentation/train.txt", flag="--list", help=(
+        "Image ids of --data: a list file, or its name under the root or ImageSets/Segmentation/."))
+    tune_data: str | None = setting(None, path=True, help=(
+        "Choose cls_threshold on this image set first (one the model did not train on), then report on --data "
+        "at that threshold."))
+    tune_list: str = setting("val.txt", help="Image ids of --tune-data, as --list.")
+    cls_threshold: float | None = setting(None, min=0.0, max=1.0, help=(
+        f"Report at this class threshold (default: the one tuned on --tune-data, else {DEFAULT_CLS_THRESHOLD})."))
+    bg_threshold: float = setting(DEFAULT_BG_THRESHOLD, help="Background score of the masks.")
+    scales: tuple[float, ...] = setting(DEFAULT_SCALES, parse=parse_floats, help="CAM scales (multi-scale + flip).")
+
+
+def class_prediction_report(cfg: ClassPredictionConfig) -> dict[str, Any]:
+    """Scores at the default and the chosen class threshold (and the whole grid) on `cfg.data`;
+    with `tune_data` and no `cls_threshold`, the threshold is chosen there first."""
+    report: dict[str, Any] = {"checkpoint": str(cfg.checkpoint), "scales": list(cfg.scales)}
+    threshold = cfg.cls_threshold if cfg.cls_threshold is not None else DEFAULT_CLS_THRESHOLD
+    model, num_fg, names = load_seam(cfg.checkpoint)  # once, for the tuning and the test images
+    if cfg.tune_data is not None and cfg.cls_threshold is None:
+        tune_root = Path(cfg.tune_data)
+        tune = run_images(model, num_fg, tune_root, _ids(tune_root, cfg.tune_list), cfg.scales)
+        threshold, rows = choose_threshold(tune, names, bg_threshold=cfg.bg_threshold)
+        report["tuning"] = {"data": str(cfg.tune_data), "list": cfg.tune_list, "chosen": threshold, "grid": rows}
+    test = run_images(model, num_fg, Path(cfg.data), _ids(Path(cfg.data), cfg.list_file), cfg.scales)
     report["class_names"] = names
-    report["default"] = score(test, names, DEFAULT_CLS_THRESHOLD, args.bg_threshold)
-    report["chosen"] = score(test, names, threshold, args.bg_threshold)
-    report["grid"] = [score(test, names, t, args.bg_threshold) for t in CLS_GRID]
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
-    for k in ("default", "chosen"):
-        r = report[k]
-        print(f"{k:8s} cls_threshold {r['cls_threshold']:.2f}: precision {r['precision']:.3f} "
-              f"recall {r['recall']:.3f} no-class images {r['no_class_found']}/{r['images']} "
-              f"mask mIoU {r['miou']:.2f}% (bg {r['bg_threshold']})")
-
-
-if __name__ == "__main__":
-    main()
+    report["default"] = score(test, names, DEFAULT_CLS_THRESHOLD, cfg.bg_threshold)
+    report["chosen"] = score(test, names, threshold, cfg.bg_threshold)
+    report["grid"] = [score(test, names, t, cfg.bg_threshold) for t in CLS_GRID]
+    return report

@@ -23,10 +23,12 @@ from seam.training.data.augment import RELEASE_JITTER
 from seam.training.models.affinity import pair_affinity
 from seam.training.models.registry import create_model
 from seam.training.trainers.loop import Progress
+from seam.training.trainers.recipes import RECIPE_HELP
 from seam.training.trainers.schedule import AUTHORS_MOMENTUM
 from seam.training.trainers.stage import Stage, StageConfig, StageStep, files_fingerprint, labelled_items, train_stage
 from torch import nn
 
+from seam.common.options import setting
 from seam.common.random_walk import DEFAULT_RADIUS
 
 EPS = 1e-5
@@ -58,16 +60,22 @@ class AffinityTrainConfig(StageConfig):
     per group, poly 0.9, fp32. (psa's train_aff.py, another release, uses lr 0.1.)
     `from_recipe("tuned", ...)`: momentum 0.9, AMP on CUDA."""
 
-    data: str = "data/VOC2012"  # root with JPEGImages/ (or an image folder)
-    labels: str = "runs/aff_labels"  # <id>.png AffinityNet labels (seam.common.affinity_labels)
-    dataset: str = "auto"  # for the image list: voc | folder | synth | auto
-    train_list: str | None = None  # None: every image that has a label PNG (in the data set's order)
-    image_labels: str | None = None  # image-level label file of the data set (voc/folder), if not default
-    radius: int = DEFAULT_RADIUS
-    flip: bool = True
-    momentum: float = AUTHORS_MOMENTUM  # the release's effective momentum; tuned: 0.9
-    amp: bool | None = False  # the release ran fp32; None: on with CUDA
-    recipe: str = "release"  # release | tuned (seam.training.trainers.recipes)
+    data: str = setting("data/VOC2012", path=True, required=True,
+                        help="Data root: VOC (JPEGImages/), a synth set, or an image folder.")
+    labels: str = setting("runs/aff_labels", path=True, required=True, help=(
+        "AffinityNet label PNGs <id>.png (0 bg, c+1 class, 255 unknown)."))  # seam.common.affinity_labels
+    dataset: str = setting("auto", help="voc | folder | synth | auto (detected from the layout).")
+    train_list: str | None = setting(None, path=True, help=(
+        "Image list (default: the data set's training list, images with labels)."))
+    image_labels: str | None = setting(None, path=True, help=(
+        "The data set's image-level label file, if not its default."))
+    radius: int = setting(DEFAULT_RADIUS, help="Pair radius on the stride-8 grid.")
+    flip: bool = setting(True, recipe=True, flag=None, off="--no-flip", help="No horizontal flip.")
+    # the release's effective momentum; tuned: 0.9
+    momentum: float = setting(AUTHORS_MOMENTUM, recipe=True, help="SGD momentum (recipe: release 5e-4, tuned 0.9).")
+    amp: bool | None = setting(False, recipe=True, help=(
+        "Mixed precision (recipe: release off, tuned on with CUDA)."))  # the release ran fp32; None: on with CUDA
+    recipe: str = setting("release", recipe=True, help=RECIPE_HELP)  # seam.training.trainers.recipes
 
     STAGE = "affinity"
     SCHEDULE_FIELDS = (*StageConfig.SCHEDULE_FIELDS, "radius", "flip")

@@ -51,6 +51,7 @@ from torch import nn
 
 from seam.common.classes import IGNORE_INDEX, VOC_CLASSES
 from seam.common.files import list_images
+from seam.common.options import setting
 
 DEEPLAB_FINAL = "deeplab_final.pth"
 
@@ -66,20 +67,33 @@ class DeepLabTrainConfig(StageConfig):
     frozen backbone BN). `DeepLabTrainConfig.from_recipe("release", ...)`: the authors'
     seamv1-pseudovoc run (module docstring)."""
 
-    images: str = "data/VOC2012/JPEGImages"  # image directory or list file
-    labels: str = "runs/rw"  # <id>.png pseudo labels (VOC palette, 255 = ignore)
-    image_root: str | None = None  # where list-file entries live
-    classes: str | None = None  # comma list or classes.txt; None: LABELS/classes.txt, then the images' root
-    epochs: int = 20
-    lr: float = 1e-3
-    jitter: bool = False
-    scale_min: float = 0.5
+    images: str = setting("data/VOC2012/JPEGImages", path=True, required=True, help=(
+        "Image directory or list file (ids or VOC-style paths)."))
+    labels: str = setting("runs/rw", path=True, required=True, help=(
+        "Pseudo-label PNGs <id>.png (VOC palette, 255 ignored)."))
+    image_root: str | None = setting(None, path=True, help="Where list-file entries live.")
+    classes: str | None = setting(None, help=(
+        "Class names (comma list or classes.txt); default LABELS/classes.txt, then the data root's, then VOC."))
+    batch_size: int = setting(8, recipe=True, help="Global batch size (recipe: release 10, tuned 8).")
+    epochs: int = setting(20, recipe=True, help=(
+        "Epochs (recipe: tuned 20; release counts 20000 iterations, which given epochs replace)."))
+    lr: float = setting(1e-3, recipe=True, help="Base learning rate, head 10x (recipe: 1e-3).")
+    crop: int = setting(448, recipe=True, help=(
+        "Square training crop, image padded with 0, labels with 255 (recipe: 448)."))
+    jitter: bool = setting(False, recipe=True, help="Colour jitter.")
+    scale_min: float = 0.5  # --scale-range MIN,MAX on the command line
     scale_max: float = 1.5
-    out: str = "runs/deeplab"
-    recipe: str = "tuned"  # release | tuned
+    out: str = setting("runs/deeplab", path=True, help="Run directory.")
+    recipe: str = setting("tuned", recipe=True, help=(
+        "release: the authors' DeepLab run (semantic-segmentation-codebase seamv1-pseudovoc: batch 10, 20000 "
+        "iterations, every BN on batch statistics of 5 images, HSV jitter, all convs trained). tuned: batch 8, "
+        "20 epochs, frozen backbone BN, head BN trained. Default: release for VOC images, tuned otherwise."))
     bn_mode: str = "frozen"  # frozen (backbone BN frozen, head BN trained) | authors (batch statistics, no BN updated)
-    bn_group: int | None = None  # batch statistics per this many images of a device's batch (the release: 5)
-    max_iterations: int | None = None  # stop after this many iterations (the release counts 20000)
+    bn_group: int | None = setting(None, recipe=True, help=(
+        "BN batch statistics per this many images of each device's batch, running statistics from the first "
+        "group: the release's 2 GPUs x 5 on one device (recipe: release 5, tuned off)."))
+    max_iterations: int | None = setting(None, recipe=True, flag="--iterations", help=(
+        "Stop after this many iterations; wins over --epochs (recipe: release 20000)."))
     hsv: tuple[int, int, int] | None = None  # HSV shift ranges (OpenCV units), the release's (10, 10, 10)
     loss_align_corners: bool = False  # the release upsamples logits with align_corners=True
     poly_plus_one: bool = False  # the release's poly divides by max_iter + 1

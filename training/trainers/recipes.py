@@ -76,6 +76,13 @@ DEFAULT_FOR_VOC = "release"
 DEFAULT_OTHER = "release"
 DEFAULT_OTHER_DEEPLAB = "tuned"
 
+# The --recipe help of the SEAM and AffinityNet trainers (their `recipe` field's metadata).
+RECIPE_HELP = ("release: the published runs exactly (SGD momentum 5e-4 from the release's positional-argument "
+               "slip, weight decay per group, poly 0.9, fp32, batch 8, 8 epochs, crop 448). tuned: the same "
+               "with momentum 0.9 and AMP on CUDA. Default: release, on VOC because it is the paper's run, "
+               "on other data because tuned measured no better there (docs/training.md, Ablation). "
+               "Explicit options override it.")
+
 
 def default_recipe(dataset_kind: str, stage: str = "seam") -> str:
     """The recipe a `stage` (seam | affinity | deeplab) run on `dataset_kind`
@@ -166,5 +173,5 @@ def describe(cfg: RecipeConfig) -> str:
     return head + "; overridden: " + ", ".join(f"{k}={v}" for k, v in rep["overrides"].items())
 
 
-__all__ = ["DEFAULT_FOR_VOC", "DEFAULT_OTHER", "DEFAULT_OTHER_DEEPLAB", "RECIPES", "RELEASE_JITTER", "RecipeConfig",
-           "default_recipe", "describe", "recipe_report", "recipe_settings", "with_recipe"]
+__all__ = ["DEFAULT_FOR_VOC", "DEFAULT_OTHER", "DEFAULT_OTHER_DEEPLAB", "RECIPES", "RECIPE_HELP", "RELEASE_JITTER",
+           "RecipeConfig", "default_recipe", "describe", "recipe_report", "recipe_settings", "with_recipe"]

@@ -26,6 +26,8 @@ from seam.training.trainers.schedule import PolySchedule, make_optimizer
 from seam.training.trainers.state import initialise_stage_from, save_final, summarise_keys
 from torch import nn
 
+from seam.common.options import setting
+
 Log = Callable[[str], None]
 # (net, batch, device, amp) -> {"loss": tensor, other terms: tensors}
 StageStep = Callable[[nn.Module, Sequence[torch.Tensor], torch.device, bool], dict[str, torch.Tensor]]
@@ -36,8 +38,8 @@ class StageConfig(RunConfig):
     """Settings shared by the AffinityNet and DeepLab trainers (saved in every checkpoint);
     the subclasses add their data, `recipe` and `STAGE`."""
 
-    jitter: bool = True
-    out: str = "runs/affinity"
+    jitter: bool = setting(True, recipe=True, flag=None, off="--no-jitter", help="No colour jitter.")
+    out: str = setting("runs/affinity", path=True, help="Run directory.")
 
     SCHEDULE_FIELDS = ("backbone", "batch_size", "epochs", "lr", "weight_decay", "momentum", "authors_momentum",
                        "crop", "jitter", "seed")

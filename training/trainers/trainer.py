@@ -46,9 +46,9 @@ from seam.training.trainers.loop import (
     prepare,
     set_train_mode,
 )
-from seam.training.trainers.recipes import describe
+from seam.training.trainers.recipes import RECIPE_HELP, describe
 from seam.training.trainers.schedule import AUTHORS_MOMENTUM, PolySchedule, make_optimizer
-from seam.training.trainers.siamese import SiameseConfig, sample_transform
+from seam.training.trainers.siamese import SiameseConfig, parse_transforms, sample_transform
 from seam.training.trainers.state import (
     CHECKPOINT_NAME,
     SEAM_FINAL,
@@ -60,6 +60,7 @@ from seam.training.trainers.state import (
 from torch import nn
 
 from seam.common.cam import DEFAULT_SCALES
+from seam.common.options import parse_floats, parse_int_pair, parse_n_floats, setting
 
 LOSS_TERMS = ("loss", "cls", "er", "ecr", "minpool")
 
@@ -72,28 +73,43 @@ class TrainConfig(RunConfig):
     (seam.training.trainers.recipes). `recipe` names the recipe the values came from; the
     sidecar lists every value that departs from it."""
 
-    data: str = "data/VOC2012"  # root with JPEGImages/ (and SegmentationClass/ for evaluation)
-    dataset: str = "auto"  # voc | folder | synth | auto
-    train_list: str | None = None  # None: the data set's default list (VOC: the authors' train_aug.txt)
-    labels: str | None = None  # None: the data set's default (VOC: the authors' cls_labels.npy)
-    classes: str | None = None  # folder sets: class names (comma list or classes.txt)
-    momentum: float = AUTHORS_MOMENTUM  # the release's effective momentum (its positional slip); tuned: 0.9
-    recipe: str = "release"  # release | tuned: what the values came from (sidecar, log)
-    resize_long: tuple[int, int] | None = None  # None: [448, 768] * crop / 448
-    jitter: tuple[float, float, float, float] | None = RELEASE_JITTER  # brightness, contrast, saturation, hue
-    out: str = "runs/seam"
-    threads: int | None = None  # torch intra-op CPU threads; None: torch's default (all cores)
-    amp: bool | None = False  # None: on for CUDA; the release ran fp32
-    er: bool = True  # equivariant regularisation (Table 1)
-    pcm: bool = True  # PCM trained by ECR (+ min pooling)
-    ohem: bool = True  # OHEM top 20% on ECR
+    data: str = setting("data/VOC2012", path=True, required=True,
+                        help="Data root: VOC (JPEGImages/), a synth set, or an image folder.")
+    dataset: str = setting("auto", help="voc | folder | synth | auto (detected from the layout).")
+    train_list: str | None = setting(None, path=True, help=(
+        "Image list (ids or VOC-style paths). VOC default: the authors' train_aug.txt."))
+    labels: str | None = setting(None, path=True, help=(
+        "Image-level labels: cls_labels.npy, JSON {image: [classes]} or CSV image,classes."))  # None: the set's
+    classes: str | None = setting(None, help="Folder sets: class names, comma-separated or a classes.txt path.")
+    # the release's effective momentum (its positional slip); tuned: 0.9
+    momentum: float = setting(AUTHORS_MOMENTUM, recipe=True, help="SGD momentum (recipe: release 5e-4, tuned 0.9).")
+    # release | tuned: what the values came from (sidecar, log); the command line's default depends on the data
+    recipe: str = setting("release", recipe=True, help=RECIPE_HELP)
+    resize_long: tuple[int, int] | None = setting(
+        None, recipe=True, flag="--resize-range", parse=parse_int_pair,
+        help="Random long side MIN,MAX (default 448,768 scaled by crop/448).")
+    jitter: tuple[float, float, float, float] | None = setting(
+        RELEASE_JITTER, recipe=True, parse=parse_n_floats(4, "4 numbers (brightness,contrast,saturation,hue)"),
+        off="--no-jitter", off_help="No colour jitter.",
+        help="ColorJitter brightness,contrast,saturation,hue (recipe: 0.3,0.3,0.3,0.1).")
+    out: str = setting("runs/seam", path=True, help="Run directory.")
+    threads: int | None = setting(None, help="torch CPU threads (default: torch's choice, all cores).")
+    amp: bool | None = setting(False, recipe=True, help=(
+        "Mixed precision (recipe: release off, tuned on with CUDA)."))  # None: on for CUDA; the release ran fp32
+    er: bool = setting(True, flag=None, off="--no-er", help="Table 1: no equivariant regularisation.")
+    pcm: bool = setting(True, flag=None, off="--no-pcm", help=(
+        "Table 1: no PCM / ECR (with --no-er: the CAM baseline)."))  # PCM trained by ECR (+ min pooling)
+    ohem: bool = setting(True, flag=None, off="--no-ohem", help="Table 1: plain mean instead of OHEM on ECR.")
     cam_norm: str = "minmax"  # max_norm of the loss block: the release's min-max, or "peak" (max only)
-    transforms: tuple[str, ...] = ("rescale",)  # Table 3: rescale, flip, rotate, translate
-    siamese_scale: float = 0.3
-    evaluate: bool = True  # CAM pseudo-label mIoU after training when ground truth exists
-    eval_list: str | None = None  # None: the training list (the paper scores VOC train)
-    eval_scales: tuple[float, ...] = DEFAULT_SCALES
-    save_cams: bool = False  # keep the evaluation CAMs in RUN_DIR/cams
+    transforms: tuple[str, ...] = setting(("rescale",), flag="--transform", parse=parse_transforms, help=(
+        "Table 3: siamese transform(s), e.g. rescale or rescale,flip (rotate, translate)."))
+    siamese_scale: float = setting(0.3, recipe=True, help="Rescale factor of the second branch (recipe: 0.3).")
+    evaluate: bool = setting(True, flag=None, off="--no-eval", help=(
+        "Skip the pseudo-label evaluation."))  # CAM pseudo-label mIoU after training when ground truth exists
+    eval_list: str | None = setting(None, path=True, help=(
+        "Images to score pseudo labels on (default: the training list)."))  # the paper scores VOC train
+    eval_scales: tuple[float, ...] = setting(DEFAULT_SCALES, parse=parse_floats, help="CAM scales for the evaluation.")
+    save_cams: bool = setting(False, help="Keep the evaluation CAMs in RUN_DIR/cams.")
 
     STAGE = "seam"
     # fields that must agree between a checkpoint and a --resume
