@@ -1,6 +1,6 @@
 """int8 (static QDQ) against fp32 on CPU: speed, CAM error and pseudo-label mIoU.
 
-Same process, same inputs: the fp32 export and its int8 copy (`training/export/quantize.py`,
+Same process, same inputs: the fp32 export and its int8 copy (`training/export/int8.py`,
 calibrated on images preprocessed as inference does) run interleaved, pass for pass;
 each side's best-of-N time is the one least disturbed by other load on the machine.
 
@@ -124,7 +124,7 @@ def _inputs(args: argparse.Namespace, mf: Manifest) -> tuple[list[np.ndarray], l
                                                               tuple[float, ...]]:
     """(calibration batches, held-out evaluation batches, the timed input, the calibration
     scales), preprocessed as the engine does."""
-    from seam.training.export.quantize import calibration_batches, calibration_paths, preprocess
+    from seam.training.export.calibration import calibration_batches, calibration_paths, preprocess
 
     from bench.inference import synthetic_images
     from seam.common.image import Normalization, load_rgb, resize_rgb
@@ -153,7 +153,7 @@ def _quantize(args: argparse.Namespace, fp32: Path, int8: Path, cal: list[np.nda
               input_name: str, scales: tuple[float, ...], threads: int) -> dict:
     """int8 copy of `fp32` at `int8`; prints each calibration method's CAM error and
     returns the record of the run."""
-    from seam.training.export.quantize import quantize_model
+    from seam.training.export.int8 import quantize_model
 
     t0 = time.perf_counter()
     q = quantize_model(fp32, int8, cal, input_name, methods=args.methods.split(","), eval_batches=ev,
@@ -172,7 +172,7 @@ def _quantize(args: argparse.Namespace, fp32: Path, int8: Path, cal: list[np.nda
 def _time_pass(fp32: Path, int8: Path, timed: np.ndarray, input_name: str, rounds: int, threads: int) -> dict:
     """One network pass on each graph, interleaved, its CAM error, and the matmul peaks
     measured just before and after."""
-    from seam.training.export.quantize import compare_outputs
+    from seam.training.export.compare import compare_outputs
 
     from bench.hardware import conv_macs, matmul_peak
     from seam.modelrepo.runtime import cpu_session

@@ -199,7 +199,7 @@ class Manifest(_Strict):
     crf: CrfSettings = CrfSettings()
     random_walk: RandomWalkSettings | None = None  # affinity
     deeplab: DeepLabSettings | None = None  # deeplab
-    # number format of the graph's weights; int8 calibration (training/export/quantize.py)
+    # number format of the graph's weights; int8 calibration (training/export/model_dir.py)
     precision: PrecisionInfo = PrecisionInfo()
     provenance: Provenance
 

@@ -1,7 +1,7 @@
 """The manifest's `precision` section: what number format the graph's weights are in and,
 for quantized graphs, how they were calibrated and how far they are from fp32.
 
-Written by `training/export/quantize.py`, read by the engine (no torch here).
+Written by `training/export/model_dir.py`, read by the engine (no torch here).
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""int8 / fp16 copies of exported graphs (training/export/quantize.py): the calibration
-data is the engine's preprocessing, one calibration pass gives what onnxruntime's own
+"""int8 / fp16 copies of exported graphs (training/export/: calibration, graph_edits, int8, fp16,
+model_dir): the calibration data is the engine's preprocessing, one calibration pass gives what onnxruntime's own
 calibrators give, the kept method is the measured best, heads and normalisations stay
 fp32, and the fp16 graph is valid, fp32 at its edges and close to fp32."""
 from __future__ import annotations
@@ -12,7 +12,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
-from seam.training.export import quantize as Q
+from seam.training.export import calibration as C
+from seam.training.export import compare, fp16, int8, model_dir
+from seam.training.export import graph_edits as G
 
 from bench.hardware import conv_macs
 from seam.common.image import Normalization
@@ -81,8 +83,8 @@ def tiny(tmp_path_factory):
     d = tmp_path_factory.mktemp("quant")
     tiny_graph(d / "model.onnx")
     paths = photos(d / "images")
-    cal = Q.calibration_batches(paths[:4], MEAN, STD, scales=(0.5, 1.0))
-    ev = Q.calibration_batches(paths[4:], MEAN, STD, scales=(1.0,))
+    cal = C.calibration_batches(paths[:4], MEAN, STD, scales=(0.5, 1.0))
+    ev = C.calibration_batches(paths[4:], MEAN, STD, scales=(1.0,))
     return d, paths, cal, ev
 
 
@@ -90,35 +92,35 @@ def test_calibration_paths_sample_is_seeded_subset(tmp_path):
     paths = photos(tmp_path / "imgs", n=6)
     lst = tmp_path / "list.txt"
     lst.write_text("\n".join(f"imgs/{p.name}" for p in paths) + "\n")
-    a = Q.calibration_paths(tmp_path / "imgs", 3, seed=1)
-    b = Q.calibration_paths(tmp_path / "imgs", 3, seed=1)
+    a = C.calibration_paths(tmp_path / "imgs", 3, seed=1)
+    b = C.calibration_paths(tmp_path / "imgs", 3, seed=1)
     assert a == b and len(set(a)) == 3 and set(a) <= set(paths) and a == sorted(a)
-    assert Q.calibration_paths(lst, None) == paths  # a list file: every entry, in order
-    assert len(Q.calibration_paths(tmp_path / "imgs", 100)) == 6  # fewer available: all of them
-    with pytest.raises(Q.QuantizeError, match=">= 1"):
-        Q.calibration_paths(tmp_path / "imgs", 0)
+    assert C.calibration_paths(lst, None) == paths  # a list file: every entry, in order
+    assert len(C.calibration_paths(tmp_path / "imgs", 100)) == 6  # fewer available: all of them
+    with pytest.raises(G.QuantizeError, match=">= 1"):
+        C.calibration_paths(tmp_path / "imgs", 0)
 
 
 def test_preprocess_is_the_engines(tmp_path):
     """working side cap, then bicubic rescale (Python rounding), then (x/255 - mean)/std:
     written out independently with PIL and numpy."""
     rgb = np.random.default_rng(0).integers(0, 256, (50, 80, 3), dtype=np.uint8)
-    got = Q.preprocess(rgb, 1.5, Normalization(MEAN, STD), working_side=64)
+    got = C.preprocess(rgb, 1.5, Normalization(MEAN, STD), working_side=64)
     capped = Image.fromarray(rgb).resize((64, 40), Image.BICUBIC)  # 80 -> 64, 50 -> 40
     scaled = np.asarray(capped.resize((96, 60), Image.BICUBIC), np.float32)  # round(64*1.5), round(40*1.5)
     ref = ((scaled / 255 - np.float32(MEAN)) / np.float32(STD)).transpose(2, 0, 1)[None]
     assert got.shape == (1, 3, 60, 96) and got.dtype == np.float32
     np.testing.assert_allclose(got, ref, atol=1e-6)
     # the calibration cap applies after the scale
-    assert Q.preprocess(rgb, 2.0, Normalization(MEAN, STD), max_side=100).shape == (1, 3, 62, 100)
+    assert C.preprocess(rgb, 2.0, Normalization(MEAN, STD), max_side=100).shape == (1, 3, 62, 100)
 
 
 def test_graph_helpers(tiny):
     d, *_ = tiny
     m = onnx.load(str(d / "model.onnx"))
-    assert Q.head_convs(m) == ["head"]
-    assert Q.downstream_nodes(m, ["head"]) == ["relu_n", "peak", "peak_eps", "norm"]
-    assert Q.conv_nodes(m) == ["conv1", "conv2", "conv3", "head"]
+    assert G.head_convs(m) == ["head"]
+    assert G.downstream_nodes(m, ["head"]) == ["relu_n", "peak", "peak_eps", "norm"]
+    assert G.conv_nodes(m) == ["conv1", "conv2", "conv3", "head"]
 
 
 def test_one_pass_calibration_equals_onnxruntime_calibrators(tiny, tmp_path):
@@ -127,14 +129,14 @@ def test_one_pass_calibration_equals_onnxruntime_calibrators(tiny, tmp_path):
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
     d, _, cal, _ = tiny
-    ours = Q.calibrate(d / "model.onnx", cal, "image", Q.CALIBRATION_METHODS, tmp_path, False, ("Conv", "Relu"))
+    ours = C.calibrate(d / "model.onnx", cal, "image", C.CALIBRATION_METHODS, tmp_path, False, ("Conv", "Relu"))
     for name, cm in (("minmax", CalibrationMethod.MinMax), ("entropy", CalibrationMethod.Entropy),
                      ("percentile", CalibrationMethod.Percentile)):
         sub = tmp_path / name
         sub.mkdir()
         c = create_calibrator(d / "model.onnx", ["Conv", "Relu"], augmented_model_path=str(sub / "aug.onnx"),
                               calibrate_method=cm)
-        reader = Q._Reader(cal, "image")
+        reader = C._Reader(cal, "image")
         for i in range(len(cal)):  # batch by batch, as quantize_static's CalibStridedMinMax=1
             reader.set_range(i, i + 1)
             c.collect_data(reader)
@@ -154,10 +156,10 @@ def _initializer_types(path) -> dict[str, int]:
 def test_quantize_keeps_the_measured_best_and_heads_fp32(tiny, tmp_path):
     d, _, cal, ev = tiny
     out = tmp_path / "model.onnx"
-    res = Q.quantize_model(d / "model.onnx", out, cal, "image", eval_batches=ev, threads=1)
+    res = int8.quantize_model(d / "model.onnx", out, cal, "image", eval_batches=ev, threads=1)
     # the kept method is the one with the smallest relative max error of `cam`
     scores = {t.method: t.errors["cam"].rel_max for t in res.trials}
-    assert [t.method for t in res.trials] == list(Q.CALIBRATION_METHODS)
+    assert [t.method for t in res.trials] == list(C.CALIBRATION_METHODS)
     assert res.method == min(scores, key=scores.get)
     # recompute the kept graph's error independently (plain sessions, numpy)
     import onnxruntime as ort
@@ -198,28 +200,28 @@ def test_compare_outputs_against_known_difference(tiny, tmp_path):
     m.graph.initializer.append(numpy_helper.from_array(np.array(1.01, np.float32), "k"))
     m.graph.node.insert(list(m.graph.node).index(head) + 1, helper.make_node("Mul", ["cam_raw", "k"], ["cam"]))
     onnx.save(m, str(tmp_path / "scaled.onnx"))
-    err = Q.compare_outputs(d / "model.onnx", tmp_path / "scaled.onnx", ev, "image", threads=1)
+    err = compare.compare_outputs(d / "model.onnx", tmp_path / "scaled.onnx", ev, "image", threads=1)
     assert err["cam"].rel_max == pytest.approx(0.01, rel=1e-4)
     assert err["cam_n"].rel_max < 1e-5  # the normalisation divides the factor out
 
 
 def test_quantize_refuses_bad_arguments(tiny, tmp_path):
     d, _, cal, _ = tiny
-    with pytest.raises(Q.QuantizeError, match="calibration methods"):
-        Q.quantize_model(d / "model.onnx", tmp_path / "x.onnx", cal, methods=("kl",))
-    with pytest.raises(Q.QuantizeError, match="one input named"):
-        Q.quantize_model(d / "model.onnx", tmp_path / "x.onnx", cal, "input")
-    with pytest.raises(Q.QuantizeError, match="no calibration"):
-        Q.quantize_model(d / "model.onnx", tmp_path / "x.onnx", [])
-    with pytest.raises(Q.QuantizeError, match="no convolution left"):
-        Q.quantize_model(d / "model.onnx", tmp_path / "x.onnx", cal,
+    with pytest.raises(G.QuantizeError, match="calibration methods"):
+        int8.quantize_model(d / "model.onnx", tmp_path / "x.onnx", cal, methods=("kl",))
+    with pytest.raises(G.QuantizeError, match="one input named"):
+        int8.quantize_model(d / "model.onnx", tmp_path / "x.onnx", cal, "input")
+    with pytest.raises(G.QuantizeError, match="no calibration"):
+        int8.quantize_model(d / "model.onnx", tmp_path / "x.onnx", [])
+    with pytest.raises(G.QuantizeError, match="no convolution left"):
+        int8.quantize_model(d / "model.onnx", tmp_path / "x.onnx", cal,
                          nodes_to_exclude=("conv1", "conv2", "conv3"))
 
 
 def test_fp16_graph_is_valid_fp32_at_the_edges_and_close(tiny, tmp_path):
     d, _, _, ev = tiny
     out = tmp_path / "model.onnx"
-    kept = Q.convert_fp16(d / "model.onnx", out)
+    kept = fp16.convert_fp16(d / "model.onnx", out)
     m = onnx.load(str(out))
     onnx.checker.check_model(m)  # also: topologically sorted, no duplicate Cast nodes
     names = [n.name for n in m.graph.node]
@@ -231,7 +233,7 @@ def test_fp16_graph_is_valid_fp32_at_the_edges_and_close(tiny, tmp_path):
     io = [*m.graph.input, *m.graph.output]
     assert all(v.type.tensor_type.elem_type == TensorProto.FLOAT for v in io)
     # onnxruntime's CPU provider runs it; fp16 keeps ~3 significant digits
-    err = Q.compare_outputs(d / "model.onnx", out, ev, "image", threads=1)
+    err = compare.compare_outputs(d / "model.onnx", out, ev, "image", threads=1)
     assert err["cam"].rel_max < 5e-3
     # per-channel max normalisation magnifies cam's error where a channel's peak is small
     assert err["cam_n"].rel_max < 0.05 and err["cam_n"].rel_mean < 1e-3
@@ -251,9 +253,9 @@ def test_fp16_shared_input_of_two_blocked_nodes(tmp_path):
                           [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 5, 5])], [w])
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
     onnx.save(model, str(tmp_path / "g.onnx"))
-    Q.convert_fp16(tmp_path / "g.onnx", tmp_path / "h.onnx", node_block_list=["a", "b"])
+    fp16.convert_fp16(tmp_path / "g.onnx", tmp_path / "h.onnx", node_block_list=["a", "b"])
     x = rng.standard_normal((1, 3, 5, 5)).astype(np.float32)
-    err = Q.compare_outputs(tmp_path / "g.onnx", tmp_path / "h.onnx", [x], "image", threads=1)
+    err = compare.compare_outputs(tmp_path / "g.onnx", tmp_path / "h.onnx", [x], "image", threads=1)
     assert err["out"].rel_max < 5e-3
 
 
@@ -301,8 +303,8 @@ def test_export_int8_and_fp16_model_dirs(tmp_path):
     assert p.weights == "int8" and p.provider == "cpu"
     assert p.calibration.images == 5 and p.calibration.source == str(cal_dir)
     assert p.calibration.scales == m.cam.scales
-    assert p.calibration.method in Q.CALIBRATION_METHODS
-    assert set(p.calibration.method_errors) == set(Q.CALIBRATION_METHODS)
+    assert p.calibration.method in C.CALIBRATION_METHODS
+    assert set(p.calibration.method_errors) == set(C.CALIBRATION_METHODS)
     assert p.calibration.method_errors[p.calibration.method] == min(p.calibration.method_errors.values())
     assert p.speedup is not None and p.speedup > 0 and set(p.max_error) == set(m.onnx.outputs)
     assert m.onnx.sha256 == file_sha256(models / "int8" / "model.onnx") != fp32.manifest.onnx.sha256
@@ -313,7 +315,7 @@ def test_export_int8_and_fp16_model_dirs(tmp_path):
 
     # fp16: the same hook on a copy of the fp32 directory (a third export would only cost time)
     shutil.copytree(models / "fp32", models / "fp16")
-    m16 = Q.apply_precision(models / "fp16", fp32.manifest, "fp16", threads=2)
+    m16 = model_dir.apply_precision(models / "fp16", fp32.manifest, "fp16", threads=2)
     (models / "fp16" / "manifest.json").write_text(m16.to_json())
     m16 = load_model_dir(models / "fp16")
     assert m16.precision.weights == "fp16" and m16.precision.provider == "cuda"

@@ -23,13 +23,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 import torch
-from seam.training.export.quantize import (
-    DEFAULT_CALIBRATION_N,
-    EXTERNAL_DATA_BYTES,
-    QuantizeError,
-    apply_precision,
-    check_precision_args,
-)
+from seam.training.export.calibration import DEFAULT_CALIBRATION_N
+from seam.training.export.graph_edits import EXTERNAL_DATA_BYTES, QuantizeError
+from seam.training.export.model_dir import apply_precision, check_precision_args
 from seam.training.export.specs import SPECS, ExportSpec, PcmGraph
 from seam.training.models.checkpoint import CheckpointError
 from seam.training.models.registry import model_from_checkpoint, train_long_side, working_set_bytes_per_pixel
@@ -181,7 +177,7 @@ def export_model(
     working_side: the long side inputs are resized to (default: the top of the training range).
     cls_threshold: class-prediction threshold (default: the sidecar's `class_prediction.cls_threshold`, else 0.5).
     precision: fp32, or int8 (calibrated on `calibration_n` images of `calibration`) / fp16,
-    applied to the checked fp32 graph (`training/export/quantize.py`)."""
+    applied to the checked fp32 graph (`training/export/model_dir.py`)."""
     _check_export_args(kind, name, precision, calibration)
     checkpoint = Path(checkpoint)
     models_dir = Path(models_dir)
