@@ -68,9 +68,10 @@ def main() -> None:
         engine = OnnxEngine(args.models_dir, providers=args.providers, threads=args.threads)
     if not hasattr(engine, "segment_many"):
         sys.exit("this engine has no segment_many: nothing to compare")
-    from seam.service.encoding import png_rgb
     from seam.service.realtime.compute import run_requests
     from seam.service.realtime.messages import SyncRequest
+
+    from seam.common.encoders import encode_png_rgb as png_rgb
 
     method = args.method or engine.methods()[0]
     imgs = scenes(args.images, h, w)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from fastapi import Depends, FastAPI
@@ -66,7 +66,7 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
     metrics.add_jobs_collector(lambda: _job_stats(app))
     _install_error_handlers(app)
     _install_routes(app)
-    _install_openapi_models(app, jobs.OPENAPI_MODELS)
+    _install_openapi_models(app, jobs.OPENAPI_MODELS, jobs.document_outputs)
     _install_middleware(app, settings, metrics)
     return app
 
@@ -133,13 +133,15 @@ def _install_routes(app: FastAPI) -> None:
     app.include_router(models.router, dependencies=protected)
     app.include_router(inference.router, dependencies=protected)
     app.include_router(jobs.router, dependencies=protected)
+    app.include_router(jobs.public_router)  # GET /outputs
     app.include_router(web.router)  # the web page (/ and /static/...); public: it asks for the key itself
 
 
-def _install_openapi_models(app: FastAPI, models: Sequence[type[BaseModel]]) -> None:
+def _install_openapi_models(app: FastAPI, models: Sequence[type[BaseModel]],
+                            finish: Callable[[dict[str, Any]], None]) -> None:
     """Put `models` (and the models they use) into the schema's components, so that hand-written
     request bodies can `$ref` them (an unresolvable $ref made Schemathesis skip the JSON body of
-    POST /jobs)."""
+    POST /jobs); then `finish` completes the texts built from tables."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -150,6 +152,7 @@ def _install_openapi_models(app: FastAPI, models: Sequence[type[BaseModel]]) -> 
             for name, sub in js.pop("$defs", {}).items():
                 components.setdefault(name, sub)
             components.setdefault(model.__name__, js)
+        finish(schema)
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -2,15 +2,44 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import core_schema
+from seam.service.outputs import kinds
 
 MethodName = Literal["cam", "pcm", "rw", "deeplab"]
-OutputKind = Literal["png", "npz", "coco", "overlay", "labelstudio", "cvat"]
-# Early clients asked for the CAM archive as "npy"; it always was an .npz.
-OUTPUT_ALIASES = {"npy": "npz"}
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+# A bound on the work of validating a hostile list; the kinds themselves come from the table.
+MAX_OUTPUTS_LISTED = 32
+
+
+class _TableKind:
+    """An output kind's name, checked against the output-kinds table and documented with its
+    current entries: both read the table when used, so a kind registered after import is accepted
+    and listed in the OpenAPI enum."""
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(kinds.check_name, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema,
+                                     handler: GetJsonSchemaHandler) -> dict[str, Any]:
+        return {**handler(schema), "enum": kinds.kind_names()}
+
+
+OutputKindName = Annotated[str, _TableKind()]
+
+
+def _outputs_help(schema: dict[str, Any]) -> None:
+    schema["description"] = f"Output kinds (GET /outputs lists them): {kinds.help_text()}."
 
 
 class ErrorDetail(BaseModel):
@@ -115,11 +144,8 @@ class JobOptions(BaseModel):
         "Long side images are resized to (when longer) before inference; outputs stay at each image's size. "
         "Default: the server's SEAM_MAX_SIDE, else the model's working side. An image whose estimated memory "
         "exceeds the engine's budget fails alone, its error naming the max_side that would fit."))
-    outputs: list[OutputKind] = Field(default_factory=lambda: ["png"], min_length=1, max_length=6,
-                                      description="png: VOC-palette label; npz: CAMs (old name npy accepted); "
-                                                  "coco: COCO RLE; overlay; "
-                                                  "labelstudio: Label Studio tasks with predictions; cvat: CVAT "
-                                                  "Segmentation mask 1.1 zip (docs/labelstudio.md, docs/cvat.md).")
+    outputs: list[OutputKindName] = Field(default_factory=lambda: ["png"], min_length=1,
+                                          max_length=MAX_OUTPUTS_LISTED, json_schema_extra=_outputs_help)
     image_url_prefix: str | None = Field(None, max_length=2048, pattern=r"^(https?://|/)",
                                          description="labelstudio output: task image URL = prefix + the image's path "
                                                      "in the job (e.g. /data/local-files/?d=photos/).")
@@ -129,13 +155,52 @@ class JobOptions(BaseModel):
     def _unique(cls, v: object) -> object:
         if not isinstance(v, list) or not all(isinstance(k, str) for k in v):
             return v  # not a list of names: the field's own validation says what is wrong (never a TypeError here)
-        return list(dict.fromkeys(OUTPUT_ALIASES.get(k, k) for k in v))
+        return list(dict.fromkeys(kinds.canonical(k) for k in v))
 
     @model_validator(mode="after")
-    def _prefix_for_labelstudio(self) -> JobOptions:
-        if "labelstudio" in self.outputs and not self.image_url_prefix:
-            raise ValueError("the labelstudio output needs image_url_prefix (how Label Studio reaches the images)")
+    def _required_options(self) -> JobOptions:
+        for name in self.outputs:
+            for option, why in kinds.get(name).requires.items():
+                if getattr(self, option, None) in (None, ""):
+                    raise ValueError(f"the {name} output needs {option} ({why})")
         return self
+
+
+def _without_defaults(schema: dict[str, Any]) -> None:
+    for prop in schema.get("properties", {}).values():
+        prop.pop("default", None)  # a form field is absent or a string, never null
+
+
+def _form_outputs_help(schema: dict[str, Any]) -> None:
+    schema["description"] = f"Comma-separated subset of {','.join(kinds.kind_names())} (GET /outputs lists them)."
+
+
+class JobUploadForm(BaseModel):
+    """The multipart/form-data body of POST /jobs, for the OpenAPI schema: the route reads the form
+    itself (seam.service.jobs.submit.form_options) and validates it as JobOptions."""
+
+    model_config = ConfigDict(json_schema_extra=_without_defaults)
+
+    archive: bytes = Field(description="zip or tar(.gz/.bz2/.xz) of images; may hold labels.csv or labels.json.")
+    labels: bytes = Field(None, description="Optional label table: CSV `image,labels` or JSON {image: [classes]}.")
+    method: MethodName = None
+    threshold: float = Field(None, ge=0.0, le=1.0)
+    max_side: int = Field(None, ge=8, le=16384, description=(
+        "Long side images are resized to before inference (outputs keep each image's size)."))
+    outputs: str = Field(None, examples=["png,coco"], json_schema_extra=_form_outputs_help)
+    image_url_prefix: str = Field(None, max_length=2048, pattern=r"^(https?://|/)",
+                                  description="labelstudio output: image URL = prefix + path in the job.")
+
+
+class OutputKindPublic(BaseModel):
+    kind: str
+    extension: str = Field(description="Of its per-image files: <kind>/<image id><extension> in the results zip.")
+    media_type: str = Field(description="Of its per-image files (GET /jobs/{id}/results/{kind}/{name}).")
+    label: str = Field(description="A short title (the web page's checkbox).")
+    description: str
+    merged: list[str] = Field(description="Whole-job files this kind adds to the results zip.")
+    requires: list[str] = Field(description="Job options this kind cannot do without.")
+    preselected: bool = Field(description="Ticked by default on the web page.")
 
 
 class DirectoryJobRequest(JobOptions):

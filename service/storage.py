@@ -3,7 +3,7 @@ the API and the workers.
 
     <data_dir>/jobs/<job id>/job.json         manifest (options, image list, labels)
     <data_dir>/jobs/<job id>/inputs/...       extracted upload (upload jobs)
-    <data_dir>/jobs/<job id>/outputs/<kind>/<image id>.<ext>
+    <data_dir>/jobs/<job id>/outputs/<kind>/<image id><extension>   (seam.service.outputs.kinds)
     <data_dir>/jobs/<job id>/tmp/             in-progress writes (atomic rename into outputs)
 
 Per-image output files are the record of what is done: every write goes to a
@@ -29,7 +29,8 @@ from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
-OUTPUT_EXT = {"png": ".png", "npz": ".npz", "coco": ".json", "overlay": ".png", "labelstudio": ".json", "cvat": ".png"}
+from seam.service.outputs.kinds import OUTPUT_KINDS
+
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -101,7 +102,7 @@ class Storage:
         return self.job_dir(job_id) / "tmp"
 
     def output_path(self, job_id: str, kind: str, image_id: str) -> Path:
-        return self.outputs_dir(job_id) / kind / f"{image_id}{OUTPUT_EXT[kind]}"
+        return self.outputs_dir(job_id) / kind / f"{image_id}{OUTPUT_KINDS[kind].extension}"
 
     # --- manifest -------------------------------------------------------------
     def write_manifest(self, job_id: str, manifest: dict) -> None:
@@ -130,13 +131,13 @@ class Storage:
     def resolve_output(self, job_id: str, kind: str, name: str) -> Path | None:
         """The output file `<kind>/<name>` (name with or without its extension), or None.
         Refuses anything that would leave the job's output folder."""
-        if kind not in OUTPUT_EXT or not name or "\x00" in name or "\\" in name:
+        if kind not in OUTPUT_KINDS or not name or "\x00" in name or "\\" in name:
             return None
         parts = name.split("/")
         if any(p in ("", ".", "..") for p in parts) or name.startswith("/"):
             return None
         base = (self.outputs_dir(job_id) / kind).resolve()
-        ext = OUTPUT_EXT[kind]
+        ext = OUTPUT_KINDS[kind].extension
         cand = name if name.endswith(ext) else f"{name}{ext}"
         try:
             path = (base / cand).resolve()
@@ -151,7 +152,7 @@ class Storage:
         out = self.outputs_dir(job_id)
         if not out.is_dir():
             return
-        for kind in OUTPUT_EXT:
+        for kind in OUTPUT_KINDS:
             kdir = out / kind
             if not kdir.is_dir():
                 continue

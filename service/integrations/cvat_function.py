@@ -81,7 +81,7 @@ def http_segmenter(url: str, api_key: str | None, classes: Sequence[str], method
     import io
 
     import httpx
-    from seam.service.encoding import coco_rle_decode
+    from seam.service.outputs.coco import coco_rle_decode
 
     headers = {"X-API-Key": api_key} if api_key else {}
     endpoint = url.rstrip("/") + "/segment"

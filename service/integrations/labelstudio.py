@@ -38,10 +38,11 @@ from seam.service.core.limits import run_limited
 from seam.service.engine.base import InferenceEngine, SegmentResult
 from seam.service.inputs import parse_label_tokens
 from seam.service.integrations import segment_upload
-from seam.service.integrations.exports import job_labelstudio_tasks, ls_model_version, ls_regions, prediction_score
 from seam.service.integrations.fetch import FetchFailed, FetchPolicy, UrlRefused
 from seam.service.integrations.ls_config import Control, LabelConfig, LabelConfigError, parse_label_config
 from seam.service.jobs.access import visible_snapshot
+from seam.service.jobs.results import job_files
+from seam.service.outputs.labelling import job_labelstudio_tasks, ls_model_version, ls_regions, prediction_score
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -439,6 +440,7 @@ def _export(job_id: str, request: Request, image_url_prefix: str | None, label_c
                                                       f"model ({', '.join(classes)}); add predicted_values")
         from_name, to_name, data_key = control.name, control.to_name, cfg.images[control.to_name]
         kind = "brush" if control.kind == "brushlabels" else "polygon"
-    body = job_labelstudio_tasks(storage, job_id, manifest, prefix, from_name, to_name, data_key, kind, labels)
+    job = job_files(storage, job_id, manifest, manifest.get("classes") or [])
+    body = job_labelstudio_tasks(job, prefix, from_name, to_name, data_key, kind, labels)
     return Response(body, media_type="application/json",
                     headers={"Content-Disposition": f'attachment; filename="labelstudio-{job_id}.json"'})

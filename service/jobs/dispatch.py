@@ -98,8 +98,8 @@ class CeleryDispatcher(Dispatcher):
     mode = "celery"
 
     def __init__(self, settings: Settings) -> None:
+        from seam.service.core.broker import create_celery
         from seam.service.core.redisconn import sync_redis
-        from seam.service.worker.celery_app import create_celery
 
         self.settings = settings
         self.celery = create_celery(settings)

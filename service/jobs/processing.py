@@ -23,9 +23,8 @@ from PIL import Image
 from seam.service.batching import batches, segment_batch
 from seam.service.core.redact import redact
 from seam.service.engine.base import InferenceEngine
-from seam.service.jobs.results import coco_image_ids
+from seam.service.jobs.results import coco_image_ids, image_files
 from seam.service.jobs.stores.base import ACTIVE_STATES, JobStore
-from seam.service.outputs import job_outputs
 from seam.service.storage import Storage
 
 from seam.common.image import ImageDecodeError, load_rgb
@@ -198,7 +197,7 @@ def _process_batch(ctx: ChunkContext, rep: ChunkReport, job: _Job, batch: list[t
         try:
             if isinstance(seg, Exception):
                 raise seg
-            files = job_outputs(job.engine, rgb, seg, job.labels.get(img), job.kinds, job.names, img,
+            files = image_files(job.engine, rgb, seg, job.labels.get(img), job.kinds, job.names, img,
                                 job.manifest["images"][img], coco_ids.get(img, 0))
         except TRANSIENT:
             raise

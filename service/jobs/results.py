@@ -1,12 +1,16 @@
-"""The extra files of a finished job's results zip, beside the per-image outputs."""
+"""A job's output files: the per-image files the chunk task writes and the whole-job files the
+results zip adds, both from the output-kinds table (`seam.service.outputs.kinds`)."""
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
-from seam.service.encoding import merge_coco
-from seam.service.integrations import exports
+import numpy as np
+from seam.service.engine.base import InferenceEngine, SegmentResult
+from seam.service.outputs import kinds
+from seam.service.outputs.sources import ImageResults, JobFiles
 from seam.service.storage import Storage
+
+from seam.common.cam import CamResult
 
 
 def coco_image_ids(manifest: dict) -> dict[str, int]:
@@ -16,25 +20,37 @@ def coco_image_ids(manifest: dict) -> dict[str, int]:
     return {iid: n for n, iid in enumerate(sorted(manifest["images"]), start=1)}
 
 
-def coco_docs(storage: Storage, job_id: str, manifest: dict) -> list[dict]:
-    """The per-image COCO documents, in image-id order; images without one (failed) are left out."""
-    docs = []
-    for iid in sorted(manifest["images"]):
+def image_files(engine: InferenceEngine, rgb: np.ndarray, seg: SegmentResult, labels: list[int] | None,
+                output_kinds: Sequence[str], names: Sequence[str], image_id: str, file_name: str,
+                coco_id: int = 0) -> dict[str, bytes]:
+    """Every requested output of one segmented image, as bytes keyed by output kind."""
+
+    def cams() -> CamResult:
+        if seg.cams is None:  # the method did not keep its maps: compute them for the image's classes
+            return engine.cam(rgb, labels if labels is not None else seg.classes, refined=seg.method != "cam")
+        if hasattr(seg.cams, "at_size"):  # the engine keeps a segmentation's maps at its working size
+            return seg.cams.at_size(rgb.shape[:2])
+        return seg.cams
+
+    item = ImageResults(rgb=rgb, seg=seg, names=names, image_id=image_id, file_name=file_name, coco_id=coco_id,
+                        compute_cams=cams)
+    return kinds.write_image(output_kinds, item)
+
+
+def job_files(storage: Storage, job_id: str, manifest: dict, names: Sequence[str]) -> JobFiles:
+    """The per-image files of a job as the merge steps read them."""
+
+    def read(kind: str, image_id: str) -> bytes | None:
         try:
-            docs.append(json.loads(storage.output_path(job_id, "coco", iid).read_bytes()))
-        except (OSError, ValueError):
-            continue
-    return docs
+            return storage.output_path(job_id, kind, image_id).read_bytes()
+        except OSError:  # failed image, or swept meanwhile
+            return None
+
+    return JobFiles(job_id=job_id, manifest=manifest, names=names, read=read)
 
 
 def result_extras(storage: Storage, job_id: str, manifest: dict, names: Sequence[str],
-                  kinds: Sequence[str]) -> dict[str, bytes]:
-    """labelmap.txt with png outputs, coco.json with coco, the labelling tools' files with theirs."""
-    extra: dict[str, bytes] = {}
-    if "png" in kinds:
-        extra["labelmap.txt"] = exports.cvat_labelmap(names)
-    if "coco" in kinds:
-        extra["coco.json"] = merge_coco(coco_docs(storage, job_id, manifest), f"seam job {job_id}", names)
-    if "labelstudio" in kinds or "cvat" in kinds:
-        extra.update(exports.job_extras(storage, job_id, manifest, names, list(kinds)))
-    return extra
+                  output_kinds: Sequence[str]) -> dict[str, bytes]:
+    """The whole-job files of the kinds the job asked for (labelmap.txt, coco.json, the labelling
+    tools' files), beside the per-image outputs in its results zip."""
+    return kinds.merge_job(output_kinds, job_files(storage, job_id, manifest, names))

@@ -22,7 +22,6 @@ from seam.service.jobs import create as jc
 from seam.service.jobs import lifecycle
 from seam.service.jobs.dispatch import Dispatcher
 from seam.service.jobs.stores.base import JobSnapshot, JobStore
-from seam.service.outputs import model_refs
 from seam.service.schemas import DirectoryJobRequest, JobOptions
 from seam.service.storage import Storage
 from starlette.concurrency import run_in_threadpool
@@ -180,6 +179,12 @@ def form_options(form: FormData) -> JobOptions:
         return JobOptions.model_validate(raw)
     except ValidationError as exc:
         raise ApiError(422, "validation_error", describe_validation(exc.errors())) from None
+
+
+def model_refs(engine: InferenceEngine) -> list[dict]:
+    """Name, kind and ONNX sha256 of each loaded model: recorded with a job at submission."""
+    return [{"name": m.name, "kind": m.kind, "sha256": (m.manifest.get("onnx") or {}).get("sha256")}
+            for m in engine.models()]
 
 
 def check_method(options: JobOptions, engine: InferenceEngine) -> None:

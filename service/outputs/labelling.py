@@ -1,16 +1,17 @@
-"""Pre-annotation files from label maps: a Label Studio tasks-with-predictions JSON and a
-CVAT "Segmentation mask 1.1" zip. Label maps are the jobs' PNG outputs (value c + 1 =
-foreground class c, 0 = background, 255 = ignore)."""
+"""The labelling tools' files (the `labelstudio` and `cvat` outputs, and the live Label Studio
+backend's regions): a Label Studio tasks-with-predictions JSON and a CVAT "Segmentation mask
+1.1" zip. Label maps: value c + 1 = foreground class c, 0 = background, 255 = ignore."""
 from __future__ import annotations
 
 import io
 import json
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 from urllib.parse import quote
 
 import numpy as np
+from seam.service.outputs.sources import JobFiles
 
 from seam.common.classes import IGNORE_INDEX
 from seam.common.encoders import encode_png_label
@@ -169,20 +170,19 @@ def ls_task_from_doc(doc: dict, url: str, from_name: str, to_name: str, data_key
     return ls_task(url, regions, model_version, data_key)
 
 
-def job_labelstudio_tasks(storage, job_id: str, manifest: dict, prefix: str, from_name: str = "tag",
-                          to_name: str = "image", data_key: str = "image",
-                          region: Literal["brush", "polygon"] = "brush",
+def job_labelstudio_tasks(job: JobFiles, prefix: str, from_name: str = "tag", to_name: str = "image",
+                          data_key: str = "image", region: Literal["brush", "polygon"] = "brush",
                           labels: Mapping[int, str] | None = None) -> bytes:
     """labelstudio_tasks.json of a finished job: one task per image with a finished output.
     model_version as the live backend's (`seam-wsss:<model>:<method>`)."""
-    models = manifest.get("models") or []
+    models = job.manifest.get("models") or []
     model = (models[0].get("name") or "model") if models else "model"
-    asked = (manifest.get("options") or {}).get("method")
+    asked = job.options.get("method")
     tasks = []
-    for n, (iid, rel) in enumerate(sorted(manifest["images"].items())):
+    for n, (iid, rel) in enumerate(sorted(job.manifest["images"].items())):
         try:
-            doc = json.loads(storage.output_path(job_id, "labelstudio", iid).read_bytes())
-        except (OSError, ValueError):
+            doc = json.loads(job.read("labelstudio", iid) or b"")
+        except ValueError:
             continue  # failed or missing image: no task
         # outputs written before the method was recorded: the method asked for, else unknown
         version = ls_model_version(model, doc.get("method") or asked or "unknown")
@@ -191,26 +191,7 @@ def job_labelstudio_tasks(storage, job_id: str, manifest: dict, prefix: str, fro
     return ls_tasks_json(tasks)
 
 
-def job_cvat_zip(storage, job_id: str, manifest: dict, names: Sequence[str]) -> bytes:
-    """The "Segmentation mask 1.1" zip of a finished job, from its per-image `cvat` PNGs."""
-
-    def pngs() -> Iterator[tuple[str, bytes]]:
-        for iid in sorted(manifest["images"]):
-            try:
-                png = storage.output_path(job_id, "cvat", iid).read_bytes()
-            except OSError:
-                continue  # failed image: no mask
-            yield iid, png
-
-    return _segmentation_zip(pngs(), names)
-
-
-def job_extras(storage, job_id: str, manifest: dict, names: Sequence[str], kinds: Sequence[str]) -> dict[str, bytes]:
-    """Merged members of a job's results zip: labelstudio_tasks.json, cvat_segmentation_mask.zip."""
-    out: dict[str, bytes] = {}
-    prefix = (manifest.get("options") or {}).get("image_url_prefix")
-    if "labelstudio" in kinds and prefix:
-        out["labelstudio_tasks.json"] = job_labelstudio_tasks(storage, job_id, manifest, prefix)
-    if "cvat" in kinds:
-        out["cvat_segmentation_mask.zip"] = job_cvat_zip(storage, job_id, manifest, names)
-    return out
+def job_cvat_zip(job: JobFiles) -> bytes:
+    """The "Segmentation mask 1.1" zip of a finished job, from its per-image `cvat` PNGs (failed
+    images have none)."""
+    return _segmentation_zip(job.files("cvat"), job.names)

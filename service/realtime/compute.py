@@ -15,16 +15,16 @@ from contextlib import nullcontext
 from urllib.parse import quote
 
 import numpy as np
-from seam.service import encoding as enc
 from seam.service.batching import batches, cam_batch, segment_batch
 from seam.service.core.errors import ApiError
 from seam.service.engine.base import InferenceEngine, MemoryBudgetError, SegmentResult
 from seam.service.engine.cancel import Abandoned, keep_going
 from seam.service.inputs import decode_image
-from seam.service.outputs import cam_json, segment_json
+from seam.service.outputs.bodies import cam_json, cams_npz, segment_json, tile_overlays
 from seam.service.realtime.messages import Reply, SyncRequest
 
 from seam.common.cam import CamResult
+from seam.common.encoders import encode_png_label, encode_png_rgb
 from seam.common.image import resize_rgb
 
 log = logging.getLogger("seam.service")
@@ -75,7 +75,7 @@ def render_segment(req: SyncRequest, seg: SegmentResult, names: Sequence[str]) -
     if req.fmt == "result":  # for in-process callers of a RemoteModels engine (integrations)
         return Reply(body=segment_result_bytes(seg), media_type="application/octet-stream", headers=headers,
                      meta=meta)
-    return Reply(body=enc.png_label(seg.label), media_type="image/png", headers=headers, meta=meta)
+    return Reply(body=encode_png_label(seg.label), media_type="image/png", headers=headers, meta=meta)
 
 
 def segment_result_bytes(seg: SegmentResult) -> bytes:
@@ -99,10 +99,10 @@ def render_cam(req: SyncRequest, rgb: np.ndarray, res: CamResult, names: Sequenc
         rgb = resize_rgb(rgb, res.cams.shape[1:])
     if req.fmt == "npz":
         headers["Content-Disposition"] = 'attachment; filename="cams.npz"'
-        return Reply(body=enc.cams_npz(res, names, req.dtype, image_hw if req.size == "working" else None),
+        return Reply(body=cams_npz(res, names, req.dtype, image_hw if req.size == "working" else None),
                      media_type="application/octet-stream", headers=headers)
     if req.fmt == "png":
-        return Reply(body=enc.png_rgb(enc.tile_overlays(rgb, res.cams)), media_type="image/png", headers=headers)
+        return Reply(body=encode_png_rgb(tile_overlays(rgb, res.cams)), media_type="image/png", headers=headers)
     return Reply(body=json_bytes(cam_json(rgb, res, names, req.refined, req.threshold)),
                  media_type="application/json", headers=headers)
 

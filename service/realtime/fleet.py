@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from seam.service.core.liveness import live_workers
 from seam.service.engine.base import ModelInfo, SegmentResult
 from seam.service.realtime.messages import Reply, SyncRequest
-from seam.service.worker.heartbeat import live_workers
 
 log = logging.getLogger("seam.service")
 

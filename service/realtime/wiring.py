@@ -32,7 +32,7 @@ class BrokerSide:
         self.client: RealtimeClient | None = None
         if settings.sync_on_workers:
             if celery is None:
-                from seam.service.worker.celery_app import create_celery
+                from seam.service.core.broker import create_celery
 
                 celery = create_celery(settings)
             # Two clients: commands fail fast on a dead broker; the reply's BLPOP blocks up to the deadline.

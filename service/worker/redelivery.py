@@ -23,8 +23,8 @@ import time
 from typing import Any
 
 from celery.signals import task_postrun, task_received
+from seam.service.core.liveness import MISSED_BEATS, live_workers
 from seam.service.jobs.dispatch import TASK_NAME as CHUNK_TASK
-from seam.service.worker.heartbeat import MISSED_BEATS, live_workers
 
 log = logging.getLogger("seam.worker")
 

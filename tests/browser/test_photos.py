@@ -10,7 +10,6 @@ import functools
 import io
 import statistics
 import time
-import typing
 import zipfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from scipy import ndimage
-from seam.service.schemas import OutputKind
+from seam.service.outputs.kinds import OUTPUT_KINDS
 
 from seam.common.encoders import mask_edges, mask_overlay
 from tests.browser.helpers import Server, canvas_rgb, label_map, start_demo_model_server, wait_js
@@ -213,7 +212,7 @@ def test_jobs_form_offers_every_output_kind(demo_server, page, tmp_path):
     page.goto(demo_server.url + "/#jobs")
     page.wait_for_selector("#job-method option[value=pcm]", state="attached")
     offered = page.locator('#job-form input[name="outputs"]').evaluate_all("els => els.map(e => e.value)")
-    assert sorted(offered) == sorted(typing.get_args(OutputKind))
+    assert sorted(offered) == sorted(OUTPUT_KINDS)
     assert page.locator("#job-prefix-field").is_hidden()
 
     photos = {f"p{i}.jpg": encode(demo_photo(320, 240, [Shape("disc", 0.4, 0.5, 0.35)], seed=i)[0], "JPEG")

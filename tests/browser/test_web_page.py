@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from seam.service.encoding import coco_rle_decode
+from seam.service.outputs.coco import coco_rle_decode
 
 from tests.browser.helpers import API_KEY, canvas_rgb, demo_rgb, label_map, wait_js
 from tests.service.fakes import encode, zip_bytes

@@ -13,7 +13,7 @@ from label_studio_sdk.converter.brush import decode_rle
 from label_studio_sdk.label_interface import LabelInterface
 from label_studio_sdk.types import ImportApiRequest, PredictionRequest
 from PIL import Image
-from seam.service.integrations.exports import cvat_mask_png, cvat_segmentation_zip
+from seam.service.outputs.labelling import cvat_mask_png, cvat_segmentation_zip
 
 from seam.common.palette import voc_palette
 from tests.integrations.helpers import scene

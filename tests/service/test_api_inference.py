@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 from PIL import Image
-from seam.service.encoding import coco_rle_decode
+from seam.service.outputs.coco import coco_rle_decode
 
 from seam.common.palette import voc_palette
 from tests.service.fakes import (

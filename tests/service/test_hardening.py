@@ -137,8 +137,9 @@ def _crashed_job(data: Path, n: int, done: int, chunk_size: int = 2) -> tuple[st
     """The data directory as a SIGKILLed `seam serve` leaves it: a running job whose first
     `done` images are recorded done, plus one more whose outputs were written but not yet
     recorded, and a partial write in tmp/."""
-    from seam.service.encoding import png_label
     from seam.service.storage import Storage
+
+    from seam.common.encoders import encode_png_label as png_label
 
     storage = Storage(data)
     storage.ensure()

@@ -9,9 +9,10 @@ import pytest
 from PIL import Image
 from seam.service.archives import extract_archive, safe_member_path
 from seam.service.core.errors import ApiError
-from seam.service.encoding import coco_rle, coco_rle_decode
 from seam.service.inputs import decode_image, sniff_archive, sniff_image
+from seam.service.outputs.coco import coco_rle_decode
 
+from seam.common.encoders import coco_rle
 from tests.service.fakes import encode, lying_jpeg, png_bytes, png_header_bomb, rgb_image, tar_bytes, zip_bytes
 
 

@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from seam.service.core.liveness import live_workers, worker_key
 from seam.service.main import create_app
 from seam.service.realtime.compute import run_requests
 from seam.service.realtime.messages import Keys, Reply, SyncRequest
 from seam.service.realtime.server import RealtimeServer
-from seam.service.worker.heartbeat import WorkerHeartbeat, live_workers, worker_key
+from seam.service.worker.heartbeat import WorkerHeartbeat
 
 from tests.service.fakes import FAIL_PIXEL, FakeEngine, encode, png_bytes, rgb_image, zip_bytes
 from tests.service.helpers import REDIS_URL, drop_keys, redis_reachable

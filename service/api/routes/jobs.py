@@ -19,6 +19,7 @@ from seam.service.jobs.access import visible_snapshot
 from seam.service.jobs.results import result_extras
 from seam.service.jobs.stores.base import JobSnapshot
 from seam.service.jobs.submit import JobServices, submit
+from seam.service.outputs import kinds
 from seam.service.schemas import (
     DirectoryJobRequest,
     ErrorResponse,
@@ -26,13 +27,18 @@ from seam.service.schemas import (
     JobLinks,
     JobList,
     JobPublic,
-    OutputKind,
+    JobUploadForm,
+    OutputKindName,
+    OutputKindPublic,
 )
 
 router = APIRouter(tags=["jobs"])
-# Models the hand-written request body below refers to: FastAPI only adds the models of the
-# parameters it parses itself to components.schemas (seam.service.main registers these).
-OPENAPI_MODELS = (DirectoryJobRequest,)
+public_router = APIRouter(tags=["jobs"])  # no API key: what a job can produce is no secret (the page lists it)
+# Models the request body below refers to: FastAPI only adds the models of the parameters it
+# parses itself to components.schemas (seam.service.main registers these).
+OPENAPI_MODELS = (DirectoryJobRequest, JobUploadForm)
+RESULTS_PATH = "/jobs/{job_id}/results"
+RESULT_FILE_PATH = "/jobs/{job_id}/results/{kind}/{name}"
 
 JobId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{32}$", description="Job id (32 hex digits).")]
 _E = {code: {"model": ErrorResponse} for code in (401, 404, 408, 409, 413, 415, 422, 429, 503, 507)}
@@ -52,29 +58,35 @@ def to_public(s: JobSnapshot) -> JobPublic:
         links=JobLinks(self=f"/jobs/{s.id}", results=f"/jobs/{s.id}/results"))
 
 
+# The form is read by the route itself (it streams the archive), so FastAPI cannot document it.
 _JOB_BODY = {
     "required": True,
     "content": {
-        "multipart/form-data": {"schema": {
-            "type": "object", "required": ["archive"],
-            "properties": {
-                "archive": {"type": "string", "format": "binary",
-                            "description": "zip or tar(.gz/.bz2/.xz) of images; may hold labels.csv or labels.json."},
-                "labels": {"type": "string", "format": "binary",
-                           "description": "Optional label table: CSV `image,labels` or JSON {image: [classes]}."},
-                "method": {"type": "string", "enum": ["cam", "pcm", "rw", "deeplab"]},
-                "threshold": {"type": "number", "minimum": 0, "maximum": 1},
-                "max_side": {"type": "integer", "minimum": 8, "maximum": 16384,
-                             "description": "Long side images are resized to before inference (outputs keep "
-                                            "each image's size)."},
-                "outputs": {"type": "string", "description": "Comma-separated subset of png,npz,coco,overlay,"
-                                                              "labelstudio,cvat.", "example": "png,coco"},
-                "image_url_prefix": {"type": "string", "maxLength": 2048, "pattern": "^(https?://|/)",
-                                     "description": "labelstudio output: image URL = prefix + path in the job."},
-            }}},
+        "multipart/form-data": {"schema": {"$ref": "#/components/schemas/JobUploadForm"}},
         "application/json": {"schema": {"$ref": "#/components/schemas/DirectoryJobRequest"}},
     },
 }
+
+
+def document_outputs(schema: dict) -> None:
+    """The texts of the results routes that list the output kinds, from the table as it is when
+    the schema is built (so they cannot drift from it)."""
+    paths = schema.get("paths", {})
+    results = paths.get(RESULTS_PATH, {}).get("get")
+    if results is not None:
+        results["responses"]["200"]["description"] = kinds.results_zip_text()
+    one = paths.get(RESULT_FILE_PATH, {}).get("get")
+    if one is not None:
+        one["responses"]["200"]["content"] = {m: {} for m in dict.fromkeys(
+            k.media_type for k in kinds.OUTPUT_KINDS.values())}
+
+
+@public_router.get("/outputs", response_model=list[OutputKindPublic], summary="The output kinds a job can ask for.",
+                   description="From the output-kinds table, in its order: each kind's file extension, media type, "
+                               "title and description, the whole-job files it adds to the results zip and the job "
+                               "options it needs. Public (no API key).")
+def list_outputs() -> list[OutputKindPublic]:
+    return [OutputKindPublic(**k.public()) for k in kinds.OUTPUT_KINDS.values()]
 
 
 @router.post("/jobs", status_code=202, response_model=JobPublic, summary="Submit a batch job.",
@@ -115,11 +127,9 @@ def cancel_job(job_id: JobId, store: StoreDep, storage: StorageDep, principal: P
     return to_public(visible_snapshot(store, job_id, principal))
 
 
-@router.get("/jobs/{job_id}/results", summary="All outputs as a zip (streamed).", response_class=StreamingResponse,
+@router.get(RESULTS_PATH, summary="All outputs as a zip (streamed).", response_class=StreamingResponse,
             responses={200: {"content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
-                             "description": "zip: <kind>/<image id>.<ext>, coco.json, labelmap.txt, errors.json, "
-                                            "labelstudio_tasks.json, cvat_segmentation_mask.zip"},
-                       **_E})
+                             "description": "zip (document_outputs lists the members)"}, **_E})
 def job_results(job_id: JobId, store: StoreDep, storage: StorageDep, holder: HolderDep,
                 principal: PrincipalDep) -> StreamingResponse:
     snap = visible_snapshot(store, job_id, principal)
@@ -144,18 +154,15 @@ def job_results(job_id: JobId, store: StoreDep, storage: StorageDep, holder: Hol
                              headers={"Content-Disposition": f'attachment; filename="seam-{job_id}.zip"'})
 
 
-@router.get("/jobs/{job_id}/results/{kind}/{name:path}", summary="One output file.",
-            description="`kind`: png, npz, coco, overlay, labelstudio or cvat; `name`: the image id (its path in the "
-                        "archive without "
+@router.get(RESULT_FILE_PATH.replace("{name}", "{name:path}"), summary="One output file.",
+            description="`kind`: an output kind (GET /outputs); `name`: the image id (its path in the archive without "
                         "extension), with or without the output's extension.",
             response_class=FileResponse,
-            responses={200: {"content": {"image/png": {}, "application/json": {}, "application/octet-stream": {}},
-                             "description": "The file."}, **_E})
-def job_result_file(job_id: JobId, kind: OutputKind, name: str, store: StoreDep, storage: StorageDep,
+            responses={200: {"content": {"application/octet-stream": {}}, "description": "The file."}, **_E})
+def job_result_file(job_id: JobId, kind: OutputKindName, name: str, store: StoreDep, storage: StorageDep,
                     principal: PrincipalDep) -> FileResponse:
     visible_snapshot(store, job_id, principal)
     path = storage.resolve_output(job_id, kind, name)
     if path is None:
         raise ApiError(404, "not_found", f"no {kind} output named {name[:200]!r} in job {job_id}")
-    media = {".png": "image/png", ".json": "application/json"}.get(path.suffix, "application/octet-stream")
-    return FileResponse(path, media_type=media, filename=path.name)
+    return FileResponse(path, media_type=kinds.get(kind).media_type, filename=path.name)
