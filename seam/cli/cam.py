@@ -50,11 +50,8 @@ def cam(
     per-class min-max). Default output: <id>.npz with plain arrays `classes` (K,) and `cams`
     (K, H, W) float32 in [0, 1] (np.load(..., allow_pickle=False) reads it); --authors-npy writes
     the release's pickled <id>.npy instead."""
-    from seam.common.cam import MultiScaleConfig, cams_to_label
-    from seam.common.encoders import encode_cams_npz
+    from seam.common.cam import MultiScaleConfig
     from seam.common.files import list_images
-    from seam.common.image import ImageDecodeError, load_rgb
-    from seam.common.palette import label_to_pil
 
     scale_tuple = parse_floats(scales)
     try:
@@ -65,8 +62,24 @@ def cam(
         scales=scale_tuple, flip=not no_flip, refined=not raw,
         cls_threshold=DEFAULT_CLS_THRESHOLD if cls_threshold is None else cls_threshold), cls_threshold, max_side)
     label_table = None if labels is None else _label_table(labels, foreground, [i for i, _ in items])
-    if crf:
-        save_png = True
+    png = ("crf" if crf else "plain") if crf or save_png else None
+    errors = _write_all(items, out, cam_fn, label_table, foreground, authors_npy, png, threshold)
+    if errors:
+        for e in errors:
+            typer.echo(f"skipped {e}", err=True)
+        fail(f"{len(errors)} of {len(items)} images could not be read", code=1)
+
+
+def _write_all(items: list, out: Path, cam_fn, label_table: dict | None, foreground: list[str], authors_npy: bool,
+               png: str | None, threshold: float) -> list[str]:
+    """Each image's CAM file (and label PNG: `png` "plain", or "crf"-refined); the unreadable
+    images' errors."""
+    from seam.common.cam import cams_to_label
+    from seam.common.encoders import encode_cams_npz
+    from seam.common.image import ImageDecodeError, load_rgb
+    from seam.common.palette import label_to_pil
+
+    if png == "crf":
         from seam.common.crf import crf_refine_cams
     out.mkdir(parents=True, exist_ok=True)
     errors = []
@@ -87,15 +100,12 @@ def cam(
             else:
                 target.write_bytes(encode_cams_npz(res.classes, res.cams,
                                                    class_names=[foreground[c] for c in res.classes]))
-            if save_png:
-                label = (crf_refine_cams(rgb, res.cams, res.classes, threshold) if crf
+            if png is not None:
+                label = (crf_refine_cams(rgb, res.cams, res.classes, threshold) if png == "crf"
                          else cams_to_label(res.cams, res.classes, threshold))
                 label_to_pil(label).save(out / f"{image_id}.png")
             bar.update(task, advance=1, status=",".join(foreground[c] for c in res.classes))
-    if errors:
-        for e in errors:
-            typer.echo(f"skipped {e}", err=True)
-        fail(f"{len(errors)} of {len(items)} images could not be read", code=1)
+    return errors
 
 
 def _engine_of(engine: str | None, checkpoint: Path | None, model: Path | None) -> str:
