@@ -197,3 +197,48 @@ def test_training_floors() -> None:
 
 def test_no_import_cycles_in_training() -> None:
     assert module_cycles(_files("training")) == []
+
+
+# --- floors inside service/ ---------------------------------------------------------------
+# Bottom first (docs/architecture.md, "Floors inside the service"). engine: inference on ONNX,
+# knowing nothing of the service; core: settings, errors, limits, metrics, the engine holder,
+# the broker's Celery app and the worker liveness records; outputs: the output-kinds table and
+# the files and bodies made from engine results; then the request schemas, the data directory
+# and input decoding; archives; jobs and realtime (the two kinds of work, siblings); worker (the
+# Celery tasks running both); api (routes); integrations (the labelling tools' routes); main.
+SERVICE_FLOORS: tuple[tuple[str, ...], ...] = (
+    ("engine",), ("fake_engine", "batching"), ("core",), ("outputs",), ("schemas", "storage", "inputs"),
+    ("archives",), ("jobs", "realtime"), ("worker",), ("api",), ("integrations",), ("main",),
+)
+
+
+def test_the_floor_checker_sees_the_service_arrows_the_issue_named(tmp_path: Path, monkeypatch) -> None:
+    """jobs -> worker (dispatch), outputs -> integrations, realtime <-> jobs (siblings) and the
+    jobs <-> worker cycle are reported; worker -> realtime and api -> jobs (down) are not."""
+    pkg = tmp_path / "service"
+    for unit in ("jobs", "worker", "realtime", "integrations", "outputs", "api"):
+        (pkg / unit).mkdir(parents=True)
+    (pkg / "jobs" / "dispatch.py").write_text("def f():\n    from seam.service.worker.tasks import app\n")
+    (pkg / "worker" / "tasks.py").write_text("from seam.service.jobs import dispatch\n"
+                                             "from seam.service.realtime.server import RealtimeServer\n")
+    (pkg / "realtime" / "server.py").write_text("from seam.service.jobs.access import visible_snapshot\n")
+    (pkg / "outputs" / "kinds.py").write_text("from seam.service.integrations import exports\n")
+    (pkg / "integrations" / "exports.py").write_text("import numpy\n")
+    (pkg / "api" / "jobs.py").write_text("from seam.service.jobs.dispatch import TASK_NAME\n")
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    monkeypatch.setattr(sys.modules["tests.support"], "REPO", tmp_path)
+    files = sorted(pkg.rglob("*.py"))
+    assert floor_violations(files, "seam.service", SERVICE_FLOORS) == [
+        "service/jobs/dispatch.py (jobs) imports worker",
+        "service/outputs/kinds.py (outputs) imports integrations",
+        "service/realtime/server.py (realtime) imports jobs",
+    ]
+    assert module_cycles(files) == [["seam.service.jobs.dispatch", "seam.service.worker.tasks"]]
+
+
+def test_service_floors() -> None:
+    assert floor_violations(_files("service"), "seam.service", SERVICE_FLOORS) == []
+
+
+def test_no_import_cycles_in_service() -> None:
+    assert module_cycles(_files("service")) == []

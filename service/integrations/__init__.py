@@ -1,13 +1,10 @@
-"""Labelling-tool integrations: the Label Studio ML backend, CVAT functions and the
-pre-annotation files both tools import."""
+"""Labelling-tool integrations, the service's top floor below the app: the Label Studio ML
+backend and the CVAT detector routes (with what only they use: label-config parsing, the
+guarded image fetch, the CVAT SDK function). The files both tools import (pre-annotations)
+are an output kind: seam.service.outputs.labelling."""
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from fastapi import FastAPI
-from seam.service.core.errors import ApiError
-from seam.service.engine.base import InferenceEngine, MemoryBudgetError, SegmentResult
-from seam.service.inputs import decode_image
 
 
 def install(app: FastAPI) -> None:
@@ -17,15 +14,3 @@ def install(app: FastAPI) -> None:
 
     labelstudio.install(app)
     cvat.install(app)
-
-
-def segment_upload(engine: InferenceEngine, data: bytes, max_pixels: int, labels: Sequence[int] | None,
-                   method: str, threshold: float | None = None) -> SegmentResult:
-    """Decode one image the tool sent and segment it; the engine refusing it is a 413 (over
-    its memory budget) or a 422."""
-    rgb = decode_image(data, max_pixels)
-    try:
-        return engine.segment(rgb, labels, method=method, threshold=threshold)
-    except ValueError as exc:
-        status = 413 if isinstance(exc, MemoryBudgetError) else 422
-        raise ApiError(status, "unprocessable_image", f"the model cannot process this image: {exc}") from None

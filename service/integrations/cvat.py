@@ -25,7 +25,7 @@ from seam.service.core.errors import ApiError
 from seam.service.core.limits import run_limited
 from seam.service.engine.base import SegmentResult
 from seam.service.inputs import resolve_or_422
-from seam.service.integrations import segment_upload
+from seam.service.integrations.upload import segment_upload
 from seam.service.schemas import MethodName
 
 from seam.common.labelling import cvat_nuclio_mask, mask_polygons

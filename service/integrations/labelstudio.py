@@ -37,9 +37,9 @@ from seam.service.core.errors import ApiError
 from seam.service.core.limits import run_limited
 from seam.service.engine.base import InferenceEngine, SegmentResult
 from seam.service.inputs import parse_label_tokens
-from seam.service.integrations import segment_upload
 from seam.service.integrations.fetch import FetchFailed, FetchPolicy, UrlRefused
 from seam.service.integrations.ls_config import Control, LabelConfig, LabelConfigError, parse_label_config
+from seam.service.integrations.upload import segment_upload
 from seam.service.jobs.access import visible_snapshot
 from seam.service.jobs.results import job_files
 from seam.service.outputs.labelling import job_labelstudio_tasks, ls_model_version, ls_regions, prediction_score
