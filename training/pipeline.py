@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from seam.training.data.datasets import DATASET_HELP, build_dataset, dataset_choices, default_recipe
 
 from seam.common.affinity_labels import HA_ALPHA, LA_ALPHA, affinity_scores, scores_label_map, write_scores
 from seam.common.cam import DEFAULT_BG_THRESHOLD, DEFAULT_SCALES
@@ -169,7 +170,7 @@ def write_classes(out_dir: Path, class_names: Sequence[str]) -> None:
 class PipelineConfig:
     data: str = setting(path=True, help="Data root: VOC (JPEGImages/), a synth set, or an image folder.")
     out: str = setting(path=True, help="Run directory (one sub-directory per stage, results.json).")
-    dataset: str = setting("auto", help="voc | folder | synth | auto.")
+    dataset: str = setting("auto", choices=dataset_choices, help=DATASET_HELP)
     train_list: str | None = setting(None, path=True, help="Training image list (default: the data set's).")
     labels: str | None = setting(None, path=True, help="Image-level labels (default: the data set's).")
     eval_list: str | None = setting(None, path=True, help=(
@@ -250,11 +251,9 @@ class PipelineRun:
     after every stage and every mIoU, so an interrupted run keeps what it measured)."""
 
     def __init__(self, cfg: PipelineConfig, hooks: StageHooks) -> None:
-        from seam.training.data.datasets import build_dataset
         from seam.training.inference.cam import default_device
         from seam.training.trainers.affinity import AFFINITY_FINAL
         from seam.training.trainers.deeplab import DEEPLAB_FINAL
-        from seam.training.trainers.recipes import default_recipe
         from seam.training.trainers.state import SEAM_FINAL
 
         self.cfg, self.hooks, self.log = cfg, hooks, hooks.log

@@ -15,7 +15,7 @@ import typing
 from collections.abc import Callable, Iterator
 from dataclasses import MISSING, dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -85,6 +85,8 @@ def parameters(specs: list[Spec]) -> list[inspect.Parameter]:
     out = []
     for spec in specs:
         c, base = spec.cli, _base_type(spec)
+        if c.choices is not None:  # typer lists and checks a Literal's values
+            base = Literal[tuple(c.choices())]  # type: ignore[assignment]
         default = _cli_default(spec)
         if c.flag is not None:
             kind = base | None if default is None else base

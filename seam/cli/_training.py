@@ -21,8 +21,7 @@ def main_rank() -> bool:
 def dataset_recipe(given: dict[str, Any], stage: str) -> str:
     """--recipe (taken out of `given`), else the default for the data set kind (given, or
     detected from the layout)."""
-    from seam.training.data.datasets import detect_dataset_kind
-    from seam.training.trainers.recipes import default_recipe
+    from seam.training.data.datasets import default_recipe, detect_dataset_kind
 
     recipe = given.pop("recipe")
     if recipe is not None:

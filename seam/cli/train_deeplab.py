@@ -45,8 +45,7 @@ def train_deeplab(given: dict[str, Any], scale_range: ScaleRange = None) -> None
 
 def _default_recipe(images: Path) -> str:
     """release when the images are a VOC layout's JPEGImages (directly or through a list), else tuned."""
-    from seam.training.data.datasets import detect_dataset_kind
-    from seam.training.trainers.recipes import default_recipe
+    from seam.training.data.datasets import default_recipe, detect_dataset_kind
 
     root = images if images.is_dir() else images.parent
     for cand in (root, root.parent, root.parent.parent, root.parent.parent.parent):

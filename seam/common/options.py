@@ -5,7 +5,7 @@ library callers only. Plain data: nothing here imports a command-line library.""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import MISSING, dataclass
 from typing import Any
 
@@ -27,7 +27,9 @@ class Cli:
     path: the command line takes a path (the field stores it as str).
     parse: text -> field value (comma lists); raises ValueError on bad text.
     required / hidden: the command line must give it / it is left out of --help.
-    min / max: bounds; `clamp` moves a value outside them to the bound instead of refusing it."""
+    min / max: bounds; `clamp` moves a value outside them to the bound instead of refusing it.
+    choices: the values the option takes, asked when the command is built (a table that can
+      grow, e.g. the data set kinds, lists what it holds then)."""
 
     help: str
     flag: str | None = ""
@@ -42,6 +44,7 @@ class Cli:
     min: float | None = None
     max: float | None = None
     clamp: bool = False
+    choices: Callable[[], Sequence[str]] | None = None
 
 
 def setting(default: Any = MISSING, *, help: str, default_factory: Any = MISSING, **cli: Any) -> Any:

@@ -4,9 +4,15 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from seam.training.data.augment import AugmentConfig, augment, color_jitter, random_crop, random_resize_long
-from seam.training.data.datasets import (
+from seam.training.data.augment import (
+    AugmentConfig,
     AugmentedDataset,
+    augment,
+    color_jitter,
+    random_crop,
+    random_resize_long,
+)
+from seam.training.data.datasets import (
     DatasetError,
     build_dataset,
     detect_dataset_kind,

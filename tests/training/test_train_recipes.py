@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from seam.training.data.datasets import default_recipe
 from seam.training.data.synth import generate
 from seam.training.inference.segment import DEFAULT_SEG_SCALES, SEG_CRF, segment_probs
 from seam.training.models.deeplab import DeepLabLargeFOV, from_authors_state_dict, is_authors_state_dict
@@ -13,7 +14,7 @@ from seam.training.models.registry import create_model
 from seam.training.pipeline import PipelineConfig
 from seam.training.trainers.affinity import AffinityTrainConfig
 from seam.training.trainers.deeplab import DEEPLAB_FINAL, DeepLabTrainConfig, train_deeplab
-from seam.training.trainers.recipes import default_recipe, recipe_settings
+from seam.training.trainers.recipes import recipe_settings
 from seam.training.trainers.schedule import AUTHORS_MOMENTUM
 from seam.training.trainers.trainer import TrainConfig
 from typer.testing import CliRunner

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageEnhance
+from seam.training.data.datasets import DatasetError, ImageLabelSet
 from seam.training.data.label_png import read_label_png
 
 from seam.common.image import ImageDecodeError, Normalization, open_image
@@ -158,3 +159,27 @@ def augment(img: Image.Image, cfg: AugmentConfig, rng: np.random.Generator) -> n
     x = cfg.normalization(np.asarray(img, dtype=np.uint8))  # (3, H, W)
     x = random_crop(x.transpose(1, 2, 0), cfg.crop, rng)  # (crop, crop, 3), pad 0
     return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+class AugmentedDataset(torch.utils.data.Dataset):
+    """Training samples: key (index, epoch) -> (image (3, crop, crop) float32, label (num_fg,), index).
+
+    The augmentation RNG is np.random.default_rng([seed, epoch, index]): a sample is
+    the same whatever the worker count and after a resume.
+    """
+
+    def __init__(self, images: ImageLabelSet, aug: AugmentConfig, seed: int = 0) -> None:
+        self.images, self.aug, self.seed = images, aug, seed
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        index, epoch = (key, 0) if isinstance(key, (int, np.integer)) else key
+        path = self.images.paths[index]
+        try:
+            img = open_image(path)
+        except ImageDecodeError as exc:
+            raise DatasetError(f"{path}: {exc}") from exc
+        x = augment(img, self.aug, np.random.default_rng([self.seed, epoch, index]))
+        return torch.from_numpy(x), torch.from_numpy(self.images.labels[index]), index

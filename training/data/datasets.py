@@ -1,29 +1,29 @@
-"""Image-level labelled training sets: VOC12 (+SBD train_aug), a generic image folder,
-and the synthetic VOC-layout sets of `seam.training.data.synth`.
+"""Image-level labelled training sets and the table of their kinds (`DATASETS`): VOC12
+(+SBD train_aug), a generic image folder, and the synthetic VOC-layout sets of
+`seam.training.data.synth`. Torch-free: the command line reads the table (--dataset).
 
-Each builder returns an `ImageLabelSet` (ids, image paths, multi-hot labels, class
-names with background first, where ground truth lives). `AugmentedDataset` turns
-it into the torch dataset the SEAM trainer reads. The class names decide the head
-(num_classes = foreground + 1), the CAM files and the evaluation.
+Each loader returns an `ImageLabelSet` (ids, image paths, multi-hot labels, class
+names with background first, where ground truth lives);
+`seam.training.data.augment.AugmentedDataset` turns it into the torch dataset the SEAM
+trainer reads. The class names decide the head (num_classes = foreground + 1), the CAM
+files and the evaluation. A table entry (`DatasetKind`) says how a kind is detected
+(`--dataset auto`), loaded and which recipe each stage gets on it by default.
 """
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
-from seam.training.data.augment import AugmentConfig, augment
+from seam.training.data.label_png import read_label_png
 
 from seam.common.classes import IGNORE_INDEX, VOC_CLASSES
 from seam.common.files import IMAGE_EXTENSIONS, LABEL_FILE_NAMES, list_images, load_label_file, read_label_table
-from seam.common.image import ImageDecodeError, open_image
 
-DATASET_KINDS = ("auto", "voc", "folder", "synth")
 GT_DIRNAME = "SegmentationClass"
 
 
@@ -281,39 +281,124 @@ def load_folder(data: str | Path, labels: str | Path | None = None, classes: str
                          {"labels": str(label_file), **({"list": str(train_list)} if train_list else {})})
 
 
+@dataclass(frozen=True)
+class DatasetRequest:
+    """What the command line / a config says about the data: the root and the optional
+    overrides every loader may read (a loader ignores what its layout does not use)."""
+
+    data: Path
+    train_list: str | Path | None = None
+    labels: str | Path | None = None
+    classes: str | Sequence[str] | None = None
+    check_images: bool = True
+
+
+@dataclass(frozen=True)
+class DatasetKind:
+    """One entry of the data set table: how a layout is recognised, loaded and trained.
+
+    detect: does this root look like this kind? None: never auto-detected (the fallback).
+    recipes: the recipe each stage (seam | affinity | deeplab) gets without --recipe;
+      a stage not listed gets `release`.
+    """
+
+    name: str
+    description: str  # one line: the layout
+    load: Callable[[DatasetRequest], ImageLabelSet]
+    detect: Callable[[Path], bool] | None = None
+    recipes: Mapping[str, str] = field(default_factory=dict)
+
+
+# Every dataset kind, in detection order: `auto` takes the first whose `detect` claims the
+# root, else FALLBACK_KIND. A new kind is one `register_dataset` call (or one entry here);
+# the CLI's --dataset choices, `auto`, the trainers and the default recipes all read it.
+DATASETS: dict[str, DatasetKind] = {}
+AUTO = "auto"
+FALLBACK_KIND = "folder"
+DATASET_HELP = "Data set kind; auto: detected from the layout."
+
+
+def register_dataset(kind: DatasetKind, before: str | None = None) -> DatasetKind:
+    """Add `kind` to the table (detected before the kind named `before`, else after the others)."""
+    if kind.name == AUTO or kind.name in DATASETS:
+        raise ValueError(f"dataset kind {kind.name!r} is already taken")
+    items = list(DATASETS.items())
+    at = [n for n, _ in items].index(before) if before is not None else len(items)
+    items.insert(at, (kind.name, kind))
+    DATASETS.clear()
+    DATASETS.update(items)
+    return kind
+
+
+def dataset_choices() -> tuple[str, ...]:
+    """The values --dataset takes: auto, then every kind of the table."""
+    return (AUTO, *DATASETS)
+
+
 def detect_dataset_kind(data: str | Path) -> str:
+    """The first kind of the table whose detector claims `data`, else FALLBACK_KIND."""
     data = Path(data)
-    if (data / "JPEGImages").is_dir() and (data / "classes.txt").is_file() and (data / "cls_labels.npy").is_file():
-        return "synth"
-    if (data / "JPEGImages").is_dir() and not any((data / n).is_file() for n in LABEL_FILE_NAMES):
-        return "voc"
-    return "folder"
+    return next((k.name for k in DATASETS.values() if k.detect is not None and k.detect(data)), FALLBACK_KIND)
+
+
+def default_recipe(dataset_kind: str, stage: str = "seam") -> str:
+    """The recipe a `stage` (seam | affinity | deeplab) run on `dataset_kind` gets without --recipe."""
+    kind = DATASETS.get(dataset_kind)
+    return kind.recipes.get(stage, "release") if kind is not None else "release"
+
+
+def _class_names_given(classes: str | Sequence[str]) -> list[str]:
+    """--classes as class names, background first: a classes.txt path or a comma list."""
+    if isinstance(classes, str) and Path(classes).is_file():
+        return read_class_names(classes)
+    return _with_background(classes.split(",") if isinstance(classes, str) else list(classes), "--classes")
 
 
 def build_dataset(kind: str, data: str | Path, train_list: str | Path | None = None,
                   labels: str | Path | None = None, classes: str | Sequence[str] | None = None,
                   check_images: bool = True) -> ImageLabelSet:
-    """kind: voc | folder | synth | auto (synth when classes.txt + cls_labels.npy sit beside
-    JPEGImages/, voc for another JPEGImages/ root, else folder)."""
-    if kind not in DATASET_KINDS:
-        raise DatasetError(f"unknown dataset kind {kind!r}; choose from {', '.join(DATASET_KINDS)}")
+    """The set of kind `kind` (a name of DATASETS, or auto: detected from the layout) at `data`.
+    `classes`, when given, must match the set's class names (a folder set takes them as its own)."""
+    if kind not in dataset_choices():
+        raise DatasetError(f"unknown dataset kind {kind!r}; choose from {', '.join(dataset_choices())}")
     data = Path(data)
     if not data.is_dir():
         raise DatasetError(f"data directory not found: {data}")
-    if kind == "auto":
+    if kind == AUTO:
         kind = detect_dataset_kind(data)
-    if kind == "voc":
-        ds = load_voc(data, train_list, labels, check_images)
-    elif kind == "synth":
-        ds = load_synth(data, train_list, labels, check_images=check_images)
-    else:
-        ds = load_folder(data, labels, classes, train_list, check_images)
-    if classes is not None and kind != "folder":
-        want = (read_class_names(classes) if isinstance(classes, str) and Path(classes).is_file()
-                else _with_background(classes.split(",") if isinstance(classes, str) else list(classes), "--classes"))
+    ds = DATASETS[kind].load(DatasetRequest(data, train_list, labels, classes, check_images))
+    if classes is not None:
+        want = _class_names_given(classes)
         if want != ds.class_names:
             raise DatasetError(f"--classes {want[1:]} differ from the data set's {ds.class_names[1:]}")
     return ds
+
+
+def _synth_layout(data: Path) -> bool:
+    return (data / "JPEGImages").is_dir() and (data / "classes.txt").is_file() and (data / "cls_labels.npy").is_file()
+
+
+def _voc_layout_without_label_table(data: Path) -> bool:
+    return (data / "JPEGImages").is_dir() and not any((data / n).is_file() for n in LABEL_FILE_NAMES)
+
+
+# VOC trains as the authors did. Other data would get `tuned` only if the ablation showed it
+# better; on the synthetic set it was worse (3 seeds, docs/training.md "Ablation"), so SEAM and
+# AffinityNet default to `release` everywhere. DeepLab off VOC keeps `tuned`: the release's
+# 20000 iterations and batch statistics are VOC-sized, not a default for small folder sets.
+_OFF_VOC_RECIPES = {"seam": "release", "affinity": "release", "deeplab": "tuned"}
+register_dataset(DatasetKind(
+    "synth", "a `seam synth` set: VOC layout + classes.txt + cls_labels.npy",
+    lambda r: load_synth(r.data, r.train_list, r.labels, check_images=r.check_images),
+    _synth_layout, _OFF_VOC_RECIPES))
+register_dataset(DatasetKind(
+    "voc", "PASCAL VOC 2012 (+SBD): JPEGImages/, the authors' train_aug list and cls_labels.npy",
+    lambda r: load_voc(r.data, r.train_list, r.labels, r.check_images),
+    _voc_layout_without_label_table, {"seam": "release", "affinity": "release", "deeplab": "release"}))
+register_dataset(DatasetKind(
+    "folder", "an image folder + labels.csv/json/tsv (image -> class names)",
+    lambda r: load_folder(r.data, r.labels, r.classes, r.train_list, r.check_images),
+    None, _OFF_VOC_RECIPES))
 
 
 def eval_items(ds: ImageLabelSet, eval_list: str | Path | None) -> list[tuple[str, Path, list[int]]]:
@@ -334,33 +419,7 @@ def eval_items(ds: ImageLabelSet, eval_list: str | Path | None) -> list[tuple[st
         if i in ds.label_table:
             lab = ds.label_indices(i)
         else:
-            from seam.training.data.label_png import read_label_png
-
             g = read_label_png(gt)
             lab = sorted(int(c) - 1 for c in np.unique(g) if 0 < c < ds.num_classes and c != IGNORE_INDEX)
         out.append((i, p, lab))
     return out
-
-
-class AugmentedDataset(torch.utils.data.Dataset):
-    """Training samples: key (index, epoch) -> (image (3, crop, crop) float32, label (num_fg,), index).
-
-    The augmentation RNG is np.random.default_rng([seed, epoch, index]): a sample is
-    the same whatever the worker count and after a resume.
-    """
-
-    def __init__(self, images: ImageLabelSet, aug: AugmentConfig, seed: int = 0) -> None:
-        self.images, self.aug, self.seed = images, aug, seed
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
-        index, epoch = (key, 0) if isinstance(key, (int, np.integer)) else key
-        path = self.images.paths[index]
-        try:
-            img = open_image(path)
-        except ImageDecodeError as exc:
-            raise DatasetError(f"{path}: {exc}") from exc
-        x = augment(img, self.aug, np.random.default_rng([self.seed, epoch, index]))
-        return torch.from_numpy(x), torch.from_numpy(self.images.labels[index]), index

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from seam.training.data.datasets import AugmentedDataset
+from seam.training.data.augment import AugmentedDataset
 from torch.utils.data import DataLoader, Sampler
 
 

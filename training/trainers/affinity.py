@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from seam.training.data.affinity import AffinityAugmentConfig, AffinityDataset
 from seam.training.data.augment import RELEASE_JITTER
+from seam.training.data.datasets import DATASET_HELP, DatasetError, build_dataset, dataset_choices
 from seam.training.models.affinity import pair_affinity
 from seam.training.models.registry import create_model
 from seam.training.trainers.loop import Progress
@@ -64,7 +65,7 @@ class AffinityTrainConfig(StageConfig):
                         help="Data root: VOC (JPEGImages/), a synth set, or an image folder.")
     labels: str = setting("runs/aff_labels", path=True, required=True, help=(
         "AffinityNet label PNGs <id>.png (0 bg, c+1 class, 255 unknown)."))  # seam.common.affinity_labels
-    dataset: str = setting("auto", help="voc | folder | synth | auto (detected from the layout).")
+    dataset: str = setting("auto", choices=dataset_choices, help=DATASET_HELP)
     train_list: str | None = setting(None, path=True, help=(
         "Image list (default: the data set's training list, images with labels)."))
     image_labels: str | None = setting(None, path=True, help=(
@@ -88,8 +89,6 @@ class AffinityTrainConfig(StageConfig):
 
 def affinity_items(cfg: AffinityTrainConfig) -> tuple[list[str], list[Path], list[Path], list[str]]:
     """(ids, image paths, label paths, class names) of the training images that have labels."""
-    from seam.training.data.datasets import DatasetError, build_dataset
-
     label_dir = Path(cfg.labels)
     if not label_dir.is_dir():
         raise DatasetError(f"AffinityNet label directory not found: {label_dir}")

@@ -67,14 +67,8 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "deeplab": _DEEPLAB,
 }
 
-# Which recipe a run gets when none is named. VOC trains as the authors did. Other data
-# would get `tuned` only if the ablation showed it better; on the synthetic set it was
-# worse (3 seeds, docs/training.md "Ablation"), so SEAM and AffinityNet default to
-# `release` everywhere. DeepLab off VOC keeps `tuned`: the release's 20000 iterations and
-# batch statistics are VOC-sized, not a default for small folder sets.
-DEFAULT_FOR_VOC = "release"
-DEFAULT_OTHER = "release"
-DEFAULT_OTHER_DEEPLAB = "tuned"
+# Which recipe a run gets when none is named depends on the data: the data set table says
+# (`seam.training.data.datasets.DATASETS`, `default_recipe`).
 
 # The --recipe help of the SEAM and AffinityNet trainers (their `recipe` field's metadata).
 RECIPE_HELP = ("release: the published runs exactly (SGD momentum 5e-4 from the release's positional-argument "
@@ -82,14 +76,6 @@ RECIPE_HELP = ("release: the published runs exactly (SGD momentum 5e-4 from the 
                "with momentum 0.9 and AMP on CUDA. Default: release, on VOC because it is the paper's run, "
                "on other data because tuned measured no better there (docs/training.md, Ablation). "
                "Explicit options override it.")
-
-
-def default_recipe(dataset_kind: str, stage: str = "seam") -> str:
-    """The recipe a `stage` (seam | affinity | deeplab) run on `dataset_kind`
-    (voc | synth | folder) gets without --recipe."""
-    if dataset_kind == "voc":
-        return DEFAULT_FOR_VOC
-    return DEFAULT_OTHER_DEEPLAB if stage == "deeplab" else DEFAULT_OTHER
 
 
 def recipe_settings(stage: str, name: str) -> dict[str, Any]:
@@ -173,5 +159,5 @@ def describe(cfg: RecipeConfig) -> str:
     return head + "; overridden: " + ", ".join(f"{k}={v}" for k, v in rep["overrides"].items())
 
 
-__all__ = ["DEFAULT_FOR_VOC", "DEFAULT_OTHER", "DEFAULT_OTHER_DEEPLAB", "RECIPES", "RECIPE_HELP", "RELEASE_JITTER",
-           "RecipeConfig", "default_recipe", "describe", "recipe_report", "recipe_settings", "with_recipe"]
+__all__ = ["RECIPES", "RECIPE_HELP", "RELEASE_JITTER", "RecipeConfig", "describe", "recipe_report", "recipe_settings",
+           "with_recipe"]

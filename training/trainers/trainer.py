@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from seam.training.data.augment import RELEASE_JITTER, AugmentConfig
+from seam.training.data.augment import RELEASE_JITTER, AugmentConfig, AugmentedDataset
 from seam.training.data.datasets import (
-    AugmentedDataset,
+    DATASET_HELP,
     DatasetError,
     ImageLabelSet,
     build_dataset,
+    dataset_choices,
     eval_items,
 )
 from seam.training.data.loader import iterations_per_epoch
@@ -75,7 +76,7 @@ class TrainConfig(RunConfig):
 
     data: str = setting("data/VOC2012", path=True, required=True,
                         help="Data root: VOC (JPEGImages/), a synth set, or an image folder.")
-    dataset: str = setting("auto", help="voc | folder | synth | auto (detected from the layout).")
+    dataset: str = setting("auto", choices=dataset_choices, help=DATASET_HELP)
     train_list: str | None = setting(None, path=True, help=(
         "Image list (ids or VOC-style paths). VOC default: the authors' train_aug.txt."))
     labels: str | None = setting(None, path=True, help=(
