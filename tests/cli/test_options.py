@@ -27,7 +27,7 @@ class Inner:
 @dataclass
 class Toy:
     data: str = setting(path=True, help="Toy data root.")
-    epochs: int = setting(8, recipe=True, help="Toy epochs (recipe: 8).")
+    epochs: int = setting(8, recipe=True, aliases=("--num-epochs",), help="Toy epochs (recipe: 8).")
     scales: tuple[float, ...] = setting((0.5, 1.0), parse=parse_floats, help="Toy scales.")
     er: bool = setting(True, flag=None, off="--no-er", help="Toy: no ER.")
     amp: bool | None = setting(None, recipe=True, help="Toy mixed precision.")
@@ -93,6 +93,8 @@ def test_values_reach_the_command_as_config_fields(tmp_path):
     assert seen[0] == ({"data": "d", "epochs": 2, "scales": (1.0, 2.0), "er": False, "amp": False,
                         "inner": Inner(2.0)}, 5)
     Toy(**seen[0][0])  # what the command is given builds the config
+    r, seen = _invoke(Toy, "--data", "d", "--num-epochs", "4")
+    assert r.exit_code == 0 and seen[0][0]["epochs"] == 4, r.output  # an alias is the same option
 
 
 def test_bad_text_is_a_usage_error():
