@@ -10,7 +10,7 @@ Here, each worker records the chunks it has received in `<prefix>:inflight`
 (task id -> node, time), and the API process (`requeue_orphans`, every
 SEAM_WORKER_HEARTBEAT_S) restores, through kombu's own `QoS.restore_by_tag`, the
 unacknowledged chunk messages of nodes that no longer have a live heartbeat
-(`seam.service.worker.heartbeat`, expiring after 3 beats). The chunk runs again on another
+(`seam.service.core.liveness`, expiring after 3 beats). The chunk runs again on another
 worker; outputs already written are kept and skipped (process_chunk is idempotent).
 A node that was only cut off and comes back may finish the chunk too: the result is
 the same files, and the delivery count of that chunk goes up by one.
