@@ -64,7 +64,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from seam.training.data.synth import generate
-    from seam.training.trainers.trainer import TrainConfig, train
+    from seam.training.trainers.seam import TrainConfig, train
 
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = [r for r in rows if r not in ROWS]

@@ -5,7 +5,7 @@
 Run directory (every stage skipped when its outputs exist, trainers resumed from their
 checkpoint.pth when interrupted):
 
-    seam/        seam_final.pth + .json           (seam.training.trainers.trainer)
+    seam/        seam_final.pth + .json           (seam.training.trainers.seam)
     cams/        <id>.npy  {fg class: HxW}        training images, known image labels
     aff_labels/  <id>.npz  la / ha CRF posteriors, <id>.png their labels 0 / c+1 / 255
                                                   (seam.common.affinity_labels)
@@ -351,7 +351,7 @@ class PipelineRun:
     def _build_config(self, name: str) -> Any:
         from seam.training.trainers.affinity import AffinityTrainConfig
         from seam.training.trainers.deeplab import DeepLabTrainConfig
-        from seam.training.trainers.trainer import TrainConfig
+        from seam.training.trainers.seam import TrainConfig
 
         cfg, final = self.cfg, self.finals[name]
         common = {"backbone": cfg.backbone, "batch_size": cfg.batch_size, "crop": cfg.crop, "out": str(final.parent),
@@ -414,7 +414,7 @@ class PipelineRun:
     # ----------------------------------------------------------------------- the stages
 
     def seam(self) -> dict[str, Any]:
-        from seam.training.trainers.trainer import train
+        from seam.training.trainers.seam import train
 
         return self.trained("1/6", "SEAM", "seam", "SEAM training", train)
 

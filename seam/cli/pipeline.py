@@ -25,7 +25,7 @@ def pipeline(given: dict[str, Any]) -> None:
     from seam.training.data.datasets import DatasetError
     from seam.training.models.checkpoint import CheckpointError
     from seam.training.pipeline import PipelineConfig, run_pipeline
-    from seam.training.trainers.trainer import TrainingError
+    from seam.training.trainers.run_dir import TrainingError
 
     cfg = PipelineConfig(**given)
     if cfg.crop is not None and cfg.crop % 8:

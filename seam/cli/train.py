@@ -10,7 +10,7 @@ from seam.cli._util import console
 
 
 def _config() -> type:
-    from seam.training.trainers.trainer import TrainConfig
+    from seam.training.trainers.seam import TrainConfig
 
     return TrainConfig
 
@@ -27,8 +27,9 @@ batch 8, 8 epochs, crop 448, lr 0.01), which is what produced the paper's number
 give override the recipe; the run prints the recipe and stores it in the sidecar."""
     from seam.training.data.datasets import DatasetError
     from seam.training.models.checkpoint import CheckpointError
+    from seam.training.trainers.run_dir import TrainingError
+    from seam.training.trainers.seam import TrainConfig, train
     from seam.training.trainers.state import SEAM_FINAL
-    from seam.training.trainers.trainer import TrainConfig, TrainingError, train
 
     cfg = _training.recipe_config(TrainConfig, given, _training.dataset_recipe(given, "seam"))
     result = _training.train_stage(train, cfg, "SEAM", (DatasetError, CheckpointError, TrainingError,

@@ -39,7 +39,7 @@ AMP on CUDA. Options you give override it."""
     from seam.training.models.checkpoint import CheckpointError
     from seam.training.trainers.affinity import AFFINITY_FINAL, AffinityTrainConfig
     from seam.training.trainers.affinity import train_affinity as run
-    from seam.training.trainers.trainer import TrainingError
+    from seam.training.trainers.run_dir import TrainingError
 
     cfg = _training.recipe_config(AffinityTrainConfig, given, _training.dataset_recipe(given, "affinity"))
     errors = (DatasetError, CheckpointError, TrainingError, FileNotFoundError, RuntimeError, ValueError)

@@ -28,7 +28,7 @@ def train_deeplab(given: dict[str, Any], scale_range: ScaleRange = None) -> None
     from seam.training.models.checkpoint import CheckpointError
     from seam.training.trainers.deeplab import DEEPLAB_FINAL, DeepLabDataError, DeepLabTrainConfig
     from seam.training.trainers.deeplab import train_deeplab as run
-    from seam.training.trainers.trainer import TrainingError
+    from seam.training.trainers.run_dir import TrainingError
 
     if scale_range is not None:
         try:

@@ -87,7 +87,7 @@ def test_the_cli_lists_and_accepts_a_registered_kind(toy_kind, monkeypatch, path
 def test_the_cli_trains_a_registered_kind_with_its_default_recipe(toy_kind, toy_root, monkeypatch, tmp_path):
     """`seam train seam --dataset auto` on the toy layout: the trainer gets the toy kind's
     recipe (tuned) and its data loads as toy; the training itself is replaced."""
-    from seam.training.trainers import trainer
+    from seam.training.trainers import seam
 
     _fresh_command(monkeypatch, "train", "seam")
     seen = {}
@@ -96,7 +96,7 @@ def test_the_cli_trains_a_registered_kind_with_its_default_recipe(toy_kind, toy_
         seen["recipe"], seen["kind"] = cfg.recipe, D.build_dataset(cfg.dataset, cfg.data).kind
         return {}
 
-    monkeypatch.setattr(trainer, "train", fake_train)
+    monkeypatch.setattr(seam, "train", fake_train)
     r = CliRunner().invoke(app, ["train", "seam", "--data", str(toy_root), "--out", str(tmp_path / "run")])
     assert r.exit_code == 0, r.output
     assert seen == {"recipe": "tuned", "kind": "toy"}

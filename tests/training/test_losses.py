@@ -266,7 +266,7 @@ def test_four_parameter_groups():
 
 
 def test_seam_groups_exclude_frozen_layers():
-    from seam.training.trainers.loop import freeze_parameters
+    from seam.training.trainers.batchnorm import freeze_parameters
 
     model = create_model("seam", "resnet38_small", 6)
     freeze_parameters(model)

@@ -239,20 +239,19 @@ def _release_deeplab_step(sd: dict[str, torch.Tensor], img, target, lr: float, m
 def _our_deeplab_step(model, img, target, bn_group):
     from seam.training.trainers.deeplab import (
         DeepLabTrainConfig,
+        DeepLabTrainer,
         authors_train_mode,
         deeplab_step,
         group_batchnorm,
     )
     from seam.training.trainers.schedule import PolySchedule
-    from seam.training.trainers.stage import Stage, freeze, stage_optimizer
 
     cfg = DeepLabTrainConfig.from_recipe("release", bn_group=bn_group)
     group_batchnorm(model, cfg.bn_group)
-    stage = Stage(kind="deeplab", final_name="x", loss_terms=("loss",), step=None, sidecar={}, fingerprint="",
-                  unfreeze=True, poly_extra=1)
-    freeze(stage, model)
-    opt = stage_optimizer(cfg, stage, model)
-    PolySchedule(opt, cfg.max_iterations + stage.poly_extra).step(0)
+    trainer = DeepLabTrainer(cfg)  # the release recipe: every conv trained, poly over max_iter + 1
+    trainer.freeze(model)
+    opt = trainer.optimizer(model)
+    PolySchedule(opt, cfg.max_iterations + trainer.poly_extra).step(0)
     authors_train_mode(model)
     loss = deeplab_step(model, (img, target, None), torch.device("cpu"), False, cfg.loss_align_corners)["loss"]
     opt.zero_grad(set_to_none=True)

@@ -9,8 +9,8 @@ from PIL import Image, ImageDraw
 from seam.training.data.synth import generate
 from seam.training.models.checkpoint import CheckpointError, read_checkpoint
 from seam.training.models.registry import create_model, model_from_checkpoint
+from seam.training.trainers.seam import TrainConfig, train
 from seam.training.trainers.state import seed_everything
-from seam.training.trainers.trainer import TrainConfig, train
 from typer.testing import CliRunner
 
 from tests.training.helpers import torch_to_mxnet, write_params

@@ -16,7 +16,7 @@ from seam.training.trainers.affinity import AffinityTrainConfig
 from seam.training.trainers.deeplab import DEEPLAB_FINAL, DeepLabTrainConfig, train_deeplab
 from seam.training.trainers.recipes import recipe_settings
 from seam.training.trainers.schedule import AUTHORS_MOMENTUM
-from seam.training.trainers.trainer import TrainConfig
+from seam.training.trainers.seam import TrainConfig
 from typer.testing import CliRunner
 
 from tests.training.helpers import tiny_set

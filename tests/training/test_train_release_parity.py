@@ -18,11 +18,11 @@ from seam.training.losses import LossSwitches, seam_losses
 from seam.training.models.affinity import pair_affinity
 from seam.training.models.registry import create_model
 from seam.training.trainers.affinity import AffinityTrainConfig, affinity_loss
-from seam.training.trainers.loop import freeze_parameters, set_train_mode
+from seam.training.trainers.batchnorm import freeze_parameters, set_train_mode
 from seam.training.trainers.recipes import recipe_settings
 from seam.training.trainers.schedule import PolySchedule, make_optimizer
+from seam.training.trainers.seam import SiameseStep, TrainConfig
 from seam.training.trainers.siamese import SiameseConfig, sample_transform
-from seam.training.trainers.trainer import SiameseStep, TrainConfig
 from torch import nn
 
 from seam.common.affinity_labels import pair_labels

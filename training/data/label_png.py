@@ -1,8 +1,11 @@
-"""Reading VOC-style label PNGs (torch-free): ground truth, pseudo labels and AffinityNet
-labels are all (H, W) uint8 class maps with 255 = ignore. It sits on the data floor, the
+"""VOC-style label PNGs (torch-free): ground truth, pseudo labels and AffinityNet labels
+are all (H, W) uint8 class maps with 255 = ignore; reading them, pairing images with
+them, and a cheap fingerprint of a label set (the AffinityNet and DeepLab trainers). It sits on the data floor, the
 lowest of training/, because the data sets read labels and evaluation scores them."""
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,3 +36,23 @@ def read_label_png(path: str | Path) -> np.ndarray:
     if not np.all(key[idx] == flat):
         raise ValueError(f"{path}: RGB label image has colours outside the VOC palette")
     return idx.astype(np.uint8)
+
+
+def files_fingerprint(ids: Sequence[str], label_paths: Sequence[Path]) -> str:
+    """sha256 over ids and label file sizes: cheap, catches a changed label set."""
+    h = hashlib.sha256()
+    for i, p in zip(ids, label_paths, strict=True):
+        h.update(f"{i}\t{Path(p).stat().st_size}\n".encode())
+    return h.hexdigest()
+
+
+def labelled_items(items: Iterable[tuple[str, Path]], label_dir: Path) -> tuple[list[str], list[Path], list[Path]]:
+    """(ids, image paths, label paths) of the (id, image path) items that have <label_dir>/<id>.png."""
+    ids, paths, labels = [], [], []
+    for i, p in items:
+        lp = label_dir / f"{i}.png"
+        if lp.is_file():
+            ids.append(i)
+            paths.append(p)
+            labels.append(lp)
+    return ids, paths, labels

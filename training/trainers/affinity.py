@@ -1,7 +1,7 @@
 """AffinityNet training (the authors' `train_aff.py`): its config, data, loss and step.
 
-The loop is the stage loop DeepLab shares (`stage.py`, on `loop.py`: device + DDP
-set-up, BN/conv1a/b2 freezing, resume, checkpoints, the epoch loop), with the four
+The run is the template every stage fills in (`template.Trainer`: device + DDP set-up,
+BN/conv1a/b2 freezing, resume, checkpoints, the epoch loop of `run.Run`), with the four
 parameter groups + poly schedule of `schedule.py`. Single process or DDP under
 torchrun, AMP on CUDA, `--resume` from RUN_DIR/checkpoint.pth, `--max-minutes` /
 `stop_after` stops that leave a resumable checkpoint.
@@ -12,7 +12,7 @@ training summary, loss history), log.csv.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,12 +21,14 @@ import torch
 from seam.training.data.affinity import AffinityAugmentConfig, AffinityDataset
 from seam.training.data.augment import RELEASE_JITTER
 from seam.training.data.datasets import DATASET_HELP, DatasetError, build_dataset, dataset_choices
+from seam.training.data.label_png import files_fingerprint, labelled_items
 from seam.training.models.affinity import pair_affinity
 from seam.training.models.registry import create_model
-from seam.training.trainers.loop import Progress
+from seam.training.trainers.config import StageConfig
+from seam.training.trainers.distributed import Dist
 from seam.training.trainers.recipes import RECIPE_HELP
 from seam.training.trainers.schedule import AUTHORS_MOMENTUM
-from seam.training.trainers.stage import Stage, StageConfig, StageStep, files_fingerprint, labelled_items, train_stage
+from seam.training.trainers.template import Log, OnProgress, Parts, Step, Trainer
 from torch import nn
 
 from seam.common.options import setting
@@ -102,39 +104,46 @@ def affinity_items(cfg: AffinityTrainConfig) -> tuple[list[str], list[Path], lis
     return ids, paths, labels, ds.class_names
 
 
-def affinity_step(radius: int) -> StageStep:
-    def step(net: nn.Module, batch: Sequence[torch.Tensor], device: torch.device, amp: bool) -> dict[str, torch.Tensor]:
-        img, pairs, _ = batch
-        img = img.to(device, non_blocking=True)
-        pairs = pairs.to(device, non_blocking=True)
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
-            feat = net(img)
-        aff = pair_affinity(feat.float(), radius)  # (B, P, N)
-        loss, parts = affinity_loss(aff, pairs)
-        return {"loss": loss, **parts}
+def affinity_step(net: nn.Module, batch: Sequence[torch.Tensor], device: torch.device, amp: bool,
+                  radius: int) -> dict[str, torch.Tensor]:
+    """One batch (image, pair labels, index) through `net` to the affinity loss and its parts."""
+    img, pairs, _ = batch
+    img = img.to(device, non_blocking=True)
+    pairs = pairs.to(device, non_blocking=True)
+    with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+        feat = net(img)
+    aff = pair_affinity(feat.float(), radius)  # (B, P, N)
+    loss, parts = affinity_loss(aff, pairs)
+    return {"loss": loss, **parts}
 
-    return step
 
+class AffinityTrainer(Trainer[AffinityTrainConfig]):
+    """AffinityNet on (image, AffinityNet label PNG) pairs: the template's defaults (the
+    release's freezing, optimiser and schedule) with the pair-affinity loss."""
 
-def train_affinity(cfg: AffinityTrainConfig, on_progress: Callable[[Progress], None] | None = None,
-                   log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Train AffinityNet on (image, AffinityNet label PNG) pairs. Returns the sidecar dict."""
+    kind = "affinity"
+    final_name = AFFINITY_FINAL
+    loss_terms = ("loss", "bg", "fg", "neg")
 
-    def build() -> tuple[Stage, nn.Module, AffinityDataset]:
+    def build(self, log: Log) -> Parts:
+        cfg = self.cfg
         ids, paths, labels, class_names = affinity_items(cfg)
         aug = AffinityAugmentConfig(crop=cfg.crop, flip=cfg.flip,
                                     jitter=RELEASE_JITTER if cfg.jitter else None, radius=cfg.radius)
-        dataset = AffinityDataset(paths, labels, aug, cfg.seed)
-        model = create_model("affinity", cfg.backbone)
-        stage = Stage(
-            kind="affinity", final_name=AFFINITY_FINAL, loss_terms=("loss", "bg", "fg", "neg"),
-            step=affinity_step(cfg.radius), fingerprint=files_fingerprint(ids, labels),
-            sidecar={"class_names": class_names, "radius": cfg.radius,
-                     "dataset": {"root": str(cfg.data), "labels": str(cfg.labels), "num_images": len(ids)}},
-        )
-        return stage, model, dataset
+        return Parts(create_model("affinity", cfg.backbone), AffinityDataset(paths, labels, aug, cfg.seed),
+                     files_fingerprint(ids, labels),
+                     {"class_names": class_names, "radius": cfg.radius,
+                      "dataset": {"root": str(cfg.data), "labels": str(cfg.labels), "num_images": len(ids)}})
 
-    return train_stage(cfg, build, on_progress, log)
+    def make_step(self, model: nn.Module, d: Dist, amp: bool) -> Step:
+        net = d.parallel(model)
+        return lambda batch, _iteration: affinity_step(net, batch, d.device, amp, self.cfg.radius)
 
 
-__all__ = ["AFFINITY_FINAL", "AffinityTrainConfig", "affinity_loss", "train_affinity"]
+def train_affinity(cfg: AffinityTrainConfig, on_progress: OnProgress | None = None,
+                   log: Log | None = None) -> dict[str, Any]:
+    """Train AffinityNet on (image, AffinityNet label PNG) pairs. Returns the sidecar dict."""
+    return AffinityTrainer(cfg).train(on_progress, log)
+
+
+__all__ = ["AFFINITY_FINAL", "AffinityTrainConfig", "AffinityTrainer", "affinity_loss", "train_affinity"]

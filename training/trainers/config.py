@@ -1,7 +1,8 @@
 """`RunConfig`: the settings every trainer's run has (initial weights, the SGD schedule,
-devices, checkpoints, stopping). The SEAM, AffinityNet and DeepLab configs extend it with
-their data and losses; one that wants another default redeclares the field (dataclasses
-keep the field's place and take the new default)."""
+devices, checkpoints, stopping); `StageConfig` adds what AffinityNet and DeepLab share.
+The SEAM, AffinityNet and DeepLab configs extend them with their data and losses; one
+that wants another default redeclares the field (dataclasses keep the field's place and
+take the new default)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -45,3 +46,18 @@ class RunConfig(RecipeConfig):
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         backbone_config(self.backbone)
+
+
+@dataclass
+class StageConfig(RunConfig):
+    """Settings shared by the AffinityNet and DeepLab trainers (saved in every checkpoint);
+    the subclasses add their data, `recipe` and `STAGE`."""
+
+    jitter: bool = setting(True, recipe=True, flag=None, off="--no-jitter", help="No colour jitter.")
+    out: str = setting("runs/affinity", path=True, help="Run directory.")
+
+    SCHEDULE_FIELDS = ("backbone", "batch_size", "epochs", "lr", "weight_decay", "momentum", "authors_momentum",
+                       "crop", "jitter", "seed")
+
+    def validate(self) -> None:
+        self.validate_schedule()

@@ -1,6 +1,6 @@
 """DeepLab-LargeFOV retraining on pseudo labels (the last stage of the SEAM pipeline).
 
-Same loop as AffinityNet (`seam.training.trainers.stage.run_stage`). Two recipes:
+The training template every stage fills in (`seam.training.trainers.template.Trainer`). Two recipes:
 
 release - as the authors ran it (YudeWang/semantic-segmentation-codebase,
   experiment/seamv1-pseudovoc config.py + train.py, lib/net/deeplabv1.py,
@@ -34,7 +34,7 @@ tuned (ours, the dataclass defaults): batch 8, 20 epochs, frozen backbone BN / c
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,11 +42,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from seam.training.data.augment import RELEASE_JITTER
+from seam.training.data.label_png import files_fingerprint, labelled_items
 from seam.training.data.segmentation import SegAugmentConfig, SegmentationDataset
 from seam.training.models.deeplab import BN_MOMENTUM
 from seam.training.models.registry import create_model
-from seam.training.trainers.loop import Progress, set_train_mode
-from seam.training.trainers.stage import Stage, StageConfig, files_fingerprint, labelled_items, train_stage
+from seam.training.trainers.batchnorm import set_train_mode
+from seam.training.trainers.config import StageConfig
+from seam.training.trainers.distributed import Dist
+from seam.training.trainers.template import Log, OnProgress, Parts, Step, Trainer
 from torch import nn
 
 from seam.common.classes import IGNORE_INDEX, VOC_CLASSES
@@ -233,34 +236,62 @@ def deeplab_train_mode(model: nn.Module) -> None:
             p.requires_grad_(True)
 
 
-def train_deeplab(cfg: DeepLabTrainConfig, on_progress: Callable[[Progress], None] | None = None,
-                  log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Train DeepLab-LargeFOV on (image, pseudo label PNG) pairs. Returns the sidecar dict."""
+class DeepLabTrainer(Trainer[DeepLabTrainConfig]):
+    """DeepLab-LargeFOV on (image, pseudo label PNG) pairs. `bn_mode` frozen: the template's
+    freezing with the head's BN trained (10x lr, no decay); authors: every conv trained, BN
+    on batch statistics and never updated (module docstring)."""
 
-    def build() -> tuple[Stage, nn.Module, SegmentationDataset]:
+    kind = "deeplab"
+    final_name = DEEPLAB_FINAL
+    loss_terms = ("loss",)
+
+    @property
+    def authors_bn(self) -> bool:
+        return self.cfg.bn_mode == "authors"
+
+    def build(self, log: Log) -> Parts:
+        cfg = self.cfg
         ids, paths, labels, class_names = deeplab_items(cfg)
         aug = SegAugmentConfig(crop=cfg.crop, scale_range=(cfg.scale_min, cfg.scale_max),
                                jitter=RELEASE_JITTER if cfg.jitter else None, hsv=cfg.hsv)
         dataset = SegmentationDataset(paths, labels, aug, cfg.seed)
         model = group_batchnorm(create_model("deeplab", cfg.backbone, len(class_names)), cfg.bn_group)
-        authors = cfg.bn_mode == "authors"
-        head_bn = [] if authors else [p for m in (model.bn_fc6, model.bn_fc7) for p in m.parameters()]
+        return Parts(model, dataset, files_fingerprint(ids, labels),
+                     {"class_names": class_names, "num_classes": len(class_names),
+                      "dataset": {"images": str(cfg.images), "labels": str(cfg.labels), "num_images": len(ids)}})
 
-        def step(net, batch, device, amp):
-            return deeplab_step(net, batch, device, amp, cfg.loss_align_corners)
+    def freeze(self, model: nn.Module) -> list[str]:
+        """The authors' frozen BN / conv1a / b2; with bn_mode authors every conv trains
+        (conv1a, b2* too, as their DeepLab run), BN parameters stay out."""
+        frozen = super().freeze(model)
+        if not self.authors_bn:
+            return frozen
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                for p in m.parameters():
+                    p.requires_grad_(True)
+        return [n for n, p in model.named_parameters() if not p.requires_grad]
 
-        stage = Stage(
-            kind="deeplab", final_name=DEEPLAB_FINAL, loss_terms=("loss",), step=step,
-            fingerprint=files_fingerprint(ids, labels), extra_params=head_bn,
-            train_mode=authors_train_mode if authors else deeplab_train_mode,
-            unfreeze=authors, poly_extra=1 if cfg.poly_plus_one else 0,
-            sidecar={"class_names": class_names, "num_classes": len(class_names),
-                     "dataset": {"images": str(cfg.images), "labels": str(cfg.labels), "num_images": len(ids)}},
-        )
-        return stage, model, dataset
+    def extra_params(self, model: nn.Module) -> list[nn.Parameter]:
+        return [] if self.authors_bn else [p for m in (model.bn_fc6, model.bn_fc7) for p in m.parameters()]
 
-    return train_stage(cfg, build, on_progress, log)
+    @property
+    def poly_extra(self) -> int:
+        return 1 if self.cfg.poly_plus_one else 0
+
+    def train_mode(self, model: nn.Module) -> None:
+        (authors_train_mode if self.authors_bn else deeplab_train_mode)(model)
+
+    def make_step(self, model: nn.Module, d: Dist, amp: bool) -> Step:
+        net = d.parallel(model)
+        return lambda batch, _iteration: deeplab_step(net, batch, d.device, amp, self.cfg.loss_align_corners)
 
 
-__all__ = ["DEEPLAB_FINAL", "DeepLabTrainConfig", "GroupBatchNorm2d", "group_batchnorm", "segmentation_loss",
-           "train_deeplab"]
+def train_deeplab(cfg: DeepLabTrainConfig, on_progress: OnProgress | None = None,
+                  log: Log | None = None) -> dict[str, Any]:
+    """Train DeepLab-LargeFOV on (image, pseudo label PNG) pairs. Returns the sidecar dict."""
+    return DeepLabTrainer(cfg).train(on_progress, log)
+
+
+__all__ = ["DEEPLAB_FINAL", "DeepLabTrainConfig", "DeepLabTrainer", "GroupBatchNorm2d", "group_batchnorm",
+           "segmentation_loss", "train_deeplab"]

@@ -29,35 +29,22 @@ from seam.training.data.datasets import (
     dataset_choices,
     eval_items,
 )
-from seam.training.data.loader import iterations_per_epoch
 from seam.training.losses import LossSwitches, seam_losses
 from seam.training.models.registry import create_model
+from seam.training.trainers.batchnorm import freeze_parameters
 from seam.training.trainers.config import RunConfig
-from seam.training.trainers.loop import (
-    Dist,
-    Progress,
-    Run,
-    RunLog,
-    TrainingError,
-    calibrate_random_init,
-    check_resume,
-    distributed_session,
-    freeze_parameters,
-    open_run_dir,
-    prepare,
-    set_train_mode,
-)
-from seam.training.trainers.recipes import RECIPE_HELP, describe
-from seam.training.trainers.schedule import AUTHORS_MOMENTUM, PolySchedule, make_optimizer
+from seam.training.trainers.distributed import Dist
+from seam.training.trainers.recipes import RECIPE_HELP
+from seam.training.trainers.run import Progress, Run
+from seam.training.trainers.schedule import AUTHORS_MOMENTUM
 from seam.training.trainers.siamese import SiameseConfig, parse_transforms, sample_transform
 from seam.training.trainers.state import (
-    CHECKPOINT_NAME,
     SEAM_FINAL,
     initialise_from,
-    save_final,
     summarise_keys,
     write_sidecar,
 )
+from seam.training.trainers.template import Log, OnProgress, Parts, Step, Trainer
 from torch import nn
 
 from seam.common.cam import DEFAULT_SCALES
@@ -162,53 +149,57 @@ class SiameseStep(nn.Module):
         return out1, out2
 
 
-def train(cfg: TrainConfig, on_progress: Callable[[Progress], None] | None = None,
-          log: Callable[[str], None] | None = None) -> dict[str, Any]:
+class SeamTrainer(Trainer[TrainConfig]):
+    """SEAM on image-level labels: the siamese step and its losses, PCM frozen with
+    --no-pcm, the CAM pseudo-label score after training."""
+
+    kind = "seam"
+    final_name = SEAM_FINAL
+    loss_terms = LOSS_TERMS
+    tensorboard = True
+    data_changed = "the dataset fingerprint (ids + labels) changed"
+
+    def build(self, log: Log) -> Parts:
+        cfg = self.cfg
+        self.ds, dataset = _training_data(cfg)
+        ds = self.ds
+        return Parts(create_model("seam", cfg.backbone, ds.num_classes), dataset, ds.fingerprint(), {
+            "num_classes": ds.num_classes,
+            "class_names": ds.class_names,
+            "dataset": {"kind": ds.kind, "root": str(cfg.data), "num_images": len(ds), "source": ds.source,
+                        "class_counts": ds.class_counts()},
+        })
+
+    def initialise(self, model: nn.Module, log: Log) -> dict[str, Any]:
+        return _initialise(self.cfg, model, self.ds.num_classes, log)
+
+    def freeze(self, model: nn.Module) -> list[str]:
+        return freeze_parameters(model, train_pcm=self.cfg.switches.pcm)
+
+    def describe_run(self, run: Run, parts: Parts, frozen: list[str], amp: bool) -> str:
+        return _describe_run(self.cfg, run.d, self.ds, run.ipe, amp, len(frozen))
+
+    def make_step(self, model: nn.Module, d: Dist, amp: bool) -> Step:
+        return siamese_step(self.cfg, d.parallel(SiameseStep(model)), d.device, amp)
+
+    def finish(self, run: Run, final: Path, sidecar: dict[str, Any], on_progress: OnProgress | None,
+               log: Log) -> dict[str, Any]:
+        """Score the CAM pseudo labels into the sidecar (when asked and ground truth exists)."""
+        if not self.cfg.evaluate:
+            return sidecar
+        res = _score_cams(self.cfg, run, self.ds, on_progress, log)
+        if res is None:
+            return sidecar
+        sidecar["metrics"]["eval"] = res
+        write_sidecar(final, sidecar)
+        log(f"pseudo-label mIoU {res['miou']:.2f}% at background threshold {res['best_threshold']:.2f} "
+            f"(all-background {res['all_background_miou']:.2f}%), mFN {_fmt(res['mfn'])}, mFP {_fmt(res['mfp'])}")
+        return sidecar
+
+
+def train(cfg: TrainConfig, on_progress: OnProgress | None = None, log: Log | None = None) -> dict[str, Any]:
     """Train, save, evaluate. Returns the sidecar dict written beside seam_final.pth."""
-    cfg.validate()
-    # process-wide torch settings the run changes, restored afterwards (library callers, tests)
-    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-             torch.get_num_threads())
-    with distributed_session(cfg.device, log) as (d, say):
-        try:
-            return _train(cfg, d, on_progress, say)
-        finally:
-            torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
-            torch.set_num_threads(saved[2])
-
-
-def _train(cfg: TrainConfig, d: Dist, on_progress: Callable[[Progress], None] | None,
-           log: Callable[[str], None]) -> dict[str, Any]:
-    run_dir = open_run_dir(cfg, d)
-    amp, workers = prepare(cfg, d)
-    log(describe(cfg))
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)  # on a shared CPU, 1 thread often beats oversubscription
-    ds, dataset = _training_data(cfg)
-    fingerprint = ds.fingerprint()
-    ipe = iterations_per_epoch(len(ds), cfg.batch_size)
-    model = create_model("seam", cfg.backbone, ds.num_classes)
-    init_report = _initialise(cfg, model, ds.num_classes, log)
-    frozen = freeze_parameters(model, train_pcm=cfg.switches.pcm)
-    model.to(d.device)
-    calibrate_random_init(cfg, model, dataset, d, init_report, log)
-    opt = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.effective_momentum)
-    run = Run(cfg, d, run_dir, model, opt, PolySchedule(opt, ipe * cfg.epochs),
-              torch.amp.GradScaler("cuda", enabled=amp), ipe, fingerprint, init_report,
-              checkpoint_extra={"class_names": ds.class_names})
-    if cfg.resume:
-        run.resume(lambda ck: check_resume(ck, cfg, fingerprint, "the dataset fingerprint (ids + labels) changed"),
-                   log)
-    log(_describe_run(cfg, d, ds, ipe, amp, len(frozen)))
-    step = siamese_step(cfg, d.parallel(SiameseStep(model)), d.device, amp)
-    logger = RunLog(run_dir, LOSS_TERMS, d.main, tensorboard=True)
-    stopped = run.train(dataset, workers=workers, terms=LOSS_TERMS, step=step, train_mode=set_train_mode,
-                        logger=logger, on_progress=on_progress, log=log)
-
-    result: dict[str, Any] = {}
-    if d.main:
-        result = _finish(cfg, run, ds, stopped, run.seconds, amp, on_progress, log)
-    return result  # no barrier: rank 0 alone evaluates, the others may leave
+    return SeamTrainer(cfg).train(on_progress, log)
 
 
 def _training_data(cfg: TrainConfig) -> tuple[ImageLabelSet, AugmentedDataset]:
@@ -274,29 +265,6 @@ def siamese_step(cfg: TrainConfig, net: nn.Module, device: torch.device,
     return step
 
 
-def _finish(cfg: TrainConfig, run: Run, ds: ImageLabelSet, stopped: str | None, seconds: float, amp: bool,
-            on_progress: Callable[[Progress], None] | None, log: Callable[[str], None]) -> dict[str, Any]:
-    """Save seam_final.pth + .json, then score the CAM pseudo labels into the sidecar."""
-    sidecar = run.sidecar("seam", {
-        "num_classes": ds.num_classes,
-        "class_names": ds.class_names,
-        "dataset": {"kind": ds.kind, "root": str(cfg.data), "num_images": len(ds), "source": ds.source,
-                    "class_counts": ds.class_counts()},
-    }, stopped, seconds, amp)
-    final = save_final(run.run_dir, run.model, sidecar)
-    log(f"saved {final} (+ {final.with_suffix('.json').name})")
-    if not cfg.evaluate:
-        return sidecar
-    res = _score_cams(cfg, run, ds, on_progress, log)
-    if res is None:
-        return sidecar
-    sidecar["metrics"]["eval"] = res
-    write_sidecar(final, sidecar)
-    log(f"pseudo-label mIoU {res['miou']:.2f}% at background threshold {res['best_threshold']:.2f} "
-        f"(all-background {res['all_background_miou']:.2f}%), mFN {_fmt(res['mfn'])}, mFP {_fmt(res['mfp'])}")
-    return sidecar
-
-
 def _score_cams(cfg: TrainConfig, run: Run, ds: ImageLabelSet, on_progress: Callable[[Progress], None] | None,
                 log: Callable[[str], None]) -> dict[str, Any] | None:
     """CAM pseudo-label mIoU on the evaluation list (None without ground truth); the CAMs
@@ -334,4 +302,4 @@ def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
-__all__ = ["CHECKPOINT_NAME", "SEAM_FINAL", "Progress", "TrainConfig", "TrainingError", "train"]
+__all__ = ["LOSS_TERMS", "SeamTrainer", "TrainConfig", "train"]
