@@ -110,10 +110,11 @@ def test_nothing_imports_a_test_module() -> None:
 # Bottom first. A subpackage (or top-level module) of seam.training imports only its own
 # modules and those of lower floors; the names of one floor are siblings that do not import
 # each other. data holds what every stage reads (data sets, augmentation, label PNGs),
-# models the networks, evaluation scores what inference writes, trainers and export both
-# start from models, the pipeline chains them all.
+# models the networks, evaluation scores what inference writes; trainers, export and the
+# per-image label directories (label_dirs) each start from models; the pipeline chains them all.
 TRAINING_FLOORS: tuple[tuple[str, ...], ...] = (
-    ("data",), ("models",), ("losses", "inference"), ("evaluation",), ("trainers", "export"), ("pipeline",),
+    ("data",), ("models",), ("losses", "inference"), ("evaluation",), ("trainers", "export", "label_dirs"),
+    ("pipeline",),
 )
 
 

@@ -11,7 +11,7 @@ from seam.cli._util import console, fail, progress_bar
 
 
 def _config() -> type:
-    from seam.training.pipeline import RandomWalkConfig
+    from seam.training.label_dirs import RandomWalkConfig
 
     return RandomWalkConfig
 
@@ -33,9 +33,9 @@ def rw(
     from seam.common.files import list_images
     from seam.training.evaluation.evaluate import find_cam_file
     from seam.training.inference.cam import default_device
+    from seam.training.label_dirs import RandomWalkConfig, random_walk_dir, write_classes
     from seam.training.models.checkpoint import CheckpointError
     from seam.training.models.registry import model_from_checkpoint
-    from seam.training.pipeline import RandomWalkConfig, random_walk_dir, write_classes
 
     if not cams.is_dir():
         fail(f"CAM directory not found: {cams}")

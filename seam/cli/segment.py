@@ -29,9 +29,9 @@ def segment(
     the image and averaged over passes, softmax, dense CRF (--no-crf to skip), argmax."""
     from seam.common.files import list_images
     from seam.training.inference.cam import default_device
+    from seam.training.label_dirs import segment_dir
     from seam.training.models.checkpoint import CheckpointError
     from seam.training.models.registry import model_from_checkpoint
-    from seam.training.pipeline import segment_dir
 
     scale_tuple = parse_floats(scales)
     try:

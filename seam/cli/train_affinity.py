@@ -55,7 +55,8 @@ AMP on CUDA. Options you give override it."""
 def _write_labels(cfg: Any, cams: Path, la_alpha: float | None, ha_alpha: float | None, crf: bool) -> None:
     """--cams: the AffinityNet labels the training needs, written before it starts (existing ones kept)."""
     from seam.training.data.datasets import build_dataset
-    from seam.training.pipeline import PipelineConfig, write_affinity_labels
+    from seam.training.label_dirs import write_affinity_labels
+    from seam.training.pipeline import PipelineConfig
 
     defaults = {f.name: f.default for f in dataclasses.fields(PipelineConfig)}
     la_alpha = defaults["la_alpha"] if la_alpha is None else la_alpha

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 from seam.training.data.synth import generate
+from seam.training.label_dirs import write_affinity_labels
 from seam.training.models.checkpoint import CheckpointError
-from seam.training.pipeline import write_affinity_labels
 from seam.training.trainers.affinity import AFFINITY_FINAL, AffinityTrainConfig, train_affinity
 from typer.testing import CliRunner
 

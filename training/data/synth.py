@@ -150,19 +150,7 @@ def _render(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray
     masks: list[np.ndarray] = []
     for j, cls in enumerate(classes):
         r = float(rng.uniform(0.12, 0.26) * s)
-        if placed and rng.random() < 0.5:
-            # next to an earlier object so that they overlap
-            px, py, pr = placed[int(rng.integers(len(placed)))]
-            ang = rng.uniform(0, 2 * np.pi)
-            dist = rng.uniform(0.45, 0.95) * (pr + r)
-            cx, cy = px + dist * np.cos(ang), py + dist * np.sin(ang)
-        else:
-            cx, cy = rng.uniform(0.1, 0.9, 2) * s
-            if cls == DISC and sky and rng.random() < 0.7:
-                cy = rng.uniform(0.15, 0.5) * s  # discs hang near the sky band
-            if cls == TRIANGLE and grass and rng.random() < 0.7:
-                cy = rng.uniform(0.5, 0.8) * s  # triangles stand on the grass
-        cx, cy = float(np.clip(cx, 0, s)), float(np.clip(cy, 0, s))  # at least a quarter in the frame
+        cx, cy = _centre(rng, cls, r, placed, s, sky, grass)
         theta = float(rng.uniform(0, 2 * np.pi))
         c, sn = np.cos(theta), np.sin(theta)
         u = ((xx - cx) * c + (yy - cy) * sn) / r  # object-local coordinates, rotate with it
@@ -181,7 +169,38 @@ def _render(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray
     if rng.random() < OCCLUDER_PROB:
         _occluders(rng, img, owner, xx, yy, placed, s)
 
-    label = np.zeros((s, s), np.uint8)
+    label, objects = _label_and_objects(classes, owner, placed, masks)
+    if not any(o.visible for o in objects):
+        return img.astype(np.uint8), label, []
+
+    # camera: slight blur (soft edges) and sensor noise
+    pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.6))
+    out = np.asarray(pil, np.float32) + rng.normal(0, 5.0, (s, s, 3)).astype(np.float32)
+    return np.clip(out, 0, 255).astype(np.uint8), label, objects
+
+
+def _centre(rng: np.random.Generator, cls: int, r: float, placed: list[tuple[float, float, float]], s: int,
+            sky: bool, grass: bool) -> tuple[float, float]:
+    """Where an object of radius `r` goes: half the time next to an earlier one (they overlap),
+    else anywhere, discs near the sky band and triangles on the grass most of the time."""
+    if placed and rng.random() < 0.5:
+        px, py, pr = placed[int(rng.integers(len(placed)))]
+        ang = rng.uniform(0, 2 * np.pi)
+        dist = rng.uniform(0.45, 0.95) * (pr + r)
+        cx, cy = px + dist * np.cos(ang), py + dist * np.sin(ang)
+    else:
+        cx, cy = rng.uniform(0.1, 0.9, 2) * s
+        if cls == DISC and sky and rng.random() < 0.7:
+            cy = rng.uniform(0.15, 0.5) * s
+        if cls == TRIANGLE and grass and rng.random() < 0.7:
+            cy = rng.uniform(0.5, 0.8) * s
+    return float(np.clip(cx, 0, s)), float(np.clip(cy, 0, s))  # at least a quarter in the frame
+
+
+def _label_and_objects(classes: list[int], owner: np.ndarray, placed: list[tuple[float, float, float]],
+                       masks: list[np.ndarray]) -> tuple[np.ndarray, list[SynthObject]]:
+    """The label map (object boundaries ignored) and what each object left visible in it."""
+    label = np.zeros(owner.shape, np.uint8)
     for j, cls in enumerate(classes):
         label[owner == j] = cls + 1
     label[_boundary(label)] = IGNORE_INDEX
@@ -190,13 +209,7 @@ def _render(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray
         mine = owner == j
         objects.append(SynthObject(cls, (placed[j][0], placed[j][1]), placed[j][2], int(masks[j].sum()),
                                    int(mine.sum()), int(np.count_nonzero(label[mine] == cls + 1))))
-    if not any(o.visible for o in objects):
-        return img.astype(np.uint8), label, []
-
-    # camera: slight blur (soft edges) and sensor noise
-    pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.6))
-    out = np.asarray(pil, np.float32) + rng.normal(0, 5.0, (s, s, 3)).astype(np.float32)
-    return np.clip(out, 0, 255).astype(np.uint8), label, objects
+    return label, objects
 
 
 def _smooth_noise(rng: np.random.Generator, s: int, cells: int, channels: int) -> np.ndarray:

@@ -164,6 +164,51 @@ def _few(items: Sequence[str], n: int = 5) -> str:
     return ", ".join(items[:n]) + (f", ... (+{len(items) - n} more)" if len(items) > n else "")
 
 
+def _check_arguments(pred_dir: Path, gt_dir: Path, kind: str | None, threshold: float | None, curve: bool,
+                     class_names: Sequence[str]) -> str:
+    """`evaluate`'s arguments checked before any file is read; returns the prediction kind (png | npy)."""
+    for what, d in (("prediction", pred_dir), ("ground-truth", gt_dir)):
+        if not d.is_dir():
+            raise FileNotFoundError(f"{what} directory not found: {d}")
+    if kind is None:
+        kind = detect_prediction_kind(pred_dir)
+    if kind not in ("png", "npy", "npz"):
+        raise ValueError(f"kind must be 'png' or 'npy', got {kind!r}")
+    kind = "npy" if kind == "npz" else kind
+    if kind == "png" and (curve or threshold is not None):
+        raise ValueError("a threshold or curve needs CAM files (kind 'npy'); label PNGs are already thresholded")
+    if curve and threshold is not None:
+        raise ValueError("give either a threshold or a curve sweep, not both")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be within 0..1, got {threshold}")
+    if len(class_names) < 2:
+        raise ValueError("need at least two class names (background first)")
+    return kind
+
+
+def _confusions(pairs: Sequence[tuple[str, Path]], gt_dir: Path, kind: str, thresholds: tuple[float, ...],
+                curve: bool, num_classes: int, progress: bool) -> np.ndarray:
+    """One confusion matrix over all images per threshold (one threshold unless `curve`)."""
+    meter = ConfusionMeter(num_classes)
+    sweep = np.zeros((len(thresholds), num_classes, num_classes), dtype=np.int64)
+    for image_id, path in _progress(pairs, len(pairs), progress, "evaluating"):
+        gt = read_label_png(gt_dir / f"{image_id}.png")
+        try:
+            if kind == "png":
+                meter.update(read_label_png(path), gt)
+                continue
+            classes, cams = load_cams(path)
+            if classes and cams.shape[1:] != gt.shape:
+                raise ValueError(f"CAM size {cams.shape[1:]} differs from ground truth {gt.shape}")
+            if curve:
+                sweep += sweep_confusions(gt, cams, classes, thresholds, num_classes)
+            else:
+                meter.update(cams_to_label(cams, classes, thresholds[0]) if classes else np.zeros_like(gt), gt)
+        except ValueError as exc:
+            raise ValueError(f"{image_id}: {exc}") from exc
+    return sweep if curve else meter.matrix[None]
+
+
 def evaluate(
     pred_dir: str | Path,
     gt_dir: str | Path,
@@ -183,48 +228,13 @@ def evaluate(
     "num_images", "kind"} plus "best_threshold" and "curve" when sweeping.
     """
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
-    for what, d in (("prediction", pred_dir), ("ground-truth", gt_dir)):
-        if not d.is_dir():
-            raise FileNotFoundError(f"{what} directory not found: {d}")
-    if kind is None:
-        kind = detect_prediction_kind(pred_dir)
-    if kind not in ("png", "npy", "npz"):
-        raise ValueError(f"kind must be 'png' or 'npy', got {kind!r}")
-    kind = "npy" if kind == "npz" else kind
-    if kind == "png" and (curve or threshold is not None):
-        raise ValueError("a threshold or curve needs CAM files (kind 'npy'); label PNGs are already thresholded")
-    if curve and threshold is not None:
-        raise ValueError("give either a threshold or a curve sweep, not both")
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be within 0..1, got {threshold}")
-    num_classes = len(class_names)
-    if num_classes < 2:
-        raise ValueError("need at least two class names (background first)")
+    kind = _check_arguments(pred_dir, gt_dir, kind, threshold, curve, class_names)
     pairs = _match_ids(pred_dir, gt_dir, ids, (".png",) if kind == "png" else CAM_SUFFIXES)
-
     thresholds: tuple[float, ...] = CURVE_THRESHOLDS if curve else (
         DEFAULT_BG_THRESHOLD if threshold is None else float(threshold),)
-    meter = ConfusionMeter(num_classes)
-    sweep = np.zeros((len(thresholds), num_classes, num_classes), dtype=np.int64)
-    for image_id, path in _progress(pairs, len(pairs), progress, "evaluating"):
-        gt = read_label_png(gt_dir / f"{image_id}.png")
-        try:
-            if kind == "png":
-                meter.update(read_label_png(path), gt)
-                continue
-            classes, cams = load_cams(path)
-            if classes and cams.shape[1:] != gt.shape:
-                raise ValueError(f"CAM size {cams.shape[1:]} differs from ground truth {gt.shape}")
-            if curve:
-                sweep += sweep_confusions(gt, cams, classes, thresholds, num_classes)
-            else:
-                meter.update(cams_to_label(cams, classes, thresholds[0]) if classes else np.zeros_like(gt), gt)
-        except ValueError as exc:
-            raise ValueError(f"{image_id}: {exc}") from exc
-
-    result: dict[str, Any]
+    confusions = _confusions(pairs, gt_dir, kind, thresholds, curve, len(class_names), progress)
     if curve:
-        points = [scores_from_confusion(conf, class_names) for conf in sweep]
+        points = [scores_from_confusion(conf, class_names) for conf in confusions]
         best = max(range(len(points)), key=lambda i: points[i]["miou"])  # first best on ties
         result = dict(points[best])
         result["best_threshold"] = thresholds[best]
@@ -234,7 +244,7 @@ def evaluate(
             for t, p in zip(thresholds, points, strict=True)
         ]
     else:
-        result = meter.scores(class_names)
+        result = scores_from_confusion(confusions[0], class_names)
         result["threshold"] = thresholds[0] if kind == "npy" else None
     result["num_images"] = len(pairs)
     result["kind"] = kind
