@@ -10,13 +10,17 @@
  * Jobs view: submit an archive, poll the jobs, cancel, download the results zip, and
  * show a gallery of the overlays read from that zip.
  *
- * The modules under js/ hold one concern each; this entry module wires the views.
+ * The page's state lives in js/state.js; the modules under js/ hold one concern each and
+ * do nothing when imported. This entry module wires them up in start(), its one top-level
+ * statement (tests/browser/test_web_modules.py checks both).
  */
-import { clearError, say, sessionKey, setApiKey } from './js/api.js';
+import { loadModels, loadOutputs } from './js/catalog.js';
 import { $, currentView } from './js/dom.js';
-import { img, initImageView } from './js/image-view.js';
-import { initJobsView, refreshJobs } from './js/jobs-view.js';
-import { loadModels } from './js/models.js';
+import { initImageView } from './js/image-view.js';
+import { refreshJobs, initJobsView } from './js/jobs-view.js';
+import { initMask } from './js/mask.js';
+import { loadApiKey, on, setApiKey, state } from './js/state.js';
+import { clearError, say } from './js/status.js';
 
 // ───────────────────────── views ─────────────────────────
 function showView(focus) {
@@ -31,42 +35,52 @@ function showView(focus) {
   if (focus) $(view === 'jobs' ? '#jobs-title' : '#image-title').focus();
 }
 
+function drawApiKey() {
+  $('#apikey-state').textContent = state.apiKey ? '(set)' : '(none)';
+  $('#apikey-input').value = state.apiKey;
+}
+
 function initApiKey() {
-  $('#apikey-state').textContent = sessionKey ? '(set)' : '(none)';
-  $('#apikey-input').value = sessionKey;
+  on('apiKey', drawApiKey);
   $('#apikey-form').addEventListener('submit', (ev) => {
     ev.preventDefault();
-    setApiKey($('#apikey-input').value.trim());
-    say(sessionKey ? 'API key saved in this browser.' : 'API key removed.');
+    setApiKey(String(new FormData(ev.target).get('apikey') || '').trim());
+    say(state.apiKey ? 'API key saved in this browser.' : 'API key removed.');
     clearError();
     loadModels();
     if (currentView() === 'jobs') refreshJobs();
   });
   $('#apikey-clear').addEventListener('click', () => {
-    $('#apikey-input').value = '';
     setApiKey('');
     say('API key removed from this browser.');
   });
 }
 
-function init() {
+/** A read-only hook for the browser tests (and curious users): what the image view shows. */
+function installTestHook() {
+  const img = state.image;
+  window.seamPage = {
+    labelMap: () => (img.label ? Array.from(img.label) : null),
+    size: () => ({ width: img.w, height: img.h }), // the drawn grid (the image's size up to 1024 px a side)
+    imageSize: () => ({ width: img.imageW, height: img.imageH }),
+    timing: () => img.timing, // {totalMs, serverMs, bytes} of the last computation
+    maskSource: () => img.labelSource || null,
+    classes: () => (img.refined ? img.refined.classes.slice() : null),
+  };
+}
+
+function start() {
   ['#image-title', '#jobs-title'].forEach((s) => $(s).setAttribute('tabindex', '-1'));
   initApiKey();
   initImageView();
+  initMask();
   initJobsView();
+  installTestHook();
+  loadApiKey();
   window.addEventListener('hashchange', () => showView(true));
   showView(false);
   loadModels();
+  loadOutputs();
 }
 
-// A read-only hook for the browser tests (and curious users): the current label map.
-window.seamPage = {
-  labelMap: () => (img.label ? Array.from(img.label) : null),
-  size: () => ({ width: img.w, height: img.h }), // the drawn grid (the image's size up to 1024 px a side)
-  imageSize: () => ({ width: img.imageW, height: img.imageH }),
-  timing: () => img.timing, // {totalMs, serverMs, bytes} of the last computation
-  maskSource: () => img.labelSource || null,
-  classes: () => (img.refined ? img.refined.classes.slice() : null),
-};
-
-init();
+start();

@@ -1,108 +1,148 @@
-// Jobs view: submit an archive, poll, cancel, download the results zip, gallery of its overlays.
-import { api, clearError, saveBlob, say, showError } from './api.js';
+// Jobs view: the job form (its methods and output kinds from the state, i.e. from the server),
+// submit an archive, the jobs table polled while a job is active, cancel; results and gallery are
+// gallery.js's.
+import { api } from './api.js';
+import { methodText } from './catalog.js';
 import { $, currentView, el } from './dom.js';
-import { zipEntries, zipRead } from './formats.js';
+import { downloadJob, initGallery, short, showGallery } from './gallery.js';
+import {
+  on, resetTickedOutputs, setAnnounced, setJobs, setOutputTicked, setPollTimer, state, tickedOutputs,
+} from './state.js';
+import { clearError, say, showError } from './status.js';
 
 export const POLL_MS = 1000;
-export const GALLERY_MAX = 100;
+// The job option the prefix field holds; output kinds that list it in `requires` need it.
+const PREFIX_OPTION = 'image_url_prefix';
 
-export const jobs = { rows: new Map(), data: new Map(), timer: null, zips: new Map(), gallery: null, announced: new Map() };
+const isActive = (j) => j.state === 'queued' || j.state === 'running';
+const kindsNeedingPrefix = (kinds) => state.outputs.kinds.filter((k) => kinds.includes(k.kind)
+  && (k.requires || []).includes(PREFIX_OPTION));
 
-export async function submitJob(ev) {
-  ev.preventDefault();
-  clearError();
-  const archive = $('#job-archive').files[0];
-  if (!archive) { showError('Choose an archive (zip or tar) of images.'); $('#job-archive').focus(); return; }
+// ───────────────────────── the form ─────────────────────────
+function drawJobMethods() {
+  const { methods, defaultMethod } = state.models;
+  $('#job-method').replaceChildren(el('option', { value: '', text: `default (${defaultMethod || 'best'})` }),
+    ...methods.map((m) => el('option', { value: m.name, text: methodText(m) })));
+}
+
+function drawOutputs() {
+  const box = $('#job-outputs');
+  if (!state.outputs.loaded) {
+    if (state.outputs.failed) box.textContent = 'Output kinds unavailable.';
+    return;
+  }
+  const ticked = tickedOutputs();
+  box.replaceChildren(...state.outputs.kinds.map((k) => el('label', { title: k.description },
+    el('input', { type: 'checkbox', name: 'outputs', value: k.kind, checked: ticked.includes(k.kind),
+                  'aria-controls': (k.requires || []).includes(PREFIX_OPTION) ? 'job-prefix-field' : null }),
+    ` ${k.label || k.kind}`)));
+  drawPrefixField();
+}
+
+/** The image URL prefix is asked for only while an output that needs it is ticked. */
+function drawPrefixField() {
+  const on = kindsNeedingPrefix(tickedOutputs()).length > 0;
+  $('#job-prefix-field').hidden = !on;
+  $('#job-prefix').required = on;
+}
+
+/** The multipart body of POST /jobs from the form, or an error message (and the control to fix). */
+function jobRequest() {
+  const fields = new FormData($('#job-form'));
+  const archive = fields.get('archive');
+  if (!archive || !archive.name) return { error: 'Choose an archive (zip or tar) of images.', focus: '#job-archive' };
   const f = new FormData();
   f.append('archive', archive, archive.name);
-  const labels = $('#job-labels').files[0];
-  if (labels) f.append('labels', labels, labels.name);
-  const method = $('#job-method').value;
+  const labels = fields.get('labels');
+  if (labels && labels.name) f.append('labels', labels, labels.name);
+  const method = fields.get('method');
   if (method) f.append('method', method);
-  const thr = $('#job-threshold').value.trim();
+  const thr = String(fields.get('threshold') || '').trim();
   if (thr) f.append('threshold', thr);
-  const outputs = Array.from(document.querySelectorAll('#job-form input[name="outputs"]:checked'), (i) => i.value);
-  if (!outputs.length) { showError('Pick at least one output.'); return; }
+  const outputs = tickedOutputs();
+  if (!outputs.length) return { error: 'Pick at least one output.' };
   f.append('outputs', outputs.join(','));
-  if (outputs.includes('labelstudio')) {
-    const prefix = $('#job-prefix').value.trim();
+  const needing = kindsNeedingPrefix(outputs);
+  if (needing.length) {
+    const prefix = String(fields.get(PREFIX_OPTION) || '').trim();
     if (!/^(https?:\/\/|\/)/.test(prefix)) {
-      showError('The Label Studio output needs an image URL prefix starting with http://, https:// or / ' +
-        '(how Label Studio reaches the images, e.g. /data/local-files/?d=photos/).');
-      $('#job-prefix').focus();
-      return;
+      return { error: `The ${needing.map((k) => k.label || k.kind).join(', ')} output needs an image URL prefix ` +
+        'starting with http://, https:// or / (how Label Studio reaches the images, e.g. /data/local-files/?d=photos/).',
+      focus: '#job-prefix' };
     }
-    f.append('image_url_prefix', prefix);
+    f.append(PREFIX_OPTION, prefix);
   }
+  return { body: f, archive };
+}
+
+async function submitJob(ev) {
+  ev.preventDefault();
+  clearError();
+  const { body, archive, error, focus } = jobRequest();
+  if (error) { showError(error); if (focus) $(focus).focus(); return; }
   const button = $('#job-submit');
   button.disabled = true;
   say(`Uploading ${archive.name}…`);
   try {
-    const job = await (await api('/jobs', { method: 'POST', body: f })).json();
+    const job = await (await api('/jobs', { method: 'POST', body })).json();
     say(`Job ${short(job.id)} submitted: ${job.total} images.`);
-    jobs.announced.set(job.id, job.state);
+    setAnnounced(job.id, job.state);
     $('#job-form').reset();
-    syncPrefixField();
+    resetTickedOutputs();
     await refreshJobs();
   } catch (e) { showError(e); say(''); } finally { button.disabled = false; }
 }
 
-export const short = (id) => id.slice(0, 8);
-export const isActive = (j) => j.state === 'queued' || j.state === 'running';
-
+// ───────────────────────── the table ─────────────────────────
+/** GET /jobs (and each job with failures not yet seen, for its per-image errors) into the
+ *  state, drawn; polled while a job is active and the tab is visible. */
 export async function refreshJobs() {
-  clearTimeout(jobs.timer);
+  setPollTimer(null);
   try {
     const list = await (await api('/jobs?limit=50')).json();
     const fresh = [];
     for (const j of list.jobs) {
-      const prev = jobs.data.get(j.id);
+      const prev = state.jobs.list.get(j.id);
       // the list carries no per-image errors: fetch the job when it has failures we have not seen
       if (j.failed > 0 && (!prev || prev.failed !== j.failed || !prev.errors || !prev.errors.length)) {
         try { Object.assign(j, await (await api(`/jobs/${j.id}`)).json()); } catch { /* keep the list's */ }
       } else if (prev && prev.errors) j.errors = prev.errors;
       fresh.push(j);
     }
-    renderJobs(fresh);
+    drawJobs(fresh, setJobs(fresh));
   } catch (e) {
     showError(e);
   }
-  if ([...jobs.data.values()].some(isActive) && document.visibilityState !== 'hidden') {
-    jobs.timer = setTimeout(refreshJobs, POLL_MS);
+  if ([...state.jobs.list.values()].some(isActive) && document.visibilityState !== 'hidden') {
+    setPollTimer(setTimeout(refreshJobs, POLL_MS));
   }
 }
 
-export function renderJobs(list) {
+function drawJobs(list, previous) {
   const body = $('#jobs-body');
-  const seen = new Set();
+  const listed = new Set(list.map((j) => j.id));
+  for (const row of Array.from(body.children)) if (!listed.has(row.dataset.job)) row.remove();
   list.forEach((j, idx) => {
-    seen.add(j.id);
-    const prev = jobs.data.get(j.id);
-    jobs.data.set(j.id, j);
-    let row = jobs.rows.get(j.id);
-    if (!row) { row = buildJobRow(j); jobs.rows.set(j.id, row); }
-    updateJobRow(row, j, prev);
+    let row = body.querySelector(`tr[data-job="${j.id}"]`);
+    if (!row) row = jobRow(j);
+    updateJobRow(row, j, previous.get(j.id));
     if (body.children[idx] !== row) body.insertBefore(row, body.children[idx] || null);
     announce(j);
   });
-  for (const [id, row] of jobs.rows) {
-    if (!seen.has(id)) { row.remove(); jobs.rows.delete(id); jobs.data.delete(id); }
-  }
   $('#jobs-empty').hidden = list.length > 0;
   $('#jobs-table').hidden = list.length === 0;
 }
 
-export function announce(j) {
-  const before = jobs.announced.get(j.id);
+function announce(j) {
+  const before = setAnnounced(j.id, j.state);
   if (before === j.state) return;
-  jobs.announced.set(j.id, j.state);
   if (before === undefined && !isActive(j)) return; // old jobs found on load: no noise
   if (!isActive(j)) say(`Job ${short(j.id)} ${j.state}: ${j.done} done, ${j.failed} failed of ${j.total}.`);
 }
 
-export function buildJobRow(j) {
+function jobRow(j) {
   const created = new Date(j.created_at);
-  const row = el('tr', { 'data-job': j.id },
+  return el('tr', { 'data-job': j.id },
     el('td', { class: 'job-id' }, el('code', { title: j.id, text: short(j.id) }),
       el('span', { class: 'when', text: `${created.toLocaleString()} · ${j.source}` }),
       el('span', { class: 'when', 'data-field': 'opts' })),
@@ -112,14 +152,22 @@ export function buildJobRow(j) {
       el('div', { class: 'counts', 'data-field': 'counts' }),
       el('div', { 'data-field': 'errors' })),
     el('td', {}, el('div', { class: 'actions', 'data-field': 'actions' })));
-  return row;
 }
 
-export function updateJobRow(row, j, prev) {
+function drawErrors(box, j, prev) {
+  const errors = j.errors || [];
+  if (errors.length && (!prev || JSON.stringify(prev.errors || []) !== JSON.stringify(errors) || !box.firstChild)) {
+    box.replaceChildren(el('details', {},
+      el('summary', { text: `${j.failed} image error${j.failed === 1 ? '' : 's'}` }),
+      el('ul', { class: 'errors-list' }, ...errors.map((e) => el('li', {}, el('code', { text: e.image }), `: ${e.error}`)))));
+  } else if (!errors.length) box.replaceChildren();
+}
+
+function updateJobRow(row, j, prev) {
   const f = (name) => row.querySelector(`[data-field="${name}"]`);
-  const state = f('state');
-  state.textContent = j.state;
-  state.className = `state ${j.state}`;
+  const stateEl = f('state');
+  stateEl.textContent = j.state;
+  stateEl.className = `state ${j.state}`;
   f('opts').textContent = `${j.method || 'default method'} · threshold ${j.threshold ?? 'default'} · ${(j.outputs || []).join(', ')}`;
   const progress = f('progress');
   progress.max = Math.max(j.total, 1);
@@ -127,17 +175,11 @@ export function updateJobRow(row, j, prev) {
   progress.setAttribute('aria-valuetext', `${j.done + j.failed} of ${j.total} images`);
   f('counts').textContent = `${j.done + j.failed}/${j.total} · ${j.done} done · ${j.failed} failed` +
     (j.error ? ` · ${j.error}` : '');
-  const errs = f('errors');
-  const errors = j.errors || [];
-  if (errors.length && (!prev || JSON.stringify(prev.errors || []) !== JSON.stringify(errors) || !errs.firstChild)) {
-    errs.replaceChildren(el('details', {},
-      el('summary', { text: `${j.failed} image error${j.failed === 1 ? '' : 's'}` }),
-      el('ul', { class: 'errors-list' }, ...errors.map((e) => el('li', {}, el('code', { text: e.image }), `: ${e.error}`)))));
-  } else if (!errors.length) errs.replaceChildren();
-  if (!prev || prev.state !== j.state || !f('actions').firstChild) renderActions(f('actions'), j);
+  drawErrors(f('errors'), j, prev);
+  if (!prev || prev.state !== j.state || !f('actions').firstChild) drawActions(f('actions'), j);
 }
 
-export function renderActions(box, j) {
+function drawActions(box, j) {
   const focused = box.contains(document.activeElement) ? document.activeElement.dataset.action : null;
   const buttons = [];
   const id = short(j.id);
@@ -156,99 +198,26 @@ export function renderActions(box, j) {
   if (focused) { const b = box.querySelector(`[data-action="${focused}"]`); if (b) b.focus(); }
 }
 
-export async function cancelJob(id) {
+async function cancelJob(id) {
   clearError();
   try {
     const j = await (await api(`/jobs/${id}`, { method: 'DELETE' })).json();
     say(`Job ${short(id)} ${j.state === 'cancelled' ? 'cancelled' : `is ${j.state}`}.`);
-    jobs.announced.set(id, j.state);
+    setAnnounced(id, j.state);
   } catch (e) { showError(e); }
   refreshJobs();
 }
 
-export async function jobZip(id) {
-  if (!jobs.zips.has(id)) {
-    const p = api(`/jobs/${id}/results`).then((r) => r.arrayBuffer());
-    jobs.zips.set(id, p);
-    p.catch(() => jobs.zips.delete(id));
-  }
-  return jobs.zips.get(id);
-}
-
-export async function downloadJob(id) {
-  clearError();
-  say(`Downloading the results of job ${short(id)}…`);
-  try {
-    const buf = await jobZip(id);
-    saveBlob(new Blob([buf], { type: 'application/zip' }), `seam-${id}.zip`);
-    say(`Downloaded seam-${id}.zip.`);
-  } catch (e) { showError(e); say(''); }
-}
-
-export async function showGallery(id) {
-  clearError();
-  const section = $('#gallery');
-  const grid = $('#gallery-grid');
-  closeGallery();
-  section.hidden = false;
-  $('#gallery-title').textContent = `Gallery of job ${short(id)}`;
-  $('#gallery-note').textContent = 'Loading the overlays…';
-  say(`Loading the gallery of job ${short(id)}…`);
-  try {
-    const buf = await jobZip(id);
-    const entries = zipEntries(buf).filter((e) => e.name.startsWith('overlay/') && e.name.endsWith('.png'));
-    const urls = [];
-    const figures = [];
-    for (const e of entries.slice(0, GALLERY_MAX)) {
-      const url = URL.createObjectURL(new Blob([await zipRead(buf, e)], { type: 'image/png' }));
-      urls.push(url);
-      const name = e.name.slice('overlay/'.length, -4);
-      figures.push(el('figure', {},
-        el('a', { href: url, target: '_blank', rel: 'noopener', 'aria-label': `Open the overlay of ${name} full size` },
-          el('img', { src: url, alt: `Segmentation overlay of ${name}`, loading: 'lazy', decoding: 'async' })),
-        el('figcaption', { text: name })));
-    }
-    jobs.gallery = { id, urls };
-    grid.replaceChildren(...figures);
-    const j = jobs.data.get(id);
-    $('#gallery-note').textContent = entries.length
-      ? `${Math.min(entries.length, GALLERY_MAX)} of ${entries.length} overlays` +
-        (j && j.failed ? ` (${j.failed} image${j.failed === 1 ? '' : 's'} failed and ha${j.failed === 1 ? 's' : 've'} none)` : '') + '. Colours: VOC palette.'
-      : 'This job has no overlays.';
-    say(`Gallery of job ${short(id)}: ${entries.length} overlays.`);
-    $('#gallery-title').focus();
-  } catch (e) {
-    $('#gallery-note').textContent = '';
-    showError(e);
-    say('');
-  }
-}
-
-export function closeGallery() {
-  if (jobs.gallery) jobs.gallery.urls.forEach((u) => URL.revokeObjectURL(u));
-  jobs.gallery = null;
-  $('#gallery-grid').replaceChildren();
-  $('#gallery').hidden = true;
-}
-
-/** The image URL prefix is asked for only while the Label Studio output is ticked. */
-export function syncPrefixField() {
-  const on = document.querySelector('#job-form input[name="outputs"][value="labelstudio"]').checked;
-  $('#job-prefix-field').hidden = !on;
-  $('#job-prefix').required = on;
-}
-
+/** Wire the jobs view's controls to the state; it draws whenever the models or outputs change. */
 export function initJobsView() {
   $('#job-form').addEventListener('submit', submitJob);
-  document.querySelector('#job-form input[name="outputs"][value="labelstudio"]').addEventListener('change', syncPrefixField);
+  $('#job-outputs').addEventListener('change', (ev) => setOutputTicked(ev.target.value, ev.target.checked));
   $('#jobs-refresh').addEventListener('click', refreshJobs);
-  $('#gallery-close').addEventListener('click', () => {
-    const id = jobs.gallery && jobs.gallery.id;
-    closeGallery();
-    const b = id && document.querySelector(`tr[data-job="${id}"] [data-action="gallery"]`);
-    if (b) b.focus();
-  });
+  initGallery();
   document.addEventListener('visibilitychange', () => {
     if (document.visibilityState === 'visible' && currentView() === 'jobs') refreshJobs();
   });
+  on('models', drawJobMethods);
+  on('outputs', drawOutputs);
+  on('jobOutputs', drawPrefixField);
 }

@@ -1,0 +1,227 @@
+// The page's state: the ONE place that holds it. Views render from `state` and change it only
+// through the functions below (tests/browser/test_web_modules.py refuses assignments to `state.`
+// anywhere else); a change another view shows is announced to the views subscribed with `on`.
+// Nothing here touches the DOM, and nothing runs at import: `loadApiKey` is called by app.js.
+//
+// The lists the page offers come from the server: the methods and classes from GET /models, the
+// job output kinds from GET /outputs. The only method knowledge kept here is what the page can do
+// itself: re-threshold the CAMs it already holds.
+
+export const KEY_STORAGE = 'seam.apiKey';
+// The background threshold the slider shows before GET /models names the model's own
+// (seam.common.cam.DEFAULT_BG_THRESHOLD).
+export const DEFAULT_THRESHOLD = 0.26;
+/** Methods that are a plain threshold of CAMs the image view already has, in order of
+ *  preference, with which maps: no request when the slider moves. Any other method the server
+ *  lists is asked of POST /segment, so a new server method needs no change here. */
+export const BROWSER_METHODS = Object.freeze({ pcm: 'refined', cam: 'raw' });
+
+/** Fresh, empty results of the image view: no image's maps, label or pending request. */
+const noImageResults = () => ({
+  w: 0, h: 0, imageW: 0, imageH: 0, rgba: null, raw: null, refined: null, label: null, labelSource: null,
+  serverLabel: null, serverKey: '', timing: null,
+});
+
+export const state = {
+  apiKey: '',
+  models: {
+    loaded: false, failed: false, names: [], classes: [], methods: [], defaultMethod: null, classThreshold: null,
+    description: null,
+  },
+  outputs: { loaded: false, failed: false, kinds: [] }, // GET /outputs, in the server's order
+  image: {
+    file: null, picked: [], method: null, threshold: DEFAULT_THRESHOLD, labelsSent: null, seq: 0,
+    ...noImageResults(),
+    frameQueued: false, serverTimer: null, serverAbort: null,
+  },
+  jobs: {
+    list: new Map(), // id -> the job as last listed (with its per-image errors when fetched)
+    announced: new Map(), // id -> the state last announced in the status line
+    ticked: null, // Set of the output kinds ticked in the form; null: the server's preselection
+    timer: null, zips: new Map(), gallery: null,
+  },
+};
+
+// ───────────────────────── subscriptions ─────────────────────────
+const listeners = new Map(); // topic -> Set of functions
+
+/** Call `fn` after every change of `topic` ('apiKey', 'models', 'outputs', 'jobOutputs'). */
+export function on(topic, fn) {
+  if (!listeners.has(topic)) listeners.set(topic, new Set());
+  listeners.get(topic).add(fn);
+}
+
+function notify(topic) {
+  for (const fn of listeners.get(topic) || []) fn(state);
+}
+
+// ───────────────────────── API key ─────────────────────────
+/** The key kept in this browser, read once at start. */
+export function loadApiKey() {
+  try { state.apiKey = localStorage.getItem(KEY_STORAGE) || ''; } catch { state.apiKey = ''; }
+  notify('apiKey');
+}
+
+export function setApiKey(key) {
+  try {
+    if (key) localStorage.setItem(KEY_STORAGE, key); else localStorage.removeItem(KEY_STORAGE);
+  } catch { /* storage disabled: the key lives for this page only */ }
+  state.apiKey = key;
+  notify('apiKey');
+}
+
+// ───────────────────────── what the server offers ─────────────────────────
+/** A method as GET /models lists it: a name, or an entry of the server's method table
+ *  ({name, description, ...}). */
+function methodEntry(m) {
+  if (typeof m === 'string') return { name: m, description: '' };
+  return { ...m, name: String(m.name), description: m.description || m.label || '' };
+}
+
+/** The answer of GET /models. The model's own default threshold replaces the slider's the first
+ *  time, unless results are already on screen; the chosen mask method is kept while offered. */
+export function setModels(m) {
+  const methods = (m.methods || []).map(methodEntry);
+  const names = methods.map((x) => x.name);
+  const defaultMethod = (m.default_method && (m.default_method.name || m.default_method)) || names[0] || null;
+  const thr = Number(m.default_threshold);
+  if (!state.models.loaded && m.default_threshold != null && thr >= 0 && thr <= 1 && !state.image.refined) {
+    state.image.threshold = thr;
+  }
+  Object.assign(state.models, {
+    loaded: true, failed: false, names: (m.models || []).map((x) => x.name), classes: m.classes || [], methods,
+    defaultMethod, classThreshold: typeof m.class_threshold === 'number' ? m.class_threshold : null,
+    description: m.description || null,
+  });
+  if (!names.includes(state.image.method)) {
+    state.image.method = Object.keys(BROWSER_METHODS).find((x) => names.includes(x)) || defaultMethod;
+  }
+  state.image.picked = state.image.picked.filter((c) => state.models.classes.includes(c));
+  notify('models');
+}
+
+export function setModelsFailed() {
+  state.models.failed = true;
+  notify('models');
+}
+
+/** The answer of GET /outputs: [{kind, extension, media_type, label, description, requires, preselected, ...}]. */
+export function setOutputs(kinds) {
+  Object.assign(state.outputs, { loaded: true, failed: false, kinds });
+  notify('outputs');
+}
+
+export function setOutputsFailed() {
+  state.outputs.failed = true;
+  notify('outputs');
+}
+
+export function methodNames() { return state.models.methods.map((m) => m.name); }
+
+// ───────────────────────── image view ─────────────────────────
+export function setThreshold(t) { state.image.threshold = t; }
+export function setMaskMethod(m) { state.image.method = m; }
+/** Tick or untick class `name`; the ticked ones stay in the model's class order. */
+export function setClassPicked(name, on) {
+  const { picked } = state.image;
+  state.image.picked = state.models.classes.filter((c) => (c === name ? on : picked.includes(c)));
+}
+export function clearPickedClasses() { state.image.picked = []; }
+export function setImageFile(file) { state.image.file = file; }
+
+/** Forget the shown results and stop what is pending for them. */
+export function clearImageResults() {
+  Object.assign(state.image, noImageResults());
+  clearTimeout(state.image.serverTimer);
+  if (state.image.serverAbort) state.image.serverAbort.abort();
+}
+
+/** A new computation: the ones still running for an older image must not draw. */
+export function nextImageRun() { return ++state.image.seq; }
+export function isCurrentRun(seq) { return seq === state.image.seq; }
+
+/** The maps of a finished computation, at the drawn w x h grid. */
+export function setImageResults({ w, h, imageW, imageH, rgba, raw, refined, labelsSent }) {
+  Object.assign(state.image, { w, h, imageW, imageH, rgba, raw, refined, labelsSent, label: null, serverLabel: null,
+                               serverKey: '' });
+}
+
+export function setImageTiming(timing) { state.image.timing = timing; }
+
+/** The label map on screen and what made it ({method, threshold}). */
+export function setLabel(label, source) { Object.assign(state.image, { label, labelSource: source }); }
+
+/** A mask the server computed, remembered for its method@threshold `key`. */
+export function setServerLabel(label, key, source) {
+  Object.assign(state.image, { serverLabel: label, serverKey: key });
+  setLabel(label, source);
+}
+
+export function setFrameQueued(queued) { state.image.frameQueued = queued; }
+export function setServerTimer(timer) {
+  clearTimeout(state.image.serverTimer);
+  state.image.serverTimer = timer;
+}
+
+/** A new AbortController for the server mask request, aborting the previous one. */
+export function newServerAbort() {
+  if (state.image.serverAbort) state.image.serverAbort.abort();
+  state.image.serverAbort = new AbortController();
+  return state.image.serverAbort;
+}
+
+// ───────────────────────── jobs view ─────────────────────────
+/** The output kinds ticked in the jobs form (the server's preselection until the user ticks). */
+export function tickedOutputs() {
+  const { ticked } = state.jobs;
+  return state.outputs.kinds.map((k) => k.kind).filter((k) => (ticked ? ticked.has(k)
+    : state.outputs.kinds.find((x) => x.kind === k).preselected));
+}
+
+export function setOutputTicked(kind, on) {
+  const ticked = new Set(tickedOutputs());
+  if (on) ticked.add(kind); else ticked.delete(kind);
+  state.jobs.ticked = ticked;
+  notify('jobOutputs');
+}
+
+/** Back to the server's preselection (the form was reset). */
+export function resetTickedOutputs() {
+  state.jobs.ticked = null;
+  notify('jobOutputs');
+}
+
+/** The listed jobs, newest first (those no longer listed are forgotten); returns the previous list. */
+export function setJobs(list) {
+  const previous = state.jobs.list;
+  state.jobs.list = new Map(list.map((j) => [j.id, j]));
+  return previous;
+}
+
+/** Remember `jobState` as announced for job `id`; returns the state announced before. */
+export function setAnnounced(id, jobState) {
+  const before = state.jobs.announced.get(id);
+  state.jobs.announced.set(id, jobState);
+  return before;
+}
+
+export function setPollTimer(timer) {
+  clearTimeout(state.jobs.timer);
+  state.jobs.timer = timer;
+}
+
+/** The results zip of job `id`, fetched once by `fetchZip` (a failed fetch is forgotten). */
+export function jobZip(id, fetchZip) {
+  if (!state.jobs.zips.has(id)) {
+    const p = fetchZip(id);
+    state.jobs.zips.set(id, p);
+    p.catch(() => state.jobs.zips.delete(id));
+  }
+  return state.jobs.zips.get(id);
+}
+
+/** The open gallery ({id, urls}) or null; the object URLs of the one closed are revoked. */
+export function setGallery(gallery) {
+  if (state.jobs.gallery) state.jobs.gallery.urls.forEach((u) => URL.revokeObjectURL(u));
+  state.jobs.gallery = gallery;
+}
