@@ -20,6 +20,15 @@ from seam.service.api.routes import web
 WEB = Path(web.__file__).resolve().parents[2] / "web"
 ENTRY = "app.js"
 STATE = "js/state.js"
+# The floors (docs/web.md): a module imports only from floors below its own. A new module gets a line.
+FLOORS = [
+    ["js/state.js", "js/dom.js", "js/palette.js", "js/formats.js"],
+    ["js/pixels.js", "js/status.js", "js/api.js"],
+    ["js/catalog.js"],
+    ["js/mask.js", "js/gallery.js"],
+    ["js/image-view.js", "js/jobs-view.js"],
+    [ENTRY],
+]
 
 # What no module may touch while it is being imported: the document and the browser around it.
 DOM_GLOBALS = {"document", "window", "location", "localStorage", "sessionStorage", "history", "navigator",
@@ -282,6 +291,13 @@ def test_every_import_resolves_and_no_cycle(sources):
             seen.add(m)
             todo += graph[m]
     assert seen == set(sources), set(sources) - seen
+
+
+def test_imports_go_down_the_floors(sources):
+    floor = {m: k for k, names in enumerate(FLOORS) for m in names}
+    assert set(floor) == set(sources), f"place every module on a floor: {set(sources) ^ set(floor)}"
+    upward = [f"{m} -> {d}" for m, deps in import_graph(sources).items() for d in deps if floor[d] >= floor[m]]
+    assert not upward, upward
 
 
 def test_no_dom_work_at_import(sources):

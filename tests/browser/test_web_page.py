@@ -255,3 +255,44 @@ def test_server_side_method(server, page, tmp_path):
     wait_js(page, "seamPage.maskSource().method === 'rw' && seamPage.maskSource().threshold === 0.36")
     assert b'name="threshold"\r\n\r\n0.36\r\n' in seen[-1]
     assert len(seen) <= 3  # debounced: not one request per key press
+
+
+def test_lists_come_from_the_server(server, page):
+    """The page offers what GET /models and GET /outputs list, nothing of its own: a method and
+    an output kind the page has never heard of show up (with the server's texts), the output's
+    required option is asked for, and the model's default threshold sets the slider."""
+    def models(route) -> None:
+        body = route.fetch().json()
+        route.fulfill(json={**body, "methods": [*body["methods"], "newmethod"], "default_threshold": 0.3})
+
+    def outputs(route) -> None:
+        toy = {"kind": "toy", "extension": ".toy", "media_type": "application/octet-stream", "label": "Toy file",
+               "description": "a kind the page does not know", "merged": [], "requires": ["image_url_prefix"],
+               "preselected": True}
+        route.fulfill(json=[*route.fetch().json(), toy])
+
+    page.route("**/models", models)
+    page.route("**/outputs", outputs)
+    page.goto(server.url + "/#jobs")
+    page.wait_for_selector('#job-outputs input[value="toy"]')
+    listed = httpx.get(f"{server.url}/outputs").json()
+    boxes = page.locator('#job-form input[name="outputs"]')
+    assert boxes.evaluate_all("els => els.map(e => e.value)") == [k["kind"] for k in listed] + ["toy"]
+    assert boxes.evaluate_all("els => els.filter(e => e.checked).map(e => e.value)") == [
+        k["kind"] for k in listed if k["preselected"]] + ["toy"]
+    toy = page.get_by_role("checkbox", name="Toy file")
+    assert toy.is_checked() and toy.locator("xpath=..").get_attribute("title") == "a kind the page does not know"
+    assert page.locator("#job-prefix-field").is_visible()  # the toy kind requires image_url_prefix
+    page.wait_for_selector("#job-method option[value=newmethod]", state="attached")
+    page.set_input_files("#job-archive", files=[{"name": "a.zip", "mimeType": "application/zip",
+                                                 "buffer": zip_bytes({"a.png": encode(demo_rgb(W, H))})}])
+    page.click("#job-submit")
+    page.wait_for_selector("#error:not([hidden])")
+    assert "Toy file output needs an image URL prefix" in page.locator("#error").inner_text()
+    toy.uncheck()
+    assert page.locator("#job-prefix-field").is_hidden()
+
+    page.goto(server.url + "/#image")
+    page.wait_for_selector("#mask-method option[value=newmethod]", state="attached")
+    assert page.input_value("#threshold") == "0.3" and page.locator("#threshold-value").inner_text() == "0.30"
+    assert page.input_value("#mask-method") == "pcm"  # re-thresholded in the browser: preferred
