@@ -296,3 +296,5 @@ def test_lists_come_from_the_server(server, page):
     page.wait_for_selector("#mask-method option[value=newmethod]", state="attached")
     assert page.input_value("#threshold") == "0.3" and page.locator("#threshold-value").inner_text() == "0.30"
     assert page.input_value("#mask-method") == "pcm"  # re-thresholded in the browser: preferred
+    names = page.locator("#mask-method option").evaluate_all("els => els.map(e => e.textContent)")
+    assert names[-1] == "newmethod" and "pcm (PCM-refined CAMs)" in names  # no description: the name alone

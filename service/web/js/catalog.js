@@ -1,7 +1,9 @@
 // What the server offers, into the state: GET /models (classes, methods, the model's defaults and
 // what it knows) and GET /outputs (the job output kinds). The views render them from the state.
 import { api } from './api.js';
-import { setModels, setModelsFailed, setOutputs, setOutputsFailed, state } from './state.js';
+import {
+  BROWSER_METHODS, CAMS_TEXT, setModels, setModelsFailed, setOutputs, setOutputsFailed, state,
+} from './state.js';
 import { say, showError } from './status.js';
 
 /** GET /models into the state; false (and the error shown) when it fails. */
@@ -28,8 +30,9 @@ export async function loadOutputs() {
   }
 }
 
-/** How the page names a method: its name, and what it is when the server says. */
+/** How the page names a method: its name, and what it is when the server says (or, for a method
+ *  the page runs itself, which CAMs it thresholds). */
 export function methodText(m) {
-  const what = m.label || m.description;
+  const what = m.label || m.description || CAMS_TEXT[BROWSER_METHODS[m.name]];
   return what ? `${m.name} (${what})` : m.name;
 }

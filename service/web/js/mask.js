@@ -8,8 +8,8 @@ import { paintRle } from './formats.js';
 import { rgbCss, VOC } from './palette.js';
 import { camsToLabel, maskOverlay, putImage, resizeLabel } from './pixels.js';
 import {
-  BROWSER_METHODS, newServerAbort, setFrameQueued, setLabel, setMaskMethod, setServerLabel, setServerTimer,
-  setThreshold, state,
+  BROWSER_METHODS, CAMS_TEXT, newServerAbort, setFrameQueued, setLabel, setMaskMethod, setServerLabel,
+  setServerTimer, setThreshold, state,
 } from './state.js';
 import { clearError, say, showError } from './status.js';
 
@@ -19,7 +19,8 @@ const SERVER_DEBOUNCE_MS = 250;
 /** The method select and the slider as the state has them. */
 export function drawMaskControls() {
   const { method, threshold } = state.image;
-  $('#mask-method').replaceChildren(...state.models.methods.map((m) => el('option', { value: m.name, text: methodText(m), selected: m.name === method })));
+  $('#mask-method').replaceChildren(...state.models.methods.map((m) => el('option', {
+    value: m.name, text: methodText(m), selected: m.name === method })));
   $('#threshold').value = String(threshold);
   $('#threshold-value').textContent = threshold.toFixed(2);
 }
@@ -39,7 +40,7 @@ export function renderMask() {
   if (kind) {
     const src = state.image[kind];
     setLabel(camsToLabel(src.cams, src.classes, threshold, w * h, state.image.label), { method, threshold });
-    note.textContent = `${method}, threshold ${threshold.toFixed(2)}: computed in the browser from the ${kind === 'raw' ? 'raw' : 'PCM-refined'} CAMs.`;
+    note.textContent = `${method}, threshold ${threshold.toFixed(2)}: computed in the browser from the ${CAMS_TEXT[kind]}.`;
     drawMask(state.image.label);
   } else {
     note.textContent = `${method}, threshold ${threshold.toFixed(2)}: computed by the server.`;

@@ -15,6 +15,8 @@ export const DEFAULT_THRESHOLD = 0.26;
  *  preference, with which maps: no request when the slider moves. Any other method the server
  *  lists is asked of POST /segment, so a new server method needs no change here. */
 export const BROWSER_METHODS = Object.freeze({ pcm: 'refined', cam: 'raw' });
+/** How the page names the CAMs it holds. */
+export const CAMS_TEXT = Object.freeze({ raw: 'raw CAMs', refined: 'PCM-refined CAMs' });
 
 /** Fresh, empty results of the image view: no image's maps, label or pending request. */
 const noImageResults = () => ({
