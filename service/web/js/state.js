@@ -18,7 +18,7 @@ export const BROWSER_METHODS = Object.freeze({ pcm: 'refined', cam: 'raw' });
 /** How the page names the CAMs it holds. */
 export const CAMS_TEXT = Object.freeze({ raw: 'raw CAMs', refined: 'PCM-refined CAMs' });
 
-/** Fresh, empty results of the image view: no image's maps, label or pending request. */
+/** Fresh, empty results of the image view: no maps, no label. */
 const noImageResults = () => ({
   w: 0, h: 0, imageW: 0, imageH: 0, rgba: null, raw: null, refined: null, label: null, labelSource: null,
   serverLabel: null, serverKey: '', timing: null,
