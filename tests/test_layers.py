@@ -173,19 +173,25 @@ def module_cycles(files: list[Path]) -> list[list[str]]:
     return cycles
 
 
+def _probe_tree(tmp_path: Path, monkeypatch, root: str, sources: dict[str, str]) -> list[Path]:
+    """A throw-away `root/` package of the given modules, read as if it were the repository's."""
+    for rel, text in sources.items():
+        (tmp_path / root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / root / rel).write_text(text)
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    monkeypatch.setattr(sys.modules["tests.support"], "REPO", tmp_path)
+    return sorted((tmp_path / root).rglob("*.py"))
+
+
 def test_the_floor_checker_sees_up_going_imports(tmp_path: Path, monkeypatch) -> None:
     """A data module importing evaluation (the loop the issue named), a sibling import on one
     floor and a two-module cycle are all reported; a down-going import is not."""
-    pkg = tmp_path / "training"
-    for unit in ("data", "evaluation", "trainers", "export"):
-        (pkg / unit).mkdir(parents=True)
-    (pkg / "data" / "augment.py").write_text("from seam.training.evaluation.evaluate import read_label_png\n")
-    (pkg / "evaluation" / "evaluate.py").write_text("from seam.training.data import augment\n")
-    (pkg / "trainers" / "loop.py").write_text("def f():\n    from seam.training.export import specs\n")
-    (pkg / "export" / "specs.py").write_text("import numpy\n")
-    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
-    monkeypatch.setattr(sys.modules["tests.support"], "REPO", tmp_path)
-    files = sorted(pkg.rglob("*.py"))
+    files = _probe_tree(tmp_path, monkeypatch, "training", {
+        "data/augment.py": "from seam.training.evaluation.evaluate import read_label_png\n",
+        "evaluation/evaluate.py": "from seam.training.data import augment\n",
+        "trainers/loop.py": "def f():\n    from seam.training.export import specs\n",
+        "export/specs.py": "import numpy\n",
+    })
     found = floor_violations(files, "seam.training", TRAINING_FLOORS)
     assert found == ["training/data/augment.py (data) imports evaluation",
                      "training/trainers/loop.py (trainers) imports export"]
@@ -216,19 +222,15 @@ SERVICE_FLOORS: tuple[tuple[str, ...], ...] = (
 def test_the_floor_checker_sees_the_service_arrows_the_issue_named(tmp_path: Path, monkeypatch) -> None:
     """jobs -> worker (dispatch), outputs -> integrations, realtime <-> jobs (siblings) and the
     jobs <-> worker cycle are reported; worker -> realtime and api -> jobs (down) are not."""
-    pkg = tmp_path / "service"
-    for unit in ("jobs", "worker", "realtime", "integrations", "outputs", "api"):
-        (pkg / unit).mkdir(parents=True)
-    (pkg / "jobs" / "dispatch.py").write_text("def f():\n    from seam.service.worker.tasks import app\n")
-    (pkg / "worker" / "tasks.py").write_text("from seam.service.jobs import dispatch\n"
-                                             "from seam.service.realtime.server import RealtimeServer\n")
-    (pkg / "realtime" / "server.py").write_text("from seam.service.jobs.access import visible_snapshot\n")
-    (pkg / "outputs" / "kinds.py").write_text("from seam.service.integrations import exports\n")
-    (pkg / "integrations" / "exports.py").write_text("import numpy\n")
-    (pkg / "api" / "jobs.py").write_text("from seam.service.jobs.dispatch import TASK_NAME\n")
-    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
-    monkeypatch.setattr(sys.modules["tests.support"], "REPO", tmp_path)
-    files = sorted(pkg.rglob("*.py"))
+    files = _probe_tree(tmp_path, monkeypatch, "service", {
+        "jobs/dispatch.py": "def f():\n    from seam.service.worker.tasks import app\n",
+        "worker/tasks.py": ("from seam.service.jobs import dispatch\n"
+                            "from seam.service.realtime.server import RealtimeServer\n"),
+        "realtime/server.py": "from seam.service.jobs.access import visible_snapshot\n",
+        "outputs/kinds.py": "from seam.service.integrations import exports\n",
+        "integrations/exports.py": "import numpy\n",
+        "api/jobs.py": "from seam.service.jobs.dispatch import TASK_NAME\n",
+    })
     assert floor_violations(files, "seam.service", SERVICE_FLOORS) == [
         "service/jobs/dispatch.py (jobs) imports worker",
         "service/outputs/kinds.py (outputs) imports integrations",
