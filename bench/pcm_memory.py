@@ -28,7 +28,7 @@ def _child(args: argparse.Namespace) -> None:
 
     eng = OnnxEngine.from_model_dir(args.model, providers="cpu", threads=args.threads, max_side=16384,
                                     memory_budget=1 << 40)
-    m = eng._models["seam"]
+    m = eng.model("seam")
     w, h = (int(v) for v in args.image.split("x"))
     sh, sw = scaled_size((h, w), args.scale)
     rgb = np.random.default_rng(0).integers(0, 256, (h, w, 3), np.uint8)
@@ -38,7 +38,7 @@ def _child(args: argparse.Namespace) -> None:
     if args.variant == "blocked":
         cam, rv = eng._runner(m, refined=True)(x)
     else:
-        cam, n, g = eng._run(m, x)
+        cam, n, g = eng.run(m, x)
         B, C, hh, ww = n.shape
         g2 = g.reshape(B, g.shape[1], -1)[0]
         aff = np.maximum(g2.T @ g2, 0)  # (hw, hw): the release's dense affinity

@@ -33,7 +33,7 @@ def main() -> None:
     args = ap.parse_args()
     eng = OnnxEngine.from_model_dir(args.model, providers="cpu", threads=args.threads, memory_budget=1 << 40)
     scenes = [render_image(np.random.default_rng([args.seed, i]), args.size)[:2] for i in range(args.n)]
-    working = eng._models["seam"].manifest.input.working_side
+    working = eng.model("seam").manifest.input.working_side
     print(f"{args.n} synthetic scenes at {args.size}x{args.size}; {args.model} working side {working}")
     print(f"{'max_side':>9} {'mIoU %':>7} {'s/image':>8} {'est. MiB':>9}")
     for side in args.sides.split(","):

@@ -12,22 +12,19 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
-from seam.service.engine.base import METHODS, MapSize, ModelInfo, SegmentResult
+from seam.service.engine import methods
+from seam.service.engine.base import MapSize, ModelInfo, SegmentResult
 from seam.service.engine.cancel import check_wanted
+from seam.service.engine.runners.host import SegmentCall
 
-from seam.common.cam import (
-    DEFAULT_BG_THRESHOLD,
-    CamResult,
-    cams_to_label,
-    nonempty_classes,
-    predict_classes,
-    present_classes,
-)
+from seam.common.cam import DEFAULT_BG_THRESHOLD, CamResult, label_argmax, nonempty_classes, predict_classes
 
 FAKE_CLASSES: tuple[str, ...] = ("red", "green", "blue")
 FAIL_PIXEL = (1, 2, 3)  # an image whose top-left pixel is exactly this makes the engine raise
 FAKE_CLS_THRESHOLD = 0.5  # the fake model's "manifest" class threshold
 FAKE_DESCRIPTION = "test engine: which colour channel dominates (red, green, blue); not a model"
+# the model kinds it stands in for: it offers every method of the table that needs no other
+FAKE_KINDS = ("seam",)
 
 
 class FakeEngineError(RuntimeError):
@@ -54,28 +51,27 @@ def _box_blur(x: np.ndarray, r: int) -> np.ndarray:
 
 
 class FakeEngine:
-    def __init__(self, classes: Sequence[str] = FAKE_CLASSES, methods: Sequence[str] = ("pcm", "cam"),
-                 delay_ms: float = 0.0) -> None:
-        unknown = [m for m in methods if m not in METHODS]
-        if unknown:
-            raise ValueError(f"unknown methods {unknown}")
+    """Runs the table's methods that need only a SEAM model (their runners see it as a
+    `runners.host.MethodHost`), on its colour CAMs."""
+
+    def __init__(self, classes: Sequence[str] = FAKE_CLASSES, delay_ms: float = 0.0) -> None:
         self._classes = list(classes)
-        self._methods = list(methods)
         self.delay_s = delay_ms / 1000.0
         self.calls = 0
         self._batch = threading.local()
 
     # --- protocol -------------------------------------------------------------
     def models(self) -> list[ModelInfo]:
-        return [ModelInfo(name="fake", kind="seam", backbone="numpy", classes=list(self._classes),
+        return [ModelInfo(name="fake", kind=kind, backbone="numpy", classes=list(self._classes),
                           provider="fake", manifest={"engine": "fake"}, description=FAKE_DESCRIPTION,
-                          cls_threshold=FAKE_CLS_THRESHOLD, bg_threshold=DEFAULT_BG_THRESHOLD)]
+                          cls_threshold=FAKE_CLS_THRESHOLD, bg_threshold=DEFAULT_BG_THRESHOLD) for kind in FAKE_KINDS]
 
     def foreground_classes(self) -> list[str]:
         return list(self._classes)
 
     def methods(self) -> list[str]:
-        return list(self._methods)
+        # read when asked, so a method registered after the engine was made is offered
+        return methods.available(FAKE_KINDS)
 
     def cam(self, rgb: np.ndarray, labels: Sequence[int] | None = None, refined: bool = True,
             scales: Sequence[float] | None = None, flip: bool | None = None,
@@ -110,14 +106,25 @@ class FakeEngine:
 
     def segment(self, rgb: np.ndarray, labels: Sequence[int] | None = None, method: str | None = None,
                 threshold: float | None = None, crf: bool = False, max_side: int | None = None) -> SegmentResult:
-        method = method or self._methods[0]
-        if method not in self._methods:
-            raise ValueError(f"method {method!r} not available (have {self._methods})")
-        res = self.cam(rgb, labels, refined=method != "cam")
-        thr = DEFAULT_BG_THRESHOLD if threshold is None else threshold
-        label = cams_to_label(res.cams, res.classes, thr)
-        return SegmentResult(label=label, classes=present_classes(label, res.classes), scores=res.scores,
-                             method=method, cams=res)
+        available = self.methods()
+        method = method or available[0]
+        if method not in available:
+            raise ValueError(f"method {method!r} not available (have {available})")
+        call = SegmentCall(method, [rgb], [None if labels is None else sorted(int(c) for c in labels)], threshold,
+                           crf, max_side)
+        return methods.get(method).run(self, call)[0]
+
+    # --- what the methods' runners ask (runners.host.MethodHost) ----------------------
+    def working_cams(self, rgbs: Sequence[np.ndarray], labels: Sequence[list[int] | None], refined: bool,
+                     max_side: int | None) -> list[CamResult]:
+        return [self.cam(rgb, lb, refined=refined) for rgb, lb in zip(rgbs, labels, strict=True)]
+
+    def background_threshold(self, threshold: float | None) -> float:
+        return DEFAULT_BG_THRESHOLD if threshold is None else threshold
+
+    def crf_label(self, rgb: np.ndarray, probs: np.ndarray, classes: Sequence[int],
+                  out_hw: tuple[int, int]) -> np.ndarray:
+        return label_argmax(probs, classes, out_hw)  # no CRF in the fake: the probabilities' argmax
 
     # --- the batch API (an idealised accelerator: a batch costs one image's delay) ------
     def _many(self, fn, rgbs: Sequence[np.ndarray], labels: Sequence[Sequence[int] | None], **kw) -> list:

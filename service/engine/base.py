@@ -14,7 +14,6 @@ import numpy as np
 
 from seam.common.cam import CamResult
 
-METHODS: tuple[str, ...] = ("cam", "pcm", "rw", "deeplab")
 # where CAMs come back: at the image's size, or at the size the passes ran at (no upsampling)
 MapSize = Literal["image", "working"]
 MAP_SIZES: tuple[str, ...] = ("image", "working")
@@ -91,7 +90,8 @@ class InferenceEngine(Protocol):
     def foreground_classes(self) -> list[str]: ...
 
     def methods(self) -> list[str]:
-        """Methods the loaded repository supports, best first (e.g. ['deeplab', 'rw', 'pcm', 'cam'])."""
+        """Methods of the table (`seam.service.engine.methods`) the loaded models can run, best first
+        (e.g. ['deeplab', 'rw', 'pcm', 'cam'])."""
         ...
 
     def cam(

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from seam.service.engine.base import MemoryBudgetError
 from seam.service.engine.onnx_engine import OnnxEngine
+from seam.service.engine.runners.random_walk import affinity_features
 
 from seam.common.cam import MultiScaleConfig, cams_to_label, multiscale_cam
 from seam.common.image import Normalization
@@ -97,11 +99,11 @@ def test_small_budgets_cut_passes_and_pcm_blocks_with_equal_results(repo):
     rgb = image(40, 48)
     ref = OnnxEngine(repo, threads=1).cam(rgb, [1])
     eng = OnnxEngine(repo, threads=1, memory_budget=1 << 30)
-    eng.memory_budget = 100_000  # below one pass: every item alone (admission is not asked here)
-    runner = eng._runner(eng._models["seam"], refined=True)
+    eng.admission = replace(eng.admission, budget=100_000)  # below one pass: every item alone (no admission here)
+    runner = eng._runner(eng.model("seam"), refined=True)
     calls = []
-    orig = eng._run
-    eng._run = lambda m, b, names=None: calls.append(b.shape[0]) or orig(m, b, names)
+    orig = eng.run
+    eng.run = lambda m, b, names=None: calls.append(b.shape[0]) or orig(m, b, names)
     x = np.random.default_rng(0).standard_normal((2, 3, 40, 48)).astype(np.float32)
     cam, rv = runner(x)
     assert calls == [1, 1] and cam.shape[0] == rv.shape[0] == 2
@@ -112,7 +114,7 @@ def test_small_budgets_cut_passes_and_pcm_blocks_with_equal_results(repo):
 
 def test_raw_cams_never_run_the_pcm(repo):
     eng = OnnxEngine(repo, threads=1)
-    m = eng._models["seam"]
+    m = eng.model("seam")
     calls = []
 
     class Spy:
@@ -218,8 +220,8 @@ def test_segment_random_walk_equals_shared_random_walk(engine, repo):
 
     rgb = image(43, 50)
     res = engine.segment(rgb, [0, 2], method="rw")
-    aff = engine._models["affinity"]
-    feat = engine._affinity_features(aff, rgb)
+    aff = engine.model("affinity")
+    feat = affinity_features(engine, rgb)
     assert feat.shape == (16, 6, 7)  # ceil(43/8), ceil(50/8)
     rw = aff.manifest.random_walk
     cams = engine.cam(rgb, [0, 2])
