@@ -1,6 +1,7 @@
 """Request and response models (the OpenAPI schema is generated from these)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -14,28 +15,38 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import core_schema
+from seam.service.engine import methods
 from seam.service.outputs import kinds
 
-MethodName = Literal["cam", "pcm", "rw", "deeplab"]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 # A bound on the work of validating a hostile list; the kinds themselves come from the table.
 MAX_OUTPUTS_LISTED = 32
 
 
-class _TableKind:
-    """An output kind's name, checked against the output-kinds table and documented with its
-    current entries: both read the table when used, so a kind registered after import is accepted
-    and listed in the OpenAPI enum."""
+class _TableName:
+    """A name checked against one of the extension tables (output kinds, methods) and documented
+    with its current entries: both read the table when used, so an entry registered after import
+    is accepted and listed in the OpenAPI enum."""
+
+    def __init__(self, check: Callable[[str], str], names: Callable[[], list[str]]) -> None:
+        self.check, self.names = check, names
 
     def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
-        return core_schema.no_info_after_validator_function(kinds.check_name, handler(source))
+        return core_schema.no_info_after_validator_function(self.check, handler(source))
 
     def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema,
                                      handler: GetJsonSchemaHandler) -> dict[str, Any]:
-        return {**handler(schema), "enum": kinds.kind_names()}
+        return {**handler(schema), "enum": self.names()}
 
 
-OutputKindName = Annotated[str, _TableKind()]
+OutputKindName = Annotated[str, _TableName(kinds.check_name, kinds.kind_names)]
+MethodName = Annotated[str, _TableName(methods.check_name, methods.method_names)]
+
+
+def method_help(schema: dict[str, Any]) -> None:
+    """The help of a `method` field, from the methods table when the schema is built."""
+    schema["description"] = ("Default: the best the loaded models can run (GET /models lists them). "
+                             f"{methods.help_text()}.")
 
 
 def _outputs_help(schema: dict[str, Any]) -> None:
@@ -75,13 +86,30 @@ class ModelPublic(BaseModel):
     classes: list[str]
     provider: str
     description: str | None = Field(None, description="What the model knows (its manifest's description).")
+    methods: list[str] = Field(default_factory=list, description="The available methods that run this model.")
+
+
+class MethodPublic(BaseModel):
+    name: str
+    label: str = Field(description="A short title (the web page's method lists).")
+    description: str
+    models: list[str] = Field(description="The model kinds it needs.")
+    where: list[methods.Place] = Field(description="Where it may run: sync (POST /segment, the labelling "
+                                                             "tools) and/or jobs (POST /jobs).")
+    cams: methods.CamsKind | None = Field(description=(
+        "The CAMs it starts from (GET /cam or /cam/refined gives them); null: none."))
+    plain_threshold: bool = Field(description=(
+        "Its mask is just `cams` above the background threshold: a client holding those maps can recompute it "
+        "for any threshold without asking again."))
 
 
 class ModelsResponse(BaseModel):
     models: list[ModelPublic]
     classes: list[str] = Field(description="Foreground classes; label value = index + 1, 0 = background.")
     methods: list[str] = Field(description="Available methods, best first (the default is the first).")
-    default_method: str | None
+    method_details: list[MethodPublic] = Field(default_factory=list, description=(
+        "The available methods, in the order of `methods`, with what each needs and does."))
+    default_method: str | None = Field(description="What a synchronous request without a method runs.")
     description: str | None = Field(None, description=(
         "What the segmenting model knows (its domain): an image from outside it still gets the closest of its "
         "classes."))
@@ -138,7 +166,7 @@ class CamResponse(BaseModel):
 class JobOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    method: MethodName | None = Field(None, description="Default: the best method the repository has.")
+    method: MethodName | None = Field(None, json_schema_extra=method_help)
     threshold: float | None = Field(None, ge=0.0, le=1.0, description="Background threshold (default: the model's).")
     max_side: int | None = Field(None, ge=8, le=16384, description=(
         "Long side images are resized to (when longer) before inference; outputs stay at each image's size. "
@@ -183,7 +211,7 @@ class JobUploadForm(BaseModel):
 
     archive: bytes = Field(description="zip or tar(.gz/.bz2/.xz) of images; may hold labels.csv or labels.json.")
     labels: bytes = Field(None, description="Optional label table: CSV `image,labels` or JSON {image: [classes]}.")
-    method: MethodName = None
+    method: MethodName = Field(None, json_schema_extra=method_help)
     threshold: float = Field(None, ge=0.0, le=1.0)
     max_side: int = Field(None, ge=8, le=16384, description=(
         "Long side images are resized to before inference (outputs keep each image's size)."))

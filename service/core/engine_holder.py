@@ -14,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 from seam.service.core.config import Settings
 from seam.service.core.errors import ApiError
+from seam.service.engine import methods
 from seam.service.engine.base import InferenceEngine
 
 log = logging.getLogger("seam.service")
@@ -92,15 +93,21 @@ class EngineHolder:
         raise ApiError(503, "not_ready", f"no model is loaded: {self.error}", {"Retry-After": "30"})
 
 
-def resolve_method(engine: InferenceEngine, wanted: str | None, name: str = "method") -> str:
-    """`wanted`, else the best method the loaded models offer. 422 naming `name` (the field or
-    setting it came from) when the models cannot run it; 503 when they offer none."""
-    available = engine.methods()
+def resolve_method(engine: InferenceEngine, wanted: str | None, name: str = "method",
+                   where: methods.Place = "sync") -> str:
+    """`wanted`, else the best method the loaded models offer in `where` (the methods table says
+    where each may run). 422 naming `name` (the field or setting it came from) when the models
+    cannot run it there; 503 when they offer none."""
+    offered = engine.methods()
+    available = methods.runnable(offered, where)
     if not available:
-        raise ApiError(503, "not_ready", "the loaded model repository offers no segmentation method")
+        raise ApiError(503, "not_ready", "the loaded model repository offers no segmentation method"
+                       + (f" for {where}" if offered else ""))
     if wanted is None:
         return available[0]
     if wanted not in available:
-        raise ApiError(422, "method_unavailable", f"{name} {wanted!r} is not available with the loaded models; "
-                                                  f"available: {', '.join(available)}")
+        elsewhere = (f" in {where} (it runs only in {', '.join(sorted(methods.get(wanted).where))})"
+                     if wanted in offered else "")
+        raise ApiError(422, "method_unavailable", f"{name} {wanted!r} is not available with the loaded models"
+                                                  f"{elsewhere}; available: {', '.join(available)}")
     return wanted

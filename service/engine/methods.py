@@ -88,6 +88,11 @@ def check_name(name: str) -> str:
     return name
 
 
+def help_text() -> str:
+    """'name: description; ...' of every method, for the API's help."""
+    return "; ".join(f"{m.name}: {m.description}" for m in METHODS.values())
+
+
 def get(name: str) -> Method:
     return METHODS[check_name(name)]
 

@@ -43,6 +43,7 @@ from seam.service.integrations.upload import segment_upload
 from seam.service.jobs.access import visible_snapshot
 from seam.service.jobs.results import job_files
 from seam.service.outputs.labelling import job_labelstudio_tasks, ls_model_version, ls_regions, prediction_score
+from seam.service.schemas import MethodName, method_help
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -70,7 +71,7 @@ class LabelStudioSettings(BaseSettings):
                                                        "predicted.")
     region: Literal["auto", "brush", "polygon"] = Field("auto", description="brushlabels, polygonlabels, or auto "
                                                                             "(brush when the config has BrushLabels).")
-    method: Literal["cam", "pcm", "rw", "deeplab"] | None = Field(None, description="Default: the best available.")
+    method: MethodName | None = Field(None, json_schema_extra=method_help)
     threshold: float | None = Field(None, ge=0.0, le=1.0, description="Background threshold.")
     min_polygon_area: int = Field(4, ge=1, description="Polygons enclosing fewer pixels are dropped.")
     fetch_timeout_s: float = Field(20.0, gt=0, le=100, description="Timeout of one image download.")
@@ -175,6 +176,11 @@ def install(app: FastAPI) -> None:
 def model_version(engine: InferenceEngine, method: str) -> str:
     models = engine.models()
     return ls_model_version(models[0].name if models else "model", method)
+
+
+def ls_method(engine: InferenceEngine, ls: LabelStudioSettings) -> str:
+    """The method predictions run: SEAM_LABELSTUDIO_METHOD, else the best of the loaded models."""
+    return resolve_method(engine, ls.method, "SEAM_LABELSTUDIO_METHOD", where="sync")
 
 
 def fetch_problem(ls: LabelStudioSettings) -> str | None:
@@ -284,7 +290,7 @@ async def predict(body: Annotated[PredictRequest, Body()], request: Request, eng
                                                   f"({', '.join(classes)}); name labels like the classes or add "
                                                   "predicted_values=\"class\" to them")
     data_key = cfg.images[control.to_name]
-    method = resolve_method(engine, ls.method, "SEAM_LABELSTUDIO_METHOD")
+    method = ls_method(engine, ls)
     policy = policy_for(ls, settings.max_upload_bytes)
     # every URL is checked before anything is fetched: one forbidden task refuses the request
     urls: list[str] = []
@@ -335,7 +341,7 @@ async def setup(body: Annotated[SetupRequest, Body()], engine: EngineDep, ls: Ls
         if not control.class_map(engine.foreground_classes()):
             raise ApiError(422, "no_matching_labels", f"no label of <{control.name}> matches a model class "
                                                       f"({', '.join(engine.foreground_classes())})")
-    return {"model_version": model_version(engine, resolve_method(engine, ls.method, "SEAM_LABELSTUDIO_METHOD"))}
+    return {"model_version": model_version(engine, ls_method(engine, ls))}
 
 
 TRAIN_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED", "START_TRAINING")
@@ -368,7 +374,7 @@ async def ls_metrics() -> dict:
 
 @router.get("/versions", summary="Label Studio ML backend: model versions.")
 async def versions(engine: EngineDep, ls: LsSettingsDep) -> dict:
-    return {"versions": [model_version(engine, resolve_method(engine, ls.method, "SEAM_LABELSTUDIO_METHOD"))]}
+    return {"versions": [model_version(engine, ls_method(engine, ls))]}
 
 
 # --- a finished job's outputs as a Label Studio import file, with the project's tag names -------

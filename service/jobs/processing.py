@@ -22,6 +22,7 @@ from typing import Any
 from PIL import Image
 from seam.service.batching import batches, segment_batch
 from seam.service.core.redact import redact
+from seam.service.engine import methods
 from seam.service.engine.base import InferenceEngine
 from seam.service.jobs.results import coco_image_ids, image_files
 from seam.service.jobs.stores.base import ACTIVE_STATES, JobStore
@@ -191,8 +192,9 @@ def _process_batch(ctx: ChunkContext, rep: ChunkReport, job: _Job, batch: list[t
             _image_failed(ctx, rep, job.id, img, exc)
     opts = job.manifest["options"]
     coco_ids = coco_image_ids(job.manifest) if "coco" in job.kinds else {}
+    method = opts.get("method") or methods.best(job.engine.methods(), "jobs")  # the table says where each runs
     segs = segment_batch(job.engine, [rgb for _, rgb in loaded], [job.labels.get(img) for img, _ in loaded],
-                         method=opts.get("method"), threshold=opts.get("threshold"), max_side=opts.get("max_side"))
+                         method=method, threshold=opts.get("threshold"), max_side=opts.get("max_side"))
     for (img, rgb), seg in zip(loaded, segs, strict=True):
         try:
             if isinstance(seg, Exception):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from seam.service.engine import methods
 from seam.service.engine.base import InferenceEngine, SegmentResult
 from seam.service.outputs import kinds
 from seam.service.outputs.sources import ImageResults, JobFiles
@@ -27,7 +28,9 @@ def image_files(engine: InferenceEngine, rgb: np.ndarray, seg: SegmentResult, la
 
     def cams() -> CamResult:
         if seg.cams is None:  # the method did not keep its maps: compute them for the image's classes
-            return engine.cam(rgb, labels if labels is not None else seg.classes, refined=seg.method != "cam")
+            # a method that computes no CAMs (deeplab) shows the refined ones
+            refined = methods.get(seg.method).cams != "raw"
+            return engine.cam(rgb, labels if labels is not None else seg.classes, refined=refined)
         if hasattr(seg.cams, "at_size"):  # the engine keeps a segmentation's maps at its working size
             return seg.cams.at_size(rgb.shape[:2])
         return seg.cams

@@ -190,4 +190,4 @@ def model_refs(engine: InferenceEngine) -> list[dict]:
 def check_method(options: JobOptions, engine: InferenceEngine) -> None:
     """A job may leave the method to the workers' models; one it names must be runnable now."""
     if options.method is not None:
-        resolve_method(engine, options.method)
+        resolve_method(engine, options.method, where="jobs")

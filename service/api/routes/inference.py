@@ -18,7 +18,7 @@ from seam.service.engine.base import InferenceEngine, MemoryBudgetError
 from seam.service.inputs import check_pixels, image_size, not_an_image, parse_labels, sniff_image
 from seam.service.realtime.compute import engine_error, reply_error, run_requests
 from seam.service.realtime.messages import Reply, SyncRequest
-from seam.service.schemas import CamResponse, ErrorResponse, MethodName, SegmentResponse
+from seam.service.schemas import CamResponse, ErrorResponse, MethodName, SegmentResponse, method_help
 
 router = APIRouter(tags=["inference"])
 
@@ -32,7 +32,7 @@ _BINARY = {"schema": {"type": "string", "format": "binary"}}
 ImageFile = Annotated[UploadFile, File(description="The image (PNG, JPEG, GIF, BMP, TIFF, WebP; sniffed by content).")]
 LabelsField = Annotated[str | None, Form(max_length=10_000, description=(
     "Image-level labels: class names or foreground indices, comma separated. Absent: the model predicts them."))]
-MethodField = Annotated[MethodName | None, Form(description="cam, pcm, rw or deeplab; default: the best available.")]
+MethodField = Annotated[MethodName | None, Form(json_schema_extra=method_help)]
 ThresholdField = Annotated[float | None, Form(ge=0.0, le=1.0, description="Background threshold in [0, 1].")]
 MaxSideField = Annotated[int | None, Form(ge=8, le=16384, description=(
     "Long side the image is resized to (when longer) before the multi-scale passes; results are always at the "
