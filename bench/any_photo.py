@@ -24,8 +24,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.service.helpers import photo, serve_demo  # noqa: E402  (the tests' photos and server)
-from tests.support import stop_process  # noqa: E402
+from testkit.demo import photo, serve_demo  # noqa: E402  (shared with the tests)
+from testkit.processes import stop_process  # noqa: E402
 
 
 class PeakRss:

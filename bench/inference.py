@@ -4,7 +4,7 @@ Both sides run the same weights on the same images in this process and produce
 the same maps (checked): scales 0.5-2.0 with flips, PCM (cam_rv) CAMs masked by the
 image labels, summed and min-max normalised.
 
-- eager: the authors' `infer_SEAM` as written (`tests/training/authors_cam.py`): one
+- eager: the authors' `infer_SEAM` as written (`testkit/authors_cam.py`): one
   pass at a time, `model.forward` (both maps upsampled to the input size,
   align_corners=True), F.interpolate of cam_rv to the original size per pass, label
   mask, un-flip, sum, normalise.
@@ -139,7 +139,7 @@ def _network(args: argparse.Namespace, tmp: Path) -> tuple[nn.Module, Path, str]
     checkpoint, or seeded random weights saved under `tmp`."""
     from seam.training.models.registry import model_from_checkpoint
 
-    from tests.training.checkpoints import make_checkpoint
+    from testkit.checkpoints import make_checkpoint
 
     if args.checkpoint:
         net, meta = model_from_checkpoint(args.checkpoint, "seam")
@@ -198,7 +198,7 @@ def main() -> None:
     from seam.training.export import export_model
 
     from seam.modelrepo.runtime import default_threads
-    from tests.training.authors_cam import authors_infer_seam
+    from testkit.authors_cam import authors_infer_seam
 
     threads = args.threads or default_threads()
     torch.set_num_threads(threads)

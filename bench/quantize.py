@@ -45,7 +45,7 @@ def authors_resnet38_checkpoint(path: Path, keys_json: Path) -> None:
     BN at identity, convs scaled by sqrt(0.5 / fan_in) so 38 layers keep a sane range."""
     import torch
 
-    from tests.training.checkpoints import authors_resnet38_state_dict
+    from testkit.checkpoints import authors_resnet38_state_dict
 
     torch.save(authors_resnet38_state_dict(json.loads(keys_json.read_text())["seam"]), path)
 
@@ -107,7 +107,7 @@ def _parse_args() -> argparse.Namespace:
 
 def _checkpoint(args: argparse.Namespace, tmp: Path) -> Path:
     """--checkpoint, else random weights saved under `tmp` (resnet38: the authors' keys)."""
-    from tests.training.checkpoints import make_checkpoint
+    from testkit.checkpoints import make_checkpoint
 
     if args.checkpoint:
         return args.checkpoint

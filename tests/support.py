@@ -1,27 +1,23 @@
-"""What the test directories share: polling a condition instead of sleeping a fixed time, and
-the one way tests run the service as a real server (a process on a free loopback port, ready
-when its /readyz answers 200; or uvicorn in a thread of the test process).
+"""What the test directories share and the benchmarks do not: import names of source files,
+the test Redis, a demo-domain picture, waiting for a job, and the service in a thread of the
+test process (uvicorn) or under TestClient. Polling (`wait_until`) and server processes
+(`start_server`, `stop_process`, ...) live in testkit/processes.py, shared with bench/.
 
 Not a test module: test modules and conftest.py files import from here, never from each other.
 """
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import httpx
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-T = TypeVar("T")
+from testkit import REPO
+from testkit.processes import free_port, wait_until
 
 # Folders of the repository that install under the seam namespace (setup.py), by their package.
 NAMESPACED = {"service": "seam.service", "training": "seam.training"}
@@ -64,23 +60,6 @@ def shapes_photo(h: int, w: int, seed: int = 0, one_class: bool = False) -> np.n
     return np.asarray(img)
 
 
-def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02,
-               what: str | Callable[[], str] | None = None) -> T:
-    """Call `predicate` until it returns something truthy, and return that. `timeout` is a
-    generous deadline for a loaded machine, not the expected time: the wait ends as soon as
-    the condition holds. On the deadline: AssertionError naming `what` (a string, or a
-    callable giving one, e.g. the current state)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            detail = what() if callable(what) else what
-            raise AssertionError(f"not within {timeout} s: {detail or getattr(predicate, '__name__', predicate)}")
-        time.sleep(interval)
-
-
 def wait_done(client, job_id: str, timeout: float = 30.0, until: Callable[[dict], bool] | None = None,
               headers: dict[str, str] | None = None) -> dict:
     """GET /jobs/{id} (TestClient or httpx.Client) until the job has ended, or until
@@ -95,96 +74,11 @@ def wait_done(client, job_id: str, timeout: float = 30.0, until: Callable[[dict]
     return wait_until(check, timeout, 0.05, lambda: f"job {job_id} not done: {last[0]}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def service_env(**extra: str) -> dict[str, str]:
-    """This process's environment without the developer's SEAM_* settings, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEAM_")}
-    env.update(extra)
-    return env
-
-
 def clear_seam_env(monkeypatch: Any) -> None:
     """SEAM_* variables of the developer's shell must not leak into in-process tests."""
     for k in list(os.environ):
         if k.startswith("SEAM_"):
             monkeypatch.delenv(k)
-
-
-def log_tail(log: Path, chars: int = 4000) -> str:
-    return log.read_text(errors="replace")[-chars:] if log.exists() else ""
-
-
-class ServerNotReady(RuntimeError):
-    pass
-
-
-def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60.0, interval: float = 0.1) -> None:
-    """Until GET {url}/readyz answers 200; ServerNotReady (with the log's tail) when the
-    process exits first or the deadline passes."""
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            raise ServerNotReady(f"the server exited ({proc.returncode}); log:\n{log_tail(log)}")
-        try:
-            return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(ready, timeout, interval)
-    except AssertionError:
-        raise ServerNotReady(f"{url} not ready in {timeout} s; log:\n{log_tail(log)}") from None
-
-
-def spawn(argv: Sequence[str], env: dict[str, str], log: Path, **popen: Any) -> subprocess.Popen:
-    """A child process in the repository root, stdout and stderr appended to `log`."""
-    with log.open("ab") as out:  # the child keeps its own descriptor
-        return subprocess.Popen(list(argv), cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, **popen)
-
-
-def start_server(argv: Callable[[int], Sequence[str]], env: dict[str, str], log: Path, timeout: float = 60.0,
-                 attempts: int = 3, **popen: Any) -> tuple[str, subprocess.Popen]:
-    """Run `argv(port)` on a free loopback port and wait until it is ready: (base URL, process).
-    A few attempts, as the port may be taken between probing it and the server binding it."""
-    last: ServerNotReady | None = None
-    for _ in range(attempts):
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        proc = spawn(argv(port), env, log, **popen)
-        try:
-            wait_ready(url, proc, log, timeout)
-            return url, proc
-        except ServerNotReady as exc:
-            stop_process(proc)
-            last = exc
-    raise RuntimeError(f"the service did not become ready: {last}")
-
-
-def uvicorn_argv(port: int) -> list[str]:
-    """The app factory under uvicorn (what the container runs); configured by SEAM_* variables."""
-    return [sys.executable, "-m", "uvicorn", "--factory", "seam.service.main:create_app", "--host", "127.0.0.1",
-            "--port", str(port), "--log-level", "warning", "--no-access-log"]
-
-
-def seam_serve_argv(port: int) -> list[str]:
-    """`seam serve` (the CLI entry point) on loopback."""
-    return [sys.executable, "-m", "seam.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-
-
-def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL if it has not exited within `timeout`."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 @contextmanager

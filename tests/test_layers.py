@@ -2,7 +2,8 @@
 layer (`seam.common`, `seam.modelrepo`) imports neither side; training never imports the
 service; the service imports neither training nor torch; only the CLI sees everything.
 Imports inside functions count too: a lazy import is still an arrow between layers. And in
-tests/ and bench/, nothing imports a test module or a conftest.py."""
+tests/ and bench/, nothing imports a test module or a conftest.py; bench/ and testkit/ import
+nothing from tests/, and the product (seam/, service/, training/) neither tests/ nor testkit/."""
 from __future__ import annotations
 
 import ast
@@ -88,7 +89,7 @@ def test_training_does_not_import_service() -> None:
 
 def test_no_import_of_the_folders_bare_names() -> None:
     """`import service` works in a checkout but not once installed: every import names seam.service."""
-    roots = ("seam", "service", "training", "tests", "bench", "scripts")
+    roots = ("seam", "service", "training", "tests", "testkit", "bench", "scripts")
     out = [f"{p.relative_to(REPO)} imports {n}"
            for p in _files(*roots) for n in sorted(imports_of(p)) if _hits(n, GENERIC)]
     assert out == []
@@ -98,12 +99,40 @@ def test_nothing_imports_a_test_module() -> None:
     """Test modules hold tests and conftest.py files fixtures; what several of them (or a
     benchmark) need lives in a helper module (tests/support.py, tests/<dir>/helpers.py, ...)."""
     out = []
-    for path in _files("tests", "bench"):
+    for path in _files("tests", "testkit", "bench"):
         for name in sorted(imports_of(path)):
             parts = name.split(".")
             if parts[0] == "tests" and any(p.startswith("test_") or p == "conftest" for p in parts[1:]):
                 out.append(f"{path.relative_to(REPO)} imports {name}")
     assert out == []
+
+
+def outward_imports(roots: tuple[str, ...], forbidden: tuple[str, ...]) -> list[str]:
+    """Imports from the files under `roots` of a module named in `forbidden` or below it."""
+    return [f"{p.relative_to(REPO)} imports {n}" for p in _files(*roots) for n in sorted(imports_of(p))
+            if _hits(n, forbidden)]
+
+
+def test_the_outward_checker_sees_a_bench_importing_tests(tmp_path: Path, monkeypatch) -> None:
+    """A benchmark reaching into tests/ (what bench/inference.py did before testkit/) is reported,
+    lazily or not; one importing testkit is not."""
+    _probe_tree(tmp_path, monkeypatch, "bench", {
+        "a.py": "def f():\n    from tests.training.checkpoints import make_checkpoint\n",
+        "b.py": "import tests.support\nfrom testkit.checkpoints import make_checkpoint\n",
+    })
+    assert outward_imports(("bench",), ("tests",)) == [
+        "bench/a.py imports tests.training.checkpoints",
+        "bench/a.py imports tests.training.checkpoints.make_checkpoint",
+        "bench/b.py imports tests.support"]
+
+
+def test_bench_and_testkit_import_nothing_from_tests() -> None:
+    """What a benchmark shares with the tests lives in testkit/, which stands on its own."""
+    assert outward_imports(("bench", "testkit"), ("tests",)) == []
+
+
+def test_the_product_imports_neither_tests_nor_testkit() -> None:
+    assert outward_imports(("seam", "service", "training"), ("tests", "testkit")) == []
 
 
 # --- floors inside training/ -------------------------------------------------------------

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from testkit.processes import stop_process
 from tests.browser.helpers import API_KEY, Server, chromium_path, start_web_server
-from tests.support import REPO, stop_process
+from tests.support import REPO
 
 SCREENSHOTS = REPO / "artifacts" / "screenshots"
 

@@ -1,6 +1,6 @@
 """What the browser tests share: the server's API key, the demo image, where Chromium is,
 the app under uvicorn with the fake engine or the bundled demo model
-(tests.support.start_server), and reading the page's state and canvases."""
+(testkit.processes.start_server), and reading the page's state and canvases."""
 from __future__ import annotations
 
 import base64
@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.support import REPO, service_env, start_server, uvicorn_argv
+from testkit.processes import service_env, start_server, uvicorn_argv
+from tests.support import REPO
 
 API_KEY = "browser-test-key-0123456789"
 FAKE_DELAY_MS = 150  # per fake-engine call: job progress is visible while polling

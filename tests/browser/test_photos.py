@@ -22,10 +22,10 @@ from scipy import ndimage
 from seam.service.outputs.kinds import OUTPUT_KINDS
 
 from seam.common.encoders import mask_edges, mask_overlay
+from testkit.processes import stop_process
 from tests.browser.helpers import Server, canvas_rgb, label_map, start_demo_model_server, wait_js
 from tests.photos import DEMO_CLASSES, Shape, demo_photo
 from tests.service.fakes import encode, zip_bytes
-from tests.support import stop_process
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]  # Chromium, a server process and the demo model
 

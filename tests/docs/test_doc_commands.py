@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from testkit.processes import seam_serve_argv, service_env, start_server, stop_process
 from tests.docs.helpers import DOC_FILES, blocks, make_reader_files, run_block, tree_digest
-from tests.support import REPO, seam_serve_argv, service_env, start_server, stop_process
+from tests.support import REPO
 
 RESULTS: dict[str, tuple[int, int, float]] = {}  # doc -> (run, skipped, seconds), printed at the end
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support import free_port, log_tail, wait_until
+from testkit.processes import free_port, log_tail, wait_until
 
 # read at import: the integration tests' autouse fixture clears SEAM_* from the environment
 LS_VENV = Path(os.environ.get("SEAM_LS_VENV") or Path.home() / ".cache" / "seam-ls-venv")

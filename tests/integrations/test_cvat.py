@@ -25,9 +25,10 @@ from scipy import ndimage
 from seam.service.fake_engine import FakeEngine
 from seam.service.integrations.cvat_function import SeamFunction, engine_segmenter
 
+from testkit.processes import wait_until
 from tests.integrations.helpers import LIVE_KEY, scene
 from tests.service.fakes import encode
-from tests.support import serve_in_thread, shapes_photo, wait_until
+from tests.support import serve_in_thread, shapes_photo
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZES = [(23, 37), (29, 51), (31, 17)]

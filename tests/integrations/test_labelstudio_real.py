@@ -24,6 +24,7 @@ from label_studio_sdk.converter.brush import decode_rle
 from label_studio_sdk.label_interface import LabelInterface
 from PIL import Image
 
+from testkit.processes import seam_serve_argv, service_env, start_server, stop_process
 from tests.integrations.labelstudio_real import (
     LEGACY_TOKEN,
     LS_VENV,
@@ -33,7 +34,7 @@ from tests.integrations.labelstudio_real import (
     ls_executable,
 )
 from tests.photos import Shape, demo_photo
-from tests.support import REPO, seam_serve_argv, service_env, start_server, stop_process, wait_done
+from tests.support import REPO, wait_done
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 

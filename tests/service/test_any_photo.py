@@ -13,8 +13,9 @@ import psutil
 import pytest
 from PIL import Image
 
-from tests.service.helpers import ADDRESS_SPACE, photo, serve_demo
-from tests.support import stop_process, wait_done
+from testkit.demo import ADDRESS_SPACE, photo, serve_demo
+from testkit.processes import stop_process
+from tests.support import wait_done
 
 pytestmark = pytest.mark.slow
 

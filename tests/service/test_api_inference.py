@@ -10,6 +10,7 @@ from PIL import Image
 from seam.service.outputs.coco import coco_rle_decode
 
 from seam.common.palette import voc_palette
+from testkit.processes import wait_until
 from tests.service.fakes import (
     FakeEngine,
     GatedEngine,
@@ -21,7 +22,6 @@ from tests.service.fakes import (
     truncated_png,
 )
 from tests.service.helpers import assert_error
-from tests.support import wait_until
 
 API_KEY = "k" * 24
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from testkit.processes import wait_until
 from tests.service.fakes import (
     FAIL_PIXEL,
     FakeEngine,
@@ -27,7 +28,7 @@ from tests.service.fakes import (
     zip_with_symlink,
 )
 from tests.service.helpers import assert_error
-from tests.support import wait_done, wait_until
+from tests.support import wait_done
 
 
 def submit(client, archive: bytes, name: str = "images.zip", labels: bytes | None = None, **fields):

@@ -30,10 +30,11 @@ from seam.service.jobs.stores.redis import RedisJobStore
 from seam.service.jobs.stores.sqlite import SqliteJobStore, StoreLockedError
 from seam.service.main import create_app
 
+from testkit.processes import wait_until
 from tests.service.fake_store import MemoryJobStore
 from tests.service.fakes import FakeEngine, GatedEngine, encode, png_bytes, rgb_image, tar_bytes, zip_bomb, zip_bytes
 from tests.service.helpers import REDIS_URL, assert_error, drop_keys, redis_reachable
-from tests.support import entered_clients, wait_done, wait_until
+from tests.support import entered_clients, wait_done
 
 KEY_A = "a" * 24
 KEY_B = "b" * 24

@@ -110,7 +110,7 @@ def test_rle_matches_pycocotools():
 
 def test_heic_photo_is_415_naming_the_format(client):
     pillow_heif = pytest.importorskip("pillow_heif")  # the dev extra installs it
-    from tests.service.helpers import photo
+    from testkit.demo import photo
 
     rgb = np.asarray(Image.open(io.BytesIO(photo(300, 400, seed=2))).convert("RGB"))
     buf = io.BytesIO()

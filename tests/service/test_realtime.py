@@ -21,9 +21,10 @@ from seam.service.realtime.messages import Keys, Reply, SyncRequest
 from seam.service.realtime.server import RealtimeServer
 from seam.service.worker.heartbeat import WorkerHeartbeat
 
+from testkit.processes import wait_until
 from tests.service.fakes import FAIL_PIXEL, FakeEngine, encode, png_bytes, rgb_image, zip_bytes
 from tests.service.helpers import REDIS_URL, drop_keys, redis_reachable
-from tests.support import wait_done, wait_until
+from tests.support import wait_done
 
 
 class BatchCountingEngine(FakeEngine):

@@ -13,9 +13,9 @@ import time
 import httpx
 import pytest
 
+from testkit.processes import wait_until
 from tests.service.fakes import png_bytes
 from tests.service.helpers import Stack, redis_client
-from tests.support import wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -1,5 +1,5 @@
 """The shared multi-scale CAM code (seam.common.cam + torch_runner) against an
-independent re-implementation of the authors' infer_SEAM (`tests/training/authors_cam.py`),
+independent re-implementation of the authors' infer_SEAM (`testkit/authors_cam.py`),
 written the way the release runs it: one pass at a time, the network's own upsampling,
 then F.interpolate to the original size."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ from seam.training.inference.cam import torch_runner
 from seam.training.models.registry import create_model
 
 from seam.common.cam import MultiScaleConfig, multiscale_cam
-from tests.training.authors_cam import authors_infer_seam
+from testkit.authors_cam import authors_infer_seam
 
 SCALES = (0.5, 1.0, 1.5, 2.0)
 NUM_FG = 6

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from seam.cli import app
 from seam.modelrepo.manifest import file_sha256, load_model_dir
 from seam.modelrepo.runtime import RuntimeConfig, create_session
-from tests.training.checkpoints import CLASSES, authors_resnet38_state_dict, make_checkpoint
+from testkit.checkpoints import CLASSES, authors_resnet38_state_dict, make_checkpoint
 
 SHAPES = [(1, 3, 37, 61), (2, 3, 200, 133)]
 # Every test here exports through torch.onnx (dynamo): seconds each, so out of the fast loop;

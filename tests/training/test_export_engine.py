@@ -20,7 +20,7 @@ from seam.cli import app
 from seam.common.cam import MultiScaleConfig, multiscale_cam
 from seam.common.image import Normalization
 from seam.common.random_walk import random_walk_labels
-from tests.training.checkpoints import CLASSES, make_checkpoint
+from testkit.checkpoints import CLASSES, make_checkpoint
 
 SIZES = [(37, 61), (200, 133), (45, 29)]
 # Every test here exports through torch.onnx (dynamo): seconds each, so out of the fast loop;

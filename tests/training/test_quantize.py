@@ -286,7 +286,7 @@ def test_export_int8_and_fp16_model_dirs(tmp_path):
 
     from seam.cli import app
     from seam.modelrepo.manifest import file_sha256, load_model_dir
-    from tests.training.checkpoints import CLASSES, make_checkpoint
+    from testkit.checkpoints import CLASSES, make_checkpoint
 
     ckpt = tmp_path / "seam.pth"
     make_checkpoint(ckpt, sidecar={"class_names": CLASSES})
