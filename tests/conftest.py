@@ -30,3 +30,20 @@ def official_keys() -> dict:
     if not KEYS_JSON.is_file():
         pytest.fail(f"missing {KEYS_JSON}: the shared reference folder must sit beside the checkout")
     return json.loads(KEYS_JSON.read_text())
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real S3-compatible server (SeaweedFS `weed server -s3`, testkit/s3server.py) for the
+    whole session: a `testkit.s3server.S3Server` (endpoint, access_key, secret_key, region,
+    env(), client(), create_bucket()). Started on first use (~5 s); tests that use it are slow."""
+    from testkit.s3server import s3_server as running
+
+    with running(tmp_path_factory.mktemp("s3server")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(s3_server) -> str:
+    """A fresh, empty bucket on the session's S3 server (a unique name per test)."""
+    return s3_server.create_bucket()
