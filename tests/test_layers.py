@@ -244,7 +244,7 @@ def test_no_import_cycles_in_training() -> None:
 # Celery tasks running both); api (routes); integrations (the labelling tools' routes); main.
 SERVICE_FLOORS: tuple[tuple[str, ...], ...] = (
     ("engine",), ("fake_engine", "batching"), ("core",), ("outputs",), ("schemas", "storage", "inputs"),
-    ("archives",), ("jobs", "realtime"), ("worker",), ("api",), ("integrations",), ("main",),
+    ("archives",), ("jobs", "realtime", "corrections"), ("worker",), ("api",), ("integrations",), ("main",),
 )
 
 
