@@ -89,7 +89,10 @@ def _argv(workdir: Path, ports: dict[str, int], config: Path) -> list[str]:
         weed_binary(), "server", f"-dir={workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         f"-master.port={p['master']}", f"-master.port.grpc={p['master_grpc']}",
         "-master.volumeSizeLimitMB=64", "-master.telemetry=false",
-        f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume_grpc']}", "-volume.max=8",
+        # -volume.max=0: as many volumes as the free disk holds (sparse files, nothing preallocated).
+        # Each bucket is a collection that grows 7 volumes at its first write: a fixed small cap
+        # (8) answered InternalError to every write into the second bucket of a session.
+        f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume_grpc']}", "-volume.max=0",
         "-filer", f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer_grpc']}",
         f"-filer.localSocket={workdir / 'filer.sock'}",
         "-s3", f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3_grpc']}", f"-s3.config={config}",
