@@ -125,6 +125,13 @@ class Storage:
     def write_output(self, job_id: str, kind: str, image_id: str, data: bytes) -> None:
         atomic_write(self.output_path(job_id, kind, image_id), data, self.tmp_dir(job_id))
 
+    def read_output(self, job_id: str, kind: str, image_id: str) -> bytes | None:
+        """An output's bytes, or None (failed image, or swept meanwhile)."""
+        try:
+            return self.output_path(job_id, kind, image_id).read_bytes()
+        except OSError:
+            return None
+
     def outputs_complete(self, job_id: str, image_id: str, kinds: list[str]) -> bool:
         return all(self.output_path(job_id, k, image_id).is_file() for k in kinds)
 
@@ -177,6 +184,24 @@ class Storage:
                 if chunk:
                     yield chunk
         yield buf.drain()
+
+    # --- chunks of jobs read from a prefix or manifest (seam.service.datasets) -----------
+    def put_chunk(self, job_id: str, chunk: int, lines: list[dict]) -> None:
+        """The entries (id, uri, labels, n) of one chunk: what its task processes."""
+        data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+        atomic_write(self.job_dir(job_id) / "chunks" / f"{chunk:07d}.jsonl", data, self.tmp_dir(job_id))
+
+    def read_chunk(self, job_id: str, chunk: int) -> list[dict]:
+        data = (self.job_dir(job_id) / "chunks" / f"{chunk:07d}.jsonl").read_bytes()
+        return [json.loads(line) for line in data.splitlines() if line.strip()]
+
+    def has_job(self, job_id: str) -> bool:
+        """Whether the job's files exist (its folder, or its manifest in an object store)."""
+        return self.job_dir(job_id).is_dir()
+
+    def describe(self) -> str:
+        """Where job files live, for logs and /readyz (a folder or an s3:// prefix)."""
+        return str(self.root)
 
     # --- lifecycle ------------------------------------------------------------
     def delete_job(self, job_id: str) -> None:
