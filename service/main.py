@@ -25,6 +25,7 @@ from seam.service.core.engine_holder import EngineHolder, build_engine
 from seam.service.core.errors import error_response, install_error_handlers
 from seam.service.core.limits import BodyLimitMiddleware, InflightLimiter
 from seam.service.core.metrics import Metrics, MetricsMiddleware
+from seam.service.core.registry import ModelRegistry, make_registry
 from seam.service.core.security import ApiKeyMiddleware
 from seam.service.engine.base import InferenceEngine
 from seam.service.jobs import lifecycle
@@ -32,6 +33,8 @@ from seam.service.jobs.dispatch import CeleryDispatcher, Dispatcher, EmbeddedDis
 from seam.service.jobs.execution import build_context, engine_getter, make_store
 from seam.service.jobs.processing import TRANSIENT
 from seam.service.jobs.stores.base import JobStore
+from seam.service.model_sync import start_model_sync
+from seam.service.object_storage import make_storage
 from seam.service.realtime.wiring import BrokerSide
 from seam.service.storage import Storage
 from starlette.concurrency import run_in_threadpool
@@ -55,8 +58,11 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
                store: JobStore | None = None, dispatcher: Dispatcher | None = None) -> FastAPI:
     settings = settings or get_settings()
     metrics = Metrics()
-    holder = EngineHolder()
-    storage = Storage(settings.data_dir)
+    # the models of this process: an engine per (name, version), hot reloaded (core/registry.py);
+    # with an injected engine or on the worker path, names and versions only
+    holder = (ModelRegistry(None) if engine is not None
+              else make_registry(settings, engines=not settings.sync_on_workers))
+    storage = make_storage(settings)  # the data directory, or an object store (SEAM_STORAGE_URL)
     lifespan = _lifespan(settings, holder, storage, metrics, engine, store, dispatcher)
     app = FastAPI(title="seam-wsss", version="0.1.0", description=API_DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
@@ -71,7 +77,7 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
     return app
 
 
-def _lifespan(settings: Settings, holder: EngineHolder, storage: Storage, metrics: Metrics,
+def _lifespan(settings: Settings, holder: ModelRegistry, storage: Storage, metrics: Metrics,
               engine: InferenceEngine | None, store: JobStore | None, dispatcher: Dispatcher | None):
     """Start-up and shut-down: the engine (given, or loaded in the background), the job store and
     dispatcher (given or built from the settings), resumed jobs, and the periodic sweeps."""
@@ -79,14 +85,18 @@ def _lifespan(settings: Settings, holder: EngineHolder, storage: Storage, metric
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(storage.ensure)
+        # SEAM_MODELS_URL: the repository copied into SEAM_MODELS_DIR before the models load
+        app.state.model_sync = model_sync = await run_in_threadpool(start_model_sync, settings)
         app.state.limiter = limiter = InflightLimiter(settings.max_inflight, settings.max_waiting,
                                                       settings.wait_timeout_s)
         metrics.inflight.set_function(lambda: limiter.inflight)
         metrics.waiting.set_function(lambda: limiter.waiting)
         if engine is not None:
             await run_in_threadpool(holder.set, engine, settings.warmup)
-        elif not settings.sync_on_workers:  # else the models are the workers' (known from their heartbeats)
+        elif settings.engine == "fake" and not settings.sync_on_workers:
             holder.load_in_background(lambda: build_engine(settings), settings.warmup)
+        elif holder.repo is not None:  # load the promoted versions, then watch for new ones (hot reload)
+            holder.start_watching(settings.models_poll_s)
         app.state.store = the_store = store or make_store(settings)
         app.state.dispatcher = the_dispatcher = dispatcher or _make_dispatcher(settings, the_store, storage, holder)
         the_dispatcher.start()
@@ -107,6 +117,9 @@ def _lifespan(settings: Settings, holder: EngineHolder, storage: Storage, metric
             sweeper.cancel()
             if reaper is not None:
                 reaper.cancel()
+            holder.stop_watching()
+            if model_sync is not None:
+                model_sync.stop()
             if broker_side is not None:
                 await broker_side.stop()
             await run_in_threadpool(the_dispatcher.stop)

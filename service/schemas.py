@@ -103,6 +103,30 @@ class MethodPublic(BaseModel):
         "for any threshold without asking again."))
 
 
+class ModelVersionPublic(BaseModel):
+    version: int
+    promoted: bool = Field(description="The version a request naming no version gets.")
+    state: str = Field(description="serving (the promoted engine answering now), loaded (a pinned version in "
+                                   "memory), available (loads on first use), refused (checksum or manifest error: "
+                                   "see error), remote (the workers load it)")
+    error: str | None = None
+    kinds: list[str] = Field(default_factory=list, description="The model kinds it holds (seam, affinity, deeplab).")
+    classes: list[str] = Field(default_factory=list)
+    methods: list[str] = Field(default_factory=list, description="The methods its kinds can run.")
+    description: str | None = None
+    provenance: dict = Field(default_factory=dict, description="Per kind: backbone, checkpoint, creation, data set.")
+    legacy: bool = Field(False, description="A flat model dir of an unversioned repository (always version 1).")
+
+
+class RepositoryModelPublic(BaseModel):
+    name: str
+    legacy: bool
+    promoted: int | None = Field(description="The promoted version (PROMOTED file, else the highest).")
+    serving: int | None = Field(description="The version answering requests without a version now; differs from "
+                                            "`promoted` while a new promotion loads or when it was refused.")
+    versions: list[ModelVersionPublic]
+
+
 class ModelsResponse(BaseModel):
     models: list[ModelPublic]
     classes: list[str] = Field(description="Foreground classes; label value = index + 1, 0 = background.")
@@ -116,6 +140,20 @@ class ModelsResponse(BaseModel):
     class_threshold: float | None = Field(None, description=(
         "Without labels, a class is predicted present when its score reaches this (and its map is not all zero)."))
     default_threshold: float | None = Field(None, description="The model's default background threshold.")
+    default_model: str | None = Field(None, description=(
+        "NAME:VERSION of the model the fields above describe: the default model's serving version."))
+    repository: list[RepositoryModelPublic] = Field(default_factory=list, description=(
+        "Every model of the repository: its versions, the promoted one, load state and provenance."))
+
+
+class PromoteRequest(BaseModel):
+    version: int = Field(ge=0, description="The version to promote.")
+
+
+class PromotionResponse(BaseModel):
+    name: str
+    promoted: int
+    previous: int | None = None
 
 
 class Rle(BaseModel):
@@ -140,6 +178,7 @@ class SegmentResponse(BaseModel):
     threshold: float
     classes: list[SegmentClass]
     scores: dict[str, float] = Field(description="Classification score of every foreground class.")
+    model: str | None = Field(None, description="The model version that computed it (NAME:VERSION).")
 
 
 class CamClassStats(BaseModel):
@@ -161,10 +200,19 @@ class CamResponse(BaseModel):
     threshold: float
     classes: list[CamClassStats]
     scores: dict[str, float]
+    model: str | None = Field(None, description="The model version that computed it (NAME:VERSION).")
+
+
+MODEL_REF_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._-]*)?(:[0-9]+)?$"
+MODEL_REF_HELP = ("Model: NAME or NAME:VERSION (GET /models lists them). Without a version the promoted one; "
+                  "without a name the default model.")
 
 
 class JobOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, max_length=200, pattern=MODEL_REF_PATTERN, description=(
+        MODEL_REF_HELP + " The job pins the version (and its digest) at submission: every chunk runs on it."))
 
     method: MethodName | None = Field(None, json_schema_extra=method_help)
     threshold: float | None = Field(None, ge=0.0, le=1.0, description="Background threshold (default: the model's).")
@@ -211,6 +259,8 @@ class JobUploadForm(BaseModel):
 
     archive: bytes = Field(description="zip or tar(.gz/.bz2/.xz) of images; may hold labels.csv or labels.json.")
     labels: bytes = Field(None, description="Optional label table: CSV `image,labels` or JSON {image: [classes]}.")
+    model: str = Field(None, max_length=200, pattern=MODEL_REF_PATTERN, description=(
+        MODEL_REF_HELP + " The job pins the version at submission."))
     method: MethodName = Field(None, json_schema_extra=method_help)
     threshold: float = Field(None, ge=0.0, le=1.0)
     max_side: int = Field(None, ge=8, le=16384, description=(

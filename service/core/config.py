@@ -49,6 +49,13 @@ class Settings(BaseSettings):
         "Estimated peak memory one inference request may hold; above it the request is refused with 413 and "
         "the largest max_side that fits. Peak of the process: about max_inflight x this."))
     fake_delay_ms: float = Field(0.0, ge=0, le=60_000, description="Fake engine only: sleep per image (tests).")
+    default_model: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description=(
+        "Model name used when a request names none (default: the legacy flat model dirs, else the first name)."))
+    models_poll_s: float = Field(2.0, gt=0, le=3600, description=(
+        "How often the API and the workers look for new or promoted versions in the model repository (hot reload)."))
+    max_pinned_models: int = Field(2, ge=0, le=64, description=(
+        "Engines kept loaded for versions other than the promoted ones (requests and jobs naming NAME:VERSION), "
+        "least recently used unloaded first."))
 
     # --- storage and jobs --------------------------------------------------------
     data_dir: Path = Field(default_factory=default_data_dir, description="Uploaded job inputs and outputs.")
@@ -76,27 +83,6 @@ class Settings(BaseSettings):
         "An archive may expand to at most this many times its uploaded size (and SEAM_MAX_ARCHIVE_BYTES)."))
     max_labels_bytes: int = Field(16 * MB, ge=1024, description="Label tables (labels.csv/json, labels upload) and "
                                                                 "JSON job bodies.")
-
-    # --- object storage and data sets by URL (docs/storage.md) -------------------------
-    storage_url: str | None = Field(None, description=(
-        "Where job files live: file:///path or s3://bucket/prefix (any S3-compatible store). Unset = the data "
-        "directory (file://SEAM_DATA_DIR), as a single host needs; with s3:// the data directory only holds a "
-        "bounded cache and upload scratch, and API and workers share nothing but the store and Redis."))
-    s3_endpoint_url: str | None = Field(None, description=(
-        "S3-compatible endpoint (http(s)://host:port); unset = the standard AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL "
-        "variables, else AWS. Credentials always come from the standard AWS variables / profiles."))
-    storage_cache_bytes: int = Field(1024 * MB, ge=0, description=(
-        "s3:// storage: bytes of job inputs a process keeps cached on local disk (least recently used evicted)."))
-    dataset_buckets: Annotated[list[str], NoDecode] = Field(default_factory=list, description=(
-        "Comma-separated `bucket` or `bucket/prefix` entries that job input_url, output_url and manifest s3:// URIs "
-        "may name; empty = s3:// data sets refused (the storage bucket is not implied)."))
-    dataset_http_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list, description=(
-        "Comma-separated `host` or `host:port` entries that http(s) image and manifest URIs may name (the Label "
-        "Studio fetcher's rules: public addresses only unless SEAM_DATASET_ALLOW_PRIVATE); empty = refused."))
-    dataset_allow_private: bool = Field(False, description="http(s) data-set URIs may resolve to private addresses.")
-    dataset_max_queued_chunks: int = Field(64, ge=1, le=100_000, description=(
-        "Back-pressure of a job read from a prefix or manifest: reading pauses while this many chunks wait."))
-    dataset_max_lines: int = Field(10_000_000, ge=1, description="Lines of one job manifest (images of one prefix).")
 
     # --- broker (Celery mode) ----------------------------------------------------
     broker_url: str | None = Field(None, description="redis://host:port/db switches to Celery mode; unset = embedded "
@@ -139,8 +125,7 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(30.0, gt=0, le=3600, description=(
         "A request body that sends nothing for this long is answered 408 and the connection closed."))
 
-    @field_validator("api_keys", "admin_api_keys", "cors_origins", "dataset_buckets", "dataset_http_hosts",
-                     mode="before")
+    @field_validator("api_keys", "admin_api_keys", "cors_origins", mode="before")
     @classmethod
     def _csv(cls, v: object) -> object:
         return split_csv(v)

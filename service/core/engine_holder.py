@@ -17,6 +17,8 @@ from seam.service.core.errors import ApiError
 from seam.service.engine import methods
 from seam.service.engine.base import InferenceEngine
 
+from seam.modelrepo.versions import ModelVersion
+
 log = logging.getLogger("seam.service")
 
 
@@ -29,6 +31,20 @@ def build_engine(settings: Settings) -> InferenceEngine:
 
     return OnnxEngine(settings.models_dir, providers=settings.providers, threads=settings.threads,
                       max_side=settings.max_side, memory_budget=settings.memory_budget_mb << 20)
+
+
+def build_version_engine(settings: Settings, version: ModelVersion) -> InferenceEngine:
+    """The onnxruntime engine over one version of the repository (its kinds' model dirs); the
+    registry has verified the checksums already."""
+    from seam.service.engine.onnx_engine import OnnxEngine
+
+    engine = OnnxEngine(version.path, providers=settings.providers, threads=settings.threads, verify=False,
+                        max_side=settings.max_side, memory_budget=settings.memory_budget_mb << 20,
+                        _model_dirs=list(version.dirs.values()))
+    if not version.legacy:  # a version's dirs are named 1/ or seam/: report the model's name
+        for loaded in engine._models.values():
+            loaded.name = version.name
+    return engine
 
 
 def warm_up(engine: InferenceEngine) -> None:

@@ -175,7 +175,8 @@ def prepare_directory_job(settings: Settings, directory: str, recursive: bool,
 def write_manifest(storage: Storage, job_id: str, options: dict, images: dict[str, str],
                    labels: dict[str, list[int]], source: str, source_dir: Path | None,
                    chunk_size: int | None = None, classes: Sequence[str] | None = None,
-                   models: list[dict] | None = None, skipped: dict[str, str] | None = None) -> None:
+                   models: list[dict] | None = None, skipped: dict[str, str] | None = None,
+                   pin: dict | None = None) -> None:
     # chunk_size: a resumed job is cut into the same chunks (delivery counts are per chunk).
     # classes/models: the label set and model identities at submission; outputs and downloads
     # use them, never whatever model is loaded later.
@@ -184,6 +185,8 @@ def write_manifest(storage: Storage, job_id: str, options: dict, images: dict[st
         "source_dir": str(source_dir) if source_dir else None, "images": images, "labels": labels,
         "chunk_size": chunk_size, "classes": list(classes) if classes is not None else None, "models": models or [],
         "skipped": skipped or {},
+        # the model version every chunk must run on: {"model": NAME, "model_version": N, "model_digest": sha256}
+        **(pin or {}),
     })
 
 

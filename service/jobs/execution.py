@@ -12,10 +12,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from seam.service.core.config import Settings
 from seam.service.core.engine_holder import EngineHolder
-from seam.service.core.errors import settings_roots
+from seam.service.core.errors import ApiError, settings_roots
+from seam.service.core.registry import ModelRegistry
 from seam.service.engine.base import InferenceEngine
 from seam.service.jobs.processing import (
     TRANSIENT,
@@ -28,6 +30,7 @@ from seam.service.jobs.processing import (
 from seam.service.jobs.stores.base import JobStore
 from seam.service.jobs.stores.redis import RedisJobStore
 from seam.service.jobs.stores.sqlite import SqliteJobStore
+from seam.service.object_storage import make_storage
 from seam.service.storage import Storage
 
 log = logging.getLogger("seam.service")
@@ -53,13 +56,15 @@ def make_store(settings: Settings) -> JobStore:
 
 
 def engine_getter(holder: EngineHolder, build: Callable[[], InferenceEngine] | None = None, warm: bool = True,
-                  wait_s: float = 600.0) -> Callable[[], InferenceEngine]:
-    """The engine of this process; loads it (when `build` is given and nothing loads it yet)
-    or waits for a background load, else raises TransientError so the work is retried."""
+                  wait_s: float = 600.0) -> Callable[..., Any]:
+    """get() -> the default engine of this process; loads it (when `build` is given and nothing
+    loads it yet) or waits for a background load, else raises TransientError so the work is retried.
+    get("NAME:VERSION") -> that version's ServedModel (a registry); get(ref, digest) -> exactly the
+    version a job pinned: PinMismatch when it is gone or its files changed."""
 
-    def get() -> InferenceEngine:
+    def default() -> InferenceEngine:
         if holder.engine is None:
-            if build is not None and holder.error is None and not holder.loading:
+            if build is not None and holder.error is None and not holder.loading and not _dynamic(holder):
                 holder.load(build, warm=warm)
             else:
                 holder.wait(wait_s)
@@ -67,13 +72,34 @@ def engine_getter(holder: EngineHolder, build: Callable[[], InferenceEngine] | N
             raise TransientError(f"engine not loaded: {holder.error or 'still loading'}")
         return holder.engine
 
+    def get(model: str | None = None, digest: str | None = None) -> Any:
+        if model is None or not isinstance(holder, ModelRegistry):
+            return default()
+        if not holder.dynamic:
+            default()  # a static engine (fake, tests): wait for it like before
+        else:
+            holder.wait(wait_s)  # the first scan of the repository
+        try:
+            if digest is not None:
+                name, _, version = model.rpartition(":")
+                return holder.acquire_pinned(name, int(version), digest)
+            return holder.acquire(model)
+        except ApiError as exc:
+            if exc.status_code == 503:  # still loading: retried like any transient error
+                raise TransientError(exc.message) from None
+            raise
+
     return get
+
+
+def _dynamic(holder: EngineHolder) -> bool:
+    return isinstance(holder, ModelRegistry) and holder.dynamic
 
 
 def build_context(settings: Settings, engine: Callable[[], InferenceEngine], store: JobStore | None = None,
                   storage: Storage | None = None, between: Callable[[], None] | None = None) -> ChunkContext:
     return ChunkContext(
-        store=store or make_store(settings), storage=storage or Storage(settings.data_dir), engine=engine,
+        store=store or make_store(settings), storage=storage or make_storage(settings), engine=engine,
         max_pixels=settings.max_pixels, max_deliveries=settings.max_deliveries, max_batch=settings.max_batch,
         retry=RetryPolicy(settings.max_retries), between=between, roots=settings_roots(settings))
 

@@ -22,6 +22,7 @@ from typing import Any
 from PIL import Image
 from seam.service.batching import batches, segment_batch
 from seam.service.core.redact import redact
+from seam.service.core.registry import PinMismatch
 from seam.service.engine import methods
 from seam.service.engine.base import InferenceEngine
 from seam.service.jobs.results import coco_image_ids, image_files
@@ -57,7 +58,7 @@ class ChunkContext:
 
     store: JobStore
     storage: Storage
-    engine: Callable[[], InferenceEngine]
+    engine: Callable[..., Any]  # () -> the default engine; (NAME:VERSION, digest) -> a job's pinned ServedModel
     max_pixels: int
     max_deliveries: int
     max_batch: int = 1  # same-size images of a chunk run as one engine batch of at most this many
@@ -127,7 +128,12 @@ def process_chunk(ctx: ChunkContext, job_id: str, chunk: int, images: list[str])
         rep.final_state = ctx.store.finish_if_complete(job_id)
         return rep
     ctx.store.mark_running(job_id)
-    engine = ctx.engine()
+    try:
+        engine = job_engine(ctx, manifest)
+    except PinMismatch as exc:  # the version the job pinned is gone or changed: never another one
+        rep.failed = fail_unfinished(ctx, job_id, images, kinds, str(exc))
+        rep.final_state = ctx.store.finish_if_complete(job_id)
+        return rep
     names = job_classes(manifest, engine)
     if isinstance(names, str):  # the job was submitted for another label set
         rep.failed = fail_unfinished(ctx, job_id, images, kinds, names)
@@ -219,6 +225,15 @@ def _image_failed(ctx: ChunkContext, rep: ChunkReport, job_id: str, img: str, ex
     log.info("job %s image %s failed: %s", job_id, img, describe(exc))
     ctx.store.record_failed(job_id, img, ctx.public(describe(exc)))
     rep.failed += 1
+
+
+def job_engine(ctx: ChunkContext, manifest: dict) -> InferenceEngine:
+    """The engine of the model version the job pinned at submission (name, version, digest in its
+    manifest); jobs written before versions existed use the default engine."""
+    if not manifest.get("model"):
+        return ctx.engine()
+    got = ctx.engine(f"{manifest['model']}:{manifest['model_version']}", manifest.get("model_digest") or "")
+    return got.engine if hasattr(got, "engine") else got
 
 
 def job_classes(manifest: dict, engine: InferenceEngine) -> list[str] | str:

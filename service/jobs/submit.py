@@ -17,6 +17,7 @@ from seam.service.core.config import Settings
 from seam.service.core.engine_holder import resolve_method
 from seam.service.core.errors import ApiError, describe_validation, settings_roots
 from seam.service.core.redact import redact
+from seam.service.core.registry import ModelRegistry, ServedModel
 from seam.service.engine.base import InferenceEngine
 from seam.service.jobs import create as jc
 from seam.service.jobs import lifecycle
@@ -29,7 +30,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 
 FORM_CONTENT_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
-_OPTION_FIELDS = ("method", "threshold", "max_side", "outputs", "image_url_prefix")
+_OPTION_FIELDS = ("model", "method", "threshold", "max_side", "outputs", "image_url_prefix")
 _FORM_FIELDS = {"archive", "labels", *_OPTION_FIELDS}
 
 
@@ -42,6 +43,7 @@ class JobServices:
     storage: Storage
     dispatcher: Dispatcher
     engine: InferenceEngine
+    registry: ModelRegistry | None = None  # resolves the job's `model` (None: `engine`, unpinned)
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class _Prepared:
     source: str
     source_dir: Path | None
     skipped: dict[str, str] = field(default_factory=dict)  # archive members not extracted -> why
+    served: ServedModel | None = None  # the model version the job pins
 
 
 async def submit(request: Request, svc: JobServices, owner: str | None) -> JobSnapshot:
@@ -95,10 +98,15 @@ def _is_form(request: Request) -> bool:
 
 def _record(svc: JobServices, job_id: str, p: _Prepared, owner: str | None) -> tuple[JobSnapshot, list[list[str]]]:
     """Write the manifest and create the job in the store (after which it is no longer a reservation)."""
-    names = svc.engine.foreground_classes()
+    engine = p.served.engine if p.served is not None else svc.engine
+    names = engine.foreground_classes()
     opts = p.options.model_dump(mode="json")
+    pin = None
+    if p.served is not None:
+        opts["model"] = p.served.ref
+        pin = {"model": p.served.name, "model_version": p.served.version, "model_digest": p.served.digest}
     jc.write_manifest(svc.storage, job_id, opts, p.images, p.table, p.source, p.source_dir,
-                      svc.settings.chunk_size, classes=names, models=model_refs(svc.engine), skipped=p.skipped)
+                      svc.settings.chunk_size, classes=names, models=model_refs(engine), skipped=p.skipped, pin=pin)
     ids = sorted(p.images)
     chunks = jc.chunked(ids, svc.settings.chunk_size)
     return svc.store.create(job_id, len(ids), len(chunks), opts, p.source, owner), chunks
@@ -108,16 +116,18 @@ async def _from_form(request: Request, svc: JobServices, job_id: str) -> _Prepar
     form = await request.form(max_files=2, max_fields=8, max_part_size=1024 * 1024)
     try:
         options = form_options(form)
-        check_method(options, svc.engine)
+        served = await run_in_threadpool(_served, svc, options)
+        engine = served.engine if served is not None else svc.engine
+        check_method(options, engine)
         archive = form.get("archive")
         if not isinstance(archive, UploadFile):
             raise ApiError(422, "validation_error", "field 'archive' is required (a zip or tar of images)")
         labels_data = await _labels_upload(form.get("labels"), svc.settings.max_labels_bytes)
         images, table, skipped = await run_in_threadpool(jc.prepare_upload_job, svc.storage, svc.settings, job_id,
-                                                         archive.file, labels_data, svc.engine.foreground_classes())
+                                                         archive.file, labels_data, engine.foreground_classes())
     finally:
         await form.close()
-    return _Prepared(options, images, table, "upload", None, skipped)
+    return _Prepared(options, images, table, "upload", None, skipped, served)
 
 
 async def _labels_upload(labels: UploadFile | str | None, cap: int) -> bytes | None:
@@ -135,11 +145,19 @@ async def _from_json(request: Request, svc: JobServices) -> _Prepared:
     raw = await _read_capped(request, svc.settings.max_labels_bytes)
     body = await run_in_threadpool(parse_directory_request, raw)  # a big body must not stall the loop
     options = JobOptions.model_validate(body.model_dump(include=set(_OPTION_FIELDS)))
-    check_method(options, svc.engine)
+    served = await run_in_threadpool(_served, svc, options)
+    engine = served.engine if served is not None else svc.engine
+    check_method(options, engine)
     source_dir, images, table = await run_in_threadpool(
         jc.prepare_directory_job, svc.settings, body.directory, body.recursive, body.labels,
-        svc.engine.foreground_classes())
-    return _Prepared(options, images, table, "directory", source_dir)
+        engine.foreground_classes())
+    return _Prepared(options, images, table, "directory", source_dir, served=served)
+
+
+def _served(svc: JobServices, options: JobOptions) -> ServedModel | None:
+    """The version the job pins: the one `options.model` names, else the default's promoted one
+    (404/422 for an unknown or refused one)."""
+    return svc.registry.acquire(options.model) if svc.registry is not None else None
 
 
 async def _read_capped(request: Request, cap: int) -> bytes:

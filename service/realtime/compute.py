@@ -17,6 +17,7 @@ from urllib.parse import quote
 import numpy as np
 from seam.service.batching import batches, cam_batch, segment_batch
 from seam.service.core.errors import ApiError
+from seam.service.core.registry import MODEL_HEADER
 from seam.service.engine.base import InferenceEngine, MemoryBudgetError, SegmentResult
 from seam.service.engine.cancel import Abandoned, keep_going
 from seam.service.inputs import decode_image
@@ -66,12 +67,22 @@ def classes_header(names: Sequence[str], classes: Sequence[int]) -> str:
     return ",".join(quote(names[c], safe="") for c in classes)
 
 
+def _named(req: SyncRequest, headers: dict[str, str], body: dict | None = None) -> None:
+    """Every answer names the model version that computed it (header, and JSON field)."""
+    if req.model:
+        headers[MODEL_HEADER] = req.model
+        if body is not None:
+            body["model"] = req.model
+
+
 def render_segment(req: SyncRequest, seg: SegmentResult, names: Sequence[str]) -> Reply:
     headers = {"X-Seam-Method": seg.method, "X-Seam-Classes": classes_header(names, seg.classes)}
-    meta = {"method": seg.method}
+    meta = {"method": seg.method, "model": req.model}
+    _named(req, headers)
     if req.fmt == "json":
-        return Reply(body=json_bytes(segment_json(seg, names, req.threshold)), media_type="application/json",
-                     headers=headers, meta=meta)
+        body = segment_json(seg, names, req.threshold)
+        _named(req, headers, body)
+        return Reply(body=json_bytes(body), media_type="application/json", headers=headers, meta=meta)
     if req.fmt == "result":  # for in-process callers of a RemoteModels engine (integrations)
         return Reply(body=segment_result_bytes(seg), media_type="application/octet-stream", headers=headers,
                      meta=meta)
@@ -93,6 +104,7 @@ def segment_result_from(data: bytes) -> SegmentResult:
 
 def render_cam(req: SyncRequest, rgb: np.ndarray, res: CamResult, names: Sequence[str]) -> Reply:
     headers = {"X-Seam-Classes": classes_header(names, res.classes)}
+    _named(req, headers)
     image_hw = rgb.shape[:2]
     if res.cams.shape[1:] != image_hw:  # size=working: overlays and stats at the maps' size
         headers["X-Seam-Image-Size"] = f"{image_hw[1]}x{image_hw[0]}"
@@ -103,8 +115,9 @@ def render_cam(req: SyncRequest, rgb: np.ndarray, res: CamResult, names: Sequenc
                      media_type="application/octet-stream", headers=headers)
     if req.fmt == "png":
         return Reply(body=encode_png_rgb(tile_overlays(rgb, res.cams)), media_type="image/png", headers=headers)
-    return Reply(body=json_bytes(cam_json(rgb, res, names, req.refined, req.threshold)),
-                 media_type="application/json", headers=headers)
+    body = cam_json(rgb, res, names, req.refined, req.threshold)
+    _named(req, headers, body)
+    return Reply(body=json_bytes(body), media_type="application/json", headers=headers)
 
 
 def run_requests(engine: InferenceEngine, names: Sequence[str], items: Sequence[tuple[SyncRequest, bytes]],

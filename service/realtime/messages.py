@@ -31,12 +31,13 @@ class SyncRequest(BaseModel):
     max_side: int | None = None
     size: Literal["image", "working"] = "image"  # cam: maps at the image's size or the working size
     dtype: Literal["float32", "float16", "uint8"] = "float32"  # cam npz: how the maps are stored
+    model: str | None = None  # NAME:VERSION resolved by the API (None: the worker's default model)
 
     def batch_key(self) -> tuple:
         """Requests with equal keys (and equal image sizes) can share one engine batch."""
         if self.op == "segment":
-            return ("segment", self.method, self.threshold, self.max_side)
-        return ("cam", self.refined, self.max_side, self.size)
+            return ("segment", self.model, self.method, self.threshold, self.max_side)
+        return ("cam", self.model, self.refined, self.max_side, self.size)
 
 
 @dataclass

@@ -30,10 +30,11 @@ log = logging.getLogger("seam.worker")
 
 
 class RealtimeServer:
-    def __init__(self, client: Any, prefix: str, engine: Callable[[], InferenceEngine], node: str, max_pixels: int,
+    def __init__(self, client: Any, prefix: str, engine: Callable[..., Any], node: str, max_pixels: int,
                  max_batch: int, window_s: float, budget_s: float = REALTIME_BUDGET_S) -> None:
         self.r = client  # sync redis client, bytes responses
         self.keys = Keys(prefix)
+        # engine() -> the engine; engine("NAME:VERSION") -> that version's (a registry's ServedModel)
         self.engine = engine
         self.node = node
         self.max_pixels = max_pixels
@@ -99,19 +100,13 @@ class RealtimeServer:
                 early[rid] = Reply(status=400, code="bad_request", message=f"malformed request: {exc}")
         replies = dict(early)
         if live:
-            try:
-                engine = self.engine()
-                names = engine.foreground_classes()
-                out = run_requests(engine, names, [(req, data) for _, req, data in live], self.max_pixels,
-                                   self.max_batch, wanted=lambda idx: self.wanted([live[i][0] for i in idx]))
-            except Exception as exc:  # noqa: BLE001 - e.g. the engine failed to load: answer, do not hang
-                err = error_reply(exc)
-                if err.status == 500:
-                    err = Reply(status=503, code="unavailable", message=f"the worker cannot run the model: {exc}",
-                                headers={"Retry-After": "10"})
-                out = [err] * len(live)
-            for (rid, _, _), rep in zip(live, out, strict=True):
-                replies[rid] = rep
+            by_model: dict[str | None, list[tuple[str, SyncRequest, bytes]]] = {}
+            for item in live:  # each model version computes its own requests
+                by_model.setdefault(item[1].model, []).append(item)
+            for model, group in by_model.items():
+                out = self._compute(model, group)
+                for (rid, _, _), rep in zip(group, out, strict=True):
+                    replies[rid] = rep
             self.batch_sizes.append(len(live))
         with self.r.pipeline(transaction=False) as pipe:
             for rid, rep in replies.items():
@@ -125,6 +120,29 @@ class RealtimeServer:
         if live:
             log.info("served %d synchronous request(s) in one round", len(live))
         return len(replies)
+
+
+    def _engine_for(self, model: str | None) -> tuple[InferenceEngine, str | None]:
+        """The engine of `model` (a registry's ServedModel names its version) or the only one."""
+        got = self.engine(model) if model is not None else self.engine()
+        if hasattr(got, "engine") and hasattr(got, "ref"):
+            return got.engine, got.ref
+        return got, model
+
+    def _compute(self, model: str | None, group: list[tuple[str, SyncRequest, bytes]]) -> list[Reply]:
+        try:
+            engine, ref = self._engine_for(model)
+            for _, req, _ in group:
+                req.model = ref  # the answers name the version that computes them
+            names = engine.foreground_classes()
+            return run_requests(engine, names, [(req, data) for _, req, data in group], self.max_pixels,
+                                self.max_batch, wanted=lambda idx: self.wanted([group[i][0] for i in idx]))
+        except Exception as exc:  # noqa: BLE001 - e.g. the engine failed to load: answer, do not hang
+            err = error_reply(exc)
+            if err.status == 500:
+                err = Reply(status=503, code="unavailable", message=f"the worker cannot run the model: {exc}",
+                            headers={"Retry-After": "10"})
+            return [err] * len(group)
 
 
 def _s(v: object) -> str:

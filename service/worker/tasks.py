@@ -23,18 +23,20 @@ from celery.signals import (
     worker_shutdown,
 )
 from seam.service.core.config import get_settings
-from seam.service.core.engine_holder import EngineHolder, build_engine
+from seam.service.core.engine_holder import build_engine
 from seam.service.core.redisconn import sync_redis
+from seam.service.core.registry import ModelRegistry, make_registry
 from seam.service.jobs.dispatch import TASK_NAME
 from seam.service.jobs.execution import attempt_chunk, build_context, engine_getter, give_up
 from seam.service.jobs.processing import ChunkContext
+from seam.service.model_sync import start_model_sync
 from seam.service.realtime.messages import REALTIME_TASK
 from seam.service.realtime.server import RealtimeServer
 from seam.service.worker.heartbeat import WorkerHeartbeat
 
 log = logging.getLogger("seam.worker")
 
-_holder = EngineHolder()
+_holder = ModelRegistry()  # replaced, per pool process, by the repository's (_start_process)
 _shared: dict[str, Any] = {}
 _NODE_ENV, _QUEUES_ENV = "SEAM_WORKER_NODE", "SEAM_WORKER_QUEUES"
 
@@ -79,6 +81,10 @@ def _stop_process(**_: Any) -> None:
     hb = _shared.pop("heartbeat", None)
     if hb is not None:
         hb.stop()
+    _holder.stop_watching()
+    sync = _shared.pop("model_sync", None)
+    if sync is not None:
+        sync.stop()
 
 
 def _start_process() -> None:
@@ -86,7 +92,15 @@ def _start_process() -> None:
     _shared["started_at"] = time.time()
     _shared["heartbeat"] = WorkerHeartbeat(shared_redis(), settings.key_prefix, _node(), settings.worker_heartbeat_s,
                                            _heartbeat_payload).start()
-    _holder.load(lambda: build_engine(settings), warm=settings.warmup)
+    global _holder
+    # SEAM_MODELS_URL: the repository copied into SEAM_MODELS_DIR before the models load
+    _shared["model_sync"] = start_model_sync(settings)
+    _holder = make_registry(settings)
+    if settings.engine == "fake":
+        _holder.load(lambda: build_engine(settings), warm=settings.warmup)
+    else:  # the promoted versions now, then new ones as they are published or promoted (hot reload)
+        _holder.refresh()
+        _holder.start_watching(settings.models_poll_s)
     _shared["heartbeat"].beat()  # ready at once, not one period later
 
 
@@ -103,7 +117,7 @@ def _queues() -> list[str]:
 def _heartbeat_payload() -> dict:
     engine = _holder.engine
     out: dict[str, Any] = {"queues": _queues(), "ready": engine is not None, "error": _holder.error,
-                           "started_at": _shared.get("started_at", 0.0)}
+                           "started_at": _shared.get("started_at", 0.0), "model": _holder.default_ref()}
     if engine is not None:
         out["classes"] = engine.foreground_classes()
         out["methods"] = engine.methods()
@@ -123,9 +137,11 @@ def shared_redis() -> Any:
     return _shared["redis"]
 
 
-def _engine():
+def _engine(model: str | None = None, digest: str | None = None) -> Any:
+    """The default engine (model None), or the ServedModel of `model` (NAME:VERSION; with
+    `digest`, exactly that version as a job pinned it)."""
     s = get_settings()
-    return engine_getter(_holder, build=lambda: build_engine(s), warm=s.warmup, wait_s=60)()
+    return engine_getter(_holder, build=lambda: build_engine(s), warm=s.warmup, wait_s=60)(model, digest)
 
 
 def realtime() -> RealtimeServer:

@@ -10,20 +10,31 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response
-from seam.service.api.deps import EngineDep, LimiterDep, MetricsDep, SettingsDep
+from seam.service.api.deps import HolderDep, LimiterDep, MetricsDep, SettingsDep
 from seam.service.core.engine_holder import resolve_method
 from seam.service.core.errors import ApiError
 from seam.service.core.limits import run_limited
+from seam.service.core.registry import ModelRegistry, ServedModel
 from seam.service.engine.base import InferenceEngine, MemoryBudgetError
 from seam.service.inputs import check_pixels, image_size, not_an_image, parse_labels, sniff_image
 from seam.service.realtime.compute import engine_error, reply_error, run_requests
 from seam.service.realtime.messages import Reply, SyncRequest
-from seam.service.schemas import CamResponse, ErrorResponse, MethodName, SegmentResponse, method_help
+from seam.service.schemas import (
+    MODEL_REF_HELP,
+    MODEL_REF_PATTERN,
+    CamResponse,
+    ErrorResponse,
+    MethodName,
+    SegmentResponse,
+    method_help,
+)
+from starlette.concurrency import run_in_threadpool
 
 router = APIRouter(tags=["inference"])
 
 _ERRORS = {code: {"model": ErrorResponse, "description": desc} for code, desc in (
-    (401, "Missing or invalid API key."), (413, "Upload or image too large."),
+    (401, "Missing or invalid API key."), (404, "No such model or model version."),
+    (413, "Upload or image too large."),
     (415, "Not an image (by content)."), (422, "Undecodable image, unknown class, bad field."),
     (429, "Too many requests in flight or queued; see Retry-After."),
     (503, "Not ready, no live worker, or no slot freed in time."), (504, "No worker answered within the deadline."))}
@@ -33,6 +44,8 @@ ImageFile = Annotated[UploadFile, File(description="The image (PNG, JPEG, GIF, B
 LabelsField = Annotated[str | None, Form(max_length=10_000, description=(
     "Image-level labels: class names or foreground indices, comma separated. Absent: the model predicts them."))]
 MethodField = Annotated[MethodName | None, Form(json_schema_extra=method_help)]
+ModelField = Annotated[str | None, Form(max_length=200, pattern=MODEL_REF_PATTERN, description=(
+    MODEL_REF_HELP + " The answer names the version that computed it (X-Seam-Model, and `model` in JSON)."))]
 ThresholdField = Annotated[float | None, Form(ge=0.0, le=1.0, description="Background threshold in [0, 1].")]
 MaxSideField = Annotated[int | None, Form(ge=8, le=16384, description=(
     "Long side the image is resized to (when longer) before the multi-scale passes; results are always at the "
@@ -114,28 +127,45 @@ def _admit(engine: InferenceEngine, req: SyncRequest, data: bytes, max_pixels: i
     responses={200: {"model": SegmentResponse, "content": {"image/png": _BINARY},
                      "description": "PNG label map or JSON."}, **_ERRORS})
 async def segment(
-    request: Request, engine: EngineDep, settings: SettingsDep, limiter: LimiterDep, metrics: MetricsDep,
+    request: Request, holder: HolderDep, settings: SettingsDep, limiter: LimiterDep, metrics: MetricsDep,
     image: ImageFile, labels: LabelsField = None, method: MethodField = None, threshold: ThresholdField = None,
     fmt: Annotated[Literal["png", "json"], Form(alias="format", description="png or json.")] = "png",
-    max_side: MaxSideField = None,
+    max_side: MaxSideField = None, model: ModelField = None,
 ) -> Response:
+    served = await _acquire(holder, model)
+    engine = served.engine
     data = await _read(image)
     label_idx = parse_labels(labels, engine.foreground_classes())
     method_name = resolve_method(engine, method)
     req = SyncRequest(op="segment", fmt=fmt, labels=label_idx, method=method_name, threshold=threshold,
-                      max_side=max_side)
+                      max_side=max_side, model=_forwarded(holder, served, model))
     resp = await _run(request, engine, settings, limiter, metrics, "segment", req, data)
     metrics.images_labelled.labels("segment").inc()
     return resp
 
 
-async def _cam(request: Request, engine: InferenceEngine, settings, limiter, metrics, image: UploadFile,
+async def _acquire(holder, model: str | None) -> ServedModel:
+    """The model version answering this request (held until the answer is rendered, so a swap
+    meanwhile does not change it); an EngineHolder without versions: its engine."""
+    if isinstance(holder, ModelRegistry):
+        return await run_in_threadpool(holder.acquire, model)
+    return ServedModel(model or "default", 1, "", holder.get())
+
+
+def _forwarded(holder, served: ServedModel, model: str | None) -> str | None:
+    return holder.forwarded_ref(served, model) if isinstance(holder, ModelRegistry) else served.ref
+
+
+async def _cam(request: Request, holder, settings, limiter, metrics, image: UploadFile,
                labels: str | None, threshold: float | None, fmt: str, refined: bool,
-               max_side: int | None = None, size: str = "image", dtype: str = "float32") -> Response:
+               max_side: int | None = None, size: str = "image", dtype: str = "float32",
+               model: str | None = None) -> Response:
+    served = await _acquire(holder, model)
+    engine = served.engine
     data = await _read(image)
     label_idx = parse_labels(labels, engine.foreground_classes())
     req = SyncRequest(op="cam", fmt=fmt, labels=label_idx, threshold=threshold, refined=refined, max_side=max_side,
-                      size=size, dtype=dtype)
+                      size=size, dtype=dtype, model=_forwarded(holder, served, model))
     resp = await _run(request, engine, settings, limiter, metrics, "cam_refined" if refined else "cam", req, data)
     metrics.images_labelled.labels("cam/refined" if refined else "cam").inc()
     return resp
@@ -161,20 +191,20 @@ CamDtype = Annotated[Literal["float32", "float16", "uint8"], Form(description=(
 
 @router.post("/cam", response_model=None, summary="Raw class activation maps.", description=_CAM_DESC,
              responses=_CAM_RESPONSES)
-async def cam(request: Request, engine: EngineDep, settings: SettingsDep, limiter: LimiterDep, metrics: MetricsDep,
+async def cam(request: Request, holder: HolderDep, settings: SettingsDep, limiter: LimiterDep, metrics: MetricsDep,
               image: ImageFile, labels: LabelsField = None, threshold: ThresholdField = None,
               fmt: CamFormat = "npz", max_side: MaxSideField = None, size: CamSize = "image",
-              dtype: CamDtype = "float32") -> Response:
-    return await _cam(request, engine, settings, limiter, metrics, image, labels, threshold, fmt, refined=False,
-                      max_side=max_side, size=size, dtype=dtype)
+              dtype: CamDtype = "float32", model: ModelField = None) -> Response:
+    return await _cam(request, holder, settings, limiter, metrics, image, labels, threshold, fmt, refined=False,
+                      max_side=max_side, size=size, dtype=dtype, model=model)
 
 
 @router.post("/cam/refined", response_model=None, summary="PCM-refined class activation maps.",
              description=_CAM_DESC, responses=_CAM_RESPONSES)
-async def cam_refined(request: Request, engine: EngineDep, settings: SettingsDep, limiter: LimiterDep,
+async def cam_refined(request: Request, holder: HolderDep, settings: SettingsDep, limiter: LimiterDep,
                       metrics: MetricsDep, image: ImageFile, labels: LabelsField = None,
                       threshold: ThresholdField = None, fmt: CamFormat = "npz",
                       max_side: MaxSideField = None, size: CamSize = "image",
-                      dtype: CamDtype = "float32") -> Response:
-    return await _cam(request, engine, settings, limiter, metrics, image, labels, threshold, fmt, refined=True,
-                      max_side=max_side, size=size, dtype=dtype)
+                      dtype: CamDtype = "float32", model: ModelField = None) -> Response:
+    return await _cam(request, holder, settings, limiter, metrics, image, labels, threshold, fmt, refined=True,
+                      max_side=max_side, size=size, dtype=dtype, model=model)

@@ -15,6 +15,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from seam.service.api.deps import DispatcherDep, EngineDep, HolderDep, PrincipalDep, SettingsDep, StorageDep, StoreDep
 from seam.service.core.errors import ApiError
+from seam.service.core.registry import ModelRegistry
 from seam.service.jobs.access import visible_snapshot
 from seam.service.jobs.results import result_extras
 from seam.service.jobs.stores.base import JobSnapshot
@@ -94,8 +95,10 @@ def list_outputs() -> list[OutputKindPublic]:
                          "naming a folder under SEAM_ALLOWED_ROOT. Answers 202 with the job; poll `GET /jobs/{id}`.",
              openapi_extra={"requestBody": _JOB_BODY}, responses={403: {"model": ErrorResponse}, **_E})
 async def create_job(request: Request, settings: SettingsDep, store: StoreDep, storage: StorageDep,
-                     dispatcher: DispatcherDep, engine: EngineDep, principal: PrincipalDep) -> JSONResponse:
-    svc = JobServices(settings=settings, store=store, storage=storage, dispatcher=dispatcher, engine=engine)
+                     dispatcher: DispatcherDep, engine: EngineDep, principal: PrincipalDep,
+                     holder: HolderDep) -> JSONResponse:
+    svc = JobServices(settings=settings, store=store, storage=storage, dispatcher=dispatcher, engine=engine,
+                      registry=holder if isinstance(holder, ModelRegistry) else None)
     snap = await submit(request, svc, principal.owner)
     return JSONResponse(to_public(snap).model_dump(mode="json"), status_code=202,
                         headers={"Location": f"/jobs/{snap.id}"})
@@ -120,7 +123,7 @@ def get_job(job_id: JobId, store: StoreDep, principal: PrincipalDep) -> JobPubli
                responses=_E)
 def cancel_job(job_id: JobId, store: StoreDep, storage: StorageDep, principal: PrincipalDep) -> JobPublic:
     visible_snapshot(store, job_id, principal)
-    if store.cancel(job_id) and storage.job_dir(job_id).is_dir():
+    if store.cancel(job_id) and storage.has_job(job_id):
         # Nothing new starts on a cancelled job; an image in progress that loses its
         # input is recorded failed, which is moot for a cancelled job.
         storage.delete_inputs(job_id)
