@@ -84,6 +84,27 @@ class Settings(BaseSettings):
     max_labels_bytes: int = Field(16 * MB, ge=1024, description="Label tables (labels.csv/json, labels upload) and "
                                                                 "JSON job bodies.")
 
+    # --- object storage and data sets by URL (docs/storage.md) -------------------------
+    storage_url: str | None = Field(None, description=(
+        "Where job files live: file:///path or s3://bucket/prefix (any S3-compatible store). Unset = the data "
+        "directory (file://SEAM_DATA_DIR), as a single host needs; with s3:// the data directory only holds a "
+        "bounded cache and upload scratch, and API and workers share nothing but the store and Redis."))
+    s3_endpoint_url: str | None = Field(None, description=(
+        "S3-compatible endpoint (http(s)://host:port); unset = the standard AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL "
+        "variables, else AWS. Credentials always come from the standard AWS variables / profiles."))
+    storage_cache_bytes: int = Field(1024 * MB, ge=0, description=(
+        "s3:// storage: bytes of job inputs a process keeps cached on local disk (least recently used evicted)."))
+    dataset_buckets: Annotated[list[str], NoDecode] = Field(default_factory=list, description=(
+        "Comma-separated `bucket` or `bucket/prefix` entries that job input_url, output_url and manifest s3:// URIs "
+        "may name; empty = s3:// data sets refused (the storage bucket is not implied)."))
+    dataset_http_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list, description=(
+        "Comma-separated `host` or `host:port` entries that http(s) image and manifest URIs may name (the Label "
+        "Studio fetcher's rules: public addresses only unless SEAM_DATASET_ALLOW_PRIVATE); empty = refused."))
+    dataset_allow_private: bool = Field(False, description="http(s) data-set URIs may resolve to private addresses.")
+    dataset_max_queued_chunks: int = Field(64, ge=1, le=100_000, description=(
+        "Back-pressure of a job read from a prefix or manifest: reading pauses while this many chunks wait."))
+    dataset_max_lines: int = Field(10_000_000, ge=1, description="Lines of one job manifest (images of one prefix).")
+
     # --- broker (Celery mode) ----------------------------------------------------
     broker_url: str | None = Field(None, description="redis://host:port/db switches to Celery mode; unset = embedded "
                                                      "executor.")
@@ -125,7 +146,8 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(30.0, gt=0, le=3600, description=(
         "A request body that sends nothing for this long is answered 408 and the connection closed."))
 
-    @field_validator("api_keys", "admin_api_keys", "cors_origins", mode="before")
+    @field_validator("api_keys", "admin_api_keys", "cors_origins", "dataset_buckets", "dataset_http_hosts",
+                     mode="before")
     @classmethod
     def _csv(cls, v: object) -> object:
         return split_csv(v)
