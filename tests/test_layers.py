@@ -244,7 +244,8 @@ def test_no_import_cycles_in_training() -> None:
 # Celery tasks running both); api (routes); integrations (the labelling tools' routes); main.
 SERVICE_FLOORS: tuple[tuple[str, ...], ...] = (
     ("engine",), ("fake_engine", "batching"), ("core",), ("blobs",), ("outputs",),
-    ("schemas", "storage", "inputs"), ("archives", "object_storage"), ("jobs", "realtime", "corrections"),
+    ("schemas", "storage", "inputs"), ("archives", "object_storage", "model_sync"),
+    ("jobs", "realtime", "corrections"),
     ("worker",), ("api",), ("integrations",), ("main",),
 )
 

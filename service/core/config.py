@@ -36,6 +36,12 @@ class Settings(BaseSettings):
 
     # --- models and engine -------------------------------------------------------
     models_dir: Path = Field(Path("models"), description="Model repository (one sub-directory per exported model).")
+    models_url: str | None = Field(None, description=(
+        "A model repository by URL (s3://bucket/prefix, same layout as SEAM_MODELS_DIR): copied into SEAM_MODELS_DIR "
+        "(then a local cache) at start-up and every SEAM_MODELS_SYNC_S, each version only once complete and its "
+        "sha256 verified (docs/deployment.md). Unset = SEAM_MODELS_DIR is the repository."))
+    models_sync_s: float = Field(30.0, gt=0, le=86_400, description="How often SEAM_MODELS_URL is looked at for new "
+                                                                    "versions and promotions.")
     engine: Literal["onnx", "fake"] = Field(
         "onnx", description="'onnx' (the real engine) or 'fake' (deterministic numpy stand-in for tests and demos).")
     providers: str = Field("auto", description="onnxruntime providers: auto, cpu, cuda or a comma-separated list.")
