@@ -33,7 +33,7 @@ fi
 
 # The Label Studio end-to-end test runs the real server, pinned, from a venv of its own (it pins
 # numpy and Django versions that must not replace ours), made once and kept in the cache. The
-# marker is written last, so an interrupted install is redone. tests/integrations/labelstudio_real.py
+# marker is written last, so an interrupted install is redone. tests/service/integrations/labelstudio_real.py
 # reads the same SEAM_LS_VENV.
 LS_VERSION=1.23.2
 export SEAM_LS_VENV=${SEAM_LS_VENV:-$HOME/.cache/seam-ls-venv}

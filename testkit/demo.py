@@ -1,5 +1,5 @@
 """The bundled demo model (models/) served by `seam serve` under an address-space cap, and
-photo-like JPEGs to send it (tests/service/test_any_photo.py, bench/any_photo.py)."""
+photo-like JPEGs to send it (tests/service/api/test_any_photo.py, bench/any_photo.py)."""
 from __future__ import annotations
 
 import io

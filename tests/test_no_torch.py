@@ -53,7 +53,7 @@ def test_engine_runs_without_torch(tmp_path):
         from pathlib import Path
         import numpy as np
         sys.path.insert(0, {str(REPO)!r})
-        from tests.service.onnx_models import write_model
+        from tests.service.fakes.onnx_models import write_model
         from seam.service.engine.onnx_engine import OnnxEngine
         write_model(Path({str(tmp_path)!r}), "m")
         eng = OnnxEngine(Path({str(tmp_path)!r}), threads=1)

@@ -20,10 +20,9 @@ from seam.service.engine.runners.host import MethodHost, SegmentCall
 from seam.service.integrations.labelstudio import LabelStudioSettings
 
 from seam.common.cam import cams_to_label, present_classes
-from tests.integrations.helpers import LS_TOKEN, FakeLabelStudio
-from tests.service.fakes import FakeEngine, encode, rgb_image, zip_bytes
-from tests.service.helpers import assert_error
-from tests.service.onnx_models import write_model
+from tests.service.fakes import FakeEngine, assert_error, encode, rgb_image, zip_bytes
+from tests.service.fakes.onnx_models import write_model
+from tests.service.integrations.helpers import LS_TOKEN, FakeLabelStudio
 from tests.support import wait_done
 
 TOY = "toy"

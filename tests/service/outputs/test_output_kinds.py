@@ -13,8 +13,7 @@ from seam.service.outputs import kinds
 from seam.service.outputs.kinds import OutputKind
 from seam.service.outputs.sources import ImageResults, JobFiles
 
-from tests.service.fakes import encode, rgb_image, zip_bytes
-from tests.service.helpers import assert_error
+from tests.service.fakes import assert_error, encode, rgb_image, zip_bytes
 from tests.support import wait_done
 
 SIZES = "sizes"
