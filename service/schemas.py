@@ -306,6 +306,7 @@ class JobPublic(BaseModel):
     done: int
     failed: int
     progress: float = Field(description="(done + failed) / total")
+    model: str | None = Field(None, description="NAME:VERSION the job pinned at submission: every chunk runs on it.")
     method: str | None
     threshold: float | None
     outputs: list[str]

@@ -53,7 +53,8 @@ def to_public(s: JobSnapshot) -> JobPublic:
     return JobPublic(
         id=s.id, state=s.state, total=s.total, done=s.done, failed=s.failed,
         progress=round((s.done + s.failed) / s.total, 4) if s.total else 1.0,
-        method=s.options.get("method"), threshold=s.options.get("threshold"), outputs=s.options.get("outputs", []),
+        model=s.options.get("model"), method=s.options.get("method"), threshold=s.options.get("threshold"),
+        outputs=s.options.get("outputs", []),
         source=s.source, created_at=_ts(s.created_at), started_at=_ts(s.started_at), finished_at=_ts(s.finished_at),
         expires_at=_ts(s.expires_at), error=s.error, errors=[JobImageError(image=i, error=e) for i, e in s.errors],
         links=JobLinks(self=f"/jobs/{s.id}", results=f"/jobs/{s.id}/results"))
