@@ -206,7 +206,9 @@ class ObjectStorage(Storage):
         return super().delete_inputs(job_id) or removed
 
     def job_ids(self) -> list[str]:
-        return sorted(name for name in self.blobs.children("jobs/") if JOB_ID_RE.match(name))
+        # some servers (SeaweedFS) keep a deleted job's 'folder' as an empty common prefix
+        return sorted(name for name in self.blobs.children("jobs/")
+                      if JOB_ID_RE.match(name) and self.blobs.any(f"jobs/{name}/"))
 
     def sweep(self, ttl_s: int, keep: set[str] | None = None, now: float | None = None) -> list[str]:
         now = now or time.time()

@@ -94,6 +94,10 @@ class BlobStore(ABC):
     def children(self, prefix: str) -> Iterator[str]:
         """Names one level below `prefix` (which ends with /): objects and 'folders' alike."""
 
+    def any(self, prefix: str) -> bool:
+        """Whether any object's key starts with `prefix` (an empty 'folder' some servers keep is none)."""
+        return next(iter(self.list(prefix)), None) is not None
+
     @abstractmethod
     def delete(self, key: str) -> None:
         """Remove the object; no error when there is none."""

@@ -140,6 +140,10 @@ class S3BlobStore(BlobStore):
         except Exception as exc:  # noqa: BLE001
             raise translate(exc, prefix) from exc
 
+    def any(self, prefix: str) -> bool:
+        resp = self._call(prefix, self.client.list_objects_v2, Prefix=self.prefix + prefix, MaxKeys=1)
+        return bool(resp.get("Contents"))
+
     def children(self, prefix: str) -> Iterator[str]:
         full = self.prefix + prefix
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full, Delimiter="/")

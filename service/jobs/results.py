@@ -44,10 +44,7 @@ def job_files(storage: Storage, job_id: str, manifest: dict, names: Sequence[str
     """The per-image files of a job as the merge steps read them."""
 
     def read(kind: str, image_id: str) -> bytes | None:
-        try:
-            return storage.output_path(job_id, kind, image_id).read_bytes()
-        except OSError:  # failed image, or swept meanwhile
-            return None
+        return storage.read_output(job_id, kind, image_id)  # None: failed image, or swept meanwhile
 
     return JobFiles(job_id=job_id, manifest=manifest, names=names, read=read)
 

@@ -94,3 +94,10 @@ def test_s3_urls_parsed_and_refused():
 def test_unknown_scheme_refused():
     with pytest.raises(ValueError, match="unsupported storage URL"):
         open_blob_store("ftp://host/x")
+
+
+def test_any_sees_objects_not_empty_folders(store):
+    store.put("jobs/a/x", b"1")
+    assert store.any("jobs/a/") and not store.any("jobs/b/")
+    store.delete("jobs/a/x")
+    assert not store.any("jobs/a/")  # SeaweedFS keeps the folder: it holds nothing
