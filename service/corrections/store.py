@@ -298,16 +298,20 @@ class ProjectStore:
         exists; the next fit pseudo-labels it again)."""
         with self.locked():
             old = self.item(image_id)
-            if old is None or not old.get("mask"):
+            had_mask = bool(old and old.get("mask"))
+            if old is None or (keep_image and not had_mask):
                 return Change.absent
             path = self.dir / "items" / f"{image_key(image_id)}.json"
             if keep_image:
-                record = dict(old, mask=None, labels=None, ref={}, updated=time.time())
+                record = dict(old, mask=None, labels=None, ref={"url": old.get("ref", {}).get("url")},
+                              updated=time.time())
                 atomic_write(path, json.dumps(record, sort_keys=True).encode())
             else:
                 record = {}
                 path.unlink()
             self._drop_unused(old, record)
+            if not had_mask:  # only a cached image went
+                return Change.absent
             meta = self.meta()
             meta["changes_since_fit"] = int(meta.get("changes_since_fit", 0)) + 1
             self._write_meta(meta)

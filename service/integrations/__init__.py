@@ -10,7 +10,9 @@ from fastapi import FastAPI
 def install(app: FastAPI) -> None:
     """Routes of both tools; call after the app's other middleware (Label Studio's Basic-auth
     translation must run before the API-key check)."""
-    from seam.service.integrations import cvat, labelstudio
+    from seam.service.integrations import corrections_routes, cvat, labelstudio, ls_webhook
 
     labelstudio.install(app)
+    ls_webhook.install(app)
     cvat.install(app)
+    corrections_routes.install(app)

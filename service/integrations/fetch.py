@@ -277,6 +277,42 @@ class FetchPolicy:
             if own:
                 client.close()
 
+    def api_json(self, method: Literal["GET", "POST", "PATCH"], path: str, body: object = None,
+                 limit: int = 256 * 1024 * 1024, client: httpx.Client | None = None) -> object:
+        """A call to Label Studio's own REST API (`path` under the base URL, with the token; no
+        redirects): its JSON answer, FetchFailed (with the status) for anything else."""
+        url = self.base_url + "/" + path.lstrip("/")
+        own = client is None
+        client = client or httpx.Client(timeout=self.timeout_s, follow_redirects=False, trust_env=False)
+        content = None if body is None else json.dumps(body).encode()
+        try:
+            for attempt in (0, 1):
+                origin, addr = self.check(url)
+                extra = {**self._auth(client), "Accept": "application/json, */*;q=0.5"}
+                if content is not None:
+                    extra["Content-Type"] = "application/json"
+                resp = self._send(client, method, url, origin, addr, extra, content)
+                try:
+                    if resp.status_code == 401 and attempt == 0 and self._exchanges():
+                        self.tokens.drop(self._token_key())
+                        continue
+                    if not 200 <= resp.status_code < 300:
+                        raise FetchFailed(f"Label Studio answered HTTP {resp.status_code} to {method} {path}"
+                                          f"{_hint(resp.status_code)}", resp.status_code)
+                    data = self._read_limited(resp, limit)
+                finally:
+                    resp.close()
+                try:
+                    return json.loads(data) if data else None
+                except ValueError:
+                    raise FetchFailed(f"Label Studio's answer to {method} {path} is not JSON") from None
+            raise FetchFailed(f"Label Studio refused the token for {method} {path}", 401)
+        except httpx.HTTPError as exc:
+            raise FetchFailed(f"could not reach Label Studio ({method} {path}): {exc}") from None
+        finally:
+            if own:
+                client.close()
+
     def _exchanges(self) -> bool:
         return bool(self.api_key) and token_kind(self.api_key or "") == "refresh"
 
@@ -321,7 +357,7 @@ class FetchPolicy:
         self.tokens.put(key, access)
         return access
 
-    def _send(self, client: httpx.Client, method: Literal["GET", "POST"], url: str, origin: Origin, addr: str,
+    def _send(self, client: httpx.Client, method: Literal["GET", "POST", "PATCH"], url: str, origin: Origin, addr: str,
               extra: dict[str, str], body: bytes | None = None) -> httpx.Response:
         default = 443 if origin.scheme == "https" else 80
         headers = {"Host": origin.host if origin.port == default else origin.netloc(), "Accept": ACCEPT, **extra}
