@@ -19,7 +19,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from pydantic import BaseModel
 from seam.service import integrations
 from seam.service.api.deps import require_api_key
-from seam.service.api.routes import health, inference, jobs, models, web
+from seam.service.api.routes import health, inference, jobs, models, trainings, web
 from seam.service.core.config import Settings, get_settings
 from seam.service.core.engine_holder import EngineHolder, build_engine
 from seam.service.core.errors import error_response, install_error_handlers
@@ -37,6 +37,8 @@ from seam.service.model_sync import start_model_sync
 from seam.service.object_storage import make_storage
 from seam.service.realtime.wiring import BrokerSide
 from seam.service.storage import Storage
+from seam.service.trainings.runner import CeleryTrainers, EmbeddedTrainers
+from seam.service.trainings.store import TrainingStore
 from starlette.concurrency import run_in_threadpool
 
 log = logging.getLogger("seam.service")
@@ -54,6 +56,10 @@ def _make_dispatcher(settings: Settings, store: JobStore, storage: Storage, hold
     return EmbeddedDispatcher(ctx, workers=settings.embedded_workers)
 
 
+def _make_trainers(settings: Settings, store: TrainingStore) -> CeleryTrainers | EmbeddedTrainers:
+    return CeleryTrainers(settings) if settings.mode == "celery" else EmbeddedTrainers(settings, store)
+
+
 def create_app(settings: Settings | None = None, engine: InferenceEngine | None = None,
                store: JobStore | None = None, dispatcher: Dispatcher | None = None) -> FastAPI:
     settings = settings or get_settings()
@@ -69,10 +75,11 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
     app.state.metrics = metrics
     app.state.holder = holder
     app.state.storage = storage
+    app.state.trainings = TrainingStore(settings.data_dir)
     metrics.add_jobs_collector(lambda: _job_stats(app))
     _install_error_handlers(app)
     _install_routes(app)
-    _install_openapi_models(app, jobs.OPENAPI_MODELS, jobs.document_outputs)
+    _install_openapi_models(app, (*jobs.OPENAPI_MODELS, *trainings.OPENAPI_MODELS), jobs.document_outputs)
     _install_middleware(app, settings, metrics)
     return app
 
@@ -100,6 +107,8 @@ def _lifespan(settings: Settings, holder: ModelRegistry, storage: Storage, metri
         app.state.store = the_store = store or make_store(settings)
         app.state.dispatcher = the_dispatcher = dispatcher or _make_dispatcher(settings, the_store, storage, holder)
         the_dispatcher.start()
+        app.state.trainers = trainers = _make_trainers(settings, app.state.trainings)
+        trainers.start()
         app.state.broker_side = broker_side = None
         if settings.mode == "celery":  # worker liveness per queue; sync requests to the workers
             app.state.broker_side = broker_side = BrokerSide(settings, holder, getattr(the_dispatcher, "celery", None))
@@ -107,6 +116,7 @@ def _lifespan(settings: Settings, holder: ModelRegistry, storage: Storage, metri
         if settings.mode == "embedded":  # jobs that were running when the last process died
             await run_in_threadpool(lifecycle.resume_embedded, the_store, storage, the_dispatcher.submit,
                                     settings.chunk_size)
+        await run_in_threadpool(trainers.resume_unfinished)  # embedded: trainings the last process left
         sweeper = asyncio.create_task(_sweep_forever(the_store, storage, settings))
         reaper = (asyncio.create_task(_requeue_forever(the_dispatcher, settings))
                   if isinstance(the_dispatcher, CeleryDispatcher) else None)
@@ -123,6 +133,7 @@ def _lifespan(settings: Settings, holder: ModelRegistry, storage: Storage, metri
             if broker_side is not None:
                 await broker_side.stop()
             await run_in_threadpool(the_dispatcher.stop)
+            await run_in_threadpool(trainers.stop)
             if store is None:
                 await run_in_threadpool(the_store.close)
 
@@ -147,6 +158,7 @@ def _install_routes(app: FastAPI) -> None:
     app.include_router(inference.router, dependencies=protected)
     app.include_router(jobs.router, dependencies=protected)
     app.include_router(jobs.public_router)  # GET /outputs
+    app.include_router(trainings.router, dependencies=protected)
     app.include_router(web.router)  # the web page (/ and /static/...); public: it asks for the key itself
 
 
@@ -178,6 +190,8 @@ def _install_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> N
     def limit_for(method: str, path: str) -> int | None:
         if method == "POST" and path.rstrip("/") == "/jobs":
             return settings.max_job_upload_bytes
+        if method == "POST" and path.rstrip("/") == "/trainings":
+            return int(settings.training_max_upload_mb * 1024 * 1024)
         return settings.max_upload_bytes
 
     app.add_middleware(BodyLimitMiddleware, limit_for=limit_for, idle_timeout_s=settings.body_timeout_s)

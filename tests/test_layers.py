@@ -246,7 +246,7 @@ SERVICE_FLOORS: tuple[tuple[str, ...], ...] = (
     ("engine",), ("fake_engine", "batching"), ("core",), ("blobs",), ("outputs",),
     ("schemas", "storage", "inputs"), ("archives", "object_storage", "model_sync"),
     ("jobs", "realtime", "corrections"),
-    ("worker",), ("api",), ("integrations",), ("main",),
+    ("worker", "trainings"), ("api",), ("integrations",), ("main",),
 )
 
 

@@ -141,6 +141,23 @@ class Settings(BaseSettings):
     max_waiting: int = Field(8, ge=0, le=100_000, description="Requests allowed to wait for a slot; beyond it 429.")
     wait_timeout_s: float = Field(30.0, gt=0, description="How long a waiting request waits before 503.")
 
+    # --- trainings (POST /trainings; service/trainings) ------------------------------
+    max_active_trainings: int = Field(4, ge=1, le=1000, description=(
+        "Trainings queued or running at once (all keys); beyond it POST /trainings answers 503."))
+    embedded_trainers: int = Field(1, ge=1, le=16, description=(
+        "Embedded mode: trainings run at once, each a child process (`python -m seam.training.worker`)."))
+    training_max_images: int = Field(5000, ge=1, description="Images in one training's data set.")
+    training_max_upload_mb: float = Field(2048.0, gt=0, le=65536, description=(
+        "Request body limit of POST /trainings (the archive)."))
+    training_max_archive_bytes: int = Field(8 * 1024 * MB, ge=1, description=(
+        "Uncompressed size of one training archive."))
+    training_max_disk_bytes: int = Field(20 * 1024 * MB, ge=1, description=(
+        "Files one training may write (its data, run, exports); the trainer fails it beyond."))
+    training_max_budget_s: float = Field(7 * 86400.0, gt=0, description=(
+        "Largest time budget a training may ask for (and the budget of one that asks none)."))
+    training_restarts: int = Field(3, ge=0, le=100, description=(
+        "Embedded mode: relaunches of a training whose child process died before it finished."))
+
     # --- HTTP --------------------------------------------------------------------
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated accepted X-API-Key values; empty = no authentication.")
