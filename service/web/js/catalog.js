@@ -2,7 +2,7 @@
 // what it knows) and GET /outputs (the job output kinds). The views render them from the state.
 import { api } from './api.js';
 import {
-  BROWSER_METHODS, CAMS_TEXT, setModels, setModelsFailed, setOutputs, setOutputsFailed, state,
+  CAMS_TEXT, setModels, setModelsFailed, setOutputs, setOutputsFailed, state,
 } from './state.js';
 import { say, showError } from './status.js';
 
@@ -30,9 +30,9 @@ export async function loadOutputs() {
   }
 }
 
-/** How the page names a method: its name, and what it is when the server says (or, for a method
- *  the page runs itself, which CAMs it thresholds). */
+/** How the page names a method: its name, and what it is when the server says (its label, else
+ *  its description, else, for a plain threshold, which CAMs it thresholds). */
 export function methodText(m) {
-  const what = m.label || m.description || CAMS_TEXT[BROWSER_METHODS[m.name]];
+  const what = m.label || m.description || (m.plainThreshold ? CAMS_TEXT[m.cams] : '');
   return what ? `${m.name} (${what})` : m.name;
 }

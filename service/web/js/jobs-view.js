@@ -6,7 +6,7 @@ import { methodText } from './catalog.js';
 import { $, currentView, el } from './dom.js';
 import { downloadJob, initGallery, short, showGallery } from './gallery.js';
 import {
-  on, resetTickedOutputs, setAnnounced, setJobs, setOutputTicked, setPollTimer, state, tickedOutputs,
+  methodsFor, on, resetTickedOutputs, setAnnounced, setJobs, setOutputTicked, setPollTimer, state, tickedOutputs,
 } from './state.js';
 import { clearError, say, showError } from './status.js';
 
@@ -19,9 +19,12 @@ const kindsNeedingPrefix = (kinds) => state.outputs.kinds.filter((k) => kinds.in
   && (k.requires || []).includes(PREFIX_OPTION));
 
 // ───────────────────────── the form ─────────────────────────
+/** The methods a job may run (GET /models' `where` has 'jobs'); the server's default for a job is
+ *  the first of them (the table is best first). */
 function drawJobMethods() {
-  const { methods, defaultMethod } = state.models;
-  $('#job-method').replaceChildren(el('option', { value: '', text: `default (${defaultMethod || 'best'})` }),
+  const methods = methodsFor('jobs');
+  const best = methods.length ? methods[0].name : state.models.defaultMethod;
+  $('#job-method').replaceChildren(el('option', { value: '', text: `default (${best || 'best'})` }),
     ...methods.map((m) => el('option', { value: m.name, text: methodText(m) })));
 }
 

@@ -1,5 +1,6 @@
 // The mask of the image view: recomputed in the browser on every slider move for the methods that
-// threshold the CAMs the page holds (state.BROWSER_METHODS), asked of POST /segment for the others;
+// are a plain threshold of the CAMs the page holds (GET /models says so: state.browserCams), asked
+// of POST /segment for the others;
 // the method select, the threshold slider, the legend and the downloads.
 import { api, saveBlob } from './api.js';
 import { methodText } from './catalog.js';
@@ -8,7 +9,7 @@ import { paintRle } from './formats.js';
 import { rgbCss, VOC } from './palette.js';
 import { camsToLabel, maskOverlay, putImage, resizeLabel } from './pixels.js';
 import {
-  BROWSER_METHODS, CAMS_TEXT, newServerAbort, setFrameQueued, setLabel, setMaskMethod, setServerLabel,
+  browserCams, CAMS_TEXT, methodsFor, newServerAbort, setFrameQueued, setLabel, setMaskMethod, setServerLabel,
   setServerTimer, setThreshold, state,
 } from './state.js';
 import { clearError, say, showError } from './status.js';
@@ -19,7 +20,7 @@ const SERVER_DEBOUNCE_MS = 250;
 /** The method select and the slider as the state has them. */
 export function drawMaskControls() {
   const { method, threshold } = state.image;
-  $('#mask-method').replaceChildren(...state.models.methods.map((m) => el('option', {
+  $('#mask-method').replaceChildren(...methodsFor('sync').map((m) => el('option', {
     value: m.name, text: methodText(m), selected: m.name === method })));
   $('#threshold').value = String(threshold);
   $('#threshold-value').textContent = threshold.toFixed(2);
@@ -35,7 +36,7 @@ function scheduleMask() {
 export function renderMask() {
   const { refined, method, threshold, w, h } = state.image;
   if (!refined) return;
-  const kind = BROWSER_METHODS[method];
+  const kind = browserCams(method);
   const note = $('#mask-method-note');
   if (kind) {
     const src = state.image[kind];

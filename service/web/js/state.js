@@ -3,19 +3,17 @@
 // anywhere else); a change another view shows is announced to the views subscribed with `on`.
 // Nothing here touches the DOM, and nothing runs at import: `loadApiKey` is called by app.js.
 //
-// The lists the page offers come from the server: the methods and classes from GET /models, the
-// job output kinds from GET /outputs. The only method knowledge kept here is what the page can do
-// itself: re-threshold the CAMs it already holds.
+// The lists the page offers come from the server: the methods (GET /models' `method_details`:
+// name, label, description, where it may run, the CAMs it uses, whether it is a plain threshold of
+// them) and classes from GET /models, the job output kinds from GET /outputs. The only method
+// knowledge kept here is what the page can do itself: re-threshold the CAMs it already holds
+// (raw and refined) for the methods the server says are a plain threshold of them.
 
 export const KEY_STORAGE = 'seam.apiKey';
 // The background threshold the slider shows before GET /models names the model's own
 // (seam.common.cam.DEFAULT_BG_THRESHOLD).
 export const DEFAULT_THRESHOLD = 0.26;
-/** Methods that are a plain threshold of CAMs the image view already has, in order of
- *  preference, with which maps: no request when the slider moves. Any other method the server
- *  lists is asked of POST /segment, so a new server method needs no change here. */
-export const BROWSER_METHODS = Object.freeze({ pcm: 'refined', cam: 'raw' });
-/** How the page names the CAMs it holds. */
+/** How the page names the CAMs it holds (the image view fetches both: /cam and /cam/refined). */
 export const CAMS_TEXT = Object.freeze({ raw: 'raw CAMs', refined: 'PCM-refined CAMs' });
 
 /** Fresh, empty results of the image view: no maps, no label. */
@@ -27,6 +25,7 @@ const noImageResults = () => ({
 export const state = {
   apiKey: '',
   models: {
+    // methods: [{name, label, description, where: ['sync', 'jobs'], cams, plainThreshold}] in the server's order
     loaded: false, failed: false, names: [], classes: [], methods: [], defaultMethod: null, classThreshold: null,
     description: null,
   },
@@ -73,17 +72,32 @@ export function setApiKey(key) {
 }
 
 // ───────────────────────── what the server offers ─────────────────────────
-/** A method as GET /models lists it: a name, or an entry of the server's method table
- *  ({name, description, ...}). */
+/** A method as the page keeps it, from an entry of GET /models' `method_details` (the server's
+ *  method table) or, for a name the server lists without details, the name alone (asked of the
+ *  server, offered everywhere). */
 function methodEntry(m) {
-  if (typeof m === 'string') return { name: m, description: '' };
-  return { ...m, name: String(m.name), description: m.description || m.label || '' };
+  if (typeof m === 'string') {
+    return { name: m, label: '', description: '', where: ['sync', 'jobs'], cams: null, plainThreshold: false };
+  }
+  return {
+    name: String(m.name), label: m.label || m.title || '', description: m.description || '',
+    where: Array.isArray(m.where) ? m.where : ['sync', 'jobs'], cams: m.cams || null,
+    plainThreshold: Boolean(m.plain_threshold),
+  };
+}
+
+/** The methods of GET /models: `method_details` in its order, then any name of `methods` it lacks. */
+function methodsOf(m) {
+  const details = (m.method_details || []).map(methodEntry);
+  const known = new Set(details.map((x) => x.name));
+  return [...details, ...(m.methods || []).filter((x) => !known.has(x.name || x)).map(methodEntry)];
 }
 
 /** The answer of GET /models. The model's own default threshold replaces the slider's the first
- *  time, unless results are already on screen; the chosen mask method is kept while offered. */
+ *  time, unless results are already on screen; the chosen mask method is kept while offered, else
+ *  the first the page recomputes itself (no request as the slider moves), else the server's default. */
 export function setModels(m) {
-  const methods = (m.methods || []).map(methodEntry);
+  const methods = methodsOf(m);
   const names = methods.map((x) => x.name);
   const defaultMethod = (m.default_method && (m.default_method.name || m.default_method)) || names[0] || null;
   const thr = Number(m.default_threshold);
@@ -95,8 +109,10 @@ export function setModels(m) {
     defaultMethod, classThreshold: typeof m.class_threshold === 'number' ? m.class_threshold : null,
     description: m.description || null,
   });
-  if (!names.includes(state.image.method)) {
-    state.image.method = Object.keys(BROWSER_METHODS).find((x) => names.includes(x)) || defaultMethod;
+  const sync = methodsFor('sync').map((x) => x.name);
+  if (!sync.includes(state.image.method)) {
+    state.image.method = sync.find((x) => browserCams(x)) || (sync.includes(defaultMethod) ? defaultMethod : sync[0])
+      || null;
   }
   state.image.picked = state.image.picked.filter((c) => state.models.classes.includes(c));
   notify('models');
@@ -119,6 +135,16 @@ export function setOutputsFailed() {
 }
 
 export function methodNames() { return state.models.methods.map((m) => m.name); }
+
+/** The methods that may run in `where` ('sync': the image view's POST /segment; 'jobs'). */
+export function methodsFor(where) { return state.models.methods.filter((m) => m.where.includes(where)); }
+
+/** Which CAMs the page thresholds itself for method `name` ('raw' | 'refined'), or null when the
+ *  server computes its mask: the server says it is a plain threshold of CAMs the page holds. */
+export function browserCams(name) {
+  const m = state.models.methods.find((x) => x.name === name);
+  return m && m.plainThreshold && Object.hasOwn(CAMS_TEXT, m.cams) ? m.cams : null;
+}
 
 // ───────────────────────── image view ─────────────────────────
 export function setThreshold(t) { state.image.threshold = t; }
