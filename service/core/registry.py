@@ -47,6 +47,7 @@ class ServedModel:
     version: int
     digest: str
     engine: InferenceEngine
+    legacy: bool = False  # the flat model dirs of an unversioned repository
 
     @property
     def ref(self) -> str:
@@ -172,7 +173,7 @@ class ModelRegistry(EngineHolder):
             with self._lock:
                 self._errors.pop(key, None)
                 self._digests[key] = digest
-            return ServedModel(v.name, v.version, digest, engine)
+            return ServedModel(v.name, v.version, digest, engine, v.legacy)
 
     def _loaded(self, key: Key) -> ServedModel | None:
         with self._lock:
@@ -297,7 +298,8 @@ class ModelRegistry(EngineHolder):
             catalog = self._catalog
         if catalog:  # names and versions from the shared repository; the workers load them
             v = self._resolve(catalog, ref)
-            return ServedModel(v.name, v.version, self._digests.get((v.name, v.version)) or self._digest(v), engine)
+            return ServedModel(v.name, v.version, self._digests.get((v.name, v.version)) or self._digest(v), engine,
+                               v.legacy)
         infos = engine.models()
         return ServedModel(name or (infos[0].name if infos else "default"), version or 1, "", engine)
 
@@ -365,3 +367,12 @@ def make_registry(settings: Settings, engines: bool = True) -> ModelRegistry:
     build = (lambda v: build_version_engine(settings, v)) if engines else None
     return ModelRegistry(settings.models_dir, build, default=settings.default_model,
                          max_pinned=settings.max_pinned_models, warm=settings.warmup)
+
+
+def served_by(holder: EngineHolder, ref: str | None) -> ServedModel:
+    """The model version answering a request naming `ref` (held until the answer is rendered, so a
+    swap meanwhile does not change it); a plain EngineHolder (no versions): its engine. Blocks while
+    a pinned version loads: call it in a worker thread."""
+    if isinstance(holder, ModelRegistry):
+        return holder.acquire(ref)
+    return ServedModel(ref or "default", 1, "", holder.get())

@@ -17,16 +17,18 @@ from collections.abc import Sequence
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Body, Depends, FastAPI
+from fastapi import APIRouter, Body, Depends, FastAPI, Response
 from pydantic import BaseModel, ConfigDict, Field
-from seam.service.api.deps import EngineDep, LimiterDep, MetricsDep, SettingsDep, require_api_key
+from seam.service.api.deps import HolderDep, LimiterDep, MetricsDep, SettingsDep, require_api_key
 from seam.service.core.engine_holder import resolve_method
 from seam.service.core.errors import ApiError
 from seam.service.core.limits import run_limited
+from seam.service.core.registry import MODEL_HEADER, served_by
 from seam.service.engine.base import SegmentResult
 from seam.service.inputs import resolve_or_422
 from seam.service.integrations.upload import segment_upload
-from seam.service.schemas import MethodName
+from seam.service.schemas import MODEL_REF_PATTERN, MethodName
+from starlette.concurrency import run_in_threadpool
 
 from seam.common.labelling import cvat_nuclio_mask, mask_polygons
 
@@ -37,6 +39,9 @@ class DetectRequest(BaseModel):
     threshold: float | None = Field(None, ge=0.0, le=1.0, description="Drop classes whose image-level score is lower.")
     labels: list[str] | None = Field(None, description="Image-level labels (class names); absent: predicted.")
     method: MethodName | None = None
+    model: str | None = Field(None, max_length=200, pattern=MODEL_REF_PATTERN, description=(
+        "NAME or NAME:VERSION (GET /models); unset = the default model's promoted version. The answer's "
+        "X-Seam-Model header names the version that computed it."))
 
 
 router = APIRouter(prefix="/cvat", tags=["cvat"], dependencies=[Depends(require_api_key)])
@@ -75,8 +80,11 @@ def _decode_b64(s: str) -> bytes:
                          "list CVAT expects (`type: mask` with the bbox-cropped 0/255 mask). Used by the nuclio "
                          "function "
                          "in docker/cvat-nuclio (docs/cvat.md).")
-async def detect(body: Annotated[DetectRequest, Body()], engine: EngineDep, settings: SettingsDep,
-                 limiter: LimiterDep, metrics: MetricsDep) -> list[dict]:
+async def detect(body: Annotated[DetectRequest, Body()], holder: HolderDep, settings: SettingsDep,
+                 limiter: LimiterDep, metrics: MetricsDep, response: Response) -> list[dict]:
+    served = await run_in_threadpool(served_by, holder, body.model)
+    engine = served.engine
+    response.headers[MODEL_HEADER] = served.ref
     names = engine.foreground_classes()
     labels = resolve_or_422(body.labels, names) if body.labels else None
     method = resolve_method(engine, body.method)

@@ -30,11 +30,12 @@ from fastapi import APIRouter, Body, Depends, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from seam.service.api.deps import EngineDep, LimiterDep, MetricsDep, SettingsDep, require_api_key
+from seam.service.api.deps import EngineDep, HolderDep, LimiterDep, MetricsDep, SettingsDep, require_api_key
 from seam.service.core.config import split_csv
 from seam.service.core.engine_holder import resolve_method
 from seam.service.core.errors import ApiError
 from seam.service.core.limits import run_limited
+from seam.service.core.registry import MODEL_HEADER, ServedModel, served_by
 from seam.service.engine.base import InferenceEngine, SegmentResult
 from seam.service.inputs import parse_label_tokens
 from seam.service.integrations.fetch import FetchFailed, FetchPolicy, UrlRefused
@@ -44,7 +45,7 @@ from seam.service.integrations.upload import segment_upload
 from seam.service.jobs.access import visible_snapshot
 from seam.service.jobs.results import job_files
 from seam.service.outputs.labelling import job_labelstudio_tasks, ls_model_version, ls_regions, prediction_score
-from seam.service.schemas import MethodName, method_help
+from seam.service.schemas import MODEL_REF_PATTERN, MethodName, method_help
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -73,6 +74,9 @@ class LabelStudioSettings(BaseSettings):
     region: Literal["auto", "brush", "polygon"] = Field("auto", description="brushlabels, polygonlabels, or auto "
                                                                             "(brush when the config has BrushLabels).")
     method: MethodName | None = Field(None, json_schema_extra=method_help)
+    model: str | None = Field(None, max_length=200, pattern=MODEL_REF_PATTERN, description=(
+        "Model (NAME or NAME:VERSION) predictions use; unset = the default model's promoted version. A /predict "
+        "request may name its own in params.model (Label Studio's extra params)."))
     threshold: float | None = Field(None, ge=0.0, le=1.0, description="Background threshold.")
     min_polygon_area: int = Field(4, ge=1, description="Polygons enclosing fewer pixels are dropped.")
     fetch_timeout_s: float = Field(20.0, gt=0, le=100, description="Timeout of one image download.")
@@ -174,9 +178,20 @@ def install(app: FastAPI) -> None:
 
 
 # --- helpers --------------------------------------------------------------------------------
-def model_version(engine: InferenceEngine, method: str) -> str:
+def model_version(engine: InferenceEngine, method: str, served: ServedModel | None = None) -> str:
+    """The model part names the version (NAME:VERSION) for a versioned model; a legacy one keeps
+    the name it always had, so Label Studio does not predict its tasks again."""
+    if served is not None and not served.legacy and served.name:
+        return ls_model_version(served.ref, method)
     models = engine.models()
     return ls_model_version(models[0].name if models else "model", method)
+
+
+def _ls_model(body: PredictRequest, ls: LabelStudioSettings) -> str | None:
+    wanted = (body.params or {}).get("model")
+    if wanted is not None and not isinstance(wanted, str):
+        raise ApiError(422, "invalid_model", "params.model must be a string: NAME or NAME:VERSION")
+    return wanted or ls.model
 
 
 def ls_method(engine: InferenceEngine, ls: LabelStudioSettings) -> str:
@@ -273,8 +288,10 @@ def regions(seg: SegmentResult, control: Control, to_name: str, class_map: dict[
              description="One `{result, score, model_version}` per task, in order. Label Studio waits at most 100 s "
                          "(ML_TIMEOUT_PREDICT); pre-compute large batches with a job and import its "
                          "`labelstudio` output instead (docs/labelstudio.md).")
-async def predict(body: Annotated[PredictRequest, Body()], request: Request, engine: EngineDep,
+async def predict(body: Annotated[PredictRequest, Body()], request: Request, holder: HolderDep,
                   settings: SettingsDep, ls: LsSettingsDep, limiter: LimiterDep, metrics: MetricsDep) -> JSONResponse:
+    served = await run_in_threadpool(served_by, holder, _ls_model(body, ls))
+    engine = served.engine  # every task of the request on this version, whatever is promoted meanwhile
 
     if len(body.tasks) > ls.max_tasks:
         raise ApiError(413, "too_many_tasks", f"{len(body.tasks)} tasks in one request; the limit is {ls.max_tasks}")
@@ -307,7 +324,7 @@ async def predict(body: Annotated[PredictRequest, Body()], request: Request, eng
             log.warning("labelstudio: refused image URL of %s: %s", task_ref(task, i), exc)
             raise ApiError(422, "forbidden_image_url", f"{task_ref(task, i)}: image URL refused: {exc}") from None
         urls.append(url)
-    version = model_version(engine, method)
+    version = model_version(engine, method, served)
     results = []
     for i, (task, url) in enumerate(zip(body.tasks, urls, strict=True)):
         labels, _source = image_labels(task, cfg, control, classes, ls.labels_field)
@@ -325,7 +342,7 @@ async def predict(body: Annotated[PredictRequest, Body()], request: Request, eng
                                        ls.min_polygon_area, str(task.id if task.id is not None else i))
         results.append({"result": regs, "score": prediction_score(regs), "model_version": version})
         metrics.images_labelled.labels("labelstudio").inc()
-    return JSONResponse({"results": results, "model_version": version})
+    return JSONResponse({"results": results, "model_version": version}, headers={MODEL_HEADER: served.ref})
 
 
 @router.post("/setup", summary="Label Studio ML backend: project set-up.",

@@ -14,7 +14,7 @@ from seam.service.api.deps import HolderDep, LimiterDep, MetricsDep, SettingsDep
 from seam.service.core.engine_holder import resolve_method
 from seam.service.core.errors import ApiError
 from seam.service.core.limits import run_limited
-from seam.service.core.registry import ModelRegistry, ServedModel
+from seam.service.core.registry import ModelRegistry, ServedModel, served_by
 from seam.service.engine.base import InferenceEngine, MemoryBudgetError
 from seam.service.inputs import check_pixels, image_size, not_an_image, parse_labels, sniff_image
 from seam.service.realtime.compute import engine_error, reply_error, run_requests
@@ -145,11 +145,7 @@ async def segment(
 
 
 async def _acquire(holder, model: str | None) -> ServedModel:
-    """The model version answering this request (held until the answer is rendered, so a swap
-    meanwhile does not change it); an EngineHolder without versions: its engine."""
-    if isinstance(holder, ModelRegistry):
-        return await run_in_threadpool(holder.acquire, model)
-    return ServedModel(model or "default", 1, "", holder.get())
+    return await run_in_threadpool(served_by, holder, model)
 
 
 def _forwarded(holder, served: ServedModel, model: str | None) -> str | None:
