@@ -50,7 +50,7 @@ class Row:
     redis_sent: int
     redis_run: int
     redis_top: list[tuple[str, int]]
-    storage_requests: int | None
+    storage_requests: Counter | None  # by type (GET, PUT, ...)
 
     @property
     def rate(self) -> float:
@@ -98,10 +98,23 @@ class CommandLog:
         self._thread.start()
 
     def _read(self) -> None:
-        with contextlib.suppress(Exception):  # ends when the connection closes
-            for cmd in self._monitor.listen():
-                name = cmd["command"].split(" ", 1)[0].strip('"').lower()
-                self.entries.append((cmd["time"], cmd["client_type"] != "lua", name))
+        # raw lines: `1733.123 [0 127.0.0.1:5000] "EVALSHA" ...` or `[0 lua] "SADD" ...` (redis-py's
+        # own parser gives up on some arguments)
+        conn = self._monitor.connection
+        while True:
+            try:
+                line = conn.read_response()
+            except Exception:  # noqa: BLE001 - the connection closed: done
+                return
+            if isinstance(line, bytes):
+                line = line.decode("utf-8", "replace")
+            try:
+                stamp, rest = line.split(" ", 1)
+                client, command = rest.split("] ", 1)
+                name = command.split(" ", 1)[0].strip('"').lower()
+                self.entries.append((float(stamp), not client.endswith(" lua"), name))
+            except ValueError:
+                continue
 
     def now(self) -> float:
         t = self._client.time()
@@ -241,7 +254,7 @@ def measure(cluster: Cluster, log: CommandLog, n_workers: int, args: argparse.Na
         poll_sent, poll_run = poll_cost(c, log, body["id"])
     sent, run = log.window(t0, t1)
     sent, run = _less(sent, poll_sent, polls), _less(run, poll_run, polls)
-    storage = None if s_before is None else s_after - s_before
+    storage = None if s_before is None else Counter(s_after) - Counter(s_before)
     shutil.rmtree(cluster.work / "inputs" / folder, ignore_errors=True)
     return Row(n_workers, n_images, seconds, sum(sent.values()), sum(run.values()), sent.most_common(8), storage)
 
@@ -255,7 +268,7 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         ideal = single * r.workers
-        sreq = "-" if r.storage_requests is None else f"{r.storage_requests / r.images:.1f}"
+        sreq = "-" if r.storage_requests is None else f"{sum(r.storage_requests.values()) / r.images:.1f}"
         lines.append(f"| {r.workers} | {r.images} | {r.seconds:.1f} | {r.rate:.1f} | {ideal:.1f} | "
                      f"{r.rate / ideal:.2f} | {r.redis_sent / r.images:.1f} | {r.redis_run / r.images:.1f} | {sreq} |")
     lines += ["", "Redis sent = commands clients sent (round trips; a pipeline's count one each); run = also "
@@ -263,18 +276,23 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
     for r in rows:
         lines.append(f"{r.workers:>3} workers, commands sent per image: "
                      + ", ".join(f"{k} {v / r.images:.2f}" for k, v in r.redis_top))
+        if r.storage_requests is not None:
+            lines.append("             S3 requests per image: " + ", ".join(
+                f"{k} {v / r.images:.2f}" for k, v in r.storage_requests.most_common()))
     return "\n".join(lines)
 
 
 def storage_setup(args: argparse.Namespace, work: Path, stack: contextlib.ExitStack):
-    """(environment for the service, a callable giving the store's request count so far or None)."""
+    """(environment for the service, a callable giving the store's request counts so far by
+    type, or None in file mode)."""
     if args.storage == "file":
         return {}, lambda: None
-    from testkit import s3server  # the SeaweedFS starter shared with the tests
+    from testkit.s3server import s3_server  # the SeaweedFS starter shared with the tests
 
-    server = stack.enter_context(s3server.seaweedfs(work / "s3"))
-    env = server.service_env(bucket=f"scale-{uuid.uuid4().hex[:6]}")
-    return env, server.request_count
+    server = stack.enter_context(s3_server(work / "s3", metrics=True))
+    bucket = server.create_bucket()
+    env = {**server.env(), "SEAM_STORAGE_URL": f"s3://{bucket}/data", "SEAM_DATASET_BUCKETS": bucket}
+    return env, server.request_counts
 
 
 def main() -> None:

@@ -39,6 +39,22 @@ class S3Server:
     access_key: str = ACCESS_KEY
     secret_key: str = SECRET_KEY
     region: str = REGION
+    metrics_url: str | None = None  # SeaweedFS's Prometheus metrics, when started with metrics=True
+
+    def request_counts(self) -> dict[str, int]:
+        """S3 requests the server has answered so far, by type (GET, PUT, LIST, ...), all buckets
+        together, from its own counter (SeaweedFS_s3_request_total): what a benchmark charges per image."""
+        import httpx
+
+        if self.metrics_url is None:
+            raise RuntimeError("started without metrics (s3_server(..., metrics=True))")
+        out: dict[str, int] = {}
+        for line in httpx.get(self.metrics_url, timeout=10).text.splitlines():
+            if line.startswith("SeaweedFS_s3_request_total{"):
+                labels, value = line.rsplit(" ", 1)
+                kind = labels.split('type="', 1)[1].split('"', 1)[0]
+                out[kind] = out.get(kind, 0) + int(float(value))
+        return out
 
     def env(self) -> dict[str, str]:
         """The standard AWS variables that point any AWS SDK (and the service) at this server."""
@@ -97,7 +113,7 @@ def _argv(workdir: Path, ports: dict[str, int], config: Path) -> list[str]:
         f"-filer.localSocket={workdir / 'filer.sock'}",
         "-s3", f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3_grpc']}", f"-s3.config={config}",
         "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.localSocket={workdir / 's3.sock'}",
-        "-metricsPort=0",
+        f"-metricsPort={p.get('metrics', 0)}",
     ]
 
 
@@ -145,7 +161,8 @@ def _ready(server: S3Server, proc: subprocess.Popen, log: Path, timeout: float) 
     raise RuntimeError(f"weed S3 not ready in {timeout} s ({last!r}); log:\n{log_tail(log)}")
 
 
-def start_s3_server(workdir: Path, timeout: float = 90.0, attempts: int = 3) -> tuple[S3Server, subprocess.Popen]:
+def start_s3_server(workdir: Path, timeout: float = 90.0, attempts: int = 3,
+                    metrics: bool = False) -> tuple[S3Server, subprocess.Popen]:
     """Start SeaweedFS with S3 in `workdir` (data, config, log `weed.log`) on free loopback
     ports: (server, process). A few attempts, as a port may be taken between probing and binding."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -157,7 +174,10 @@ def start_s3_server(workdir: Path, timeout: float = 90.0, attempts: int = 3) -> 
     for _ in range(attempts):
         ports = {name: free_port() for name in
                  ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3", "s3_grpc")}
-        server = S3Server(endpoint=f"http://127.0.0.1:{ports['s3']}")
+        if metrics:
+            ports["metrics"] = free_port()
+        server = S3Server(endpoint=f"http://127.0.0.1:{ports['s3']}",
+                          metrics_url=f"http://127.0.0.1:{ports['metrics']}/metrics" if metrics else None)
         proc = spawn(_argv(workdir, ports, config), env, log)
         try:
             _ready(server, proc, log, timeout)
@@ -169,10 +189,10 @@ def start_s3_server(workdir: Path, timeout: float = 90.0, attempts: int = 3) -> 
 
 
 @contextmanager
-def s3_server(workdir: Path, timeout: float = 90.0) -> Iterator[S3Server]:
+def s3_server(workdir: Path, timeout: float = 90.0, metrics: bool = False) -> Iterator[S3Server]:
     """A running SeaweedFS S3 server for the duration of the block; stopped (SIGTERM, then
     SIGKILL) and its data folder removed after."""
-    server, proc = start_s3_server(workdir, timeout)
+    server, proc = start_s3_server(workdir, timeout, metrics=metrics)
     try:
         yield server
     finally:
