@@ -12,6 +12,7 @@ from seam.cli import (  # noqa: F401 - imported to register their commands
     cvat,
     evaluate,
     export,
+    models,
     pipeline,
     rw,
     segment,

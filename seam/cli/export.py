@@ -1,6 +1,7 @@
 """`seam export`: a checkpoint -> `models/NAME/model.onnx` + `manifest.json`, verified."""
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -8,6 +9,13 @@ import typer
 
 from seam.cli._app import app
 from seam.cli._util import console, fail
+
+
+def _scratch(models_dir: Path) -> tempfile.TemporaryDirectory:
+    """A hidden folder inside the repository (same file system; ignored by readers) to export into
+    before the export is published as a version."""
+    models_dir.mkdir(parents=True, exist_ok=True)
+    return tempfile.TemporaryDirectory(prefix=".export-", dir=models_dir)
 
 
 @app.command("export")
@@ -36,24 +44,39 @@ def export(
     calibration_n: Annotated[int, typer.Option(
         min=1, help="int8: images drawn (seeded) from --calibration; more = closer to fp32, longer "
                     "export.")] = 48,
+    version_of: Annotated[str | None, typer.Option(
+        help="Publish the export as the next version of this model (models/NAME/<n>/, docs/models.md) instead "
+             "of writing models/NAME.")] = None,
+    promote: Annotated[bool, typer.Option("--promote", help="With --version-of: promote the new version (the "
+                                                           "first version of a name always is).")] = False,
 ) -> None:
     """Export to ONNX with dynamic batch/height/width, check onnxruntime against torch on
     odd sizes, and write the model directory atomically (nothing is written on failure)."""
     import logging
 
+    from seam.modelrepo.versions import publish_version
     from seam.training.export import ExportError, export_model
 
     logging.basicConfig(level=logging.WARNING)
     if opset < 18:
         fail("--opset must be >= 18 (torch's dynamo exporter)")
-    name = name or checkpoint.stem
+    name = version_of or name or checkpoint.stem
+    if promote and not version_of:
+        fail("--promote needs --version-of NAME")
+    scratch = _scratch(models_dir) if version_of else None
     with console.status(f"exporting {checkpoint} ({kind}) ..."):
         try:
-            res = export_model(checkpoint, kind, name, models_dir, opset=opset, force=force, atol=atol,
-                               working_side=working_side, cls_threshold=cls_threshold, precision=precision,
-                               calibration=calibration, calibration_n=calibration_n)
-        except ExportError as exc:
+            res = export_model(checkpoint, kind, name, Path(scratch.name) if scratch else models_dir, opset=opset,
+                               force=force, atol=atol, working_side=working_side, cls_threshold=cls_threshold,
+                               precision=precision, calibration=calibration, calibration_n=calibration_n)
+            if scratch is not None:
+                n = publish_version(models_dir, name, res.model_dir, promote=promote)
+                console.print(f"[green]published[/] {name}:{n}")
+        except (ExportError, ValueError) as exc:
             fail(str(exc), code=1)
+        finally:
+            if scratch is not None:
+                scratch.cleanup()
     m = res.manifest
     diffs = ", ".join(f"{k} {v:.2g}" for k, v in res.max_abs_diff.items())
     console.print(f"[green]wrote[/] {res.model_dir}  ({m.kind}, {m.backbone}, {len(m.class_names) or '-'} classes, "
