@@ -21,6 +21,7 @@ from seam.cli import (  # noqa: F401 - imported to register their commands
     train,
     train_affinity,
     train_deeplab,
+    trainer,
     worker,
 )
 from seam.cli._app import app
