@@ -30,16 +30,17 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from testkit.processes import free_port, log_tail, seam_serve_argv, service_env, spawn, wait_ready, wait_until  # noqa: E402
+from testkit.redisserver import redis_server  # noqa: E402
 
 
 @dataclass
@@ -51,38 +52,15 @@ class Row:
     redis_run: int
     redis_top: list[tuple[str, int]]
     storage_requests: Counter | None  # by type (GET, PUT, ...)
+    worker_cpu_s: float = 0.0  # CPU time of all worker processes during the job
+    busy: float = 0.0  # the machine's CPU use during the job, 0-1 (all processes, other users' too)
 
     @property
     def rate(self) -> float:
         return self.images / self.seconds
 
 
-# --- a Redis server of the bench's own ------------------------------------------------------------
-@contextlib.contextmanager
-def redis_server(workdir: Path) -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                             "--appendonly", "no", "--dir", str(workdir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import redis
-
-    client = redis.Redis(port=port)
-    try:
-        wait_until(lambda: _pings(client), 10, 0.05, "redis-server did not answer")
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        client.close()
-        proc.terminate()
-        proc.wait(10)
-
-
-def _pings(client) -> bool:
-    try:
-        return bool(client.ping())
-    except Exception:  # noqa: BLE001
-        return False
-
-
+# --- what the server ran ---------------------------------------------------------------------
 class CommandLog:
     """Every command the Redis server runs, from MONITOR: (server time, sent by a client or run
     inside a Lua script, command name). Sent = round trips (a pipeline's commands count one each)."""
@@ -190,6 +168,17 @@ class Cluster:
             self.procs.append(p)
             self.workers.append(p)
 
+    def worker_cpu(self) -> float:
+        """CPU seconds used so far by the worker processes (main + pool children)."""
+        total = 0.0
+        for w in self.workers:
+            with contextlib.suppress(psutil.Error):
+                proc = psutil.Process(w.pid)
+                for p in [proc, *proc.children(recursive=True)]:
+                    t = p.cpu_times()
+                    total += t.user + t.system
+        return total
+
     def ready_workers(self, client) -> int:
         from seam.service.core.liveness import live_workers
 
@@ -246,9 +235,10 @@ def measure(cluster: Cluster, log: CommandLog, n_workers: int, args: argparse.Na
     folder = f"set{n_workers}"
     write_images(cluster.work / "inputs" / folder, n_images, args.side)
     with httpx.Client(base_url=cluster.url, timeout=60) as c:
-        t0, s_before = log.now(), counter()
+        t0, s_before, cpu0 = log.now(), counter(), cluster.worker_cpu()
+        psutil.cpu_percent()
         seconds, body, polls = run_job(c, folder)
-        t1, s_after = log.now(), counter()
+        t1, s_after, cpu1, busy = log.now(), counter(), cluster.worker_cpu(), psutil.cpu_percent() / 100
         if (body["state"], body["done"]) != ("succeeded", n_images):
             raise SystemExit(f"the job did not succeed: {body}\nAPI log:\n{log_tail(cluster.work / 'api.log')}")
         poll_sent, poll_run = poll_cost(c, log, body["id"])
@@ -256,7 +246,8 @@ def measure(cluster: Cluster, log: CommandLog, n_workers: int, args: argparse.Na
     sent, run = _less(sent, poll_sent, polls), _less(run, poll_run, polls)
     storage = None if s_before is None else Counter(s_after) - Counter(s_before)
     shutil.rmtree(cluster.work / "inputs" / folder, ignore_errors=True)
-    return Row(n_workers, n_images, seconds, sum(sent.values()), sum(run.values()), sent.most_common(8), storage)
+    return Row(n_workers, n_images, seconds, sum(sent.values()), sum(run.values()), sent.most_common(8), storage,
+               cpu1 - cpu0, busy)
 
 
 def table(rows: list[Row], args: argparse.Namespace) -> str:
@@ -264,13 +255,14 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
     lines = [f"fake engine {args.delay_ms:g} ms/image (1 image per engine call), chunks of {args.chunk_size}, "
              f"{args.per_worker} images per worker, storage: {args.storage}",
              "| workers | images | s | images/s | ideal N x single | efficiency | Redis sent/image "
-             "| Redis run/image | storage req/image |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| Redis run/image | storage req/image | worker CPU ms/image | machine CPU busy |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         ideal = single * r.workers
         sreq = "-" if r.storage_requests is None else f"{sum(r.storage_requests.values()) / r.images:.1f}"
         lines.append(f"| {r.workers} | {r.images} | {r.seconds:.1f} | {r.rate:.1f} | {ideal:.1f} | "
-                     f"{r.rate / ideal:.2f} | {r.redis_sent / r.images:.1f} | {r.redis_run / r.images:.1f} | {sreq} |")
+                     f"{r.rate / ideal:.2f} | {r.redis_sent / r.images:.1f} | {r.redis_run / r.images:.1f} | {sreq} | "
+                     f"{1000 * r.worker_cpu_s / r.images:.1f} | {r.busy:.0%} |")
     lines += ["", "Redis sent = commands clients sent (round trips; a pipeline's count one each); run = also "
               "those inside Lua scripts. The bench's own status polls are taken out.", ""]
     for r in rows:
