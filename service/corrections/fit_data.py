@@ -78,9 +78,10 @@ def write_fit_data(store: ProjectStore, out: Path, pseudo_label: PseudoLabeller 
             shutil.copyfile(store.path(it["mask"]), out / "pseudo" / f"{key}.png")
             labels = list(it.get("labels") or [])
         elif pseudo_label is not None:
-            mask = pseudo_label(data, None)
+            weak = [n for n in (it.get("ref") or {}).get("weak") or [] if n in classes]
+            mask = pseudo_label(data, [classes.index(n) for n in weak] if weak else None)
             (out / "pseudo" / f"{key}.png").write_bytes(encode_png_label(mask))
-            labels = [classes[i] for i in _present(mask, len(classes))]
+            labels = weak or [classes[i] for i in _present(mask, len(classes))]
         else:
             continue
         if not labels:  # the folder layout skips unlabelled images; background-only ones have no class

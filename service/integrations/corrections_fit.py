@@ -59,11 +59,15 @@ class FitRequest(BaseModel):
         "AffinityNet too, on the corrected image-level labels."))
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description=(
         "Model name to publish the version as (default: the served model's)."))
-    base_model: str | None = Field(None, description="NAME[:VERSION] to fine-tune from.")
+    base_model: str | None = Field(None, description=(
+        "NAME[:VERSION] to fine-tune from; default for deeplab: the model's promoted version (a version published "
+        "by a training: ONNX-only models such as the bundled demo keep no checkpoint)."))
     budget_s: float | None = Field(None, gt=0, le=7 * 86400)
     epochs: int | None = Field(None, ge=1, le=1000)
     promote: bool = Field(True, description="Promote the version when its held-out evaluation is not worse.")
     heldout_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="Corrected images kept out and scored.")
+    min_corrected: int = Field(1, ge=0, description="Refuse (409) with fewer corrected images; 0 retrains on the "
+                                                     "pseudo labels alone (the loop's baseline).")
     include_uncorrected: bool = Field(True, description="Train on the model's masks of uncorrected images too.")
 
 
@@ -91,7 +95,8 @@ def training_spec(store: ProjectStore, req: FitRequest, data_root: str, pseudo: 
     if cs.fit_crop:
         recipe["crop"] = cs.fit_crop
     return {"name": name, "data": {"root": data_root, "source": "dir"}, "classes": classes, "stages": req.stages,
-            "recipe": recipe, "base_model": req.base_model, "pseudo_labels_dir": pseudo,
+            "recipe": recipe, "base_model": req.base_model or (name if req.stages == "deeplab" else None),
+            "pseudo_labels_dir": pseudo,
             "budget_s": req.budget_s or cs.fit_budget_s, "promote": req.promote,
             "heldout_fraction": req.heldout_fraction}
 
@@ -108,7 +113,7 @@ def start_fit(store: ProjectStore, principal: Principal, engine: InferenceEngine
     root = store.dir / "fits" / fit_id
     labeller = engine_labeller(engine, max_pixels) if req.include_uncorrected else None
     try:
-        data = write_fit_data(store, root / "data", labeller)
+        data = write_fit_data(store, root / "data", labeller, req.min_corrected)
     except CorrectionError as exc:
         shutil.rmtree(root, ignore_errors=True)
         raise ApiError(409, "nothing_to_fit", str(exc)) from None

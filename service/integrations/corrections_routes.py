@@ -117,7 +117,7 @@ async def sync_labelstudio(project: ProjectId, request: Request, principal: Prin
         p.claim(principal.owner, engine.foreground_classes(), principal.admin)
     except NotOwner:
         raise ApiError(404, "not_found", f"Label Studio project {project} belongs to another API key") from None
-    sync = ProjectSync(policy, p, engine.foreground_classes())
+    sync = ProjectSync(policy, p, engine.foreground_classes(), ls.labels_field)
     try:
         counts = await run_in_threadpool(sync.sync_project)
     except (FetchFailed, UrlRefused) as exc:

@@ -110,6 +110,7 @@ class ProjectSync:
     policy: FetchPolicy
     store: ProjectStore
     classes: list[str]
+    labels_field: str | None = None  # SEAM_LABELSTUDIO_LABELS_FIELD: the weak labels in the task's data
     _cfg: LabelConfig | None = field(default=None, init=False)
 
     def config(self) -> LabelConfig:
@@ -135,13 +136,27 @@ class ProjectSync:
         except (UrlRefused, FetchFailed) as exc:
             raise CorrectionError(f"task {task.get('id')}: image not fetched: {exc}") from None
 
+    def _weak(self, task: dict, cfg: LabelConfig) -> list[str] | None:
+        """The task's weak image-level labels (class names) from the labels field, if any: the
+        fit pseudo-labels an uncorrected image with them."""
+        value = task.get("data", {}).get(self.labels_field) if self.labels_field else None
+        if isinstance(value, str):
+            value = [t.strip() for t in value.replace(";", ",").split(",") if t.strip()]
+        if not isinstance(value, list) or not value:
+            return None
+        try:
+            idx = cfg.pick("auto").to_classes([str(v) for v in value], self.classes)
+        except LabelConfigError:
+            idx = None
+        return [self.classes[i] for i in idx] if idx else None
+
     def sync_task(self, task: dict) -> Change:
         """Store the task's latest annotation as its correction (or remove the correction)."""
         cfg = self.config()
         iid = image_id(task["id"])
         ann = latest_annotation(task)
         image, raw = self._image(task, cfg)
-        ref = {"task": int(task["id"]), "url": raw}
+        ref = {"task": int(task["id"]), "url": raw, "weak": self._weak(task, cfg)}
         if ann is None:
             gone = self.store.delete(iid)
             if image is not None:  # cached for the next fit, which pseudo-labels it

@@ -70,7 +70,8 @@ async def webhook(body: Annotated[dict[str, Any], Body()], request: Request, bac
         return JSONResponse({"result": fit, "status": "ok"}, status_code=201)
     work = ls_events.EventWork.of(body)
     if not work.empty():
-        policy = policy_for(ls_settings(request), settings.max_upload_bytes)
-        sync = ProjectSync(policy, store, engine.foreground_classes())
+        ls = ls_settings(request)
+        policy = policy_for(ls, settings.max_upload_bytes)
+        sync = ProjectSync(policy, store, engine.foreground_classes(), ls.labels_field)
         background.add_task(_work, request.app, sync, work, principal)  # a thread, after the answer
     return JSONResponse({"result": None, "status": "ok"}, status_code=201)
