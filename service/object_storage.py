@@ -235,3 +235,9 @@ class ObjectStorage(Storage):
     def read_chunk(self, job_id: str, chunk: int) -> list[dict]:
         data = self.blobs.get(self.key(job_id, f"chunks/{chunk:07d}.jsonl"))
         return [json.loads(line) for line in data.splitlines() if line.strip()]
+
+    def put_job_file(self, job_id: str, name: str, chunks) -> None:
+        self.blobs.put_stream(self.key(job_id, name), chunks)
+
+    def iter_job_file(self, job_id: str, name: str) -> Iterator[bytes]:
+        return self.blobs.iter_bytes(self.key(job_id, name))

@@ -289,6 +289,16 @@ class DirectoryJobRequest(JobOptions):
         None, description="{image name or id: [class names or indices]}; images not listed: predicted.")
 
 
+class UrlJobRequest(JobOptions):
+    input_url: str = Field(min_length=1, max_length=4096, description=(
+        "A data set where it lives (docs/storage.md): s3://bucket/prefix/ (every image under it) or the URL of a "
+        "manifest (.jsonl or .csv of image URIs with optional labels; s3:// or http(s)://). Only buckets of "
+        "SEAM_DATASET_BUCKETS and hosts of SEAM_DATASET_HTTP_HOSTS."))
+    output_url: str | None = Field(None, max_length=4096, description=(
+        "s3://bucket/prefix/: outputs are written there, with results.jsonl (one line per image: id, uri, outputs, "
+        "classes, scores, error), instead of the job's results zip."))
+
+
 class JobImageError(BaseModel):
     image: str
     error: str

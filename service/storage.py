@@ -195,6 +195,19 @@ class Storage:
         data = (self.job_dir(job_id) / "chunks" / f"{chunk:07d}.jsonl").read_bytes()
         return [json.loads(line) for line in data.splitlines() if line.strip()]
 
+    def put_job_file(self, job_id: str, name: str, chunks) -> None:
+        """A job file of any size (an uploaded manifest) written from chunks, atomically."""
+        from seam.service.blobs.files import FileBlobStore
+
+        self.job_dir(job_id)
+        FileBlobStore(self.jobs_root).put_stream(f"{job_id}/{name}", chunks)
+
+    def iter_job_file(self, job_id: str, name: str) -> Iterator[bytes]:
+        from seam.service.blobs.files import FileBlobStore
+
+        self.job_dir(job_id)
+        return FileBlobStore(self.jobs_root).iter_bytes(f"{job_id}/{name}")
+
     def has_job(self, job_id: str) -> bool:
         """Whether the job's files exist (its folder, or its manifest in an object store)."""
         return self.job_dir(job_id).is_dir()

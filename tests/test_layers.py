@@ -244,7 +244,7 @@ def test_no_import_cycles_in_training() -> None:
 # Celery tasks running both); api (routes); integrations (the labelling tools' routes); main.
 SERVICE_FLOORS: tuple[tuple[str, ...], ...] = (
     ("engine",), ("fake_engine", "batching"), ("core",), ("blobs",), ("outputs",),
-    ("schemas", "storage", "inputs"), ("archives", "object_storage", "model_sync"),
+    ("schemas", "storage", "inputs"), ("archives", "object_storage", "model_sync", "datasets"),
     ("jobs", "realtime", "corrections"),
     ("worker", "trainings"), ("api",), ("integrations",), ("main",),
 )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
@@ -176,7 +175,7 @@ def write_manifest(storage: Storage, job_id: str, options: dict, images: dict[st
                    labels: dict[str, list[int]], source: str, source_dir: Path | None,
                    chunk_size: int | None = None, classes: Sequence[str] | None = None,
                    models: list[dict] | None = None, skipped: dict[str, str] | None = None,
-                   pin: dict | None = None) -> None:
+                   pin: dict | None = None, extra: dict | None = None) -> None:
     # chunk_size: a resumed job is cut into the same chunks (delivery counts are per chunk).
     # classes/models: the label set and model identities at submission; outputs and downloads
     # use them, never whatever model is loaded later.
@@ -187,8 +186,9 @@ def write_manifest(storage: Storage, job_id: str, options: dict, images: dict[st
         "skipped": skipped or {},
         # the model version every chunk must run on: {"model": NAME, "model_version": N, "model_digest": sha256}
         **(pin or {}),
+        **(extra or {}),  # a job over a data set: streamed, input_url, input_kind, output_url (jobs.submit_stream)
     })
 
 
 def discard(storage: Storage, job_id: str) -> None:
-    shutil.rmtree(storage.job_dir(job_id), ignore_errors=True)
+    storage.delete_job(job_id)  # the folder, or the job's objects in an object store

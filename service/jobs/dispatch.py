@@ -21,7 +21,8 @@ class Dispatcher(ABC):
     mode: str
 
     @abstractmethod
-    def submit(self, job_id: str, chunks: list[list[str]]) -> None: ...
+    def submit(self, job_id: str, chunks: list[list[str]], first: int = 0) -> None:
+        """Queue chunks numbered first, first + 1, ... (a job read as a stream queues them one by one)."""
 
     @abstractmethod
     def queued_chunks(self) -> int: ...
@@ -64,8 +65,8 @@ class EmbeddedDispatcher(Dispatcher):
             t.join(timeout)
         self._threads.clear()
 
-    def submit(self, job_id: str, chunks: list[list[str]]) -> None:
-        for i, images in enumerate(chunks):
+    def submit(self, job_id: str, chunks: list[list[str]], first: int = 0) -> None:
+        for i, images in enumerate(chunks, first):
             self._q.put((job_id, i, images))
 
     def queued_chunks(self) -> int:
@@ -105,9 +106,9 @@ class CeleryDispatcher(Dispatcher):
         self.celery = create_celery(settings)
         self.redis = sync_redis(settings.broker_url or "")
 
-    def submit(self, job_id: str, chunks: list[list[str]]) -> None:
+    def submit(self, job_id: str, chunks: list[list[str]], first: int = 0) -> None:
         with self.celery.producer_or_acquire() as producer:
-            for i, images in enumerate(chunks):
+            for i, images in enumerate(chunks, first):
                 self.celery.send_task(TASK_NAME, args=[job_id, i, images], queue=self.settings.queue_name,
                                       producer=producer)
 

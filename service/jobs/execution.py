@@ -18,6 +18,8 @@ from seam.service.core.config import Settings
 from seam.service.core.engine_holder import EngineHolder
 from seam.service.core.errors import ApiError, settings_roots
 from seam.service.core.registry import ModelRegistry
+from seam.service.datasets.fetching import DatasetReader
+from seam.service.datasets.policy import DatasetPolicy
 from seam.service.engine.base import InferenceEngine
 from seam.service.jobs.processing import (
     TRANSIENT,
@@ -101,7 +103,14 @@ def build_context(settings: Settings, engine: Callable[[], InferenceEngine], sto
     return ChunkContext(
         store=store or make_store(settings), storage=storage or make_storage(settings), engine=engine,
         max_pixels=settings.max_pixels, max_deliveries=settings.max_deliveries, max_batch=settings.max_batch,
-        retry=RetryPolicy(settings.max_retries), between=between, roots=settings_roots(settings))
+        retry=RetryPolicy(settings.max_retries), between=between, roots=settings_roots(settings),
+        datasets=dataset_reader(settings))
+
+
+def dataset_reader(settings: Settings) -> DatasetReader:
+    """Reads data-set URIs under this process's rules (SEAM_DATASET_*), whatever a chunk file says."""
+    return DatasetReader(DatasetPolicy.from_settings(settings), settings.s3_endpoint_url,
+                         max_bytes=settings.max_upload_bytes)  # an image from a URI: as large as a /segment upload
 
 
 def give_up(ctx: ChunkContext, job_id: str, images: list[str], reason: str) -> None:

@@ -13,18 +13,21 @@ on is retried alone, so it fails alone); cancellation is checked between batches
 """
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 from seam.service.batching import batches, segment_batch
 from seam.service.core.redact import redact
 from seam.service.core.registry import PinMismatch
 from seam.service.engine import methods
 from seam.service.engine.base import InferenceEngine
+from seam.service.jobs import stream_chunks
 from seam.service.jobs.results import coco_image_ids, image_files
 from seam.service.jobs.stores.base import ACTIVE_STATES, JobStore
 from seam.service.storage import Storage
@@ -65,6 +68,7 @@ class ChunkContext:
     retry: Any = None  # seam.service.jobs.execution.RetryPolicy (typed loosely: runtime imports this module)
     between: Callable[[], None] | None = None  # called between batches (workers serve sync requests there)
     roots: Sequence[tuple[str, str]] = ()  # folders redacted in recorded errors (core.errors.settings_roots)
+    datasets: Any = None  # seam.service.datasets.fetching.DatasetReader: jobs over data-set URLs (jobs.stream_chunks)
 
     def public(self, reason: str) -> str:
         """An error as recorded for the job's owner: no server paths, addresses or hosts (as HTTP errors)."""
@@ -79,6 +83,7 @@ class ChunkReport:
     cancelled: bool = False
     gave_up: bool = False
     final_state: str | None = None
+    records: dict[str, dict] = field(default_factory=dict)  # results-manifest lines (jobs with output_url)
 
 
 def describe(exc: BaseException) -> str:
@@ -112,6 +117,8 @@ def process_chunk(ctx: ChunkContext, job_id: str, chunk: int, images: list[str])
     deliveries = ctx.store.incr_delivery(job_id, chunk)
     try:
         manifest = ctx.storage.read_manifest(job_id)
+        if manifest.get("streamed"):  # a job read from a prefix or manifest: this chunk's entries
+            manifest = stream_chunks.chunk_manifest(ctx.storage, job_id, chunk, manifest)
     except FileNotFoundError:
         ctx.store.fail(job_id, "the job's files are missing from the data directory")
         rep.final_state = "failed"
@@ -139,7 +146,7 @@ def process_chunk(ctx: ChunkContext, job_id: str, chunk: int, images: list[str])
         rep.failed = fail_unfinished(ctx, job_id, images, kinds, names)
         rep.final_state = ctx.store.finish_if_complete(job_id)
         return rep
-    job = _Job(job_id, manifest, kinds, names, engine)
+    job = _Job(job_id, manifest, kinds, names, engine, stream_chunks.outputs_of(ctx.storage, ctx.datasets, manifest))
     paths = _pending_inputs(ctx, rep, job, images)
     for batch in batches(paths, lambda img: decoded_size(paths[img]) or img, ctx.max_batch):
         if not ctx.store.is_active(job_id):
@@ -148,10 +155,27 @@ def process_chunk(ctx: ChunkContext, job_id: str, chunk: int, images: list[str])
         _process_batch(ctx, rep, job, [(img, paths[img]) for img in batch])
         if ctx.between is not None:
             ctx.between()
-    rep.final_state = ctx.store.finish_if_complete(job_id)
-    if rep.final_state is not None:  # the job has ended: free its inputs (outputs stay; the sweeper covers other ends)
-        ctx.storage.delete_inputs(job_id)
+    _end_chunk(ctx, rep, job, chunk, images)
     return rep
+
+
+def _end_chunk(ctx: ChunkContext, rep: ChunkReport, job: _Job, chunk: int, images: list[str]) -> None:
+    """Record whether the job has ended; with an output_url, this chunk's results part first and,
+    when the job has ended, the results manifest."""
+    prefix = job.sink if isinstance(job.sink, stream_chunks.OutputPrefix) else None
+    if prefix is not None and not rep.cancelled:
+        missing = [img for img in images if img not in rep.records]  # recorded done by an earlier delivery
+        for img in missing:
+            rep.records[img] = stream_chunks.record(img, job.manifest, prefix, job.kinds)
+        for img in images:
+            rep.records[img].setdefault("uri", (job.manifest.get("uris") or {}).get(img))
+        stream_chunks.write_part(prefix, chunk, [rep.records[img] for img in images])
+    rep.final_state = ctx.store.finish_if_complete(job.id)
+    if rep.final_state is not None:  # the job has ended: free its inputs (outputs stay; the sweeper covers other ends)
+        ctx.storage.delete_inputs(job.id)
+        if prefix is not None:
+            snap = ctx.store.snapshot(job.id, errors_limit=10_000_000)
+            stream_chunks.finalize(ctx.storage, prefix, job.id, list(snap.errors) if snap else [])
 
 
 @dataclass(frozen=True)
@@ -163,6 +187,7 @@ class _Job:
     kinds: list[str]
     names: list[str]
     engine: InferenceEngine
+    sink: Any = None  # where outputs go: the job's storage, or its output_url (stream_chunks.OutputPrefix)
 
     @property
     def labels(self) -> dict[str, list[int]]:
@@ -174,12 +199,13 @@ def _pending_inputs(ctx: ChunkContext, rep: ChunkReport, job: _Job, images: list
     earlier delivery) are recorded done, entries that do not resolve are recorded failed."""
     paths: dict[str, Path] = {}
     for img in images:
-        if ctx.storage.outputs_complete(job.id, img, job.kinds):
+        if job.sink.outputs_complete(job.id, img, job.kinds):
             ctx.store.record_done(job.id, img)
             rep.skipped += 1
             continue
         try:
-            paths[img] = ctx.storage.input_path(job.id, job.manifest, img)
+            paths[img] = (stream_chunks.read_input(ctx.datasets, job.manifest, img) if job.manifest.get("streamed")
+                          else ctx.storage.input_path(job.id, job.manifest, img))
         except Exception as exc:  # noqa: BLE001 - a bad entry fails alone
             _image_failed(ctx, rep, job.id, img, exc)
     return paths
@@ -191,13 +217,14 @@ def _process_batch(ctx: ChunkContext, rep: ChunkReport, job: _Job, batch: list[t
     loaded: list[tuple[str, object]] = []
     for img, path in batch:
         try:
-            loaded.append((img, load_rgb(path, max_pixels=ctx.max_pixels)))
+            src = path.getvalue() if isinstance(path, io.BytesIO) else path  # an image read from a data-set URI
+            loaded.append((img, load_rgb(src, max_pixels=ctx.max_pixels)))
         except TRANSIENT:
             raise
         except Exception as exc:  # noqa: BLE001 - a bad image must not stop the job
             _image_failed(ctx, rep, job.id, img, exc)
     opts = job.manifest["options"]
-    coco_ids = coco_image_ids(job.manifest) if "coco" in job.kinds else {}
+    coco_ids = job.manifest.get("coco_ids") or (coco_image_ids(job.manifest) if "coco" in job.kinds else {})
     method = opts.get("method") or methods.best(job.engine.methods(), "jobs")  # the table says where each runs
     segs = segment_batch(job.engine, [rgb for _, rgb in loaded], [job.labels.get(img) for img, _ in loaded],
                          method=method, threshold=opts.get("threshold"), max_side=opts.get("max_side"))
@@ -214,17 +241,27 @@ def _process_batch(ctx: ChunkContext, rep: ChunkReport, job: _Job, batch: list[t
             continue
         try:
             for kind, data in files.items():
-                ctx.storage.write_output(job.id, kind, img, data)
+                job.sink.write_output(job.id, kind, img, data)
         except OSError as exc:  # disk full, NFS hiccup: retry the chunk later
             raise TransientError(f"writing outputs of {img}: {exc}") from exc
         ctx.store.record_done(job.id, img)
         rep.done += 1
+        if isinstance(job.sink, stream_chunks.OutputPrefix):
+            rep.records[img] = stream_chunks.record(img, job.manifest, job.sink, job.kinds, *_found(seg, job.names))
 
 
 def _image_failed(ctx: ChunkContext, rep: ChunkReport, job_id: str, img: str, exc: BaseException) -> None:
     log.info("job %s image %s failed: %s", job_id, img, describe(exc))
     ctx.store.record_failed(job_id, img, ctx.public(describe(exc)))
     rep.failed += 1
+    rep.records[img] = {"id": img, "outputs": {}, "classes": None, "scores": None, "error": ctx.public(describe(exc))}
+
+
+def _found(seg: Any, names: list[str]) -> tuple[list[str], dict[str, float]]:
+    """The classes a segmentation shows and every class's score, by name (the results manifest)."""
+    scores = [float(x) for x in np.ravel(seg.scores)] if seg.scores is not None else []
+    found = [names[c] for c in seg.classes if 0 <= c < len(names)]
+    return found, {n: round(v, 4) for n, v in zip(names, scores, strict=False)}  # scores may cover the background
 
 
 def job_engine(ctx: ChunkContext, manifest: dict) -> InferenceEngine:

@@ -20,10 +20,11 @@ from seam.service.core.redact import redact
 from seam.service.core.registry import ModelRegistry, ServedModel
 from seam.service.engine.base import InferenceEngine
 from seam.service.jobs import create as jc
-from seam.service.jobs import lifecycle
+from seam.service.jobs import lifecycle, submit_stream
 from seam.service.jobs.dispatch import Dispatcher
 from seam.service.jobs.stores.base import JobSnapshot, JobStore
-from seam.service.schemas import DirectoryJobRequest, JobOptions
+from seam.service.jobs.submit_stream import StreamPlan
+from seam.service.schemas import DirectoryJobRequest, JobOptions, UrlJobRequest
 from seam.service.storage import Storage
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
@@ -31,7 +32,7 @@ from starlette.requests import Request
 
 FORM_CONTENT_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 _OPTION_FIELDS = ("model", "method", "threshold", "max_side", "outputs", "image_url_prefix")
-_FORM_FIELDS = {"archive", "labels", *_OPTION_FIELDS}
+_FORM_FIELDS = {"archive", "labels", "manifest", "output_url", *_OPTION_FIELDS}
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class _Prepared:
     source_dir: Path | None
     skipped: dict[str, str] = field(default_factory=dict)  # archive members not extracted -> why
     served: ServedModel | None = None  # the model version the job pins
+    stream: StreamPlan | None = None  # a job over a data set (input_url, uploaded manifest): read after the answer
 
 
 async def submit(request: Request, svc: JobServices, owner: str | None) -> JobSnapshot:
@@ -79,6 +81,10 @@ async def submit(request: Request, svc: JobServices, owner: str | None) -> JobSn
         svc.storage.forget_usage()
     try:
         await run_in_threadpool(svc.dispatcher.submit, job_id, chunks)
+        if prepared.stream is not None:
+            names = (prepared.served.engine if prepared.served is not None else svc.engine).foreground_classes()
+            submit_stream.start(svc.settings, svc.store, svc.storage, svc.dispatcher, job_id, prepared.stream,
+                                list(names))
     except Exception as exc:  # broker down
         await run_in_threadpool(svc.store.fail, job_id,
                                 redact(f"could not queue the job: {exc}", settings_roots(svc.settings)))
@@ -106,7 +112,10 @@ def _record(svc: JobServices, job_id: str, p: _Prepared, owner: str | None) -> t
         opts["model"] = p.served.ref
         pin = {"model": p.served.name, "model_version": p.served.version, "model_digest": p.served.digest}
     jc.write_manifest(svc.storage, job_id, opts, p.images, p.table, p.source, p.source_dir,
-                      svc.settings.chunk_size, classes=names, models=model_refs(engine), skipped=p.skipped, pin=pin)
+                      svc.settings.chunk_size, classes=names, models=model_refs(engine), skipped=p.skipped, pin=pin,
+                      extra=p.stream.manifest_fields() if p.stream is not None else None)
+    if p.stream is not None:  # size unknown yet: one more than read so far (jobs.streamed), chunks queued as read
+        return svc.store.create(job_id, 1, 0, opts, p.source, owner), []
     ids = sorted(p.images)
     chunks = jc.chunked(ids, svc.settings.chunk_size)
     return svc.store.create(job_id, len(ids), len(chunks), opts, p.source, owner), chunks
@@ -120,6 +129,11 @@ async def _from_form(request: Request, svc: JobServices, job_id: str) -> _Prepar
         engine = served.engine if served is not None else svc.engine
         check_method(options, engine)
         archive = form.get("archive")
+        if isinstance(form.get("manifest"), UploadFile) and archive is None:
+            plan = await run_in_threadpool(submit_stream.plan_from_upload, svc.settings, svc.storage, job_id,
+                                           form["manifest"].file, form["manifest"].filename or "",
+                                           _text(form.get("output_url")))
+            return _Prepared(options, {}, {}, "manifest", None, served=served, stream=plan)
         if not isinstance(archive, UploadFile):
             raise ApiError(422, "validation_error", "field 'archive' is required (a zip or tar of images)")
         labels_data = await _labels_upload(form.get("labels"), svc.settings.max_labels_bytes)
@@ -143,6 +157,8 @@ async def _labels_upload(labels: UploadFile | str | None, cap: int) -> bytes | N
 
 async def _from_json(request: Request, svc: JobServices) -> _Prepared:
     raw = await _read_capped(request, svc.settings.max_labels_bytes)
+    if b'"input_url"' in raw:  # a data set where it lives (docs/storage.md)
+        return await _from_url(raw, svc)
     body = await run_in_threadpool(parse_directory_request, raw)  # a big body must not stall the loop
     options = JobOptions.model_validate(body.model_dump(include=set(_OPTION_FIELDS)))
     served = await run_in_threadpool(_served, svc, options)
@@ -152,6 +168,22 @@ async def _from_json(request: Request, svc: JobServices) -> _Prepared:
         jc.prepare_directory_job, svc.settings, body.directory, body.recursive, body.labels,
         engine.foreground_classes())
     return _Prepared(options, images, table, "directory", source_dir, served=served)
+
+
+async def _from_url(raw: bytes, svc: JobServices) -> _Prepared:
+    try:
+        body = UrlJobRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        raise ApiError(422, "validation_error", describe_validation(exc.errors())) from None
+    options = JobOptions.model_validate(body.model_dump(include=set(_OPTION_FIELDS)))
+    served = await run_in_threadpool(_served, svc, options)
+    check_method(options, served.engine if served is not None else svc.engine)
+    plan = await run_in_threadpool(submit_stream.plan_from_url, svc.settings, body.input_url, body.output_url)
+    return _Prepared(options, {}, {}, "url", None, served=served, stream=plan)
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value.strip() else None
 
 
 def _served(svc: JobServices, options: JobOptions) -> ServedModel | None:

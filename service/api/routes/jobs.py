@@ -14,9 +14,11 @@ from fastapi import APIRouter, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from seam.service.api.deps import DispatcherDep, EngineDep, HolderDep, PrincipalDep, SettingsDep, StorageDep, StoreDep
+from seam.service.core.config import Settings
 from seam.service.core.errors import ApiError
 from seam.service.core.registry import ModelRegistry
 from seam.service.jobs.access import visible_snapshot
+from seam.service.jobs.execution import dataset_reader
 from seam.service.jobs.results import result_extras
 from seam.service.jobs.stores.base import JobSnapshot
 from seam.service.jobs.submit import JobServices, submit
@@ -135,7 +137,7 @@ def cancel_job(job_id: JobId, store: StoreDep, storage: StorageDep, principal: P
             responses={200: {"content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
                              "description": "zip (document_outputs lists the members)"}, **_E})
 def job_results(job_id: JobId, store: StoreDep, storage: StorageDep, holder: HolderDep,
-                principal: PrincipalDep) -> StreamingResponse:
+                principal: PrincipalDep, settings: SettingsDep) -> StreamingResponse:
     snap = visible_snapshot(store, job_id, principal)
     if snap.active:
         raise ApiError(409, "job_not_finished", f"job is {snap.state} ({snap.done + snap.failed}/{snap.total}); "
@@ -144,6 +146,8 @@ def job_results(job_id: JobId, store: StoreDep, storage: StorageDep, holder: Hol
         manifest = storage.read_manifest(job_id)
     except FileNotFoundError:
         raise ApiError(404, "not_found", f"the files of job {job_id} are gone") from None
+    if manifest.get("output_url"):  # outputs went to the user's prefix: its results manifest, not a zip
+        return results_manifest(settings, manifest["output_url"])
     names = manifest.get("classes")  # recorded at submission: independent of the model loaded now
     if names is None:  # a job from before class names were recorded
         names = holder.get().foreground_classes()
@@ -156,6 +160,16 @@ def job_results(job_id: JobId, store: StoreDep, storage: StorageDep, holder: Hol
     extra.update(result_extras(storage, job_id, manifest, names, snap.options.get("outputs", [])))
     return StreamingResponse(storage.stream_results_zip(job_id, extra), media_type="application/zip",
                              headers={"Content-Disposition": f'attachment; filename="seam-{job_id}.zip"'})
+
+
+def results_manifest(settings: Settings, output_url: str) -> StreamingResponse:
+    """`<output_url>/results.jsonl`, streamed (docs/storage.md: one line per image)."""
+    try:
+        body = dataset_reader(settings).prefix_store(output_url).iter_bytes("results.jsonl")
+    except FileNotFoundError:
+        raise ApiError(404, "not_found", f"no results manifest at {output_url}results.jsonl") from None
+    return StreamingResponse(body, media_type="application/x-ndjson",
+                             headers={"X-Seam-Results": f"{output_url}results.jsonl"})
 
 
 @router.get(RESULT_FILE_PATH.replace("{name}", "{name:path}"), summary="One output file.",

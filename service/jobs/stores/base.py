@@ -190,6 +190,11 @@ class JobStore(ABC):
             fields["started_at"] = fields["finished_at"]
         return final if self._transition(job_id, ACTIVE_STATES, fields, True) else None
 
+    def set_total(self, job_id: str, total: int, chunks: int) -> bool:
+        """A job read from a prefix or manifest learns its size as it is read (jobs.streamed): while
+        reading, total is one more than the entries read, so it cannot finish early."""
+        return self._transition(job_id, ACTIVE_STATES, {"total": str(total), "chunks": str(chunks)}, final=False)
+
     def fail(self, job_id: str, error: str) -> bool:
         return self._transition(job_id, ACTIVE_STATES, {"state": "failed", "finished_at": repr(time.time()),
                                                         "error": encodable(error[:2000])}, True)

@@ -1,0 +1,96 @@
+"""The worker's side of jobs read as a stream (jobs.streamed): a chunk's entries from its chunk
+file, images read from their URIs, outputs written to the job's output_url when it has one, and
+the results manifest.
+
+With output_url (an allowed s3:// prefix), outputs go to `<output_url>/<kind>/<image id><ext>` and
+each chunk writes `<output_url>/results/part-<chunk>.jsonl` (one line per image of the chunk: id,
+uri, outputs, classes, scores, error) when it ends; the process that ends the job concatenates
+the parts, in chunk order, with the reader's line errors, into `<output_url>/results.jsonl` (a
+streamed multipart upload: never whole in memory). A redelivered chunk recomputes its images
+rather than skipping finished ones, so its part lists every image with its classes and scores.
+"""
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from seam.service.blobs.base import BlobStore
+from seam.service.datasets.fetching import DatasetReader
+from seam.service.outputs.kinds import OUTPUT_KINDS
+from seam.service.storage import Storage
+
+
+def chunk_manifest(storage: Storage, job_id: str, chunk: int, manifest: dict) -> dict:
+    """The job's manifest as one chunk's processing sees it: this chunk's images, labels, URIs and
+    COCO ids (the line numbers: unique across the whole job)."""
+    lines = storage.read_chunk(job_id, chunk)
+    view = dict(manifest)
+    view["images"] = {ln["id"]: ln["uri"].rsplit("/", 1)[-1] for ln in lines}
+    view["labels"] = {ln["id"]: ln["labels"] for ln in lines if ln.get("labels") is not None}
+    view["uris"] = {ln["id"]: ln["uri"] for ln in lines}
+    view["coco_ids"] = {ln["id"]: int(ln["n"]) for ln in lines}
+    return view
+
+
+def read_input(reader: DatasetReader | None, manifest: dict, image_id: str) -> io.BytesIO:
+    if reader is None:
+        raise RuntimeError("this process cannot read data-set URIs")
+    return io.BytesIO(reader.read(manifest["uris"][image_id]))
+
+
+class OutputPrefix:
+    """Outputs of a job with output_url: the Storage calls processing makes, on that prefix."""
+
+    def __init__(self, store: BlobStore) -> None:
+        self.store = store
+
+    def key(self, kind: str, image_id: str) -> str:
+        return f"{kind}/{image_id}{OUTPUT_KINDS[kind].extension}"
+
+    def write_output(self, job_id: str, kind: str, image_id: str, data: bytes) -> None:
+        self.store.put(self.key(kind, image_id), data)
+
+    def outputs_complete(self, job_id: str, image_id: str, kinds: list[str]) -> bool:
+        return False  # a redelivered chunk recomputes: its results part must list every image
+
+    def uris(self, image_id: str, kinds: list[str]) -> dict[str, str]:
+        return {k: self.store.uri(self.key(k, image_id)) for k in kinds}
+
+
+def outputs_of(storage: Storage, reader: DatasetReader | None, manifest: dict) -> Storage | OutputPrefix:
+    url = manifest.get("output_url")
+    if not url:
+        return storage
+    if reader is None:
+        raise RuntimeError("this process cannot write to output_url")
+    return OutputPrefix(reader.prefix_store(url))
+
+
+def record(image_id: str, manifest: dict, sink: Any, kinds: list[str], classes: list[str] | None = None,
+           scores: dict[str, float] | None = None, error: str | None = None) -> dict:
+    """One line of the results manifest."""
+    outputs = sink.uris(image_id, kinds) if error is None and isinstance(sink, OutputPrefix) else {}
+    return {"id": image_id, "uri": (manifest.get("uris") or {}).get(image_id), "outputs": outputs,
+            "classes": classes, "scores": scores, "error": error}
+
+
+def write_part(sink: OutputPrefix, chunk: int, records: list[dict]) -> None:
+    data = "".join(json.dumps(r) + "\n" for r in records).encode()
+    sink.store.put(f"results/part-{chunk:07d}.jsonl", data)
+
+
+def finalize(storage: Storage, sink: OutputPrefix, job_id: str, line_errors: list[tuple[str, str]]) -> str:
+    """results.jsonl = every chunk's part in order, then the lines the reader could not use."""
+
+    def body() -> Iterator[bytes]:
+        for info in sink.store.list("results/part-"):
+            yield from sink.store.iter_bytes(info.key)
+        for image, error in line_errors:
+            if image.startswith(("line ", "manifest")):
+                yield (json.dumps({"id": None, "line": image, "uri": None, "outputs": {}, "classes": None,
+                                   "scores": None, "error": error}) + "\n").encode()
+
+    sink.store.put_stream("results.jsonl", body())
+    return sink.store.uri("results.jsonl")
