@@ -196,7 +196,7 @@ def test_start_training_and_the_fit_route_submit_a_training(client, project, sub
 def test_a_threshold_of_new_corrections_starts_a_fit(client, project, submitter) -> None:
     from seam.service.integrations.corrections_fit import CorrectionsSettings
 
-    client.app.state.corrections_settings = CorrectionsSettings(fit_every=2)
+    client.app.state.corrections_settings = CorrectionsSettings(fit_every=2, webhook_wait_s=0)
     setup_project(client)
     for t in (1, 2):
         project.add_task(t, H, W, seed=t)

@@ -1,0 +1,134 @@
+"""Corrections against the real Label Studio (the pinned release, on loopback): after Connect
+Model, seam's /setup puts its Basic auth on the project webhook Label Studio creates for the
+backend; an annotation submitted through Label Studio's API reaches our corrections store
+through that real webhook (brush RLE decoded pixel for pixel, labels mapped back through the
+docs' config); an update replaces it, a delete removes it; the re-sync route agrees."""
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from seam.common.labelling import ls_rle_encode
+from testkit.processes import seam_serve_argv, service_env, start_server, stop_process, wait_until
+from tests.service.integrations.labelstudio_real import (
+    LEGACY_TOKEN,
+    LS_VENV,
+    LS_VENV_REQUIRED,
+    LabelStudio,
+    label_studio,
+    ls_executable,
+)
+from tests.support import REPO
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
+
+if ls_executable() is None and not LS_VENV_REQUIRED:
+    pytest.skip(f"no Label Studio venv in {LS_VENV}: scripts/test.sh makes it", allow_module_level=True)
+
+API_KEY = "e2e-corrections-key-0123456789"
+H, W = 60, 90
+
+
+def docs_label_config() -> str:
+    block = re.search(r"```xml\n(.*?)```", (REPO / "docs" / "labelstudio.md").read_text(), re.S)
+    assert block, "docs/labelstudio.md has no ```xml block"
+    return "\n".join(line.strip() for line in block.group(1).splitlines())
+
+
+def png(seed: int) -> bytes:
+    rgb = np.random.default_rng(seed).integers(0, 255, (H, W, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def brush(mask: np.ndarray, label: str) -> dict:
+    return {"type": "brushlabels", "from_name": "tag", "to_name": "image", "original_width": W,
+            "original_height": H, "image_rotation": 0,
+            "value": {"format": "rle", "rle": ls_rle_encode(mask), "brushlabels": [label]}}
+
+
+@pytest.fixture(scope="module")
+def ls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudio]:
+    root = tmp_path_factory.mktemp("ls-files")
+    with label_studio(tmp_path_factory.mktemp("ls"), root) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def seam(ls: LabelStudio, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    tmp = tmp_path_factory.mktemp("seam")
+    env = service_env(SEAM_API_KEYS=API_KEY, SEAM_LABELSTUDIO_URL=ls.url, SEAM_LABELSTUDIO_API_KEY=LEGACY_TOKEN,
+                      SEAM_LABELSTUDIO_ALLOW_PRIVATE="true", SEAM_DATA_DIR=str(tmp / "data"), SEAM_THREADS="1")
+    url, proc = start_server(seam_serve_argv, env, tmp / "seam.log", timeout=90)
+    yield url, tmp / "data"
+    stop_process(proc)
+
+
+def stored(data_dir: Path, project: int, task: int) -> tuple[dict | None, np.ndarray | None]:
+    from seam.service.corrections.store import CorrectionStore
+
+    p = CorrectionStore(data_dir).project("labelstudio", str(project))
+    it = p.item(f"task-{task}")
+    if not it or not it.get("mask"):
+        return it, None
+    return it, np.array(Image.open(p.path(it["mask"])))
+
+
+def test_annotations_reach_the_store_through_the_real_webhook(ls: LabelStudio, seam: tuple[str, Path]) -> None:
+    url, data_dir = seam
+    ours = {"X-API-Key": API_KEY}
+    with ls.api(LEGACY_TOKEN) as api:
+        r = api.post("/api/projects", json={"title": "corrections", "label_config": docs_label_config()})
+        assert r.status_code == 201, r.text
+        project = r.json()["id"]
+        r = api.post(f"/api/projects/{project}/import",
+                     files=[(f"p{i}.png", (f"p{i}.png", png(i), "image/png")) for i in range(2)])
+        assert r.status_code == 201, r.text
+        tasks = sorted(t["id"] for t in api.get("/api/tasks", params={"project": project}).json()["tasks"])
+        r = api.post("/api/ml", json={"project": project, "title": "seam-wsss", "url": f"{url}/labelstudio",
+                                      "auth_method": "BASIC_AUTH", "basic_auth_user": "seam",
+                                      "basic_auth_pass": API_KEY, "is_interactive": False})
+        assert r.status_code == 201 and r.json()["state"] == "CO", r.text
+        # Label Studio made the backend's project webhook; seam put its Basic auth on it
+        def authorised() -> list[dict]:
+            hooks = api.get("/api/webhooks/", params={"project": project}).json()
+            return [h for h in hooks if h["url"].endswith("/labelstudio/webhook")
+                    and (h.get("headers") or {}).get("Authorization", "").startswith("Basic ")]
+        wait_until(authorised, timeout=30, what="the webhook to carry seam's Basic auth")
+
+        square = np.zeros((H, W), bool)
+        square[10:40, 20:70] = True
+        r = api.post(f"/api/tasks/{tasks[0]}/annotations/", json={"result": [brush(square, "Square")]})
+        assert r.status_code == 201, r.text
+        ann = r.json()["id"]
+        it, mask = wait_until(lambda: (s := stored(data_dir, project, tasks[0]))[1] is not None and s, timeout=60,
+                              what="the annotation to reach the store")
+        want = np.where(square, 2, 0).astype(np.uint8)  # square is the demo model's class 1 -> value 2
+        np.testing.assert_array_equal(mask, want)
+        assert it["labels"] == ["square"] and it["ref"]["annotation"] == ann
+
+        disc = np.zeros((H, W), bool)
+        disc[5:20, 5:20] = True
+        r = api.patch(f"/api/annotations/{ann}/", json={"result": [brush(disc, "Disc")]})
+        assert r.status_code == 200, r.text
+        wait_until(lambda: (m := stored(data_dir, project, tasks[0])[1]) is not None and (m == 1).sum() == disc.sum(),
+                   timeout=60, what="the update to replace the mask")
+
+        r = api.delete(f"/api/annotations/{ann}/")
+        assert r.status_code == 204, r.text
+        wait_until(lambda: stored(data_dir, project, tasks[0])[1] is None, timeout=60,
+                   what="the delete to remove the correction")
+
+    # the re-sync route agrees with what the events left: no correction, both images cached
+    r = httpx.post(f"{url}/corrections/labelstudio/{project}/sync", headers=ours, timeout=120)
+    assert r.status_code == 200, r.text
+    assert (r.json()["corrections"], r.json()["images"]) == (0, 2)
+    assert httpx.get(f"{url}/corrections/labelstudio/{project}", headers={"X-API-Key": "x" * 20}).status_code == 401
