@@ -1,13 +1,14 @@
 """Many hosts, tested on one: `seam serve` and three `seam worker`s as if on separate machines.
 Each has its own working directory, data directory and model directory; they share nothing
 but Redis and a real S3 server (SeaweedFS, testkit/s3server.py). The model repository lives in
-the bucket (SEAM_MODELS_URL) and every host syncs it; the job's inputs and outputs live in the
-store (SEAM_STORAGE_URL). One worker is SIGKILLed mid-job: the other two finish
-the job, and every output exists exactly once."""
+the bucket (SEAM_MODELS_URL) and every host syncs it; the job reads its images from an S3
+prefix and writes its outputs and results manifest to another (output_url). One worker is
+SIGKILLed mid-job: the other two finish the job, and every output exists exactly once."""
 from __future__ import annotations
 
 import collections
 import io
+import json
 import os
 import signal
 import subprocess
@@ -25,7 +26,7 @@ from seam.service.model_sync import push_repository
 
 from seam.modelrepo.versions import list_models, resolve, version_digest
 from testkit import REPO
-from testkit.processes import free_port, log_tail, service_env, wait_ready
+from testkit.processes import free_port, log_tail, service_env, wait_ready, wait_until
 from tests.service.fakes.redis_db import REDIS_DB, drop_keys, redis_client
 from tests.support import redis_url, wait_done
 
@@ -129,14 +130,18 @@ def test_api_and_three_workers_share_only_redis_and_s3(tmp_path, redis_ok, s3_se
         drop_keys(redis_client(), prefix)
 
 
+def _object(s3, bucket: str, key: str) -> bytes | None:
+    try:
+        return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except s3.exceptions.NoSuchKey:
+        return None
+
+
 def _run_and_kill(url: str, hosts: Hosts, s3, bucket: str) -> None:
+    out = f"s3://{bucket}/results/run1/"
     with httpx.Client(base_url=url, timeout=30) as c:
-        import zipfile
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w") as z:
-            for i in range(N_IMAGES):
-                z.writestr(f"img{i:03d}.jpg", _jpeg(i))
-        r = c.post("/jobs", files={"archive": ("a.zip", buf.getvalue())}, data={"outputs": "png"})
+        r = c.post("/jobs", json={"input_url": f"s3://{bucket}/datasets/run1/", "output_url": out,
+                                  "outputs": ["png"]})
         assert r.status_code == 202, r.text
         job = r.json()
         mid = wait_done(c, job["id"], 60, until=lambda b: b["done"] >= 6)
@@ -146,11 +151,16 @@ def _run_and_kill(url: str, hosts: Hosts, s3, bucket: str) -> None:
         done = wait_done(c, job["id"], 60)
         counts = (done["state"], done["done"], done["failed"], done["total"])
         assert counts == ("succeeded", N_IMAGES, 0, N_IMAGES), done
+    want = sorted(f"img{i:03d}" for i in range(N_IMAGES))
     keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(
-        Bucket=bucket, Prefix=f"data/jobs/{job['id']}/outputs/png/") for o in page.get("Contents", [])]
-    stems = collections.Counter(Path(k).stem for k in keys)
-    assert sorted(stems) == sorted(f"img{i:03d}" for i in range(N_IMAGES)), keys
-    assert set(stems.values()) == {1}
+        Bucket=bucket, Prefix="results/run1/png/") for o in page.get("Contents", [])]
+    assert sorted(Path(k).stem for k in keys) == want, keys  # each output object once, nothing else
+    # written by the worker that ends the job, just after it records the end
+    body = wait_until(lambda: _object(s3, bucket, "results/run1/results.jsonl"), 20, 0.1, "results.jsonl written")
+    lines = [json.loads(x) for x in body.decode().splitlines() if x.strip()]
+    ids = collections.Counter(Path(str(x.get("id") or x.get("image"))).stem for x in lines)
+    assert sorted(ids) == want and set(ids.values()) == {1}, lines[:3]  # one results line per image
+    assert not any(x.get("error") for x in lines), [x for x in lines if x.get("error")][:3]
     deliveries = redis_client().hgetall(f"{hosts.env['SEAM_KEY_PREFIX']}:job:{job['id']}:deliveries")
     counts = sorted(int(v) for v in deliveries.values())
     print(f"\nchunk deliveries after the kill: {counts}")
