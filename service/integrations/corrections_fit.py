@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from seam.service.core.engine_holder import resolve_method
 from seam.service.core.errors import ApiError
@@ -29,6 +29,8 @@ from seam.service.corrections.fit_data import write_fit_data
 from seam.service.corrections.store import CorrectionError, CorrectionStore, ProjectStore
 from seam.service.engine.base import InferenceEngine
 from seam.service.integrations.upload import segment_upload
+
+from seam.modelrepo.trainings import TrainingSpec, write_spec
 
 log = logging.getLogger("seam.service")
 
@@ -153,8 +155,37 @@ def settings_of(app: Any) -> CorrectionsSettings:
 
 
 def submitter_of(app: Any) -> SubmitTraining | None:
-    """`app.state.submit_training` (tests, embedders), else the training service's submit."""
-    return getattr(app.state, "submit_training", None)
+    """`app.state.submit_training` (tests, the benchmark), else the training service's."""
+    given = getattr(app.state, "submit_training", None)
+    if given is not None:
+        return given
+    trainings, trainers = getattr(app.state, "trainings", None), getattr(app.state, "trainers", None)
+    if trainings is None or trainers is None:
+        return None
+
+    def submit(spec: dict[str, Any], principal: Principal) -> str:
+        """What POST /trainings does with a spec it has made (seam.service.trainings): the same
+        limits, directory, spec.json and owner.json, and the same trainers (embedded or Celery)."""
+        trainers.check_available()
+        active = len(trainings.unfinished())
+        if active >= app.state.settings.max_active_trainings:
+            raise ApiError(503, "queue_full", f"{active} trainings are queued or running; retry later",
+                           {"Retry-After": "60"})
+        try:
+            checked = TrainingSpec(**spec)
+        except ValidationError as exc:
+            raise ApiError(422, "invalid_fit", f"the fit's training spec is invalid: {exc}") from None
+        tid, d = trainings.new_dir()
+        try:
+            write_spec(d, checked)
+            trainings.write_owner(d, principal.owner, "corrections")
+        except BaseException:
+            trainings.discard(tid)
+            raise
+        trainers.submit(tid)
+        return tid
+
+    return submit
 
 
 def fit_if_due(app: Any, store: ProjectStore, principal: Principal) -> dict | None:

@@ -207,3 +207,20 @@ def test_a_threshold_of_new_corrections_starts_a_fit(client, project, submitter)
     send(client, event("ANNOTATION_CREATED", a2))
     wait_for(lambda: len(submitter.calls) == 1)
     assert client.get("/corrections/labelstudio/1", headers=hdr()).json()["fits"][0]["reason"] == "2 new corrections"
+
+
+def test_a_fit_is_a_training_of_the_training_service(client, project) -> None:
+    """Without a stand-in submitter the fit goes to the app's training service (POST /trainings'
+    store and trainers): the training is the caller's, with the fit's spec."""
+    client.app.state.submit_training = None
+    setup_project(client)
+    project.add_task(1, H, W, seed=1)
+    ann = project.annotate(1, [brush(block(H, W, 2, 10, 3, 20), "Blue thing")])
+    send(client, event("ANNOTATION_CREATED", ann))
+    r = client.post("/corrections/labelstudio/1/fit", headers=hdr(), json={"base_model": "fake:1"})
+    assert r.status_code == 202, r.text
+    tid = r.json()["training"]
+    r = client.get(f"/trainings/{tid}", headers=hdr())
+    assert r.status_code == 200, r.text
+    assert r.json()["stages"] == "deeplab" and r.json()["source"] == "corrections"
+    assert client.get(f"/trainings/{tid}", headers=hdr(KEY_B)).status_code == 404
