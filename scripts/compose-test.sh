@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The compose stack, really run: build the images, `up`, wait for health, POST /segment,
 # a 20-image job to completion, the worker killed (SIGKILL) mid-job and started again
-# (the job completes, every output exactly once), `down -v`. Prints each step's time.
+# (the job completes, every output exactly once), a tiny training through REST on the trainer
+# (small backbone, 12 synthetic images, one epoch) whose new version appears and serves a
+# /segment without restarting anything, `down -v`. Prints each step's time.
 #
 #   scripts/compose-test.sh                      CPU variant (docker-compose.cpu.yml on top)
 #   SEAM_COMPOSE_GPU=1 scripts/compose-test.sh   GPU worker (needs the NVIDIA container toolkit)
@@ -255,6 +257,54 @@ expect_complete() {  # expect_complete ID IMGDIR
   check_results "$WORK/results-$1.zip" "$WORK/$2" || die "job $1: results wrong"
 }
 
+make_tagged_archive() {  # 12 synthetic images + labels.csv (their tags), made in the trainer image
+  mkdir -p "$WORK/train"
+  docker run --rm --user "$(id -u):$(id -g)" -v "$WORK/train:/out" --entrypoint sh seam-trainer -c '
+seam synth --out /out/synth --n 12 --size 64 >/dev/null && python - <<PY
+import numpy as np, pathlib, zipfile
+root = pathlib.Path("/out/synth")
+names = [n.strip() for n in (root / "classes.txt").read_text().split() if n.strip()][1:]
+table = np.load(root / "cls_labels.npy", allow_pickle=True).item()  # written by seam synth just now
+rows = ["image,labels"] + [f"{i}.jpg," + ";".join(names[c] for c in np.flatnonzero(v > 0.5))
+                           for i, v in sorted(table.items())]
+with zipfile.ZipFile("/out/tagged.zip", "w") as z:
+    z.writestr("labels.csv", "\n".join(rows) + "\n")
+    for i in sorted(table):
+        z.write(root / "JPEGImages" / f"{i}.jpg", f"images/{i}.jpg")
+PY'
+}
+
+run_training() {  # a tiny training through REST; its version appears and serves /segment, no restart
+  make_tagged_archive
+  local body tid deadline state t0=$(date +%s)
+  body=$(api POST /trainings -F "archive=@$WORK/train/tagged.zip;type=application/zip" -F name=composetest \
+         -F 'recipe={"backbone": "resnet38_small", "epochs": 1, "batch_size": 4, "crop": 64}')
+  [ "$(status)" = 202 ] || die "POST /trainings: HTTP $(status): $body"
+  tid=$(echo "$body" | job_field id)
+  deadline=$(($(date +%s) + 1200))
+  while :; do
+    api GET "/trainings/$tid" >"$WORK/training.json"
+    state=$(job_field state <"$WORK/training.json" 2>/dev/null || echo "?")
+    case "$state" in succeeded) break ;; failed|cancelled)
+      die "training $state: $(cat "$WORK/training.json"); log: $(api GET "/trainings/$tid/log" | tail -20)" ;; esac
+    [ "$(date +%s)" -lt "$deadline" ] || die "training still '$state' after 1200 s: $(cat "$WORK/training.json")"
+    sleep 2
+  done
+  local model; model=$(job_field model <"$WORK/training.json")
+  [ "$model" = composetest:1 ] || die "training published $model, not composetest:1"
+  deadline=$(($(date +%s) + 120))
+  until api GET /models | grep -q '"composetest"'; do  # the API's registry picks the version up by itself
+    [ "$(date +%s)" -lt "$deadline" ] || die "GET /models does not list composetest 120 s after the training"
+    sleep 1
+  done
+  api POST /segment -F "image=@$seg_img;type=image/jpeg" -F model=composetest:1 -D "$WORK/seg-headers.txt" \
+    >"$WORK/mask2.png"
+  [ "$(status)" = 200 ] || die "POST /segment model=composetest:1: HTTP $(status): $(head -c 500 "$WORK/mask2.png")"
+  grep -qi '^x-seam-model: composetest:1' "$WORK/seg-headers.txt" \
+    || die "/segment did not answer with composetest:1: $(cat "$WORK/seg-headers.txt")"
+  TRAINING_RESULT="composetest:1 in $(($(date +%s) - t0)) s, served by /segment"
+}
+
 cleanup() {
   local rc=$?
   if [ $rc -ne 0 ] && [ -n "${FILES+x}" ] && docker info >/dev/null 2>&1; then
@@ -280,6 +330,10 @@ trap cleanup EXIT
 ensure_docker
 ensure_compose
 export COMPOSE_PROJECT_NAME=$PROJECT SEAM_PORT=$PORT SEAM_CHUNK_SIZE=2 SEAM_DATASETS="$WORK/datasets"
+# a copy of the model repository: the training publishes into it (the repository's models/ stays as it is);
+# writable by the images' user (uid 10001)
+export SEAM_MODELS="$WORK/models"
+cp -r models "$SEAM_MODELS" && chmod -R a+rwX "$SEAM_MODELS"
 export SEAM_API_KEYS=${API_KEY:=compose-test-$RANDOM$RANDOM}
 mkdir -p "$WORK/datasets"
 # Test-only settings, on top of the user's files: a short visibility timeout so that the
@@ -299,6 +353,10 @@ services:
   worker:
     environment: *fast
     healthcheck: {interval: 5s}
+  trainer:
+    environment:
+      SEAM_MODELS_POLL_S: "1"
+    healthcheck: {interval: 5s}
 EOF
 FILES=(-f docker-compose.yml)
 if [ "${SEAM_COMPOSE_GPU:-0}" != 1 ]; then FILES+=(-f docker-compose.cpu.yml); fi
@@ -307,9 +365,9 @@ STANDINS=0
 ensure_base_images
 step_done "prerequisites" "docker $(docker version -f '{{.Server.Version}}'), compose $(docker compose version --short), $STANDINS stand-in(s)"
 
-old_ids=$(docker image inspect -f '{{.Id}}' seam-api seam-worker 2>/dev/null || true)
+old_ids=$(docker image inspect -f '{{.Id}}' seam-api seam-worker seam-trainer 2>/dev/null || true)
 dc build >"$WORK/build.log" 2>&1 || { tail -40 "$WORK/build.log"; die "docker compose build failed"; }
-new_ids=$(docker image inspect -f '{{.Id}}' seam-api seam-worker)
+new_ids=$(docker image inspect -f '{{.Id}}' seam-api seam-worker seam-trainer)
 for id in $old_ids; do  # the images this build replaced (about 2 GB per rebuild otherwise)
   grep -qx "$id" <<<"$new_ids" || docker rmi "$id" >/dev/null 2>&1 || true
 done
@@ -318,7 +376,7 @@ step_done "build" "seam-api $(docker image inspect -f '{{.Size}}' seam-api | awk
 dc up -d --wait --wait-timeout 300 >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log"; die "docker compose up --wait failed"; }
 ready=$(api GET /readyz)
 [ "$(status)" = 200 ] || die "GET /readyz: HTTP $(status): $ready"
-step_done "up + health" "redis, api, worker healthy; /readyz 200"
+step_done "up + health" "redis, api, worker, trainer healthy; /readyz 200"
 
 make_images seg 1 7
 seg_img=$(ls "$WORK/seg"/*.jpg | head -1)
@@ -372,6 +430,9 @@ dc start worker >/dev/null 2>&1 || die "docker compose start worker failed"
 wait_job "$job" 600
 expect_complete "$job" job2
 step_done "worker killed mid-job" "SIGKILL at $killed/20 done, restarted; job complete, each output once"
+
+run_training
+step_done "training over REST" "$TRAINING_RESULT"
 
 dc down -v --remove-orphans >"$WORK/down.log" 2>&1 || { cat "$WORK/down.log"; die "docker compose down -v failed"; }
 left=$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT"; docker volume ls -q --filter "label=com.docker.compose.project=$PROJECT")

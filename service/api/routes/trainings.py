@@ -150,6 +150,9 @@ def promote_training(training_id: TrainingId, request: Request, settings: Settin
         raise ApiError(404, "model_not_found", str(exc)) from None
     except ValueError as exc:  # a corrupt version (checksums) or a legacy name
         raise ApiError(409, "not_promotable", str(exc)) from None
+    except OSError as exc:  # a repository mounted read-only for the API
+        raise ApiError(503, "repository_not_writable", f"the model repository cannot be written here: "
+                                                       f"{exc.strerror or exc}") from None
     return to_public(store.visible(training_id, principal), settings.models_dir)
 
 
