@@ -45,9 +45,13 @@ BASE = "corr"
 
 
 def synth_set(root: Path, n_train: int, n_val: int, seed: int, size: int):
+    """Two sets: the training tasks, and held-out images no stage ever sees (not even their
+    image-level labels: the base SEAM trains on every image of its data root)."""
     from seam.training.data.synth import generate
 
-    return generate(root, n_train + n_val, seed, size=size, val_fraction=n_val / (n_train + n_val))
+    train = generate(root / "train", n_train, seed, size=size, val_fraction=0.0)
+    val = generate(root / "val", n_val, seed + 7919, size=size, val_fraction=0.0)
+    return train, val
 
 
 def base_version(info, repo: Path, work: Path, args) -> str:
@@ -134,7 +138,7 @@ def label_quality(fit_root: Path, info, ids: list[str]) -> float:
 def run_seed(seed: int, args, out: Path) -> list[dict]:
     from fastapi.testclient import TestClient
 
-    info = synth_set(out / "synth", args.n, args.val, 1000 + seed, args.size)
+    info, held = synth_set(out / "synth", args.n, args.val, 1000 + seed, args.size)
     classes = list(info.class_names[1:])
     repo = out / "repo"
     t = time.perf_counter()
@@ -189,7 +193,7 @@ def run_seed(seed: int, args, out: Path) -> list[dict]:
             fit_root = work / "data" / "corrections" / "labelstudio-1" / "fits" / fit["id"] / "data"
             row = {"seed": seed, "k": k, "selection": sel, "corrected": fit["corrected"], "images": fit["images"],
                    "labels_miou": label_quality(fit_root, info, info.train_ids),
-                   "heldout_miou": evaluate(repo, ref, info, info.val_ids), "fit_s": fits[-1]["seconds"]}
+                   "heldout_miou": evaluate(repo, ref, held, held.train_ids), "fit_s": fits[-1]["seconds"]}
             rows.append(row)
             print(json.dumps(row), flush=True)
         finally:
