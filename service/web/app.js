@@ -10,6 +10,9 @@
  * Jobs view: submit an archive, poll the jobs, cancel, download the results zip, and
  * show a gallery of the overlays read from that zip.
  *
+ * Train view: upload an archive to POST /trainings, follow its progress, promote the version it
+ * published. The model picker (header) names the model version every request asks for.
+ *
  * The page's state lives in js/state.js; the modules under js/ hold one concern each and
  * do nothing when imported. This entry module wires them up in start(), its one top-level
  * statement (tests/browser/test_web_modules.py checks both).
@@ -19,6 +22,8 @@ import { $, currentView } from './js/dom.js';
 import { initImageView } from './js/image-view.js';
 import { refreshJobs, initJobsView } from './js/jobs-view.js';
 import { initMask } from './js/mask.js';
+import { initModelPicker } from './js/model-picker.js';
+import { initTrainingsView, refreshTrainings } from './js/trainings-view.js';
 import { loadApiKey, on, setApiKey, state } from './js/state.js';
 import { clearError, say } from './js/status.js';
 
@@ -27,12 +32,15 @@ function showView(focus) {
   const view = currentView();
   $('#view-image').hidden = view !== 'image';
   $('#view-jobs').hidden = view !== 'jobs';
+  $('#view-train').hidden = view !== 'train';
   document.querySelectorAll('nav a[data-view]').forEach((a) => {
     if (a.dataset.view === view) a.setAttribute('aria-current', 'page'); else a.removeAttribute('aria-current');
   });
-  document.title = `${view === 'jobs' ? 'Batch jobs' : 'Segment an image'} · SEAM segmentation`;
+  const titles = { image: 'Segment an image', jobs: 'Batch jobs', train: 'Train' };
+  document.title = `${titles[view]} · SEAM segmentation`;
   if (view === 'jobs') refreshJobs();
-  if (focus) $(view === 'jobs' ? '#jobs-title' : '#image-title').focus();
+  if (view === 'train') refreshTrainings();
+  if (focus) $(`#${view === 'image' ? 'image' : view === 'jobs' ? 'jobs' : 'train'}-title`).focus();
 }
 
 function drawApiKey() {
@@ -49,6 +57,7 @@ function initApiKey() {
     clearError();
     loadModels();
     if (currentView() === 'jobs') refreshJobs();
+    if (currentView() === 'train') refreshTrainings();
   });
   $('#apikey-clear').addEventListener('click', () => {
     setApiKey('');
@@ -70,11 +79,13 @@ function installTestHook() {
 }
 
 function start() {
-  ['#image-title', '#jobs-title'].forEach((s) => $(s).setAttribute('tabindex', '-1'));
+  ['#image-title', '#jobs-title', '#train-title'].forEach((s) => $(s).setAttribute('tabindex', '-1'));
   initApiKey();
   initImageView();
   initMask();
   initJobsView();
+  initModelPicker();
+  initTrainingsView();
   installTestHook();
   loadApiKey();
   window.addEventListener('hashchange', () => showView(true));

@@ -25,8 +25,8 @@ FLOORS = [
     ["js/state.js", "js/dom.js", "js/palette.js", "js/formats.js"],
     ["js/pixels.js", "js/status.js", "js/api.js"],
     ["js/catalog.js"],
-    ["js/mask.js", "js/gallery.js"],
-    ["js/image-view.js", "js/jobs-view.js"],
+    ["js/mask.js", "js/gallery.js", "js/model-picker.js"],
+    ["js/image-view.js", "js/jobs-view.js", "js/trainings-view.js"],
     [ENTRY],
 ]
 

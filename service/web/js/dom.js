@@ -15,5 +15,7 @@ export const el = (tag, attrs = {}, ...children) => {
   return node;
 };
 
-/** The view the address names: `#jobs` or (anything else) the image view. */
-export function currentView() { return location.hash === '#jobs' ? 'jobs' : 'image'; }
+/** The view the address names: `#jobs`, `#train` or (anything else) the image view. */
+export function currentView() {
+  return { '#jobs': 'jobs', '#train': 'train' }[location.hash] || 'image';
+}

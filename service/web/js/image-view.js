@@ -8,7 +8,7 @@ import { drawMaskControls, renderMask } from './mask.js';
 import { rgbCss, VOC } from './palette.js';
 import { decodeImage, displaySize, heatmapImage, putImage, resizeBilinear } from './pixels.js';
 import {
-  clearImageResults, clearPickedClasses, isCurrentRun, nextImageRun, on, setClassPicked, setImageFile,
+  clearImageResults, clearPickedClasses, isCurrentRun, modelField, nextImageRun, on, setClassPicked, setImageFile,
   setImageResults, setImageTiming, state,
 } from './state.js';
 import { clearError, say, showError } from './status.js';
@@ -72,6 +72,7 @@ async function fetchCams(file, labels) {
     const f = new FormData();
     f.append('image', file, file.name);
     if (labels.length) f.append('labels', labels.join(','));
+    if (modelField()) f.append('model', modelField());
     f.append('format', 'npz');
     f.append('size', 'working'); // no full-resolution float32 maps: a photo's would be tens of MB
     return f;
@@ -212,4 +213,6 @@ export function initImageView() {
   $('#class-clear').addEventListener('click', () => { clearPickedClasses(); drawClassList(); });
   initDropZone(input);
   on('models', drawModels);
+  // another model: the shown maps are the previous model's, compute them again
+  on('modelChoice', () => { if (state.image.file) computeImage(); });
 }

@@ -6,7 +6,7 @@ import { methodText } from './catalog.js';
 import { $, currentView, el } from './dom.js';
 import { downloadJob, initGallery, short, showGallery } from './gallery.js';
 import {
-  methodsFor, on, resetTickedOutputs, setAnnounced, setJobs, setOutputTicked, setPollTimer, state, tickedOutputs,
+  methodsFor, modelField, on, resetTickedOutputs, setAnnounced, setJobs, setOutputTicked, setPollTimer, state, tickedOutputs,
 } from './state.js';
 import { clearError, say, showError } from './status.js';
 
@@ -60,6 +60,7 @@ function jobRequest() {
   if (labels && labels.name) f.append('labels', labels, labels.name);
   const method = fields.get('method');
   if (method) f.append('method', method);
+  if (modelField()) f.append('model', modelField());
   const thr = String(fields.get('threshold') || '').trim();
   if (thr) f.append('threshold', thr);
   const outputs = tickedOutputs();
@@ -171,7 +172,7 @@ function updateJobRow(row, j, prev) {
   const stateEl = f('state');
   stateEl.textContent = j.state;
   stateEl.className = `state ${j.state}`;
-  f('opts').textContent = `${j.method || 'default method'} · threshold ${j.threshold ?? 'default'} · ${(j.outputs || []).join(', ')}`;
+  f('opts').textContent = `${j.model ? `${j.model} · ` : ''}${j.method || 'default method'} · threshold ${j.threshold ?? 'default'} · ${(j.outputs || []).join(', ')}`;
   const progress = f('progress');
   progress.max = Math.max(j.total, 1);
   progress.value = j.total ? j.done + j.failed : 1;

@@ -9,7 +9,7 @@ import { paintRle } from './formats.js';
 import { rgbCss, VOC } from './palette.js';
 import { camsToLabel, maskOverlay, putImage, resizeLabel } from './pixels.js';
 import {
-  browserCams, CAMS_TEXT, methodsFor, newServerAbort, setFrameQueued, setLabel, setMaskMethod, setServerLabel,
+  browserCams, CAMS_TEXT, methodsFor, modelField, newServerAbort, setFrameQueued, setLabel, setMaskMethod, setServerLabel,
   setServerTimer, setThreshold, state,
 } from './state.js';
 import { clearError, say, showError } from './status.js';
@@ -64,6 +64,7 @@ function segmentForm(method, thr, format) {
   const labels = segmentLabels();
   if (labels.length) f.append('labels', labels.join(','));
   f.append('method', method);
+  if (modelField()) f.append('model', modelField());
   f.append('threshold', String(thr));
   f.append('format', format);
   return f;

@@ -28,7 +28,13 @@ export const state = {
     // methods: [{name, label, description, where: ['sync', 'jobs'], cams, plainThreshold}] in the server's order
     loaded: false, failed: false, names: [], classes: [], methods: [], defaultMethod: null, classThreshold: null,
     description: null,
+    // the repository (GET /models `repository`: names, versions, the promoted one) and the default model's
+    // NAME:VERSION; `base`: the fields above as GET /models gives them, for the default model
+    repository: [], defaultModel: null, base: null,
   },
+  // the model chosen for every request: '' = the server's default (no `model` field), 'NAME' = its
+  // promoted version, 'NAME:VERSION' = that version
+  model: '',
   outputs: { loaded: false, failed: false, kinds: [] }, // GET /outputs, in the server's order
   image: {
     file: null, picked: [], method: null, threshold: DEFAULT_THRESHOLD, labelsSent: null, seq: 0,
@@ -41,12 +47,17 @@ export const state = {
     ticked: null, // Set of the output kinds ticked in the form; null: the server's preselection
     timer: null, zips: new Map(), gallery: null,
   },
+  trainings: {
+    list: new Map(), // id -> the training as last fetched (GET /trainings, GET /trainings/{id})
+    timer: null, // the next poll while one is queued or running
+    refusals: new Map(), // id -> the server's reason a promotion was refused (the page then offers force)
+  },
 };
 
 // ───────────────────────── subscriptions ─────────────────────────
 const listeners = new Map(); // topic -> Set of functions
 
-/** Call `fn` after every change of `topic` ('apiKey', 'models', 'outputs', 'jobOutputs'). */
+/** Call `fn` after every change of `topic` ('apiKey', 'models', 'modelChoice', 'outputs', 'jobOutputs'). */
 export function on(topic, fn) {
   if (!listeners.has(topic)) listeners.set(topic, new Set());
   listeners.get(topic).add(fn);
@@ -104,19 +115,68 @@ export function setModels(m) {
   if (!state.models.loaded && m.default_threshold != null && thr >= 0 && thr <= 1 && !state.image.refined) {
     state.image.threshold = thr;
   }
+  const base = {
+    names: (m.models || []).map((x) => x.name), classes: m.classes || [], methods, defaultMethod,
+    classThreshold: typeof m.class_threshold === 'number' ? m.class_threshold : null, description: m.description || null,
+  };
   Object.assign(state.models, {
-    loaded: true, failed: false, names: (m.models || []).map((x) => x.name), classes: m.classes || [], methods,
-    defaultMethod, classThreshold: typeof m.class_threshold === 'number' ? m.class_threshold : null,
-    description: m.description || null,
+    loaded: true, failed: false, base, repository: Array.isArray(m.repository) ? m.repository : [],
+    defaultModel: m.default_model || null,
   });
+  if (state.model && !findVersion(state.model)) state.model = '';
+  applyModel();
+  notify('models');
+}
+
+/** The repository's entry and version that `ref` names ('NAME': the version serving requests
+ *  without one, else the promoted one; 'NAME:VERSION'), or null. */
+export function findVersion(ref) {
+  const [name, v] = String(ref || '').split(':');
+  const entry = state.models.repository.find((e) => e.name === name);
+  if (!entry) return null;
+  const want = v === undefined ? (entry.serving ?? entry.promoted) : Number(v);
+  const version = (entry.versions || []).find((x) => x.version === want);
+  return version ? { entry, version } : null;
+}
+
+/** The model fields the views render: GET /models' own for the server's default model, else
+ *  the chosen version's classes, methods (their details from `method_details` by name) and
+ *  description from the repository listing. */
+function applyModel() {
+  const { base } = state.models;
+  const found = state.model ? findVersion(state.model) : null;
+  const ref = found ? `${found.entry.name}:${found.version.version}` : null;
+  if (!found || ref === state.models.defaultModel) {
+    Object.assign(state.models, base);
+  } else {
+    const byName = new Map(base.methods.map((x) => [x.name, x]));
+    const methods = (found.version.methods || []).map((n) => byName.get(n) || methodEntry(n));
+    Object.assign(state.models, {
+      names: [ref], classes: found.version.classes || [], methods, classThreshold: null,
+      description: found.version.description || null,
+      defaultMethod: methods.length ? methods[0].name : null,
+    });
+  }
   const sync = methodsFor('sync').map((x) => x.name);
   if (!sync.includes(state.image.method)) {
+    const { defaultMethod } = state.models;
     state.image.method = sync.find((x) => browserCams(x)) || (sync.includes(defaultMethod) ? defaultMethod : sync[0])
       || null;
   }
   state.image.picked = state.image.picked.filter((c) => state.models.classes.includes(c));
-  notify('models');
 }
+
+/** Choose the model of the next requests ('' = the server's default); the views redraw
+ *  ('models') and the image view computes the shown image again ('modelChoice'). */
+export function setModelChoice(ref) {
+  state.model = ref && findVersion(ref) ? ref : '';
+  applyModel();
+  notify('models');
+  notify('modelChoice');
+}
+
+/** The `model` field of a request: the chosen model, or null for the server's default. */
+export function modelField() { return state.model || null; }
 
 export function setModelsFailed() {
   state.models.failed = true;
@@ -252,4 +312,25 @@ export function jobZip(id, fetchZip) {
 export function setGallery(gallery) {
   if (state.jobs.gallery) state.jobs.gallery.urls.forEach((u) => URL.revokeObjectURL(u));
   state.jobs.gallery = gallery;
+}
+
+// ───────────────────────── trainings view ─────────────────────────
+/** The listed trainings, newest first (GET /trainings). */
+export function setTrainings(list) {
+  state.trainings.list = new Map(list.map((t) => [t.id, t]));
+}
+
+/** One training as GET /trainings/{id} (or a POST) answered. */
+export function setTraining(t) {
+  state.trainings.list.set(t.id, t);
+}
+
+/** Why the server refused to promote training `id` (null: forget it). */
+export function setPromoteRefusal(id, message) {
+  if (message) state.trainings.refusals.set(id, message); else state.trainings.refusals.delete(id);
+}
+
+export function setTrainingsTimer(timer) {
+  clearTimeout(state.trainings.timer);
+  state.trainings.timer = timer;
 }
