@@ -66,6 +66,7 @@ class FitRequest(BaseModel):
         "by a training: ONNX-only models such as the bundled demo keep no checkpoint)."))
     budget_s: float | None = Field(None, gt=0, le=7 * 86400)
     epochs: int | None = Field(None, ge=1, le=1000)
+    batch_size: int | None = Field(None, ge=1, le=256, description="Batch (the recipe's 8 needs 8 images).")
     promote: bool = Field(True, description="Promote the version when its held-out evaluation is not worse.")
     heldout_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="Corrected images kept out and scored.")
     min_corrected: int = Field(1, ge=0, description="Refuse (409) with fewer corrected images; 0 retrains on the "
@@ -96,6 +97,8 @@ def training_spec(store: ProjectStore, req: FitRequest, data_root: str, pseudo: 
         recipe["epochs"] = req.epochs or cs.fit_epochs
     if cs.fit_crop:
         recipe["crop"] = cs.fit_crop
+    if req.batch_size:
+        recipe["batch_size"] = req.batch_size
     return {"name": name, "data": {"root": data_root, "source": "dir"}, "classes": classes, "stages": req.stages,
             "recipe": recipe, "base_model": req.base_model or (name if req.stages == "deeplab" else None),
             "pseudo_labels_dir": pseudo,
