@@ -29,6 +29,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from seam.common.files import LABEL_FILE_NAMES
+from seam.modelrepo.manifest import ManifestError
 from seam.modelrepo.trainings import DataSpec, Recipe, TrainingSpec, write_spec
 from seam.modelrepo.versions import ModelNotFound, resolve
 
@@ -89,10 +90,10 @@ def _spec(settings: Settings, o: TrainingOptions, data: DataSpec) -> TrainingSpe
     if o.base_model is not None:
         try:
             resolve(settings.models_dir, o.base_model, settings_default(settings))
+        except (ModelNotFound, ManifestError) as exc:  # ManifestError: no repository at all
+            raise ApiError(404, "model_not_found", f"base_model: {exc}") from None
         except ValueError as exc:
             raise ApiError(422, "validation_error", f"base_model: {exc}") from None
-        except ModelNotFound as exc:
-            raise ApiError(404, "model_not_found", f"base_model: {exc}") from None
     elif o.stages == "deeplab":
         raise ApiError(422, "validation_error", "stages 'deeplab' trains DeepLab alone: give a base_model")
     pseudo = data.root + "/pseudo" if (Path(data.root) / "pseudo").is_dir() else None

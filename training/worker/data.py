@@ -57,7 +57,7 @@ class PreparedData:
 def source_root(root: Path) -> Path:
     """An extracted archive often has one top folder (`mydata/images/...`): the folder that holds
     the label file or the VOC layout, else `root`."""
-    if any((root / n).is_file() for n in LABEL_FILE_NAMES) or (root / "JPEGImages").is_dir():
+    if not root.is_dir() or any((root / n).is_file() for n in LABEL_FILE_NAMES) or (root / "JPEGImages").is_dir():
         return root
     subs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "__MACOSX"))]
     if len(subs) == 1:

@@ -24,7 +24,7 @@ from seam.service.trainings.store import ID_PATTERN, TrainingRecord, TrainingSto
 from seam.service.trainings.submit import TrainingServices, submit
 
 from seam.modelrepo.trainings import request_cancel
-from seam.modelrepo.versions import ModelNotFound, list_models, promote
+from seam.modelrepo.versions import ModelEntry, ModelNotFound, list_models, promote
 
 router = APIRouter(tags=["trainings"])
 OPENAPI_MODELS = (TrainingJsonRequest, TrainingOptions)
@@ -51,14 +51,17 @@ def _ts(v: float | None) -> datetime | None:
     return None if v is None else datetime.fromtimestamp(v, tz=UTC)
 
 
-def _promoted_now(models_dir, name: str | None, version: int | None) -> bool:
-    if name is None or version is None:
-        return False
+def _entry(models_dir, name: str | None) -> ModelEntry | None:
+    """The model `name` in the repository now; None when it (or the repository) is not there."""
     try:
-        entry = list_models(models_dir).get(name)
+        return list_models(models_dir).get(name or "")
     except (OSError, ValueError):
-        return False
-    return entry is not None and entry.promoted == version
+        return None
+
+
+def _promoted_now(models_dir, name: str | None, version: int | None) -> bool:
+    entry = _entry(models_dir, name)
+    return entry is not None and version is not None and entry.promoted == version
 
 
 def to_public(rec: TrainingRecord, models_dir) -> TrainingPublic:
@@ -141,6 +144,9 @@ def promote_training(training_id: TrainingId, request: Request, settings: Settin
     s = rec.status
     if s.state != "succeeded" or s.model is None or s.version is None:
         raise ApiError(409, "training_not_finished", f"training {training_id} is {s.state}: no version to promote")
+    entry = _entry(settings.models_dir, s.model)
+    if entry is None or s.version not in entry.versions:
+        raise ApiError(404, "model_not_found", f"{s.model}:{s.version} is no longer in the model repository")
     if not force:
         _check_promotable(rec, settings.models_dir)
     try:
@@ -158,7 +164,7 @@ def promote_training(training_id: TrainingId, request: Request, settings: Settin
 
 def _check_promotable(rec: TrainingRecord, models_dir) -> None:
     s, ev = rec.status, rec.status.evaluation
-    entry = list_models(models_dir).get(s.model or "")
+    entry = _entry(models_dir, s.model)
     current = f"{s.model}:{entry.promoted}" if entry is not None and entry.promoted is not None else None
     if current == f"{s.model}:{s.version}":
         return
