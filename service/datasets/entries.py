@@ -13,8 +13,7 @@ import io
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import PurePosixPath
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 MAX_LINE_BYTES = 64 * 1024  # a longer line is an error (and is never held whole)
 URI_FIELDS = ("uri", "url", "image")
@@ -36,12 +35,18 @@ class LineError:
 
 
 def image_id_of(uri: str, base: str = "") -> str:
-    """The output name of an image URI: its path (under `base` when given) without extension."""
-    path = unquote(urlsplit(uri).path).lstrip("/")
+    """The output name of an image URI: its path (under `base` when given) without extension.
+    String operations only: this runs once per manifest line."""
+    rest = uri.split("://", 1)[1] if "://" in uri else uri
+    path = rest.split("/", 1)[1] if "/" in rest else ""  # the host or bucket is not part of the name
+    path = path.split("?", 1)[0].split("#", 1)[0]
+    if "%" in path:
+        path = unquote(path)
     if base and path.startswith(base):
         path = path[len(base):]
-    p = PurePosixPath(path)
-    return str(p.with_suffix("")) if p.suffix else str(p)
+    name_start = path.rfind("/") + 1
+    dot = path.rfind(".")
+    return path[:dot] if dot > name_start else path  # ".hidden" has no extension
 
 
 def check_id(iid: str) -> str | None:
@@ -56,23 +61,20 @@ def check_id(iid: str) -> str | None:
 def lines_of(chunks: Iterable[bytes], max_line: int = MAX_LINE_BYTES) -> Iterator[tuple[int, bytes | None]]:
     """(line number, bytes without the newline) of a byte stream; None for a line over `max_line`
     (skipped to its end without being kept)."""
-    buf = b""
+    rest = b""  # the unfinished last line of what has arrived
     n = 0
     too_long = False
     for chunk in chunks:
-        buf += chunk
-        while True:
-            i = buf.find(b"\n")
-            if i < 0:
-                break
+        parts = (rest + chunk).split(b"\n") if rest else chunk.split(b"\n")
+        rest = parts.pop()
+        for line in parts:
             n += 1
-            line, buf = buf[:i], buf[i + 1:]
             yield (n, None) if too_long or len(line) > max_line else (n, line.rstrip(b"\r"))
             too_long = False
-        if len(buf) > max_line:  # a runaway line: drop what we have, remember it is too long
-            buf, too_long = b"", True
-    if buf or too_long:
-        yield (n + 1, None) if too_long else (n + 1, buf.rstrip(b"\r"))
+        if len(rest) > max_line:  # a runaway line: drop what we have, remember it is too long
+            rest, too_long = b"", True
+    if rest or too_long:
+        yield (n + 1, None) if too_long else (n + 1, rest.rstrip(b"\r"))
 
 
 def _entry(n: int, uri: object, iid: object, labels: object) -> Entry | LineError:
