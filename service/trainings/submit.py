@@ -208,12 +208,13 @@ def _folder(settings: Settings, folder: str) -> DataSpec:
     try:
         p = Path(folder)
         target = (p if p.is_absolute() else root / p).resolve()
-    except (ValueError, OSError, RuntimeError) as exc:
-        raise ApiError(422, "invalid_directory", f"bad folder {shown!r}: {type(exc).__name__}") from None
-    if not target.is_relative_to(root):
-        raise ApiError(403, "forbidden", f"folder {shown!r} is outside the allowed root")
-    if not target.is_dir():
-        raise ApiError(422, "invalid_directory", f"{shown!r} is not a directory under the allowed root")
+        if not target.is_relative_to(root):
+            raise ApiError(403, "forbidden", f"folder {shown!r} is outside the allowed root")
+        if not target.is_dir():
+            raise ApiError(422, "invalid_directory", f"{shown!r} is not a directory under the allowed root")
+    except (ValueError, OSError, RuntimeError) as exc:  # NUL byte, ENAMETOOLONG, a symlink loop
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise ApiError(422, "invalid_directory", f"bad folder {shown!r}: {reason}") from None
     return DataSpec(root=str(target), source="folder")
 
 
