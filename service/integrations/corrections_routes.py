@@ -121,7 +121,10 @@ async def sync_labelstudio(project: ProjectId, request: Request, principal: Prin
     try:
         counts = await run_in_threadpool(sync.sync_project)
     except (FetchFailed, UrlRefused) as exc:
-        raise ApiError(502, "labelstudio_unreachable", f"project {project}: {exc}") from None
+        if isinstance(exc, FetchFailed) and exc.status == 404:
+            raise ApiError(404, "not_found", f"Label Studio has no project {project}") from None
+        # 424: what failed is Label Studio (or the way to it), not this request nor this server
+        raise ApiError(424, "labelstudio_unreachable", f"project {project}: {exc}") from None
     except CorrectionError as exc:
         raise ApiError(422, "invalid_corrections", str(exc)) from None
     hooked = await run_in_threadpool(ensure_webhook_auth, policy, p, request.headers.get("x-api-key"))
