@@ -52,7 +52,8 @@ def _crashed_job(data: Path, n: int, done: int, chunk_size: int = 2) -> tuple[st
         storage.write_output(job_id, "png", iid, png_label(engine.segment(imgs[iid]).label))
     for iid in sorted(imgs)[:done]:
         store.record_done(job_id, iid)
-    store.incr_delivery(job_id, 0)
+    for chunk in range(done // chunk_size + 1):  # every chunk that wrote an output had been delivered
+        store.incr_delivery(job_id, chunk)
     storage.tmp_dir(job_id).mkdir(parents=True, exist_ok=True)
     (storage.tmp_dir(job_id) / ".w-partial.tmp").write_bytes(b"half")
     orphan = data / "jobs" / jid()  # a submission that died before creating its job
