@@ -15,11 +15,12 @@ from seam.service.core.errors import ApiError
 from seam.service.jobs.create import chunked
 from seam.service.jobs.stores.base import ACTIVE_STATES, JobStore
 from seam.service.jobs.stores.sqlite import SqliteJobStore
+from seam.service.jobs.streamed import resume_streamed
 from seam.service.storage import Storage
 
 log = logging.getLogger("seam.service")
 
-SubmitFn = Callable[[str, list[list[str]]], None]
+SubmitFn = Callable[..., None]  # Dispatcher.submit(job_id, chunks, first=0)
 
 
 def resume_embedded(store: JobStore, storage: Storage, submit: SubmitFn, chunk_size: int) -> list[str]:
@@ -57,6 +58,10 @@ def _resume(store: JobStore, storage: Storage, submit: SubmitFn, chunk_size: int
             continue
         storage.clear_tmp(job_id)
         finished = store.done_images(job_id) | store.failed_images(job_id)
+        if manifest.get("streamed"):  # a job over a data set: its chunk files say what to re-queue
+            if resume_streamed(store, storage, submit, job_id, finished):
+                resumed.append(job_id)
+            continue
         ids = sorted(manifest["images"])
         chunks = chunked(ids, int(manifest.get("chunk_size") or chunk_size))
         pending = [[img for img in c if img not in finished] for c in chunks]

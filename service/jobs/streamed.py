@@ -15,6 +15,7 @@ count once the end is reached. A job cancelled meanwhile stops the reading.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sqlite3
@@ -199,3 +200,21 @@ def refuse(exc: UrlRefused) -> ApiError:
     """A refused data-set URL as the API answers it."""
     disabled = "disabled on this server" in str(exc) or "not under a bucket" in str(exc) or "not one of" in str(exc)
     return ApiError(403 if disabled else 422, "url_refused", str(exc))
+
+
+def resume_streamed(store: JobStore, storage: Storage, submit: Callable[..., None], job_id: str,
+                    finished: set[str]) -> bool:
+    """Embedded mode after a restart: re-queue what is unfinished of each chunk file when the data
+    set had been read to its end; a job whose reading was cut short is failed (its reader died with
+    the process: submit it again). True when re-queued."""
+    try:
+        marker = json.loads(b"".join(storage.iter_job_file(job_id, READ_MARKER)))
+    except (FileNotFoundError, ValueError):
+        store.fail(job_id, "the server stopped while reading the job's data set; submit it again "
+                           "(outputs already written stay where they are)")
+        return False
+    for n in range(int(marker["chunks"])):
+        pending = [line["id"] for line in storage.read_chunk(job_id, n) if line["id"] not in finished]
+        submit(job_id, [pending], first=n)  # empty chunks too: they let the job finish
+    log.info("resuming job %s over its data set: %d chunks", job_id, int(marker["chunks"]))
+    return True
