@@ -113,6 +113,9 @@ class ModelRegistry(EngineHolder):
                 log.error("model repository unreadable: %s", exc)
                 self.error = self.error if self.engine is not None else f"{type(exc).__name__}: {exc}"
                 self._fingerprint = fp
+                if self.dynamic:  # a load attempt has ended: /readyz and waiting chunks see the error
+                    self.loading = False
+                    self._done.set()
                 return True
             with self._lock:
                 self._catalog = catalog
@@ -298,15 +301,17 @@ class ModelRegistry(EngineHolder):
             catalog = self._catalog
         if catalog:  # names and versions from the shared repository; the workers load them
             v = self._resolve(catalog, ref)
-            return ServedModel(v.name, v.version, self._digests.get((v.name, v.version)) or self._digest(v), engine,
-                               v.legacy)
-        infos = engine.models()
-        return ServedModel(name or (infos[0].name if infos else "default"), version or 1, "", engine)
+            bound = getattr(engine, "for_model", None)  # the workers' engine, asked for this version
+            return ServedModel(v.name, v.version, self._digests.get((v.name, v.version)) or self._digest(v),
+                               bound(v.ref) if bound else engine, v.legacy)
+        infos = engine.models()  # no repository (an injected or fake engine): one unversioned model
+        return ServedModel(name or (infos[0].name if infos else "default"), version or 1, "", engine, legacy=True)
 
     def forwarded_ref(self, served: ServedModel, ref: str | None) -> str | None:
-        """What a worker is asked to run: the resolved NAME:VERSION, or the caller's own `ref` when
-        this process cannot read the repository (the worker resolves it)."""
-        return served.ref if self.dynamic or self._catalog else ref
+        """What the request record says: the resolved NAME:VERSION, or, when the workers compute and
+        this process cannot read the repository, the caller's own `ref` (the worker resolves it)."""
+        remote = hasattr(served.engine, "for_model")  # the workers' engine (realtime.fleet.RemoteModels)
+        return ref if remote and not (self.dynamic or self._catalog) else served.ref
 
     def acquire_pinned(self, name: str, version: int, digest: str | None) -> ServedModel:
         """A job's chunk: exactly that version, with the digest it had at submission."""
@@ -375,4 +380,4 @@ def served_by(holder: EngineHolder, ref: str | None) -> ServedModel:
     a pinned version loads: call it in a worker thread."""
     if isinstance(holder, ModelRegistry):
         return holder.acquire(ref)
-    return ServedModel(ref or "default", 1, "", holder.get())
+    return ServedModel(ref or "default", 1, "", holder.get(), legacy=True)

@@ -389,8 +389,9 @@ async def ls_metrics() -> dict:
 
 
 @router.get("/versions", summary="Label Studio ML backend: model versions.")
-async def versions(engine: EngineDep, ls: LsSettingsDep) -> dict:
-    return {"versions": [model_version(engine, ls_method(engine, ls))]}
+async def versions(holder: HolderDep, ls: LsSettingsDep) -> dict:
+    served = await run_in_threadpool(served_by, holder, ls.model)
+    return {"versions": [model_version(served.engine, ls_method(served.engine, ls), served)]}
 
 
 # --- a finished job's outputs as a Label Studio import file, with the project's tag names -------

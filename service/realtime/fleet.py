@@ -33,9 +33,15 @@ class RemoteModels:
     # what of a worker's heartbeat payload this engine serves (the rest, e.g. its timestamp, changes every beat)
     ADVERTISED = ("classes", "methods", "models")
 
-    def __init__(self, info: dict, submit: Callable[[SyncRequest, bytes], Awaitable[Reply]] | None = None) -> None:
+    def __init__(self, info: dict, submit: Callable[[SyncRequest, bytes], Awaitable[Reply]] | None = None,
+                 model: str | None = None) -> None:
         self.info = info
         self.submit = submit
+        self.model = model  # NAME:VERSION the workers run for `segment` (None: their default)
+
+    def for_model(self, ref: str) -> RemoteModels:
+        """The same workers, asked to compute with the model version `ref` (registry.served_by)."""
+        return RemoteModels(self.info, self.submit, ref)
 
     def same_models(self, other: RemoteModels) -> bool:
         return all(self.info.get(k) == other.info.get(k) for k in self.ADVERTISED)
@@ -64,7 +70,7 @@ class RemoteModels:
         buf = io.BytesIO()
         Image.fromarray(np.asarray(rgb, np.uint8)).save(buf, format="PNG", compress_level=1)  # lossless
         req = SyncRequest(op="segment", fmt="result", labels=None if labels is None else [int(c) for c in labels],
-                          method=method, threshold=threshold, max_side=max_side)
+                          method=method, threshold=threshold, max_side=max_side, model=self.model)
         reply = from_thread.run(self.submit, req, buf.getvalue())
         if reply.status >= 400:
             raise reply_error(reply)

@@ -127,6 +127,9 @@ class RealtimeServer:
         got = self.engine(model) if model is not None else self.engine()
         if hasattr(got, "engine") and hasattr(got, "ref"):
             return got.engine, got.ref
+        if model is None:  # an unversioned engine: NAME:1, as the registry names one (core/registry.py)
+            infos = got.models()
+            return got, f"{infos[0].name}:1" if infos else None
         return got, model
 
     def _compute(self, model: str | None, group: list[tuple[str, SyncRequest, bytes]]) -> list[Reply]:

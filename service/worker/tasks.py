@@ -144,10 +144,15 @@ def _engine(model: str | None = None, digest: str | None = None) -> Any:
     return engine_getter(_holder, build=lambda: build_engine(s), warm=s.warmup, wait_s=60)(model, digest)
 
 
+def _served(model: str | None = None) -> Any:
+    """The ServedModel of `model` (None or "": the default model's), so every answer names its version."""
+    return _engine(model or "")
+
+
 def realtime() -> RealtimeServer:
     if "realtime" not in _shared:
         s = get_settings()
-        _shared["realtime"] = RealtimeServer(shared_redis(), s.key_prefix, _engine, _node(), s.max_pixels, s.max_batch,
+        _shared["realtime"] = RealtimeServer(shared_redis(), s.key_prefix, _served, _node(), s.max_pixels, s.max_batch,
                                              s.batch_window_ms / 1000.0)
     return _shared["realtime"]
 

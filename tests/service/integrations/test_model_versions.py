@@ -48,6 +48,7 @@ def test_labelstudio_predict_names_the_version(client: TestClient, fake_ls) -> N
     assert r1.status_code == 200, r1.text
     assert r1.headers["X-Seam-Model"] == "shapes:1"
     assert r1.json()["model_version"].startswith("seam-wsss:shapes:1:")
+    assert client.get("/labelstudio/versions").json()["versions"] == [r1.json()["model_version"]]
     r2 = _predict(client, model="shapes:2")
     assert r2.headers["X-Seam-Model"] == "shapes:2" and r2.json()["model_version"].startswith("seam-wsss:shapes:2:")
     assert r1.json()["results"] != r2.json()["results"]  # the versions segment differently
