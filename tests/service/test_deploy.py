@@ -48,21 +48,26 @@ def compose() -> dict:
 
 def test_compose_services(compose):
     svc = compose["services"]
-    assert set(svc) == {"redis", "api", "worker"}
+    assert set(svc) == {"redis", "api", "worker", "trainer"}
     redis_cmd = " ".join(svc["redis"]["command"])
     assert "--appendonly yes" in redis_cmd and "--maxmemory-policy noeviction" in redis_cmd
     for name in svc:
         assert "healthcheck" in svc[name] and svc[name]["healthcheck"]["test"], name
     assert svc["api"]["build"]["dockerfile"] == "docker/Dockerfile.api"
     assert svc["worker"]["build"]["dockerfile"] == "docker/Dockerfile.worker"
-    dev = svc["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
-    assert dev["driver"] == "nvidia" and "gpu" in dev["capabilities"]
-    for name in ("api", "worker"):
+    assert svc["trainer"]["build"]["dockerfile"] == "docker/Dockerfile.trainer"
+    for name in ("worker", "trainer"):
+        dev = svc[name]["deploy"]["resources"]["reservations"]["devices"][0]
+        assert dev["driver"] == "nvidia" and "gpu" in dev["capabilities"]
+    for name in ("api", "worker", "trainer"):
         env = svc[name]["environment"]
         assert env["SEAM_BROKER_URL"].startswith("redis://redis:6379")
         assert env["SEAM_DATA_DIR"] == "/data" and env["SEAM_MODELS_DIR"] == "/models"
         vols = svc[name]["volumes"]
-        assert "./models:/models:ro" in vols and "job-data:/data" in vols  # shared by api and worker
+        # one model repository and one data volume for all; the API (promotions) and the trainer
+        # (new versions) write the repository, the workers only read it
+        models = "${SEAM_MODELS:-./models}:/models" + (":ro" if name == "worker" else "")
+        assert models in vols and "job-data:/data" in vols
         assert svc[name]["depends_on"]["redis"]["condition"] == "service_healthy"
     assert set(compose["volumes"]) >= {"redis-data", "job-data"}
     assert any(p.endswith(":8000") for p in svc["api"]["ports"])
@@ -70,7 +75,7 @@ def test_compose_services(compose):
 
 def test_compose_env_names_are_settings(compose):
     fields = {f"SEAM_{n.upper()}" for n in Settings.model_fields}
-    for name in ("api", "worker"):
+    for name in ("api", "worker", "trainer"):
         for key in compose["services"][name]["environment"]:
             assert key in fields, f"{name}: {key} is not a setting"
 
@@ -87,7 +92,8 @@ def test_compose_cpu_override(compose):
     """docker-compose.cpu.yml only takes the GPU away from the worker (the real run of both
     files together is scripts/compose-test.sh)."""
     cpu = yaml.load((REPO / "docker-compose.cpu.yml").read_text(), Loader=_ComposeLoader)
-    assert set(cpu["services"]) == {"worker"}
+    assert set(cpu["services"]) == {"worker", "trainer"}
+    assert cpu["services"]["trainer"]["deploy"] == ("!reset",)
     worker = cpu["services"]["worker"]
     assert worker["deploy"] == ("!reset",)  # the nvidia reservation Docker refuses without the toolkit
     assert worker["environment"] == {"SEAM_PROVIDERS": "cpu"}
@@ -124,6 +130,10 @@ def test_dockerfiles():
     assert re.search(r"^FROM nvidia/cuda:\S+runtime", worker, re.M) and "onnxruntime-gpu" in worker
     assert "--pool prefork -c 1" in worker
     assert "torch" in train and ".[train" in train
+    trainer = (REPO / "docker" / "Dockerfile.trainer").read_text()
+    assert ".[trainer]" in trainer and "'seam.service' not in sys.modules" in trainer  # checked at build
+    assert "COPY training" in trainer and "seam trainer" in trainer and "HEALTHCHECK" in trainer
+    assert "USER " in trainer
     for text in (api, worker):
         assert "HEALTHCHECK" in text and "USER " in text
 
