@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 from seam.training.models.registry import create_model
 from typer.testing import CliRunner
@@ -11,6 +12,7 @@ from seam.cli import app
 runner = CliRunner()
 
 
+@pytest.mark.slow  # seconds of CPU each: out of the fast loop (under a minute), CI runs it
 def test_synth_cam_eval_end_to_end(tmp_path):
     data = tmp_path / "synth"
     r = runner.invoke(app, ["synth", "--out", str(data), "--n", "6", "--seed", "3", "--size", "64"])

@@ -23,6 +23,7 @@ def net() -> torch.nn.Module:
     return create_model("seam", "resnet38_small", NUM_FG + 1).eval()
 
 
+@pytest.mark.slow  # seconds of CPU each: out of the fast loop (under a minute), CI runs it
 @pytest.mark.parametrize("hw,labels", [((37, 61), [1, 4]), ((45, 29), [0]), ((51, 67), [2, 3, 5])])
 def test_shared_cam_equals_authors_infer_seam(net, hw, labels):
     rng = np.random.default_rng(hw[0])

@@ -97,6 +97,7 @@ def test_network_shapes_and_keys():
     assert big.fc6.in_channels == 4096
 
 
+@pytest.mark.slow  # seconds of CPU each: out of the fast loop (under a minute), CI runs it
 def test_train_resume_and_segment(tmp_path):
     img_dir, lab_dir = tiny_set(tmp_path)
     cfg = DeepLabTrainConfig(images=str(img_dir), labels=str(lab_dir), backbone="resnet38_small", batch_size=2,

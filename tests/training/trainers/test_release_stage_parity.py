@@ -103,6 +103,7 @@ def test_new_layers_start_as_the_release_initialises_them():
 
 # --------------------------------------------------------------------------- infer_SEAM
 
+@pytest.mark.slow  # seconds of CPU each: out of the fast loop (under a minute), CI runs it
 def test_cam_stage_equals_infer_seam_on_an_authors_checkpoint(tmp_path):
     """The pipeline's CAM stage (write_cams, refined maps, scales 0.5-2.0 + flips) on a random
     checkpoint in the authors' format, against infer_SEAM run on the oracle's forward pass."""
@@ -275,6 +276,7 @@ def _deeplab_step_pair(bn_group):
     return base, ref_sd, ref_loss, ours, loss
 
 
+@pytest.mark.slow  # seconds of CPU each: out of the fast loop (under a minute), CI runs it
 def test_deeplab_step_equals_seamv1_pseudovoc():
     base, ref_sd, ref_loss, ours, loss = _deeplab_step_pair(None)  # the release recipe's BN groups
     assert loss == pytest.approx(ref_loss, rel=1e-5)
@@ -289,11 +291,13 @@ def test_deeplab_step_equals_seamv1_pseudovoc():
     assert moved["bn_fov.weight"] == 0 and moved["backbone.bn7.running_mean"] > 0  # BN: statistics only
 
 
+@pytest.mark.slow  # seconds of CPU each: out of the fast loop (under a minute), CI runs it
 def test_deeplab_step_with_bn_over_the_whole_batch_is_not_the_release():
     _, ref_sd, ref_loss, ours, loss = _deeplab_step_pair(10)  # one group of 10: plain BN
     assert abs(loss - ref_loss) > 1e-4 * abs(ref_loss)
 
 
+@pytest.mark.slow  # seconds of CPU each: out of the fast loop (under a minute), CI runs it
 @pytest.mark.parametrize("crf", [True, False])
 def test_deeplab_prediction_equals_the_authors_test_protocol(tmp_path, crf):
     """test.py: 6 scales + flips, mean logits, softmax, dense CRF (1 iteration, bilateral sxy 32),

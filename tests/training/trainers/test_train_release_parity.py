@@ -195,6 +195,7 @@ def _update_norms(base, model):
             for (n, p), q in zip(model.named_parameters(), base.parameters(), strict=True)}
 
 
+@pytest.mark.slow  # seconds of CPU each: out of the fast loop (under a minute), CI runs it
 def test_release_recipe_step_equals_the_release_polyoptimizer():
     base, x = _seam_pair()
     img = x[:2]
@@ -242,6 +243,7 @@ def test_tuned_recipe_is_the_release_optimizer_with_its_momentum_fixed():
     assert diff > 1e-4
 
 
+@pytest.mark.slow  # seconds of CPU each: out of the fast loop (under a minute), CI runs it
 def test_affinity_release_recipe_step_equals_train_aff():
     torch.manual_seed(0)
     x = torch.randn(2, 3, 112, 136)
