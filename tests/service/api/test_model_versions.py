@@ -173,3 +173,52 @@ def test_promote_and_rollback_need_an_admin_key(make_settings, make_client, repo
         assert c.post("/models/nope/rollback", headers={"X-API-Key": ADMIN}).status_code == 404
         r = c.post("/models/shapes/rollback", headers={"X-API-Key": ADMIN})
         assert r.status_code == 422 and "no earlier promoted version" in r.json()["error"]["message"]
+
+
+def test_corrupt_promoted_version_is_refused_and_reported(make_settings, repo: Path, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from testkit.versions import corrupt
+
+    app = create_app(_settings(make_settings, repo))
+    img = png_bytes(shapes_photo(48, 64))
+    with TestClient(app) as c:
+        wait_until(lambda: c.get("/readyz").status_code == 200, 60, 0.05)
+        n = publish_variant(repo, "shapes", 0.3, tmp_path)
+        corrupt(repo / "shapes" / str(n) / "pcm.onnx")  # e.g. a bad copy after publishing
+        versions.promote(repo, "shapes", n, verify=False)  # as a hand-written PROMOTED file would
+
+        def refused() -> dict | None:
+            entry = c.get("/models").json()["repository"][0]
+            row = {v["version"]: v for v in entry["versions"]}[n]
+            return entry if row["state"] == "refused" else None
+
+        entry = wait_until(refused, 30, 0.05)
+        assert entry["promoted"] == n and entry["serving"] == 1
+        assert "does not match" in {v["version"]: v for v in entry["versions"]}[n]["error"]
+        r = _segment(c, img)
+        assert r.status_code == 200 and r.headers["X-Seam-Model"] == "shapes:1"  # the good one still answers
+        assert c.get("/readyz").status_code == 200
+        pinned = _segment(c, img, model=f"shapes:{n}")
+        assert pinned.status_code == 422 and "does not match" in pinned.json()["error"]["message"]
+
+
+def test_legacy_repository_answers_as_before(make_settings, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from testkit.versions import demo_variant
+
+    repo = tmp_path / "legacy"
+    demo_variant(repo / "seam-demo", 0.26)
+    app = create_app(_settings(make_settings, repo))
+    with TestClient(app) as c:
+        wait_until(lambda: c.get("/readyz").status_code == 200, 60, 0.05)
+        body = c.get("/models").json()
+        assert body["default_model"] == "seam-demo:1" and [m["name"] for m in body["models"]] == ["seam-demo"]
+        assert body["classes"] == ["disc", "square", "triangle", "ring", "cross"] and body["default_method"]
+        assert body["repository"][0]["legacy"] and body["repository"][0]["versions"][0]["state"] == "serving"
+        r = _segment(c, png_bytes(shapes_photo(48, 64)), format="json")
+        assert r.status_code == 200 and r.json()["model"] == "seam-demo:1"
+        assert _segment(c, png_bytes(shapes_photo(48, 64)), model="seam-demo").status_code == 200
+        r = c.post("/models/seam-demo/promote", json={"version": 1})
+        assert r.status_code == 422 and "legacy" in r.json()["error"]["message"]
