@@ -21,6 +21,7 @@ from seam.service.core.registry import ModelRegistry
 from seam.service.datasets.fetching import DatasetReader
 from seam.service.datasets.policy import DatasetPolicy
 from seam.service.engine.base import InferenceEngine
+from seam.service.jobs import stream_chunks
 from seam.service.jobs.processing import (
     TRANSIENT,
     ChunkContext,
@@ -113,12 +114,17 @@ def dataset_reader(settings: Settings) -> DatasetReader:
                          max_bytes=settings.max_upload_bytes)  # an image from a URI: as large as a /segment upload
 
 
-def give_up(ctx: ChunkContext, job_id: str, images: list[str], reason: str) -> None:
-    """Record every unfinished image of the chunk as failed so the job still ends."""
+def give_up(ctx: ChunkContext, job_id: str, images: list[str], reason: str, chunk: int | None = None) -> None:
+    """Record every unfinished image of the chunk as failed so the job still ends (a job with an
+    output_url also lists them in its results manifest, and gets it when this ends the job)."""
     try:
-        kinds = ctx.storage.read_manifest(job_id)["options"]["outputs"]
+        manifest = ctx.storage.read_manifest(job_id)
+        kinds = manifest["options"]["outputs"]
         fail_unfinished(ctx, job_id, list(images), kinds, reason)
-        ctx.store.finish_if_complete(job_id)
+        final = ctx.store.finish_if_complete(job_id)
+        if manifest.get("output_url"):
+            stream_chunks.gave_up(ctx.storage, ctx.store, ctx.datasets, manifest, job_id, chunk, list(images),
+                                  ctx.public(reason), final)
     except Exception:  # noqa: BLE001 - nothing more can be done; the job expires with its TTL
         log.exception("could not record the failure of job %s", job_id)
 
@@ -138,12 +144,12 @@ def attempt_chunk(ctx: ChunkContext, job_id: str, chunk: int, images: list[str],
         raise
     except TRANSIENT as exc:
         if retries >= ctx.retry.max_retries:
-            give_up(ctx, job_id, images, f"gave up after {retries + 1} attempts: {describe(exc)}")
+            give_up(ctx, job_id, images, f"gave up after {retries + 1} attempts: {describe(exc)}", chunk)
             return None
         delay = ctx.retry.delay(retries + 1)
         log.warning("job %s chunk %d: %s; retrying in %.1f s", job_id, chunk, describe(exc), delay)
         return delay
     except Exception as exc:  # noqa: BLE001 - a bug must not leave the job running forever
         log.exception("job %s chunk %d failed", job_id, chunk)
-        give_up(ctx, job_id, images, f"internal error: {describe(exc)}")
+        give_up(ctx, job_id, images, f"internal error: {describe(exc)}", chunk)
         return None

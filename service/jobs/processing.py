@@ -126,13 +126,7 @@ def process_chunk(ctx: ChunkContext, job_id: str, chunk: int, images: list[str])
     opts = manifest["options"]
     kinds: list[str] = list(opts["outputs"])
     if deliveries > ctx.max_deliveries:
-        log.error("job %s chunk %d started %d times; giving up on it", job_id, chunk, deliveries)
-        rep.failed = fail_unfinished(
-            ctx, job_id, images, kinds,
-            f"gave up after chunk {chunk} was started {deliveries - 1} times without finishing "
-            "(the worker crashed, was killed or timed out while processing it)")
-        rep.gave_up = True
-        rep.final_state = ctx.store.finish_if_complete(job_id)
+        _give_up(ctx, rep, job_id, chunk, images, manifest, deliveries)
         return rep
     ctx.store.mark_running(job_id)
     try:
@@ -157,6 +151,26 @@ def process_chunk(ctx: ChunkContext, job_id: str, chunk: int, images: list[str])
             ctx.between()
     _end_chunk(ctx, rep, job, chunk, images)
     return rep
+
+
+def _give_up(ctx: ChunkContext, rep: ChunkReport, job_id: str, chunk: int, images: list[str], manifest: dict,
+             deliveries: int) -> None:
+    """A poison chunk: its unfinished images are recorded failed (and listed so in the results
+    manifest of a job with output_url) and the job moves on."""
+    log.error("job %s chunk %d started %d times; giving up on it", job_id, chunk, deliveries)
+    kinds: list[str] = list(manifest["options"]["outputs"])
+    rep.failed = fail_unfinished(
+        ctx, job_id, images, kinds,
+        f"gave up after chunk {chunk} was started {deliveries - 1} times without finishing "
+        "(the worker crashed, was killed or timed out while processing it)")
+    rep.gave_up = True
+    done = ctx.store.done_images(job_id) if manifest.get("output_url") else set()
+    for img in images:
+        if img not in done:
+            rep.records[img] = stream_chunks.record(img, manifest, None, kinds, error=ctx.public(
+                f"gave up: chunk {chunk} was started {deliveries - 1} times without finishing"))
+    sink = stream_chunks.outputs_of(ctx.storage, ctx.datasets, manifest)
+    _end_chunk(ctx, rep, _Job(job_id, manifest, kinds, [], None, sink), chunk, images)  # type: ignore[arg-type]
 
 
 def _end_chunk(ctx: ChunkContext, rep: ChunkReport, job: _Job, chunk: int, images: list[str]) -> None:

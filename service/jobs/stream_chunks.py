@@ -94,3 +94,20 @@ def finalize(storage: Storage, sink: OutputPrefix, job_id: str, line_errors: lis
 
     sink.store.put_stream("results.jsonl", body())
     return sink.store.uri("results.jsonl")
+
+
+def gave_up(storage: Storage, store: Any, reader: DatasetReader | None, manifest: dict, job_id: str,
+            chunk: int | None, images: list[str], reason: str, final: str | None) -> None:
+    """A chunk given up outside process_chunk (retries spent, a crash): its part lists its images
+    (failed ones with why), and the results manifest is made when this ended the job."""
+    prefix = outputs_of(storage, reader, manifest)
+    if not isinstance(prefix, OutputPrefix):
+        return
+    if chunk is not None:
+        view = chunk_manifest(storage, job_id, chunk, manifest) if manifest.get("streamed") else manifest
+        done = store.done_images(job_id)
+        write_part(prefix, chunk, [record(img, view, prefix, list(manifest["options"]["outputs"]),
+                                          error=None if img in done else reason) for img in images])
+    if final is not None:
+        snap = store.snapshot(job_id, errors_limit=10_000_000)
+        finalize(storage, prefix, job_id, list(snap.errors) if snap else [])

@@ -182,11 +182,11 @@ class ChunkTask(Task):
         # A bug outside attempt_chunk, or (called by the main process) the hard time limit
         # killed the pool process: record the chunk's unfinished images so the job ends.
         try:
-            job_id, _chunk, images = args
+            job_id, chunk, images = args
         except ValueError:
             log.error("chunk task %s failed with unexpected arguments %r", task_id, args)
             return
-        give_up(context(), job_id, list(images), f"chunk failed: {type(exc).__name__}: {exc}")
+        give_up(context(), job_id, list(images), f"chunk failed: {type(exc).__name__}: {exc}", chunk)
 
 
 # shared_task: bound to the app that includes this module when it is finalised, so importing
