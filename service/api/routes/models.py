@@ -55,6 +55,7 @@ def list_models(engine: EngineDep, holder: HolderDep) -> ModelsResponse:
 
 _ADMIN = {403: {"model": ErrorResponse, "description": "Not an admin key."},
           404: {"model": ErrorResponse, "description": "No such model or version."},
+          409: {"model": ErrorResponse, "description": "The model repository is read-only in this process."},
           422: {"model": ErrorResponse, "description": "Legacy model, refused (corrupt) version, nothing to roll "
                                                        "back to."}}
 
@@ -79,6 +80,9 @@ async def _call(fn, *args):
         raise ApiError(404, "model_not_found", str(exc)) from None
     except ValueError as exc:  # a legacy model, a corrupt version (ManifestError), nothing to roll back to
         raise ApiError(422, "cannot_promote", str(exc)) from None
+    except OSError as exc:  # e.g. the repository is mounted read-only in this container
+        raise ApiError(409, "repository_read_only", f"cannot write to the model repository here ({exc.strerror}); "
+                                                    "promote where it is writable (`seam models promote`)") from None
 
 
 @router.post("/models/{name}/promote", response_model=PromotionResponse, responses=_ADMIN,

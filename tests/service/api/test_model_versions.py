@@ -222,3 +222,17 @@ def test_legacy_repository_answers_as_before(make_settings, tmp_path: Path) -> N
         assert _segment(c, png_bytes(shapes_photo(48, 64)), model="seam-demo").status_code == 200
         r = c.post("/models/seam-demo/promote", json={"version": 1})
         assert r.status_code == 422 and "legacy" in r.json()["error"]["message"]
+
+
+def test_a_read_only_repository_answers_409(make_settings, repo: Path, monkeypatch) -> None:
+    import errno
+
+    from fastapi.testclient import TestClient
+
+    def read_only(*_a, **_k):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(versions, "promote", read_only)  # a container mounting models/ read-only
+    with TestClient(create_app(_settings(make_settings, repo))) as c:
+        r = c.post("/models/shapes/promote", json={"version": 2})
+        assert r.status_code == 409 and "seam models promote" in r.json()["error"]["message"]
