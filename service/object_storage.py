@@ -43,6 +43,26 @@ def make_storage(settings: Settings) -> Storage:
     return ObjectStorage(blobs, settings.data_dir, settings.storage_cache_bytes)
 
 
+def _drop_dead_caches(root: Path) -> None:
+    try:
+        names = [d.name for d in root.iterdir() if d.is_dir()]
+    except FileNotFoundError:
+        return
+    for name in names:
+        if name.isdigit() and not _alive(int(name)):
+            shutil.rmtree(root / name, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
 class LocalCache:
     """Files under a folder, at most `limit` bytes, least recently used evicted first."""
 
@@ -91,7 +111,10 @@ class ObjectStorage(Storage):
     def __init__(self, blobs: BlobStore, scratch: Path, cache_bytes: int) -> None:
         super().__init__(scratch)
         self.blobs = blobs
-        self.cache = LocalCache(self.root / "cache", cache_bytes)
+        # one cache folder per process (a file another process evicts must not vanish under us);
+        # the folders of processes that are gone are removed: the cache stays bounded across restarts
+        _drop_dead_caches(self.root / "cache")
+        self.cache = LocalCache(self.root / "cache" / str(os.getpid()), cache_bytes)
         self._manifests: OrderedDict[str, dict] = OrderedDict()
 
     def key(self, job_id: str, rel: str = "") -> str:
