@@ -1,16 +1,17 @@
-"""A version scored on the held-out split: the SEAM model's ONNX graphs (what the service
-serves, not the torch weights), CAMs given each image's tags at scale 1 with flip, the
-manifest's background threshold, mIoU against the ground-truth PNGs. The new version and the
-promoted one are scored the same way on the same images, so their numbers compare."""
+"""A version scored on the held-out split through its ONNX graphs (what the service serves, not
+the torch weights), mIoU against the ground-truth PNGs: its DeepLab when it has one (logits at
+scale 1 with flip, argmax), else its SEAM CAMs given each image's tags (scale 1 with flip, the
+manifest's background threshold). The new version and the promoted one are scored on the same
+images, each by the best segmentation it serves, so their numbers compare."""
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 from seam.training.data.label_png import read_label_png
 
-from seam.common.cam import MultiScaleConfig, cams_to_label, multiscale_cam
+from seam.common.cam import MultiScaleConfig, cams_to_label, multiscale_cam, resize_bilinear
 from seam.common.image import Normalization, load_rgb
 from seam.common.metrics import ConfusionMeter
 from seam.modelrepo.manifest import read_manifest
@@ -52,3 +53,38 @@ def evaluate_seam(model_dir: Path, items: HeldOut, class_names: Sequence[str]) -
             raise ValueError(f"{gt_path}: ground truth {gt.shape} differs from the image {pred.shape}")
         meter.update(pred, gt)
     return float(meter.scores(class_names)["miou"])
+
+
+def _check_classes(model_dir: Path, class_names: Sequence[str]) -> None:
+    mf = read_manifest(model_dir)
+    if list(mf.class_names) != list(class_names):
+        raise ValueError(f"{model_dir}: classes {list(mf.class_names[1:])} differ from {list(class_names[1:])}")
+
+
+def evaluate_deeplab(model_dir: Path, items: HeldOut, class_names: Sequence[str]) -> float:
+    """mIoU (%) of the DeepLab model in `model_dir` on `items`."""
+    _check_classes(model_dir, class_names)
+    mf = read_manifest(model_dir)
+    sess = cpu_session(model_dir / mf.onnx.file)
+    norm = Normalization(tuple(mf.input.mean), tuple(mf.input.std))
+    meter = ConfusionMeter(len(class_names))
+    for _id, image, gt_path, _tags in items:
+        rgb = load_rgb(image)
+        x = norm(rgb)
+        logits = sess.run(None, {mf.input.name: np.stack([x, x[:, :, ::-1]]).astype(np.float32)})[0]
+        up = resize_bilinear(logits[0], rgb.shape[:2]) + resize_bilinear(logits[1], rgb.shape[:2])[:, :, ::-1]
+        pred = up.argmax(0).astype(np.uint8)
+        gt = read_label_png(gt_path)
+        if gt.shape != pred.shape:
+            raise ValueError(f"{gt_path}: ground truth {gt.shape} differs from the image {pred.shape}")
+        meter.update(pred, gt)
+    return float(meter.scores(class_names)["miou"])
+
+
+def evaluate_dirs(dirs: Mapping[str, Path], items: HeldOut, class_names: Sequence[str]) -> tuple[float, str]:
+    """(mIoU %, what was scored) of a version given as {kind: model dir}: DeepLab, else SEAM."""
+    if "deeplab" in dirs:
+        return evaluate_deeplab(dirs["deeplab"], items, class_names), "deeplab"
+    if "seam" in dirs:
+        return evaluate_seam(dirs["seam"], items, class_names), "seam CAMs"
+    raise ValueError("the version has neither a DeepLab nor a SEAM model to score")

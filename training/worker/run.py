@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from seam.training.worker.data import PreparedData, disk_usage, prepare_data
-from seam.training.worker.evaluate import evaluate_seam
+from seam.training.worker.evaluate import evaluate_dirs
 from seam.training.worker.publish import base_checkpoints, export_kinds, publish
 from seam.training.worker.stages import StageReport, Stopped, run_stages
 from seam.training.worker.status import Progress, Tracker
@@ -143,18 +143,18 @@ def decide(spec: TrainingSpec, repo: Path, dirs: dict[str, Path], data: Prepared
     ev = Evaluation(split=[i for i, *_ in items], promoted_ref=current.ref if current else None)
     if not items:
         ev.note = "no held-out images with ground truth: nothing scored"
-    elif "seam" not in dirs:
-        ev.note = "no SEAM model in the version: nothing scored"
     else:
         t = time.time()
-        ev.new = round(evaluate_seam(dirs["seam"], items, data.class_names), 3)
-        if current is not None and "seam" in current.dirs:
+        score, what = evaluate_dirs(dirs, items, data.class_names)
+        ev.new, ev.metric = round(score, 3), f"miou ({what})"
+        if current is not None:
             try:
-                ev.promoted = round(evaluate_seam(current.dirs["seam"], items, data.class_names), 3)
-                ev.comparable = True
+                old, old_what = evaluate_dirs(current.dirs, items, data.class_names)
+                ev.promoted, ev.comparable = round(old, 3), True
+                ev.metric = f"miou (new: {what}; promoted: {old_what})"
             except ValueError as exc:
                 ev.note = f"the promoted version is not comparable: {exc}"
-        tracker.log(f"held-out mIoU on {len(items)} images: new {ev.new}%, promoted "
+        tracker.log(f"held-out {ev.metric} on {len(items)} images: new {ev.new}%, promoted "
                     f"{ev.promoted_ref or '-'} {ev.promoted if ev.promoted is not None else '-'}% "
                     f"({time.time() - t:.1f} s)")
     if current is None:
