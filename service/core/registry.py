@@ -271,6 +271,9 @@ class ModelRegistry(EngineHolder):
                 raise ApiError(503, "model_unavailable", f"model {v.ref} could not be loaded: {err}",
                                {"Retry-After": "30"})
             raise ApiError(503, "not_ready", f"model {v.ref} is still loading; retry shortly", {"Retry-After": "5"})
+        refused = self._errors.get((v.name, v.version))
+        if refused:  # not again until its files change (the watcher clears it): no re-hashing per request
+            raise ApiError(422, "model_unavailable", f"model {v.ref} cannot be loaded: {refused}")
         try:
             served = self._load(v)
         except Exception as exc:  # noqa: BLE001

@@ -78,8 +78,8 @@ def test_pinned_versions_are_bounded(repo: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", ["flipped byte", "half copied"])
-def test_corrupt_version_is_refused_and_never_replaces_the_good_one(repo: Path, tmp_path: Path,
-                                                                     damage: str) -> None:
+def test_corrupt_version_is_refused_and_never_replaces_the_good_one(repo: Path, tmp_path: Path, damage: str,
+                                                                     monkeypatch) -> None:
     reg = _registry(repo)
     reg.refresh()
     n = publish_variant(repo, "shapes", 0.3, tmp_path)
@@ -99,6 +99,11 @@ def test_corrupt_version_is_refused_and_never_replaces_the_good_one(repo: Path, 
     with pytest.raises(ApiError) as err:
         reg.acquire(f"shapes:{n}")
     assert err.value.status_code == 422 and "does not match" in err.value.message
+    calls = []
+    monkeypatch.setattr(versions, "verify_version", lambda v: calls.append(v))
+    with pytest.raises(ApiError):
+        reg.acquire(f"shapes:{n}")
+    assert calls == []  # refused once: not hashed again per request until its files change
 
 
 def test_a_job_pin_gets_exactly_its_version(repo: Path) -> None:
