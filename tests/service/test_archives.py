@@ -42,7 +42,7 @@ def test_non_utf8_member_names(app_client, mode):
     assert c.delete(f"/jobs/{job['id']}").status_code == 200
 
 
-# --- 5. disk amplification ----------------------------------------------------------------------
+# --- disk amplification: sparse tars, archive bombs -----------------------------------------------
 def sparse_tar(real_size: int, name: str = "big.png") -> bytes:
     """An old-GNU sparse member: 512 stored bytes standing for `real_size` bytes on disk."""
     info = tarfile.TarInfo(name)
@@ -78,7 +78,7 @@ def test_expansion_ratio_caps_archive_bombs(app_client, tmp_path):
     assert used < 2 << 20  # nothing close to the 20 MiB was kept
 
 
-# --- 4. archive member names -----------------------------------------------------------------
+# --- member names that are not UTF-8 --------------------------------------------------------------
 def _tar_latin1(name: str, data: bytes) -> bytes:
     return tar_bytes({name: data}, "w", format=tarfile.USTAR_FORMAT, encoding="latin-1")
 

@@ -18,7 +18,7 @@ from tests.service.fakes import (
 )
 
 
-# --- 7. no 500s, nothing internal in error bodies ------------------------------------------------
+# --- no 500s, nothing internal in error bodies ------------------------------------------------
 def test_over_long_names_are_4xx(app_client, allowed_root):
     c = app_client()
     job = post_job(c, zip_bytes({"a.png": png_bytes(8, 8)})).json()

@@ -17,7 +17,7 @@ from tests.service.fakes import (
 )
 
 
-# --- 3. authentication before the body -------------------------------------------------------
+# --- authentication before the body -------------------------------------------------------
 def _asgi_call(app, method: str, path: str, headers: dict[str, str], body_chunks, stall_s: float = 0.0):
     """Drive the ASGI app directly; returns (status, body, body bytes the app asked for)."""
     pulled = {"messages": 0}

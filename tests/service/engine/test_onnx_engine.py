@@ -247,12 +247,7 @@ def test_concurrent_calls_are_safe(engine):
         np.testing.assert_array_equal(a, b)
 
 
-# --- manifest and repository ---------------------------------------------------------------
-
-
-# --- providers and threads -----------------------------------------------------------------
-
-
+# --- CRF ----------------------------------------------------------------------------------
 def test_crf_uses_the_shared_crf(engine):
     pytest.importorskip("pydensecrf")
     from seam.common.crf import crf_refine_cams

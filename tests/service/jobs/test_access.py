@@ -17,7 +17,7 @@ from tests.service.fakes import (
 )
 
 
-# --- 2. jobs belong to their key --------------------------------------------------------------
+# --- jobs belong to their key --------------------------------------------------------------
 def test_jobs_are_owned_by_their_key(app_client, mode):
     c = app_client(mode, api_keys=[KEY_A, KEY_B], admin_api_keys=[ADMIN])
     a = post_job(c, zip_bytes({"a.png": png_bytes(8, 8)}), KEY_A).json()

@@ -85,7 +85,7 @@ def test_redis_keys_expire():
         s.r.delete(*s.r.scan_iter(f"{prefix}:*"))
 
 
-# --- 1. SQLite job state ----------------------------------------------------------------
+# --- SQLite: state that survives a reopen, one writer process --------------------------------
 def test_sqlite_store_survives_reopen(tmp_path):
     path = tmp_path / "jobs.sqlite3"
     s = SqliteJobStore(path, 3600)
@@ -141,7 +141,7 @@ def test_unencodable_error_text_is_stored_escaped(store):
     assert store.snapshot(j).errors == [("a", "cannot open caf\\udce9.png")]
 
 
-# --- 6. limits under concurrency ---------------------------------------------------------------
+# --- reservations under concurrency ----------------------------------------------------------
 def test_reservations_are_atomic(store):
     limit = 3
     barrier = threading.Barrier(10)
