@@ -135,8 +135,8 @@ def cancel_training(training_id: TrainingId, request: Request, settings: Setting
 @router.post("/trainings/{training_id}/promote", response_model=TrainingPublic,
              summary="Promote the version a training published.",
              description="Allowed when its held-out mIoU was not below the promoted version's (the one it was "
-                         "compared with, still promoted); `force=true` promotes anyway (no comparison, or a worse "
-                         "one: the caller's decision, recorded in the model's history).", responses=_E)
+                         "compared with, still promoted); `force=true` (admin keys) promotes anyway (no comparison, "
+                         "or a worse one: recorded in the model's history).", responses=_E)
 def promote_training(training_id: TrainingId, request: Request, settings: SettingsDep, principal: PrincipalDep,
                      force: bool = False) -> TrainingPublic:
     store = _store(request)
@@ -144,6 +144,9 @@ def promote_training(training_id: TrainingId, request: Request, settings: Settin
     s = rec.status
     if s.state != "succeeded" or s.model is None or s.version is None:
         raise ApiError(409, "training_not_finished", f"training {training_id} is {s.state}: no version to promote")
+    if force and not principal.admin:  # the comparison is the owner's guard; overriding it is an admin's call
+        raise ApiError(403, "forbidden", "force=true needs an admin key (SEAM_ADMIN_API_KEYS); without it a "
+                                         "version is promoted when its evaluation is not worse")
     entry = _entry(settings.models_dir, s.model)
     if entry is None or s.version not in entry.versions:
         raise ApiError(404, "model_not_found", f"{s.model}:{s.version} is no longer in the model repository")

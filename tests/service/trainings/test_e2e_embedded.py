@@ -21,7 +21,7 @@ from tests.support import serve_in_thread, shapes_photo
 
 pytestmark = pytest.mark.slow
 
-USER, OTHER = "user-key-0123456789", "other-key-0123456789"
+USER, OTHER, ADMIN = "user-key-0123456789", "other-key-0123456789", "admin-key-0123456789"
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def server(make_settings, tmp_path: Path):
     repo = tmp_path / "models"
     publish_variant(repo, "demo", BG[1], tmp_path)  # the service starts with a model to serve
     settings = make_settings(engine="onnx", models_dir=repo, models_poll_s=0.1, warmup=False, threads=1,
-                             api_keys=[USER, OTHER])
+                             api_keys=[USER, OTHER], admin_api_keys=[ADMIN])
     with serve_in_thread(create_app(settings)) as url, \
             httpx.Client(base_url=url, timeout=60, headers={"X-API-Key": USER}) as c:
         wait_until(lambda: c.get("/readyz").status_code == 200, 60, 0.05)
@@ -90,6 +90,8 @@ def test_train_publish_segment_pin_and_promote(server, archive) -> None:
         r = c.post(f"/trainings/{second['id']}/promote")
         assert r.status_code == 409 and r.json()["error"]["code"] == "worse"
         r = c.post(f"/trainings/{second['id']}/promote", params={"force": "true"})
+        assert r.status_code == 403  # overriding the comparison is an admin's call
+        r = c.post(f"/trainings/{second['id']}/promote", params={"force": "true"}, headers={"X-API-Key": ADMIN})
         assert r.status_code == 200 and r.json()["promoted"], r.text
     wait_until(lambda: _segment(c, "shapes").headers["X-Seam-Model"] == "shapes:2", 30, 0.1)
     entry = next(m for m in c.get("/models").json()["repository"] if m["name"] == "shapes")

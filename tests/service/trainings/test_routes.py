@@ -20,7 +20,7 @@ from seam.modelrepo.trainings import Evaluation, TrainingStatus, read_spec, writ
 from testkit.versions import BG, publish_variant
 from tests.support import entered_clients
 
-USER, OTHER = "user-key-0123456789", "other-key-0123456789"
+USER, OTHER, ADMIN = "user-key-0123456789", "other-key-0123456789", "admin-key-0123456789"
 
 
 class RecordingTrainers(EmbeddedTrainers):
@@ -39,7 +39,8 @@ class RecordingTrainers(EmbeddedTrainers):
 def client(make_settings, monkeypatch, allowed_root):
     monkeypatch.setattr(service_main, "_make_trainers", lambda s, store: RecordingTrainers(s, store))
     with entered_clients() as enter:
-        c = enter(create_app(make_settings(api_keys=[USER, OTHER], max_active_trainings=3), engine=FakeEngine()))
+        c = enter(create_app(make_settings(api_keys=[USER, OTHER], admin_api_keys=[ADMIN],
+                                                  max_active_trainings=3), engine=FakeEngine()))
         c.headers["X-API-Key"] = USER
         yield c
 
@@ -132,7 +133,8 @@ def test_limits_and_promotion_rules(client, allowed_root: Path, tmp_path: Path) 
     r = client.post(f"/trainings/{ids[1]}/promote")
     assert r.status_code == 409 and r.json()["error"]["code"] == "worse" and "20.0" in r.json()["error"]["message"]
     assert not client.get(f"/trainings/{ids[1]}").json()["promoted"]
-    r = client.post(f"/trainings/{ids[1]}/promote", params={"force": "true"})
+    assert client.post(f"/trainings/{ids[1]}/promote", params={"force": "true"}).status_code == 403
+    r = client.post(f"/trainings/{ids[1]}/promote", params={"force": "true"}, headers={"X-API-Key": ADMIN})
     assert r.status_code == 200 and r.json()["promoted"] and versions.resolve(repo, "f").version == 2
     assert versions.history(repo, "f")[-1]["note"].endswith("(forced)")
     # a better one compared with f:1, which is no longer the promoted version: 409 unless forced
