@@ -257,7 +257,12 @@ class JobUploadForm(BaseModel):
 
     model_config = ConfigDict(json_schema_extra=_without_defaults)
 
-    archive: bytes = Field(description="zip or tar(.gz/.bz2/.xz) of images; may hold labels.csv or labels.json.")
+    archive: bytes = Field(None, description="zip or tar(.gz/.bz2/.xz) of images; may hold labels.csv or labels.json. "
+                                             "Required unless `manifest` is sent.")
+    manifest: bytes = Field(None, description="Instead of an archive: a JSONL or CSV manifest of image URIs with "
+                                              "optional labels (docs/storage.md).")
+    output_url: str = Field(None, max_length=4096, description="With `manifest`: an s3:// prefix for the outputs and "
+                                                               "results.jsonl instead of a results zip.")
     labels: bytes = Field(None, description="Optional label table: CSV `image,labels` or JSON {image: [classes]}.")
     model: str = Field(None, max_length=200, pattern=MODEL_REF_PATTERN, description=(
         MODEL_REF_HELP + " The job pins the version at submission."))

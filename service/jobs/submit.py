@@ -129,7 +129,9 @@ async def _from_form(request: Request, svc: JobServices, job_id: str) -> _Prepar
         engine = served.engine if served is not None else svc.engine
         check_method(options, engine)
         archive = form.get("archive")
-        if isinstance(form.get("manifest"), UploadFile) and archive is None:
+        if form.get("manifest") is not None and archive is not None:
+            raise ApiError(422, "validation_error", "send either an 'archive' or a 'manifest', not both")
+        if isinstance(form.get("manifest"), UploadFile):
             plan = await run_in_threadpool(submit_stream.plan_from_upload, svc.settings, svc.storage, job_id,
                                            form["manifest"].file, form["manifest"].filename or "",
                                            _text(form.get("output_url")))

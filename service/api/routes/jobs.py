@@ -33,13 +33,14 @@ from seam.service.schemas import (
     JobUploadForm,
     OutputKindName,
     OutputKindPublic,
+    UrlJobRequest,
 )
 
 router = APIRouter(tags=["jobs"])
 public_router = APIRouter(tags=["jobs"])  # no API key: what a job can produce is no secret (the page lists it)
 # Models the request body below refers to: FastAPI only adds the models of the parameters it
 # parses itself to components.schemas (seam.service.main registers these).
-OPENAPI_MODELS = (DirectoryJobRequest, JobUploadForm)
+OPENAPI_MODELS = (DirectoryJobRequest, UrlJobRequest, JobUploadForm)
 RESULTS_PATH = "/jobs/{job_id}/results"
 RESULT_FILE_PATH = "/jobs/{job_id}/results/{kind}/{name}"
 
@@ -67,7 +68,8 @@ _JOB_BODY = {
     "required": True,
     "content": {
         "multipart/form-data": {"schema": {"$ref": "#/components/schemas/JobUploadForm"}},
-        "application/json": {"schema": {"$ref": "#/components/schemas/DirectoryJobRequest"}},
+        "application/json": {"schema": {"oneOf": [{"$ref": "#/components/schemas/DirectoryJobRequest"},
+                                                  {"$ref": "#/components/schemas/UrlJobRequest"}]}},
     },
 }
 
@@ -94,8 +96,10 @@ def list_outputs() -> list[OutputKindPublic]:
 
 
 @router.post("/jobs", status_code=202, response_model=JobPublic, summary="Submit a batch job.",
-             description="multipart/form-data with an `archive` (zip/tar of images), or JSON `{\"directory\": ...}` "
-                         "naming a folder under SEAM_ALLOWED_ROOT. Answers 202 with the job; poll `GET /jobs/{id}`.",
+             description="multipart/form-data with an `archive` (zip/tar of images) or a `manifest` (JSONL/CSV of "
+                         "image URIs), or JSON `{\"directory\": ...}` naming a folder under SEAM_ALLOWED_ROOT, or JSON "
+                         "`{\"input_url\": ...}` naming a data set where it lives (an s3:// prefix or a manifest URL; "
+                         "docs/storage.md). Answers 202 with the job; poll `GET /jobs/{id}`.",
              openapi_extra={"requestBody": _JOB_BODY}, responses={403: {"model": ErrorResponse}, **_E})
 async def create_job(request: Request, settings: SettingsDep, store: StoreDep, storage: StorageDep,
                      dispatcher: DispatcherDep, engine: EngineDep, principal: PrincipalDep,
