@@ -13,6 +13,7 @@ Label Studio's predictions (`model_version`) come from.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 import uuid
@@ -24,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from seam.service.core.engine_holder import resolve_method
 from seam.service.core.errors import ApiError
+from seam.service.core.registry import ServedModel, served_by
 from seam.service.core.security import Principal
 from seam.service.corrections.fit_data import write_fit_data
 from seam.service.corrections.store import CorrectionError, CorrectionStore, ProjectStore
@@ -84,8 +86,20 @@ def engine_labeller(engine: InferenceEngine, max_pixels: int) -> Callable[[bytes
     return label
 
 
-def _served_name(engine: InferenceEngine) -> str:
-    models = engine.models()
+def served_for(app: Any, source: str) -> ServedModel:
+    """The model a project's images are predicted with: Label Studio's (`SEAM_LABELSTUDIO_MODEL`,
+    else the default), CVAT's the default. Its classes are the project's; a fit fine-tunes it."""
+    ref = None
+    if source == "labelstudio":
+        ls = getattr(app.state, "labelstudio_settings", None)
+        ref = getattr(ls, "model", None) if ls is not None else os.environ.get("SEAM_LABELSTUDIO_MODEL") or None
+    return served_by(app.state.holder, ref)
+
+
+def _served_name(served: ServedModel) -> str:
+    if not served.legacy:
+        return served.name
+    models = served.engine.models()
     return models[0].name if models else "corrections"
 
 
@@ -100,8 +114,7 @@ def training_spec(store: ProjectStore, req: FitRequest, data_root: str, pseudo: 
     if req.batch_size:
         recipe["batch_size"] = req.batch_size
     return {"name": name, "data": {"root": data_root, "source": "dir"}, "classes": classes, "stages": req.stages,
-            "recipe": recipe, "base_model": req.base_model or (name if req.stages == "deeplab" else None),
-            "pseudo_labels_dir": pseudo,
+            "recipe": recipe, "base_model": req.base_model, "pseudo_labels_dir": pseudo,
             "budget_s": req.budget_s or cs.fit_budget_s, "promote": req.promote,
             "heldout_fraction": req.heldout_fraction}
 
@@ -109,9 +122,11 @@ def training_spec(store: ProjectStore, req: FitRequest, data_root: str, pseudo: 
 SubmitTraining = Callable[[dict[str, Any], Principal], str]  # (spec, owner) -> training id
 
 
-def start_fit(store: ProjectStore, principal: Principal, engine: InferenceEngine, max_pixels: int,
+def start_fit(store: ProjectStore, principal: Principal, served: ServedModel, max_pixels: int,
               req: FitRequest, cs: CorrectionsSettings, submit: SubmitTraining | None, reason: str) -> dict:
-    """Write the fit's data and submit its training; the fit's record (also in project.json)."""
+    """Write the fit's data and submit its training; the fit's record (also in project.json).
+    `served`: the project's model (pseudo-labels the uncorrected images; the fit's default base)."""
+    engine = served.engine
     if submit is None:
         raise ApiError(503, "training_unavailable", "this server has no training service (seam.service.trainings)")
     fit_id = uuid.uuid4().hex
@@ -128,8 +143,10 @@ def start_fit(store: ProjectStore, principal: Principal, engine: InferenceEngine
         src = data.pseudo_dir / f"{it['key']}.png"
         if src.exists():
             shutil.copyfile(src, gt / src.name)
-    name = req.name or _served_name(engine)
-    spec = training_spec(store, req, str(data.root), str(data.pseudo_dir), data.classes, name, cs)
+    name = req.name or _served_name(served)
+    base = req.base_model or (None if req.stages != "deeplab" else name if served.legacy else served.ref)
+    spec = training_spec(store, req.model_copy(update={"base_model": base}), str(data.root), str(data.pseudo_dir),
+                         data.classes, name, cs)
     training_id = submit(spec, principal)
     fit = {"id": fit_id, "training": training_id, "reason": reason, "created": time.time(), "model": name,
            "images": data.images, "corrected": data.corrected, "pseudo": data.pseudo, "stages": req.stages}
@@ -197,9 +214,8 @@ def fit_if_due(app: Any, store: ProjectStore, principal: Principal) -> dict | No
     if not due(store, cs):
         return None
     try:
-        engine = app.state.holder.get()
-        return start_fit(store, principal, engine, app.state.settings.max_pixels, FitRequest(), cs,
-                         submitter_of(app), f"{cs.fit_every} new corrections")
+        return start_fit(store, principal, served_for(app, store.source), app.state.settings.max_pixels,
+                         FitRequest(), cs, submitter_of(app), f"{cs.fit_every} new corrections")
     except ApiError as exc:
         log.warning("corrections: the threshold's fit of %s did not start: %s", store.name, exc.message)
         return None

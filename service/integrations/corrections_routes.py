@@ -21,6 +21,7 @@ from seam.service.corrections.store import CorrectionError, NotOwner, ProjectSto
 from seam.service.integrations.corrections_fit import (
     FitRequest,
     fit_if_due,
+    served_for,
     settings_of,
     start_fit,
     store_of,
@@ -108,9 +109,10 @@ def upload_cvat(request: Request, principal: PrincipalDep, engine: EngineDep,
              description="Repairs missed webhook events: every task's latest annotation becomes its correction, "
                          "tasks without one are cached for the next fit, corrections of deleted tasks go. Also "
                          "puts this key's Basic auth on the project's ML-backend webhook.")
-async def sync_labelstudio(project: ProjectId, request: Request, principal: PrincipalDep, engine: EngineDep,
+async def sync_labelstudio(project: ProjectId, request: Request, principal: PrincipalDep,
                            settings: SettingsDep) -> dict:
     ls = ls_settings(request)
+    engine = (await run_in_threadpool(served_for, request.app, "labelstudio")).engine
     policy = policy_for(ls, settings.max_upload_bytes)
     p = store_of(request.app).project("labelstudio", project)
     try:
@@ -133,9 +135,10 @@ async def sync_labelstudio(project: ProjectId, request: Request, principal: Prin
 
 
 @router.post("/{source}/{project}/fit", summary="Start a fit: a training job on the corrections.", status_code=202)
-async def fit(source: Source, project: ProjectId, request: Request, principal: PrincipalDep, engine: EngineDep,
+async def fit(source: Source, project: ProjectId, request: Request, principal: PrincipalDep,
               body: Annotated[FitRequest | None, Body()] = None) -> dict:
     p = owned(request, source, project, principal)
-    return await run_in_threadpool(start_fit, p, principal, engine, request.app.state.settings.max_pixels,
+    served = await run_in_threadpool(served_for, request.app, source)
+    return await run_in_threadpool(start_fit, p, principal, served, request.app.state.settings.max_pixels,
                                    body or FitRequest(), settings_of(request.app), submitter_of(request.app),
                                    "requested")

@@ -30,7 +30,7 @@ from fastapi import APIRouter, Body, Depends, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from seam.service.api.deps import EngineDep, HolderDep, LimiterDep, MetricsDep, SettingsDep, require_api_key
+from seam.service.api.deps import HolderDep, LimiterDep, MetricsDep, SettingsDep, require_api_key
 from seam.service.core.config import split_csv
 from seam.service.core.engine_holder import resolve_method
 from seam.service.core.errors import ApiError
@@ -348,11 +348,13 @@ async def predict(body: Annotated[PredictRequest, Body()], request: Request, hol
 @router.post("/setup", summary="Label Studio ML backend: project set-up.",
              description="Also makes the calling API key the owner of the project's corrections and puts it on "
                          "the project's ML-backend webhook (docs/corrections.md).")
-async def setup(body: Annotated[SetupRequest, Body()], request: Request, engine: EngineDep, settings: SettingsDep,
+async def setup(body: Annotated[SetupRequest, Body()], request: Request, holder: HolderDep, settings: SettingsDep,
                 ls: LsSettingsDep) -> dict:
     problem = fetch_problem(ls)
     if problem:
         raise ApiError(503, "labelstudio_not_configured", problem)
+    served = await run_in_threadpool(served_by, holder, ls.model)  # the model /predict answers with
+    engine = served.engine
     if body.project is not None:
         principal = require_api_key(settings, request.headers.get("x-api-key"))
         policy = policy_for(ls, settings.max_upload_bytes)
@@ -367,7 +369,7 @@ async def setup(body: Annotated[SetupRequest, Body()], request: Request, engine:
         if not control.class_map(engine.foreground_classes()):
             raise ApiError(422, "no_matching_labels", f"no label of <{control.name}> matches a model class "
                                                       f"({', '.join(engine.foreground_classes())})")
-    return {"model_version": model_version(engine, ls_method(engine, ls))}
+    return {"model_version": model_version(engine, ls_method(engine, ls), served)}
 
 
 @router.get("/health", summary="Label Studio ML backend: health.")

@@ -19,6 +19,7 @@ from seam.service.corrections.store import CorrectionError, NotOwner, ProjectSto
 from seam.service.integrations.corrections_fit import (
     FitRequest,
     fit_if_due,
+    served_for,
     settings_of,
     start_fit,
     store_of,
@@ -62,10 +63,11 @@ async def webhook(body: Annotated[dict[str, Any], Body()], request: Request, bac
     if action not in ls_events.EVENTS:
         return JSONResponse({"status": "Unknown event"}, status_code=200)
     principal = require_api_key(settings, request.headers.get("x-api-key"))
-    engine = request.app.state.holder.get()
+    served = await run_in_threadpool(served_for, request.app, "labelstudio")
+    engine = served.engine
     store = _project(request, body, principal, engine.foreground_classes())
     if action == ls_events.TRAIN_EVENT:
-        fit = await run_in_threadpool(start_fit, store, principal, engine, settings.max_pixels, FitRequest(),
+        fit = await run_in_threadpool(start_fit, store, principal, served, settings.max_pixels, FitRequest(),
                                       settings_of(request.app), submitter_of(request.app), "START_TRAINING")
         return JSONResponse({"result": fit, "status": "ok"}, status_code=201)
     work = ls_events.EventWork.of(body)

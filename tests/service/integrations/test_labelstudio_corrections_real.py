@@ -218,7 +218,8 @@ def test_a_fit_from_corrections_becomes_the_projects_model_version(ls: LabelStud
             fit = r.json()
             assert fit["corrected"] == 2
             done = wait_training(url, fit["training"])
-            assert done["state"] == "succeeded" and done["model"] == "m:2", done
+            log = httpx.get(f"{url}/trainings/{fit['training']}/log", headers=ours, timeout=30).text
+            assert done["state"] == "succeeded" and done["model"] == "m:2", (done.get("error"), log[-3000:])
             r = httpx.post(f"{url}/trainings/{fit['training']}/promote", headers=ours, timeout=60)
             assert r.status_code == 200, r.text
 
