@@ -190,8 +190,8 @@ def test_corrupt_promoted_version_is_refused_and_reported(make_settings, repo: P
 
         def refused() -> dict | None:
             entry = c.get("/models").json()["repository"][0]
-            row = {v["version"]: v for v in entry["versions"]}[n]
-            return entry if row["state"] == "refused" else None
+            row = {v["version"]: v for v in entry["versions"]}.get(n)  # None until the watcher has seen it
+            return entry if row is not None and row["state"] == "refused" else None
 
         entry = wait_until(refused, 30, 0.05)
         assert entry["promoted"] == n and entry["serving"] == 1
