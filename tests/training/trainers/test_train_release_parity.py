@@ -71,6 +71,7 @@ def _grads(loss, leaves):
 
 # --------------------------------------------------------------------------- the loss block
 
+@pytest.mark.slow  # seconds of CPU each: out of the fast loop (under a minute), CI runs it
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_seam_losses_equal_the_release_loss_block(seed):
     out1, out2, fg = _network_outputs(seed)
