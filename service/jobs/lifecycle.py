@@ -15,7 +15,7 @@ from seam.service.core.errors import ApiError
 from seam.service.jobs.create import chunked
 from seam.service.jobs.stores.base import ACTIVE_STATES, JobStore
 from seam.service.jobs.stores.sqlite import SqliteJobStore
-from seam.service.jobs.streamed import resume_streamed
+from seam.service.jobs.streamed import fail_lost_readers, resume_streamed
 from seam.service.storage import Storage
 
 log = logging.getLogger("seam.service")
@@ -90,6 +90,8 @@ def sweep(store: JobStore, storage: Storage, settings: Settings) -> tuple[list[s
     """Job folders past their TTL, and inputs of ended jobs: (removed, freed)."""
     removed = storage.sweep(settings.job_ttl_s)
     freed = free_finished_inputs(store, storage)
+    for job_id in fail_lost_readers(store, storage):  # Celery mode: no restart resumes them
+        log.warning("job %s failed: the reading of its data set stopped", job_id)
     return removed, freed
 
 

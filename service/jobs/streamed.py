@@ -38,6 +38,9 @@ from seam.common.classes import resolve_labels
 log = logging.getLogger("seam.service")
 
 READ_MARKER = "read.json"  # written when the whole data set has been read: {"total", "chunks"}
+READING = "reading.json"  # the reader's heartbeat: {"at": epoch seconds}, at least every READ_BEAT_S
+READ_BEAT_S = 10.0
+READ_STALE_S = 90.0  # a reading job without a beat for this long has lost its reader (its API died)
 
 
 @dataclass
@@ -60,6 +63,15 @@ class ReadReport:
     errors: int = 0  # lines recorded failed
     chunks: int = 0
     stopped: str | None = None  # why reading stopped early (cancelled, too many lines, unreadable source)
+    beat_at: float = 0.0  # monotonic time of the last heartbeat written
+
+
+def _beat(job: StreamJob, storage: Storage, rep: ReadReport) -> None:
+    """Say the reader is alive (another API's sweeper fails a job whose reader has died)."""
+    now = time.monotonic()
+    if now - rep.beat_at >= READ_BEAT_S:
+        storage.put_job_file(job.job_id, READING, [json.dumps({"at": time.time()}).encode()])
+        rep.beat_at = now
 
 
 class _Seen:
@@ -88,10 +100,12 @@ def read_stream(job: StreamJob, store: JobStore, storage: Storage, dispatcher: D
     """Read the whole data set into chunks (see the module docstring); the job's final state is
     set here when reading ends it (nothing readable, or every chunk already processed)."""
     rep = ReadReport()
+    _beat(job, storage, rep)
     seen = _Seen(job.scratch)
     pending: list[dict] = []
     try:
         for item in job.entries():
+            _beat(job, storage, rep)  # a clock read per line; a write every READ_BEAT_S
             if rep.entries + rep.errors >= job.max_lines:
                 rep.stopped = f"more than {job.max_lines} lines (SEAM_DATASET_MAX_LINES): the rest was not read"
                 break
@@ -138,6 +152,7 @@ def _flush(job: StreamJob, store: JobStore, storage: Storage, dispatcher: Dispat
     while dispatcher.queued_chunks() >= job.max_queued:
         if not store.is_active(job.job_id):
             return False
+        _beat(job, storage, rep)
         time.sleep(0.05)
     if not store.is_active(job.job_id):
         return False
@@ -218,3 +233,35 @@ def resume_streamed(store: JobStore, storage: Storage, submit: Callable[..., Non
         submit(job_id, [pending], first=n)  # empty chunks too: they let the job finish
     log.info("resuming job %s over its data set: %d chunks", job_id, int(marker["chunks"]))
     return True
+
+
+def reader_lost(storage: Storage, job_id: str, manifest: dict, now: float | None = None) -> bool:
+    """Whether a job over a data set is still being read by nobody: no end-of-reading marker and
+    no heartbeat for READ_STALE_S (its API process died mid-read)."""
+    if not manifest.get("streamed"):
+        return False
+    try:
+        b"".join(storage.iter_job_file(job_id, READ_MARKER))
+        return False
+    except FileNotFoundError:
+        pass
+    try:
+        at = float(json.loads(b"".join(storage.iter_job_file(job_id, READING)))["at"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        at = float(manifest.get("created_at") or 0)
+    return (now or time.time()) - at > READ_STALE_S
+
+
+def fail_lost_readers(store: JobStore, storage: Storage, now: float | None = None) -> list[str]:
+    """Fail the active jobs whose data set stopped being read (the sweeper of any API calls this)."""
+    failed = []
+    for job_id in store.active_ids():
+        try:
+            manifest = storage.read_manifest(job_id)
+        except (FileNotFoundError, ValueError):
+            continue
+        if reader_lost(storage, job_id, manifest, now) and store.fail(
+                job_id, "the API process reading the job's data set stopped before the end; submit it again "
+                        "(outputs already written stay where they are)"):
+            failed.append(job_id)
+    return failed

@@ -91,3 +91,23 @@ def test_too_many_lines_runs_what_was_read(tmp_path):
     snap = store.snapshot(job.job_id)
     assert snap.total == 5 and sum(len(c) for _, c in broker.queued) == 4
     assert "SEAM_DATASET_MAX_LINES" in dict(snap.errors)["manifest"]
+
+
+def test_a_job_whose_reader_died_is_failed_by_the_sweeper(tmp_path):
+    from seam.service.jobs.streamed import READ_STALE_S, READING, fail_lost_readers, reader_lost
+
+    store, storage = MemoryJobStore(3600), Storage(tmp_path / "d")
+    jobs = {}
+    for name in ("reading", "lost", "read", "archive"):
+        j = jobs[name] = jid()
+        store.create(j, 1, 0, {"outputs": ["png"]}, "url")
+        storage.write_manifest(j, {"id": j, "created_at": 1000.0, "images": {}, "options": {"outputs": ["png"]},
+                                   "streamed": name != "archive"})
+    now = 1000.0 + 10 * READ_STALE_S
+    storage.put_job_file(jobs["reading"], READING, [f'{{"at": {now - 5}}}'.encode()])
+    storage.put_job_file(jobs["lost"], READING, [f'{{"at": {now - READ_STALE_S - 1}}}'.encode()])
+    storage.put_job_file(jobs["read"], READ_MARKER, [b'{"total": 1, "chunks": 1}'])
+    assert not reader_lost(storage, jobs["reading"], storage.read_manifest(jobs["reading"]), now)
+    assert fail_lost_readers(store, storage, now) == [jobs["lost"]]
+    assert store.snapshot(jobs["lost"]).state == "failed" and "submit it again" in store.snapshot(jobs["lost"]).error
+    assert all(store.snapshot(jobs[n]).state == "queued" for n in ("reading", "read", "archive"))
