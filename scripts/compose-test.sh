@@ -371,7 +371,7 @@ new_ids=$(docker image inspect -f '{{.Id}}' seam-api seam-worker seam-trainer)
 for id in $old_ids; do  # the images this build replaced (about 2 GB per rebuild otherwise)
   grep -qx "$id" <<<"$new_ids" || docker rmi "$id" >/dev/null 2>&1 || true
 done
-step_done "build" "seam-api $(docker image inspect -f '{{.Size}}' seam-api | awk '{printf "%.0f MB", $1/1e6}'), seam-worker $(docker image inspect -f '{{.Size}}' seam-worker | awk '{printf "%.0f MB", $1/1e6}')"
+step_done "build" "seam-api $(docker image inspect -f '{{.Size}}' seam-api | awk '{printf "%.0f MB", $1/1e6}'), seam-worker $(docker image inspect -f '{{.Size}}' seam-worker | awk '{printf "%.0f MB", $1/1e6}'), seam-trainer $(docker image inspect -f '{{.Size}}' seam-trainer | awk '{printf "%.0f MB", $1/1e6}')"
 
 dc up -d --wait --wait-timeout 300 >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log"; die "docker compose up --wait failed"; }
 ready=$(api GET /readyz)
