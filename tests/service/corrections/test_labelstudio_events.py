@@ -224,3 +224,29 @@ def test_a_fit_is_a_training_of_the_training_service(client, project) -> None:
     assert r.status_code == 200, r.text
     assert r.json()["stages"] == "deeplab" and r.json()["source"] == "corrections"
     assert client.get(f"/trainings/{tid}", headers=hdr(KEY_B)).status_code == 404
+
+
+def test_weak_labels_of_uncorrected_tasks_pseudo_label_them_in_a_fit(client, project, fake_ls, submitter) -> None:
+    """With SEAM_LABELSTUDIO_LABELS_FIELD the task's weak labels are kept with its image and the fit
+    pseudo-labels it with them (its labels.csv row is the weak labels)."""
+    from pathlib import Path
+
+    from seam.service.integrations.labelstudio import LabelStudioSettings
+
+    from tests.service.integrations.helpers import LS_TOKEN
+
+    client.app.state.labelstudio_settings = LabelStudioSettings(url=fake_ls.url, api_key=LS_TOKEN, allow_private=True,
+                                                                labels_field="tags")
+    setup_project(client)
+    project.add_task(1, H, W, seed=1)
+    project.add_task(2, H, W, seed=2)
+    project.tasks[2]["data"]["tags"] = ["Blue thing"]  # a label value (class blue); the image shows red only
+    project.publish()
+    ann = project.annotate(1, [brush(block(H, W, 2, 10, 3, 20), "Blue thing")])
+    send(client, event("ANNOTATION_CREATED", ann))
+    assert client.post("/corrections/labelstudio/1/sync", headers=hdr()).status_code == 200
+    r = client.post("/corrections/labelstudio/1/fit", headers=hdr())
+    assert r.status_code == 202, r.text
+    root = Path(submitter.calls[0][0]["data"]["root"])
+    rows = dict(line.split(",") for line in (root / "labels.csv").read_text().split()[1:])
+    assert rows == {"task-1": "blue", "task-2": "blue"}  # the weak label, not what the model would predict
