@@ -281,9 +281,13 @@ def test_deeplab_step_equals_seamv1_pseudovoc():
     base, ref_sd, ref_loss, ours, loss = _deeplab_step_pair(None)  # the release recipe's BN groups
     assert loss == pytest.approx(ref_loss, rel=1e-5)
     got = _deeplab_authors_sd(ours)
-    for k, v in ref_sd.items():
-        torch.testing.assert_close(got[k], v.detach(), rtol=1e-4, atol=1e-7, msg=k)
     before = _deeplab_authors_sd(base)
+    for k, v in ref_sd.items():
+        # the step itself, to 1 % of the tensor's largest move: float32 sums in another order (oneDNN picks
+        # kernels by CPU) differ by up to 0.3 % of the move on the deep blocks; a recipe difference (lr,
+        # lr multipliers, BN groups) moves them by tens of per cent
+        move, ref_move = got[k] - before[k], v.detach() - before[k]
+        torch.testing.assert_close(move, ref_move, rtol=1e-2, atol=1e-2 * float(ref_move.abs().max()) + 1e-9, msg=k)
     for k in (k for k in ref_sd if k.endswith(("running_mean", "running_var"))):  # momentum 3e-4: compare the moves
         torch.testing.assert_close(got[k] - before[k], ref_sd[k] - before[k], rtol=1e-3, atol=2e-7, msg=k)
     moved = {k: (got[k] - v).abs().max().item() for k, v in before.items()}
