@@ -145,3 +145,33 @@ def test_limits_and_promotion_rules(client, allowed_root: Path, tmp_path: Path) 
     st.version = 9
     write_status(_tdir(client, ids[2]), st)
     assert client.post(f"/trainings/{ids[2]}/promote").json()["error"]["code"] == "model_not_found"
+
+
+def test_job_source(client, allowed_root: Path) -> None:
+    """A finished directory job becomes the training's data: links to its images, its labels (or
+    the classes its png masks show) in labels.csv, its masks as DeepLab's pseudo labels."""
+    from PIL import Image
+
+    from tests.support import shapes_photo, wait_done
+
+    (allowed_root / "photos").mkdir()
+    for i in range(3):
+        Image.fromarray(shapes_photo(48, 64, seed=i)).save(allowed_root / "photos" / f"p{i}.jpg")
+    labels = {"p0.jpg": ["red"], "p1.jpg": ["red", "blue"]}  # p2: no tags, an empty mask -> left out
+    r = client.post("/jobs", json={"directory": "photos", "outputs": ["png"], "labels": labels})
+    assert r.status_code == 202, r.text
+    job = r.json()["id"]
+    assert wait_done(client, job)["state"] == "succeeded"
+    assert client.post("/trainings", json={"name": "j", "job_id": job},
+                       headers={"X-API-Key": OTHER}).status_code == 404  # someone else's job
+    r = client.post("/trainings", json={"name": "j", "job_id": job, "stages": "pipeline"})
+    assert r.status_code == 202, r.text
+    spec = read_spec(_tdir(client, r.json()["id"]))
+    root = Path(spec.data.root)
+    assert spec.data.source == "job" and spec.data.job_id == job
+    rows = (root / "labels.csv").read_text().splitlines()[1:]
+    # the job's labels are the tags; p2 (no labels) is kept only when its mask shows a class
+    assert sorted(rows)[:2] == ["p0,red", "p1,red;blue"] and len(rows) in (2, 3), rows
+    assert all((root / "images" / f"{row.split(',')[0]}.jpg").resolve().is_file() for row in rows)
+    assert spec.pseudo_labels_dir == str(root / "pseudo") and len(list((root / "pseudo").iterdir())) == len(rows)
+    assert (root / "classes.txt").read_text().splitlines()[0] == "background"
