@@ -30,9 +30,16 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from testkit.processes import free_port, log_tail, seam_serve_argv, service_env, spawn, wait_ready  # noqa: E402
+from testkit.processes import free_port, log_tail, seam_serve_argv, service_env, spawn, wait_until  # noqa: E402
 from testkit.redisserver import redis_server  # noqa: E402
 from testkit.s3server import s3_server  # noqa: E402
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def write_manifest(path: Path, bucket: str, lines: int) -> int:
@@ -75,7 +82,9 @@ def accept(url: str, bucket: str, lines: int, sampler: RssSampler) -> list[tuple
     trace = []
     with httpx.Client(base_url=url, timeout=60) as c:
         t0 = time.perf_counter()
-        r = c.post("/jobs", json={"input_url": f"s3://{bucket}/manifest.jsonl", "outputs": ["png"]})
+        # output_url: a job without one is capped at an archive's size (its results zip), 10,000 images
+        r = c.post("/jobs", json={"input_url": f"s3://{bucket}/manifest.jsonl", "output_url": f"s3://{bucket}/out/",
+                                  "outputs": ["png"]})
         if r.status_code != 202:
             raise SystemExit(f"POST /jobs: {r.status_code} {r.text[:500]}")
         job_id = r.json()["id"]
@@ -83,8 +92,13 @@ def accept(url: str, bucket: str, lines: int, sampler: RssSampler) -> list[tuple
             body = c.get(f"/jobs/{job_id}").json()
             read = body["total"] if body["total"] == lines else max(body["total"] - 1, 0)
             trace.append((time.perf_counter() - t0, read, sampler.current, sampler.peak))
+            if len(trace) % 10 == 1:
+                print(f"  {trace[-1][0]:5.0f} s: {body['state']}, total {body['total']:,}, failed {body['failed']}, "
+                      f"API RSS {sampler.current / 2**20:.0f} MiB {body.get('errors') or ''}", flush=True)
             if body["total"] == lines or body["state"] not in ("queued", "running"):
                 break
+            if len(trace) > 30 and trace[-30][1] == read:
+                raise SystemExit(f"reading stalled at {read:,} lines: {body}")
             time.sleep(1.0)
         c.delete(f"/jobs/{job_id}")
     return trace
@@ -95,10 +109,12 @@ def main() -> None:
     ap.add_argument("--lines", type=int, default=1_000_000)
     ap.add_argument("--chunk-size", type=int, default=500)
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout`: still stop the servers started here
     work = Path(tempfile.mkdtemp(prefix="seam-manifest-"))
     try:
         with redis_server(work) as broker, s3_server(work / "s3") as s3:
             bucket = s3.create_bucket()
+            print(f"S3 server up; writing and uploading a {args.lines:,}-line manifest", flush=True)
             size = write_manifest(work / "manifest.jsonl", bucket, args.lines)
             s3.client().upload_file(str(work / "manifest.jsonl"), bucket, "manifest.jsonl")
             (work / "manifest.jsonl").unlink()
@@ -106,14 +122,19 @@ def main() -> None:
             env = service_env(**s3.env(), PYTHONPATH=str(Path(__file__).resolve().parents[1]), SEAM_ENGINE="fake",
                               SEAM_BROKER_URL=broker, SEAM_SYNC_INFERENCE="api", SEAM_STORAGE_URL=f"s3://{bucket}/data",
                               SEAM_DATASET_BUCKETS=bucket, SEAM_CHUNK_SIZE=str(args.chunk_size),
-                              SEAM_DATASET_MAX_QUEUED_CHUNKS="100000", SEAM_DATA_DIR=str(work / "data"),
+                              SEAM_DATASET_MAX_QUEUED_CHUNKS="100000", SEAM_DATASET_MAX_LINES=str(args.lines),
+                              SEAM_DATA_DIR=str(work / "data"),
                               SEAM_MODELS_DIR=str(work / "models"))
             api = spawn([*seam_serve_argv(port), "--log-level", "warning"], env, work / "api.log",
                         start_new_session=True)
             try:
                 url = f"http://127.0.0.1:{port}"
-                wait_ready(url, api, work / "api.log", timeout=120, interval=0.2)
+                # /healthz, not /readyz: with no worker the API is not ready to compute, but it accepts jobs
+                wait_until(lambda: _healthy(url) or api.poll() is not None, 120, 0.2, "the API answering /healthz")
+                if api.poll() is not None:
+                    raise RuntimeError("seam serve exited")
                 time.sleep(2.0)  # settle after start-up
+                print("API up; submitting", flush=True)
                 sampler = RssSampler(api.pid)
                 idle = sampler.read()
                 trace = accept(url, bucket, args.lines, sampler)

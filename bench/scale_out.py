@@ -30,6 +30,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,11 +198,11 @@ class Cluster:
                 p.wait(5)
 
 
-def run_job(c: httpx.Client, folder: str) -> tuple[float, dict, int]:
+def run_job(c: httpx.Client, body: dict) -> tuple[float, dict, int]:
     """Submit a directory job and wait for its end: (seconds from submission to end, final
     body, how many status requests the wait made)."""
     t0 = time.perf_counter()
-    r = c.post("/jobs", json={"directory": folder, "outputs": ["png"]})
+    r = c.post("/jobs", json=body)
     r.raise_for_status()
     job_id = r.json()["id"]
     last: dict = {"polls": 0}
@@ -230,14 +231,15 @@ def _less(counts: Counter, per_poll: Counter, polls: int) -> Counter:
                     if v - round(per_poll.get(k, 0) * polls) > 0})
 
 
-def measure(cluster: Cluster, log: CommandLog, n_workers: int, args: argparse.Namespace, counter) -> Row:
+def measure(cluster: Cluster, log: CommandLog, n_workers: int, args: argparse.Namespace, data: DataPlane) -> Row:
     n_images = args.per_worker * n_workers
     folder = f"set{n_workers}"
-    write_images(cluster.work / "inputs" / folder, n_images, args.side)
+    data.put_images(folder, n_images, args.side)
+    counter = data.counter
     with httpx.Client(base_url=cluster.url, timeout=60) as c:
         t0, s_before, cpu0 = log.now(), counter(), cluster.worker_cpu()
         psutil.cpu_percent()
-        seconds, body, polls = run_job(c, folder)
+        seconds, body, polls = run_job(c, data.job_body(folder))
         t1, s_after, cpu1, busy = log.now(), counter(), cluster.worker_cpu(), psutil.cpu_percent() / 100
         if (body["state"], body["done"]) != ("succeeded", n_images):
             raise SystemExit(f"the job did not succeed: {body}\nAPI log:\n{log_tail(cluster.work / 'api.log')}")
@@ -274,17 +276,35 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def storage_setup(args: argparse.Namespace, work: Path, stack: contextlib.ExitStack):
-    """(environment for the service, a callable giving the store's request counts so far by
-    type, or None in file mode)."""
+@dataclass
+class DataPlane:
+    """Where a row's images are put and how the job names them: a folder under
+    SEAM_ALLOWED_ROOT (directory job) or an S3 prefix (input_url job), and the store's request
+    counts so far by type (None in file mode)."""
+
+    env: dict[str, str]
+    put_images: Callable[[str, int, int], None]  # (set name, count, side)
+    job_body: Callable[[str], dict]
+    counter: Callable[[], dict[str, int] | None]
+
+
+def storage_setup(args: argparse.Namespace, work: Path, stack: contextlib.ExitStack) -> DataPlane:
     if args.storage == "file":
-        return {}, lambda: None
+        return DataPlane({}, lambda name, n, side: write_images(work / "inputs" / name, n, side),
+                         lambda name: {"directory": name, "outputs": ["png"]}, lambda: None)
     from testkit.s3server import s3_server  # the SeaweedFS starter shared with the tests
 
     server = stack.enter_context(s3_server(work / "s3", metrics=True))
     bucket = server.create_bucket()
+    client = server.client()
+
+    def put_images(name: str, n: int, side: int) -> None:
+        for i in range(n):
+            client.put_object(Bucket=bucket, Key=f"datasets/{name}/img{i:06d}.png", Body=tiny_png(i, side))
+
     env = {**server.env(), "SEAM_STORAGE_URL": f"s3://{bucket}/data", "SEAM_DATASET_BUCKETS": bucket}
-    return env, server.request_counts
+    return DataPlane(env, put_images, lambda name: {"input_url": f"s3://{bucket}/datasets/{name}/",
+                                                    "outputs": ["png"]}, server.request_counts)
 
 
 def main() -> None:
@@ -302,14 +322,15 @@ def main() -> None:
     counts = [int(x) for x in args.workers.split(",")]
     if counts != sorted(counts):
         ap.error("--workers must be ascending (workers are added between rows)")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout`: still stop the processes started here
     work = Path(tempfile.mkdtemp(prefix="seam-scale-"))
     rows: list[Row] = []
     import redis
 
     with contextlib.ExitStack() as stack:
         broker = stack.enter_context(redis_server(work))
-        storage_env, counter = storage_setup(args, work, stack)
-        cluster = Cluster(work, broker, args, storage_env)
+        data = storage_setup(args, work, stack)
+        cluster = Cluster(work, broker, args, data.env)
         stack.callback(cluster.stop)
         rclient = redis.Redis.from_url(broker)
         log = CommandLog(broker)
@@ -320,7 +341,7 @@ def main() -> None:
             cluster.add_workers(n - len(cluster.workers), args.pool)
             wait_until(lambda n=n: cluster.ready_workers(rclient) >= n, 300, 0.2, f"{n} workers ready")
             time.sleep(1.0)  # let start-up traffic settle
-            rows.append(measure(cluster, log, n, args, counter))
+            rows.append(measure(cluster, log, n, args, data))
             r = rows[-1]
             print(f"{n:>3} workers: {r.images} images in {r.seconds:.1f} s = {r.rate:.1f} images/s", flush=True)
     print()
