@@ -245,9 +245,9 @@ def main() -> None:
     from seam.training.worker import publish
 
     torch.set_num_threads(2)
-    # The exporter's parity check is absolute (1e-4): a DeepLab's logits (tens) differ between
-    # onnxruntime and torch by 2e-4 to 4e-3 in float32 here, which refused the fits; 2e-2 in this
-    # benchmark, far below any difference in a mask (reported to the training owners).
+    # The exporter's parity check is absolute: a DeepLab's logits (tens) differed between
+    # onnxruntime and torch by 2e-4 to 3.4e-3 in float32 here, over its bound (1e-4, now 2e-3 for
+    # DeepLab), which refused fits; 2e-2 in this benchmark, far below any difference in a mask.
     publish.export_model = lambda *a, **kw: export_model(*a, **{**kw, "atol": 2e-2})
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="seam-correction-loop-") as tmp:
