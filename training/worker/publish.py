@@ -24,10 +24,10 @@ from seam.modelrepo.manifest import read_manifest
 from seam.modelrepo.versions import ModelVersion, publish_version, resolve
 
 CHECKPOINTS_DIR = ".checkpoints"
-# largest |onnxruntime - torch| the export accepts per kind: the exporter's default for the CAMs and
-# embeddings (values within a few units); DeepLab's logits are unnormalised (tens), where float32
-# summation-order noise alone reaches ~5e-4, so its bound is 2e-3 (still ~1e-4 of their range)
-PARITY_ATOL = {"seam": 1e-4, "affinity": 1e-4, "deeplab": 2e-3}
+# largest |onnxruntime - torch| the export accepts per kind, as a fraction of the output's scale
+# (check_parity: max(1, max |output|)): the exporter's default for the CAMs and embeddings; a trained
+# DeepLab's logits (tens) met float32 noise of 5e-4..3.4e-3 in fits here, so its bound is 1e-3 of them
+PARITY_ATOL = {"seam": 1e-4, "affinity": 1e-4, "deeplab": 1e-3}
 
 
 class BaseModelError(ValueError):

@@ -3,6 +3,7 @@ atomic writes, refusal on mismatch, and the authors' checkpoint format."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -208,3 +209,27 @@ def test_authors_resnet38_goes_to_external_data(official_keys, tmp_path):
         assert out.cams.shape == (1, 24, 40)
     finally:  # 850 MB of checkpoint and export: do not leave them in pytest's kept temp dirs
         shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_parity_is_judged_on_the_outputs_scale():
+    """Unnormalised outputs (DeepLab logits in the thousands here) are judged on their relative error;
+    outputs within [-1, 1] on their absolute difference."""
+    from types import SimpleNamespace
+
+    class Session:
+        def __init__(self, fn):
+            self.fn = fn
+
+        def run(self, names, feeds):
+            return [self.fn(feeds["image"])]
+
+    shapes = [(1, 3, 8, 8)]
+    big = SimpleNamespace(outputs=("logits",), reference=lambda net, x: (x * 1000,))
+    diffs, worst = onnx_export.check_parity(SimpleNamespace(net=None), big, Path("unused"), shapes,
+                                            session=Session(lambda x: x * 1000 * (1 + 2e-5)))
+    assert diffs["logits"] > 1e-2  # absolute: far above any tolerance
+    assert 1e-5 < worst <= 2.1e-5  # relative to max |logits|
+    small = SimpleNamespace(outputs=("cam",), reference=lambda net, x: (x * 0.01,))
+    diffs, worst = onnx_export.check_parity(SimpleNamespace(net=None), small, Path("unused"), shapes,
+                                            session=Session(lambda x: x * 0.01 + 1e-3))
+    assert worst == pytest.approx(diffs["cam"]) and worst == pytest.approx(1e-3, rel=1e-3)
