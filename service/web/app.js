@@ -11,7 +11,7 @@
  * show a gallery of the overlays read from that zip.
  *
  * Train view: upload an archive to POST /trainings, follow its progress, promote the version it
- * published. The model picker (header) names the model version every request asks for.
+ * published. Corrections view: the labelling projects' corrections and fits, "Fit now". The model picker (header) names the model version every request asks for.
  *
  * The page's state lives in js/state.js; the modules under js/ hold one concern each and
  * do nothing when imported. This entry module wires them up in start(), its one top-level
@@ -24,6 +24,7 @@ import { refreshJobs, initJobsView } from './js/jobs-view.js';
 import { initMask } from './js/mask.js';
 import { initModelPicker } from './js/model-picker.js';
 import { initTrainingsView, refreshTrainings } from './js/trainings-view.js';
+import { initCorrectionsView, refreshCorrections } from './js/corrections-view.js';
 import { loadApiKey, on, setApiKey, state } from './js/state.js';
 import { clearError, say } from './js/status.js';
 
@@ -33,14 +34,16 @@ function showView(focus) {
   $('#view-image').hidden = view !== 'image';
   $('#view-jobs').hidden = view !== 'jobs';
   $('#view-train').hidden = view !== 'train';
+  $('#view-corrections').hidden = view !== 'corrections';
   document.querySelectorAll('nav a[data-view]').forEach((a) => {
     if (a.dataset.view === view) a.setAttribute('aria-current', 'page'); else a.removeAttribute('aria-current');
   });
-  const titles = { image: 'Segment an image', jobs: 'Batch jobs', train: 'Train' };
+  const titles = { image: 'Segment an image', jobs: 'Batch jobs', train: 'Train', corrections: 'Corrections' };
   document.title = `${titles[view]} · SEAM segmentation`;
   if (view === 'jobs') refreshJobs();
   if (view === 'train') refreshTrainings();
-  if (focus) $(`#${view === 'image' ? 'image' : view === 'jobs' ? 'jobs' : 'train'}-title`).focus();
+  if (view === 'corrections') refreshCorrections();
+  if (focus) $(`#${view}-title`).focus();
 }
 
 function drawApiKey() {
@@ -58,6 +61,7 @@ function initApiKey() {
     loadModels();
     if (currentView() === 'jobs') refreshJobs();
     if (currentView() === 'train') refreshTrainings();
+    if (currentView() === 'corrections') refreshCorrections();
   });
   $('#apikey-clear').addEventListener('click', () => {
     setApiKey('');
@@ -79,13 +83,14 @@ function installTestHook() {
 }
 
 function start() {
-  ['#image-title', '#jobs-title', '#train-title'].forEach((s) => $(s).setAttribute('tabindex', '-1'));
+  ['#image-title', '#jobs-title', '#train-title', '#corrections-title'].forEach((s) => $(s).setAttribute('tabindex', '-1'));
   initApiKey();
   initImageView();
   initMask();
   initJobsView();
   initModelPicker();
   initTrainingsView();
+  initCorrectionsView();
   installTestHook();
   loadApiKey();
   window.addEventListener('hashchange', () => showView(true));

@@ -27,6 +27,7 @@ FLOORS = [
     ["js/catalog.js"],
     ["js/mask.js", "js/gallery.js", "js/model-picker.js"],
     ["js/image-view.js", "js/jobs-view.js", "js/trainings-view.js"],
+    ["js/corrections-view.js"],  # reuses the Train view's text of a training (its fits are trainings)
     [ENTRY],
 ]
 

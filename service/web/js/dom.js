@@ -15,7 +15,7 @@ export const el = (tag, attrs = {}, ...children) => {
   return node;
 };
 
-/** The view the address names: `#jobs`, `#train` or (anything else) the image view. */
+/** The view the address names: `#jobs`, `#train`, `#corrections` or (anything else) the image view. */
 export function currentView() {
-  return { '#jobs': 'jobs', '#train': 'train' }[location.hash] || 'image';
+  return { '#jobs': 'jobs', '#train': 'train', '#corrections': 'corrections' }[location.hash] || 'image';
 }

@@ -52,6 +52,11 @@ export const state = {
     timer: null, // the next poll while one is queued or running
     refusals: new Map(), // id -> the server's reason a promotion was refused (the page then offers force)
   },
+  corrections: {
+    projects: [], // GET /corrections: [{source, project, corrections, images, changes_since_fit, fits, ...}]
+    fits: new Map(), // training id of a project's last fit -> the training (GET /trainings/{id})
+    timer: null, // the next poll while a last fit is queued or running
+  },
 };
 
 // ───────────────────────── subscriptions ─────────────────────────
@@ -333,4 +338,20 @@ export function setPromoteRefusal(id, message) {
 export function setTrainingsTimer(timer) {
   clearTimeout(state.trainings.timer);
   state.trainings.timer = timer;
+}
+
+// ───────────────────────── corrections view ─────────────────────────
+/** The caller's labelling projects (GET /corrections). */
+export function setCorrectionProjects(list) {
+  state.corrections.projects = list;
+}
+
+/** The training of a project's fit as GET /trainings/{id} answered. */
+export function setFitTraining(t) {
+  state.corrections.fits.set(t.id, t);
+}
+
+export function setCorrectionsTimer(timer) {
+  clearTimeout(state.corrections.timer);
+  state.corrections.timer = timer;
 }

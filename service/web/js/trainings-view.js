@@ -13,7 +13,7 @@ import { clearError, say, showError } from './status.js';
 
 const POLL_MS = 1000;
 const RECIPE_FIELDS = { backbone: String, epochs: Number, batch_size: Number, crop: Number };
-const isActive = (t) => t.state === 'queued' || t.state === 'running';
+export const isActive = (t) => t.state === 'queued' || t.state === 'running';
 const short = (id) => id.slice(0, 8);
 
 // ───────────────────────── the form ─────────────────────────
@@ -88,8 +88,8 @@ export async function refreshTrainings() {
   }
 }
 
-/** What a training is doing, in words. */
-function progressText(t) {
+/** What a training is doing, in words (the Corrections view shows its fits with it too). */
+export function progressText(t) {
   if (t.state === 'queued') return 'queued';
   const parts = [t.stage, t.epoch != null && t.epochs ? `epoch ${t.epoch}/${t.epochs}` : null,
     t.step != null && t.steps ? `step ${t.step}/${t.steps}` : null,
@@ -99,7 +99,7 @@ function progressText(t) {
 }
 
 /** The held-out comparison: the new version's mIoU and the promoted one's on the same images. */
-function evaluationText(t) {
+export function evaluationText(t) {
   const ev = t.evaluation;
   if (!ev) return '';
   const fmt = (x) => (x == null ? '—' : `${Number(x).toFixed(1)} %`);

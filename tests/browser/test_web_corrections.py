@@ -1,0 +1,85 @@
+"""The Corrections view against a real server (uvicorn subprocess, fake engine): a CVAT task's
+"Segmentation mask 1.1" export uploaded to POST /corrections makes a project; the page lists it
+with the number of corrections GET /corrections counts, "Fit now" starts a fit (POST
+/corrections/cvat/{task}/fit) and the page shows its training's state as GET /trainings/{id} does."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from testkit.processes import stop_process
+from tests.browser.helpers import Server, start_web_server, wait_js
+from tests.service.corrections.helpers import png
+from tests.service.corrections.test_cvat_corrections import H, W, colour_png, export, label
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]  # Chromium and a server: seconds
+
+TASK = "42"
+
+
+@pytest.fixture(scope="module")
+def corrections_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = start_web_server(tmp_path_factory.mktemp("web-corrections"))
+    yield srv
+    stop_process(srv.proc)
+
+
+def _upload(url: str, frames: int) -> dict:
+    masks = {f"f{i}": colour_png(label(1 if i % 2 else 3)) for i in range(frames)}
+    images = {f"f{i}": png(H, W, seed=i) for i in range(frames)}
+    r = httpx.post(f"{url}/corrections", data={"task": TASK}, timeout=30,
+                   files={"archive": ("masks.zip", export(masks, images), "application/zip")})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _project(url: str) -> dict:
+    r = httpx.get(f"{url}/corrections", timeout=30)
+    r.raise_for_status()
+    (p,) = [p for p in r.json()["projects"] if (p["source"], p["project"]) == ("cvat", TASK)]
+    return p
+
+
+def test_corrections_view_counts_and_fits(corrections_server, page, screenshot):
+    url = corrections_server.url
+    assert _upload(url, 3)["corrections"] == 3
+    page.goto(url + "/#corrections")
+    row = page.locator(f'#corrections-body tr[data-project="cvat/{TASK}"]')
+    row.wait_for()
+    assert page.locator("#corrections-empty").is_hidden()
+    cell = row.locator('[data-field="corrections"]')
+    assert cell.inner_text().split("\n")[0] == str(_project(url)["corrections"]) == "3"
+    assert row.locator('[data-field="source"]').inner_text() == "CVAT"
+    assert row.locator('[data-field="fit"]').inner_text() == "no fit yet"
+
+    # another frame: Refresh shows the API's new count
+    _upload(url, 4)
+    page.click("#corrections-refresh")
+    wait_js(page, f"document.querySelector('tr[data-project=\"cvat/{TASK}\"] [data-field=corrections]')"
+                  ".firstChild.textContent === '4'")
+    assert _project(url)["corrections"] == 4
+
+    # Fit now: the fit's training, followed until it ends, shown with the state the API gives
+    row.locator('button[data-action="fit"]').click()
+    fits = []
+    for _ in range(100):
+        fits = _project(url)["fits"]
+        if fits:
+            break
+        page.wait_for_timeout(100)
+    assert len(fits) == 1, fits
+    training = fits[0]["training"]
+    fit_cell = row.locator('[data-field="fit"]')
+    shown = f"document.querySelector('tr[data-project=\"cvat/{TASK}\"] [data-field=fit]')"
+    wait_js(page, f"{shown}.textContent.includes('{training[:8]}')")
+    wait_js(page, f"!['queued', 'running', 'unknown'].includes({shown}.dataset.state)", timeout=120)
+    t = httpx.get(f"{url}/trainings/{training}", timeout=30).json()
+    assert fit_cell.get_attribute("data-state") == t["state"]
+    assert t["state"] in fit_cell.inner_text()
+    if t.get("error"):
+        assert t["error"] in fit_cell.inner_text()
+    if t.get("model"):
+        assert t["model"] in fit_cell.inner_text()
+    screenshot(page, "11-corrections")
