@@ -26,19 +26,19 @@ def corrections_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
     stop_process(srv.proc)
 
 
-def _upload(url: str, frames: int) -> dict:
+def _upload(url: str, frames: int, task: str = TASK) -> dict:
     masks = {f"f{i}": colour_png(label(1 if i % 2 else 3)) for i in range(frames)}
     images = {f"f{i}": png(H, W, seed=i) for i in range(frames)}
-    r = httpx.post(f"{url}/corrections", data={"task": TASK}, timeout=30,
+    r = httpx.post(f"{url}/corrections", data={"task": task}, timeout=30,
                    files={"archive": ("masks.zip", export(masks, images), "application/zip")})
     assert r.status_code == 200, r.text
     return r.json()
 
 
-def _project(url: str) -> dict:
+def _project(url: str, task: str = TASK) -> dict:
     r = httpx.get(f"{url}/corrections", timeout=30)
     r.raise_for_status()
-    (p,) = [p for p in r.json()["projects"] if (p["source"], p["project"]) == ("cvat", TASK)]
+    (p,) = [p for p in r.json()["projects"] if (p["source"], p["project"]) == ("cvat", task)]
     return p
 
 
@@ -83,3 +83,27 @@ def test_corrections_view_counts_and_fits(corrections_server, page, screenshot):
     if t.get("model"):
         assert t["model"] in fit_cell.inner_text()
     screenshot(page, "11-corrections")
+
+
+def test_a_fit_shows_its_version_and_held_out_evaluation(corrections_server, page):
+    """A fit that published a version: its NAME:VERSION and the held-out mIoU, new vs promoted, as the
+    Train view words them. (The fake engine has no checkpoint, so its fits fail, as the test above
+    shows; the training's answer is rewritten in the browser to the fields a succeeded one has.)"""
+    url = corrections_server.url
+    _upload(url, 2, task="43")
+    r = httpx.post(f"{url}/corrections/cvat/43/fit", timeout=60)
+    assert r.status_code == 202, r.text
+    training = r.json()["training"]
+    succeeded = {"id": training, "state": "succeeded", "stage": "deeplab", "model": "fake:2", "promoted": True,
+                 "evaluation": {"new": 61.5, "promoted": 55.5, "promoted_ref": "fake:1", "note": None}}
+    page.route(f"**/trainings/{training}", lambda route: route.fulfill(json=succeeded))
+    page.goto(url + "/#corrections")
+    cell = page.locator('tr[data-project="cvat/43"] [data-field="fit"]')
+    cell.wait_for()
+    wait_js(page, "document.querySelector('tr[data-project=\"cvat/43\"] [data-field=fit]').dataset.state"
+                  " === 'succeeded'")
+    text = cell.inner_text()
+    assert "fake:2 (promoted)" in text
+    assert "held-out mIoU: new 61.5 %, fake:1 55.5 %" in text
+    assert page.locator('tr[data-project="cvat/43"] [data-field="corrections"]').inner_text().startswith(
+        str(_project(url, "43")["corrections"]))
