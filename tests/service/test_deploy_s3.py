@@ -37,7 +37,7 @@ def test_the_store_replaces_the_shared_folders():
         tag, volumes = svc[name]["volumes"]
         assert tag in ("!reset", "!override")
         assert not any("job-data" in v or "/models" in v for v in volumes or []), name  # nothing shared on disk
-    assert svc["worker"]["volumes"] == ("!reset", [])
+    assert svc["worker"]["volumes"] == ("!override", ["${SEAM_DATASETS:-./datasets}:/datasets:ro"])  # read-only
     assert svc["seed-models"]["depends_on"]["seaweedfs"]["condition"] == "service_healthy"
     assert "push_repository" in " ".join(svc["seed-models"]["command"])
 
