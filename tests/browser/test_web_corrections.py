@@ -4,19 +4,42 @@ with the number of corrections GET /corrections counts, "Fit now" starts a fit (
 /corrections/cvat/{task}/fit) and the page shows its training's state as GET /trainings/{id} does."""
 from __future__ import annotations
 
+import io
+import zipfile
 from collections.abc import Iterator
 
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 
 from testkit.processes import stop_process
 from tests.browser.helpers import Server, start_web_server, wait_js
 from tests.service.corrections.helpers import png
-from tests.service.corrections.test_cvat_corrections import H, W, colour_png, export, label
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]  # Chromium and a server: seconds
 
 TASK = "42"
+H, W = 20, 30
+LABELMAP = "# label:color_rgb:parts:actions\nbackground:0,0,0::\nred:128,0,0::\nblue:0,0,128::\n"
+COLOURS = {1: (128, 0, 0), 3: (0, 0, 128)}  # the fake engine's red and blue, as labelmap.txt colours them
+
+
+def export(frames: int) -> bytes:
+    """A CVAT "Segmentation mask 1.1" export (with images) of `frames` frames, each a red or a blue block
+    (as tests/service/corrections/test_cvat_corrections.py builds them)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("labelmap.txt", LABELMAP)
+        z.writestr("ImageSets/Segmentation/default.txt", "".join(f"f{i}\n" for i in range(frames)))
+        for i in range(frames):
+            rgb = np.zeros((H, W, 3), np.uint8)
+            rgb[2:9, 4:15] = COLOURS[1 if i % 2 else 3]
+            mask = io.BytesIO()
+            Image.fromarray(rgb).save(mask, format="PNG")
+            z.writestr(f"SegmentationClass/f{i}.png", mask.getvalue())
+            z.writestr(f"JPEGImages/f{i}.png", png(H, W, seed=i))
+    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +50,8 @@ def corrections_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
 
 
 def _upload(url: str, frames: int, task: str = TASK) -> dict:
-    masks = {f"f{i}": colour_png(label(1 if i % 2 else 3)) for i in range(frames)}
-    images = {f"f{i}": png(H, W, seed=i) for i in range(frames)}
     r = httpx.post(f"{url}/corrections", data={"task": task}, timeout=30,
-                   files={"archive": ("masks.zip", export(masks, images), "application/zip")})
+                   files={"archive": ("masks.zip", export(frames), "application/zip")})
     assert r.status_code == 200, r.text
     return r.json()
 
