@@ -10,7 +10,8 @@ from typing import Any
 
 from seam.service.blobs.base import S3Location
 from seam.service.blobs.s3 import S3BlobStore, s3_client
-from seam.service.datasets.policy import DatasetPolicy, UrlRefused
+from seam.service.core.urlrules import UrlRefused
+from seam.service.datasets.policy import DatasetPolicy
 
 
 class FetchFailed(RuntimeError):

@@ -1,5 +1,5 @@
-"""Which data-set URLs a job may name: the rules of the Label Studio fetcher for URLs
-(integrations/fetch.py), applied to job inputs and outputs.
+"""Which data-set URLs a job may name: the service's URL rules (core/urlrules.py, which the
+Label Studio fetcher applies too) with the data sets' own allow-lists, for job inputs and outputs.
 
 - s3://bucket/prefix: only under an entry of SEAM_DATASET_BUCKETS (`bucket` or `bucket/prefix`);
   the storage bucket is not implied: job files and users' data sets are separate grants.
@@ -13,21 +13,14 @@ per-line error.
 """
 from __future__ import annotations
 
-import ipaddress
-import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from seam.service.blobs.base import S3Location, parse_s3_url
+from seam.service.core.urlrules import Origin, Resolver, UrlRefused, checked_address, host_listed, system_resolver
 
-
-class UrlRefused(ValueError):
-    """The URL may not be used (scheme, bucket, host, address); nothing was requested."""
-
-
-def system_resolver(host: str, port: int) -> list[str]:
-    return [info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
+__all__ = ["DatasetPolicy", "UrlRefused", "system_resolver"]
 
 
 def _short(url: str, n: int = 160) -> str:
@@ -39,7 +32,7 @@ class DatasetPolicy:
     buckets: Sequence[str] = ()
     http_hosts: Sequence[str] = ()
     allow_private: bool = False
-    resolver: Callable[[str, int], list[str]] = field(default=system_resolver, repr=False)
+    resolver: Resolver = field(default=system_resolver, repr=False)
 
     @classmethod
     def from_settings(cls, settings: object) -> DatasetPolicy:
@@ -66,47 +59,16 @@ class DatasetPolicy:
 
     def check_http(self, url: str) -> tuple[str, int, str]:
         """(host, port, address to connect to) of an allowed http(s) URL."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https"):
+        if urlsplit(url).scheme.lower() not in ("http", "https"):  # said here: a data set may also be s3://
             raise UrlRefused(f"unsupported URL scheme in {_short(url)!r}: use s3:// or http(s)://")
-        if parts.username is not None or parts.password is not None or "@" in parts.netloc:
-            raise UrlRefused("URLs with user-info are not allowed")
-        try:
-            host = (parts.hostname or "").lower()
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-        except ValueError as exc:
-            raise UrlRefused(f"malformed URL: {exc}") from None
-        if not host:
-            raise UrlRefused(f"no host in {_short(url)!r}")
-        if not self._allowed_host(host, port):
+        origin = Origin.of(url)
+        if not host_listed(self.http_hosts, origin.host, origin.port):
             if not self.http_hosts:
                 raise UrlRefused("http(s) data sets are disabled on this server (set SEAM_DATASET_HTTP_HOSTS)")
-            raise UrlRefused(f"host {host}:{port} is not one of SEAM_DATASET_HTTP_HOSTS")
-        try:
-            addrs = list(self.resolver(host, port))
-        except (OSError, UnicodeError) as exc:
-            raise UrlRefused(f"cannot resolve {host}: {exc}") from None
-        if not addrs:
-            raise UrlRefused(f"{host} resolves to no address")
-        for a in addrs:
-            ip = ipaddress.ip_address(a.split("%", 1)[0])
-            if not ip.is_global and not self.allow_private:
-                raise UrlRefused(f"{host} resolves to the non-public address {ip}; set SEAM_DATASET_ALLOW_PRIVATE=true "
-                                 "if the data set is served on a private network")
-            if ip.is_multicast or ip.is_unspecified:
-                raise UrlRefused(f"{host} resolves to the unusable address {ip}")
-        return host, port, addrs[0]
-
-    def _allowed_host(self, host: str, port: int) -> bool:
-        for entry in self.http_hosts:
-            e = entry.strip().lower()
-            if ":" in e and not e.startswith("["):
-                h, _, p = e.rpartition(":")
-                if h == host and p.isdigit() and int(p) == port:
-                    return True
-            elif e and e == host:
-                return True
-        return False
+            raise UrlRefused(f"host {origin.netloc()} is not one of SEAM_DATASET_HTTP_HOSTS")
+        addr = checked_address(origin.host, origin.port, self.resolver, self.allow_private,
+                               "set SEAM_DATASET_ALLOW_PRIVATE=true if the data set is served on a private network")
+        return origin.host, origin.port, addr
 
     def check(self, url: str) -> str:
         """'s3' or 'http' for an allowed URL, else UrlRefused."""

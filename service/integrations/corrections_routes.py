@@ -17,6 +17,7 @@ from fastapi import APIRouter, Body, Depends, FastAPI, File, Form, Path, Request
 from seam.service.api.deps import EngineDep, SettingsDep, require_api_key
 from seam.service.core.errors import ApiError
 from seam.service.core.security import Principal
+from seam.service.core.urlrules import UrlRefused
 from seam.service.corrections.store import CorrectionError, NotOwner, ProjectStore
 from seam.service.integrations.corrections_fit import (
     FitRequest,
@@ -28,7 +29,7 @@ from seam.service.integrations.corrections_fit import (
     submitter_of,
 )
 from seam.service.integrations.cvat_corrections import read_segmentation_mask_zip
-from seam.service.integrations.fetch import FetchFailed, UrlRefused
+from seam.service.integrations.fetch import FetchFailed
 from seam.service.integrations.labelstudio import ls_settings, policy_for
 from seam.service.integrations.ls_corrections import ProjectSync
 from seam.service.integrations.ls_events import ensure_webhook_auth

@@ -24,9 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import ipaddress
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +33,15 @@ from typing import Literal
 from urllib.parse import quote, urljoin, urlsplit
 
 import httpx
+from seam.service.core.urlrules import (
+    Origin,
+    Resolver,
+    UrlRefused,
+    checked_address,
+    host_listed,
+    short,
+    system_resolver,
+)
 
 _CLOUD_SCHEMES = ("s3:", "gs:", "azure-blob:", "azure-spi:")
 _REDIRECTS = (301, 302, 303, 307, 308)
@@ -46,59 +53,12 @@ TOKEN_REFRESH_PATH = "/api/token/refresh/"
 TOKEN_MARGIN_S = 30.0
 
 
-class UrlRefused(ValueError):
-    """The URL may not be fetched (scheme, host, address); nothing was requested."""
-
-
 class FetchFailed(RuntimeError):
     """The request was allowed but did not give an image (status, size, network)."""
 
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
-
-
-Resolver = Callable[[str, int], Sequence[str]]
-
-
-def system_resolver(host: str, port: int) -> list[str]:
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
-
-
-@dataclass(frozen=True)
-class Origin:
-    scheme: str
-    host: str
-    port: int
-
-    @classmethod
-    def of(cls, url: str) -> Origin:
-        if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
-            raise UrlRefused("the URL contains control characters")
-        try:
-            parts = urlsplit(url)
-        except ValueError as exc:  # e.g. an unclosed IPv6 bracket
-            raise UrlRefused(f"malformed URL: {exc}") from None
-        scheme = parts.scheme.lower()
-        if scheme not in ("http", "https"):
-            raise UrlRefused(f"scheme {parts.scheme or '(none)'!r} is not allowed (only http and https)")
-        if parts.username or parts.password:
-            raise UrlRefused("URLs with user:password@ are not allowed")
-        if not parts.hostname:
-            raise UrlRefused("the URL has no host")
-        try:
-            port = parts.port or (443 if scheme == "https" else 80)
-        except ValueError as exc:
-            raise UrlRefused(f"bad port: {exc}") from None
-        try:  # what httpx would refuse when sending must be refused here, before anything is fetched
-            httpx.URL(url)
-        except httpx.InvalidURL as exc:
-            raise UrlRefused(f"malformed URL: {exc}") from None
-        return cls(scheme, parts.hostname.lower().rstrip("."), port)
-
-    def netloc(self) -> str:
-        return f"{self.host}:{self.port}"
 
 
 TokenKind = Literal["legacy", "access", "refresh"]
@@ -200,19 +160,7 @@ class FetchPolicy:
         return origin == self.base
 
     def _allowed_origin(self, origin: Origin) -> bool:
-        if self.is_base(origin):
-            return True
-        for entry in self.extra_hosts:
-            e = entry.strip().lower()
-            if not e:
-                continue
-            if ":" in e and not e.startswith("["):
-                host, _, port = e.rpartition(":")
-                if host == origin.host and port.isdigit() and int(port) == origin.port:
-                    return True
-            elif e == origin.host:
-                return True
-        return False
+        return self.is_base(origin) or host_listed(self.extra_hosts, origin.host, origin.port)
 
     def check(self, url: str) -> tuple[Origin, str]:
         """(origin, address to connect to) or UrlRefused with the reason."""
@@ -220,20 +168,9 @@ class FetchPolicy:
         if not self._allowed_origin(origin):
             raise UrlRefused(f"host {origin.netloc()} is not the configured Label Studio ({self.base.netloc()}) "
                              "nor one of SEAM_LABELSTUDIO_EXTRA_HOSTS")
-        try:
-            addrs = list(self.resolver(origin.host, origin.port))
-        except (OSError, UnicodeError) as exc:
-            raise UrlRefused(f"cannot resolve {origin.host}: {exc}") from None
-        if not addrs:
-            raise UrlRefused(f"{origin.host} resolves to no address")
-        for a in addrs:
-            ip = ipaddress.ip_address(a.split("%", 1)[0])
-            if not ip.is_global and not self.allow_private:
-                raise UrlRefused(f"{origin.host} resolves to the non-public address {ip}; set "
-                                 "SEAM_LABELSTUDIO_ALLOW_PRIVATE=true if Label Studio runs on a private network")
-            if ip.is_multicast or ip.is_unspecified:
-                raise UrlRefused(f"{origin.host} resolves to the unusable address {ip}")
-        return origin, addrs[0]
+        addr = checked_address(origin.host, origin.port, self.resolver, self.allow_private,
+                               "set SEAM_LABELSTUDIO_ALLOW_PRIVATE=true if Label Studio runs on a private network")
+        return origin, addr
 
     # --- fetching ------------------------------------------------------------------
     def fetch(self, url: str, client: httpx.Client | None = None) -> bytes:
@@ -267,7 +204,7 @@ class FetchPolicy:
                         continue
                     if resp.status_code != 200:
                         raise FetchFailed(f"Label Studio answered HTTP {resp.status_code} for the image "
-                                          f"({_short(url)}){_hint(resp.status_code)}", resp.status_code)
+                                          f"({short(url)}){_hint(resp.status_code)}", resp.status_code)
                     return self._read_limited(resp)
                 finally:
                     resp.close()
@@ -394,7 +331,3 @@ def _hint(status: int) -> str:
         return ": the token (SEAM_LABELSTUDIO_API_KEY) is missing, wrong, or a legacy token that the organisation " \
                "has disabled"
     return ""
-
-
-def _short(url: str, n: int = 120) -> str:
-    return url if len(url) <= n else url[:n] + "..."

@@ -36,9 +36,10 @@ from seam.service.core.engine_holder import resolve_method
 from seam.service.core.errors import ApiError
 from seam.service.core.limits import run_limited
 from seam.service.core.registry import MODEL_HEADER, ServedModel, served_by
+from seam.service.core.urlrules import UrlRefused
 from seam.service.engine.base import InferenceEngine, SegmentResult
 from seam.service.inputs import parse_label_tokens
-from seam.service.integrations.fetch import FetchFailed, FetchPolicy, UrlRefused
+from seam.service.integrations.fetch import FetchFailed, FetchPolicy
 from seam.service.integrations.ls_config import Control, LabelConfig, LabelConfigError, parse_label_config
 from seam.service.integrations.ls_events import claim_project
 from seam.service.integrations.upload import segment_upload

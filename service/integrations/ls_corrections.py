@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageDraw
+from seam.service.core.urlrules import UrlRefused
 from seam.service.corrections.store import Change, Correction, CorrectionError, ProjectStore
-from seam.service.integrations.fetch import FetchFailed, FetchPolicy, UrlRefused
+from seam.service.integrations.fetch import FetchFailed, FetchPolicy
 from seam.service.integrations.ls_config import Control, LabelConfig, LabelConfigError, parse_label_config
 
 from seam.common.labelling import ls_rle_decode

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from seam.service.core.security import Principal
+from seam.service.core.urlrules import UrlRefused
 from seam.service.corrections.store import CorrectionError, CorrectionStore, NotOwner, ProjectStore
 from seam.service.integrations.corrections_fit import settings_of
-from seam.service.integrations.fetch import FetchFailed, FetchPolicy, UrlRefused
+from seam.service.integrations.fetch import FetchFailed, FetchPolicy
 from seam.service.integrations.ls_corrections import ProjectSync, image_id, project_id
 
 log = logging.getLogger("seam.service")

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seam.service.core.errors import ApiError
+from seam.service.core.urlrules import UrlRefused
 from seam.service.datasets.entries import Entry, LineError
-from seam.service.datasets.policy import UrlRefused
 from seam.service.jobs.dispatch import Dispatcher
 from seam.service.jobs.stores.base import JobStore
 from seam.service.storage import Storage

@@ -10,10 +10,10 @@ from typing import IO
 
 from seam.service.core.config import Settings
 from seam.service.core.errors import ApiError
+from seam.service.core.urlrules import UrlRefused
 from seam.service.datasets import sources
 from seam.service.datasets.entries import Entry, LineError, manifest_kind
 from seam.service.datasets.fetching import DatasetReader
-from seam.service.datasets.policy import UrlRefused
 from seam.service.jobs import stream_chunks
 from seam.service.jobs.dispatch import Dispatcher
 from seam.service.jobs.execution import dataset_reader
