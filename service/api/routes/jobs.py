@@ -17,6 +17,7 @@ from seam.service.api.deps import DispatcherDep, EngineDep, HolderDep, Principal
 from seam.service.core.config import Settings
 from seam.service.core.errors import ApiError
 from seam.service.core.registry import ModelRegistry
+from seam.service.jobs import stream_chunks
 from seam.service.jobs.access import visible_snapshot
 from seam.service.jobs.execution import dataset_reader
 from seam.service.jobs.results import result_extras
@@ -151,7 +152,7 @@ def job_results(job_id: JobId, store: StoreDep, storage: StorageDep, holder: Hol
     except FileNotFoundError:
         raise ApiError(404, "not_found", f"the files of job {job_id} are gone") from None
     if manifest.get("output_url"):  # outputs went to the user's prefix: its results manifest, not a zip
-        return results_manifest(settings, manifest["output_url"])
+        return results_manifest(settings, store, storage, job_id, manifest["output_url"])
     names = manifest.get("classes")  # recorded at submission: independent of the model loaded now
     if names is None:  # a job from before class names were recorded
         names = holder.get().foreground_classes()
@@ -166,10 +167,16 @@ def job_results(job_id: JobId, store: StoreDep, storage: StorageDep, holder: Hol
                              headers={"Content-Disposition": f'attachment; filename="seam-{job_id}.zip"'})
 
 
-def results_manifest(settings: Settings, output_url: str) -> StreamingResponse:
-    """`<output_url>/results.jsonl`, streamed (docs/storage.md: one line per image)."""
+def results_manifest(settings: Settings, store, storage, job_id: str, output_url: str) -> StreamingResponse:
+    """`<output_url>/results.jsonl` of an ended job, streamed (docs/storage.md: one line per image)."""
+    prefix = dataset_reader(settings).prefix_store(output_url)
+    if not prefix.exists("results.jsonl"):
+        # the process that ended the job writes it just after recording the end (or died in between):
+        # every chunk's part is there, so it is made here; the same parts give the same file
+        snap = store.snapshot(job_id, errors_limit=10_000_000)
+        stream_chunks.finalize(storage, stream_chunks.OutputPrefix(prefix), job_id, list(snap.errors) if snap else [])
     try:
-        body = dataset_reader(settings).prefix_store(output_url).iter_bytes("results.jsonl")
+        body = prefix.iter_bytes("results.jsonl")
     except FileNotFoundError:
         raise ApiError(404, "not_found", f"no results manifest at {output_url}results.jsonl") from None
     return StreamingResponse(body, media_type="application/x-ndjson",
