@@ -201,7 +201,8 @@ def _install_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> N
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["X-API-Key", "Content-Type"],
-                           expose_headers=["X-Seam-Classes", "X-Seam-Method", "X-Seam-Model", "Retry-After", "Location"])
+                           expose_headers=["X-Seam-Classes", "X-Seam-Method", "X-Seam-Model", "Retry-After",
+                                           "Location"])
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
 

@@ -3,6 +3,7 @@
 (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), then create the buckets named in SEAM_S3_BUCKETS
 (comma separated) and stay in the foreground with weed. `--check`: the health check (a bucket
 of SEAM_S3_BUCKETS answers)."""
+import contextlib
 import json
 import os
 import subprocess
@@ -52,10 +53,8 @@ def main() -> int:
         try:
             c = client()
             for b in list(pending):
-                try:
+                with contextlib.suppress(c.exceptions.BucketAlreadyOwnedByYou):
                     c.create_bucket(Bucket=b)
-                except c.exceptions.BucketAlreadyOwnedByYou:
-                    pass
                 c.put_object(Bucket=b, Key=".ready", Body=b"ok")  # the first volume is allocated lazily
                 pending.remove(b)
         except Exception:  # noqa: BLE001 - not up yet
