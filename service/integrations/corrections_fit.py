@@ -31,8 +31,9 @@ from seam.service.corrections.fit_data import write_fit_data
 from seam.service.corrections.store import CorrectionError, CorrectionStore, ProjectStore
 from seam.service.engine.base import InferenceEngine
 from seam.service.integrations.upload import segment_upload
+from seam.service.trainings.submit import submit_spec
 
-from seam.modelrepo.trainings import TrainingSpec, write_spec
+from seam.modelrepo.trainings import TrainingSpec
 
 log = logging.getLogger("seam.service")
 
@@ -184,26 +185,13 @@ def submitter_of(app: Any) -> SubmitTraining | None:
         return None
 
     def submit(spec: dict[str, Any], principal: Principal) -> str:
-        """What POST /trainings does with a spec it has made (seam.service.trainings): the same
-        limits, directory, spec.json and owner.json, and the same trainers (embedded or Celery)."""
-        trainers.check_available()
-        active = len(trainings.unfinished())
-        if active >= app.state.settings.max_active_trainings:
-            raise ApiError(503, "queue_full", f"{active} trainings are queued or running; retry later",
-                           {"Retry-After": "60"})
+        """What POST /trainings does with a spec it has made (seam.service.trainings.submit): the
+        same limits, directory, spec.json and owner.json, and the same trainers (embedded or Celery)."""
         try:
             checked = TrainingSpec(**spec)
         except ValidationError as exc:
             raise ApiError(422, "invalid_fit", f"the fit's training spec is invalid: {exc}") from None
-        tid, d = trainings.new_dir()
-        try:
-            write_spec(d, checked)
-            trainings.write_owner(d, principal.owner, "corrections")
-        except BaseException:
-            trainings.discard(tid)
-            raise
-        trainers.submit(tid)
-        return tid
+        return submit_spec(app.state.settings, trainings, trainers, checked, principal.owner, "corrections")
 
     return submit
 

@@ -47,13 +47,44 @@ class TrainingServices:
     jobs: JobStore | None
 
 
+def check_room(settings: Settings, trainings: TrainingStore, trainers: Any) -> None:
+    """The limits every new training passes (POST /trainings and the corrections' fits): a
+    trainer exists, and fewer than SEAM_MAX_ACTIVE_TRAININGS are queued or running."""
+    trainers.check_available()
+    active = len(trainings.unfinished())
+    if active >= settings.max_active_trainings:
+        raise ApiError(503, "queue_full", f"{active} trainings are queued or running (limit "
+                                          f"{settings.max_active_trainings}); retry later", {"Retry-After": "60"})
+
+
+def hand_to_trainers(trainers: Any, tid: str) -> None:
+    """Queue the training whose directory is complete; a broker that is down is a 503."""
+    try:
+        trainers.submit(tid)
+    except Exception as exc:  # broker down: the training stays queued on disk; say so
+        raise ApiError(503, "unavailable", f"could not queue the training {tid}: {exc}",
+                       {"Retry-After": "10"}) from None
+
+
+def submit_spec(settings: Settings, trainings: TrainingStore, trainers: Any, spec: TrainingSpec, owner: str,
+                source: str) -> str:
+    """A training whose spec (and data) are already made, e.g. a corrections fit: the limits,
+    its directory with spec.json and owner.json, the trainers; its id."""
+    check_room(settings, trainings, trainers)
+    tid, d = trainings.new_dir()
+    try:
+        write_spec(d, spec)
+        trainings.write_owner(d, owner, source)
+    except BaseException:
+        trainings.discard(tid)
+        raise
+    hand_to_trainers(trainers, tid)
+    return tid
+
+
 async def submit(request: Request, svc: TrainingServices, principal: Principal) -> str:
     """Create and queue the training the request describes; its id."""
-    svc.trainers.check_available()
-    active = await run_in_threadpool(lambda: len(svc.trainings.unfinished()))
-    if active >= svc.settings.max_active_trainings:
-        raise ApiError(503, "queue_full", f"{active} trainings are queued or running (limit "
-                                          f"{svc.settings.max_active_trainings}); retry later", {"Retry-After": "60"})
+    await run_in_threadpool(check_room, svc.settings, svc.trainings, svc.trainers)
     declared = request.headers.get("content-length", "")
     incoming = int(declared) if declared.isdigit() else 0
     await run_in_threadpool(lifecycle.check_quota, svc.storage, svc.settings, incoming)
@@ -75,11 +106,7 @@ async def submit(request: Request, svc: TrainingServices, principal: Principal) 
         raise
     finally:
         svc.storage.forget_usage()
-    try:
-        await run_in_threadpool(svc.trainers.submit, tid)
-    except Exception as exc:  # broker down: the training stays queued on disk; say so
-        raise ApiError(503, "unavailable", f"could not queue the training {tid}: {exc}",
-                       {"Retry-After": "10"}) from None
+    await run_in_threadpool(hand_to_trainers, svc.trainers, tid)
     return tid
 
 
