@@ -79,13 +79,15 @@ def test_every_request_names_the_chosen_version(repo_server, page, tmp_path):
 
 def test_train_view_trains_then_promotes(repo_server, page, tmp_path):
     archive = tmp_path / "data.zip"
-    archive.write_bytes(zip_folder(tagged_folder(synth_set(tmp_path / "synth", n=12), tmp_path / "tagged")))
+    archive.write_bytes(zip_folder(tagged_folder(synth_set(tmp_path / "synth", n=16), tmp_path / "tagged")))
     page.goto(repo_server + "/#train")
     page.wait_for_selector("#train-base option[value='demo:1']", state="attached")
     page.set_input_files("#train-archive", str(archive))
     page.fill("#train-name", "demo")
     page.select_option("#train-backbone", RECIPE["backbone"])
-    page.fill("#train-epochs", str(RECIPE["epochs"]))
+    # enough steps (6 epochs of 3) that the page's 1 s polls see the stage running: one epoch of this
+    # tiny set can end between two polls
+    page.fill("#train-epochs", "6")
     page.fill("#train-batch", str(RECIPE["batch_size"]))
     page.fill("#train-crop", str(RECIPE["crop"]))
     page.click("#train-submit")
