@@ -15,13 +15,11 @@ When a job ends its `inputs/` and `tmp/` are deleted (outputs stay until the TTL
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
 import re
 import shutil
-import tempfile
 import threading
 import time
 import zipfile
@@ -29,6 +27,7 @@ from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
+from seam.service.blobs.files import atomic_write_chunks
 from seam.service.outputs.kinds import OUTPUT_KINDS
 
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -36,20 +35,7 @@ JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
 def atomic_write(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
     """Write `data` to `path` so readers see either the old file, or the new one complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = tmp_dir or path.parent
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix=".w-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomic_write_chunks(path, (data,), tmp_dir)
 
 
 class _StreamBuffer:

@@ -13,6 +13,27 @@ from seam.service.blobs.base import BlobInfo, BlobNotFound, BlobStore, check_key
 TMP_PREFIX = ".w-"  # in-progress writes: never listed
 
 
+def atomic_write_chunks(path: Path, chunks: Iterable[bytes], tmp_dir: Path | None = None) -> None:
+    """Write `chunks` to `path` so readers see either the old file or the new one complete: a
+    hidden temporary file (in `tmp_dir`, default the target's folder: same file system) made
+    durable, then `os.replace`. Also the job files' writer (storage.atomic_write)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = tmp_dir or path.parent
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix=TMP_PREFIX, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 class FileBlobStore(BlobStore):
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -28,20 +49,7 @@ class FileBlobStore(BlobStore):
         self.put_stream(key, (data,))
 
     def put_stream(self, key: str, chunks: Iterable[bytes]) -> None:
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                for chunk in chunks:
-                    f.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        atomic_write_chunks(self.path(key), chunks)
 
     def get(self, key: str) -> bytes:
         try:
