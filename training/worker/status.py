@@ -83,11 +83,17 @@ class Tracker:
             self.log(f"stage {r.stage}")
             self._rate = None
             s.epoch = s.epochs = s.loss = s.eta_s = None
+        new_epoch = r.epoch is not None and r.epoch != s.epoch
+        last_step = r.step is not None and r.step == r.steps
         s.stage, s.step, s.steps = r.stage, r.step, r.steps
         if r.epoch is not None:
             s.epoch, s.epochs, s.loss = r.epoch, r.epochs, r.loss
+        if r.epoch is not None and (new_epoch or last_step):
+            # the log keeps what a poll between two writes (or a short stage) would miss
+            self.log(f"{r.stage} epoch {r.epoch}/{r.epochs}: step {r.step}/{r.steps}"
+                     + (f", loss {r.loss:.4g}" if r.loss is not None else ""))
         s.eta_s = self._eta(r)
-        self.write(force=changed)
+        self.write(force=changed or new_epoch or last_step)
 
     def _eta(self, r: StageReport) -> float | None:
         """Seconds left in this stage at this attempt's pace."""
