@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.service.fakes import check_results, make_archive, stack
-from tests.support import wait_done
+from tests.support import wait_done, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +44,9 @@ def test_upload_job_files_live_in_s3(tmp_path, redis_ok, s3_server, s3_bucket, m
             assert f"seam/jobs/{job}/job.json" in keys
             assert sorted(k for k in keys if "/outputs/png/" in k) == [
                 f"seam/jobs/{job}/outputs/png/{i}.png" for i in sorted(imgs)]
-            assert not [k for k in keys if "/inputs/" in k]  # freed when the job ended
+            # freed by whoever ended the job, just after recording the end
+            wait_until(lambda: not [k for k in _keys(s3_server, s3_bucket, f"seam/jobs/{job}/") if "/inputs/" in k],
+                       30, 0.1)
             check_results(c, job, imgs)
             one = c.get(f"/jobs/{job}/results/png/im03")
             assert one.status_code == 200 and one.content[:4] == b"\x89PNG"

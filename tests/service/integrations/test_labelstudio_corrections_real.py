@@ -192,6 +192,11 @@ def test_a_fit_from_corrections_becomes_the_projects_model_version(ls: LabelStud
         assert r.status_code == 202, r.text
         base = wait_training(url, r.json()["id"])
         assert base["state"] == "succeeded" and base["model"] == "m:1", base
+        # /setup (called by Connect Model) answers for SEAM_LABELSTUDIO_MODEL=m: wait until the API's
+        # next look at the repository serves it (a busy machine takes longer than the 1 s poll)
+        wait_until(lambda: any(m["name"] == "m" and m["serving"] == 1
+                               for m in httpx.get(f"{url}/models", headers=ours).json()["repository"]),
+                   timeout=60, what="the API to serve m:1")
         with ls.api(LEGACY_TOKEN) as api:
             project = api.post("/api/projects", json={"title": "fit", "label_config": docs_label_config()}).json()["id"]
             r = api.post(f"/api/projects/{project}/import",
