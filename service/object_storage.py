@@ -19,16 +19,16 @@ import os
 import shutil
 import threading
 import time
-import zipfile
 from collections import OrderedDict
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 from seam.service.blobs.base import BlobNotFound, BlobStore
 from seam.service.blobs.stores import open_blob_store
 from seam.service.core.config import Settings
 from seam.service.outputs.kinds import OUTPUT_KINDS
-from seam.service.storage import JOB_ID_RE, Storage, _StreamBuffer
+from seam.service.storage import JOB_ID_RE, Storage, stream_zip
 
 
 def make_storage(settings: Settings) -> Storage:
@@ -199,22 +199,8 @@ class ObjectStorage(Storage):
                 yield f"{kind}/{info.key[len(prefix):]}", info.key
 
     def stream_results_zip(self, job_id: str, extra: dict[str, bytes]) -> Iterator[bytes]:
-        buf = _StreamBuffer()
-        with zipfile.ZipFile(buf, mode="w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
-            for name, data in extra.items():
-                zf.writestr(name, data)
-                yield buf.drain()
-            for name, key in self.iter_output_keys(job_id):
-                try:
-                    data = self.blobs.get(key)
-                except BlobNotFound:  # swept meanwhile
-                    continue
-                info = zipfile.ZipInfo(name, time.localtime()[:6])
-                info.compress_type = zipfile.ZIP_STORED if name.endswith(".png") else zipfile.ZIP_DEFLATED
-                zf.writestr(info, data)
-                if chunk := buf.drain():
-                    yield chunk
-        yield buf.drain()
+        return stream_zip(extra, ((name, partial(self.blobs.get, key))
+                                  for name, key in self.iter_output_keys(job_id)))
 
     # --- lifecycle --------------------------------------------------------------------
     def delete_job(self, job_id: str) -> None:

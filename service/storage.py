@@ -23,7 +23,7 @@ import shutil
 import threading
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import lru_cache
 from pathlib import Path
 
@@ -60,6 +60,35 @@ class _StreamBuffer:
         out = b"".join(self.chunks)
         self.chunks.clear()
         return out
+
+
+def stream_zip(extra: dict[str, bytes],
+               members: Iterable[tuple[str, Path | Callable[[], bytes]]]) -> Iterator[bytes]:
+    """A zip of `extra`, then of each (name, source) member, yielded as it is written.
+
+    A source is a local file (copied in pieces, so a big map is never whole in memory) or a
+    function giving the bytes; one that is gone (swept meanwhile) is left out.
+    PNGs are stored: they are compressed already, and deflating them again only costs CPU.
+    """
+    buf = _StreamBuffer()
+    with zipfile.ZipFile(buf, mode="w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for name, data in extra.items():
+            zf.writestr(name, data)
+            yield buf.drain()
+        for name, source in members:
+            compress = zipfile.ZIP_STORED if name.endswith(".png") else zipfile.ZIP_DEFLATED
+            try:
+                if isinstance(source, Path):
+                    zf.write(source, name, compress_type=compress)
+                else:
+                    info = zipfile.ZipInfo(name, time.localtime()[:6])
+                    info.compress_type = compress
+                    zf.writestr(info, source())
+            except FileNotFoundError:
+                continue
+            if chunk := buf.drain():
+                yield chunk
+    yield buf.drain()
 
 
 class Storage:
@@ -155,21 +184,7 @@ class Storage:
 
     def stream_results_zip(self, job_id: str, extra: dict[str, bytes]) -> Iterator[bytes]:
         """A zip of the outputs (+ extra generated members), produced as it is read."""
-        buf = _StreamBuffer()
-        with zipfile.ZipFile(buf, mode="w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
-            for name, data in extra.items():
-                zf.writestr(name, data)
-                yield buf.drain()
-            for name, path in self.iter_outputs(job_id):
-                compress = zipfile.ZIP_STORED if path.suffix == ".png" else zipfile.ZIP_DEFLATED
-                try:
-                    zf.write(path, name, compress_type=compress)
-                except FileNotFoundError:  # swept meanwhile
-                    continue
-                chunk = buf.drain()
-                if chunk:
-                    yield chunk
-        yield buf.drain()
+        return stream_zip(extra, self.iter_outputs(job_id))
 
     # --- chunks of jobs read from a prefix or manifest (seam.service.datasets) -----------
     def put_chunk(self, job_id: str, chunk: int, lines: list[dict]) -> None:
