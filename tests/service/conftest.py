@@ -12,12 +12,20 @@ from seam.service.jobs.stores.redis import RedisJobStore
 from seam.service.main import create_app
 
 from tests.service.fakes import REDIS_URL, STORE_KINDS, FakeEngine, drop_keys, open_store, redis_reachable
+from tests.service.integrations.helpers import FakeLabelStudio
 from tests.support import clear_seam_env, entered_clients
 
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     clear_seam_env(monkeypatch)
+
+
+@pytest.fixture
+def fake_ls() -> Iterator[FakeLabelStudio]:
+    s = FakeLabelStudio()
+    yield s
+    s.close()
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
-"""Fixtures: a fake Label Studio with project 1, and the app (fake engine, keys KEY_A and KEY_B,
-Label Studio settings pointing at the fake, a recording training submitter)."""
+"""Fixtures: project 1 on the fake Label Studio (`fake_ls`, from tests/service/conftest.py), and
+the app (fake engine, keys KEY_A and KEY_B, Label Studio settings pointing at the fake, a
+recording training submitter)."""
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,15 +13,8 @@ from seam.service.integrations.labelstudio import LabelStudioSettings
 from seam.service.main import create_app
 
 from tests.service.corrections.helpers import KEY_A, KEY_B, LsProject, RecordingSubmitter
-from tests.service.integrations.helpers import LS_TOKEN, FakeLabelStudio
+from tests.service.integrations.helpers import LS_TOKEN
 from tests.support import entered_clients
-
-
-@pytest.fixture
-def fake_ls() -> Iterator[FakeLabelStudio]:
-    s = FakeLabelStudio()
-    yield s
-    s.close()
 
 
 @pytest.fixture

@@ -17,13 +17,6 @@ from tests.support import entered_clients, serve_in_thread
 
 
 @pytest.fixture
-def fake_ls() -> Iterator[FakeLabelStudio]:
-    s = FakeLabelStudio()
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def other_server() -> Iterator[FakeLabelStudio]:
     """A second loopback server (another origin) that must never be reached."""
     s = FakeLabelStudio(token="other")
