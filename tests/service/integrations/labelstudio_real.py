@@ -4,11 +4,14 @@ loopback with a throwaway data directory, and the few REST calls the test makes 
 would in its web UI.
 
 The venv is made by scripts/test.sh, which pins the version (`SEAM_LS_VENV`, default
-~/.cache/seam-ls-venv). Not a test module: test_labelstudio_real.py imports from here.
+~/.cache/seam-ls-venv). Not a test module: the real-Label-Studio tests import from here, and
+call `require_label_studio()` at import.
 """
 from __future__ import annotations
 
+import io
 import os
+import re
 import signal
 import subprocess
 import time
@@ -18,19 +21,44 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
+import pytest
+from PIL import Image
 
 from testkit.processes import free_port, log_tail, wait_until
+from tests.support import REPO
 
 # read at import: the integration tests' autouse fixture clears SEAM_* from the environment
 LS_VENV = Path(os.environ.get("SEAM_LS_VENV") or Path.home() / ".cache" / "seam-ls-venv")
 LS_VENV_REQUIRED = "SEAM_LS_VENV" in os.environ  # set by scripts/test.sh, which makes the venv
 USER, PASSWORD = "seam-test@example.com", "seam-test-password-1"
 LEGACY_TOKEN = "0123456789abcdef0123456789abcdef01234567"
+DOCS = REPO / "docs" / "labelstudio.md"
 
 
 def ls_executable() -> Path | None:
     exe = LS_VENV / "bin" / "label-studio"
     return exe if exe.exists() else None
+
+
+def require_label_studio() -> None:
+    """Skip the calling module when Label Studio is not installed, unless scripts/test.sh (which
+    installs it) ran us: there a missing venv is a failure, not a skip."""
+    if ls_executable() is None and not LS_VENV_REQUIRED:
+        pytest.skip(f"no Label Studio venv in {LS_VENV}: scripts/test.sh makes it", allow_module_level=True)
+
+
+def docs_label_config() -> str:
+    """The labelling config docs/labelstudio.md tells the user to paste."""
+    block = re.search(r"```xml\n(.*?)```", DOCS.read_text(), re.S)
+    assert block, "docs/labelstudio.md has no ```xml block"
+    return "\n".join(line.strip() for line in block.group(1).splitlines())
+
+
+def png(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def ls_environment(data_dir: Path, files_root: Path) -> dict[str, str]:

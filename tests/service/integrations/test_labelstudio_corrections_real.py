@@ -22,41 +22,25 @@ from testkit.processes import seam_serve_argv, service_env, start_server, stop_p
 from tests.photos import Shape, demo_photo
 from tests.service.integrations.labelstudio_real import (
     LEGACY_TOKEN,
-    LS_VENV,
-    LS_VENV_REQUIRED,
     LabelStudio,
+    docs_label_config,
     label_studio,
-    ls_executable,
+    png,
+    require_label_studio,
 )
 from tests.support import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
-if ls_executable() is None and not LS_VENV_REQUIRED:
-    pytest.skip(f"no Label Studio venv in {LS_VENV}: scripts/test.sh makes it", allow_module_level=True)
+require_label_studio()
 
 API_KEY = "e2e-corrections-key-0123456789"
 ADMIN_KEY = "e2e-corrections-admin-0123456789"
 H, W = 60, 90
 
 
-def docs_label_config() -> str:
-    block = re.search(r"```xml\n(.*?)```", (REPO / "docs" / "labelstudio.md").read_text(), re.S)
-    assert block, "docs/labelstudio.md has no ```xml block"
-    return "\n".join(line.strip() for line in block.group(1).splitlines())
-
-
-def png(seed: int) -> bytes:
-    rgb = np.random.default_rng(seed).integers(0, 255, (H, W, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def png_of(rgb: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
-    return buf.getvalue()
+def noise_png(seed: int) -> bytes:
+    return png(np.random.default_rng(seed).integers(0, 255, (H, W, 3), dtype=np.uint8))
 
 
 def brush(mask: np.ndarray, label: str) -> dict:
@@ -107,7 +91,7 @@ def test_annotations_reach_the_store_through_the_real_webhook(ls: LabelStudio, s
         assert r.status_code == 201, r.text
         project = r.json()["id"]
         r = api.post(f"/api/projects/{project}/import",
-                     files=[(f"p{i}.png", (f"p{i}.png", png(i), "image/png")) for i in range(2)])
+                     files=[(f"p{i}.png", (f"p{i}.png", noise_png(i), "image/png")) for i in range(2)])
         assert r.status_code == 201, r.text
         tasks = sorted(t["id"] for t in api.get("/api/tasks", params={"project": project}).json()["tasks"])
         r = api.post("/api/ml", json={"project": project, "title": "seam-wsss", "url": f"{url}/labelstudio",
@@ -182,7 +166,7 @@ def test_a_fit_from_corrections_becomes_the_projects_model_version(ls: LabelStud
     photos, truth = {}, {}
     for i in range(8):
         rgb, gt = demo_photo(W, H, shapes[i % 2], seed=i)
-        photos[f"p{i}"], truth[f"p{i}"] = png_of(rgb), gt
+        photos[f"p{i}"], truth[f"p{i}"] = png(rgb), gt
     labels = {n: [shapes[i % 2][0].name] for i, n in enumerate(photos)}
     try:
         r = httpx.post(f"{url}/trainings", headers=ours, timeout=120, data={

@@ -28,21 +28,19 @@ from testkit.processes import seam_serve_argv, service_env, start_server, stop_p
 from tests.photos import Shape, demo_photo
 from tests.service.integrations.labelstudio_real import (
     LEGACY_TOKEN,
-    LS_VENV,
-    LS_VENV_REQUIRED,
     LabelStudio,
+    docs_label_config,
     label_studio,
-    ls_executable,
+    png,
+    require_label_studio,
 )
-from tests.support import REPO, wait_done
+from tests.support import wait_done
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
-if ls_executable() is None and not LS_VENV_REQUIRED:
-    pytest.skip(f"no Label Studio venv in {LS_VENV}: scripts/test.sh makes it", allow_module_level=True)
+require_label_studio()
 
 API_KEY = "e2e-seam-key-0123456789"
-DOCS = REPO / "docs" / "labelstudio.md"
 # name -> (width, height, shapes): non-square, landscape and portrait, one class and two; shapes
 # the demo model finds in them (it misses most rings and crosses in photos)
 PHOTOS = {
@@ -51,19 +49,6 @@ PHOTOS = {
     "wide": (300, 150, [Shape("square", 0.5, 0.5, 0.4)]),
 }
 EXPECTED_LABELS = {"Disc", "Square", "Triangle"}
-
-
-def docs_label_config() -> str:
-    """The labelling config docs/labelstudio.md tells the user to paste."""
-    block = re.search(r"```xml\n(.*?)```", DOCS.read_text(), re.S)
-    assert block, "docs/labelstudio.md has no ```xml block"
-    return "\n".join(line.strip() for line in block.group(1).splitlines())
-
-
-def png(rgb: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
