@@ -1,11 +1,14 @@
-"""What each install gets: the API (serve extra, API image) the CPU onnxruntime, GPU workers (gpu
-extra, worker image) onnxruntime-gpu in its place, never both (they install the same module)."""
+"""What each install gets: one import name, `seam` (no generic `service` or `training` beside the
+user's own code); the API (serve extra, API image) the CPU onnxruntime, GPU workers (gpu extra,
+worker image) onnxruntime-gpu in its place, never both (they install the same module)."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
 from tests.support import REPO
 
@@ -41,3 +44,18 @@ def test_api_image_gets_cpu_and_worker_image_gpu_onnxruntime():
     assert "onnxruntime" in api and "onnxruntime-gpu" not in api
     assert "onnxruntime-gpu" in worker and "onnxruntime" not in worker
     assert {"fastapi", "celery"} <= api & worker
+
+
+def _imports(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the installed packages only
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_installed_under_one_name_only(tmp_path: Path):
+    """Outside the checkout (its folders are not on the path) the folders exist only as seam.*."""
+    ok = _imports("import seam.service.main, seam.training, seam.cli, seam.common", tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    for bare in ("service", "training"):
+        r = _imports(f"import {bare}", tmp_path)
+        assert r.returncode != 0 and f"No module named '{bare}'" in r.stderr, (bare, r.stdout, r.stderr)
