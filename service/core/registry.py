@@ -76,6 +76,7 @@ class ModelRegistry(EngineHolder):
         self._pinned: OrderedDict[Key, ServedModel] = OrderedDict()
         self._errors: dict[Key, str] = {}
         self._digests: dict[Key, str] = {}
+        self._manifest_facts: dict[tuple[str, int, str], tuple[list[str] | None, list[str]]] = {}
         self._fingerprint: str | None = None
         self._lock = threading.RLock()  # the dicts above (short sections, never around a load)
         self._load_locks: dict[Key, threading.Lock] = {}
@@ -191,6 +192,15 @@ class ModelRegistry(EngineHolder):
         except Exception:  # noqa: BLE001 - unreadable now: never equal to a loaded one
             return ""
 
+    def _facts(self, v: ModelVersion, digest: str) -> tuple[list[str] | None, list[str]]:
+        """(foreground classes, kinds) a version's manifests declare, read once per digest."""
+        key = (v.name, v.version, digest)
+        facts = self._manifest_facts.get(key)
+        if facts is None:
+            info = repo_versions.version_info(v)
+            facts = self._manifest_facts[key] = (info.get("classes"), list(info["kinds"]))
+        return facts
+
     def _evict(self) -> None:
         while len(self._pinned) > self.max_pinned:
             (name, version), _ = self._pinned.popitem(last=False)
@@ -304,9 +314,15 @@ class ModelRegistry(EngineHolder):
             catalog = self._catalog
         if catalog:  # names and versions from the shared repository; the workers load them
             v = self._resolve(catalog, ref)
+            digest = self._digests.get((v.name, v.version)) or self._digest(v)
             bound = getattr(engine, "for_model", None)  # the workers' engine, asked for this version
-            return ServedModel(v.name, v.version, self._digests.get((v.name, v.version)) or self._digest(v),
-                               bound(v.ref) if bound else engine, v.legacy)
+            if bound is None:
+                return ServedModel(v.name, v.version, digest, engine, v.legacy)
+            # the version's own classes and methods, not those the workers advertise for their
+            # default model: a job's labels resolve against the model it pins
+            classes, kinds = self._facts(v, digest)
+            return ServedModel(v.name, v.version, digest,
+                               bound(v.ref, classes=classes, methods=methods.available(kinds)), v.legacy)
         infos = engine.models()  # no repository (an injected or fake engine): one unversioned model
         return ServedModel(name or (infos[0].name if infos else "default"), version or 1, "", engine, legacy=True)
 

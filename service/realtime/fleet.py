@@ -39,9 +39,17 @@ class RemoteModels:
         self.submit = submit
         self.model = model  # NAME:VERSION the workers run for `segment` (None: their default)
 
-    def for_model(self, ref: str) -> RemoteModels:
-        """The same workers, asked to compute with the model version `ref` (registry.served_by)."""
-        return RemoteModels(self.info, self.submit, ref)
+    def for_model(self, ref: str, classes: Sequence[str] | None = None,
+                  methods: Sequence[str] | None = None) -> RemoteModels:
+        """The same workers, asked to compute with the model version `ref` (registry.served_by);
+        `classes` and `methods`: that version's (from its manifests), in place of the ones the
+        workers advertise for their default model."""
+        info = dict(self.info)
+        if classes is not None:
+            info["classes"] = list(classes)
+        if methods is not None:
+            info["methods"] = list(methods)
+        return RemoteModels(info, self.submit, ref)
 
     def same_models(self, other: RemoteModels) -> bool:
         return all(self.info.get(k) == other.info.get(k) for k in self.ADVERTISED)

@@ -4,6 +4,7 @@ Redis with an in-test stand-in for the worker."""
 from __future__ import annotations
 
 import io
+import json
 import threading
 import time
 import uuid
@@ -19,7 +20,9 @@ from seam.service.realtime.messages import Keys, Reply, SyncRequest
 from seam.service.realtime.server import RealtimeServer
 from seam.service.worker.heartbeat import WorkerHeartbeat
 
+from seam.modelrepo import versions
 from testkit.processes import wait_until
+from testkit.versions import BG, demo_variant
 from tests.service.fakes import (
     FAIL_PIXEL,
     REDIS_URL,
@@ -28,8 +31,10 @@ from tests.service.fakes import (
     drop_keys,
     encode,
     png_bytes,
+    post_job,
     redis_reachable,
     rgb_image,
+    zip_bytes,
 )
 
 
@@ -225,6 +230,36 @@ def test_worker_path_equals_local_path(broker_client, client):
     want = FakeEngine().segment(rgb, [0], method="cam", threshold=0.4)
     assert standin.engine.calls > before and seg.method == "cam" and seg.classes == want.classes
     assert np.array_equal(seg.label, want.label) and np.allclose(seg.scores, want.scores)
+
+
+def test_jobs_resolve_labels_against_the_version_they_name(broker_client, tmp_path):
+    """On the worker path the API loads no model: class names come from the workers' heartbeat,
+    which describes their default model. A job naming another model must read its labels with
+    that model's classes (from its manifest), or a label would become the wrong class index."""
+    repo = tmp_path / "repo"
+    letters = ["alpha", "beta", "gamma", "delta", "epsilon"]
+    for name, classes in (("shapes", None), ("letters", letters)):
+        src = demo_variant(tmp_path / f"src-{name}", BG[1])
+        if classes:
+            mf = json.loads((src / "manifest.json").read_text())
+            mf["class_names"] = ["background", *classes]
+            (src / "manifest.json").write_text(json.dumps(mf))
+        assert versions.publish_version(repo, name, src, promote=True) == 1
+    bc, standin = broker_client(engine="onnx", models_dir=repo, default_model="shapes")
+    assert standin.engine.foreground_classes() != letters  # what the heartbeat advertises
+    archive = zip_bytes({"a.png": png_bytes(32, 32), "b.png": png_bytes(32, 32, seed=1)})
+
+    r = post_job(bc, archive, model="letters", labels='{"a.png": ["beta"], "b.png": ["alpha", "epsilon"]}')
+    assert r.status_code == 202, r.text
+    manifest = bc.app.state.storage.read_manifest(r.json()["id"])
+    assert manifest["classes"] == letters and manifest["model"] == "letters"
+    assert manifest["labels"] == {"a": [1], "b": [0, 4]}
+    r = post_job(bc, archive, model="letters", labels='{"a.png": ["disc"]}')  # a class of the other model
+    assert r.status_code == 422 and r.json()["error"]["code"] == "unknown_class", r.text
+    r = post_job(bc, archive, model="shapes:1", labels='{"a.png": ["disc"]}')
+    assert r.status_code == 202, r.text
+    assert bc.app.state.storage.read_manifest(r.json()["id"])["classes"] == ["disc", "square", "triangle", "ring",
+                                                                             "cross"]
 
 
 def test_no_worker_503_and_readiness(broker_client):
