@@ -57,7 +57,7 @@ def _make_dispatcher(settings: Settings, store: JobStore, storage: Storage, hold
 
 
 def _make_trainers(settings: Settings, store: TrainingStore) -> CeleryTrainers | EmbeddedTrainers:
-    return CeleryTrainers(settings) if settings.mode == "celery" else EmbeddedTrainers(settings, store)
+    return CeleryTrainers(settings, store) if settings.mode == "celery" else EmbeddedTrainers(settings, store)
 
 
 def create_app(settings: Settings | None = None, engine: InferenceEngine | None = None,

@@ -7,6 +7,8 @@ trainer (which runs them): the spec, the status file and the files of a training
       status.json    TrainingStatus: written by the trainer (atomic replace), read by the service
       log.txt        appended by the trainer (one line per event)
       cancel         present = cancel asked; the trainer polls it between steps
+      heartbeat      the time a trainer last said it is alive (every few seconds while it holds the training)
+      requeued       the time the service last sent the training again, its trainer's heartbeat gone
       promote        present = promotion asked after the fact (the service writes it; see service/trainings)
       data/          an uploaded archive, extracted by the service with its archive rules
       run/ split/ export/   the trainer's: the pipeline's run directory, the held-out split, the ONNX exports
@@ -28,6 +30,8 @@ SPEC_FILE = "spec.json"
 STATUS_FILE = "status.json"
 LOG_FILE = "log.txt"
 CANCEL_FILE = "cancel"
+HEARTBEAT_FILE = "heartbeat"
+REQUEUED_FILE = "requeued"
 TRAINING_TASK = "seam.train"  # the Celery task name the service sends and `seam trainer` runs
 STAGES = ("seam", "seam+rw", "pipeline", "deeplab")
 Stage = Literal["seam", "seam+rw", "pipeline", "deeplab"]
@@ -218,6 +222,31 @@ def append_log(workdir: Path, line: str) -> None:
         os.write(fd, f"{stamp} {text}\n".encode())
     finally:
         os.close(fd)
+
+
+def write_time(workdir: Path, name: str, at: float | None = None) -> None:
+    """A time file (HEARTBEAT_FILE, REQUEUED_FILE): the writer's clock, so a reader on another
+    host compares it with its own (clocks a few seconds apart only shift the staleness check)."""
+    _atomic_write(Path(workdir) / name, f"{time.time() if at is None else at:.3f}\n")
+
+
+def read_time(workdir: Path, name: str) -> float | None:
+    try:
+        return float((Path(workdir) / name).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def trainer_gone(workdir: Path, stale_s: float, now: float | None = None) -> bool:
+    """Whether a running training's trainer has stopped beating: its heartbeat older than
+    `stale_s`, and no resend since that beat (a resent training nobody took yet is not sent
+    again; a trainer that takes it beats, and dies, anew)."""
+    beat = read_time(workdir, HEARTBEAT_FILE)
+    if beat is None:
+        return False  # a trainer from before heartbeats, or one that has not begun: not judged
+    now = time.time() if now is None else now
+    resent = read_time(workdir, REQUEUED_FILE)
+    return now - beat > stale_s and (resent is None or resent < beat)
 
 
 def cancel_requested(workdir: Path) -> bool:

@@ -157,6 +157,10 @@ class Settings(BaseSettings):
         "Largest time budget a training may ask for (and the budget of one that asks none)."))
     training_restarts: int = Field(3, ge=0, le=100, description=(
         "Embedded mode: relaunches of a training whose child process died before it finished."))
+    training_stale_s: float = Field(60.0, gt=0, description=(
+        "Broker mode: a running training whose trainer's heartbeat (written every "
+        "SEAM_TRAINING_HEARTBEAT_S on the trainer, default 10 s) is older than this is sent to the "
+        "trainers again, and continues from its last epoch checkpoint."))
 
     # --- HTTP --------------------------------------------------------------------
     api_keys: Annotated[list[str], NoDecode] = Field(

@@ -2,7 +2,12 @@
 status.json and log.txt out, the cancel file), never by importing training code:
 
 * `CeleryTrainers` (broker mode): `send_task("seam.train", [id])` on `<prefix>-training`;
-  `seam trainer` runs it (acks_late: a killed trainer's task comes back and resumes).
+  `seam trainer` runs it (acks_late: a killed trainer's task comes back and resumes). The broker
+  gives back the task of a whole trainer that died only after SEAM_TRAINING_VISIBILITY_S (hours:
+  above the longest training), so a watcher sends a running training again as soon as its
+  trainer's heartbeat is older than SEAM_TRAINING_STALE_S; the trainer that takes it continues
+  from the last epoch checkpoint (a second copy of the message finds the training locked or
+  finished and does nothing).
 * `EmbeddedTrainers` (no broker): a child process `python -m seam.training.worker DIR` per
   training, at most `embedded_trainers` at once, the rest waiting in order. A child that dies
   before its training is finished (killed, OOM) is relaunched up to `training_restarts` times
@@ -29,12 +34,15 @@ from seam.service.core.errors import ApiError
 from seam.service.trainings.store import TrainingStore
 
 from seam.modelrepo.trainings import (
+    REQUEUED_FILE,
     TRAINING_TASK,
     TrainingStatus,
     append_log,
     read_status,
+    trainer_gone,
     training_queue,
     write_status,
+    write_time,
 )
 
 log = logging.getLogger("seam.service.trainings")
@@ -44,18 +52,45 @@ POLL_S = 0.5
 
 
 class CeleryTrainers:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, store: TrainingStore) -> None:
         from seam.service.core.broker import create_celery
 
-        self.settings = settings
+        self.settings, self.store = settings, store
         self.celery = create_celery(settings)
         self.queue = training_queue(settings.key_prefix)
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     def start(self) -> None:
-        pass
+        self._watcher = threading.Thread(target=self._watch, name="trainer-heartbeats", daemon=True)
+        self._watcher.start()
 
     def stop(self) -> None:
-        pass
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=10)
+
+    def _watch(self) -> None:
+        every = min(10.0, self.settings.training_stale_s / 3)
+        while not self._stop.wait(every):
+            try:
+                self.resend_orphans()
+            except Exception:  # noqa: BLE001 - a broker or disk hiccup: the next round retries
+                log.warning("checking the trainers' heartbeats failed", exc_info=True)
+
+    def resend_orphans(self, now: float | None = None) -> list[str]:
+        """Send again every running training whose trainer stopped beating; their ids."""
+        sent = []
+        for rec in self.store.unfinished():
+            if rec.status.state != "running" or not trainer_gone(rec.dir, self.settings.training_stale_s, now):
+                continue
+            write_time(rec.dir, REQUEUED_FILE, now)
+            append_log(rec.dir, f"the trainer's heartbeat stopped (over {self.settings.training_stale_s:g} s): "
+                                "sent to the trainers again")
+            self.submit(rec.id)
+            sent.append(rec.id)
+            log.warning("training %s: trainer heartbeat lost, sent again", rec.id)
+        return sent
 
     def check_available(self) -> None:
         pass  # the task waits in the queue until a trainer takes it

@@ -9,16 +9,21 @@ import pytest
 from pydantic import ValidationError
 
 from seam.modelrepo.trainings import (
+    HEARTBEAT_FILE,
+    REQUEUED_FILE,
     TrainingSpec,
     TrainingStatus,
     append_log,
     cancel_requested,
     read_spec,
     read_status,
+    read_time,
     request_cancel,
+    trainer_gone,
     training_queue,
     write_spec,
     write_status,
+    write_time,
 )
 
 
@@ -60,3 +65,18 @@ def test_log_and_cancel(tmp_path: Path) -> None:
     assert not cancel_requested(tmp_path)
     request_cancel(tmp_path)
     assert cancel_requested(tmp_path)
+
+
+def test_trainer_gone_by_heartbeat_and_resend(tmp_path: Path) -> None:
+    assert not trainer_gone(tmp_path, 60, now=1000.0)  # no heartbeat yet: not judged
+    write_time(tmp_path, HEARTBEAT_FILE, 1000.0)
+    assert read_time(tmp_path, HEARTBEAT_FILE) == 1000.0
+    assert not trainer_gone(tmp_path, 60, now=1059.0)
+    assert trainer_gone(tmp_path, 60, now=1061.0)
+    write_time(tmp_path, REQUEUED_FILE, 1061.0)  # sent again: not again while nobody took it
+    assert not trainer_gone(tmp_path, 60, now=5000.0)
+    write_time(tmp_path, HEARTBEAT_FILE, 1100.0)  # a trainer took it and beat, then died too
+    assert not trainer_gone(tmp_path, 60, now=1150.0)
+    assert trainer_gone(tmp_path, 60, now=1161.0)
+    (tmp_path / HEARTBEAT_FILE).write_text("garbage")
+    assert read_time(tmp_path, HEARTBEAT_FILE) is None and not trainer_gone(tmp_path, 60, now=9999.0)

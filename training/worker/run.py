@@ -8,14 +8,18 @@ Called again on the same workdir it continues: the trainers resume from their la
 checkpoint, finished stages are skipped. A workdir whose status is terminal is left as it
 is (a redelivered task does nothing twice), and one that another process is running
 (its lock held) too. The embedded service, `seam trainer` and the corrections loop all call it.
+While it holds the lock a thread writes the training's heartbeat every SEAM_TRAINING_HEARTBEAT_S
+(default 10 s): a service that sees it stop sends the training again (service/trainings/runner.py),
+so a dead trainer host's training resumes on another trainer long before the broker gives it back.
 """
 from __future__ import annotations
 
 import fcntl
 import os
+import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from seam.training.worker.data import PreparedData, disk_usage, prepare_data
@@ -24,7 +28,15 @@ from seam.training.worker.publish import base_checkpoints, export_kinds, publish
 from seam.training.worker.stages import StageReport, Stopped, run_stages
 from seam.training.worker.status import Progress, Tracker
 
-from seam.modelrepo.trainings import Evaluation, TrainingResult, TrainingSpec, read_status, write_spec
+from seam.modelrepo.trainings import (
+    HEARTBEAT_FILE,
+    Evaluation,
+    TrainingResult,
+    TrainingSpec,
+    read_status,
+    write_spec,
+    write_time,
+)
 from seam.modelrepo.versions import ModelVersion, list_models
 
 RUN_DIR, EXPORT_DIR, LOCK_FILE = "run", "export", ".lock"
@@ -46,6 +58,28 @@ def _locked(workdir: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+@contextmanager
+def _beating(workdir: Path) -> Iterator[None]:
+    """The heartbeat of a training this process holds, written now and then every interval."""
+    interval = float(os.environ.get("SEAM_TRAINING_HEARTBEAT_S") or 10)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            with suppress(OSError):  # a full or flaky disk must not stop the training; the next beat retries
+                write_time(workdir, HEARTBEAT_FILE)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name="training-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def models_dir(spec: TrainingSpec) -> Path:
@@ -70,7 +104,7 @@ def run_training(spec: TrainingSpec, workdir: Path, progress: Progress | None = 
         return TrainingResult(state=earlier.state, model=earlier.model, version=earlier.version,
                               promoted=earlier.promoted, evaluation=earlier.evaluation, error=earlier.error,
                               seconds=earlier.elapsed_s)
-    with _locked(workdir):
+    with _locked(workdir), _beating(workdir):
         tracker = Tracker(workdir, spec, progress)
         tracker.start(resumed=any((workdir / RUN_DIR).glob("*/checkpoint.pth")))
         try:

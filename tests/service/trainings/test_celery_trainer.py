@@ -1,8 +1,9 @@
 """Trainings with a real `seam trainer` Celery worker on Redis (the API in broker mode sends
 `seam.train` by name): progress over REST; the trainer's pool process killed in the middle of an
 epoch (the main process requeues the task at once: reject_on_worker_lost), then the whole
-trainer killed (its unacknowledged task comes back after the visibility timeout to a new trainer),
-and the training resumes each time from its last epoch checkpoint and publishes a version."""
+trainer killed (the broker would give its unacknowledged task back only after the visibility
+timeout, 6 h: the API sees the trainer's heartbeat stop and sends the training again, to a new
+trainer), and the training resumes each time from its last epoch checkpoint and publishes a version."""
 from __future__ import annotations
 
 import json
@@ -45,7 +46,8 @@ def _mid_epoch(c: httpx.Client, tid: str, epoch: int) -> dict:
 def test_celery_trainer_resumes_after_kills(redis_ok, tmp_path) -> None:
     data = zip_folder(tagged_folder(synth_set(tmp_path / "synth", n=12), tmp_path / "tagged"))
     publish_variant(tmp_path / "models", "demo", BG[1], tmp_path)
-    with stack(tmp_path, "celery", SEAM_TRAINING_VISIBILITY_S="4") as s:
+    # the default visibility timeout (6 h): only the heartbeat can bring the training back in time
+    with stack(tmp_path, "celery", SEAM_TRAINING_STALE_S="3", SEAM_TRAINING_HEARTBEAT_S="0.5") as s:
         # /readyz waits for a segmentation worker; trainings need none: the API is up when it answers
         api = s._spawn([*seam_serve_argv(s.port), "--log-level", "warning"], "api")
         wait_until(lambda: _up(s.url) or api.poll() is not None, 60, 0.1)
@@ -77,6 +79,7 @@ def test_celery_trainer_resumes_after_kills(redis_ok, tmp_path) -> None:
             assert done["attempts"] == 3 and done["resumed"] and done["model"] == "shapes:1"
             log = c.get(f"/trainings/{tid}/log").text
             assert "at epoch 1" in log and "at epoch 2" in log, log  # each attempt from the last epoch's checkpoint
+            assert "heartbeat stopped" in log, log  # the way back after the whole trainer died
             print(f"trainer killed: finished {time.perf_counter() - t0:.1f} s later on a new trainer")
     entry = versions.list_models(tmp_path / "models")["shapes"]
     assert entry.promoted == 1 and (entry.versions[1].path / ".checkpoints" / "seam_final.pth").is_file()
