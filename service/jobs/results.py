@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from seam.service.engine import methods
 from seam.service.engine.base import InferenceEngine, SegmentResult
+from seam.service.jobs.stream_chunks import streamed_images
 from seam.service.outputs import kinds
 from seam.service.outputs.sources import ImageResults, JobFiles
 from seam.service.storage import Storage
@@ -42,6 +43,8 @@ def image_files(engine: InferenceEngine, rgb: np.ndarray, seg: SegmentResult, la
 
 def job_files(storage: Storage, job_id: str, manifest: dict, names: Sequence[str]) -> JobFiles:
     """The per-image files of a job as the merge steps read them."""
+    if manifest.get("streamed") and not manifest.get("images"):  # a data set: its images are in chunk files
+        manifest = {**manifest, "images": streamed_images(storage, job_id)}
 
     def read(kind: str, image_id: str) -> bytes | None:
         return storage.read_output(job_id, kind, image_id)  # None: failed image, or swept meanwhile

@@ -12,6 +12,7 @@ rather than skipping finished ones, so its part lists every image with its class
 from __future__ import annotations
 
 import io
+import itertools
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -22,16 +23,35 @@ from seam.service.outputs.kinds import OUTPUT_KINDS
 from seam.service.storage import Storage
 
 
+def _file_names(lines: list[dict]) -> dict[str, str]:
+    """image id -> file name (the URI's last part) of chunk entries."""
+    return {ln["id"]: ln["uri"].rsplit("/", 1)[-1] for ln in lines}
+
+
 def chunk_manifest(storage: Storage, job_id: str, chunk: int, manifest: dict) -> dict:
     """The job's manifest as one chunk's processing sees it: this chunk's images, labels, URIs and
     COCO ids (the line numbers: unique across the whole job)."""
     lines = storage.read_chunk(job_id, chunk)
     view = dict(manifest)
-    view["images"] = {ln["id"]: ln["uri"].rsplit("/", 1)[-1] for ln in lines}
+    view["images"] = _file_names(lines)
     view["labels"] = {ln["id"]: ln["labels"] for ln in lines if ln.get("labels") is not None}
     view["uris"] = {ln["id"]: ln["uri"] for ln in lines}
     view["coco_ids"] = {ln["id"]: int(ln["n"]) for ln in lines}
     return view
+
+
+def streamed_images(storage: Storage, job_id: str) -> dict[str, str]:
+    """image id -> file name of every image of a job read as a stream, from its chunk files (its
+    manifest lists none). What the whole-job files of a job without output_url are merged over:
+    such a job is capped at SEAM_MAX_ARCHIVE_MEMBERS images, like an upload."""
+    images: dict[str, str] = {}
+    for chunk in itertools.count():
+        try:
+            lines = storage.read_chunk(job_id, chunk)
+        except FileNotFoundError:  # chunks are numbered from 0 without gaps
+            break
+        images.update(_file_names(lines))
+    return images
 
 
 def read_input(reader: DatasetReader | None, manifest: dict, image_id: str) -> io.BytesIO:

@@ -47,7 +47,7 @@ def test_job_over_an_s3_prefix(tmp_path, redis_ok, s3_server, mode):
             s.env["SEAM_DATA_DIR"] = str(tmp_path / "data")
         s.start_api()
         with httpx.Client(base_url=s.url, timeout=30) as c:
-            r = c.post("/jobs", json={"input_url": f"s3://{data}/photos/"})
+            r = c.post("/jobs", json={"input_url": f"s3://{data}/photos/", "outputs": ["png", "coco", "cvat"]})
             assert r.status_code == 202, r.text
             done = wait_done(c, r.json()["id"], 90)
             assert (done["state"], done["done"], done["failed"], done["total"]) == ("succeeded", 11, 0, 11), done
@@ -56,6 +56,14 @@ def test_job_over_an_s3_prefix(tmp_path, redis_ok, s3_server, mode):
             for iid, a in imgs.items():
                 assert np.array_equal(_label(zf.read(f"png/{iid}.png")), engine.segment(a).label), iid
             assert len([n for n in zf.namelist() if n.startswith("png/")]) == 11
+            # the whole-job files are merged over every image of the data set (its chunk files)
+            coco = json.loads(zf.read("coco.json"))
+            per_image = [json.loads(zf.read(f"coco/{iid}.json")) for iid in sorted(imgs)]
+            assert [im["file_name"] for im in coco["images"]] == [f"{iid}.png" for iid in sorted(imgs)]
+            assert [im["id"] for im in coco["images"]] == [d["image"]["id"] for d in per_image]
+            assert len(coco["annotations"]) == sum(len(d["annotations"]) for d in per_image) > 0
+            cvat = zipfile.ZipFile(io.BytesIO(zf.read("cvat_segmentation_mask.zip")))
+            assert {f"SegmentationClass/{iid}.png" for iid in imgs} <= set(cvat.namelist())
 
 
 def test_manifest_with_labels_output_url_and_line_errors(tmp_path, redis_ok, s3_server):
