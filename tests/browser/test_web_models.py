@@ -85,9 +85,9 @@ def test_train_view_trains_then_promotes(repo_server, page, tmp_path):
     page.set_input_files("#train-archive", str(archive))
     page.fill("#train-name", "demo")
     page.select_option("#train-backbone", RECIPE["backbone"])
-    # enough steps (6 epochs of 3) that the page's 1 s polls see the stage running: one epoch of this
-    # tiny set can end between two polls
-    page.fill("#train-epochs", "6")
+    # enough steps (40 epochs of 3, a few seconds) that the page's 1 s polls see the stage running:
+    # on a fast machine 6 epochs of this tiny set ended between two polls
+    page.fill("#train-epochs", "40")
     page.fill("#train-batch", str(RECIPE["batch_size"]))
     page.fill("#train-crop", str(RECIPE["crop"]))
     page.click("#train-submit")
