@@ -447,6 +447,11 @@ def _export(job_id: str, request: Request, image_url_prefix: str | None, label_c
         manifest = storage.read_manifest(job_id)
     except FileNotFoundError:
         raise ApiError(404, "not_found", f"the files of job {job_id} are gone") from None
+    if manifest.get("output_url"):  # its outputs are the user's objects, possibly millions: not merged here
+        raise ApiError(409, "outputs_at_output_url",
+                       f"this job wrote its outputs to {manifest['output_url']}: its Label Studio tasks are "
+                       f"{manifest['output_url']}labelstudio/<image id>.json, one per image, listed in "
+                       f"{manifest['output_url']}results.jsonl (docs/storage.md)")
     prefix = image_url_prefix or snap.options.get("image_url_prefix")
     if not prefix:
         raise ApiError(422, "missing_image_url_prefix", "give image_url_prefix: the URL under which Label Studio "

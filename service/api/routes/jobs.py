@@ -6,6 +6,7 @@ unknown id) unless they are admin keys. Submission itself (quota, reservation, r
 body, creating and queueing) is `seam.service.jobs.submit`."""
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import UTC, datetime
 from typing import Annotated
@@ -193,5 +194,9 @@ def job_result_file(job_id: JobId, kind: OutputKindName, name: str, store: Store
     visible_snapshot(store, job_id, principal)
     path = storage.resolve_output(job_id, kind, name)
     if path is None:
-        raise ApiError(404, "not_found", f"no {kind} output named {name[:200]!r} in job {job_id}")
+        where = ""
+        with contextlib.suppress(FileNotFoundError):
+            if url := storage.read_manifest(job_id).get("output_url"):
+                where = f": the job wrote its outputs to {url} ({url}{kind}/<image id>{kinds.get(kind).extension})"
+        raise ApiError(404, "not_found", f"no {kind} output named {name[:200]!r} in job {job_id}{where}")
     return FileResponse(path, media_type=kinds.get(kind).media_type, filename=path.name)

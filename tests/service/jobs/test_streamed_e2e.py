@@ -87,7 +87,7 @@ def test_manifest_with_labels_output_url_and_line_errors(tmp_path, redis_ok, s3_
         s.start_api()
         with httpx.Client(base_url=s.url, timeout=30) as c:
             r = c.post("/jobs", json={"input_url": f"s3://{data}/lists/m.jsonl", "output_url": f"s3://{data}/out/run1",
-                                      "outputs": ["png", "coco"]})
+                                      "outputs": ["png", "coco", "labelstudio"], "image_url_prefix": "http://x/"})
             assert r.status_code == 202, r.text
             done = wait_done(c, r.json()["id"], 90)
             assert (done["done"], done["failed"], done["total"]) == (6, 6, 12), done
@@ -101,6 +101,11 @@ def test_manifest_with_labels_output_url_and_line_errors(tmp_path, redis_ok, s3_
             s3.delete_object(Bucket=data, Key="out/run1/results.jsonl")
             assert c.get(f"/jobs/{done['id']}/results").text == first
             results = [json.loads(x) for x in first.splitlines()]
+            # the routes that read outputs from the job's own storage say where they went instead
+            r = c.get(f"/jobs/{done['id']}/results/png/set/im00")
+            assert r.status_code == 404 and f"s3://{data}/out/run1" in r.json()["error"]["message"], r.text
+            r = c.get(f"/jobs/{done['id']}/export/labelstudio")
+            assert r.status_code == 409 and r.json()["error"]["code"] == "outputs_at_output_url", r.text
     by_id = {r["id"]: r for r in results if r["id"]}
     # no id given: the object's key without extension
     assert sorted(by_id) == sorted([*(f"set/{i}" for i in imgs), "elsewhere", "set/missing"])
