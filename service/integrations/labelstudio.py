@@ -450,6 +450,8 @@ def _export(job_id: str, request: Request, image_url_prefix: str | None, label_c
     if manifest.get("output_url"):  # its outputs are the user's objects, possibly millions: not merged here
         raise ApiError(409, "outputs_at_output_url",
                        f"this job wrote its outputs to {manifest['output_url']}: its Label Studio tasks are "
+                       f"{manifest['output_url']}labelstudio_tasks.json (jobs of at most "
+                       f"{manifest.get('merge_max_images') or 0} images) and "
                        f"{manifest['output_url']}labelstudio/<image id>.json, one per image, listed in "
                        f"{manifest['output_url']}results.jsonl (docs/storage.md)")
     prefix = image_url_prefix or snap.options.get("image_url_prefix")

@@ -188,8 +188,7 @@ def _end_chunk(ctx: ChunkContext, rep: ChunkReport, job: _Job, chunk: int, image
     if rep.final_state is not None:  # the job has ended: free its inputs (outputs stay; the sweeper covers other ends)
         ctx.storage.delete_inputs(job.id)
         if prefix is not None:
-            snap = ctx.store.snapshot(job.id, errors_limit=10_000_000)
-            stream_chunks.finalize(ctx.storage, prefix, job.id, list(snap.errors) if snap else [])
+            stream_chunks.finalize(ctx.storage, ctx.store, prefix, job.id)
 
 
 @dataclass(frozen=True)

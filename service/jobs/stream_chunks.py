@@ -14,18 +14,22 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import posixpath
 from collections.abc import Iterator
 from typing import Any
 
 from seam.service.blobs.base import BlobStore
 from seam.service.datasets.fetching import DatasetReader
-from seam.service.outputs.kinds import OUTPUT_KINDS
+from seam.service.outputs.kinds import OUTPUT_KINDS, merge_job
+from seam.service.outputs.sources import JobFiles
 from seam.service.storage import Storage
 
 
 def _file_names(lines: list[dict]) -> dict[str, str]:
-    """image id -> file name (the URI's last part) of chunk entries."""
-    return {ln["id"]: ln["uri"].rsplit("/", 1)[-1] for ln in lines}
+    """image id -> file name of chunk entries: the id with the URI's extension, so the name keeps
+    the id's folders (as an archive member's path does): COCO `file_name`s stay unique and a Label
+    Studio task's URL is image_url_prefix + that path."""
+    return {ln["id"]: ln["id"] + posixpath.splitext(ln["uri"].rsplit("/", 1)[-1])[1] for ln in lines}
 
 
 def chunk_manifest(storage: Storage, job_id: str, chunk: int, manifest: dict) -> dict:
@@ -101,8 +105,14 @@ def write_part(sink: OutputPrefix, chunk: int, records: list[dict]) -> None:
     sink.store.put(f"results/part-{chunk:07d}.jsonl", data)
 
 
-def finalize(storage: Storage, sink: OutputPrefix, job_id: str, line_errors: list[tuple[str, str]]) -> str:
-    """results.jsonl = every chunk's part in order, then the lines the reader could not use."""
+def finalize(storage: Storage, store: Any, sink: OutputPrefix, job_id: str) -> str:
+    """The whole-job files of a small enough job (merge_beside), then results.jsonl: every chunk's
+    part in order, then the lines the reader could not use (written last: once it is there, so is
+    everything else)."""
+    snap = store.snapshot(job_id, errors_limit=10_000_000)
+    line_errors = list(snap.errors) if snap else []
+    if snap is not None:
+        merge_beside(storage, sink, job_id, snap.total)
 
     def body() -> Iterator[bytes]:
         for info in sink.store.list("results/part-"):
@@ -114,6 +124,29 @@ def finalize(storage: Storage, sink: OutputPrefix, job_id: str, line_errors: lis
 
     sink.store.put_stream("results.jsonl", body())
     return sink.store.uri("results.jsonl")
+
+
+def merge_beside(storage: Storage, sink: OutputPrefix, job_id: str, total: int) -> list[str]:
+    """The whole-job files of the job's output kinds (coco.json, cvat_segmentation_mask.zip,
+    labelstudio_tasks.json, labelmap.txt) written under output_url, for a job of at most
+    `merge_max_images` images (its manifest: SEAM_MAX_ARCHIVE_MEMBERS at submission): merged in
+    memory, as the results zip of an upload is. A bigger job has its per-image files only. Their names."""
+    manifest = storage.read_manifest(job_id)
+    if total > int(manifest.get("merge_max_images") or 0):
+        return []
+    images = streamed_images(storage, job_id) if manifest.get("streamed") else manifest["images"]
+
+    def read(kind: str, image_id: str) -> bytes | None:
+        try:
+            return sink.store.get(sink.key(kind, image_id))
+        except FileNotFoundError:  # a failed image has no outputs
+            return None
+
+    job = JobFiles(job_id, {**manifest, "images": images}, manifest.get("classes") or [], read)
+    merged = merge_job(manifest["options"].get("outputs", []), job)
+    for name, data in merged.items():
+        sink.store.put(name, data)
+    return sorted(merged)
 
 
 def gave_up(storage: Storage, store: Any, reader: DatasetReader | None, manifest: dict, job_id: str,
@@ -129,5 +162,4 @@ def gave_up(storage: Storage, store: Any, reader: DatasetReader | None, manifest
         write_part(prefix, chunk, [record(img, view, prefix, list(manifest["options"]["outputs"]),
                                           error=None if img in done else reason) for img in images])
     if final is not None:
-        snap = store.snapshot(job_id, errors_limit=10_000_000)
-        finalize(storage, prefix, job_id, list(snap.errors) if snap else [])
+        finalize(storage, store, prefix, job_id)

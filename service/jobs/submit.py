@@ -111,9 +111,10 @@ def _record(svc: JobServices, job_id: str, p: _Prepared, owner: str | None) -> t
     if p.served is not None:
         opts["model"] = p.served.ref
         pin = {"model": p.served.name, "model_version": p.served.version, "model_digest": p.served.digest}
+    stream = p.stream.manifest_fields(svc.settings.max_archive_members) if p.stream is not None else None
     jc.write_manifest(svc.storage, job_id, opts, p.images, p.table, p.source, p.source_dir,
                       svc.settings.chunk_size, classes=names, models=model_refs(engine), skipped=p.skipped, pin=pin,
-                      extra=p.stream.manifest_fields() if p.stream is not None else None)
+                      extra=stream)
     if p.stream is not None:  # size unknown yet: one more than read so far (jobs.streamed), chunks queued as read
         return svc.store.create(job_id, 1, 0, opts, p.source, owner), []
     ids = sorted(p.images)

@@ -32,8 +32,11 @@ class StreamPlan:
     kind: str  # 'prefix', 'jsonl' or 'csv'
     output_url: str | None
 
-    def manifest_fields(self) -> dict:
-        return {"streamed": True, "input_url": self.input_url, "input_kind": self.kind, "output_url": self.output_url}
+    def manifest_fields(self, merge_max_images: int) -> dict:
+        """The job manifest's fields for this plan. `merge_max_images`: with output_url, the whole-job
+        files (coco.json, ...) are merged beside the outputs for jobs of at most that many images."""
+        return {"streamed": True, "input_url": self.input_url, "input_kind": self.kind, "output_url": self.output_url,
+                "merge_max_images": merge_max_images}
 
 
 def check_output_url(reader: DatasetReader, output_url: str | None) -> str | None:
@@ -101,9 +104,8 @@ def start(settings: Settings, store: JobStore, storage: Storage, dispatcher: Dis
 
     def on_end(state: str) -> None:
         if plan.output_url:  # every chunk ended before the reading did: the results manifest is made here
-            snap = store.snapshot(job_id, errors_limit=10_000_000)
-            stream_chunks.finalize(storage, stream_chunks.OutputPrefix(reader.prefix_store(plan.output_url)), job_id,
-                                   list(snap.errors) if snap else [])
+            stream_chunks.finalize(storage, store, stream_chunks.OutputPrefix(reader.prefix_store(plan.output_url)),
+                                   job_id)
 
     job = StreamJob(job_id, _entries(plan, reader, storage, job_id), names, settings.chunk_size,
                     settings.dataset_max_queued_chunks, max_lines, settings.data_dir / "readers", on_end)

@@ -174,8 +174,7 @@ def results_manifest(settings: Settings, store, storage, job_id: str, output_url
     if not prefix.exists("results.jsonl"):
         # the process that ended the job writes it just after recording the end (or died in between):
         # every chunk's part is there, so it is made here; the same parts give the same file
-        snap = store.snapshot(job_id, errors_limit=10_000_000)
-        stream_chunks.finalize(storage, stream_chunks.OutputPrefix(prefix), job_id, list(snap.errors) if snap else [])
+        stream_chunks.finalize(storage, store, stream_chunks.OutputPrefix(prefix), job_id)
     try:
         body = prefix.iter_bytes("results.jsonl")
     except FileNotFoundError:

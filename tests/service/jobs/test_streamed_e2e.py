@@ -121,6 +121,20 @@ def test_manifest_with_labels_output_url_and_line_errors(tmp_path, redis_ok, s3_
         assert rec["classes"] == [FakeEngine().foreground_classes()[k] for k in want.classes]
         assert set(rec["scores"]) <= {"red", "green", "blue"}
     assert by_id["elsewhere"]["error"] and by_id["elsewhere"]["outputs"] == {}
+
+    # the whole-job files beside the outputs (a job under SEAM_MAX_ARCHIVE_MEMBERS images), merged
+    # over the images that have outputs, with the COCO ids of their files
+    def obj(key: str) -> bytes:
+        return s3.get_object(Bucket=data, Key=f"out/run1/{key}")["Body"].read()
+
+    coco = json.loads(obj("coco.json"))
+    per_image = {json.loads(obj(f"coco/set/{iid}.json"))["image"]["id"]: iid for iid in imgs}
+    assert sorted(im["id"] for im in coco["images"]) == sorted(per_image)
+    assert {im["file_name"] for im in coco["images"]} == {f"set/{iid}.png" for iid in imgs}  # the ids' folders kept
+    assert [c["name"] for c in coco["categories"]] == FakeEngine().foreground_classes()
+    tasks = json.loads(obj("labelstudio_tasks.json"))
+    assert sorted(t["data"]["image"] for t in tasks) == sorted(f"http://x/set/{iid}.png" for iid in imgs)
+    assert obj("labelmap.txt").startswith(b"# label:color_rgb")
     # the outputs went to output_url, not into the job's storage
     keys = [o["Key"] for p in s3.get_paginator("list_objects_v2").paginate(Bucket=store)
             for o in p.get("Contents", [])]
