@@ -254,6 +254,10 @@ def _from_job(svc: TrainingServices, principal: Principal, job_id: str, dest: Pa
     if snap.state != "succeeded":
         raise ApiError(409, "job_not_finished", f"job {job_id} is {snap.state}; train on a succeeded job")
     manifest = svc.storage.read_manifest(job_id)
+    if manifest.get("streamed"):  # its images stay where they live: the service keeps no copy to link
+        source = manifest.get("input_url") or "an uploaded manifest"
+        raise ApiError(422, "invalid_job", f"job {job_id} read a data set ({source}): the service keeps none of "
+                                           "its images; train from an archive or a folder under SEAM_ALLOWED_ROOT")
     names = list(manifest.get("classes") or [])
     if not names:
         raise ApiError(422, "invalid_job", f"job {job_id} recorded no class names")

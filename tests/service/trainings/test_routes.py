@@ -175,3 +175,9 @@ def test_job_source(client, allowed_root: Path) -> None:
     assert all((root / "images" / f"{row.split(',')[0]}.jpg").resolve().is_file() for row in rows)
     assert spec.pseudo_labels_dir == str(root / "pseudo") and len(list((root / "pseudo").iterdir())) == len(rows)
     assert (root / "classes.txt").read_text().splitlines()[0] == "background"
+    # a job over a data set (input_url) kept none of its images: a 422 saying so
+    storage = client.app.state.storage
+    storage.write_manifest(job, {**storage.read_manifest(job), "streamed": True, "images": {},
+                                 "input_url": "s3://b/photos/"})
+    r = client.post("/trainings", json={"name": "j", "job_id": job})
+    assert r.status_code == 422 and "s3://b/photos/" in r.json()["error"]["message"], r.text
