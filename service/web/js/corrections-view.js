@@ -4,7 +4,7 @@
 // version it published and its held-out evaluation (new vs promoted) come from GET /trainings/{id},
 // drawn with the Train view's own text functions, polled while it is queued or running.
 import { api } from './api.js';
-import { $, currentView, el } from './dom.js';
+import { $, currentView, el, fillTable } from './dom.js';
 import { setCorrectionProjects, setCorrectionsTimer, setFitTraining, state } from './state.js';
 import { clearError, say, showError } from './status.js';
 import { evaluationText, isActive, progressText } from './trainings-view.js';
@@ -67,9 +67,7 @@ function projectRow(p) {
 
 function drawCorrections() {
   const list = state.corrections.projects;
-  $('#corrections-body').replaceChildren(...list.map(projectRow));
-  $('#corrections-empty').hidden = list.length > 0;
-  $('#corrections-table').hidden = list.length === 0;
+  fillTable('corrections', list.map(projectRow));
 }
 
 /** POST .../fit with the server's defaults; the answer names the training that follows it. */

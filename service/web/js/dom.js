@@ -15,6 +15,18 @@ export const el = (tag, attrs = {}, ...children) => {
   return node;
 };
 
+/** Show the table `#NAME-table` when it lists `n` rows, else its empty note `#NAME-empty`. */
+export function showListed(name, n) {
+  $(`#${name}-empty`).hidden = n > 0;
+  $(`#${name}-table`).hidden = n === 0;
+}
+
+/** The rows of the table `#NAME-body`, replaced; the table or its empty note shown. */
+export function fillTable(name, rows) {
+  $(`#${name}-body`).replaceChildren(...rows);
+  showListed(name, rows.length);
+}
+
 /** The view the address names: `#jobs`, `#train`, `#corrections` or (anything else) the image view. */
 export function currentView() {
   return { '#jobs': 'jobs', '#train': 'train', '#corrections': 'corrections' }[location.hash] || 'image';

@@ -3,7 +3,7 @@
 // gallery.js's.
 import { api } from './api.js';
 import { methodText } from './catalog.js';
-import { $, currentView, el } from './dom.js';
+import { $, currentView, el, showListed } from './dom.js';
 import { downloadJob, initGallery, short, showGallery } from './gallery.js';
 import {
   methodsFor, modelField, on, resetTickedOutputs, setAnnounced, setJobs, setOutputTicked, setPollTimer, state, tickedOutputs,
@@ -133,8 +133,7 @@ function drawJobs(list, previous) {
     if (body.children[idx] !== row) body.insertBefore(row, body.children[idx] || null);
     announce(j);
   });
-  $('#jobs-empty').hidden = list.length > 0;
-  $('#jobs-table').hidden = list.length === 0;
+  showListed('jobs', list.length);
 }
 
 function announce(j) {

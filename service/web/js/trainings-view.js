@@ -5,7 +5,7 @@
 // page offers to promote anyway: force=true). A promotion reloads GET /models (the model picker).
 import { api } from './api.js';
 import { loadModels } from './catalog.js';
-import { $, currentView, el } from './dom.js';
+import { $, currentView, el, fillTable } from './dom.js';
 import {
   on, setPromoteRefusal, setTraining, setTrainings, setTrainingsTimer, state,
 } from './state.js';
@@ -151,9 +151,7 @@ function trainingRow(t) {
 
 function drawTrainings() {
   const list = [...state.trainings.list.values()];
-  $('#trainings-body').replaceChildren(...list.map(trainingRow));
-  $('#trainings-empty').hidden = list.length > 0;
-  $('#trainings-table').hidden = list.length === 0;
+  fillTable('trainings', list.map(trainingRow));
 }
 
 async function cancelTraining(id) {
