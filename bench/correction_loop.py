@@ -73,7 +73,7 @@ def base_version(info, repo: Path, work: Path, args) -> str:
 def make_app(data: Path, fake: FakeLabelStudio, repo: Path, args, fits: list):
     from seam.service.core.config import Settings
     from seam.service.integrations.corrections_fit import CorrectionsSettings
-    from seam.service.integrations.labelstudio import LabelStudioSettings
+    from seam.service.integrations.ls_settings import LabelStudioSettings
     from seam.service.main import create_app
     from seam.training.worker.run import run_training
 

@@ -53,6 +53,13 @@ class ServedModel:
     def ref(self) -> str:
         return f"{self.name}:{self.version}"
 
+    def model_name(self, fallback: str) -> str:
+        """Its name; an unversioned model's is the one its engine reports (else `fallback`)."""
+        if not self.legacy:
+            return self.name
+        models = self.engine.models()
+        return models[0].name if models else fallback
+
 
 class PinMismatch(RuntimeError):
     """A job's pinned version is gone or its files changed since submission (the chunk fails)."""

@@ -13,7 +13,6 @@ Label Studio's predictions (`model_version`) come from.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 import uuid
@@ -30,6 +29,7 @@ from seam.service.core.security import Principal
 from seam.service.corrections.fit_data import write_fit_data
 from seam.service.corrections.store import CorrectionError, CorrectionStore, ProjectStore
 from seam.service.engine.base import InferenceEngine
+from seam.service.integrations.ls_settings import app_ls_settings
 from seam.service.integrations.upload import segment_upload
 from seam.service.trainings.submit import submit_spec
 
@@ -90,18 +90,7 @@ def engine_labeller(engine: InferenceEngine, max_pixels: int) -> Callable[[bytes
 def served_for(app: Any, source: str) -> ServedModel:
     """The model a project's images are predicted with: Label Studio's (`SEAM_LABELSTUDIO_MODEL`,
     else the default), CVAT's the default. Its classes are the project's; a fit fine-tunes it."""
-    ref = None
-    if source == "labelstudio":
-        ls = getattr(app.state, "labelstudio_settings", None)
-        ref = getattr(ls, "model", None) if ls is not None else os.environ.get("SEAM_LABELSTUDIO_MODEL") or None
-    return served_by(app.state.holder, ref)
-
-
-def _served_name(served: ServedModel) -> str:
-    if not served.legacy:
-        return served.name
-    models = served.engine.models()
-    return models[0].name if models else "corrections"
+    return served_by(app.state.holder, app_ls_settings(app).model if source == "labelstudio" else None)
 
 
 def training_spec(store: ProjectStore, req: FitRequest, data_root: str, pseudo: str, classes: list[str],
@@ -144,7 +133,7 @@ def start_fit(store: ProjectStore, principal: Principal, served: ServedModel, ma
         src = data.pseudo_dir / f"{it['key']}.png"
         if src.exists():
             shutil.copyfile(src, gt / src.name)
-    name = req.name or _served_name(served)
+    name = req.name or served.model_name("corrections")
     base = req.base_model or (None if req.stages != "deeplab" else name if served.legacy else served.ref)
     spec = training_spec(store, req.model_copy(update={"base_model": base}), str(data.root), str(data.pseudo_dir),
                          data.classes, name, cs)

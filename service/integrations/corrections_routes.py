@@ -30,9 +30,10 @@ from seam.service.integrations.corrections_fit import (
 )
 from seam.service.integrations.cvat_corrections import read_segmentation_mask_zip
 from seam.service.integrations.fetch import FetchFailed
-from seam.service.integrations.labelstudio import ls_settings, policy_for
+from seam.service.integrations.labelstudio import policy_for
 from seam.service.integrations.ls_corrections import ProjectSync
 from seam.service.integrations.ls_events import ensure_webhook_auth
+from seam.service.integrations.ls_settings import ls_settings
 from starlette.concurrency import run_in_threadpool
 
 router = APIRouter(prefix="/corrections", tags=["corrections"])
@@ -113,21 +114,22 @@ def upload_cvat(request: Request, principal: PrincipalDep, engine: EngineDep,
 async def sync_labelstudio(project: ProjectId, request: Request, principal: PrincipalDep,
                            settings: SettingsDep) -> dict:
     ls = ls_settings(request)
-    engine = (await run_in_threadpool(served_for, request.app, "labelstudio")).engine
-    policy = policy_for(ls, settings.max_upload_bytes)
+    policy = policy_for(ls, settings.max_upload_bytes)  # 503 when not configured, before any model is loaded
+    classes = (await run_in_threadpool(served_for, request.app, "labelstudio")).engine.foreground_classes()
     p = store_of(request.app).project("labelstudio", project)
     try:
-        p.claim(principal.owner, engine.foreground_classes(), principal.admin)
+        p.claim(principal.owner, classes, principal.admin)
     except NotOwner:
         raise ApiError(404, "not_found", f"Label Studio project {project} belongs to another API key") from None
-    sync = ProjectSync(policy, p, engine.foreground_classes(), ls.labels_field)
+    sync = ProjectSync(policy, p, classes, ls.labels_field)
     try:
         counts = await run_in_threadpool(sync.sync_project)
-    except (FetchFailed, UrlRefused) as exc:
-        if isinstance(exc, FetchFailed) and exc.status == 404:
+    except FetchFailed as exc:
+        if exc.status == 404:
             raise ApiError(404, "not_found", f"Label Studio has no project {project}") from None
-        # 424: what failed is Label Studio (or the way to it), not this request nor this server
-        raise ApiError(424, "labelstudio_unreachable", f"project {project}: {exc}") from None
+        raise _unreachable(project, exc) from None
+    except UrlRefused as exc:
+        raise _unreachable(project, exc) from None
     except CorrectionError as exc:
         raise ApiError(422, "invalid_corrections", str(exc)) from None
     hooked = await run_in_threadpool(ensure_webhook_auth, policy, p, request.headers.get("x-api-key"))
@@ -143,3 +145,8 @@ async def fit(source: Source, project: ProjectId, request: Request, principal: P
     return await run_in_threadpool(start_fit, p, principal, served, request.app.state.settings.max_pixels,
                                    body or FitRequest(), settings_of(request.app), submitter_of(request.app),
                                    "requested")
+
+
+def _unreachable(project: str, exc: Exception) -> ApiError:
+    # 424: what failed is Label Studio (or the way to it), not this request nor this server
+    return ApiError(424, "labelstudio_unreachable", f"project {project}: {exc}")

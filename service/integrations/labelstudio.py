@@ -23,15 +23,12 @@ import base64
 import binascii
 import logging
 from collections.abc import Sequence
-from functools import lru_cache
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from seam.service.api.deps import HolderDep, LimiterDep, MetricsDep, SettingsDep, require_api_key
-from seam.service.core.config import split_csv
 from seam.service.core.engine_holder import resolve_method
 from seam.service.core.errors import ApiError
 from seam.service.core.limits import run_limited
@@ -42,73 +39,16 @@ from seam.service.inputs import parse_label_tokens
 from seam.service.integrations.fetch import FetchFailed, FetchPolicy
 from seam.service.integrations.ls_config import Control, LabelConfig, LabelConfigError, parse_label_config
 from seam.service.integrations.ls_events import claim_project
+from seam.service.integrations.ls_settings import LabelStudioSettings, LsSettingsDep
 from seam.service.integrations.upload import segment_upload
 from seam.service.jobs.access import visible_snapshot
 from seam.service.jobs.results import job_files
 from seam.service.outputs.labelling import job_labelstudio_tasks, ls_model_version, ls_regions, prediction_score
-from seam.service.schemas import MODEL_REF_PATTERN, MethodName, method_help
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger("seam.service")
 PREFIX = "/labelstudio"
-
-
-class LabelStudioSettings(BaseSettings):
-    """`SEAM_LABELSTUDIO_*` environment variables."""
-
-    model_config = SettingsConfigDict(env_prefix="SEAM_LABELSTUDIO_", extra="ignore", validate_default=True)
-
-    url: str | None = Field(None, description="Label Studio's URL (e.g. http://labelstudio:8080); images are "
-                                              "fetched from it only. Unset: /labelstudio/health is DOWN and "
-                                              "/labelstudio/predict answers 503.")
-    api_key: SecretStr | None = Field(None, description="Label Studio token, sent only to `url`: a legacy token, "
-                                                        "or a personal access token (exchanged for access tokens "
-                                                        "at /api/token/refresh/).")
-    allow_private: bool = Field(False, description="Allow Label Studio (and extra hosts) on private/loopback "
-                                                   "addresses.")
-    extra_hosts: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Comma-separated host or host:port also allowed (cloud-storage redirects).")
-    labels_field: str | None = Field(None, description="Task data field holding image-level labels (list or "
-                                                       "comma-separated names); else a Choices annotation; else "
-                                                       "predicted.")
-    region: Literal["auto", "brush", "polygon"] = Field("auto", description="brushlabels, polygonlabels, or auto "
-                                                                            "(brush when the config has BrushLabels).")
-    method: MethodName | None = Field(None, json_schema_extra=method_help)
-    model: str | None = Field(None, max_length=200, pattern=MODEL_REF_PATTERN, description=(
-        "Model (NAME or NAME:VERSION) predictions use; unset = the default model's promoted version. A /predict "
-        "request may name its own in params.model (Label Studio's extra params)."))
-    threshold: float | None = Field(None, ge=0.0, le=1.0, description="Background threshold.")
-    min_polygon_area: int = Field(4, ge=1, description="Polygons enclosing fewer pixels are dropped.")
-    fetch_timeout_s: float = Field(20.0, gt=0, le=100, description="Timeout of one image download.")
-    max_tasks: int = Field(100, ge=1, le=10_000, description="Tasks accepted in one /predict request.")
-
-    @field_validator("extra_hosts", mode="before")
-    @classmethod
-    def _csv(cls, v: object) -> object:
-        return split_csv(v)
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str | None) -> str | None:
-        if v is None or not v.strip():
-            return None
-        if not v.startswith(("http://", "https://")):
-            raise ValueError("SEAM_LABELSTUDIO_URL must start with http:// or https://")
-        return v.strip().rstrip("/")
-
-
-@lru_cache(maxsize=1)
-def get_labelstudio_settings() -> LabelStudioSettings:
-    return LabelStudioSettings()
-
-
-def ls_settings(request: Request) -> LabelStudioSettings:
-    """Tests (and embedders) put their own on `app.state.labelstudio_settings`."""
-    return getattr(request.app.state, "labelstudio_settings", None) or get_labelstudio_settings()
-
-
-LsSettingsDep = Annotated[LabelStudioSettings, Depends(ls_settings)]
 
 
 # --- request models (what Label Studio sends; unknown fields are kept and ignored) -------
@@ -179,13 +119,10 @@ def install(app: FastAPI) -> None:
 
 
 # --- helpers --------------------------------------------------------------------------------
-def model_version(engine: InferenceEngine, method: str, served: ServedModel | None = None) -> str:
+def model_version(served: ServedModel, method: str) -> str:
     """The model part names the version (NAME:VERSION) for a versioned model; a legacy one keeps
     the name it always had, so Label Studio does not predict its tasks again."""
-    if served is not None and not served.legacy and served.name:
-        return ls_model_version(served.ref, method)
-    models = engine.models()
-    return ls_model_version(models[0].name if models else "model", method)
+    return ls_model_version(served.ref if not served.legacy else served.model_name("model"), method)
 
 
 def _ls_model(body: PredictRequest, ls: LabelStudioSettings) -> str | None:
@@ -325,7 +262,7 @@ async def predict(body: Annotated[PredictRequest, Body()], request: Request, hol
             log.warning("labelstudio: refused image URL of %s: %s", task_ref(task, i), exc)
             raise ApiError(422, "forbidden_image_url", f"{task_ref(task, i)}: image URL refused: {exc}") from None
         urls.append(url)
-    version = model_version(engine, method, served)
+    version = model_version(served, method)
     results = []
     for i, (task, url) in enumerate(zip(body.tasks, urls, strict=True)):
         labels, _source = image_labels(task, cfg, control, classes, ls.labels_field)
@@ -351,16 +288,14 @@ async def predict(body: Annotated[PredictRequest, Body()], request: Request, hol
                          "the project's ML-backend webhook (docs/corrections.md).")
 async def setup(body: Annotated[SetupRequest, Body()], request: Request, holder: HolderDep, settings: SettingsDep,
                 ls: LsSettingsDep) -> dict:
-    problem = fetch_problem(ls)
-    if problem:
-        raise ApiError(503, "labelstudio_not_configured", problem)
+    policy = policy_for(ls, settings.max_upload_bytes)  # 503 when Label Studio is not configured
     served = await run_in_threadpool(served_by, holder, ls.model)  # the model /predict answers with
     engine = served.engine
     if body.project is not None:
-        principal = require_api_key(settings, request.headers.get("x-api-key"))
-        policy = policy_for(ls, settings.max_upload_bytes)
+        key = request.headers.get("x-api-key")
+        principal = require_api_key(settings, key)
         await run_in_threadpool(claim_project, request.app, str(body.project), principal,
-                                engine.foreground_classes(), policy, request.headers.get("x-api-key"))
+                                engine.foreground_classes(), policy, key)
     if body.schema_:
         try:
             cfg = parse_label_config(body.schema_)
@@ -370,7 +305,7 @@ async def setup(body: Annotated[SetupRequest, Body()], request: Request, holder:
         if not control.class_map(engine.foreground_classes()):
             raise ApiError(422, "no_matching_labels", f"no label of <{control.name}> matches a model class "
                                                       f"({', '.join(engine.foreground_classes())})")
-    return {"model_version": model_version(engine, ls_method(engine, ls), served)}
+    return {"model_version": model_version(served, ls_method(engine, ls))}
 
 
 @router.get("/health", summary="Label Studio ML backend: health.")
@@ -394,7 +329,7 @@ async def ls_metrics() -> dict:
 @router.get("/versions", summary="Label Studio ML backend: model versions.")
 async def versions(holder: HolderDep, ls: LsSettingsDep) -> dict:
     served = await run_in_threadpool(served_by, holder, ls.model)
-    return {"versions": [model_version(served.engine, ls_method(served.engine, ls), served)]}
+    return {"versions": [model_version(served, ls_method(served.engine, ls))]}
 
 
 # --- a finished job's outputs as a Label Studio import file, with the project's tag names -------

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from seam.service.core.urlrules import UrlRefused
 from seam.service.corrections.store import Change, Correction, CorrectionError, ProjectStore
+from seam.service.inputs import parse_label_tokens
 from seam.service.integrations.fetch import FetchFailed, FetchPolicy
 from seam.service.integrations.ls_config import Control, LabelConfig, LabelConfigError, parse_label_config
 
@@ -142,7 +143,7 @@ class ProjectSync:
         fit pseudo-labels an uncorrected image with them."""
         value = task.get("data", {}).get(self.labels_field) if self.labels_field else None
         if isinstance(value, str):
-            value = [t.strip() for t in value.replace(";", ",").split(",") if t.strip()]
+            value = parse_label_tokens(value)
         if not isinstance(value, list) or not value:
             return None
         try:

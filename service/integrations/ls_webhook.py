@@ -25,8 +25,9 @@ from seam.service.integrations.corrections_fit import (
     store_of,
     submitter_of,
 )
-from seam.service.integrations.labelstudio import PREFIX, ls_settings, policy_for, require_key
+from seam.service.integrations.labelstudio import PREFIX, policy_for, require_key
 from seam.service.integrations.ls_corrections import ProjectSync, project_id
+from seam.service.integrations.ls_settings import ls_settings
 from starlette.concurrency import run_in_threadpool
 
 log = logging.getLogger("seam.service")

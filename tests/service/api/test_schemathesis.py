@@ -14,7 +14,7 @@ import pytest
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, settings
 from seam.service.core.config import Settings
-from seam.service.integrations.labelstudio import LabelStudioSettings
+from seam.service.integrations.ls_settings import LabelStudioSettings
 from seam.service.main import create_app
 
 from tests.service.fakes import FakeEngine

@@ -9,7 +9,7 @@ import pytest
 from seam.service.core.config import Settings
 from seam.service.fake_engine import FakeEngine
 from seam.service.integrations.corrections_fit import CorrectionsSettings
-from seam.service.integrations.labelstudio import LabelStudioSettings
+from seam.service.integrations.ls_settings import LabelStudioSettings
 from seam.service.main import create_app
 
 from tests.service.corrections.helpers import KEY_A, KEY_B, LsProject, RecordingSubmitter

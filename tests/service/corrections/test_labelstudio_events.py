@@ -231,7 +231,7 @@ def test_weak_labels_of_uncorrected_tasks_pseudo_label_them_in_a_fit(client, pro
     pseudo-labels it with them (its labels.csv row is the weak labels)."""
     from pathlib import Path
 
-    from seam.service.integrations.labelstudio import LabelStudioSettings
+    from seam.service.integrations.ls_settings import LabelStudioSettings
 
     from tests.service.integrations.helpers import LS_TOKEN
 

@@ -17,7 +17,7 @@ from seam.service.engine import methods
 from seam.service.engine.base import SegmentResult
 from seam.service.engine.methods import Method
 from seam.service.engine.runners.host import MethodHost, SegmentCall
-from seam.service.integrations.labelstudio import LabelStudioSettings
+from seam.service.integrations.ls_settings import LabelStudioSettings
 
 from seam.common.cam import cams_to_label, present_classes
 from tests.service.fakes import FakeEngine, assert_error, encode, rgb_image, zip_bytes

@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from seam.service.core.config import Settings
 from seam.service.fake_engine import FakeEngine
-from seam.service.integrations.labelstudio import LabelStudioSettings
+from seam.service.integrations.ls_settings import LabelStudioSettings
 from seam.service.main import create_app
 
 from tests.service.integrations.helpers import LIVE_KEY, FakeLabelStudio

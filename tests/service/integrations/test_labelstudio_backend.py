@@ -18,7 +18,7 @@ from label_studio_sdk.label_interface import LabelInterface
 from matplotlib.path import Path as MplPath
 from scipy import ndimage
 from seam.service.fake_engine import FakeEngine
-from seam.service.integrations.labelstudio import LabelStudioSettings
+from seam.service.integrations.ls_settings import LabelStudioSettings
 
 from tests.service.fakes import encode, scene
 from tests.service.integrations.helpers import LS_TOKEN

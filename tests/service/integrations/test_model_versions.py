@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from seam.service.core.config import Settings
-from seam.service.integrations.labelstudio import LabelStudioSettings
+from seam.service.integrations.ls_settings import LabelStudioSettings
 from seam.service.main import create_app
 
 from testkit.processes import wait_until
