@@ -18,13 +18,17 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from seam.service.blobs.base import S3Location, parse_s3_url
-from seam.service.core.urlrules import Origin, Resolver, UrlRefused, checked_address, host_listed, system_resolver
+from seam.service.core.urlrules import (
+    Origin,
+    Resolver,
+    UrlRefused,
+    checked_address,
+    host_listed,
+    short,
+    system_resolver,
+)
 
 __all__ = ["DatasetPolicy", "UrlRefused", "system_resolver"]
-
-
-def _short(url: str, n: int = 160) -> str:
-    return url if len(url) <= n else url[:n] + "..."
 
 
 @dataclass
@@ -55,12 +59,12 @@ class DatasetPolicy:
                 return loc
         if not self.buckets:
             raise UrlRefused("s3:// data sets are disabled on this server (set SEAM_DATASET_BUCKETS)")
-        raise UrlRefused(f"{_short(url)} is not under a bucket/prefix of SEAM_DATASET_BUCKETS")
+        raise UrlRefused(f"{short(url, 160)} is not under a bucket/prefix of SEAM_DATASET_BUCKETS")
 
     def check_http(self, url: str) -> tuple[str, int, str]:
         """(host, port, address to connect to) of an allowed http(s) URL."""
         if urlsplit(url).scheme.lower() not in ("http", "https"):  # said here: a data set may also be s3://
-            raise UrlRefused(f"unsupported URL scheme in {_short(url)!r}: use s3:// or http(s)://")
+            raise UrlRefused(f"unsupported URL scheme in {short(url, 160)!r}: use s3:// or http(s)://")
         origin = Origin.of(url)
         if not host_listed(self.http_hosts, origin.host, origin.port):
             if not self.http_hosts:
