@@ -56,8 +56,11 @@ def _make_dispatcher(settings: Settings, store: JobStore, storage: Storage, hold
     return EmbeddedDispatcher(ctx, workers=settings.embedded_workers)
 
 
-def _make_trainers(settings: Settings, store: TrainingStore) -> CeleryTrainers | EmbeddedTrainers:
-    return CeleryTrainers(settings, store) if settings.mode == "celery" else EmbeddedTrainers(settings, store)
+def _make_trainers(settings: Settings, store: TrainingStore,
+                   dispatcher: Dispatcher) -> CeleryTrainers | EmbeddedTrainers:
+    if settings.mode == "celery":  # one Celery app (and connection pool) sends jobs and trainings
+        return CeleryTrainers(settings, store, getattr(dispatcher, "celery", None))
+    return EmbeddedTrainers(settings, store)
 
 
 def create_app(settings: Settings | None = None, engine: InferenceEngine | None = None,
@@ -107,7 +110,7 @@ def _lifespan(settings: Settings, holder: ModelRegistry, storage: Storage, metri
         app.state.store = the_store = store or make_store(settings)
         app.state.dispatcher = the_dispatcher = dispatcher or _make_dispatcher(settings, the_store, storage, holder)
         the_dispatcher.start()
-        app.state.trainers = trainers = _make_trainers(settings, app.state.trainings)
+        app.state.trainers = trainers = _make_trainers(settings, app.state.trainings, the_dispatcher)
         trainers.start()
         app.state.broker_side = broker_side = None
         if settings.mode == "celery":  # worker liveness per queue; sync requests to the workers
@@ -132,8 +135,8 @@ def _lifespan(settings: Settings, holder: ModelRegistry, storage: Storage, metri
                 model_sync.stop()
             if broker_side is not None:
                 await broker_side.stop()
+            await run_in_threadpool(trainers.stop)  # before the dispatcher closes the Celery app they share
             await run_in_threadpool(the_dispatcher.stop)
-            await run_in_threadpool(trainers.stop)
             if store is None:
                 await run_in_threadpool(the_store.close)
 

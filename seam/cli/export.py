@@ -64,6 +64,7 @@ def export(
     if promote and not version_of:
         fail("--promote needs --version-of NAME")
     scratch = _scratch(models_dir) if version_of else None
+    published: Path | None = None
     with console.status(f"exporting {checkpoint} ({kind}) ..."):
         try:
             res = export_model(checkpoint, kind, name, Path(scratch.name) if scratch else models_dir, opset=opset,
@@ -71,6 +72,7 @@ def export(
                                precision=precision, calibration=calibration, calibration_n=calibration_n)
             if scratch is not None:
                 n = publish_version(models_dir, name, res.model_dir, promote=promote)
+                published = models_dir / name / str(n)  # the scratch copy is deleted below
                 console.print(f"[green]published[/] {name}:{n}")
         except (ExportError, ValueError) as exc:
             fail(str(exc), code=1)
@@ -79,8 +81,9 @@ def export(
                 scratch.cleanup()
     m = res.manifest
     diffs = ", ".join(f"{k} {v:.2g}" for k, v in res.max_abs_diff.items())
-    console.print(f"[green]wrote[/] {res.model_dir}  ({m.kind}, {m.backbone}, {len(m.class_names) or '-'} classes, "
-                  f"{res.onnx_bytes / 1e6:.1f} MB; onnxruntime vs torch max |diff|: {diffs})")
+    console.print(f"[green]wrote[/] {published or res.model_dir}  ({m.kind}, {m.backbone}, "
+                  f"{len(m.class_names) or '-'} classes, {res.onnx_bytes / 1e6:.1f} MB; "
+                  f"onnxruntime vs torch max |diff|: {diffs})")
     p = m.precision
     if p.weights != "fp32":
         errs = ", ".join(f"{k} {v:.2g}" for k, v in p.max_error.items())

@@ -109,6 +109,19 @@ def list_models(repo: str | Path) -> dict[str, ModelEntry]:
     return out
 
 
+def find_model(repo: str | Path, name: str) -> ModelEntry | None:
+    """`list_models(repo).get(name)`, reading only that model's directory when it is versioned."""
+    repo = Path(repo)
+    if not repo.is_dir():
+        raise ManifestError(f"model repository {repo} does not exist")
+    d = repo / name
+    if not NAME_RE.match(name) or not d.is_dir():
+        return None
+    if (d / MANIFEST_NAME).is_file():  # a flat dir: the legacy group, named after its first dir
+        return list_models(repo).get(name)
+    return _scan_versioned(d)
+
+
 def _legacy_group(dirs: list[Path]) -> ModelEntry | None:
     """The flat model dirs as the engine groups them: the first of each kind (by dir name)."""
     chosen: dict[str, Path] = {}
@@ -420,12 +433,12 @@ def history(repo: str | Path, name: str) -> list[dict]:
 
 
 def _entry(repo: Path, name: str) -> ModelEntry:
-    models = list_models(repo)
-    if name not in models:
-        raise ModelNotFound(f"no model named {name!r} (models: {', '.join(models) or 'none'})")
-    if models[name].legacy:
+    entry = find_model(repo, name)
+    if entry is None:
+        raise ModelNotFound(f"no model named {name!r} (models: {', '.join(list_models(repo)) or 'none'})")
+    if entry.legacy:
         raise ValueError(f"{name!r} is a legacy (unversioned) model: it has one version and cannot be promoted")
-    return models[name]
+    return entry
 
 
 def promote(repo: str | Path, name: str, version: int, *, verify: bool = True, note: str | None = None) -> int:

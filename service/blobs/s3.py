@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -28,8 +29,26 @@ class BlobUnavailable(ConnectionError):
     """The object store could not be reached or is overloaded: worth retrying later."""
 
 
+# What a client is made of besides its arguments: the standard variables boto3 reads.
+_CLIENT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE",
+               "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE",
+               "AWS_SHARED_CREDENTIALS_FILE")
+_clients: dict[tuple, Any] = {}
+_clients_lock = threading.Lock()
+
+
 def s3_client(endpoint_url: str | None = None, pool: int = 16) -> Any:
-    """A thread-safe boto3 S3 client with the standard credential chain."""
+    """The process's thread-safe boto3 S3 client for these arguments and AWS_* variables (one
+    made per request or submission would cost ~0.1 s and its own connection pool each). Per
+    process id: a forked worker never shares its parent's sockets."""
+    key = (os.getpid(), endpoint_url, pool, *(os.environ.get(v) for v in _CLIENT_ENV))
+    with _clients_lock:
+        if key not in _clients:
+            _clients[key] = _new_client(endpoint_url, pool)
+        return _clients[key]
+
+
+def _new_client(endpoint_url: str | None, pool: int) -> Any:
     import boto3
     from botocore.config import Config
 

@@ -28,6 +28,7 @@ import sys
 import threading
 from collections import deque
 from pathlib import Path
+from typing import Any
 
 from seam.service.core.config import Settings
 from seam.service.core.errors import ApiError
@@ -52,11 +53,13 @@ POLL_S = 0.5
 
 
 class CeleryTrainers:
-    def __init__(self, settings: Settings, store: TrainingStore) -> None:
-        from seam.service.core.broker import create_celery
+    def __init__(self, settings: Settings, store: TrainingStore, celery: Any = None) -> None:
+        """`celery`: the API's Celery app (the dispatcher's); None: one of its own."""
+        if celery is None:
+            from seam.service.core.broker import create_celery
 
-        self.settings, self.store = settings, store
-        self.celery = create_celery(settings)
+            celery = create_celery(settings)
+        self.settings, self.store, self.celery = settings, store, celery
         self.queue = training_queue(settings.key_prefix)
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None

@@ -95,7 +95,14 @@ class TrainingStore:
         return [r for r in self.all() if principal.may_see(r.owner)]
 
     def unfinished(self) -> list[TrainingRecord]:
-        return [r for r in self.all() if not r.status.terminal]
+        """The trainings not yet ended; an ended one costs one status read (the watchers call
+        this every few seconds over a directory that only grows)."""
+        if not self.root.is_dir():
+            return []
+        ids = [p.name for p in self.root.iterdir()
+               if p.is_dir() and not (read_status(p) or TrainingStatus()).terminal]
+        out = [r for r in map(self.read, ids) if r is not None and not r.status.terminal]
+        return sorted(out, key=lambda r: r.created_at, reverse=True)
 
     def log_tail(self, rec: TrainingRecord, max_bytes: int) -> str:
         path = rec.dir / LOG_FILE

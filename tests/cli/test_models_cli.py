@@ -49,6 +49,7 @@ def test_export_publishes_a_version(tmp_path: Path) -> None:
     repo = tmp_path / "models"
     r = _run("export", "--checkpoint", str(ckpt), "--version-of", "mine", "--models-dir", str(repo))
     assert r.exit_code == 0 and "mine:1" in r.output, r.output
+    assert str(repo / "mine" / "1") in r.output.replace("\n", ""), r.output  # not the deleted scratch dir
     entry = versions.list_models(repo)["mine"]
     assert list(entry.versions) == [1] and entry.promoted == 1
     assert all(versions.verify_version(v) for v in entry.versions.values())

@@ -71,6 +71,21 @@ def test_versioned_layouts_and_addressing(tmp_path: Path) -> None:
     assert V.version_digest(e.versions[1]) == V.version_digest(tmp_path / "shapes" / "1")
 
 
+def test_find_model_answers_as_list_models(tmp_path: Path) -> None:
+    _demo_copy(tmp_path / "shapes" / "1")
+    _demo_copy(tmp_path / "shapes" / "2" / "seam", bg=0.5)
+    (tmp_path / "shapes" / "PROMOTED").write_text("1\n")
+    _demo_copy(tmp_path / "a-flat")  # the legacy group, named after its first flat dir
+    _demo_copy(tmp_path / "b-flat")  # a second flat seam dir: not in the group
+    (tmp_path / "empty").mkdir()
+    listed = V.list_models(tmp_path)
+    assert list(listed) == ["a-flat", "shapes"]
+    for name in ["shapes", "a-flat", "b-flat", "empty", "nope", "..", ".shapes"]:
+        assert V.find_model(tmp_path, name) == listed.get(name), name
+    with pytest.raises(ManifestError, match="does not exist"):
+        V.find_model(tmp_path / "missing", "shapes")
+
+
 def test_unreadable_versions_are_listed_with_their_error(tmp_path: Path) -> None:
     _demo_copy(tmp_path / "m" / "1")
     (tmp_path / "m" / "2").mkdir(parents=True)

@@ -24,7 +24,7 @@ from seam.service.trainings.store import ID_PATTERN, TrainingRecord, TrainingSto
 from seam.service.trainings.submit import TrainingServices, submit
 
 from seam.modelrepo.trainings import request_cancel
-from seam.modelrepo.versions import ModelEntry, ModelNotFound, list_models, promote
+from seam.modelrepo.versions import ModelEntry, ModelNotFound, find_model, promote
 
 router = APIRouter(tags=["trainings"])
 OPENAPI_MODELS = (TrainingJsonRequest, TrainingOptions)
@@ -54,25 +54,30 @@ def _ts(v: float | None) -> datetime | None:
 def _entry(models_dir, name: str | None) -> ModelEntry | None:
     """The model `name` in the repository now; None when it (or the repository) is not there."""
     try:
-        return list_models(models_dir).get(name or "")
+        return find_model(models_dir, name or "")
     except (OSError, ValueError):
         return None
 
 
-def _promoted_now(models_dir, name: str | None, version: int | None) -> bool:
-    entry = _entry(models_dir, name)
-    return entry is not None and version is not None and entry.promoted == version
+def _promoted(models_dir, recs: list[TrainingRecord]) -> dict[str, int | None]:
+    """The promoted version of each model these trainings published, each model read once."""
+    names = {r.status.model for r in recs if r.status.model}
+    return {n: e.promoted if (e := _entry(models_dir, n)) is not None else None for n in names}
 
 
-def to_public(rec: TrainingRecord, models_dir) -> TrainingPublic:
+def to_public(rec: TrainingRecord, models_dir, promoted: dict[str, int | None] | None = None) -> TrainingPublic:
+    """`promoted`: `_promoted` of a list the record is in (read here when not given)."""
     s, spec = rec.status, rec.spec
+    if promoted is None:
+        promoted = _promoted(models_dir, [rec])
     return TrainingPublic(
         id=rec.id, name=spec.name if spec else None, stages=spec.stages if spec else None, source=rec.source,
         state=s.state, cancel_requested=rec.cancel_requested and not s.terminal, stage=s.stage, epoch=s.epoch,
         epochs=s.epochs, step=s.step, steps=s.steps, loss=s.loss, eta_s=s.eta_s, elapsed_s=s.elapsed_s,
         budget_s=spec.budget_s if spec else None, evaluation=s.evaluation, error=s.error,
         model=f"{s.model}:{s.version}" if s.model and s.version else None, version=s.version,
-        promoted=_promoted_now(models_dir, s.model, s.version), promote_note=s.promote_note, attempts=s.attempts,
+        promoted=s.version is not None and promoted.get(s.model or "") == s.version,
+        promote_note=s.promote_note, attempts=s.attempts,
         resumed=s.resumed, created_at=_ts(rec.created_at), started_at=_ts(s.started_at),
         finished_at=_ts(s.finished_at) if s.terminal else None,
         links=TrainingLinks(self=f"/trainings/{rec.id}", log=f"/trainings/{rec.id}/log",
@@ -100,7 +105,8 @@ async def create_training(request: Request, settings: SettingsDep, storage: Stor
 def list_trainings(request: Request, settings: SettingsDep, principal: PrincipalDep,
                    limit: Annotated[int, Query(ge=1, le=200)] = 50) -> TrainingList:
     recs = _store(request).list(principal)[:limit]
-    return TrainingList(trainings=[to_public(r, settings.models_dir) for r in recs])
+    promoted = _promoted(settings.models_dir, recs)
+    return TrainingList(trainings=[to_public(r, settings.models_dir, promoted) for r in recs])
 
 
 @router.get("/trainings/{training_id}", response_model=TrainingPublic, summary="A training's progress.",
@@ -151,7 +157,7 @@ def promote_training(training_id: TrainingId, request: Request, settings: Settin
     if entry is None or s.version not in entry.versions:
         raise ApiError(404, "model_not_found", f"{s.model}:{s.version} is no longer in the model repository")
     if not force:
-        _check_promotable(rec, settings.models_dir)
+        _check_promotable(rec, entry)
     try:
         note = f"training {training_id}" + (" (forced)" if force else "")
         promote(settings.models_dir, s.model, s.version, note=note)
@@ -165,10 +171,9 @@ def promote_training(training_id: TrainingId, request: Request, settings: Settin
     return to_public(store.visible(training_id, principal), settings.models_dir)
 
 
-def _check_promotable(rec: TrainingRecord, models_dir) -> None:
+def _check_promotable(rec: TrainingRecord, entry: ModelEntry) -> None:
     s, ev = rec.status, rec.status.evaluation
-    entry = _entry(models_dir, s.model)
-    current = f"{s.model}:{entry.promoted}" if entry is not None and entry.promoted is not None else None
+    current = f"{s.model}:{entry.promoted}" if entry.promoted is not None else None
     if current == f"{s.model}:{s.version}":
         return
     if ev is None or not ev.comparable or ev.new is None or ev.promoted is None:

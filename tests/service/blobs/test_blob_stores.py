@@ -101,3 +101,16 @@ def test_any_sees_objects_not_empty_folders(store):
     assert store.any("jobs/a/") and not store.any("jobs/b/")
     store.delete("jobs/a/x")
     assert not store.any("jobs/a/")  # SeaweedFS keeps the folder: it holds nothing
+
+
+def test_one_s3_client_per_endpoint_and_credentials(monkeypatch):
+    from seam.service.blobs.s3 import s3_client
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k1")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s1")
+    a = s3_client("http://127.0.0.1:1")
+    assert s3_client("http://127.0.0.1:1") is a  # readers and stores share it: one pool
+    assert s3_client("http://127.0.0.1:2") is not a
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k2")  # rotated credentials: a new client with them
+    b = s3_client("http://127.0.0.1:1")
+    assert b is not a and b._request_signer._credentials.access_key == "k2"

@@ -37,7 +37,7 @@ class RecordingTrainers(EmbeddedTrainers):
 
 @pytest.fixture
 def client(make_settings, monkeypatch, allowed_root):
-    monkeypatch.setattr(service_main, "_make_trainers", lambda s, store: RecordingTrainers(s, store))
+    monkeypatch.setattr(service_main, "_make_trainers", lambda s, store, dispatcher: RecordingTrainers(s, store))
     with entered_clients() as enter:
         c = enter(create_app(make_settings(api_keys=[USER, OTHER], admin_api_keys=[ADMIN],
                                                   max_active_trainings=3), engine=FakeEngine()))
