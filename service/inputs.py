@@ -1,10 +1,12 @@
 """Untrusted input: content sniffing by magic bytes, image decoding with the pixel
-limit checked from the header, and class-label parsing. Every failure is an
-`ApiError` with a 4xx status and a message saying what was wrong."""
+limit checked from the header, class-label parsing, request bodies read under a cap and
+server folders under SEAM_ALLOWED_ROOT. Every failure is an `ApiError` with a 4xx status
+and a message saying what was wrong."""
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -118,3 +120,35 @@ def resolve_or_422(tokens: Sequence[str | int] | None, foreground: Sequence[str]
 def parse_labels(text: str | None, foreground: Sequence[str]) -> list[int] | None:
     """'dog,person' or '11,14' -> sorted foreground indices; absent/empty -> None (predict)."""
     return resolve_or_422(parse_label_tokens(text), foreground)
+
+
+async def read_capped(stream: AsyncIterator[bytes], cap: int, what: str) -> bytes:
+    """A request body (`request.stream()`), refused with 413 as soon as it passes `cap` bytes;
+    `what` names the body and its limit in the message."""
+    chunks, n = [], 0
+    async for chunk in stream:
+        n += len(chunk)
+        if n > cap:
+            raise ApiError(413, "too_large", f"{what} are limited to {cap} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def allowed_directory(root: Path | None, directory: str, what: str) -> Path:
+    """`directory` (absolute, or relative to `root`) resolved, when it is a directory under the
+    allowed root (SEAM_ALLOWED_ROOT): 403 when there is no root or it lies outside, 422 when it is
+    not a directory. `what` names the feature ("directory jobs") in the messages."""
+    if root is None:
+        raise ApiError(403, "forbidden", f"{what} are disabled on this server (set SEAM_ALLOWED_ROOT)")
+    shown = directory[:200]
+    try:
+        p = Path(directory)
+        target = (p if p.is_absolute() else root / p).resolve()
+        if not target.is_relative_to(root):
+            raise ApiError(403, "forbidden", f"{shown!r} is outside the allowed root")
+        if not target.is_dir():
+            raise ApiError(422, "invalid_directory", f"{shown!r} is not a directory under the allowed root")
+    except (ValueError, OSError, RuntimeError) as exc:  # NUL byte, ENAMETOOLONG, a symlink loop
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise ApiError(422, "invalid_directory", f"bad directory {shown!r}: {reason}") from None
+    return target

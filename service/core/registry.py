@@ -16,6 +16,7 @@ default model, so code that only needs "the" engine keeps working.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -31,12 +32,14 @@ from seam.service.engine import methods
 from seam.service.engine.base import InferenceEngine
 
 from seam.modelrepo import versions as repo_versions
+from seam.modelrepo.manifest import ManifestError, read_manifest
 from seam.modelrepo.versions import ModelEntry, ModelNotFound, ModelVersion
 
 log = logging.getLogger("seam.service")
 
 Key = tuple[str, int]
 MODEL_HEADER = "X-Seam-Model"
+_FACTS_KEPT = 256  # versions whose classes and kinds a broker-mode API keeps (one small tuple each)
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,8 @@ class ModelRegistry(EngineHolder):
         self._pinned: OrderedDict[Key, ServedModel] = OrderedDict()
         self._errors: dict[Key, str] = {}
         self._digests: dict[Key, str] = {}
-        self._manifest_facts: dict[tuple[str, int, str], tuple[list[str] | None, list[str]]] = {}
+        # (name, version, digest) -> the version's (classes, kinds); bounded: digests change with every copy
+        self._manifest_facts: OrderedDict[tuple[str, int, str], tuple[list[str] | None, list[str]]] = OrderedDict()
         self._fingerprint: str | None = None
         self._lock = threading.RLock()  # the dicts above (short sections, never around a load)
         self._load_locks: dict[Key, threading.Lock] = {}
@@ -202,10 +206,20 @@ class ModelRegistry(EngineHolder):
     def _facts(self, v: ModelVersion, digest: str) -> tuple[list[str] | None, list[str]]:
         """(foreground classes, kinds) a version's manifests declare, read once per digest."""
         key = (v.name, v.version, digest)
-        facts = self._manifest_facts.get(key)
-        if facts is None:
-            info = repo_versions.version_info(v)
-            facts = self._manifest_facts[key] = (info.get("classes"), list(info["kinds"]))
+        with self._lock:
+            facts = self._manifest_facts.get(key)
+        if facts is not None:
+            return facts
+        classes = None
+        # unreadable now: None, the workers' own classes are all there is
+        with contextlib.suppress(ManifestError, StopIteration):
+            if v.error is None:  # every kind of a version has the same classes (verify_version checks it)
+                classes = list(read_manifest(next(iter(v.dirs.values()))).foreground)
+        facts = (classes, list(v.kinds))
+        with self._lock:
+            self._manifest_facts[key] = facts
+            while len(self._manifest_facts) > _FACTS_KEPT:
+                self._manifest_facts.popitem(last=False)
         return facts
 
     def _evict(self) -> None:

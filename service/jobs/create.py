@@ -12,7 +12,7 @@ from typing import IO
 from seam.service.archives import check_name, extract_archive
 from seam.service.core.config import Settings
 from seam.service.core.errors import ApiError
-from seam.service.inputs import resolve_or_422
+from seam.service.inputs import allowed_directory, resolve_or_422
 from seam.service.storage import Storage
 
 from seam.common.classes import resolve_labels
@@ -130,20 +130,8 @@ def prepare_upload_job(storage: Storage, settings: Settings, job_id: str, archiv
 def prepare_directory_job(settings: Settings, directory: str, recursive: bool,
                           labels: dict[str, list[str | int]] | None, names: Sequence[str]
                           ) -> tuple[Path, dict[str, str], dict[str, list[int]]]:
-    root = settings.allowed_root
-    if root is None:
-        raise ApiError(403, "forbidden", "directory jobs are disabled on this server (set SEAM_ALLOWED_ROOT)")
-    shown = directory[:200]
-    try:
-        p = Path(directory)
-        target = (p if p.is_absolute() else root / p).resolve()
-        if not target.is_relative_to(root):
-            raise ApiError(403, "forbidden", f"directory {shown!r} is outside the allowed root")
-        if not target.is_dir():
-            raise ApiError(422, "invalid_directory", f"{shown!r} is not a directory under the allowed root")
-    except (ValueError, OSError, RuntimeError) as exc:  # NUL byte, ENAMETOOLONG, symlink loop
-        reason = getattr(exc, "strerror", None) or type(exc).__name__
-        raise ApiError(422, "invalid_directory", f"bad directory {shown!r}: {reason}") from None
+    target = allowed_directory(settings.allowed_root, directory, "directory jobs")
+    root, shown = settings.allowed_root, directory[:200]
     rels: list[str] = []
     walker = target.rglob("*") if recursive else target.iterdir()
     try:

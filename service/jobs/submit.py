@@ -19,6 +19,7 @@ from seam.service.core.errors import ApiError, describe_validation, settings_roo
 from seam.service.core.redact import redact
 from seam.service.core.registry import ModelRegistry, ServedModel
 from seam.service.engine.base import InferenceEngine
+from seam.service.inputs import read_capped
 from seam.service.jobs import create as jc
 from seam.service.jobs import lifecycle, submit_stream
 from seam.service.jobs.dispatch import Dispatcher
@@ -159,7 +160,8 @@ async def _labels_upload(labels: UploadFile | str | None, cap: int) -> bytes | N
 
 
 async def _from_json(request: Request, svc: JobServices) -> _Prepared:
-    raw = await _read_capped(request, svc.settings.max_labels_bytes)
+    raw = await read_capped(request.stream(), svc.settings.max_labels_bytes,
+                            "JSON job bodies (SEAM_MAX_LABELS_BYTES)")
     if b'"input_url"' in raw:  # a data set where it lives (docs/storage.md)
         return await _from_url(raw, svc)
     body = await run_in_threadpool(parse_directory_request, raw)  # a big body must not stall the loop
@@ -193,17 +195,6 @@ def _served(svc: JobServices, options: JobOptions) -> ServedModel | None:
     """The version the job pins: the one `options.model` names, else the default's promoted one
     (404/422 for an unknown or refused one)."""
     return svc.registry.acquire(options.model) if svc.registry is not None else None
-
-
-async def _read_capped(request: Request, cap: int) -> bytes:
-    """The body, refused with 413 as soon as it passes `cap` bytes."""
-    chunks, n = [], 0
-    async for chunk in request.stream():
-        n += len(chunk)
-        if n > cap:
-            raise ApiError(413, "too_large", f"JSON job bodies are limited to {cap} bytes (SEAM_MAX_LABELS_BYTES)")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def parse_directory_request(raw: bytes) -> DirectoryJobRequest:

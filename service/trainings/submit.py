@@ -18,6 +18,7 @@ from seam.service.archives import extract_archive
 from seam.service.core.config import Settings
 from seam.service.core.errors import ApiError, describe_validation
 from seam.service.core.security import Principal
+from seam.service.inputs import allowed_directory, read_capped
 from seam.service.jobs import lifecycle
 from seam.service.jobs.access import visible_snapshot
 from seam.service.jobs.stores.base import JobStore
@@ -206,11 +207,8 @@ def _extract(svc: TrainingServices, fileobj: Any, dest: Path) -> DataSpec:
 
 async def _from_json(request: Request, svc: TrainingServices, principal: Principal,
                      d: Path) -> tuple[TrainingOptions, str, DataSpec]:
-    raw = b""
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > svc.settings.max_labels_bytes:
-            raise ApiError(413, "too_large", "the JSON body is too large (SEAM_MAX_LABELS_BYTES)")
+    raw = await read_capped(request.stream(), svc.settings.max_labels_bytes,
+                            "JSON training bodies (SEAM_MAX_LABELS_BYTES)")
     try:
         body = json.loads(raw or b"null")
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
@@ -228,21 +226,7 @@ async def _from_json(request: Request, svc: TrainingServices, principal: Princip
 
 
 def _folder(settings: Settings, folder: str) -> DataSpec:
-    root = settings.allowed_root
-    if root is None:
-        raise ApiError(403, "forbidden", "folder trainings are disabled on this server (set SEAM_ALLOWED_ROOT)")
-    shown = folder[:200]
-    try:
-        p = Path(folder)
-        target = (p if p.is_absolute() else root / p).resolve()
-        if not target.is_relative_to(root):
-            raise ApiError(403, "forbidden", f"folder {shown!r} is outside the allowed root")
-        if not target.is_dir():
-            raise ApiError(422, "invalid_directory", f"{shown!r} is not a directory under the allowed root")
-    except (ValueError, OSError, RuntimeError) as exc:  # NUL byte, ENAMETOOLONG, a symlink loop
-        reason = getattr(exc, "strerror", None) or type(exc).__name__
-        raise ApiError(422, "invalid_directory", f"bad folder {shown!r}: {reason}") from None
-    return DataSpec(root=str(target), source="folder")
+    return DataSpec(root=str(allowed_directory(settings.allowed_root, folder, "folder trainings")), source="folder")
 
 
 def _from_job(svc: TrainingServices, principal: Principal, job_id: str, dest: Path) -> DataSpec:
@@ -275,11 +259,11 @@ def _from_job(svc: TrainingServices, principal: Principal, job_id: str, dest: Pa
         if not tags:
             continue  # no tag: nothing to learn from this image
         n += 1
-        os.symlink(src, dest / "images" / f"{_safe(image_id, n)}{src.suffix.lower()}")
-        w.writerow([_safe(image_id, n), ";".join(names[int(c)] for c in tags)])
+        os.symlink(src, dest / "images" / f"{_safe(image_id)}{src.suffix.lower()}")
+        w.writerow([_safe(image_id), ";".join(names[int(c)] for c in tags)])
         if (masks / f"{image_id}.png").is_file():
             (dest / "pseudo").mkdir(exist_ok=True)
-            os.symlink(masks / f"{image_id}.png", dest / "pseudo" / f"{_safe(image_id, n)}.png")
+            os.symlink(masks / f"{image_id}.png", dest / "pseudo" / f"{_safe(image_id)}.png")
     if n == 0:
         raise ApiError(422, "invalid_job", f"job {job_id} has no image with labels or a non-empty mask")
     (dest / "labels.csv").write_text(rows.getvalue())
@@ -287,7 +271,7 @@ def _from_job(svc: TrainingServices, principal: Principal, job_id: str, dest: Pa
     return DataSpec(root=str(dest), source="job", job_id=job_id)
 
 
-def _safe(image_id: str, n: int) -> str:
+def _safe(image_id: str) -> str:
     """A file-name-safe image id (job ids may hold '/')."""
     return image_id.replace("/", "__") if "/" in image_id else image_id
 
