@@ -251,6 +251,7 @@ def _from_job(svc: TrainingServices, principal: Principal, job_id: str, dest: Pa
     w = csv.writer(rows)
     w.writerow(["image", "labels"])
     n = 0
+    used: set[str] = set()
     for image_id in sorted(manifest["images"]):
         src = svc.storage.input_path(job_id, manifest, image_id)
         if not src.is_file():
@@ -259,11 +260,12 @@ def _from_job(svc: TrainingServices, principal: Principal, job_id: str, dest: Pa
         if not tags:
             continue  # no tag: nothing to learn from this image
         n += 1
-        os.symlink(src, dest / "images" / f"{_safe(image_id)}{src.suffix.lower()}")
-        w.writerow([_safe(image_id), ";".join(names[int(c)] for c in tags)])
+        name = _file_name(image_id, used)
+        os.symlink(src, dest / "images" / f"{name}{src.suffix.lower()}")
+        w.writerow([name, ";".join(names[int(c)] for c in tags)])
         if (masks / f"{image_id}.png").is_file():
             (dest / "pseudo").mkdir(exist_ok=True)
-            os.symlink(masks / f"{image_id}.png", dest / "pseudo" / f"{_safe(image_id)}.png")
+            os.symlink(masks / f"{image_id}.png", dest / "pseudo" / f"{name}.png")
     if n == 0:
         raise ApiError(422, "invalid_job", f"job {job_id} has no image with labels or a non-empty mask")
     (dest / "labels.csv").write_text(rows.getvalue())
@@ -271,9 +273,16 @@ def _from_job(svc: TrainingServices, principal: Principal, job_id: str, dest: Pa
     return DataSpec(root=str(dest), source="job", job_id=job_id)
 
 
-def _safe(image_id: str) -> str:
-    """A file-name-safe image id (job ids may hold '/')."""
-    return image_id.replace("/", "__") if "/" in image_id else image_id
+def _file_name(image_id: str, used: set[str]) -> str:
+    """A file-name-safe name for a job's image id, unique among `used` (which it joins): ids of a
+    folder job hold '/' ('a/b' -> 'a__b'; 'a__b~2' when an id 'a__b' took that already)."""
+    flat = name = image_id.replace("/", "__")
+    n = 1
+    while name in used:
+        n += 1
+        name = f"{flat}~{n}"
+    used.add(name)
+    return name
 
 
 def _mask_classes(path: Path, num_fg: int) -> list[int]:

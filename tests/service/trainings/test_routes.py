@@ -181,3 +181,14 @@ def test_job_source(client, allowed_root: Path) -> None:
                                  "input_url": "s3://b/photos/"})
     r = client.post("/trainings", json={"name": "j", "job_id": job})
     assert r.status_code == 422 and "s3://b/photos/" in r.json()["error"]["message"], r.text
+
+
+def test_job_image_ids_become_distinct_file_names() -> None:
+    """A folder job's ids hold '/'; flattened, 'x/y' and an id 'x__y' must not share a file (a
+    second symlink would fail the submission)."""
+    from seam.service.trainings.submit import _file_name
+
+    used: set[str] = set()
+    names = [_file_name(i, used) for i in sorted(["x/y", "x__y", "x__y~2", "plain", "a/b/c"])]
+    assert names == ["a__b__c", "plain", "x__y", "x__y~2", "x__y~2~2"]
+    assert _file_name("plain", set()) == "plain"  # ids without '/' keep their name
