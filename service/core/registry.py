@@ -319,9 +319,19 @@ class ModelRegistry(EngineHolder):
         try:
             return repo_versions.resolve_in(catalog, ref, self.default)
         except ModelNotFound as exc:
-            if not catalog:
-                self.get()  # still loading / unreadable repository: 503
-            raise ApiError(404, "model_not_found", str(exc)) from None
+            missing = exc
+        # Published since the last poll? Another process (the API that forwarded this request) may
+        # list it already: rescan now rather than 404 until the next poll (a stat walk when unchanged).
+        if self.repo is not None and self.refresh():
+            with self._lock:
+                catalog = self._catalog
+            try:
+                return repo_versions.resolve_in(catalog, ref, self.default)
+            except ModelNotFound as exc:
+                missing = exc
+        if not catalog:
+            self.get()  # still loading / unreadable repository: 503
+        raise ApiError(404, "model_not_found", str(missing)) from None
 
     def _touch(self, served: ServedModel) -> None:
         with self._lock:

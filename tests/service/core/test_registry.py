@@ -66,6 +66,20 @@ def test_unknown_and_malformed_refs(repo: Path) -> None:
         assert err.value.message
 
 
+def test_a_version_published_since_the_last_poll_is_found_at_once(repo: Path, tmp_path: Path) -> None:
+    """The API (polling on its own) may list and forward a version this process has not polled
+    yet: a request naming it rescans instead of answering 404 until the next poll."""
+    reg = _registry(repo)
+    reg.refresh()
+    assert publish_variant(repo, "shapes", 0.3, tmp_path) == 3
+    assert publish_variant(repo, "other", 0.3, tmp_path) == 1  # a new name, promoted as the first
+    assert reg.acquire("shapes:3").ref == "shapes:3"  # no refresh() in between
+    assert reg.acquire("other").ref == "other:1"
+    with pytest.raises(ApiError) as err:  # still unknown after the rescan: 404
+        reg.acquire("shapes:9")
+    assert err.value.status_code == 404
+
+
 def test_pinned_versions_are_bounded(repo: Path, tmp_path: Path) -> None:
     publish_variant(repo, "shapes", 0.3, tmp_path)
     reg = _registry(repo, max_pinned_models=1)
