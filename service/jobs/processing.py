@@ -94,7 +94,7 @@ def describe(exc: BaseException) -> str:
 
 def fail_unfinished(ctx: ChunkContext, job_id: str, images: list[str], kinds: list[str], reason: str) -> int:
     """Record every image of the chunk that is not complete as failed; returns how many."""
-    done = ctx.store.done_images(job_id)
+    done = ctx.store.done_among(job_id, images)
     reason = ctx.public(reason)
     n = 0
     for img in images:
@@ -164,7 +164,7 @@ def _give_up(ctx: ChunkContext, rep: ChunkReport, job_id: str, chunk: int, image
         f"gave up after chunk {chunk} was started {deliveries - 1} times without finishing "
         "(the worker crashed, was killed or timed out while processing it)")
     rep.gave_up = True
-    done = ctx.store.done_images(job_id) if manifest.get("output_url") else set()
+    done = ctx.store.done_among(job_id, images) if manifest.get("output_url") else set()
     for img in images:
         if img not in done:
             rep.records[img] = stream_chunks.record(img, manifest, None, kinds, error=ctx.public(

@@ -109,21 +109,30 @@ def finalize(storage: Storage, store: Any, sink: OutputPrefix, job_id: str) -> s
     """The whole-job files of a small enough job (merge_beside), then results.jsonl: every chunk's
     part in order, then the lines the reader could not use (written last: once it is there, so is
     everything else)."""
-    snap = store.snapshot(job_id, errors_limit=10_000_000)
-    line_errors = list(snap.errors) if snap else []
+    snap = store.snapshot(job_id, errors_limit=0)
     if snap is not None:
         merge_beside(storage, sink, job_id, snap.total)
 
     def body() -> Iterator[bytes]:
         for info in sink.store.list("results/part-"):
             yield from sink.store.iter_bytes(info.key)
-        for image, error in line_errors:
-            if image.startswith(("line ", "manifest")):
-                yield (json.dumps({"id": None, "line": image, "uri": None, "outputs": {}, "classes": None,
-                                   "scores": None, "error": error}) + "\n").encode()
+        for image, error in sorted(_line_errors(store, job_id), key=_line_order):  # line 2 before line 10
+            yield (json.dumps({"id": None, "line": image, "uri": None, "outputs": {}, "classes": None,
+                               "scores": None, "error": error}) + "\n").encode()
 
     sink.store.put_stream("results.jsonl", body())
     return sink.store.uri("results.jsonl")
+
+
+def _line_errors(store: Any, job_id: str) -> list[tuple[str, str]]:
+    """The manifest lines the reader could not use, recorded as failures named 'line N' or
+    'manifest ...' among the images' (read page by page: a job's failures may be millions)."""
+    return [(image, error) for image, error in store.iter_failures(job_id) if image.startswith(("line ", "manifest"))]
+
+
+def _line_order(item: tuple[str, str]) -> tuple[int, str]:
+    number = item[0].removeprefix("line ").split(" ", 1)[0]
+    return (int(number), item[0]) if number.isdigit() else (-1, item[0])
 
 
 def merge_beside(storage: Storage, sink: OutputPrefix, job_id: str, total: int) -> list[str]:
@@ -158,7 +167,7 @@ def gave_up(storage: Storage, store: Any, reader: DatasetReader | None, manifest
         return
     if chunk is not None:
         view = chunk_manifest(storage, job_id, chunk, manifest) if manifest.get("streamed") else manifest
-        done = store.done_images(job_id)
+        done = store.done_among(job_id, images)
         write_part(prefix, chunk, [record(img, view, prefix, list(manifest["options"]["outputs"]),
                                           error=None if img in done else reason) for img in images])
     if final is not None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 ACTIVE_STATES: tuple[str, ...] = ("queued", "running")
@@ -89,6 +90,15 @@ class JobStore(ABC):
 
     @abstractmethod
     def done_images(self, job_id: str) -> set[str]: ...
+
+    def done_among(self, job_id: str, images: Iterable[str]) -> set[str]:
+        """Which of `images` (a chunk's) are recorded done: what a chunk needs, without reading the
+        whole job's set (a million ids for a big job)."""
+        return self.done_images(job_id) & set(images)
+
+    def iter_failures(self, job_id: str) -> Iterator[tuple[str, str]]:
+        """Every (image, error) of the job, read in pages (the backends override it)."""
+        yield from self._failures(job_id, 1 << 30)
 
     @abstractmethod
     def incr_delivery(self, job_id: str, chunk: int) -> int:
@@ -171,7 +181,7 @@ class JobStore(ABC):
         return self._add_failed(job_id, image, encodable(error[:2000]))
 
     def failed_images(self, job_id: str) -> set[str]:
-        return {i for i, _ in self._failures(job_id, 1 << 30)}
+        return {i for i, _ in self.iter_failures(job_id)}
 
     def finish_if_complete(self, job_id: str) -> str | None:
         """Move an active job whose every image is done or failed to its final state."""

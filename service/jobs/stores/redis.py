@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Iterable, Iterator
 
 from seam.service.core.redisconn import sync_redis
 from seam.service.jobs.stores.base import JobStore
@@ -148,6 +149,16 @@ class RedisJobStore(JobStore):
 
     def done_images(self, job_id: str) -> set[str]:
         return set(self.r.smembers(self._k(job_id, "done")))
+
+    def done_among(self, job_id: str, images: Iterable[str]) -> set[str]:
+        images = list(images)
+        if not images:
+            return set()
+        flags = self.r.smismember(self._k(job_id, "done"), images)  # Redis >= 6.2
+        return {img for img, hit in zip(images, flags, strict=True) if hit}
+
+    def iter_failures(self, job_id: str) -> Iterator[tuple[str, str]]:
+        yield from self.r.hscan_iter(self._k(job_id, "failed"), count=1000)
 
     def incr_delivery(self, job_id: str, chunk: int) -> int:
         return int(self._deliv_s(keys=[self._k(job_id, "deliveries"), self._k(job_id)], args=[str(chunk)]))

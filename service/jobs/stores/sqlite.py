@@ -8,7 +8,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -189,6 +189,25 @@ class SqliteJobStore(JobStore):
 
     def done_images(self, job_id: str) -> set[str]:
         return {r[0] for r in self._q("SELECT image FROM done WHERE job_id = ?", (job_id,))}
+
+    def done_among(self, job_id: str, images: Iterable[str]) -> set[str]:
+        images, out = list(images), set()
+        for i in range(0, len(images), 500):  # under SQLite's bound-parameter limit
+            part = images[i:i + 500]
+            marks = ",".join("?" * len(part))
+            out.update(r[0] for r in self._q(f"SELECT image FROM done WHERE job_id = ? AND image IN ({marks})",
+                                             (job_id, *part)))
+        return out
+
+    def iter_failures(self, job_id: str) -> Iterator[tuple[str, str]]:
+        last = ""
+        while True:  # keyset pages: the lock is held per page, never across the caller's work
+            rows = self._q("SELECT image, error FROM failed WHERE job_id = ? AND image > ? ORDER BY image LIMIT 1000",
+                           (job_id, last))
+            yield from ((r[0], r[1]) for r in rows)
+            if len(rows) < 1000:
+                return
+            last = rows[-1][0]
 
     def incr_delivery(self, job_id: str, chunk: int) -> int:
         with self._tx() as c:

@@ -46,6 +46,24 @@ def test_state_machine(store):
     assert st["images_done"] >= 2 and st["images_failed"] >= 1
 
 
+def test_a_chunks_done_images_and_every_failure_in_pages(store):
+    """What a chunk asks (which of its images are done) and the whole failure list, read in pages
+    (2,500 failures: more than one page of each backend)."""
+    j = jid()
+    store.create(j, total=3000, chunks=1, options={"outputs": ["png"]}, source="upload")
+    for i in range(0, 3000, 7):
+        store.record_done(j, f"img{i:05d}")
+    failed = {f"img{i:05d}": f"bad {i}" for i in range(3000) if i % 7}
+    for image, error in list(failed.items())[:2500]:
+        store.record_failed(j, image, error)
+    chunk = [f"img{i:05d}" for i in range(690, 720)] + ["never-seen"]
+    assert store.done_among(j, chunk) == {f"img{i:05d}" for i in range(690, 720) if i % 7 == 0}
+    assert store.done_among(j, []) == set()
+    got = list(store.iter_failures(j))
+    assert len(got) == 2500 and dict(got) == dict(list(failed.items())[:2500])
+    assert store.failed_images(j) == set(dict(got))
+
+
 def test_cancel_and_all_failed(store):
     a, b = jid(), jid()
     store.create(a, 2, 1, {"outputs": ["png"]}, "upload")
