@@ -63,9 +63,10 @@ class DatasetReader:
 
     def _http(self, uri: str, max_bytes: int | None) -> Iterator[bytes]:
         import httpx
+        from seam.service.core.http import outbound_client
 
         host, port, addr = self.policy.check_http(uri)
-        client = httpx.Client(timeout=self.timeout_s, follow_redirects=False, trust_env=False)
+        client = outbound_client(self.timeout_s)
         # connect to the checked address; the Host header and TLS SNI keep the host name
         target = httpx.URL(uri)
         request = client.build_request("GET", target.copy_with(host=addr), headers={"Host": target.netloc.decode()},

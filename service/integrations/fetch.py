@@ -33,6 +33,7 @@ from typing import Literal
 from urllib.parse import quote, urljoin, urlsplit
 
 import httpx
+from seam.service.core.http import outbound_client
 from seam.service.core.urlrules import (
     Origin,
     Resolver,
@@ -176,7 +177,7 @@ class FetchPolicy:
     def fetch(self, url: str, client: httpx.Client | None = None) -> bytes:
         """GET `url` (already made absolute) within the policy; returns the body."""
         own = client is None
-        client = client or httpx.Client(timeout=self.timeout_s, follow_redirects=False, trust_env=False)
+        client = client or outbound_client(self.timeout_s)
         try:
             hops = 0
             renewed = False
@@ -220,7 +221,7 @@ class FetchPolicy:
         redirects): its JSON answer, FetchFailed (with the status) for anything else."""
         url = self.base_url + "/" + path.lstrip("/")
         own = client is None
-        client = client or httpx.Client(timeout=self.timeout_s, follow_redirects=False, trust_env=False)
+        client = client or outbound_client(self.timeout_s)
         content = None if body is None else json.dumps(body).encode()
         try:
             for attempt in (0, 1):
