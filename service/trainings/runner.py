@@ -121,6 +121,7 @@ class EmbeddedTrainers:
         self.waiting: deque[str] = deque()
         self.lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # a submission is waiting
         self._thread: threading.Thread | None = None
 
     # ----------------------------------------------------------------- lifecycle
@@ -132,6 +133,7 @@ class EmbeddedTrainers:
     def stop(self) -> None:
         """Stop the children (their trainings stay unfinished: the next start resumes them)."""
         self._stop.set()
+        self._wake.set()
         with self.lock:
             procs = list(self.running.values())
         for p in procs:
@@ -165,7 +167,7 @@ class EmbeddedTrainers:
             if tid in self.running or tid in self.waiting:
                 return
             self.waiting.append(tid)
-        self._fill()
+        self._wake.set()  # the watcher thread starts it (`_spawn` says why never this thread)
 
     def cancelled_before_start(self, tid: str) -> bool:
         """Cancel a training that has not started yet; False when it is running (the child polls the file)."""
@@ -189,6 +191,9 @@ class EmbeddedTrainers:
                 self.running[tid] = self._spawn(tid)
 
     def _spawn(self, tid: str) -> subprocess.Popen:
+        """Called by the watcher thread only: PR_SET_PDEATHSIG kills the child when the *thread*
+        that forked it ends, and the threads requests run on (anyio's pool) end after 10 s idle;
+        a child started from one was killed 10 s later, mid-training."""
         d = self.store.root / tid
         env = {**os.environ, "SEAM_MODELS_DIR": str(self.settings.models_dir), "PYTHONUNBUFFERED": "1"}
         with open(d / CHILD_OUTPUT, "ab") as out:
@@ -197,7 +202,11 @@ class EmbeddedTrainers:
                                     preexec_fn=_die_with_parent if sys.platform == "linux" else None)
 
     def _watch(self) -> None:
-        while not self._stop.wait(POLL_S):
+        while not self._stop.is_set():
+            self._wake.wait(POLL_S)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             with self.lock:
                 ended = [(t, p.returncode) for t, p in self.running.items() if p.poll() is not None]
                 for t, _ in ended:
