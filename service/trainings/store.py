@@ -64,7 +64,8 @@ class TrainingStore:
         tmp.write_text(json.dumps({"owner": owner, "created_at": time.time(), "source": source}))
         os.replace(tmp, d / OWNER_FILE)  # written last: a dir without it is a submission in progress
 
-    def read(self, tid: str) -> TrainingRecord | None:
+    def read(self, tid: str, status: TrainingStatus | None = None) -> TrainingRecord | None:
+        """`status`: its status.json, when the caller has just read it."""
         d = self.root / tid
         try:
             meta = json.loads((d / OWNER_FILE).read_text())
@@ -74,7 +75,7 @@ class TrainingStore:
             spec = read_spec(d)
         except ValueError:
             spec = None
-        status = read_status(d) or TrainingStatus()
+        status = status or read_status(d) or TrainingStatus()
         return TrainingRecord(tid, d, str(meta.get("owner", "")), float(meta.get("created_at", 0.0)),
                               str(meta.get("source", "")), spec, status)
 
@@ -99,9 +100,16 @@ class TrainingStore:
         this every few seconds over a directory that only grows)."""
         if not self.root.is_dir():
             return []
-        ids = [p.name for p in self.root.iterdir()
-               if p.is_dir() and not (read_status(p) or TrainingStatus()).terminal]
-        out = [r for r in map(self.read, ids) if r is not None and not r.status.terminal]
+        out = []
+        for d in self.root.iterdir():
+            if not d.is_dir():
+                continue
+            status = read_status(d)
+            if status is not None and status.terminal:
+                continue  # ended: its spec and owner are never read
+            rec = self.read(d.name, status)
+            if rec is not None:
+                out.append(rec)
         return sorted(out, key=lambda r: r.created_at, reverse=True)
 
     def log_tail(self, rec: TrainingRecord, max_bytes: int) -> str:
